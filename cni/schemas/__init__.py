@@ -1,0 +1,1 @@
+"""Validators generated from conf/schema by build/gen_validators.py."""

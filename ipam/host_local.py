@@ -1,0 +1,223 @@
+"""host-local IPAM: addresses from local ranges, leases in files on this node.
+
+A drop-in superset of containernetworking/plugins' host-local (same config,
+same files) that also honours `exclude` and `auxAddresses`, never hands out the
+network, broadcast or gateway address, and implements CHECK, STATUS and GC.
+
+Run from a checkout: `python3 -m ipam.host_local` with the CNI_* environment.
+"""
+
+import ipaddress
+
+from cni import config as netconf
+from cni import contract
+from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, CniError
+from ipam import allocator, ranges
+from ipam.store import DiskStore
+
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+DEFAULT_LOCK_TIMEOUT = 10.0
+
+
+class IpamConfig:
+    def __init__(self, request):
+        config = request.config
+        netconf.validate("host-local", config)
+        self.ipam = ipam = config["ipam"]
+        runtime = config.get("runtimeConfig") or {}
+        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"))
+        self.routes = [check_route(r, f"ipam.routes[{i}]") for i, r in enumerate(ipam.get("routes") or [])]
+        self.requested = requested_ips(request, runtime)
+        self.resolv_conf = ipam.get("resolvConf")
+
+
+def open_store(request):
+    """The store for this network; DEL and GC need only this much of the config."""
+    ipam = request.config.get("ipam")
+    if not isinstance(ipam, dict):
+        raise CniError(ERR_INVALID_CONFIG, "ipam: must be an object")
+    data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
+    timeout = ipam.get("lockTimeout", DEFAULT_LOCK_TIMEOUT)
+    if not isinstance(data_dir, str) or "\0" in data_dir:
+        raise CniError(ERR_INVALID_CONFIG, f"ipam.dataDir: {data_dir!r} is not a path")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
+        raise CniError(ERR_INVALID_CONFIG, f"ipam.lockTimeout: {timeout!r} must be a number of seconds in (0, 3600]")
+    return DiskStore(data_dir, request.network, lock_timeout=float(timeout))
+
+
+def check_route(route, field):
+    try:
+        ipaddress.ip_network(route["dst"], strict=False)
+    except ValueError:
+        raise CniError(ERR_INVALID_CONFIG, f"{field}.dst: {route['dst']!r} is not a CIDR") from None
+    if route.get("gw"):
+        ranges.parse_ip(route["gw"], f"{field}.gw")
+    return dict(route)
+
+
+def requested_ips(request, runtime):
+    """Requested addresses from CNI_ARGS IP=, args.cni.ips and runtimeConfig.ips, combined."""
+    sources = [("CNI_ARGS IP", request.args.get("IP") or [], ERR_INVALID_ENV)]
+    args = request.config.get("args") or {}
+    sources.append(("args.cni.ips", (args.get("cni") or {}).get("ips") or [], ERR_INVALID_CONFIG))
+    sources.append(("runtimeConfig.ips", runtime.get("ips") or [], ERR_INVALID_CONFIG))
+    requested = []
+    for source, values, code in sources:
+        for text in values:
+            address = text.split("/", 1)[0] if isinstance(text, str) else text
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                raise CniError(code, f"{source}: {text!r} is not a valid IP address") from None
+            if all(r.ip != ip for r in requested):
+                requested.append(allocator.Requested(ip, source))
+    return requested
+
+
+def assign_requested(conf):
+    """Map each requested address to the range set whose subnets hold it."""
+    by_set = {}
+    for req in conf.requested:
+        owner = next((s for s in conf.range_sets if s.subnet_range_of(req.value)), None)
+        if owner is None:
+            raise CniError(req.error_code, f"{req.source}: requested IP {req.ip} is in no subnet of network")
+        if owner.index in by_set:
+            raise CniError(req.error_code, f"{req.source}: requested IPs {by_set[owner.index].ip} and {req.ip} "
+                                           f"both fall in range set {owner.index}; one address per range set")
+        by_set[owner.index] = req
+    return by_set
+
+
+def read_resolv_conf(path):
+    dns = {}
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise CniError(ERR_INVALID_CONFIG, f"ipam.resolvConf: cannot read {path}: {e.strerror}") from None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 2 or fields[0].startswith(("#", ";")):
+            continue
+        key, values = fields[0], fields[1:]
+        if key == "nameserver":
+            dns.setdefault("nameservers", []).append(values[0])
+        elif key == "domain":
+            dns["domain"] = values[0]
+        elif key == "search":
+            dns["search"] = values
+        elif key == "options":
+            dns.setdefault("options", []).extend(values)
+    return dns
+
+
+# --------------------------------------------------------------------------
+# Verbs
+
+def cmd_add(request):
+    conf = IpamConfig(request)
+    requested = assign_requested(conf)
+    cid, ifname = request.container_id, request.ifname
+    allocated = []
+    with open_store(request) as store:
+        existing = store.ips_of(cid, ifname)
+        for s in conf.range_sets:
+            for ip in existing:
+                if s.subnet_range_of(int(ipaddress.ip_address(ip))):
+                    raise CniError(ERR_NO_ADDRESS, f"{ip} has been allocated to {cid}/{ifname}, "
+                                                   "duplicate allocation is not allowed")
+        try:
+            for s in conf.range_sets:
+                allocated.append(allocator.allocate(s, store, cid, ifname, requested.get(s.index)))
+        except BaseException:
+            for r, value in allocated:
+                store.release(r.text(value), cid, ifname)
+            store.commit()
+            raise
+        store.record(cid, ifname, existing + [r.text(v) for r, v in allocated])
+        store.commit()
+
+    ips = []
+    for r, value in allocated:
+        ip = {"address": f"{r.text(value)}/{r.subnet.prefixlen}"}
+        if r.gateway is not None:
+            ip["gateway"] = r.text(r.gateway)
+        ips.append(ip)
+    result = {"ips": ips, "routes": conf.routes, "dns": {}}
+    if conf.resolv_conf:
+        result["dns"] = read_resolv_conf(conf.resolv_conf)
+    return result
+
+
+def cmd_del(request):
+    cid, ifname = request.container_id, request.ifname
+    with open_store(request) as store:
+        for ip in store.ips_of(cid, ifname):
+            store.release(ip, cid, ifname)
+        store.forget(cid, ifname)
+        store.commit()
+
+
+def cmd_check(request):
+    conf = IpamConfig(request)
+    prev = request.prev_result()
+    if prev is None:
+        raise CniError(ERR_INVALID_CONFIG, "prevResult: required for CHECK")
+    ours = set()
+    for ip in prev["ips"]:
+        address = ipaddress.ip_interface(ip["address"]).ip
+        if any(s.subnet_range_of(int(address)) and s.version == address.version for s in conf.range_sets):
+            ours.add(str(address))
+    with open_store(request) as store:
+        leased = set(store.ips_of(request.container_id, request.ifname))
+    for ip in sorted(ours - leased):
+        raise CniError(ERR_CHECK_FAILED, f"prevResult address {ip} is not leased to "
+                                         f"{request.container_id}/{request.ifname}")
+    for ip in sorted(leased - ours):
+        raise CniError(ERR_CHECK_FAILED, f"{ip} is leased to {request.container_id}/{request.ifname} "
+                                         "but missing from prevResult")
+
+
+def cmd_gc(request):
+    valid = request.config.get("cni.dev/valid-attachments") or []
+    if not isinstance(valid, list) or not all(isinstance(a, dict) for a in valid):
+        raise CniError(ERR_INVALID_CONFIG, "cni.dev/valid-attachments: must be a list of {containerID, ifname}")
+    keep = {(a.get("containerID"), a.get("ifname")) for a in valid}
+    keep_ids = {cid for cid, _ in keep}
+    with open_store(request) as store:
+        for (cid, ifname), ips in store.attachments().items():
+            if (cid, ifname) in keep or (ifname is None and cid in keep_ids):
+                continue
+            for ip in ips:
+                store.release(ip, cid, ifname)
+            store.forget(cid, ifname)
+        store.commit()
+
+
+def cmd_status(request):
+    conf = IpamConfig(request)
+    try:
+        with open_store(request) as store:
+            leased = [ipaddress.ip_address(name) for name in store.lease_names()]
+    except CniError as e:
+        raise CniError(contract.ERR_NOT_AVAILABLE, f"host-local store not usable: {e.msg}") from None
+    for s in conf.range_sets:
+        free = 0
+        for r in s.ranges:
+            usable = r.counts()[1]
+            free += usable - sum(1 for ip in leased if ip.version == r.version and r.in_range(int(ip))
+                                 and not r.why_refused(int(ip)))
+        if free <= 0:
+            raise CniError(contract.ERR_NOT_AVAILABLE, f"range set {s.index} ({s.describe()}) has no free address")
+
+
+VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}
+
+
+def main():
+    from cni import version_info
+    contract.main(VERBS, f"CNI host-local IPAM plugin (underlay {version_info()['version']})")
+
+
+if __name__ == "__main__":
+    main()

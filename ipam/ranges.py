@@ -1,0 +1,322 @@
+"""Address ranges of host-local, in canonical form.
+
+Config is turned into RangeSets once, with every check done here, so the
+allocator sees only clean data. Addresses are ints; what may never be handed
+out (network, broadcast, gateway, aux and excluded addresses) is a sorted list
+of merged, non-adjacent intervals, so nothing is ever expanded address by
+address: a /8 with 100 000 exclusions costs a sort, not a loop.
+"""
+
+import bisect
+import ipaddress
+
+from cni.contract import ERR_INVALID_CONFIG, CniError
+
+
+def config_error(field, problem):
+    return CniError(ERR_INVALID_CONFIG, f"{field}: {problem}")
+
+
+def parse_ip(text, field):
+    if not isinstance(text, str):
+        raise config_error(field, f"{text!r} is not an IP address string")
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise config_error(field, f"{text!r} is not a valid IP address") from None
+
+
+def parse_subnet(text, field):
+    if not isinstance(text, str) or "/" not in text:
+        raise config_error(field, f"{text!r} is not a CIDR subnet (address/prefix)")
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as e:
+        if "host bits set" in str(e):
+            network = ipaddress.ip_network(text, strict=False)
+            raise config_error(field, f"{text} has host bits set; for a /{network.prefixlen} "
+                                      f"the network address is {network.network_address}") from None
+        raise config_error(field, f"{text!r} is not a valid CIDR subnet") from None
+
+
+def parse_exclusion(text, field):
+    """'10.0.0.5', '10.0.0.0/28' or '10.0.0.5-10.0.0.9' -> (version, first, last)."""
+    if not isinstance(text, str):
+        raise config_error(field, f"{text!r} is not an address, CIDR or first-last range")
+    if "-" in text:
+        first_text, _, last_text = text.partition("-")
+        first = parse_ip(first_text.strip(), field)
+        last = parse_ip(last_text.strip(), field)
+        if first.version != last.version:
+            raise config_error(field, f"{text!r} mixes IPv4 and IPv6")
+        if int(last) < int(first):
+            raise config_error(field, f"{text!r}: the last address comes before the first")
+        return first.version, int(first), int(last)
+    if "/" in text:
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise config_error(field, f"{text!r} is not a valid CIDR") from None
+        return network.version, int(network.network_address), int(network.broadcast_address)
+    ip = parse_ip(text, field)
+    return ip.version, int(ip), int(ip)
+
+
+def merge(intervals):
+    """Sort and merge overlapping or adjacent (first, last) intervals."""
+    merged = []
+    for first, last in sorted(intervals):
+        if merged and first <= merged[-1][1] + 1:
+            if last > merged[-1][1]:
+                merged[-1][1] = last
+        else:
+            merged.append([first, last])
+    return [tuple(i) for i in merged]
+
+
+def count_within(intervals, first, last):
+    """How many addresses of merged `intervals` lie in [first, last]."""
+    total = 0
+    for lo, hi in intervals:
+        lo, hi = max(lo, first), min(hi, last)
+        if lo <= hi:
+            total += hi - lo + 1
+    return total
+
+
+def to_text(version, value):
+    return str(ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value))
+
+
+class Range:
+    """One {subnet, rangeStart, rangeEnd, gateway} with what it must never hand out."""
+
+    def __init__(self, subnet, start, end, gateway, excluded, field):
+        self.subnet = subnet
+        self.version = subnet.version
+        self.start = start
+        self.end = end
+        self.gateway = gateway
+        self.field = field
+        self.excluded = excluded          # merged intervals from `exclude`, clipped to the subnet
+        self.aux = {}                     # int -> aux name, filled by add_aux
+        self.network = int(subnet.network_address)
+        self.broadcast = int(subnet.broadcast_address) if self.version == 4 else None
+        self.blocked = []                 # merged: excluded + aux + network/broadcast/gateway
+
+    def finish(self):
+        special = [(a, a) for a in (self.network, self.broadcast, self.gateway) if a is not None]
+        special += [(a, a) for a in self.aux]
+        self.blocked = merge(list(self.excluded) + special)
+        self._blocked_starts = [lo for lo, _ in self.blocked]
+
+    def in_subnet(self, value):
+        return self.network <= value <= int(self.subnet.broadcast_address)
+
+    def in_range(self, value):
+        return self.start <= value <= self.end
+
+    def next_available(self, value):
+        """The first address >= value in this range that may be handed out, or None."""
+        while value <= self.end:
+            i = bisect.bisect_right(self._blocked_starts, value) - 1
+            if i >= 0 and self.blocked[i][1] >= value:
+                value = self.blocked[i][1] + 1   # merged intervals: one jump clears it
+                continue
+            return value
+        return None
+
+    def why_refused(self, value):
+        """Why `value` may not be given to a pod, or None if it may."""
+        if value == self.network:
+            return "it is the network address"
+        if value == self.broadcast:
+            return "it is the broadcast address"
+        if value == self.gateway:
+            return "it is the gateway"
+        if value in self.aux:
+            return f"it is aux address {self.aux[value]!r}"
+        i = bisect.bisect_right([lo for lo, _ in self.excluded], value) - 1
+        if i >= 0 and self.excluded[i][1] >= value:
+            lo, hi = self.excluded[i]
+            span = to_text(self.version, lo) if lo == hi else f"{to_text(self.version, lo)}-{to_text(self.version, hi)}"
+            return f"it is excluded ({span})"
+        return None
+
+    def text(self, value):
+        return to_text(self.version, value)
+
+    def describe(self):
+        return f"{self.subnet} {self.text(self.start)}-{self.text(self.end)}"
+
+    def counts(self):
+        """(addresses, usable before leases, excluded, aux) within rangeStart..rangeEnd."""
+        total = self.end - self.start + 1
+        usable = total - count_within(self.blocked, self.start, self.end)
+        excluded = count_within(self.excluded, self.start, self.end)
+        aux = sum(1 for a in self.aux if self.in_range(a) and not count_within(self.excluded, a, a))
+        return total, usable, excluded, aux
+
+
+class RangeSet:
+    """A list of disjoint ranges of one family; each ADD takes one address from it."""
+
+    def __init__(self, index, ranges):
+        self.index = index
+        self.ranges = ranges
+        self.version = ranges[0].version
+
+    def range_of(self, value):
+        for r in self.ranges:
+            if r.in_range(value):
+                return r
+        return None
+
+    def subnet_range_of(self, value):
+        for r in self.ranges:
+            if r.in_subnet(value):
+                return r
+        return None
+
+    def candidates(self, last_reserved):
+        """Addresses in round-robin order starting after `last_reserved` (an int or None)."""
+        ranges = self.ranges
+        first = 0
+        begin = ranges[0].start
+        if last_reserved is not None:
+            for i, r in enumerate(ranges):
+                if r.in_range(last_reserved):
+                    first, begin = i, last_reserved + 1
+                    break
+        order = ranges[first:] + ranges[:first]
+        for n, r in enumerate(order):
+            value = r.next_available(begin if n == 0 else r.start)
+            while value is not None:
+                yield r, value
+                value = r.next_available(value + 1)
+        # wrap around: the first range up to where we began
+        r = order[0]
+        value = r.next_available(r.start)
+        while value is not None and value < begin:
+            yield r, value
+            value = r.next_available(value + 1)
+
+    def describe(self):
+        return ", ".join(r.describe() for r in self.ranges)
+
+
+def canonical_range(spec, field, top_exclusions):
+    if not isinstance(spec, dict):
+        raise config_error(field, "must be an object with a subnet")
+    if "subnet" not in spec:
+        raise config_error(f"{field}.subnet", "is required")
+    subnet = parse_subnet(spec["subnet"], f"{field}.subnet")
+    if subnet.prefixlen > subnet.max_prefixlen - 2:
+        raise config_error(f"{field}.subnet", f"{subnet} is too small to allocate from "
+                                              f"(at most /{subnet.max_prefixlen - 2})")
+    last_in_subnet = int(subnet.broadcast_address)
+    network = int(subnet.network_address)
+
+    def address(key, default):
+        if spec.get(key) in (None, ""):
+            return default
+        ip = parse_ip(spec[key], f"{field}.{key}")
+        if ip.version != subnet.version or not network <= int(ip) <= last_in_subnet:
+            raise config_error(f"{field}.{key}", f"{ip} is outside subnet {subnet}")
+        return int(ip)
+
+    gateway = address("gateway", network + 1)
+    start = address("rangeStart", network + 1)
+    end = address("rangeEnd", last_in_subnet - 1 if subnet.version == 4 else last_in_subnet)
+    if start > end:
+        raise config_error(f"{field}.rangeStart", f"{to_text(subnet.version, start)} comes after "
+                                                  f"rangeEnd {to_text(subnet.version, end)}")
+    intervals = []
+    exclude = spec.get("exclude") or []
+    if not isinstance(exclude, list):
+        raise config_error(f"{field}.exclude", "must be a list")
+    for i, entry in enumerate(exclude):
+        version, lo, hi = parse_exclusion(entry, f"{field}.exclude[{i}]")
+        if version != subnet.version or hi < network or lo > last_in_subnet:
+            raise config_error(f"{field}.exclude[{i}]", f"{entry!r} lies outside subnet {subnet}")
+        intervals.append((lo, hi))
+    for version, lo, hi, _ in top_exclusions:
+        if version == subnet.version:
+            intervals.append((lo, hi))
+    clipped = [(max(lo, network), min(hi, last_in_subnet)) for lo, hi in merge(intervals)
+               if hi >= network and lo <= last_in_subnet]
+    return Range(subnet, start, end, gateway, clipped, field)
+
+
+def parse_top_exclusions(ipam):
+    exclude = ipam.get("exclude") or []
+    if not isinstance(exclude, list):
+        raise config_error("ipam.exclude", "must be a list")
+    return [parse_exclusion(entry, f"ipam.exclude[{i}]") + (f"ipam.exclude[{i}]",)
+            for i, entry in enumerate(exclude)]
+
+
+def overlap(a, b):
+    return a.version == b.version and a.start <= b.end and b.start <= a.end
+
+
+def range_sets(ipam, runtime_ranges=None):
+    """The canonical RangeSets of an `ipam` section (plus runtimeConfig.ipRanges first)."""
+    top_exclusions = parse_top_exclusions(ipam)
+    specs = []  # (field, list of range dicts)
+    if runtime_ranges:
+        if not isinstance(runtime_ranges, list):
+            raise config_error("runtimeConfig.ipRanges", "must be a list of range sets")
+        specs += [(f"runtimeConfig.ipRanges[{i}]", s) for i, s in enumerate(runtime_ranges)]
+    if ipam.get("subnet"):
+        legacy = {k: ipam[k] for k in ("subnet", "rangeStart", "rangeEnd", "gateway") if k in ipam}
+        specs.append(("ipam", [legacy]))
+    ranges = ipam.get("ranges") or []
+    if not isinstance(ranges, list):
+        raise config_error("ipam.ranges", "must be a list of range sets")
+    specs += [(f"ipam.ranges[{i}]", s) for i, s in enumerate(ranges)]
+    if not specs:
+        raise config_error("ipam.ranges", "no IP ranges specified")
+
+    sets = []
+    for index, (field, spec) in enumerate(specs):
+        if not isinstance(spec, list) or not spec:
+            raise config_error(field, "a range set must be a non-empty list of ranges")
+        members = []
+        for j, r in enumerate(spec):
+            rfield = "ipam" if field == "ipam" else f"{field}[{j}]"
+            members.append(canonical_range(r, rfield, top_exclusions))
+        for j, r in enumerate(members):
+            if r.version != members[0].version:
+                raise config_error(r.field, f"{r.subnet} mixes address families within one range set")
+            for other in members[:j]:
+                if overlap(r, other):
+                    raise config_error(r.field, f"{r.describe()} overlaps {other.field} {other.describe()}")
+        for previous in sets:
+            for r in members:
+                for other in previous.ranges:
+                    if overlap(r, other):
+                        raise config_error(r.field, f"{r.describe()} overlaps range set {previous.index} "
+                                                    f"({other.field} {other.describe()})")
+        sets.append(RangeSet(index, members))
+
+    for version, lo, hi, field in top_exclusions:
+        if not any(r.version == version and r.network <= hi and lo <= int(r.subnet.broadcast_address)
+                   for s in sets for r in s.ranges):
+            raise config_error(field, f"{to_text(version, lo)} lies outside every subnet of this network")
+
+    aux = ipam.get("auxAddresses") or {}
+    if not isinstance(aux, dict):
+        raise config_error("ipam.auxAddresses", "must be an object mapping names to addresses")
+    for name, text in aux.items():
+        field = f"ipam.auxAddresses.{name}"
+        ip = parse_ip(text, field)
+        holders = [r for s in sets for r in s.ranges if r.version == ip.version and r.in_subnet(int(ip))]
+        if not holders:
+            raise config_error(field, f"{ip} lies outside every subnet of this network")
+        for r in holders:
+            r.aux[int(ip)] = name
+    for s in sets:
+        for r in s.ranges:
+            r.finish()
+    return sets
