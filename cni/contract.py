@@ -33,7 +33,8 @@ ERR_NO_ADDRESS = 101         # no address can be given: exhausted, taken, duplic
 ERR_LINK = 102               # the kernel refused a link operation
 ERR_INTERNAL = 999
 
-VALID_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+# \Z, not $: "$" also matches before a trailing newline, and "abc\n" must not pass.
+VALID_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")
 
 # CNI_ARGS keys every underlay plugin understands. The K8S_* keys are what
 # every Kubernetes runtime sends; accepting them keeps a missing IgnoreUnknown
@@ -175,15 +176,16 @@ def negotiate_version(config):
     """Pick the config's cniVersion; a bare `cniVersions` list gets its highest we support."""
     version = config.get("cniVersion")
     if version is None and isinstance(config.get("cniVersions"), list):
-        ours = [v for v in config["cniVersions"] if v in SUPPORTED_VERSIONS]
-        if ours:
-            version = max(ours, key=version_key)
-            config["cniVersion"] = version
-    if version is None:
-        version = "0.1.0"
+        listed = config["cniVersions"]
+        ours = [v for v in listed if v in SUPPORTED_VERSIONS]
+        if not ours:
+            raise CniError(ERR_INCOMPATIBLE_VERSION, "incompatible CNI versions",
+                           f"config lists {listed!r}, plugin supports {list(SUPPORTED_VERSIONS)}")
+        version = max(ours, key=version_key)
+    if version is None or version == "":
+        version = "0.1.0"  # as libcni: no version is the first one
     if not isinstance(version, str):
         raise CniError(ERR_DECODE, f"cniVersion: {version!r} must be a string")
-    version_key(version)
     if version not in SUPPORTED_VERSIONS:
         raise CniError(ERR_INCOMPATIBLE_VERSION, "incompatible CNI versions",
                        f"config is {version!r}, plugin supports {list(SUPPORTED_VERSIONS)}")

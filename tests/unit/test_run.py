@@ -1,0 +1,133 @@
+"""contract.run with injected environment, stdin and stdout: what a runtime sees."""
+
+import io
+import json
+
+import pytest
+
+from cni import contract
+from cni.contract import CniError
+
+ENV = {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/p1", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+RESULT = {"ips": [{"address": "10.1.0.5/24", "gateway": "10.1.0.1"}], "routes": [{"dst": "0.0.0.0/0"}],
+          "dns": {}}
+
+
+class Plugin:
+    """Verbs that record their calls; `fail` makes them raise."""
+
+    def __init__(self, fail=None):
+        self.calls = []
+        self.fail = fail
+
+    def verb(self, name):
+        def call(request):
+            self.calls.append((name, request))
+            if self.fail:
+                raise self.fail
+            return RESULT if name == "ADD" else None
+        return call
+
+    def verbs(self, names=("ADD", "DEL", "CHECK", "STATUS", "GC")):
+        return {name: self.verb(name) for name in names}
+
+
+def run(command, config=None, plugin=None, verbs=None, **env):
+    plugin = plugin or Plugin()
+    stdout, stderr = io.StringIO(), io.StringIO()
+    environ = dict(ENV, **env)
+    if command is not None:
+        environ["CNI_COMMAND"] = command
+    stdin = config if isinstance(config, bytes) else json.dumps(config or {"cniVersion": "1.1.0",
+                                                                           "name": "net1"}).encode()
+    code = contract.run(plugin.verbs() if verbs is None else verbs, "CNI test plugin", env=environ,
+                        stdin=stdin, stdout=stdout, stderr=stderr)
+    return code, stdout.getvalue(), stderr.getvalue(), plugin
+
+
+def error_of(stdout):
+    error = json.loads(stdout)
+    assert set(error) == {"cniVersion", "code", "msg", "details"}
+    assert isinstance(error["code"], int) and isinstance(error["msg"], str) and isinstance(error["details"], str)
+    return error
+
+
+def test_about():
+    code, out, err, plugin = run(None)
+    assert code == 0 and out == "" and not plugin.calls
+    lines = err.splitlines()
+    assert lines[0] == "CNI test plugin"
+    assert lines[1] == "CNI protocol versions supported: " + ", ".join(contract.SUPPORTED_VERSIONS)
+
+
+def test_empty_command_is_about():
+    code, out, err, _ = run("")
+    assert code == 0 and out == "" and err.startswith("CNI test plugin")
+
+
+@pytest.mark.parametrize("stdin", [b"", b"garbage", b'{"cniVersion": "0.4.0"}'])
+def test_version(stdin):
+    code, out, err, plugin = run("VERSION", stdin)
+    assert code == 0 and err == "" and not plugin.calls
+    info = json.loads(out)
+    assert info["cniVersion"] == "1.1.0"
+    assert info["supportedVersions"] == list(contract.SUPPORTED_VERSIONS)
+
+
+@pytest.mark.parametrize("version", contract.SUPPORTED_VERSIONS)
+def test_add_prints_the_callers_version(version):
+    code, out, err, plugin = run("ADD", {"cniVersion": version, "name": "net1"})
+    assert code == 0 and err == ""
+    assert json.loads(out) == contract.convert_result(RESULT, version)
+    assert [name for name, _ in plugin.calls] == ["ADD"]
+
+
+@pytest.mark.parametrize("command", ["DEL", "CHECK", "STATUS", "GC"])
+def test_other_verbs_print_nothing(command):
+    code, out, err, plugin = run(command)
+    assert (code, out, err) == (0, "", "")
+    assert [name for name, _ in plugin.calls] == [command]
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "1.0.0", "1.1.0"])
+def test_plugin_error(version):
+    plugin = Plugin(fail=CniError(contract.ERR_NO_ADDRESS, "no free address", "range set 0"))
+    code, out, err, _ = run("ADD", {"cniVersion": version, "name": "net1"}, plugin=plugin)
+    assert code != 0 and err == ""
+    assert error_of(out) == {"cniVersion": version, "code": 101, "msg": "no free address", "details": "range set 0"}
+
+
+@pytest.mark.parametrize("command, env, stdin, code", [
+    ("ADD", {"CNI_NETNS": ""}, None, contract.ERR_INVALID_ENV),
+    ("ADD", {"CNI_IFNAME": "a/b"}, None, contract.ERR_INVALID_ENV),
+    ("FOO", {}, None, contract.ERR_INVALID_ENV),
+    ("ADD", {}, b"{not json", contract.ERR_DECODE),
+    ("ADD", {}, b'{"cniVersion": "7.0.0", "name": "n"}', contract.ERR_INCOMPATIBLE_VERSION),
+    ("ADD", {}, b'{"cniVersion": "1.0.0"}', contract.ERR_INVALID_CONFIG),
+    ("CHECK", {}, b'{"cniVersion": "0.3.1", "name": "n"}', contract.ERR_INCOMPATIBLE_VERSION),
+    ("GC", {}, b'{"cniVersion": "1.0.0", "name": "n"}', contract.ERR_INCOMPATIBLE_VERSION),
+])
+def test_request_errors(command, env, stdin, code):
+    exit_code, out, err, plugin = run(command, stdin, **env)
+    assert exit_code != 0 and err == "" and not plugin.calls
+    assert error_of(out)["code"] == code
+
+
+def test_verb_the_plugin_lacks():
+    code, out, _, _ = run("GC", verbs=Plugin().verbs(("ADD", "DEL")))
+    assert code != 0
+    error = error_of(out)
+    assert error["code"] == contract.ERR_INVALID_ENV and "GC" in error["msg"]
+
+
+@pytest.mark.parametrize("exception", [ValueError("boom"), KeyError("ipam"), ZeroDivisionError("division by zero"),
+                                       OSError(28, "No space left on device")])
+def test_unexpected_exception_is_error_999(exception):
+    code, out, err, _ = run("ADD", {"cniVersion": "0.4.0", "name": "net1"}, plugin=Plugin(fail=exception))
+    assert code != 0
+    assert err == ""  # no traceback anywhere
+    error = error_of(out)
+    assert error["code"] == contract.ERR_INTERNAL
+    assert error["cniVersion"] == "0.4.0"
+    assert f"{type(exception).__name__}: {exception}" in error["details"]
+    assert "Traceback" not in out
