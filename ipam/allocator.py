@@ -72,21 +72,31 @@ def reserve_requested(range_set, store, container_id, ifname, requested):
 
 
 def exhausted(range_set, store):
-    leased = store.lease_names()
-    total = usable = excluded = aux = in_use = 0
-    for r in range_set.ranges:
-        t, u, e, a = r.counts()
-        total, usable, excluded, aux = total + t, usable + u, excluded + e, aux + a
-        in_use += sum(1 for name in leased if _in(r, name))
+    t = tally(range_set, store.lease_names())
     return CniError(ERR_NO_ADDRESS,
                     f"no free address in range set {range_set.index} ({range_set.describe()}): "
-                    f"{total} addresses, {excluded} excluded, {aux} aux, "
-                    f"{total - usable - excluded - aux} reserved (network, broadcast, gateway), {in_use} in use")
+                    f"{t['addresses']} addresses, {t['excluded']} excluded, {t['aux']} aux, "
+                    f"{t['reserved']} reserved (network, broadcast, gateway), {t['in use']} in use")
 
 
-def _in(r, name):
-    try:
-        ip = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return ip.version == r.version and r.in_range(int(ip))
+def tally(range_set, lease_names):
+    """How the addresses of a range set are spent; 'free' is what ADD could still hand out."""
+    values = []
+    for name in lease_names:
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            continue  # not a lease: some other file in the directory
+        if ip.version == range_set.version:
+            values.append(int(ip))
+    t = dict.fromkeys(("addresses", "usable", "excluded", "aux", "in use"), 0)
+    for r in range_set.ranges:
+        total, usable, excluded, aux = r.counts()
+        t["addresses"] += total
+        t["usable"] += usable
+        t["excluded"] += excluded
+        t["aux"] += aux
+        t["in use"] += sum(1 for v in values if r.may_hand_out(v))
+    t["reserved"] = t["addresses"] - t["usable"] - t["excluded"] - t["aux"]
+    t["free"] = t["usable"] - t["in use"]
+    return t

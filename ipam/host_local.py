@@ -198,16 +198,11 @@ def cmd_status(request):
     conf = IpamConfig(request)
     try:
         with open_store(request) as store:
-            leased = [ipaddress.ip_address(name) for name in store.lease_names()]
+            leased = store.lease_names()
     except CniError as e:
-        raise CniError(contract.ERR_NOT_AVAILABLE, f"host-local store not usable: {e.msg}") from None
+        raise CniError(contract.ERR_NOT_AVAILABLE, f"host-local store not usable: {e.msg}", e.details) from None
     for s in conf.range_sets:
-        free = 0
-        for r in s.ranges:
-            usable = r.counts()[1]
-            free += usable - sum(1 for ip in leased if ip.version == r.version and r.in_range(int(ip))
-                                 and not r.why_refused(int(ip)))
-        if free <= 0:
+        if allocator.tally(s, leased)["free"] <= 0:
             raise CniError(contract.ERR_NOT_AVAILABLE, f"range set {s.index} ({s.describe()}) has no free address")
 
 

@@ -91,15 +91,16 @@ def to_text(version, value):
 class Range:
     """One {subnet, rangeStart, rangeEnd, gateway} with what it must never hand out."""
 
-    def __init__(self, subnet, start, end, gateway, excluded, field):
+    def __init__(self, subnet, start, end, gateway, exclusions, field):
         self.subnet = subnet
         self.version = subnet.version
         self.start = start
         self.end = end
         self.gateway = gateway
         self.field = field
-        self.excluded = excluded          # merged intervals from `exclude`, clipped to the subnet
-        self.aux = {}                     # int -> aux name, filled by add_aux
+        self.exclusions = exclusions      # [(first, last, "ipam.exclude[2] (10.0.0.8/29)")], clipped to the subnet
+        self.excluded = merge((lo, hi) for lo, hi, _ in exclusions)
+        self.aux = {}                     # int -> aux name, filled by range_sets
         self.network = int(subnet.network_address)
         self.broadcast = int(subnet.broadcast_address) if self.version == 4 else None
         self.blocked = []                 # merged: excluded + aux + network/broadcast/gateway
@@ -116,14 +117,24 @@ class Range:
     def in_range(self, value):
         return self.start <= value <= self.end
 
+    def _blocking(self, value):
+        """The merged blocked interval holding value, or None."""
+        i = bisect.bisect_right(self._blocked_starts, value) - 1
+        if i >= 0 and self.blocked[i][1] >= value:
+            return self.blocked[i]
+        return None
+
+    def may_hand_out(self, value):
+        return self.in_range(value) and self._blocking(value) is None
+
     def next_available(self, value):
         """The first address >= value in this range that may be handed out, or None."""
+        value = max(value, self.start)
         while value <= self.end:
-            i = bisect.bisect_right(self._blocked_starts, value) - 1
-            if i >= 0 and self.blocked[i][1] >= value:
-                value = self.blocked[i][1] + 1   # merged intervals: one jump clears it
-                continue
-            return value
+            blocked = self._blocking(value)
+            if blocked is None:
+                return value
+            value = blocked[1] + 1   # merged intervals: one jump clears it
         return None
 
     def why_refused(self, value):
@@ -136,11 +147,9 @@ class Range:
             return "it is the gateway"
         if value in self.aux:
             return f"it is aux address {self.aux[value]!r}"
-        i = bisect.bisect_right([lo for lo, _ in self.excluded], value) - 1
-        if i >= 0 and self.excluded[i][1] >= value:
-            lo, hi = self.excluded[i]
-            span = to_text(self.version, lo) if lo == hi else f"{to_text(self.version, lo)}-{to_text(self.version, hi)}"
-            return f"it is excluded ({span})"
+        for lo, hi, rule in self.exclusions:  # only requested addresses come here: a scan is fine
+            if lo <= value <= hi:
+                return f"it is excluded by {rule}"
         return None
 
     def text(self, value):
@@ -231,7 +240,7 @@ def canonical_range(spec, field, top_exclusions):
     if start > end:
         raise config_error(f"{field}.rangeStart", f"{to_text(subnet.version, start)} comes after "
                                                   f"rangeEnd {to_text(subnet.version, end)}")
-    intervals = []
+    exclusions = []
     exclude = spec.get("exclude") or []
     if not isinstance(exclude, list):
         raise config_error(f"{field}.exclude", "must be a list")
@@ -239,11 +248,10 @@ def canonical_range(spec, field, top_exclusions):
         version, lo, hi = parse_exclusion(entry, f"{field}.exclude[{i}]")
         if version != subnet.version or hi < network or lo > last_in_subnet:
             raise config_error(f"{field}.exclude[{i}]", f"{entry!r} lies outside subnet {subnet}")
-        intervals.append((lo, hi))
-    for version, lo, hi, _ in top_exclusions:
-        if version == subnet.version:
-            intervals.append((lo, hi))
-    clipped = [(max(lo, network), min(hi, last_in_subnet)) for lo, hi in merge(intervals)
+        exclusions.append((lo, hi, f"{field}.exclude[{i}] ({entry})"))
+    exclusions += [(lo, hi, f"{rule} ({entry})") for version, lo, hi, rule, entry in top_exclusions
+                   if version == subnet.version]
+    clipped = [(max(lo, network), min(hi, last_in_subnet), rule) for lo, hi, rule in exclusions
                if hi >= network and lo <= last_in_subnet]
     return Range(subnet, start, end, gateway, clipped, field)
 
@@ -252,7 +260,7 @@ def parse_top_exclusions(ipam):
     exclude = ipam.get("exclude") or []
     if not isinstance(exclude, list):
         raise config_error("ipam.exclude", "must be a list")
-    return [parse_exclusion(entry, f"ipam.exclude[{i}]") + (f"ipam.exclude[{i}]",)
+    return [parse_exclusion(entry, f"ipam.exclude[{i}]") + (f"ipam.exclude[{i}]", entry)
             for i, entry in enumerate(exclude)]
 
 
@@ -300,7 +308,7 @@ def range_sets(ipam, runtime_ranges=None):
                                                     f"({other.field} {other.describe()})")
         sets.append(RangeSet(index, members))
 
-    for version, lo, hi, field in top_exclusions:
+    for version, lo, hi, field, _ in top_exclusions:
         if not any(r.version == version and r.network <= hi and lo <= int(r.subnet.broadcast_address)
                    for s in sets for r in s.ranges):
             raise config_error(field, f"{to_text(version, lo)} lies outside every subnet of this network")
