@@ -1,0 +1,96 @@
+"""Network namespaces: open and validate CNI_NETNS, and the one place that setns.
+
+A plugin is a single-threaded process, so switching the whole process into
+the pod's netns for a moment is safe (the Go plugins need a locked OS thread
+for the same thing). Everything that must happen inside the pod (opening its
+netlink socket, writing its /proc/sys/net sysctls) happens in `entered`;
+netlink sockets keep the namespace they were opened in, so the rest of the
+work uses them from outside.
+"""
+
+import errno
+import fcntl
+import os
+from contextlib import contextmanager
+
+CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd (linux/nsfs.h)
+SELF = "/proc/self/ns/net"
+
+
+class NetnsError(Exception):
+    pass
+
+
+class NetnsNotFound(NetnsError):
+    pass
+
+
+class NotANetns(NetnsError):
+    pass
+
+
+def open_netns(path):
+    """An fd for the network namespace at `path`; never creates one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NetnsNotFound(f"network namespace {path} does not exist") from None
+    except OSError as e:
+        raise NetnsError(f"cannot open network namespace {path}: {e.strerror}") from None
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = None
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise NotANetns(f"{path} is not a network namespace")
+    return fd
+
+
+def is_current(fd):
+    """True if fd is the namespace this process is in."""
+    mine, theirs = os.stat(SELF), os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+
+_setns = None
+
+
+def setns(fd):
+    global _setns
+    if _setns is None:
+        import ctypes
+        _setns = ctypes.CDLL(None, use_errno=True).setns
+    if _setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes_errno()
+        raise NetnsError(f"setns: {os.strerror(err)}")
+
+
+def ctypes_errno():
+    import ctypes
+    return ctypes.get_errno() or errno.EINVAL
+
+
+@contextmanager
+def entered(fd):
+    """Run the block inside the namespace `fd`, then return to our own."""
+    home = os.open(SELF, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd)
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(home)
+
+
+def sysctl_path(family, ifname, key):
+    # interface names may contain '.', which /proc/sys keeps as is
+    return f"/proc/sys/net/{family}/conf/{ifname}/{key}"
+
+
+def set_interface_sysctl(family, ifname, key, value):
+    with open(sysctl_path(family, ifname, key), "w") as f:
+        f.write(str(value))
