@@ -52,15 +52,15 @@ def allocate(range_set, store, container_id, ifname, requested=None):
 
 
 def reserve_requested(range_set, store, container_id, ifname, requested):
-    r = range_set.range_of(requested.value)
-    if r is None:
-        raise CniError(requested.error_code,
-                       f"{requested.source}: requested IP {requested.ip} is outside the ranges of range set "
-                       f"{range_set.index} ({range_set.describe()})")
-    why = r.why_refused(requested.value)
+    r = range_set.range_of(requested.value) or range_set.subnet_range_of(requested.value)
+    why = r.why_refused(requested.value) if r else None
     if why:
         raise CniError(requested.error_code, f"{requested.source}: requested IP {requested.ip} cannot be "
                                              f"handed out: {why}")
+    if r is None or not r.in_range(requested.value):
+        raise CniError(requested.error_code,
+                       f"{requested.source}: requested IP {requested.ip} is outside the ranges of range set "
+                       f"{range_set.index} ({range_set.describe()})")
     text = r.text(requested.value)
     if not store.reserve(text, container_id, ifname):
         owner = store.owner(text)

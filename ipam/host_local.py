@@ -26,9 +26,23 @@ class IpamConfig:
         self.ipam = ipam = config["ipam"]
         runtime = config.get("runtimeConfig") or {}
         self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"))
+        if contract.version_key(request.version) < (0, 3, 0):
+            check_one_set_per_family(self.range_sets, request.version)
         self.routes = [check_route(r, f"ipam.routes[{i}]") for i, r in enumerate(ipam.get("routes") or [])]
         self.requested = requested_ips(request, runtime)
-        self.resolv_conf = ipam.get("resolvConf")
+        # read now: a missing file must fail before an address is taken, not after
+        self.dns = read_resolv_conf(ipam["resolvConf"]) if ipam.get("resolvConf") else {}
+
+
+def check_one_set_per_family(range_sets, version):
+    """0.1.0/0.2.0 results carry one ip4 and one ip6: a second address would be leased but never reported."""
+    seen = {}
+    for s in range_sets:
+        if s.version in seen:
+            raise CniError(ERR_INVALID_CONFIG, f"ipam.ranges: cniVersion {version} results carry one address per "
+                                               f"family, but range sets {seen[s.version]} and {s.index} are both "
+                                               f"IPv{s.version}")
+        seen[s.version] = s.index
 
 
 def open_store(request):
@@ -75,10 +89,11 @@ def requested_ips(request, runtime):
 
 
 def assign_requested(conf):
-    """Map each requested address to the range set whose subnets hold it."""
+    """Map each requested address to the range set whose ranges (else subnets) hold it."""
     by_set = {}
     for req in conf.requested:
-        owner = next((s for s in conf.range_sets if s.subnet_range_of(req.value)), None)
+        owner = next((s for s in conf.range_sets if s.range_of(req.value)), None) or \
+            next((s for s in conf.range_sets if s.subnet_range_of(req.value)), None)
         if owner is None:
             raise CniError(req.error_code, f"{req.source}: requested IP {req.ip} is in no subnet of network")
         if owner.index in by_set:
@@ -143,10 +158,7 @@ def cmd_add(request):
         if r.gateway is not None:
             ip["gateway"] = r.text(r.gateway)
         ips.append(ip)
-    result = {"ips": ips, "routes": conf.routes, "dns": {}}
-    if conf.resolv_conf:
-        result["dns"] = read_resolv_conf(conf.resolv_conf)
-    return result
+    return {"ips": ips, "routes": conf.routes, "dns": conf.dns}
 
 
 def cmd_del(request):
@@ -179,10 +191,10 @@ def cmd_check(request):
 
 
 def cmd_gc(request):
+    # a malformed list must not read as "nothing is valid": that would release every lease
+    netconf.validate("host-local", request.config)
     valid = request.config.get("cni.dev/valid-attachments") or []
-    if not isinstance(valid, list) or not all(isinstance(a, dict) for a in valid):
-        raise CniError(ERR_INVALID_CONFIG, "cni.dev/valid-attachments: must be a list of {containerID, ifname}")
-    keep = {(a.get("containerID"), a.get("ifname")) for a in valid}
+    keep = {(a["containerID"], a["ifname"]) for a in valid}
     keep_ids = {cid for cid, _ in keep}
     with open_store(request) as store:
         for (cid, ifname), ips in store.attachments().items():
