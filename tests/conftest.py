@@ -8,9 +8,9 @@ from tests import netns as nsutil
 
 
 def pytest_collection_modifyitems(config, items):
-    # Tests under netns/ (and anything marked root) need root and namespaces.
+    # Tests under namespaces/ (and anything marked root) need root and namespaces.
     for item in items:
-        if "/tests/netns/" in str(item.fspath):
+        if "/tests/namespaces/" in str(item.fspath):
             item.add_marker(pytest.mark.root)
 
 

@@ -63,3 +63,9 @@ def ping(ns, address, count=1, timeout=2):
     if ":" in address:
         argv.append("-6")
     return sh(*argv, address, ns=ns, check=False).returncode == 0
+
+
+def link_stats(ns, name):
+    import json
+    out = sh("ip", "-s", "-j", "link", "show", "dev", name, ns=ns).stdout
+    return json.loads(out)[0]["stats64"]

@@ -53,6 +53,13 @@ class Outcome:
             self.json = None
 
     @property
+    def cni_code(self):
+        """The CNI error code of a failed call (None if it succeeded or printed no error)."""
+        if self.code == 0 or not isinstance(self.json, dict):
+            return None
+        return self.json.get("code")
+
+    @property
     def ok(self):
         return self.code == 0
 
