@@ -13,7 +13,8 @@ and one addition the reference ignores (it reads it but never matches it):
 The index makes DEL, CHECK and GC O(attachment) instead of reading every lease.
 It is trusted only while the directory's mtime equals the stamp: any write we did
 not finish (a crash) or did not make (the reference plugin) changes the mtime,
-and the index is rebuilt from the lease files.
+and the index is rebuilt from the lease files. Lease files are the truth; the
+index only ever names them.
 
 Every file is reached through a directory fd with O_NOFOLLOW, so a symlink
 planted in the data directory is refused rather than followed.
@@ -21,10 +22,12 @@ planted in the data directory is refused rather than followed.
 
 import errno
 import fcntl
+import ipaddress
 import os
+import stat
 import time
 
-from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_TRY_AGAIN, CniError
+from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_TRY_AGAIN, CniError, check_container_id, check_ifname
 
 INDEX_DIR = ".underlay-index"
 STAMP = ".stamp"
@@ -40,18 +43,22 @@ def io_error(what, err):
     return CniError(ERR_IO, f"{what}: {os.strerror(err.errno)}")
 
 
-def open_dir(path, dir_fd=None, create=True):
-    """Open (and create, 0700) a directory without following a symlink."""
+def open_dir(path, dir_fd=None, follow=False):
+    """Open a directory, creating it (0700) if missing; a symlink is refused unless `follow`."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW, dir_fd=dir_fd)
+        return os.open(path, flags, dir_fd=dir_fd)
     except FileNotFoundError:
-        if not create:
-            raise
         try:
             os.mkdir(path, 0o700, dir_fd=dir_fd)
         except FileExistsError:
             pass
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW, dir_fd=dir_fd)
+        return os.open(path, flags, dir_fd=dir_fd)
+    except NotADirectoryError:
+        # O_NOFOLLOW|O_DIRECTORY on a symlink fails with ENOTDIR: say what it is
+        if not follow and stat.S_ISLNK(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from None
+        raise
 
 
 def index_name(container_id, ifname):
@@ -65,7 +72,7 @@ def lease_content(container_id, ifname):
 
 
 def parse_owner(data):
-    """Lease file content -> (containerID, ifname or None)."""
+    """Lease file content -> (containerID, ifname or None); None for an empty file."""
     text = data.decode(errors="replace").strip()
     if not text:
         return None
@@ -74,8 +81,29 @@ def parse_owner(data):
 
 
 def looks_like_ip(name):
+    """A cheap filter for listings: may be a lease file name (callers parse what they use)."""
     return (name[:1].isalnum() and not name.startswith(LAST_RESERVED)
             and ("." in name or ":" in name) and name != LOCK)
+
+
+def is_ip(name):
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def indexable(owner):
+    """Only owners the CNI rules allow get index files: a lease's content must never pick a path."""
+    container_id, ifname = owner
+    try:
+        check_container_id(container_id)
+        if ifname is not None:
+            check_ifname(ifname)
+        return True
+    except CniError:
+        return False
 
 
 class DiskStore:
@@ -86,7 +114,7 @@ class DiskStore:
         self.lock_timeout = lock_timeout
         try:
             os.makedirs(os.path.dirname(data_dir.rstrip("/")) or "/", 0o755, exist_ok=True)
-            data_fd = open_dir(data_dir)
+            data_fd = open_dir(data_dir, follow=True)  # admins may move it with a symlink
             try:
                 self.dir_fd = open_dir(network, dir_fd=data_fd)
             finally:
@@ -95,6 +123,7 @@ class DiskStore:
         except OSError as e:
             raise io_error(f"ipam.dataDir {self.path}", e) from None
         self.lock_fd = None
+        self.lease_tmp = None  # (owner, name): one fsync'ed lease body, linked to each address tried
 
     def close(self):
         for fd in (self.index_fd, self.dir_fd, self.lock_fd):
@@ -106,6 +135,15 @@ class DiskStore:
 
     def __enter__(self):
         try:
+            self.lock()
+            self.ensure_index()
+        except BaseException as e:
+            self.__exit__(type(e), e, None)
+            raise
+        return self
+
+    def lock(self):
+        try:
             self.lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600, dir_fd=self.dir_fd)
         except OSError as e:
             raise io_error(f"lock file {self.path}/{LOCK}", e) from None
@@ -114,7 +152,7 @@ class DiskStore:
         while True:
             try:
                 fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = self.lock_holder()
@@ -123,18 +161,19 @@ class DiskStore:
                                    f"{self.lock_timeout:g}s") from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.02)
-        try:
-            self.ensure_index()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
 
-    def __exit__(self, *exc):
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)  # closing drops the flock
-            self.lock_fd = None
-        self.close()
+    def __exit__(self, exc_type=None, exc=None, tb=None):
+        try:
+            if self.dir_fd is not None:
+                self._drop_lease_tmp()
+        except OSError:
+            pass  # an orphan temp file is removed by the next rebuild
+        finally:
+            self.close()  # closing the lock fd drops the flock
+        if isinstance(exc, OSError):
+            # a write the kernel refused (ENOSPC, EROFS, EIO...) is an I/O error, not an internal one
+            raise io_error(f"host-local store {self.path}", exc) from exc
+        return False
 
     def lock_holder(self):
         inode = os.fstat(self.lock_fd).st_ino
@@ -193,18 +232,31 @@ class DiskStore:
 
     def reserve(self, ip, container_id, ifname):
         """Create the lease file for ip; False if it exists. Never leaves a partial file."""
-        # fsync'ed before it gets its name: a lease file is never empty or partial.
-        tmp = self._write_tmp(lease_content(container_id, ifname).encode(), self.dir_fd, sync=True)
+        # The body is written and fsync'ed once under a temporary name, then hard-linked
+        # to each address tried: a lease file is never empty or partial, and a nearly
+        # full range costs one fsync, not one per address probed.
+        owner = (container_id, ifname)
+        if self.lease_tmp is None or self.lease_tmp[0] != owner:
+            self._drop_lease_tmp()
+            body = lease_content(container_id, ifname).encode()
+            self.lease_tmp = (owner, self._write_tmp(body, self.dir_fd, sync=True))
         try:
-            os.link(tmp, ip, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd, follow_symlinks=False)
+            os.link(self.lease_tmp[1], ip, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd, follow_symlinks=False)
             return True
         except FileExistsError:
             return False
-        finally:
-            os.unlink(tmp, dir_fd=self.dir_fd)
+
+    def _drop_lease_tmp(self):
+        if self.lease_tmp is not None:
+            self._unlink(self.lease_tmp[1])
+            self.lease_tmp = None
 
     def owner(self, ip):
-        data = self._read(ip)
+        """(containerID, ifname or None) of a lease; None if there is none we can read."""
+        try:
+            data = self._read(ip)
+        except CniError:
+            return None  # a symlink or an unreadable file: nobody we could name
         return None if data is None else parse_owner(data)
 
     def release(self, ip, container_id, ifname):
@@ -214,7 +266,11 @@ class DiskStore:
             self._unlink(ip)
 
     def last_reserved(self, set_index):
-        data = self._read(f"{LAST_RESERVED}{set_index}")
+        """The address last handed out from a range set: only a hint, so unreadable is None."""
+        try:
+            data = self._read(f"{LAST_RESERVED}{set_index}")
+        except CniError:
+            return None
         return data.decode(errors="replace").strip() if data else None
 
     def set_last_reserved(self, set_index, ip):
@@ -225,13 +281,15 @@ class DiskStore:
         return {name for name in os.listdir(self.dir_fd) if looks_like_ip(name)}
 
     def leases(self):
-        """Every lease on disk: {ip: (containerID, ifname or None)}; a full scan."""
+        """Every lease on disk: {ip: (containerID, ifname or None) or None if empty}; a full scan.
+        Only regular files named by an IP count: symlinks and stray files are never read."""
         result = {}
-        for name in os.listdir(self.dir_fd):
-            if looks_like_ip(name):
-                data = self._read(name)
-                if data is not None:
-                    result[name] = parse_owner(data)
+        with os.scandir(self.dir_fd) as entries:
+            for entry in entries:
+                if looks_like_ip(entry.name) and entry.is_file(follow_symlinks=False) and is_ip(entry.name):
+                    data = self._read(entry.name)
+                    if data is not None:
+                        result[entry.name] = parse_owner(data)
         return result
 
     # -- the attachment index -----------------------------------------------
@@ -272,7 +330,15 @@ class DiskStore:
 
     def commit(self):
         """Mark the index as matching the lease files as they are now."""
-        self._replace(STAMP, str(os.fstat(self.dir_fd).st_mtime_ns).encode(), self.index_fd)
+        self._drop_lease_tmp()
+        # The kernel may stamp directory changes with a clock that ticks only every few
+        # ms, so a change made right after ours (the reference plugin; a writer of ours
+        # that then crashed) could leave the mtime as it is now. Set it 1 ns into the
+        # past and stamp that: any later change gets a newer time and is noticed.
+        st = os.fstat(self.dir_fd)
+        mtime = st.st_mtime_ns - 1
+        os.utime(self.dir_fd, ns=(st.st_atime_ns, mtime))
+        self._replace(STAMP, str(mtime).encode(), self.index_fd)
 
     def ensure_index(self):
         stamp = self._read(STAMP, self.index_fd)
@@ -291,8 +357,9 @@ class DiskStore:
         for ip, owner in self.leases().items():
             if owner is None:
                 self._unlink(ip)  # an empty lease (reference #498) belongs to nobody
-                continue
-            owners.setdefault(owner, []).append(ip)
+            elif indexable(owner):
+                owners.setdefault(owner, []).append(ip)
+            # else: a lease no CNI runtime could have written; it stays taken, untouched
         for (container_id, ifname), ips in owners.items():
             self.record(container_id, ifname, ips)
         self.commit()

@@ -1,0 +1,104 @@
+"""DiskStore in-process: what exec tests cannot set up (a coarse clock, fsync counts, a full disk)."""
+
+import errno
+import os
+
+import pytest
+
+from cni.contract import ERR_IO, CniError
+from ipam import allocator, ranges
+from ipam.store import DiskStore
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return str(tmp_path / "networks")
+
+
+def net_dir(data_dir):
+    return os.path.join(data_dir, "net1")
+
+
+def write(path, content):
+    with open(path, "wb") as f:
+        f.write(content)
+
+
+def test_change_in_the_same_clock_tick_as_ours_is_noticed(data_dir):
+    """A coarse clock gives a change right after ours the same mtime as ours: it must still be seen."""
+    with DiskStore(data_dir, "net1") as store:
+        assert store.reserve("10.1.0.2", "c1", "eth0")
+        ours = os.fstat(store.dir_fd).st_mtime_ns          # the time of our last change
+        store.record("c1", "eth0", ["10.1.0.2"])
+        store.commit()
+    # the reference writes a lease in the same tick: the kernel stamps the directory with that same time
+    write(os.path.join(net_dir(data_dir), "10.1.0.9"), b"other\r\neth0")
+    os.utime(net_dir(data_dir), ns=(ours, ours))
+    with DiskStore(data_dir, "net1") as store:
+        assert store.ips_of("other", "eth0") == ["10.1.0.9"]
+        assert store.ips_of("c1", "eth0") == ["10.1.0.2"]
+
+
+def test_index_trusted_while_nothing_changed(data_dir, monkeypatch):
+    with DiskStore(data_dir, "net1") as store:
+        assert store.reserve("10.1.0.2", "c1", "eth0")
+        store.record("c1", "eth0", ["10.1.0.2"])
+        store.commit()
+    monkeypatch.setattr(DiskStore, "rebuild_index", lambda self: pytest.fail("rebuilt a current index"))
+    with DiskStore(data_dir, "net1") as store:
+        assert store.ips_of("c1", "eth0") == ["10.1.0.2"]
+
+
+def test_one_fsync_per_allocation_in_a_nearly_full_range(data_dir, monkeypatch):
+    [s] = ranges.range_sets({"ranges": [[{"subnet": "10.1.0.0/26"}]]})
+    os.makedirs(net_dir(data_dir))
+    for i in range(2, 62):
+        write(os.path.join(net_dir(data_dir), f"10.1.0.{i}"), b"other\r\neth0")
+    syncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
+    with DiskStore(data_dir, "net1") as store:
+        syncs.clear()  # the rebuild does not fsync, but do not count it either way
+        r, value = allocator.allocate(s, store, "c1", "eth0")
+        assert r.text(value) == "10.1.0.62"
+        store.commit()
+    assert len(syncs) == 1
+    assert sorted(n for n in os.listdir(net_dir(data_dir)) if n.startswith(".tmp-")) == []
+
+
+def test_failed_write_is_an_io_error(data_dir, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(CniError) as e:
+        with DiskStore(data_dir, "net1") as store:
+            monkeypatch.setattr(os, "link", full)
+            store.reserve("10.1.0.2", "c1", "eth0")
+    assert e.value.code == ERR_IO
+    assert "No space left on device" in e.value.msg
+    assert [n for n in os.listdir(net_dir(data_dir)) if n.startswith(".tmp-")] == []
+
+
+@pytest.mark.parametrize("content", [b"../../escape\r\neth0", b"../../../escape\r\neth0", b"c1\r\n../../escape",
+                                     b"{tmp}/abs\r\neth0", b"c1\r\n..", b"a b\r\neth0"])
+def test_lease_content_never_picks_a_path(data_dir, tmp_path, content):
+    content = content.replace(b"{tmp}", str(tmp_path).encode())   # an absolute path, inside this test's dir
+    os.makedirs(net_dir(data_dir))
+    write(os.path.join(net_dir(data_dir), "10.1.0.7"), content)
+    with DiskStore(data_dir, "net1") as store:
+        assert store.attachments() == {}
+        assert not store.reserve("10.1.0.7", "c2", "eth0")    # still taken
+        store.commit()
+    written = sorted(os.path.relpath(os.path.join(d, n), tmp_path)
+                     for d, dirs, files in os.walk(tmp_path) for n in dirs + files)
+    assert written == ["networks", "networks/net1", "networks/net1/.underlay-index",
+                       "networks/net1/.underlay-index/.stamp", "networks/net1/10.1.0.7", "networks/net1/lock"]
+
+
+def test_rebuild_reads_old_id_only_leases(data_dir):
+    os.makedirs(net_dir(data_dir))
+    write(os.path.join(net_dir(data_dir), "10.1.0.7"), b"old-ctr")
+    write(os.path.join(net_dir(data_dir), "10.1.0.8"), b"new-ctr\r\neth0\n")
+    with DiskStore(data_dir, "net1") as store:
+        assert store.attachments() == {("old-ctr", None): ["10.1.0.7"], ("new-ctr", "eth0"): ["10.1.0.8"]}
+        assert store.ips_of("old-ctr", "net1") == ["10.1.0.7"]    # an id-only lease matches any ifname
