@@ -1,0 +1,307 @@
+"""The story macvlan and ipvlan share: a pod interface that is a child of a node interface.
+
+ADD creates the child directly inside the pod's netns under a temporary name
+(IFLA_NET_NS_FD: moving it afterwards costs ~16 ms of kernel time), renames it
+to CNI_IFNAME there, gets addresses from IPAM and applies them. Every step
+registers its undo right after it succeeds, so a failure leaves no link, no
+lease and no parent behind. DEL releases IPAM first and accepts whatever is
+already gone. CHECK compares prevResult with what the kernel has.
+
+A plugin module supplies a `Kind`: its schema, its config and the link
+attributes that make it a macvlan or an ipvlan.
+"""
+
+import os
+import re
+
+from cni import config as netconf
+from cni import contract, iface, netlink, netns, parents
+from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, CniError
+
+MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+class Conf:
+    """The settings both kinds have, checked before anything is changed."""
+
+    def __init__(self, request, schema, default_mode):
+        config = request.config
+        netconf.validate(schema, config)
+        self.master = config.get("master") or None
+        self.vlan = config.get("vlan")
+        self.mode = config.get("mode") or default_mode
+        self.mtu = config.get("mtu") or 0
+        self.link_in_container = bool(config.get("linkInContainer"))
+        self.state_dir = config.get("stateDir") or parents.DEFAULT_STATE_DIR
+        self.ipam_type = contract.ipam_type(config)
+        self.dns = config.get("dns") or {}
+        self.prev = request.prev_result() if request.command in ("ADD", "CHECK") else None
+        if self.vlan is not None and self.link_in_container:
+            raise CniError(ERR_INVALID_CONFIG, "vlan: cannot be combined with linkInContainer")
+
+    @property
+    def chained(self):
+        """No IPAM of our own: apply the addresses a previous plugin in the chain got."""
+        return self.ipam_type is None and bool(self.prev and self.prev.get("ips"))
+
+    def parent(self):
+        """The parent's name as configured (None: the default-route interface)."""
+        if self.master or self.vlan is not None:
+            return parents.parent_name(self.master, self.vlan)[0]
+        return None
+
+
+def check_mac(value, field, code):
+    if not isinstance(value, str) or not MAC.match(value):
+        raise CniError(code, f"{field}: {value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+    if int(value[:2], 16) & 1:
+        raise CniError(code, f"{field}: {value} is a multicast MAC address")
+    return value.lower()
+
+
+class Kind:
+    """What makes the child a macvlan or an ipvlan; subclassed by each plugin."""
+    name = None
+    schema = None
+
+    def load(self, request):
+        raise NotImplementedError
+
+    def link_data(self, conf):
+        """IFLA_INFO_DATA for the new link."""
+        raise NotImplementedError
+
+    def mac(self, conf):
+        return None
+
+    def check_link(self, link, conf):
+        """Raise a CHECK error if the link's kind-specific settings differ from conf."""
+
+    def create_error(self, error, conf, master):
+        return CniError(ERR_LINK, f"{error} (master {master.name})")
+
+    def device_routes(self, conf):
+        """True: routes go out of the device with no gateway (ipvlan l3/l3s)."""
+        return False
+
+    def parent_for_chain(self, conf):
+        return None
+
+
+def open_pod_netns(request):
+    try:
+        fd = netns.open_netns(request.netns)
+    except netns.NetnsError as e:
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {e}") from None
+    if netns.is_current(fd):
+        os.close(fd)
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {request.netns} is the plugin's own network namespace")
+    return fd
+
+
+def pod_socket(pod_fd):
+    with netns.entered(pod_fd):
+        return netlink.Netlink()
+
+
+def temporary_name():
+    return "ul" + os.urandom(5).hex()
+
+
+def delete_quietly(nl, index):
+    try:
+        nl.delete_link(index)
+    except netlink.LinkNotFound:
+        pass
+
+
+def find_master(kind, conf, where, request):
+    """(master Link, undo or None): configured, chained, or the default-route interface."""
+    name = conf.parent() or kind.parent_for_chain(conf)
+    if name is None:
+        return parents.default_route_master(where), None
+    user = parents.user_key(request.network, request.container_id, request.ifname)
+    master, created = parents.acquire(where, name if conf.vlan is None else conf.master, conf.vlan,
+                                      conf.state_dir, user)
+    if not created:
+        return master, None
+    return master, lambda: parents.release(where, conf.master, conf.vlan, conf.state_dir, user)
+
+
+def add(kind, request):
+    conf = kind.load(request)
+    undo = []
+    pod_fd = open_pod_netns(request)
+    host = netlink.Netlink()
+    try:
+        pod = pod_socket(pod_fd)
+        undo.append(pod.close)
+        if pod.find_link(request.ifname):
+            raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME: {request.ifname} already exists in {request.netns}")
+
+        where = pod if conf.link_in_container else host
+        master, release_parent = find_master(kind, conf, where, request)
+        if release_parent:
+            undo.append(release_parent)
+        if conf.mtu and conf.mtu > master.mtu:
+            raise CniError(ERR_INVALID_CONFIG, f"mtu: {conf.mtu} is larger than master {master.name}'s MTU {master.mtu}")
+
+        temp = temporary_name()
+        try:
+            where.create_link(temp, kind.name, parent_index=master.index, mtu=conf.mtu or None,
+                              mac=kind.mac(conf), data=kind.link_data(conf),
+                              netns_fd=None if conf.link_in_container else pod_fd)
+        except netlink.NetlinkError as e:
+            raise kind.create_error(e, conf, master) from None
+        link = pod.link(temp)
+        undo.append(lambda: delete_quietly(pod, link.index))
+        try:
+            pod.set_link(link.index, name=request.ifname)
+        except netlink.NetlinkError as e:
+            raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME: cannot rename {temp} to {request.ifname}: "
+                                            f"{os.strerror(e.errno)}") from None
+
+        if conf.ipam_type:
+            result = contract.delegate_ipam(request, "ADD")
+            undo.append(lambda: contract.delegate_ipam(request, "DEL"))
+            if not result.get("ips"):
+                raise CniError(ERR_INVALID_CONFIG, f"ipam: {conf.ipam_type} returned no IP addresses")
+        elif conf.chained:
+            result = {"ips": [dict(ip) for ip in conf.prev["ips"]], "routes": conf.prev.get("routes") or [],
+                      "dns": conf.prev.get("dns") or {}}
+        else:
+            result = {"ips": [], "routes": [], "dns": {}}
+        if kind.device_routes(conf):
+            for ip in result["ips"]:
+                ip.pop("gateway", None)
+            result["routes"] = device_default_routes(result)
+
+        with netns.entered(pod_fd):
+            if result["ips"]:
+                iface.configure(pod, link, request.ifname, result, device_default=kind.device_routes(conf))
+            else:
+                iface.prepare(request.ifname, False)
+                pod.set_link(link.index, up=True)  # ipam {}: an L2-only attachment
+        link = pod.link(index=link.index)
+        result["interfaces"] = [iface.interface_result(link, request.netns)]
+        for ip in result["ips"]:
+            ip["interface"] = 0
+        if conf.dns:
+            result["dns"] = conf.dns
+        undo.clear()
+        pod.close()
+        return result
+    except netlink.NetlinkError as e:
+        raise CniError(ERR_LINK, str(e)) from None
+    finally:
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception:
+                pass  # best effort: the error being reported is the one that matters
+        host.close()
+        os.close(pod_fd)
+
+
+def device_default_routes(result):
+    """`default dev <ifname>` per family, plus the configured routes without gateways."""
+    families = {"6" if ":" in ip["address"] else "4" for ip in result["ips"]}
+    routes = [{"dst": "0.0.0.0/0"}] if "4" in families else []
+    routes += [{"dst": "::/0"}] if "6" in families else []
+    for route in result.get("routes") or []:
+        if route["dst"] not in ("0.0.0.0/0", "::/0"):
+            routes.append({k: v for k, v in route.items() if k != "gw"})
+    return routes
+
+
+def delete(kind, request):
+    """Release IPAM first; then remove the link if the netns and the link are still there."""
+    config = request.config
+    if contract.ipam_type(config):
+        contract.delegate_ipam(request, "DEL")
+    if request.netns:
+        try:
+            pod_fd = netns.open_netns(request.netns)
+        except netns.NetnsError:
+            pod_fd = None  # gone, or not a netns any more: nothing left to remove there
+        if pod_fd is not None:
+            try:
+                with pod_socket(pod_fd) as pod:
+                    link = pod.find_link(request.ifname)
+                    if link is not None and link.kind == kind.name:
+                        delete_quietly(pod, link.index)
+            finally:
+                os.close(pod_fd)
+    master, vlan = config.get("master") or None, config.get("vlan")
+    if (master or vlan is not None) and not config.get("linkInContainer"):
+        user = parents.user_key(request.network, request.container_id, request.ifname)
+        with netlink.Netlink() as host:
+            parents.release(host, master, vlan, config.get("stateDir") or parents.DEFAULT_STATE_DIR, user)
+
+
+def check(kind, request):
+    conf = kind.load(request)
+    prev = conf.prev
+    if prev is None:
+        raise CniError(ERR_INVALID_CONFIG, "prevResult: required for CHECK")
+    if conf.ipam_type:
+        contract.delegate_ipam(request, "CHECK")
+    ours = [i for i, x in enumerate(prev.get("interfaces") or []) if x.get("name") == request.ifname]
+    if not ours:
+        raise iface.check_error(f"prevResult has no interface {request.ifname}")
+    expected = prev["interfaces"][ours[0]]
+    if expected.get("sandbox") and expected["sandbox"] != request.netns:
+        raise iface.check_error(f"interface {request.ifname}: sandbox {expected['sandbox']} "
+                                f"is not CNI_NETNS {request.netns}")
+    pod_fd = open_pod_netns(request)
+    try:
+        with pod_socket(pod_fd) as pod, netlink.Netlink() as host:
+            link = pod.find_link(request.ifname)
+            if link is None:
+                raise iface.check_error(f"interface {request.ifname} is missing from {request.netns}")
+            if link.kind != kind.name:
+                raise iface.check_error(f"interface {request.ifname} is a {link.kind}, not a {kind.name}")
+            kind.check_link(link, conf)
+            where = pod if conf.link_in_container else host
+            name = conf.parent()
+            master = where.find_link(name) if name else parents.default_route_master(where)
+            if master is None:
+                raise iface.check_error(f"master {name} is missing")
+            if link.parent_index != master.index:
+                raise iface.check_error(f"interface {request.ifname} is not on master {master.name}")
+            if expected.get("mac") and expected["mac"].lower() != (link.mac or "").lower():
+                raise iface.check_error(f"interface {request.ifname}: MAC {link.mac}, prevResult says {expected['mac']}")
+            iface.check_addresses_and_routes(pod, link, prev, ours[0])
+    finally:
+        os.close(pod_fd)
+
+
+def status(kind, request):
+    kind.load(request)
+    if contract.ipam_type(request.config):
+        contract.delegate_ipam(request, "STATUS")
+
+
+def gc(kind, request):
+    config = request.config
+    if contract.ipam_type(config):
+        contract.delegate_ipam(request, "GC")
+    valid = {parents.user_key(request.network, a.get("containerID"), a.get("ifname"))
+             for a in config.get("cni.dev/valid-attachments") or [] if isinstance(a, dict)}
+    with netlink.Netlink() as host:
+        parents.garbage_collect(host, request.network, valid, config.get("stateDir") or parents.DEFAULT_STATE_DIR)
+
+
+def verbs(kind):
+    return {
+        "ADD": lambda request: add(kind, request),
+        "DEL": lambda request: delete(kind, request),
+        "CHECK": lambda request: check(kind, request),
+        "STATUS": lambda request: status(kind, request),
+        "GC": lambda request: gc(kind, request),
+    }
+
+
+def main(kind):
+    from cni import version_info
+    contract.main(verbs(kind), f"CNI {kind.name} plugin (underlay {version_info()['version']})")

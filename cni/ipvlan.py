@@ -1,0 +1,80 @@
+"""ipvlan: give a pod an ipvlan child of a node interface; children share its MAC.
+
+Modes l2 (default), l3 and l3s; `flag` bridge (default), private or vepa, as
+Docker's ipvlan_flag. In l3 and l3s the pod gets `default dev <ifname>` and no
+gateway, as with Docker: the node needs a route to the pod subnet via the parent.
+Chained mode: no ipam.type and a prevResult with IPs applies those IPs, and
+with no master the single interface of prevResult is the master.
+The ADD/DEL/CHECK story is cni/child_link.py's.
+
+Run from a checkout: `python3 -m cni.ipvlan` with the CNI_* environment.
+"""
+
+import errno
+
+from cni import child_link, iface, netlink
+from cni.contract import ERR_INVALID_CONFIG, ERR_LINK, ERR_UNSUPPORTED_FIELD, CniError
+
+
+class Conf(child_link.Conf):
+    def __init__(self, request):
+        super().__init__(request, "ipvlan", "l2")
+        self.flag = request.config.get("flag") or "bridge"
+        runtime = request.config.get("runtimeConfig") or {}
+        for field, value in (("mac", request.config.get("mac")), ("runtimeConfig.mac", runtime.get("mac")),
+                             ("CNI_ARGS MAC", request.args.get("MAC"))):
+            if value:
+                raise CniError(ERR_UNSUPPORTED_FIELD, f"{field}: ipvlan children share the master's MAC "
+                                                      "address; a MAC cannot be set")
+
+
+class Ipvlan(child_link.Kind):
+    name = "ipvlan"
+
+    def load(self, request):
+        return Conf(request)
+
+    def link_data(self, conf):
+        return {"IFLA_IPVLAN_MODE": netlink.IPVLAN_MODES[conf.mode],
+                "IFLA_IPVLAN_FLAGS": netlink.IPVLAN_FLAGS[conf.flag]}
+
+    def check_link(self, link, conf):
+        for attr, table, wanted, what in (("IFLA_IPVLAN_MODE", netlink.IPVLAN_MODES, conf.mode, "mode"),
+                                          ("IFLA_IPVLAN_FLAGS", netlink.IPVLAN_FLAGS, conf.flag, "flag")):
+            value = link.data.get(attr, 0)
+            if value != table[wanted]:
+                names = {v: k for k, v in table.items()}
+                raise iface.check_error(f"interface {link.name}: {what} {names.get(value, value)}, "
+                                        f"config says {wanted}")
+
+    def create_error(self, error, conf, master):
+        if error.errno == errno.EOPNOTSUPP:
+            return CniError(ERR_LINK, f"this kernel cannot create ipvlan links (ipvlan module missing): {error}")
+        if error.errno == errno.EBUSY:
+            return CniError(ERR_LINK, f"master {master.name}: busy, it may already carry macvlan children "
+                                      f"(a parent takes macvlan or ipvlan children, not both): {error}")
+        return CniError(ERR_LINK, f"{error} (master {master.name}, mode {conf.mode}, flag {conf.flag})")
+
+    def device_routes(self, conf):
+        return conf.mode in ("l3", "l3s")
+
+    def parent_for_chain(self, conf):
+        if not conf.chained:
+            return None
+        names = [i.get("name") for i in conf.prev.get("interfaces") or []]
+        if len(names) != 1 or not names[0]:
+            raise CniError(ERR_INVALID_CONFIG, "master: not set, and prevResult does not have exactly one "
+                                               f"named interface to use as master (it has {names})")
+        return names[0]
+
+
+KIND = Ipvlan()
+VERBS = child_link.verbs(KIND)
+
+
+def main():
+    child_link.main(KIND)
+
+
+if __name__ == "__main__":
+    main()
