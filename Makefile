@@ -13,5 +13,9 @@ test: deps
 unit:
 	$(PYTHON) -m pytest tests/unit
 
+# One PyInstaller onedir bundle in dist/bin/.underlay, plugin names as symlinks.
+build:
+	PYTHON=$(PYTHON) build/build.sh
+
 clean:
 	rm -rf dist build/work

@@ -1,0 +1,102 @@
+"""Entry point of the frozen bundle: one executable, a plugin per name.
+
+Runtimes exec /opt/cni/bin/<type>; `macvlan`, `ipvlan` and `host-local` are
+symlinks to this one executable, so the name it was called by picks the
+plugin. A prefixed name (`underlay-macvlan`, or any PLUGIN_PREFIX given to
+`make install`) picks the same plugin, so ours can sit next to the reference
+plugins. Called by its own name, the first argument names the plugin
+(`underlay host-local`), which helps when debugging a bundle by hand.
+
+Plugin modules are imported only once the name is known: each exec pays for
+its own plugin alone, and a plugin not written yet does not break the others.
+VERSION is answered without importing the plugin at all.
+
+UNDERLAY_LIST_MODULES=<file> (or `-` for stderr) writes sorted(sys.modules)
+at exit: tests/build uses it to hold the import deny-list.
+"""
+
+import os
+import sys
+
+PLUGINS = {
+    "macvlan": "cni.macvlan",
+    "ipvlan": "cni.ipvlan",
+    "host-local": "ipam.host_local",
+}
+BUNDLE_NAME = "underlay"
+
+
+def plugin_for(name):
+    """The plugin a called name stands for: exact, or any prefix before it."""
+    for plugin in PLUGINS:
+        if name == plugin or name.endswith(plugin):
+            return plugin
+    return None
+
+
+def build_info():
+    """cni/_build.py, written by the spec into the bundle; None when run from source."""
+    try:
+        from cni import _build
+    except ImportError:
+        return None
+    return _build
+
+
+def usage(called):
+    sys.stderr.write(f"{called}: call me as one of {', '.join(PLUGINS)} (a symlink, optionally prefixed),\n"
+                     f"or as `{called} PLUGIN`\n")
+    return 2
+
+
+def run(argv):
+    called = os.path.basename(argv[0])
+    plugin = plugin_for(called)
+    if plugin is None and called == BUNDLE_NAME and len(argv) > 1:
+        plugin = plugin_for(argv[1])
+        if plugin is not None:
+            del argv[1]
+    if plugin is None:
+        return usage(called)
+    build = build_info()
+    if build is not None and plugin not in build.PLUGINS:
+        sys.stderr.write(f"{called}: plugin {plugin!r} is not part of this build\n")
+        return 2
+    if os.environ.get("CNI_COMMAND") == "VERSION":
+        # VERSION is the same for every plugin and static: runtimes (podman)
+        # call it before each ADD/DEL, so the bundle prints the contract's
+        # answer computed at build time, without importing the contract
+        # (json, re) or the plugin (netlink, pyroute2).
+        if build is not None:
+            sys.stdout.write(build.VERSION_OUTPUT)
+            return 0
+        from cni import contract
+        contract.main({}, called)
+    try:
+        __import__(PLUGINS[plugin])
+    except ModuleNotFoundError as e:
+        if e.name != PLUGINS[plugin]:
+            raise
+        sys.stderr.write(f"{called}: plugin {plugin!r} is not part of this build\n")
+        return 2
+    sys.modules[PLUGINS[plugin]].main()
+    return 0
+
+
+def list_modules(target):
+    names = "\n".join(sorted(sys.modules)) + "\n"
+    if target == "-":
+        sys.stderr.write(names)
+    else:
+        with open(target, "w") as f:
+            f.write(names)
+
+
+if __name__ == "__main__":
+    listing = os.environ.get("UNDERLAY_LIST_MODULES")
+    try:
+        code = run(sys.argv)
+    finally:
+        if listing:
+            list_modules(listing)
+    sys.exit(code)
