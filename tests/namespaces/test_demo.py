@@ -1,0 +1,18 @@
+"""The README's demonstration script works (plugins from the checkout, or UNDERLAY_BIN_DIR)."""
+
+import os
+import subprocess
+
+from tests.plugins import ROOT
+
+
+def test_demo_attaches_two_pods_that_ping_each_other():
+    argv = [str(ROOT / "build" / "demo.sh")]
+    if os.environ.get("UNDERLAY_BIN_DIR"):
+        argv.append(os.environ["UNDERLAY_BIN_DIR"])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "== demo OK" in proc.stdout
+    assert "2 received" in proc.stdout
+    for skipped in ("192.0.2.2/", "192.0.2.3/", "192.0.2.4/", "192.0.2.5/"):
+        assert skipped not in proc.stdout
