@@ -33,12 +33,12 @@ def allocate(range_set, store, container_id, ifname, requested=None):
         return reserve_requested(range_set, store, container_id, ifname, requested)
     last = store.last_reserved(range_set.index)
     try:
-        last_value = int(ipaddress.ip_address(last)) if last else None
+        last_ip = ipaddress.ip_address(last) if last else None
     except ValueError:
-        last_value = None  # a torn or foreign last_reserved_ip: start from the beginning
+        last_ip = None  # a torn or foreign last_reserved_ip: start from the beginning
     leased = None
     probes = 0
-    for r, value in range_set.candidates(last_value):
+    for r, value in range_set.candidates(last_ip):
         text = r.text(value)
         if leased is not None and text in leased:
             continue
@@ -52,7 +52,7 @@ def allocate(range_set, store, container_id, ifname, requested=None):
 
 
 def reserve_requested(range_set, store, container_id, ifname, requested):
-    r = range_set.range_of(requested.value) or range_set.subnet_range_of(requested.value)
+    r = range_set.range_of(requested.ip) or range_set.subnet_range_of(requested.ip)
     why = r.why_refused(requested.value) if r else None
     if why:
         raise CniError(requested.error_code, f"{requested.source}: requested IP {requested.ip} cannot be "

@@ -92,8 +92,8 @@ def assign_requested(conf):
     """Map each requested address to the range set whose ranges (else subnets) hold it."""
     by_set = {}
     for req in conf.requested:
-        owner = next((s for s in conf.range_sets if s.range_of(req.value)), None) or \
-            next((s for s in conf.range_sets if s.subnet_range_of(req.value)), None)
+        owner = next((s for s in conf.range_sets if s.range_of(req.ip)), None) or \
+            next((s for s in conf.range_sets if s.subnet_range_of(req.ip)), None)
         if owner is None:
             raise CniError(req.error_code, f"{req.source}: requested IP {req.ip} is in no subnet of network")
         if owner.index in by_set:
@@ -138,7 +138,7 @@ def cmd_add(request):
         existing = store.ips_of(cid, ifname)
         for s in conf.range_sets:
             for ip in existing:
-                if s.subnet_range_of(int(ipaddress.ip_address(ip))):
+                if s.subnet_range_of(ipaddress.ip_address(ip)):
                     raise CniError(ERR_NO_ADDRESS, f"{ip} has been allocated to {cid}/{ifname}, "
                                                    "duplicate allocation is not allowed")
         try:
@@ -176,9 +176,13 @@ def cmd_check(request):
     if prev is None:
         raise CniError(ERR_INVALID_CONFIG, "prevResult: required for CHECK")
     ours = set()
-    for ip in prev["ips"]:
-        address = ipaddress.ip_interface(ip["address"]).ip
-        if any(s.subnet_range_of(int(address)) and s.version == address.version for s in conf.range_sets):
+    for i, ip in enumerate(prev["ips"]):
+        try:
+            address = ipaddress.ip_interface(ip["address"]).ip
+        except ValueError:
+            raise CniError(ERR_INVALID_CONFIG, f"prevResult.ips[{i}].address: {ip['address']!r} is not "
+                                               "an address/prefix") from None
+        if any(s.subnet_range_of(address) for s in conf.range_sets):
             ours.add(str(address))
     with open_store(request) as store:
         leased = set(store.ips_of(request.container_id, request.ifname))

@@ -175,28 +175,26 @@ class RangeSet:
         self.ranges = ranges
         self.version = ranges[0].version
 
-    def range_of(self, value):
-        for r in self.ranges:
-            if r.in_range(value):
-                return r
-        return None
+    def range_of(self, ip):
+        """The range whose rangeStart..rangeEnd holds ip (an ipaddress object), or None."""
+        return next((r for r in self._family(ip) if r.in_range(int(ip))), None)
 
-    def subnet_range_of(self, value):
-        for r in self.ranges:
-            if r.in_subnet(value):
-                return r
-        return None
+    def subnet_range_of(self, ip):
+        """The range whose subnet holds ip (an ipaddress object), or None."""
+        return next((r for r in self._family(ip) if r.in_subnet(int(ip))), None)
+
+    def _family(self, ip):
+        # as integers, 10.1.0.5 and ::a01:5 are equal: compare within one family only
+        return self.ranges if ip is not None and ip.version == self.version else ()
 
     def candidates(self, last_reserved):
-        """Addresses in round-robin order starting after `last_reserved` (an int or None)."""
+        """Addresses in round-robin order starting after `last_reserved` (an ipaddress object or None)."""
         ranges = self.ranges
         first = 0
         begin = ranges[0].start
-        if last_reserved is not None:
-            for i, r in enumerate(ranges):
-                if r.in_range(last_reserved):
-                    first, begin = i, last_reserved + 1
-                    break
+        held_by = self.range_of(last_reserved)
+        if held_by is not None:
+            first, begin = ranges.index(held_by), int(last_reserved) + 1
         order = ranges[first:] + ranges[:first]
         for n, r in enumerate(order):
             value = r.next_available(begin if n == 0 else r.start)

@@ -4,11 +4,13 @@ import fcntl
 import ipaddress
 import json
 import os
+import sys
 
 import pytest
 
 from cni.contract import SUPPORTED_VERSIONS
 from tests.exec.conftest import addresses, error
+from tests.plugins import ROOT
 
 V4 = "10.1.0.0/24"
 V6 = "fd00:1::/64"
@@ -461,3 +463,43 @@ def test_requested_goes_to_the_set_whose_range_holds_it(hl):
     """Two sets may share a subnet with disjoint ranges (as the reference allows)."""
     conf = hl.config([{"subnet": V4, "rangeEnd": "10.1.0.99"}], [{"subnet": V4, "rangeStart": "10.1.0.100"}])
     assert addresses(hl.add(conf, args="IP=10.1.0.150")) == ["10.1.0.2", "10.1.0.150"]
+
+
+def test_code_999_unexpected_exception(hl, tmp_path):
+    """A bug (here: injected at start-up through sitecustomize) is an error JSON, never a traceback."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import ipam.ranges\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise ZeroDivisionError('injected failure')\n"
+        "ipam.ranges.range_sets = broken\n")
+    out = hl.add(hl.config(V4), argv=[sys.executable, "-m", "ipam.host_local"],
+                 extra={"PYTHONPATH": f"{inject}:{ROOT}"})
+    err = error(out, 999, "internal error: injected failure")
+    assert "ZeroDivisionError: injected failure" in err["details"]
+    assert "Traceback" not in out.stdout
+
+
+@pytest.mark.parametrize("ranges_, requested", [
+    ([V4], "::a01:5"),                  # as an integer, ::a01:5 is 10.1.0.5
+    (["::/120"], "0.0.0.5"),            # and 0.0.0.5 is ::5
+])
+def test_requested_ip_of_the_other_family(hl, ranges_, requested):
+    error(hl.add(hl.config(*ranges_), args=f"IP={requested}"), 4, f"requested IP {requested} is in no subnet")
+    assert no_leases(hl)
+
+
+def test_check_prev_result_of_the_other_family(hl):
+    conf = hl.config("::/120")
+    assert addresses(hl.add(conf)) == ["::2"]
+    # 0.0.0.2 is not ::2: it belongs to some other plugin, CHECK ignores it
+    assert hl.run("CHECK", dict(conf, prevResult=prev("1.0.0", "::2/120", "0.0.0.2/24"))).ok
+
+
+@pytest.mark.parametrize("address", ["banana", "10.1.0.2/99", 5])
+def test_check_malformed_prev_result(hl, address):
+    conf = hl.config(V4)
+    assert hl.add(conf).ok
+    error(hl.run("CHECK", dict(conf, prevResult={"cniVersion": "1.0.0", "ips": [{"address": address}]})),
+          6 if address == 5 else 7, "prevResult")

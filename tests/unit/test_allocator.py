@@ -73,6 +73,7 @@ def drain(s, store):
     ("10.1.0.4", ["10.1.0.5", "10.1.0.6", "10.1.0.2", "10.1.0.3"], "10.1.0.4"),   # last one tried: itself
     ("garbage", [], "10.1.0.2"),                     # a torn or foreign last_reserved_ip
     ("fd00::1", [], "10.1.0.2"),
+    ("::a01:3", [], "10.1.0.2"),                     # 10.1.0.3 as an integer, but IPv6
     ("10.9.9.9", [], "10.1.0.2"),                    # the config changed since
 ])
 def test_round_robin(last, leases, expected):
@@ -158,7 +159,8 @@ def test_requested_ip_outside_range_start_end():
     with pytest.raises(CniError) as e:
         allocate(s, MemoryStore(), "10.1.0.50")
     assert e.value.code == ERR_INVALID_CONFIG
-    assert "requested IP 10.1.0.50 is outside the ranges of range set 0 (10.1.0.0/24 10.1.0.10-10.1.0.20)" in e.value.msg
+    assert ("requested IP 10.1.0.50 is outside the ranges of range set 0 (10.1.0.0/24 10.1.0.10-10.1.0.20)"
+            in e.value.msg)
 
 
 def test_requested_ip_taken():

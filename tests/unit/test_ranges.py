@@ -103,7 +103,8 @@ def test_ipv6_network_address_never_handed_out():
     ({"subnet": "banana/24"}, ["not a valid CIDR"]),
     ({"subnet": 10}, ["not a CIDR"]),
     ({}, ["ipam.ranges[0][0].subnet", "is required"]),
-    ({"subnet": "10.1.0.0/24", "rangeStart": "10.1.1.5"}, ["ipam.ranges[0][0].rangeStart", "10.1.1.5 is outside subnet"]),
+    ({"subnet": "10.1.0.0/24", "rangeStart": "10.1.1.5"},
+     ["ipam.ranges[0][0].rangeStart", "10.1.1.5 is outside subnet"]),
     ({"subnet": "10.1.0.0/24", "rangeEnd": "10.2.0.5"}, ["ipam.ranges[0][0].rangeEnd", "outside subnet"]),
     ({"subnet": "10.1.0.0/24", "gateway": "10.1.1.1"}, ["ipam.ranges[0][0].gateway", "outside subnet"]),
     ({"subnet": "10.1.0.0/24", "rangeStart": "fd00::5"}, ["rangeStart", "outside subnet"]),
@@ -334,9 +335,10 @@ def test_candidates_round_robin_across_ranges():
                             {"subnet": "10.2.0.0/29", "rangeEnd": "10.2.0.3"}]]})
     order = [r.text(v) for r, v in s.candidates(None)]
     assert order == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.2.0.2", "10.2.0.3"]
-    after = [r.text(v) for r, v in s.candidates(ip("10.1.0.3"))]
+    after = [r.text(v) for r, v in s.candidates(ipaddress.ip_address("10.1.0.3"))]
     assert after == ["10.1.0.4", "10.2.0.2", "10.2.0.3", "10.1.0.2", "10.1.0.3"]
-    after = [r.text(v) for r, v in s.candidates(ip("10.2.0.3"))]   # the very last: wrap to the first range
+    # the very last: wrap to the first range
+    after = [r.text(v) for r, v in s.candidates(ipaddress.ip_address("10.2.0.3"))]
     assert after == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.2.0.2", "10.2.0.3"]
     # a last_reserved no range holds (config changed): start from the beginning
-    assert [r.text(v) for r, v in s.candidates(ip("10.9.0.1"))] == order
+    assert [r.text(v) for r, v in s.candidates(ipaddress.ip_address("10.9.0.1"))] == order

@@ -159,7 +159,8 @@ def test_missing_version_means_010(config):
     assert request.config["cniVersion"] == "0.1.0"
 
 
-@pytest.mark.parametrize("version", ["2.0.0", "0.5.0", "1.2.0", "0.0.1", "1.0", "1.0.0.0", "v1.0.0", "latest", " 1.0.0"])
+@pytest.mark.parametrize("version", ["2.0.0", "0.5.0", "1.2.0", "0.0.1", "1.0", "1.0.0.0", "v1.0.0", "latest",
+                                     " 1.0.0"])
 def test_unsupported_version(version):
     e = refused(env("ADD"), conf(version))
     assert e.code == ERR_INCOMPATIBLE_VERSION
