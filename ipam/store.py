@@ -8,7 +8,7 @@ Under `<dataDir>/<network>/`, exactly as containernetworking/plugins writes it:
 
 and one addition the reference ignores (it reads it but never matches it):
   .underlay-index/<containerID>@<ifname>   "containerID\\r\\nifname\\r\\n<ip>..." per attachment
-  .underlay-index/.stamp                    the network directory's mtime after our last write
+  .underlay-index/.stamp                    the network directory's mtime as our last commit left it
 
 The index makes DEL, CHECK and GC O(attachment) instead of reading every lease.
 It is trusted only while the directory's mtime equals the stamp: any write we did
@@ -16,8 +16,9 @@ not finish (a crash) or did not make (the reference plugin) changes the mtime,
 and the index is rebuilt from the lease files. Lease files are the truth; the
 index only ever names them.
 
-Every file is reached through a directory fd with O_NOFOLLOW, so a symlink
-planted in the data directory is refused rather than followed.
+Everything under the data directory is reached through a directory fd with
+O_NOFOLLOW, so a symlink planted there is refused (directories) or skipped
+(leases) rather than followed. The data directory itself may be a symlink.
 """
 
 import errno

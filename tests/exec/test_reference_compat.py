@@ -134,3 +134,29 @@ def test_gc_releases_reference_leases(hl, reference):
     gc = dict(conf, cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "b", "ifname": "eth0"}]})
     assert hl.run("GC", gc).ok
     assert hl.leases() == {"10.1.0.3": b"b\r\neth0"}
+
+
+def test_concurrent_adds_of_both_plugins_never_duplicate(hl, reference):
+    """Both take the same flock on <network>/lock: 24 ADDs at once, ours and theirs, get 24 addresses."""
+    import json
+    import subprocess
+
+    from tests.plugins import REFERENCE_DIR, plugin_argv, plugin_env
+
+    conf = json.dumps(hl.config("10.1.0.0/26", "fd00:1::/120")).encode()
+    procs = []
+    for i in range(24):
+        argv = plugin_argv("host-local") if i % 2 else [os.path.join(REFERENCE_DIR, "host-local")]
+        env = plugin_env("ADD", container_id=f"c{i}", netns="/run/netns/x")
+        procs.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      env=env))
+    given = []
+    for proc in procs:
+        out, err = proc.communicate(conf, timeout=60)
+        assert proc.returncode == 0, (out, err)
+        given += [ip["address"].split("/")[0] for ip in json.loads(out)["ips"]]
+    assert len(given) == 48 and len(set(given)) == 48
+    assert sorted(hl.leases()) == sorted(given)
+    for i in range(24):
+        assert hl.delete(json.loads(conf), f"c{i}").ok
+    assert hl.leases() == {}

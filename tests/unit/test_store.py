@@ -102,3 +102,27 @@ def test_rebuild_reads_old_id_only_leases(data_dir):
     with DiskStore(data_dir, "net1") as store:
         assert store.attachments() == {("old-ctr", None): ["10.1.0.7"], ("new-ctr", "eth0"): ["10.1.0.8"]}
         assert store.ips_of("old-ctr", "net1") == ["10.1.0.7"]    # an id-only lease matches any ifname
+
+
+def test_del_reads_only_its_own_leases(data_dir, monkeypatch):
+    """DEL finds an attachment through the index: with 300 leases it reads one lease file, not 300."""
+    import json
+
+    from cni.contract import read_request
+    from ipam import host_local
+
+    os.makedirs(net_dir(data_dir))
+    for i in range(300):
+        write(os.path.join(net_dir(data_dir), f"10.1.{i // 250}.{i % 250 + 2}"), f"pre{i}\r\neth0".encode())
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "net1",
+                       "ipam": {"type": "host-local", "dataDir": data_dir, "ranges": [[{"subnet": "10.1.0.0/16"}]]}})
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "pre7", "CNI_IFNAME": "eth0", "CNI_PATH": "/x"}
+    host_local.cmd_del(read_request(dict(env, CNI_CONTAINERID="warm-up"), conf.encode()))   # builds the index
+    reads = []
+    real_read = DiskStore._read
+    monkeypatch.setattr(DiskStore, "_read", lambda self, name, dir_fd=None: (reads.append(name),
+                                                                          real_read(self, name, dir_fd))[1])
+    host_local.cmd_del(read_request(env, conf.encode()))
+    assert not os.path.exists(os.path.join(net_dir(data_dir), "10.1.0.9"))
+    assert len(os.listdir(net_dir(data_dir))) == 299 + 2              # + lock, .underlay-index
+    assert [name for name in reads if name[0].isdigit()] == ["10.1.0.9"]
