@@ -1,7 +1,10 @@
 PYTHON ?= python3
 PREFIX ?= /opt/cni/bin
 
-.PHONY: deps test unit demo build install clean
+PLUGIN_PREFIX ?=
+FORCE ?= 0
+
+.PHONY: deps test unit demo build install uninstall bench clean
 
 deps:
 	build/deps.sh
@@ -16,6 +19,16 @@ unit:
 # One PyInstaller onedir bundle in dist/bin/.underlay, plugin names as symlinks.
 build:
 	PYTHON=$(PYTHON) build/build.sh
+
+# Installs dist/bin into $(DESTDIR)$(PREFIX) (default /opt/cni/bin); never
+# replaces a file it did not install unless FORCE=1. PLUGIN_PREFIX=underlay-
+# installs underlay-macvlan etc. next to the reference plugins.
+install:
+	build/install.sh --from dist/bin --destdir "$(DESTDIR)" --prefix "$(PREFIX)" \
+		--plugin-prefix "$(PLUGIN_PREFIX)" $(if $(filter 1 yes true,$(FORCE)),--force)
+
+uninstall:
+	build/install.sh --destdir "$(DESTDIR)" --prefix "$(PREFIX)" --uninstall
 
 clean:
 	rm -rf dist build/work

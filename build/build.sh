@@ -2,8 +2,10 @@
 # Builds dist/bin/: one PyInstaller onedir bundle (dist/bin/.underlay/) and the
 # plugin names as symlinks to its executable, then smoke-tests each name.
 #
-#   build/build.sh            (what `make build` runs)
+#   build/build.sh              (what `make build` runs)
 #   PYTHON=python3.11 build/build.sh
+#   build/build.sh --importtime (a diagnostic bundle in build/work/importtime/
+#                                whose executables print `-X importtime`)
 #
 # The build string (git describe + UTC time) goes into cni/_build.py inside the
 # bundle only; the checkout never carries that file.
@@ -14,8 +16,15 @@ PYTHON=${PYTHON:-python3}
 PLUGINS="macvlan ipvlan host-local"
 WORK=$ROOT/build/work
 OUT=$ROOT/dist/bin
+export UNDERLAY_IMPORTTIME=0
+if [ "${1:-}" = "--importtime" ]; then
+    UNDERLAY_IMPORTTIME=1
+    WORK=$ROOT/build/work/importtime-work
+    OUT=$ROOT/build/work/importtime
+fi
 
-describe=$(git describe --always --dirty --tags 2>/dev/null || echo nogit)
+# --dirty refreshes the index, which fails while a concurrent commit holds its lock.
+describe=$(git describe --always --dirty --tags 2>/dev/null || git describe --always --tags 2>/dev/null || echo nogit)
 export UNDERLAY_BUILD="$describe $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 export UNDERLAY_GEN_DIR=$WORK/gen
 
@@ -25,7 +34,7 @@ rm -rf "$WORK/dist"
     --workpath "$WORK/pyi" --distpath "$WORK/dist" build/underlay.spec
 
 # Swap the new tree in whole, so a failed build leaves the last good one.
-staging=$ROOT/dist/.bin.new
+staging=$OUT.new
 rm -rf "$staging"
 mkdir -p "$staging"
 mv "$WORK/dist/underlay" "$staging/.underlay"
@@ -39,7 +48,7 @@ mv "$staging" "$OUT"
 # module is not written yet is reported, not fatal (the entry says so, exit 2).
 for plugin in $PLUGINS; do
     set +e
-    out=$(CNI_COMMAND=VERSION "$OUT/$plugin" </dev/null 2>&1)
+    out=$(CNI_COMMAND=VERSION "$OUT/$plugin" </dev/null 2>/dev/null)
     code=$?
     set -e
     if [ $code -eq 0 ] && [[ $out == *"$UNDERLAY_BUILD"* ]]; then
@@ -51,4 +60,4 @@ for plugin in $PLUGINS; do
         exit 1
     fi
 done
-echo "build: dist/bin ($(du -sh "$OUT/.underlay" | cut -f1), $(( $(date +%s) - start )) s): $UNDERLAY_BUILD"
+echo "build: ${OUT#$ROOT/} ($(du -sh "$OUT/.underlay" | cut -f1), $(( $(date +%s) - start )) s): $UNDERLAY_BUILD"

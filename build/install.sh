@@ -1,0 +1,189 @@
+#!/bin/sh
+# Installs underlay's plugins into a CNI bin directory (default /opt/cni/bin).
+#
+#   build/install.sh [--from DIR] [--prefix DIR] [--destdir DIR]
+#                    [--plugin-prefix P] [--force] [--uninstall]
+#
+# `make install` runs it with DESTDIR, PREFIX, PLUGIN_PREFIX and FORCE=1; the
+# container image (conf/image) runs the same script against the host's
+# /opt/cni/bin. POSIX sh: it also runs under busybox.
+#
+# What lands in the directory:
+#   .underlay-<id>/            the onedir bundle (<id>: checksum of its files)
+#   <P>macvlan, <P>ipvlan, ... symlinks to .underlay-<id>/underlay, one per
+#                              plugin built (<P> is --plugin-prefix, default none)
+#   .underlay-manifest         every name this script installed there
+#
+# Safety rules:
+#   - a name that exists and is not ours (not in the manifest, or no longer a
+#     symlink into one of our bundles) is never replaced without --force: the
+#     reference plugins often live there under the same names. Nothing is
+#     changed unless every name can be installed.
+#   - links are switched atomically (new symlink, then rename over the old), and
+#     the bundle the links pointed to before is kept until the next install, so
+#     a plugin exec'd by a runtime during the upgrade still finds its files.
+set -eu
+
+FROM=dist/bin
+PREFIX=/opt/cni/bin
+DESTDIR=
+PLUGIN_PREFIX=
+FORCE=0
+UNINSTALL=0
+
+die() { echo "install: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --from) FROM=$2; shift 2 ;;
+        --prefix) PREFIX=$2; shift 2 ;;
+        --destdir) DESTDIR=$2; shift 2 ;;
+        --plugin-prefix) PLUGIN_PREFIX=$2; shift 2 ;;
+        --force) FORCE=1; shift ;;
+        --uninstall) UNINSTALL=1; shift ;;
+        -h|--help) sed -n '2,/^set -eu/p' "$0" | sed 's/^# \{0,1\}//;$d'; exit 0 ;;
+        *) die "unknown argument: $1" ;;
+    esac
+done
+
+case $PLUGIN_PREFIX in
+    */*|.*) die "--plugin-prefix must be a plain name prefix: $PLUGIN_PREFIX" ;;
+esac
+case $PLUGIN_PREFIX in
+    *[!A-Za-z0-9._-]*) die "--plugin-prefix may hold only letters, digits, '.', '_' and '-': $PLUGIN_PREFIX" ;;
+esac
+
+TARGET=$DESTDIR$PREFIX
+MANIFEST=$TARGET/.underlay-manifest
+ENTRY=underlay
+
+in_manifest() {
+    [ -f "$MANIFEST" ] && grep -qxF "$1" "$MANIFEST"
+}
+
+# A name is ours when we installed it and it is still a symlink into one of
+# our bundles; anything else there belongs to someone else.
+is_ours() {
+    in_manifest "$1" || return 1
+    [ -L "$TARGET/$1" ] || return 1
+    case $(readlink "$TARGET/$1") in
+        .underlay-*/$ENTRY) return 0 ;;
+    esac
+    return 1
+}
+
+write_manifest() {
+    # $@: names; written atomically, sorted, without duplicates
+    printf '%s\n' "$@" | sed '/^$/d' | sort -u > "$MANIFEST.tmp.$$"
+    mv -f "$MANIFEST.tmp.$$" "$MANIFEST"
+}
+
+manifest_names() {
+    [ -f "$MANIFEST" ] && cat "$MANIFEST" || true
+}
+
+# Bundles no link of ours points to, except $1 (kept for in-flight execs).
+prune_bundles() {
+    keep=$1
+    referenced=
+    for name in $(manifest_names); do
+        case $name in .underlay-*) continue ;; esac
+        if is_ours "$name"; then
+            referenced="$referenced $(dirname "$(readlink "$TARGET/$name")")"
+        fi
+    done
+    remaining=
+    for name in $(manifest_names); do
+        case $name in
+            .underlay-*)
+                case " $referenced $keep " in
+                    *" $name "*) remaining="$remaining $name" ;;
+                    *) rm -rf "${TARGET:?}/$name" ;;
+                esac ;;
+            *) [ -e "$TARGET/$name" ] || [ -L "$TARGET/$name" ] && remaining="$remaining $name" ;;
+        esac
+    done
+    # shellcheck disable=SC2086
+    write_manifest $remaining
+}
+
+if [ "$UNINSTALL" = 1 ]; then
+    [ -f "$MANIFEST" ] || { echo "install: nothing of underlay's in $TARGET"; exit 0; }
+    kept=
+    for name in $(manifest_names); do
+        case $name in .underlay-*) continue ;; esac
+        if is_ours "$name"; then
+            rm -f "$TARGET/$name"
+            echo "install: removed $TARGET/$name"
+        elif [ -e "$TARGET/$name" ] || [ -L "$TARGET/$name" ]; then
+            echo "install: left $TARGET/$name alone (no longer ours)"
+        fi
+    done
+    for name in $(manifest_names); do
+        case $name in .underlay-*) rm -rf "${TARGET:?}/$name" ;; esac
+    done
+    rm -f "$MANIFEST"
+    exit 0
+fi
+
+[ -x "$FROM/.underlay/$ENTRY" ] || die "no bundle at $FROM/.underlay (run \`make build\` first)"
+PLUGINS=
+for link in "$FROM"/*; do
+    [ -L "$link" ] && [ "$(readlink "$link")" = ".underlay/$ENTRY" ] && PLUGINS="$PLUGINS $(basename "$link")"
+done
+[ -n "$PLUGINS" ] || die "no plugin links in $FROM"
+
+mkdir -p "$TARGET"
+
+# Refuse before changing anything.
+refused=
+for plugin in $PLUGINS; do
+    name=$PLUGIN_PREFIX$plugin
+    if [ -d "$TARGET/$name" ] && ! is_ours "$name"; then
+        die "$TARGET/$name is a directory; not replacing it, even with --force"
+    fi
+    if { [ -e "$TARGET/$name" ] || [ -L "$TARGET/$name" ]; } && ! is_ours "$name"; then
+        if [ "$FORCE" = 1 ]; then
+            echo "install: --force: replacing $TARGET/$name, which underlay did not install"
+        else
+            refused="$refused $name"
+        fi
+    fi
+done
+if [ -n "$refused" ]; then
+    die "refusing to replace files underlay did not install in $TARGET:$refused
+  (install under other names with PLUGIN_PREFIX=underlay- / --plugin-prefix underlay-, or replace them with FORCE=1 / --force)"
+fi
+
+# The bundle, under a name that changes with its content.
+id=$(cd "$FROM/.underlay" && find . -type f | LC_ALL=C sort | xargs cat | cksum | cut -d' ' -f1)
+bundle=.underlay-$id
+if ! [ -x "$TARGET/$bundle/$ENTRY" ] || ! in_manifest "$bundle"; then
+    if [ -e "$TARGET/$bundle" ] && ! in_manifest "$bundle"; then
+        [ "$FORCE" = 1 ] || die "refusing to replace $TARGET/$bundle, which underlay did not install"
+    fi
+    rm -rf "$TARGET/$bundle.tmp.$$"
+    cp -RPp "$FROM/.underlay" "$TARGET/$bundle.tmp.$$"
+    rm -rf "${TARGET:?}/$bundle"
+    mv "$TARGET/$bundle.tmp.$$" "$TARGET/$bundle"
+fi
+# shellcheck disable=SC2046
+write_manifest $(manifest_names) "$bundle"
+
+previous=
+for plugin in $PLUGINS; do
+    name=$PLUGIN_PREFIX$plugin
+    if is_ours "$name"; then
+        previous=$(dirname "$(readlink "$TARGET/$name")")
+    else
+        rm -f "$TARGET/$name"    # absent, or --force on someone else's file
+    fi
+    rm -f "$TARGET/.$name.tmp.$$"
+    ln -s "$bundle/$ENTRY" "$TARGET/.$name.tmp.$$"
+    mv -f "$TARGET/.$name.tmp.$$" "$TARGET/$name"
+    # shellcheck disable=SC2046
+    write_manifest $(manifest_names) "$name"
+    echo "install: $TARGET/$name -> $bundle/$ENTRY"
+done
+
+prune_bundles "$previous"
