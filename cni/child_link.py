@@ -15,8 +15,8 @@ import os
 import re
 
 from cni import config as netconf
-from cni import contract, iface, netlink, netns, parents
-from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, CniError
+from cni import contract, iface, kernel, netlink, netns, parents, shim
+from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, CniError
 
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -35,17 +35,26 @@ class Conf:
         self.state_dir = config.get("stateDir") or parents.DEFAULT_STATE_DIR
         self.ipam_type = contract.ipam_type(config)
         self.dns = config.get("dns") or {}
+        self.internal = bool(config.get("internal"))
+        self.shim = shim.settings(config)
         self.prev = request.prev_result() if request.command in ("ADD", "CHECK") else None
         if self.vlan is not None and self.link_in_container:
             raise CniError(ERR_INVALID_CONFIG, "vlan: cannot be combined with linkInContainer")
+        if self.internal:
+            for key in ("master", "vlan", "linkInContainer"):
+                if config.get(key) not in (None, False):
+                    raise CniError(ERR_INVALID_CONFIG, f"{key}: an internal network has a parent of its own; "
+                                                       f"remove {key} or internal")
 
     @property
     def chained(self):
         """No IPAM of our own: apply the addresses a previous plugin in the chain got."""
         return self.ipam_type is None and bool(self.prev and self.prev.get("ips"))
 
-    def parent(self):
-        """The parent's name as configured (None: the default-route interface)."""
+    def parent(self, network):
+        """The parent's name as configured (None: chained, or the default-route interface)."""
+        if self.internal:
+            return parents.internal_name(network)
         if self.master or self.vlan is not None:
             return parents.parent_name(self.master, self.vlan)[0]
         return None
@@ -79,6 +88,10 @@ class Kind:
 
     def create_error(self, error, conf, master):
         return CniError(ERR_LINK, f"{error} (master {master.name})")
+
+    def shim_data(self, conf):
+        """IFLA_INFO_DATA for a hostShim on the same master (cni/shim.py)."""
+        raise NotImplementedError
 
     def device_routes(self, conf):
         """True: routes go out of the device with no gateway (ipvlan l3/l3s)."""
@@ -116,16 +129,20 @@ def delete_quietly(nl, index):
 
 
 def find_master(kind, conf, where, request):
-    """(master Link, undo or None): configured, chained, or the default-route interface."""
-    name = conf.parent() or kind.parent_for_chain(conf)
-    if name is None:
-        return parents.default_route_master(where), None
-    user = parents.user_key(request.network, request.container_id, request.ifname)
-    master, created = parents.acquire(where, name if conf.vlan is None else conf.master, conf.vlan,
-                                      conf.state_dir, user)
-    if not created:
+    """(master Link, undo or None): configured, made on demand, chained, or the default route's."""
+    if conf.internal or conf.master or conf.vlan is not None:
+        master, managed = parents.acquire_parent(where, conf, request)
+        if not managed:
+            return master, None
+        user = parents.user_key(request.network, request.container_id, request.ifname)
+        return master, lambda: parents.release(where, master.name, user, conf.state_dir)
+    name = kind.parent_for_chain(conf)
+    if name is not None:
+        master = where.find_link(name)
+        if master is None:
+            raise CniError(ERR_INVALID_CONFIG, f"master: prevResult's interface {name!r} does not exist")
         return master, None
-    return master, lambda: parents.release(where, conf.master, conf.vlan, conf.state_dir, user)
+    return parents.default_route_master(where), None
 
 
 def add(kind, request):
@@ -182,6 +199,8 @@ def add(kind, request):
             else:
                 iface.prepare(request.ifname, False)
                 pod.set_link(link.index, up=True)  # ipam {}: an L2-only attachment
+        if conf.shim:
+            undo.append(shim.ensure(host, kind, conf, master, request, result))
         link = pod.link(index=link.index)
         result["interfaces"] = [iface.interface_result(link, request.netns)]
         for ip in result["ips"]:
@@ -232,11 +251,13 @@ def delete(kind, request):
                         delete_quietly(pod, link.index)
             finally:
                 os.close(pod_fd)
-    master, vlan = config.get("master") or None, config.get("vlan")
-    if (master or vlan is not None) and not config.get("linkInContainer"):
-        user = parents.user_key(request.network, request.container_id, request.ifname)
-        with netlink.Netlink() as host:
-            parents.release(host, master, vlan, config.get("stateDir") or parents.DEFAULT_STATE_DIR, user)
+    if config.get("linkInContainer"):
+        return
+    state_dir = config.get("stateDir") or parents.DEFAULT_STATE_DIR
+    user = parents.user_key(request.network, request.container_id, request.ifname)
+    with netlink.Netlink() as host:
+        shim.release(host, config, request, state_dir)
+        parents.release(host, parents.managed_parent_name(config, request.network), user, state_dir)
 
 
 def check(kind, request):
@@ -263,7 +284,7 @@ def check(kind, request):
                 raise iface.check_error(f"interface {request.ifname} is a {link.kind}, not a {kind.name}")
             kind.check_link(link, conf)
             where = pod if conf.link_in_container else host
-            name = conf.parent()
+            name = conf.parent(request.network) or kind.parent_for_chain(conf)
             master = where.find_link(name) if name else parents.default_route_master(where)
             if master is None:
                 raise iface.check_error(f"master {name} is missing")
@@ -277,9 +298,27 @@ def check(kind, request):
 
 
 def status(kind, request):
-    kind.load(request)
-    if contract.ipam_type(request.config):
-        contract.delegate_ipam(request, "STATUS")
+    """0 if an ADD could succeed: the kernel has the link kinds, the master is there, IPAM is ready."""
+    conf = kind.load(request)
+    needed = [kind.name] + (["dummy"] if conf.internal else [])
+    name = conf.parent(request.network)
+    if name and not conf.link_in_container:
+        with netlink.Netlink() as host:
+            missing = host.find_link(name) is None
+        if missing and conf.vlan is None and not conf.internal:
+            if parents.vlan_of(name) is None:
+                raise CniError(ERR_NOT_AVAILABLE, f"master {name} does not exist")
+        if missing and not conf.internal:
+            needed.append("vlan")
+    for link_kind in needed:
+        reason = kernel.unsupported(link_kind, conf.state_dir)
+        if reason:
+            raise CniError(ERR_NOT_AVAILABLE, reason)
+    if conf.ipam_type:
+        try:
+            contract.delegate_ipam(request, "STATUS")
+        except CniError as e:
+            raise CniError(ERR_NOT_AVAILABLE, f"IPAM {conf.ipam_type}: {e.msg}", e.details) from None
 
 
 def gc(kind, request):

@@ -38,6 +38,9 @@ class Ipvlan(child_link.Kind):
         return {"IFLA_IPVLAN_MODE": netlink.IPVLAN_MODES[conf.mode],
                 "IFLA_IPVLAN_FLAGS": netlink.IPVLAN_FLAGS[conf.flag]}
 
+    def shim_data(self, conf):
+        return {"IFLA_IPVLAN_MODE": netlink.IPVLAN_MODES[conf.mode], "IFLA_IPVLAN_FLAGS": netlink.IPVLAN_FLAGS["bridge"]}
+
     def check_link(self, link, conf):
         for attr, table, wanted, what in (("IFLA_IPVLAN_MODE", netlink.IPVLAN_MODES, conf.mode, "mode"),
                                           ("IFLA_IPVLAN_FLAGS", netlink.IPVLAN_FLAGS, conf.flag, "flag")):

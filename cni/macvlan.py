@@ -43,6 +43,9 @@ class Macvlan(child_link.Kind):
             data["IFLA_MACVLAN_BC_QUEUE_LEN"] = conf.bcqueuelen
         return data
 
+    def shim_data(self, conf):
+        return {"IFLA_MACVLAN_MODE": netlink.MACVLAN_MODES["bridge"]}
+
     def mac(self, conf):
         return conf.mac
 

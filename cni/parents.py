@@ -1,16 +1,21 @@
-"""Parent (master) interfaces: find them, and 802.1q parents created on demand.
+"""Node-side links underlay creates on demand, and who uses them.
 
-As Docker's macvlan/ipvlan drivers do, `master: "eth0.50"` (or `master: "eth0"`
-with `vlan: 50`) creates the VLAN sub-interface when it is missing, and removes
-it only when underlay created it and no attachment of any network uses it any
-more. The users of each parent we created are recorded under the state dir:
+As Docker's macvlan/ipvlan drivers do:
+- `master: "eth0.50"` (or `master: "eth0"` with `vlan: 50`) creates the 802.1q
+  parent when it is missing;
+- `internal: true` gives the network a dummy parent of its own, connected to
+  nothing, so its pods share an isolated segment;
+- `hostShim` (cni/shim.py) puts a child of the master in the node's namespace.
 
-  <stateDir>/parents/<netns-id>/<parent>.json   {"users": ["<network>/<containerID>/<ifname>", ...]}
-  <stateDir>/parents.lock                       flock'ed while a record changes
+Such a link is removed only when underlay created it and no attachment of any
+network uses it any more. The users are recorded under the state dir:
+
+  <stateDir>/links/<netns-id>/<name>.json  {"kind": ..., "network": ..., "users": ["<network>/<containerID>/<ifname>", ...]}
+  <stateDir>/links.lock                    flock'ed while a record changes
 
 A set of users (not a counter) keeps repeated ADDs and DELs idempotent and lets
 GC drop users that no longer exist. Records are per "host" network namespace
-(its inode), since a parent name means something only within one.
+(its device and inode), since a link name means something only within one.
 """
 
 import errno
@@ -18,6 +23,7 @@ import fcntl
 import json
 import os
 import re
+import zlib
 
 from cni import netlink
 from cni.contract import ERR_INVALID_CONFIG, ERR_LINK, CniError
@@ -30,18 +36,22 @@ def config_error(field, problem):
     return CniError(ERR_INVALID_CONFIG, f"{field}: {problem}")
 
 
-def parent_name(conf_master, vlan):
-    """The parent's name and, when it is a VLAN, (base, vlan id)."""
+def user_key(network, container_id, ifname):
+    return f"{network}/{container_id}/{ifname}"
+
+
+def parent_name(master, vlan):
+    """The parent's name and, when it is a VLAN to create if missing, (base, vlan id)."""
     if vlan is not None:
-        if not conf_master:
+        if not master:
             raise config_error("vlan", "needs a master to put the VLAN on")
         if not 1 <= vlan <= 4094:
             raise config_error("vlan", f"{vlan} is outside 1..4094")
-        name = f"{conf_master}.{vlan}"
+        name = f"{master}.{vlan}"
         if len(name) > 15:
             raise config_error("vlan", f"parent name {name!r} would be longer than 15 characters")
-        return name, (conf_master, vlan)
-    return conf_master, None
+        return name, (master, vlan)
+    return master, None
 
 
 def vlan_of(name):
@@ -55,6 +65,11 @@ def vlan_of(name):
     return match.group("base"), vid
 
 
+def internal_name(network):
+    """The dummy parent of an internal network: short, and derived from its name."""
+    return f"uli{zlib.crc32(network.encode()):08x}{network[:4]}".rstrip(".-_")[:15]
+
+
 def default_route_master(nl):
     index = nl.default_route_link()
     if index is None:
@@ -62,8 +77,8 @@ def default_route_master(nl):
     return nl.link(index=index)
 
 
-class ParentRecords:
-    """The users of parents underlay created, under a lock."""
+class Records:
+    """The links underlay created in this netns and their users; a lock held throughout."""
 
     def __init__(self, state_dir):
         self.state_dir = state_dir
@@ -71,132 +86,162 @@ class ParentRecords:
 
     def __enter__(self):
         os.makedirs(self.state_dir, 0o700, exist_ok=True)
-        self.lock_fd = os.open(os.path.join(self.state_dir, "parents.lock"),
+        self.lock_fd = os.open(os.path.join(self.state_dir, "links.lock"),
                                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
         own = os.stat("/proc/self/ns/net")
-        self.dir = os.path.join(self.state_dir, "parents", f"{own.st_dev}-{own.st_ino}")
+        self.dir = os.path.join(self.state_dir, "links", f"{own.st_dev}-{own.st_ino}")
         os.makedirs(self.dir, 0o700, exist_ok=True)
         return self
 
     def __exit__(self, *exc):
         os.close(self.lock_fd)
 
-    def _path(self, parent):
-        return os.path.join(self.dir, parent + ".json")
+    def _path(self, name):
+        return os.path.join(self.dir, name + ".json")
 
-    def users(self, parent):
-        """The recorded users, or None if underlay did not create `parent`."""
+    def get(self, name):
+        """The record of a link we created, or None."""
         try:
-            with open(self._path(parent)) as f:
-                return set(json.load(f)["users"])
+            with open(self._path(name)) as f:
+                record = json.load(f)
+            record["users"] = set(record.get("users") or [])
+            return record
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError):
-            return set()  # a torn record: still ours, users unknown
+        except (ValueError, TypeError, AttributeError):
+            return {"kind": None, "network": None, "users": set()}  # torn: still ours
 
-    def save(self, parent, users):
-        tmp = self._path(parent) + ".tmp"
+    def save(self, name, record):
+        tmp = self._path(name) + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"users": sorted(users)}, f)
-        os.rename(tmp, self._path(parent))
+            json.dump(dict(record, users=sorted(record["users"])), f)
+        os.rename(tmp, self._path(name))
 
-    def forget(self, parent):
+    def forget(self, name):
         try:
-            os.unlink(self._path(parent))
+            os.unlink(self._path(name))
         except FileNotFoundError:
             pass
 
-    def parents(self):
-        return [name[:-5] for name in os.listdir(self.dir) if name.endswith(".json")]
+    def names(self):
+        return [n[:-5] for n in os.listdir(self.dir) if n.endswith(".json")]
 
 
-def user_key(network, container_id, ifname):
-    return f"{network}/{container_id}/{ifname}"
+def create_error(name, kind, e):
+    if e.errno == errno.EOPNOTSUPP:
+        module = {"vlan": "8021q", "dummy": "dummy"}.get(kind, kind)
+        return CniError(ERR_LINK, f"{name}: this kernel cannot create {kind} links ({module} module missing)")
+    return CniError(ERR_LINK, f"creating {kind} link {name}: {os.strerror(e.errno)}")
 
 
-def acquire(nl, master, vlan, state_dir, user):
-    """The parent Link for an ADD, creating an 802.1q parent if it is missing.
+def acquire(nl, name, user, network, state_dir, kind, create):
+    """The link `name` for an ADD, made by create() if it is missing.
 
-    Returns (link, created_parent_name_or_None).
-    """
-    name, spec = parent_name(master, vlan)
-    link = nl.find_link(name)
-    if spec is None and link is None:
-        spec = vlan_of(name)
-        if spec is None:
-            raise config_error("master", f"{name!r} does not exist")
-    if spec is None:
-        return link, None
-    base_name, vid = spec
-    with ParentRecords(state_dir) as records:
-        users = records.users(name)
-        if link is not None and users is None:
-            return link, None  # someone else's VLAN interface: use it, never remove it
+    Links that exist and that underlay did not create are used as they are and
+    never recorded or removed. Returns (Link, managed)."""
+    with Records(state_dir) as records:
+        record = records.get(name)
+        link = nl.find_link(name)
+        if link is not None and record is None:
+            return link, False
         if link is None:
-            base = nl.find_link(base_name)
-            if base is None:
-                raise config_error("master", f"{name!r}: base interface {base_name!r} does not exist")
             try:
-                nl.create_link(name, "vlan", parent_index=base.index, data={"IFLA_VLAN_ID": vid})
+                create()
                 link = nl.link(name)
                 nl.set_link(link.index, up=True)
             except netlink.NetlinkError as e:
-                if e.errno == errno.EOPNOTSUPP:
-                    raise CniError(ERR_LINK, f"master {name!r}: this kernel cannot create 802.1q "
-                                             "VLAN interfaces (8021q module missing)") from None
-                raise CniError(ERR_LINK, f"master {name!r}: creating VLAN {vid} on {base_name}: "
-                                         f"{os.strerror(e.errno)}") from None
-            users = set()
-        users.add(user)
-        records.save(name, users)
-    return link, name
+                raise create_error(name, kind, e) from None
+            record = {"kind": kind, "network": network, "users": set()}
+        elif record.get("network") not in (None, network) and kind == "dummy":
+            raise CniError(ERR_INVALID_CONFIG, f"internal parent {name} belongs to network "
+                                               f"{record['network']!r}; rename one of the networks")
+        record["users"].add(user)
+        records.save(name, record)
+    return link, True
 
 
-def release(nl, master, vlan, state_dir, user):
-    """Drop `user` from a parent we created; remove the parent with its last user."""
-    try:
-        name, spec = parent_name(master, vlan)
-    except CniError:
+def release(nl, name, user, state_dir):
+    """Drop `user` of a link we created; remove the link with its last user."""
+    if not name or not os.path.isdir(state_dir):
         return
-    if not name:
-        return
-    with ParentRecords(state_dir) as records:
-        users = records.users(name)
-        if users is None:
+    with Records(state_dir) as records:
+        record = records.get(name)
+        if record is None:
             return
-        users.discard(user)
-        if users:
-            records.save(name, users)
+        record["users"].discard(user)
+        if record["users"]:
+            records.save(name, record)
         else:
-            remove_parent(nl, records, name)
+            remove(nl, records, name)
 
 
-def remove_parent(nl, records, name):
+def remove(nl, records, name):
     link = nl.find_link(name)
-    if link is not None and link.kind == "vlan":
+    if link is not None:
         try:
             nl.delete_link(link.index, name)
         except netlink.LinkNotFound:
             pass
-        except netlink.NetlinkError as e:
-            if e.errno != errno.EBUSY:
-                raise
-            return  # still has children the kernel knows of: keep it and its record
     records.forget(name)
 
 
 def garbage_collect(nl, network, valid_users, state_dir):
-    """GC: forget users of `network` not in valid_users; remove parents left unused."""
+    """GC: forget users of `network` not in valid_users; remove links left unused."""
     if not os.path.isdir(state_dir):
         return
     prefix = f"{network}/"
-    with ParentRecords(state_dir) as records:
-        for name in records.parents():
-            users = records.users(name) or set()
-            kept = {u for u in users if not u.startswith(prefix) or u in valid_users}
+    with Records(state_dir) as records:
+        for name in records.names():
+            record = records.get(name)
+            kept = {u for u in record["users"] if not u.startswith(prefix) or u in valid_users}
             if kept:
-                if kept != users:
-                    records.save(name, kept)
+                if kept != record["users"]:
+                    records.save(name, dict(record, users=kept))
             else:
-                remove_parent(nl, records, name)
+                remove(nl, records, name)
+
+
+# -- the parents of pod interfaces ---------------------------------------------
+
+def acquire_parent(nl, conf, request):
+    """(master Link, managed) for an ADD: existing, or an 802.1q or internal parent made now."""
+    user = user_key(request.network, request.container_id, request.ifname)
+    if conf.internal:
+        name = internal_name(request.network)
+        return acquire(nl, name, user, request.network, conf.state_dir, "dummy",
+                       lambda: nl.create_link(name, "dummy"))
+    name, spec = parent_name(conf.master, conf.vlan)
+    if spec is None:
+        exists = nl.find_link(name) is not None
+        try:
+            spec = vlan_of(name)  # an existing eth0.50 may still be one we made: its users count
+        except CniError:
+            if not exists:
+                raise
+        if spec is None:
+            if not exists:
+                raise config_error("master", f"{name!r} does not exist")
+            return nl.link(name), False
+    base_name, vid = spec
+
+    def create():
+        base = nl.find_link(base_name)
+        if base is None:
+            raise config_error("master", f"{name!r}: base interface {base_name!r} does not exist")
+        nl.create_link(name, "vlan", parent_index=base.index, data={"IFLA_VLAN_ID": vid})
+
+    return acquire(nl, name, user, request.network, conf.state_dir, "vlan", create)
+
+
+def managed_parent_name(config, network):
+    """The name of the parent underlay may have created for this config, or None."""
+    if config.get("internal"):
+        return internal_name(network)
+    master, vlan = config.get("master") or None, config.get("vlan")
+    if master is None:
+        return None
+    try:
+        return parent_name(master, vlan)[0]
+    except CniError:
+        return None

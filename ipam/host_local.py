@@ -25,7 +25,10 @@ class IpamConfig:
         netconf.validate("host-local", config)
         self.ipam = ipam = config["ipam"]
         runtime = config.get("runtimeConfig") or {}
-        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"))
+        # the node's hostShim address (cni/shim.py) is never given to a pod
+        shim = config.get("hostShim")
+        extra_aux = [("hostShim.address", "hostShim", shim.get("address"))] if isinstance(shim, dict) else []
+        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux)
         if contract.version_key(request.version) < (0, 3, 0):
             check_one_set_per_family(self.range_sets, request.version)
         self.routes = [check_route(r, f"ipam.routes[{i}]") for i, r in enumerate(ipam.get("routes") or [])]

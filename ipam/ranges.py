@@ -266,8 +266,10 @@ def overlap(a, b):
     return a.version == b.version and a.start <= b.end and b.start <= a.end
 
 
-def range_sets(ipam, runtime_ranges=None):
-    """The canonical RangeSets of an `ipam` section (plus runtimeConfig.ipRanges first)."""
+def range_sets(ipam, runtime_ranges=None, extra_aux=()):
+    """The canonical RangeSets of an `ipam` section (plus runtimeConfig.ipRanges first).
+
+    extra_aux: more (field, name, address) aux entries, e.g. the hostShim's address."""
     top_exclusions = parse_top_exclusions(ipam)
     specs = []  # (field, list of range dicts)
     if runtime_ranges:
@@ -314,8 +316,8 @@ def range_sets(ipam, runtime_ranges=None):
     aux = ipam.get("auxAddresses") or {}
     if not isinstance(aux, dict):
         raise config_error("ipam.auxAddresses", "must be an object mapping names to addresses")
-    for name, text in aux.items():
-        field = f"ipam.auxAddresses.{name}"
+    entries = [(f"ipam.auxAddresses.{name}", name, text) for name, text in aux.items()] + list(extra_aux)
+    for field, name, text in entries:
         ip = parse_ip(text, field)
         holders = [r for s in sets for r in s.ranges if r.version == ip.version and r.in_subnet(int(ip))]
         if not holders:

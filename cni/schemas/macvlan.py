@@ -14,6 +14,8 @@ class JsonSchemaValueException(ValueError):
 
 JsonSchemaValuesException = JsonSchemaValueException
 Decimal = float  # json.loads never makes a Decimal
+import re
+REGEX_PATTERNS = {'^[^/:\\\\s]+$': re.compile('^[^/:\\\\s]+\\Z')}
 NoneType = type(None)
 
 def validate_https___underlay_invalid_schema_macvlan_json(data, custom_formats={}, name_prefix=None):
@@ -232,6 +234,53 @@ def validate_https___underlay_invalid_schema_macvlan_json(data, custom_formats={
             data__prevResult = data['prevResult']
             if not isinstance(data__prevResult, dict):
                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.prevResult must be object', value=data__prevResult, name='' + (name_prefix or 'data') + '.prevResult', rule='type')
+        if 'internal' in data_keys:
+            data_keys.remove('internal')
+            data__internal = data['internal']
+            if not isinstance(data__internal, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.internal must be boolean', value=data__internal, name='' + (name_prefix or 'data') + '.internal', rule='type')
+        if 'hostShim' in data_keys:
+            data_keys.remove('hostShim')
+            data__hostShim = data['hostShim']
+            if not isinstance(data__hostShim, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim must be object', value=data__hostShim, name='' + (name_prefix or 'data') + '.hostShim', rule='type')
+            data__hostShim_is_dict = isinstance(data__hostShim, dict)
+            if data__hostShim_is_dict:
+                data__hostShim__missing_keys = set(['name', 'address']) - data__hostShim.keys()
+                if data__hostShim__missing_keys:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim must contain ' + (str(sorted(data__hostShim__missing_keys)) + ' properties'), value=data__hostShim, name='' + (name_prefix or 'data') + '.hostShim', rule='required')
+                data__hostShim_keys = set(data__hostShim.keys())
+                if 'name' in data__hostShim_keys:
+                    data__hostShim_keys.remove('name')
+                    data__hostShim__name = data__hostShim['name']
+                    if not isinstance(data__hostShim__name, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must be string', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='type')
+                    if isinstance(data__hostShim__name, str):
+                        data__hostShim__name_len = len(data__hostShim__name)
+                        if data__hostShim__name_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must be longer than or equal to 1 characters', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='minLength')
+                        if data__hostShim__name_len > 15:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must be shorter than or equal to 15 characters', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='maxLength')
+                        if not REGEX_PATTERNS['^[^/:\\\\s]+$'].search(data__hostShim__name):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must match pattern ^[^/:\\\\s]+$', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='pattern')
+                if 'address' in data__hostShim_keys:
+                    data__hostShim_keys.remove('address')
+                    data__hostShim__address = data__hostShim['address']
+                    if not isinstance(data__hostShim__address, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.address must be string', value=data__hostShim__address, name='' + (name_prefix or 'data') + '.hostShim.address', rule='type')
+                if 'routes' in data__hostShim_keys:
+                    data__hostShim_keys.remove('routes')
+                    data__hostShim__routes = data__hostShim['routes']
+                    if not isinstance(data__hostShim__routes, (list, tuple)):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.routes must be array', value=data__hostShim__routes, name='' + (name_prefix or 'data') + '.hostShim.routes', rule='type')
+                    data__hostShim__routes_is_list = isinstance(data__hostShim__routes, (list, tuple))
+                    if data__hostShim__routes_is_list:
+                        data__hostShim__routes_len = len(data__hostShim__routes)
+                        for data__hostShim__routes_x, data__hostShim__routes_item in enumerate(data__hostShim__routes):
+                            if not isinstance(data__hostShim__routes_item, str):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.routes[{data__hostShim__routes_x}]'.format(**locals()) + ' must be string', value=data__hostShim__routes_item, name='' + (name_prefix or 'data') + '.hostShim.routes[{data__hostShim__routes_x}]'.format(**locals()) + '', rule='type')
+                if data__hostShim_keys:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim must not contain ' + str(data__hostShim_keys) + ' properties', value=data__hostShim, name='' + (name_prefix or 'data') + '.hostShim', rule='additionalProperties')
     return data
 
 validate = validate_https___underlay_invalid_schema_macvlan_json

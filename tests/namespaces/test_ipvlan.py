@@ -46,7 +46,7 @@ def test_pods_reach_each_other_in_every_mode(host_ns, master, pod_ns, data_dir, 
     ra, rb = add(c, host_ns, a, "ca"), add(c, host_ns, b, "cb")
     assert ns.ping(a, ip_of(rb)) and ns.ping(b, ip_of(ra))
     info = ns.link_json(a, "eth0")["linkinfo"]["info_data"]
-    assert info["mode"] == mode and info.get("flags", "bridge") == "bridge"
+    assert info["mode"] == mode and info.get("bridge") is True  # iproute2 prints the flag as a boolean
     routes = ns.sh("ip", "route", "show", "default", ns=a).stdout
     if mode == "l2":
         assert "via 10.30.0.1" in routes and ra["ips"][0]["gateway"] == "10.30.0.1"
@@ -66,7 +66,7 @@ def test_flags_isolate_pods(host_ns, pod_ns, data_dir, flag):
     c = conf(parent, data_dir, flag=flag)
     a, b = pod_ns(), pod_ns()
     ra, rb = add(c, host_ns, a, "ca"), add(c, host_ns, b, "cb")
-    assert ns.link_json(a, "eth0")["linkinfo"]["info_data"]["flags"] == flag
+    assert ns.link_json(a, "eth0")["linkinfo"]["info_data"].get(flag) is True
     ns.sh("ip", "neigh", "replace", ip_of(rb), "lladdr", rb["interfaces"][0]["mac"], "dev", "eth0", ns=a)
     before = rx_packets(host_ns, peer)
     reached = ns.ping(a, ip_of(rb), count=3, timeout=1)
