@@ -15,7 +15,7 @@ class JsonSchemaValueException(ValueError):
 JsonSchemaValuesException = JsonSchemaValueException
 Decimal = float  # json.loads never makes a Decimal
 import re
-REGEX_PATTERNS = {'^[^/:\\\\s]+$': re.compile('^[^/:\\\\s]+\\Z')}
+REGEX_PATTERNS = {'^[^/:\\s]+$': re.compile('^[^/:\\s]+\\Z')}
 NoneType = type(None)
 
 def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}, name_prefix=None):
@@ -256,8 +256,8 @@ def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must be longer than or equal to 1 characters', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='minLength')
                         if data__hostShim__name_len > 15:
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must be shorter than or equal to 15 characters', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='maxLength')
-                        if not REGEX_PATTERNS['^[^/:\\\\s]+$'].search(data__hostShim__name):
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must match pattern ^[^/:\\\\s]+$', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='pattern')
+                        if not REGEX_PATTERNS['^[^/:\\s]+$'].search(data__hostShim__name):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must match pattern ^[^/:\\s]+$', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='pattern')
                 if 'address' in data__hostShim_keys:
                     data__hostShim_keys.remove('address')
                     data__hostShim__address = data__hostShim['address']
