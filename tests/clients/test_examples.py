@@ -1,0 +1,196 @@
+"""Every conflist in conf/examples: valid against conf/schema, and run through libcni.
+
+ADD, CHECK (prevResult from libcni's result cache), STATUS, GC (valid attachments
+from the cache) and DEL, in a test "host" netns whose veth stands in for the
+example's master, with a private dataDir.
+"""
+
+import ipaddress
+import json
+import os
+import uuid
+
+import jsonschema
+import pytest
+
+from tests import netns as nsutil
+from tests.clients import libcni
+from tests.clients.libcni import version_key
+
+EXAMPLE_NAMES = sorted(p.name for p in libcni.EXAMPLES.glob("*.conflist"))
+
+
+def schema(name):
+    with open(libcni.SCHEMAS / f"{name}.json") as f:
+        return json.load(f)
+
+
+def validate_plugin_config(config):
+    """Validate one plugin config against conf/schema; returns the schemas used."""
+    used = []
+    kind = config.get("type")
+    if kind in libcni.OUR_PLUGINS:
+        jsonschema.validate(config, schema(kind))
+        used.append(kind)
+    ipam = config.get("ipam") or {}
+    if ipam.get("type") == "host-local":
+        jsonschema.validate(config, schema("host-local"))
+        used.append("host-local")
+    return used
+
+
+def leases(data_dir, net):
+    """{ip: content} of host-local's lease files for a network."""
+    path = os.path.join(data_dir, net)
+    if not os.path.isdir(path):
+        return {}
+    out = {}
+    for entry in os.scandir(path):
+        if entry.is_file() and not entry.name.startswith((".", "last_reserved_ip.")) \
+                and ("." in entry.name or ":" in entry.name):
+            with open(entry.path, "rb") as f:
+                out[entry.name] = f.read()
+    return out
+
+
+def routes(ns):
+    out = nsutil.sh("ip", "-j", "route", "show", "table", "all", ns=ns).stdout
+    out6 = nsutil.sh("ip", "-j", "-6", "route", "show", "table", "all", ns=ns).stdout
+    return json.loads(out) + json.loads(out6)
+
+
+def assert_attached(result, ns, conflist, data_dir, cid, ifname="eth0"):
+    """What ADD printed is what is in the pod netns and on disk."""
+    ours, chained = conflist["plugins"][0], conflist["plugins"][1:]
+    iface = result["interfaces"][0]
+    assert iface["name"] == ifname and iface["sandbox"] == nsutil.netns_path(ns)
+    link = nsutil.link_json(ns, ifname)
+    assert link["address"] == iface["mac"]
+    assert link["linkinfo"]["info_kind"] == "macvlan"
+    assert link["linkinfo"]["info_data"]["mode"] == ours.get("mode", "bridge")
+    assert "UP" in link["flags"]
+    tuning = next((p for p in chained if p["type"] == "tuning"), {})
+    mtu = tuning.get("mtu") or ours.get("mtu")
+    if mtu:
+        assert link["mtu"] == mtu
+    if tuning.get("promisc"):
+        assert link["promiscuity"] >= 1
+
+    ipam = ours.get("ipam") or {}
+    if not ipam.get("type"):
+        assert not result.get("ips") and nsutil.addrs(ns, ifname) == []
+        return
+    addresses = [ip["address"] for ip in result["ips"]]
+    assert len(addresses) == (len(ipam["ranges"]) if ipam.get("ranges") else 1)  # one per range set
+    assert nsutil.addrs(ns, ifname) == sorted(addresses)
+    for address in addresses:
+        assert libcni.allowed(address, ipam), f"{address} should never have been handed out"
+    for ip in result["ips"]:
+        assert ip["interface"] == 0
+    on_disk = leases(data_dir, conflist["name"])
+    assert sorted(on_disk) == sorted(a.split("/")[0] for a in addresses)
+    assert set(on_disk.values()) == {f"{cid}\r\n{ifname}".encode()}
+    present = routes(ns)
+    for route in result.get("routes") or []:
+        dst = "default" if ipaddress.ip_network(route["dst"]).prefixlen == 0 else route["dst"]
+        assert any(r["dst"] == dst and r.get("dev") == ifname for r in present), (route, present)
+    if ours.get("dns"):
+        assert result["dns"] == ours["dns"]
+
+
+def test_examples_cover_the_documented_shapes():
+    """conf/examples has what docs/clients.md promises."""
+    examples = {name: libcni.load_example(name) for name in EXAMPLE_NAMES}
+    versions = {c.get("cniVersion") for c in examples.values()}
+    assert {"0.3.1", "0.4.0", "1.0.0", "1.1.0"} <= versions
+    plugins = [p for c in examples.values() for p in c["plugins"]]
+    assert any("cniVersions" in c and "cniVersion" not in c for c in examples.values())
+    assert any(p.get("ipam") == {} for p in plugins)
+    assert any(len(c["plugins"]) > 1 and c["plugins"][-1]["type"] == "tuning" for c in examples.values())
+    assert any(len(p.get("ipam", {}).get("ranges", [])) == 2 for p in plugins)
+    assert any(p.get("ipam", {}).get("exclude") and p["ipam"].get("auxAddresses") for p in plugins)
+
+
+@pytest.mark.parametrize("example", EXAMPLE_NAMES)
+def test_example_matches_schema(example):
+    conflist = libcni.load_example(example)
+    assert conflist["plugins"] and conflist["plugins"][0]["type"] in libcni.OUR_PLUGINS
+    version = conflist.get("cniVersion") or max(conflist["cniVersions"], key=version_key)
+    used = []
+    for config in libcni.plugin_configs(conflist, version):
+        used += validate_plugin_config(config)
+    assert used, f"{example}: nothing of ours to validate"
+
+
+@pytest.mark.root
+@pytest.mark.clients
+@pytest.mark.parametrize("example", EXAMPLE_NAMES)
+def test_example_through_libcni(example, driver, master, pod_ns, data_dir, state_dir):
+    conflist = libcni.localize(libcni.load_example(example), master, data_dir, state_dir)
+    net = driver.install(conflist)
+    version = driver.version_of(net)
+    ns = pod_ns()
+    netns = nsutil.netns_path(ns)
+    cid = uuid.uuid4().hex
+    if version_key(version) > version_key(driver.libcni_version):
+        return libcni_cannot_read(driver, net, version, ns, data_dir, cid)
+
+    added = driver.add(net, netns, container_id=cid)
+    assert added.ok, added
+    assert added.json["cniVersion"] == version
+    assert_attached(added.json, ns, conflist, data_dir, cid)
+    assert (net, cid, "eth0") in driver.cached(net)
+
+    checked = driver.check(net, netns, container_id=cid)
+    if version_key(version) >= (0, 4, 0):
+        assert checked.ok, checked
+    else:
+        assert not checked.ok and "does not support the CHECK command" in checked.json["error"]
+
+    assert driver.status(net).ok
+    before = leases(data_dir, net)
+    collected = driver.gc(net)  # valid attachments: everything in libcni's cache
+    assert collected.ok, collected
+    assert leases(data_dir, net) == before
+    assert "eth0" in nsutil.links(ns)
+
+    deleted = driver.delete(net, netns, container_id=cid)
+    assert deleted.ok, deleted
+    assert "eth0" not in nsutil.links(ns)
+    assert leases(data_dir, net) == {}
+    assert driver.cached(net) == {}
+    again = driver.delete(net, netns, container_id=cid)
+    assert again.ok, f"DEL must be idempotent: {again}"
+
+
+def libcni_cannot_read(driver, net, version, ns, data_dir, cid):
+    """This libcni predates `version` (Debian 12's libcni 1.1.2 reads results up to 1.0.0):
+    our ADD succeeds, libcni fails reading its result, and the runtime's DEL must then
+    leave nothing behind. STATUS and GC (1.1.0 verbs) reach the plugins."""
+    netns = nsutil.netns_path(ns)
+    added = driver.add(net, netns, container_id=cid)
+    assert not added.ok and f'unsupported CNI result version "{version}"' in added.json["error"], added
+    assert "eth0" in nsutil.links(ns) and leases(data_dir, net)
+    deleted = driver.delete(net, netns, container_id=cid)
+    assert deleted.ok, deleted
+    assert "eth0" not in nsutil.links(ns) and leases(data_dir, net) == {}
+    assert driver.status(net).ok
+    assert driver.gc(net).ok
+
+
+@pytest.mark.root
+@pytest.mark.clients
+def test_check_through_libcni_reports_a_lost_address(driver, master, pod_ns, data_dir, state_dir):
+    """CHECK compares libcni's cached prevResult with the pod: a removed address is code 100."""
+    conflist = libcni.localize(libcni.load_example("macvlan-bridge.conflist"), master, data_dir, state_dir)
+    net = driver.install(conflist)
+    ns = pod_ns()
+    netns = nsutil.netns_path(ns)
+    added = driver.add(net, netns, container_id="c-check")
+    assert added.ok, added
+    nsutil.sh("ip", "addr", "flush", "dev", "eth0", "scope", "global", ns=ns)
+    checked = driver.check(net, netns, container_id="c-check")
+    assert not checked.ok
+    assert checked.json["code"] == 100 and added.json["ips"][0]["address"] in checked.json["error"], checked
+    assert driver.delete(net, netns, container_id="c-check").ok
+    assert leases(data_dir, net) == {}
