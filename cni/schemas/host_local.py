@@ -114,8 +114,8 @@ def validate_https___underlay_invalid_schema_host_local_json(data, custom_format
         if 'cni.dev/valid-attachments' in data_keys:
             data_keys.remove('cni.dev/valid-attachments')
             data__cnidevvalidattachments = data['cni.dev/valid-attachments']
-            if not isinstance(data__cnidevvalidattachments, (list, tuple)):
-                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cni.dev/valid-attachments must be array', value=data__cnidevvalidattachments, name='' + (name_prefix or 'data') + '.cni.dev/valid-attachments', rule='type')
+            if not isinstance(data__cnidevvalidattachments, (list, tuple, NoneType)):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cni.dev/valid-attachments must be array or null', value=data__cnidevvalidattachments, name='' + (name_prefix or 'data') + '.cni.dev/valid-attachments', rule='type')
             data__cnidevvalidattachments_is_list = isinstance(data__cnidevvalidattachments, (list, tuple))
             if data__cnidevvalidattachments_is_list:
                 data__cnidevvalidattachments_len = len(data__cnidevvalidattachments)

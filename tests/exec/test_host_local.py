@@ -316,10 +316,13 @@ def test_gc(hl):
     assert hl.leases()["10.1.0.2"] == b"keep\r\neth0"
 
 
-def test_gc_with_no_valid_attachments_releases_all(hl):
+@pytest.mark.parametrize("valid", [[], None, "absent"])
+def test_gc_with_no_valid_attachments_releases_all(hl, valid):
+    """libcni sends null for "none" (a nil Go slice) and omits the key without GC args: all go, as in the reference."""
     conf = hl.config(V4, version="1.1.0")
     assert hl.add(conf).ok
-    assert hl.run("GC", dict(conf, **{"cni.dev/valid-attachments": []})).ok
+    gc = conf if valid == "absent" else dict(conf, **{"cni.dev/valid-attachments": valid})
+    assert hl.run("GC", gc).ok
     assert hl.leases() == {}
 
 
