@@ -9,6 +9,10 @@ FORCE ?= 0
 deps:
 	build/deps.sh
 
+# The README's first command: build the executables, attach two pods with them.
+demo: deps build
+	build/demo.sh dist/bin
+
 # The README's test command.
 test: deps
 	$(PYTHON) -m pytest -n 2
