@@ -29,6 +29,7 @@ export UNDERLAY_BUILD="$describe $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 export UNDERLAY_GEN_DIR=$WORK/gen
 
 start=$(date +%s)
+stamp=$("$PYTHON" build/source_stamp.py)   # of the sources as this build reads them
 rm -rf "$WORK/dist"
 "$PYTHON" -m PyInstaller --noconfirm --clean --log-level WARN \
     --workpath "$WORK/pyi" --distpath "$WORK/dist" build/underlay.spec
@@ -41,6 +42,7 @@ mv "$WORK/dist/underlay" "$staging/.underlay"
 for plugin in $PLUGINS; do
     ln -s .underlay/underlay "$staging/$plugin"
 done
+[ "$UNDERLAY_IMPORTTIME" = 1 ] || rm -f "$ROOT/build/work/bin.stamp"
 rm -rf "$OUT"
 mv "$staging" "$OUT"
 
@@ -48,7 +50,7 @@ mv "$staging" "$OUT"
 # module is not written yet is reported, not fatal (the entry says so, exit 2).
 for plugin in $PLUGINS; do
     set +e
-    out=$(CNI_COMMAND=VERSION "$OUT/$plugin" </dev/null 2>/dev/null)
+    out=$(CNI_COMMAND=VERSION "$OUT/$plugin" </dev/null 2>&1)
     code=$?
     set -e
     if [ $code -eq 0 ] && [[ $out == *"$UNDERLAY_BUILD"* ]]; then
@@ -60,4 +62,5 @@ for plugin in $PLUGINS; do
         exit 1
     fi
 done
+[ "$UNDERLAY_IMPORTTIME" = 1 ] || echo "$stamp" > "$ROOT/build/work/bin.stamp"
 echo "build: ${OUT#$ROOT/} ($(du -sh "$OUT/.underlay" | cut -f1), $(( $(date +%s) - start )) s): $UNDERLAY_BUILD"

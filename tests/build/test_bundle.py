@@ -1,0 +1,344 @@
+"""The built executables (dist/bin): names, VERSION, about, host-local, imports, size, no Python needed."""
+
+import importlib.util
+import io
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import types
+
+import pytest
+
+from tests.build.conftest import PLUGINS, ROOT
+
+SIZE_LIMIT = 15_000_000  # bytes, all executables together (issue 4)
+
+# Modules the frozen executables must never import, on any verb. Cumulative
+# cost of each from a bare interpreter, measured with
+#   PYTHONPATH=<site-packages> python3.11 -S -X importtime -c "import <m>"
+# (best of 3, ms; they overlap, so they do not add up). A name also denies
+# its submodules.
+DENY_ALWAYS = {
+    "inspect": 9.8,            # PyInstaller's pyi_rth_inspect runtime hook pulls it (with zipfile)
+    "zipfile": 11.7,
+    "asyncio": 32.0,
+    "jsonschema": 57.5,        # the plugins use the generated validators in cni/schemas
+    "fastjsonschema": 12.7,
+    "dataclasses": 11.4,       # imports inspect
+    "importlib.metadata": 25.2,
+    "importlib.resources": 14.4,
+    "pkg_resources": None,
+    "tempfile": 8.3,
+    "shutil": 6.7,
+    "argparse": 6.5,
+    "email": 15.1,
+    "http": 20.1,
+    "urllib.request": 24.6,
+    "ssl": 11.3,
+    "unittest": 15.9,
+    "pydoc": 18.2,
+    "xml": 7.6,
+    "uuid": 6.9,
+    "secrets": 10.0,
+    "multiprocessing.pool": None,
+    "multiprocessing.managers": None,
+    # pyroute2 beyond the rtnetlink message classes cni/netlink.py uses:
+    # `import pyroute2` (its package __init__) costs 98 ms, IPRoute 95 ms.
+    "pyroute2.iproute": 94.8,
+    "pyroute2.ndb": 96.8,
+    "pyroute2.ipdb": None,
+    "pyroute2.netns": None,
+    "pyroute2.nslink": None,
+    "pyroute2.remote": None,
+    "pyroute2.nftables": None,
+    "pyroute2.ipset": None,
+    "pyroute2.ethtool": None,
+    "pyroute2.dhcp": None,
+    "pyroute2.requests": None,
+    "pyroute2.iwutil": None,
+    "pyroute2.conntrack": None,
+    "pyroute2.devlink": None,
+    "pyroute2.inotify": None,
+    "pyroute2.plan9": None,
+    "pyroute2.process": None,
+    "pyroute2.minimal": None,
+    "pyroute2.ext": None,
+    "pyroute2.netlink.nlsocket": None,
+    "pyroute2.netlink.core": None,
+    "pyroute2.netlink.generic": None,
+    "pyroute2.netlink.nl80211": None,
+    "pyroute2.netlink.nfnetlink": None,
+    "pyroute2.netlink.diag": None,
+    "pyroute2.netlink.taskstats": None,
+    "pyroute2.netlink.rtnl.iprsocket": None,
+    "pyroute2.netlink.rtnl.tcmsg": None,
+}
+
+# VERSION prints an answer computed at build time: no contract, no plugin.
+DENY_VERSION = dict(DENY_ALWAYS, **{
+    "cni.contract": None, "ipam": None, "cni.netlink": None, "pyroute2": None,
+    "json": 5.9, "re": 4.3, "enum": 3.1, "ipaddress": 3.0, "ctypes": 2.3, "socket": 5.8,
+    "typing": 7.4, "logging": 10.7, "multiprocessing": 10.1, "subprocess": 8.2, "traceback": 7.1,
+})
+
+# host-local needs no netlink at all: none of what pyroute2 drags in.
+DENY_HOST_LOCAL = dict(DENY_ALWAYS, **{
+    "pyroute2": None, "cni.netlink": None, "typing": 7.4, "logging": 10.7, "multiprocessing": 10.1,
+    "platform": 6.2, "pickle": 6.1, "subprocess": 8.2, "ctypes": 2.3, "socket": 5.8, "threading": 3.1,
+    "traceback": 7.1,
+})
+
+
+def denied(modules, deny):
+    return sorted(m for m in modules if any(m == d or m.startswith(d + ".") for d in deny))
+
+
+def host_local_conf(data_dir, version="1.0.0"):
+    return json.dumps({"cniVersion": version, "name": "buildnet", "type": "macvlan",
+                       "ipam": {"type": "host-local", "dataDir": str(data_dir),
+                                "ranges": [[{"subnet": "10.123.0.0/24"}]]}}).encode()
+
+
+def cni_env(command, cid="ctr1"):
+    return {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_NETNS": "/run/netns/underlay-build-test",
+            "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
+
+
+# -- shape ------------------------------------------------------------------------------
+
+def test_every_plugin_is_a_link_to_one_onedir_executable(bundle):
+    assert bundle.plugins == list(PLUGINS)
+    for plugin in PLUGINS:
+        assert os.readlink(bundle.path(plugin)) == ".underlay/underlay"
+    assert bundle.exe.is_file() and os.access(bundle.exe, os.X_OK)
+    assert (bundle.dir / "_internal").is_dir()   # onedir: nothing is unpacked at run time
+
+
+def test_all_executables_fit_in_15_mb(bundle):
+    total = sum(os.lstat(os.path.join(d, f)).st_size
+                for d, _, files in os.walk(bundle.bin_dir) for f in files)
+    assert total <= SIZE_LIMIT, f"dist/bin holds {total} bytes"
+
+
+def test_checkout_carries_no_build_module():
+    tracked = subprocess.run(["git", "ls-files", "cni/_build.py"], cwd=ROOT, capture_output=True, text=True)
+    assert tracked.stdout == ""
+    ignored = subprocess.run(["git", "check-ignore", "-q", "cni/_build.py"], cwd=ROOT)
+    assert ignored.returncode == 0
+
+
+# -- VERSION and about ------------------------------------------------------------------
+
+def contract_version_answer(build, monkeypatch):
+    """What cni.contract prints for VERSION, from the checkout, with this build's cni._build."""
+    from cni import contract
+    module = types.ModuleType("cni._build")
+    module.BUILD = build
+    monkeypatch.setitem(sys.modules, "cni._build", module)
+    out = io.StringIO()
+    assert contract.run({}, "", env={"CNI_COMMAND": "VERSION"}, stdin=b"{}", stdout=out, stderr=io.StringIO()) == 0
+    return json.loads(out.getvalue())
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+@pytest.mark.parametrize("stdin", [b'{"cniVersion": "1.0.0"}', b'{"cniVersion": "0.4.0"}', b""])
+def test_version_is_the_contracts_answer(bundle, monkeypatch, plugin, stdin):
+    proc = bundle.run(plugin, {"CNI_COMMAND": "VERSION"}, stdin)
+    assert proc.returncode == 0 and proc.stderr == b""
+    answer = json.loads(proc.stdout)
+    assert answer == contract_version_answer(bundle.info["build"], monkeypatch)
+    from cni import __version__
+    assert answer["underlay"]["version"] == __version__
+    assert answer["underlay"]["build"].split()[0]    # git describe, then the build time
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_version_imports_nothing_denied(bundle, tmp_path, plugin):
+    proc, modules = bundle.modules(plugin, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}', tmp_path)
+    assert proc.returncode == 0
+    assert denied(modules, DENY_VERSION) == []
+
+
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_about_line_names_plugin_and_version(bundle, tmp_path, plugin):
+    proc, modules = bundle.modules(plugin, {}, b"", tmp_path)
+    assert proc.returncode == 0 and proc.stdout == b""
+    about = proc.stderr.decode()
+    assert f"(underlay {bundle.info['version']}" in about
+    assert "CNI protocol versions supported: 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0" in about
+    deny = DENY_HOST_LOCAL if plugin == "host-local" else DENY_ALWAYS
+    assert denied(modules, deny) == []
+
+
+@pytest.mark.xfail(reason="the plugins' main() put only the version in the about line (cni/, ipam/ owners)",
+                   strict=False)
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_about_line_names_build(bundle, plugin):
+    proc = bundle.run(plugin, {})
+    assert bundle.info["build"] in proc.stderr.decode()
+
+
+# -- host-local through the executable --------------------------------------------------
+
+def test_host_local_add_check_del(bundle, tmp_path):
+    data = tmp_path / "networks"
+    conf = host_local_conf(data)
+    proc, modules = bundle.modules("host-local", cni_env("ADD"), conf, tmp_path)
+    assert proc.returncode == 0, proc
+    result = json.loads(proc.stdout)
+    assert result["ips"][0]["address"] == "10.123.0.2/24"
+    assert (data / "buildnet" / "10.123.0.2").read_bytes() == b"ctr1\r\neth0"
+    assert denied(modules, DENY_HOST_LOCAL) == []
+
+    check_conf = json.loads(conf)
+    check_conf["prevResult"] = result
+    proc = bundle.run("host-local", cni_env("CHECK"), json.dumps(check_conf).encode())
+    assert proc.returncode == 0, proc
+
+    proc, modules = bundle.modules("host-local", cni_env("DEL"), conf, tmp_path)
+    assert proc.returncode == 0 and proc.stdout == b"", proc
+    assert not (data / "buildnet" / "10.123.0.2").exists()
+    assert denied(modules, DENY_HOST_LOCAL) == []
+    assert bundle.run("host-local", cni_env("DEL"), conf).returncode == 0   # idempotent
+
+
+def test_errors_are_cni_json_not_tracebacks(bundle, tmp_path):
+    proc = bundle.run("host-local", cni_env("ADD"), b"{not json")
+    assert proc.returncode != 0
+    error = json.loads(proc.stdout)
+    assert set(error) == {"cniVersion", "code", "msg", "details"} and error["code"] == 6
+    assert b"Traceback" not in proc.stderr
+
+
+# -- names ------------------------------------------------------------------------------
+
+@pytest.fixture
+def entry():
+    spec = importlib.util.spec_from_file_location("underlay_entry", ROOT / "build" / "entry.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, plugin", [
+    ("macvlan", "macvlan"), ("ipvlan", "ipvlan"), ("host-local", "host-local"),
+    ("underlay-macvlan", "macvlan"), ("underlay-host-local", "host-local"), ("u_ipvlan", "ipvlan"),
+    ("underlay", None), ("bridge", None), ("macvlan.old", None), ("", None),
+])
+def test_entry_picks_plugin_by_name(entry, name, plugin):
+    assert entry.plugin_for(name) == plugin
+
+
+def test_prefixed_and_direct_names_run_the_same_plugin(bundle, tmp_path):
+    for name in ("underlay-host-local", "cni-host-local"):
+        os.symlink(bundle.exe, tmp_path / name)
+        proc = bundle.run(None, {"CNI_COMMAND": "VERSION"}, argv=[str(tmp_path / name)])
+        assert proc.returncode == 0 and json.loads(proc.stdout)["underlay"] == bundle.info
+    proc = bundle.run(None, {}, argv=[str(bundle.exe), "host-local"])
+    assert proc.returncode == 0 and b"host-local" in proc.stderr
+
+    os.symlink(bundle.exe, tmp_path / "bridge")
+    proc = bundle.run(None, {"CNI_COMMAND": "VERSION"}, argv=[str(tmp_path / "bridge")])
+    assert proc.returncode == 2 and b"call me as one of macvlan, ipvlan, host-local" in proc.stderr
+
+
+# -- no Python on the node --------------------------------------------------------------
+
+def test_bundle_ignores_python_environment_and_checkout(bundle, tmp_path):
+    """A copy elsewhere runs with a hostile PYTHONPATH/PYTHONHOME: nothing comes from outside the bundle."""
+    copy = tmp_path / "bin"
+    shutil.copytree(bundle.bin_dir, copy, symlinks=True)
+    decoy = tmp_path / "decoy" / "cni"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text("raise SystemExit('imported the decoy')\n")
+    env = dict(cni_env("ADD"), PYTHONPATH=str(decoy.parent), PYTHONHOME=str(tmp_path / "nohome"),
+               PYTHONSTARTUP=str(decoy / "__init__.py"))
+    proc = subprocess.run([str(copy / "host-local")], input=host_local_conf(tmp_path / "data"), env=env,
+                          capture_output=True, cwd=decoy.parent, timeout=60)
+    assert proc.returncode == 0, proc
+    assert json.loads(proc.stdout)["ips"]
+
+
+def system_libraries(bundle):
+    """Shared objects from outside the bundle that its executable and libraries load.
+
+    The bootloader starts without LD_LIBRARY_PATH (system libz, libdl), then
+    restarts itself with the bundle's _internal on it, for libpython and the
+    extension modules.
+    """
+    internal = bundle.dir / "_internal"
+    objects = [(bundle.exe, None)] + [(p, str(internal)) for p in internal.rglob("*")
+                                      if ".so" in p.name and p.is_file()]
+    found = set()
+    for obj, library_path in objects:
+        env = dict(os.environ)
+        env.pop("LD_LIBRARY_PATH", None)
+        if library_path:
+            env["LD_LIBRARY_PATH"] = library_path
+        out = subprocess.run(["ldd", str(obj)], capture_output=True, text=True, env=env).stdout
+        for line in out.splitlines():
+            for word in line.split():
+                if word.startswith("/") and not word.startswith(str(bundle.dir)):
+                    found.add(word)
+    return found
+
+
+def test_needs_only_system_libraries(bundle):
+    libs = system_libraries(bundle)
+    prefixes = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+    assert not [lib for lib in libs if any(os.path.realpath(lib).startswith(p) for p in prefixes)], libs
+    names = {os.path.basename(lib).split(".so")[0] for lib in libs}
+    assert names <= {"libc", "libdl", "libm", "libpthread", "libz", "librt", "libutil", "ld-linux-x86-64"}, names
+
+
+@pytest.mark.root
+def test_runs_in_a_root_with_no_python(bundle, tmp_path):
+    """chroot into a tree holding only the bundle and the system libraries (no Python at all)."""
+    root = tmp_path / "root"
+    shutil.copytree(bundle.bin_dir, root / "opt" / "cni" / "bin", symlinks=True)
+    for lib in system_libraries(bundle):
+        target = root / lib.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(lib, target)   # follows the library's own symlink
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "n1", "type": "macvlan",
+                       "ipam": {"type": "host-local", "dataDir": "/var/lib/cni/networks",
+                                "ranges": [[{"subnet": "10.9.0.0/24"}]]}}).encode()
+    for command in ("VERSION", "ADD", "DEL"):
+        proc = subprocess.run([chroot, str(root), "/opt/cni/bin/host-local"], input=conf,
+                              env=cni_env(command), capture_output=True, timeout=60)
+        assert proc.returncode == 0, (command, proc)
+        if command == "ADD":
+            assert json.loads(proc.stdout)["ips"][0]["address"] == "10.9.0.2/24"
+            assert (root / "var/lib/cni/networks/n1/10.9.0.2").exists()
+    proc = subprocess.run([chroot, str(root), "/opt/cni/bin/macvlan"], env={}, capture_output=True, timeout=60)
+    assert proc.returncode == 0 and b"CNI macvlan plugin" in proc.stderr, proc
+
+
+# -- macvlan through the executable (root: a host netns with a veth parent) ----------------
+
+@pytest.mark.root
+def test_macvlan_add_check_del_imports_nothing_denied(bundle, host_ns, master, pod_ns, tmp_path):
+    from tests import netns as ns
+    pod = pod_ns()
+    conf = {"cniVersion": "1.0.0", "name": "buildmv", "type": "macvlan", "master": master,
+            "ipam": {"type": "host-local", "dataDir": str(tmp_path / "networks"),
+                     "ranges": [[{"subnet": "10.124.0.0/24"}]]}}
+    env = dict(cni_env("ADD"), CNI_NETNS=ns.netns_path(pod))
+    argv = ["ip", "netns", "exec", host_ns, bundle.path("macvlan")]
+    proc, modules = bundle.modules("macvlan", env, json.dumps(conf).encode(), tmp_path, argv=argv)
+    assert proc.returncode == 0, proc
+    result = json.loads(proc.stdout)
+    assert ns.addrs(pod, "eth0") == ["10.124.0.2/24"]
+    assert denied(modules, DENY_ALWAYS) == []
+
+    conf["prevResult"] = result
+    for command in ("CHECK", "DEL"):
+        proc, modules = bundle.modules("macvlan", dict(env, CNI_COMMAND=command), json.dumps(conf).encode(),
+                                       tmp_path, argv=argv)
+        assert proc.returncode == 0, (command, proc)
+        assert denied(modules, DENY_ALWAYS) == []
+    assert "eth0" not in ns.links(pod)
