@@ -18,6 +18,7 @@ from tests.plugins import Outcome
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "conf" / "examples"
+NADS = ROOT / "conf" / "nads"
 SCHEMAS = ROOT / "conf" / "schema"
 DRIVER_SRC = pathlib.Path(__file__).resolve().parent / "cnitool"
 LIBCNI_SRC = "/usr/share/gocode/src/github.com/containernetworking/cni"
@@ -35,6 +36,18 @@ def version_key(version):
 def load_example(name):
     with open(EXAMPLES / name) as f:
         return json.load(f)
+
+
+def load_nad(name):
+    """(NetworkAttachmentDefinition, its config as a conflist). A single-plugin config
+    becomes a one-plugin list, as libcni's ConfListFromConf makes it."""
+    import yaml
+    with open(NADS / name) as f:
+        nad = yaml.safe_load(f)
+    config = json.loads(nad["spec"]["config"])
+    if "plugins" not in config:
+        config = {"cniVersion": config.get("cniVersion"), "name": config["name"], "plugins": [config]}
+    return nad, config
 
 
 def localize(conflist, master, data_dir, state_dir=None, name=None):
@@ -68,6 +81,40 @@ def effective_version(conflist, libcni_version):
 def plugin_configs(conflist, version):
     """Each plugin's config as the runtime hands it over (name and cniVersion injected)."""
     return [dict(p, name=conflist["name"], cniVersion=version) for p in conflist["plugins"]]
+
+
+def schema(name):
+    with open(SCHEMAS / f"{name}.json") as f:
+        return json.load(f)
+
+
+def validate_plugin_config(config):
+    """Validate one plugin config against conf/schema; returns the schemas used."""
+    import jsonschema
+    used = []
+    kind = config.get("type")
+    if kind in OUR_PLUGINS:
+        jsonschema.validate(config, schema(kind))
+        used.append(kind)
+    ipam = config.get("ipam") or {}
+    if ipam.get("type") == "host-local":
+        jsonschema.validate(config, schema("host-local"))
+        used.append("host-local")
+    return used
+
+
+def leases(data_dir, net):
+    """{ip: content} of host-local's lease files for a network."""
+    path = os.path.join(data_dir, net)
+    if not os.path.isdir(path):
+        return {}
+    out = {}
+    for entry in os.scandir(path):
+        if entry.is_file() and not entry.name.startswith((".", "last_reserved_ip.")) \
+                and ("." in entry.name or ":" in entry.name):
+            with open(entry.path, "rb") as f:
+                out[entry.name] = f.read()
+    return out
 
 
 def _interval(text):

@@ -7,10 +7,8 @@ example's master, with a private dataDir.
 
 import ipaddress
 import json
-import os
 import uuid
 
-import jsonschema
 import pytest
 
 from tests import netns as nsutil
@@ -18,39 +16,6 @@ from tests.clients import libcni
 from tests.clients.libcni import version_key
 
 EXAMPLE_NAMES = sorted(p.name for p in libcni.EXAMPLES.glob("*.conflist"))
-
-
-def schema(name):
-    with open(libcni.SCHEMAS / f"{name}.json") as f:
-        return json.load(f)
-
-
-def validate_plugin_config(config):
-    """Validate one plugin config against conf/schema; returns the schemas used."""
-    used = []
-    kind = config.get("type")
-    if kind in libcni.OUR_PLUGINS:
-        jsonschema.validate(config, schema(kind))
-        used.append(kind)
-    ipam = config.get("ipam") or {}
-    if ipam.get("type") == "host-local":
-        jsonschema.validate(config, schema("host-local"))
-        used.append("host-local")
-    return used
-
-
-def leases(data_dir, net):
-    """{ip: content} of host-local's lease files for a network."""
-    path = os.path.join(data_dir, net)
-    if not os.path.isdir(path):
-        return {}
-    out = {}
-    for entry in os.scandir(path):
-        if entry.is_file() and not entry.name.startswith((".", "last_reserved_ip.")) \
-                and ("." in entry.name or ":" in entry.name):
-            with open(entry.path, "rb") as f:
-                out[entry.name] = f.read()
-    return out
 
 
 def routes(ns):
@@ -87,7 +52,7 @@ def assert_attached(result, ns, conflist, data_dir, cid, ifname="eth0"):
         assert libcni.allowed(address, ipam), f"{address} should never have been handed out"
     for ip in result["ips"]:
         assert ip["interface"] == 0
-    on_disk = leases(data_dir, conflist["name"])
+    on_disk = libcni.leases(data_dir, conflist["name"])
     assert sorted(on_disk) == sorted(a.split("/")[0] for a in addresses)
     assert set(on_disk.values()) == {f"{cid}\r\n{ifname}".encode()}
     present = routes(ns)
@@ -118,7 +83,7 @@ def test_example_matches_schema(example):
     version = conflist.get("cniVersion") or max(conflist["cniVersions"], key=version_key)
     used = []
     for config in libcni.plugin_configs(conflist, version):
-        used += validate_plugin_config(config)
+        used += libcni.validate_plugin_config(config)
     assert used, f"{example}: nothing of ours to validate"
 
 
@@ -148,16 +113,16 @@ def test_example_through_libcni(example, driver, master, pod_ns, data_dir, state
         assert not checked.ok and "does not support the CHECK command" in checked.json["error"]
 
     assert driver.status(net).ok
-    before = leases(data_dir, net)
+    before = libcni.leases(data_dir, net)
     collected = driver.gc(net)  # valid attachments: everything in libcni's cache
     assert collected.ok, collected
-    assert leases(data_dir, net) == before
+    assert libcni.leases(data_dir, net) == before
     assert "eth0" in nsutil.links(ns)
 
     deleted = driver.delete(net, netns, container_id=cid)
     assert deleted.ok, deleted
     assert "eth0" not in nsutil.links(ns)
-    assert leases(data_dir, net) == {}
+    assert libcni.leases(data_dir, net) == {}
     assert driver.cached(net) == {}
     again = driver.delete(net, netns, container_id=cid)
     assert again.ok, f"DEL must be idempotent: {again}"
@@ -170,10 +135,10 @@ def libcni_cannot_read(driver, net, version, ns, data_dir, cid):
     netns = nsutil.netns_path(ns)
     added = driver.add(net, netns, container_id=cid)
     assert not added.ok and f'unsupported CNI result version "{version}"' in added.json["error"], added
-    assert "eth0" in nsutil.links(ns) and leases(data_dir, net)
+    assert "eth0" in nsutil.links(ns) and libcni.leases(data_dir, net)
     deleted = driver.delete(net, netns, container_id=cid)
     assert deleted.ok, deleted
-    assert "eth0" not in nsutil.links(ns) and leases(data_dir, net) == {}
+    assert "eth0" not in nsutil.links(ns) and libcni.leases(data_dir, net) == {}
     assert driver.status(net).ok
     assert driver.gc(net).ok
 
@@ -193,4 +158,4 @@ def test_check_through_libcni_reports_a_lost_address(driver, master, pod_ns, dat
     assert not checked.ok
     assert checked.json["code"] == 100 and added.json["ips"][0]["address"] in checked.json["error"], checked
     assert driver.delete(net, netns, container_id="c-check").ok
-    assert leases(data_dir, net) == {}
+    assert libcni.leases(data_dir, net) == {}
