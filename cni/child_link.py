@@ -15,7 +15,7 @@ import os
 import re
 
 from cni import config as netconf
-from cni import contract, iface, kernel, netlink, netns, parents, shim
+from cni import contract, iface, netlink, netns, parents, shim
 from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, CniError
 
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -299,6 +299,7 @@ def check(kind, request):
 
 def status(kind, request):
     """0 if an ADD could succeed: the kernel has the link kinds, the master is there, IPAM is ready."""
+    from cni import kernel  # STATUS only: keeps ctypes off the ADD path
     conf = kind.load(request)
     needed = [kind.name] + (["dummy"] if conf.internal else [])
     name = conf.parent(request.network)
