@@ -340,9 +340,9 @@ class DiskStore:
         # that then crashed) could leave the mtime as it is now. Set it 1 ns into the
         # past and stamp that: any later change gets a newer time and is noticed.
         st = os.fstat(self.dir_fd)
-        mtime = st.st_mtime_ns - 1
-        os.utime(self.dir_fd, ns=(st.st_atime_ns, mtime))
-        self._replace(STAMP, str(mtime).encode(), self.index_fd)
+        os.utime(self.dir_fd, ns=(st.st_atime_ns, st.st_mtime_ns - 1))
+        # stamp what the filesystem stored: one with coarser times rounds down further
+        self._replace(STAMP, str(os.fstat(self.dir_fd).st_mtime_ns).encode(), self.index_fd)
 
     def ensure_index(self):
         stamp = self._read(STAMP, self.index_fd)

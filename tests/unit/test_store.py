@@ -49,6 +49,18 @@ def test_index_trusted_while_nothing_changed(data_dir, monkeypatch):
         assert store.ips_of("c1", "eth0") == ["10.1.0.2"]
 
 
+def test_index_trusted_on_a_filesystem_with_whole_second_times(data_dir, monkeypatch):
+    real_utime = os.utime
+    monkeypatch.setattr(os, "utime", lambda path, ns: real_utime(path, ns=(ns[0], ns[1] // 10**9 * 10**9)))
+    with DiskStore(data_dir, "net1") as store:
+        assert store.reserve("10.1.0.2", "c1", "eth0")
+        store.record("c1", "eth0", ["10.1.0.2"])
+        store.commit()
+    monkeypatch.setattr(DiskStore, "rebuild_index", lambda self: pytest.fail("rebuilt a current index"))
+    with DiskStore(data_dir, "net1") as store:
+        assert store.ips_of("c1", "eth0") == ["10.1.0.2"]
+
+
 def test_one_fsync_per_allocation_in_a_nearly_full_range(data_dir, monkeypatch):
     [s] = ranges.range_sets({"ranges": [[{"subnet": "10.1.0.0/26"}]]})
     os.makedirs(net_dir(data_dir))
