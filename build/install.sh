@@ -156,7 +156,13 @@ if [ -n "$refused" ]; then
 fi
 
 # The bundle, under a name that changes with its content.
-id=$(cd "$FROM/.underlay" && find . -type f | LC_ALL=C sort | xargs cat | cksum | cut -d' ' -f1)
+checksum() {
+    if command -v sha256sum >/dev/null 2>&1; then sha256sum | cut -c1-12; else cksum | cut -d' ' -f1; fi
+}
+id=$(cd "$FROM/.underlay" && find . -type f | LC_ALL=C sort | xargs cat | checksum)
+case $id in
+    ''|*[!0-9a-f]*) die "could not checksum $FROM/.underlay (sha256sum or cksum, find, sort, xargs, cut)" ;;
+esac
 bundle=.underlay-$id
 if ! [ -x "$TARGET/$bundle/$ENTRY" ] || ! in_manifest "$bundle"; then
     if [ -e "$TARGET/$bundle" ] && ! in_manifest "$bundle"; then

@@ -1,0 +1,156 @@
+"""`make install` / build/install.sh into a temporary DESTDIR."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.build.conftest import PLUGINS, ROOT
+
+PREFIX = "/opt/cni/bin"
+
+
+def make(*args, **env):
+    return subprocess.run(["make", "-s", "-C", str(ROOT), *args], capture_output=True, text=True,
+                          env=dict(os.environ, **env), timeout=120)
+
+
+def install(*args, source=None):
+    argv = [str(ROOT / "build" / "install.sh")]
+    if source:
+        argv += ["--from", str(source)]
+    return subprocess.run(argv + list(args), capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def version(path):
+    out = subprocess.run([str(path)], env={"CNI_COMMAND": "VERSION"}, capture_output=True, timeout=60)
+    assert out.returncode == 0, out
+    return json.loads(out.stdout)
+
+
+def manifest(target):
+    return (target / ".underlay-manifest").read_text().split()
+
+
+def bundles(target):
+    return sorted(p.name for p in target.iterdir() if p.name.startswith(".underlay-") and p.is_dir())
+
+
+@pytest.fixture
+def destdir(tmp_path):
+    return tmp_path / "dest"
+
+
+@pytest.fixture
+def target(destdir):
+    return destdir / PREFIX.lstrip("/")
+
+
+@pytest.fixture
+def foreign_macvlan(target):
+    """The reference macvlan, already installed under the plain name."""
+    target.mkdir(parents=True)
+    shutil.copy("/usr/lib/cni/macvlan", target / "macvlan")
+    return (target / "macvlan").read_bytes()
+
+
+@pytest.fixture
+def rebuilt(bundle, tmp_path):
+    """A copy of dist/bin whose bundle differs (as after a rebuild)."""
+    copy = tmp_path / "rebuilt"
+    shutil.copytree(bundle.bin_dir, copy, symlinks=True)
+    (copy / ".underlay" / "_internal" / "REBUILT").write_text("another build\n")
+    return copy
+
+
+def test_make_install_puts_links_to_one_bundle(bundle, destdir, target):
+    out = make("install", f"DESTDIR={destdir}")
+    assert out.returncode == 0, out.stderr
+    (only,) = bundles(target)
+    for plugin in PLUGINS:
+        assert os.readlink(target / plugin) == f"{only}/underlay"
+        assert version(target / plugin)["underlay"] == bundle.info
+    assert sorted(manifest(target)) == sorted([only, *PLUGINS])
+
+
+def test_refuses_to_replace_a_foreign_plugin_and_changes_nothing(bundle, destdir, target, foreign_macvlan):
+    out = make("install", f"DESTDIR={destdir}")
+    assert out.returncode != 0
+    assert "refusing to replace" in out.stderr and "macvlan" in out.stderr
+    assert (target / "macvlan").read_bytes() == foreign_macvlan
+    assert sorted(p.name for p in target.iterdir()) == ["macvlan"]     # nothing else installed either
+
+
+def test_force_replaces_it(bundle, destdir, target, foreign_macvlan):
+    out = make("install", f"DESTDIR={destdir}", "FORCE=1")
+    assert out.returncode == 0, out.stderr
+    assert "replacing" in out.stdout
+    assert (target / "macvlan").is_symlink()
+    assert version(target / "macvlan")["underlay"] == bundle.info
+
+
+def test_prefixed_names_coexist_with_the_reference(bundle, destdir, target, foreign_macvlan):
+    out = make("install", f"DESTDIR={destdir}", "PLUGIN_PREFIX=underlay-")
+    assert out.returncode == 0, out.stderr
+    assert (target / "macvlan").read_bytes() == foreign_macvlan
+    for plugin in PLUGINS:
+        assert version(target / f"underlay-{plugin}")["underlay"] == bundle.info
+    assert not (target / "host-local").exists()
+
+
+def test_reinstall_over_own_files(bundle, destdir, target):
+    assert make("install", f"DESTDIR={destdir}").returncode == 0
+    before = bundles(target)
+    out = make("install", f"DESTDIR={destdir}")
+    assert out.returncode == 0, out.stderr
+    assert bundles(target) == before                     # same build: same bundle, reused
+    assert version(target / "host-local")["underlay"] == bundle.info
+
+
+def test_upgrade_keeps_previous_bundle_for_execs_in_flight(bundle, rebuilt, destdir, target):
+    dest = ["--destdir", str(destdir)]
+    assert install(*dest).returncode == 0
+    (first,) = bundles(target)
+    assert install(*dest, source=rebuilt).returncode == 0
+    second = (set(bundles(target)) - {first}).pop()
+    assert bundles(target) == sorted([first, second])    # the old one stays for running execs
+    assert os.readlink(target / "macvlan") == f"{second}/underlay"
+    assert install(*dest).returncode == 0                # back to the first: the second stays, none more
+    assert bundles(target) == sorted([first, second])
+    assert os.readlink(target / "macvlan") == f"{first}/underlay"
+
+
+def test_a_link_someone_replaced_is_no_longer_ours(bundle, destdir, target):
+    dest = ["--destdir", str(destdir)]
+    assert install(*dest).returncode == 0
+    (target / "ipvlan").unlink()
+    shutil.copy("/usr/lib/cni/ipvlan", target / "ipvlan")
+    out = install(*dest)
+    assert out.returncode != 0 and "ipvlan" in out.stderr
+    out = install(*dest, "--uninstall")
+    assert out.returncode == 0, out.stderr
+    assert "left" in out.stdout and (target / "ipvlan").read_bytes() == open("/usr/lib/cni/ipvlan", "rb").read()
+    assert sorted(p.name for p in target.iterdir()) == ["ipvlan"]
+
+
+def test_make_uninstall_removes_only_what_it_installed(bundle, destdir, target, foreign_macvlan):
+    assert make("install", f"DESTDIR={destdir}", "PLUGIN_PREFIX=underlay-").returncode == 0
+    out = make("uninstall", f"DESTDIR={destdir}")
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["macvlan"]
+    assert (target / "macvlan").read_bytes() == foreign_macvlan
+
+
+def test_never_replaces_a_directory(bundle, destdir, target):
+    (target / "host-local").mkdir(parents=True)
+    out = install("--destdir", str(destdir), "--force")
+    assert out.returncode != 0 and "is a directory" in out.stderr
+
+
+@pytest.mark.parametrize("prefix", ["../x-", "a/b-", ".hidden-", "sp ace-"])
+def test_rejects_prefixes_that_are_not_plain_names(bundle, destdir, prefix):
+    out = install("--destdir", str(destdir), "--plugin-prefix", prefix)
+    assert out.returncode != 0 and "--plugin-prefix" in out.stderr
+    assert not destdir.exists()
