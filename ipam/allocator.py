@@ -52,22 +52,25 @@ def allocate(range_set, store, container_id, ifname, requested=None):
 
 
 def reserve_requested(range_set, store, container_id, ifname, requested):
+    """As Docker's --ip: anywhere in the range's subnet, also outside rangeStart..rangeEnd,
+    unless it is the network, broadcast, gateway, an aux or excluded address, or taken."""
     r = range_set.range_of(requested.ip) or range_set.subnet_range_of(requested.ip)
-    why = r.why_refused(requested.value) if r else None
+    if r is None:
+        raise CniError(requested.error_code,
+                       f"{requested.source}: requested IP {requested.ip} is outside the subnets of range set "
+                       f"{range_set.index} ({range_set.describe()})")
+    why = r.why_refused(requested.value)
     if why:
         raise CniError(requested.error_code, f"{requested.source}: requested IP {requested.ip} cannot be "
                                              f"handed out: {why}")
-    if r is None or not r.in_range(requested.value):
-        raise CniError(requested.error_code,
-                       f"{requested.source}: requested IP {requested.ip} is outside the ranges of range set "
-                       f"{range_set.index} ({range_set.describe()})")
     text = r.text(requested.value)
     if not store.reserve(text, container_id, ifname):
         owner = store.owner(text)
         holder = f" to container {owner[0]}" if owner else ""
         raise CniError(ERR_NO_ADDRESS, f"{requested.source}: requested IP {requested.ip} is already "
                                        f"allocated{holder}")
-    store.set_last_reserved(range_set.index, text)
+    if r.in_range(requested.value):  # one outside the range must not move round-robin out of it
+        store.set_last_reserved(range_set.index, text)
     return r, requested.value
 
 

@@ -154,13 +154,21 @@ def test_requested_ip_refused(requested, why, source, code):
     assert store.leases == {} and store.last == {}
 
 
-def test_requested_ip_outside_range_start_end():
+def test_requested_ip_outside_range_start_end_but_in_the_subnet_is_honoured():
+    # Docker's --ip may lie outside --ip-range, inside --subnet
+    s = range_set({"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.10", "rangeEnd": "10.1.0.20"})
+    store = MemoryStore()
+    assert allocate(s, store, "10.1.0.50") == "10.1.0.50" and "10.1.0.50" in store.leases
+    assert store.last == {}  # round-robin stays inside the range
+    assert allocate(s, store, cid="c2") == "10.1.0.10"
+
+
+def test_requested_ip_outside_the_subnet_is_refused():
     s = range_set({"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.10", "rangeEnd": "10.1.0.20"})
     with pytest.raises(CniError) as e:
-        allocate(s, MemoryStore(), "10.1.0.50")
+        allocate(s, MemoryStore(), "10.2.0.50")
     assert e.value.code == ERR_INVALID_CONFIG
-    assert ("requested IP 10.1.0.50 is outside the ranges of range set 0 (10.1.0.0/24 10.1.0.10-10.1.0.20)"
-            in e.value.msg)
+    assert "requested IP 10.2.0.50 is outside the subnets of range set 0 (10.1.0.0/24 10.1.0.10-10.1.0.20)" in e.value.msg
 
 
 def test_requested_ip_taken():
