@@ -1,6 +1,8 @@
 """Requested addresses as Docker's --ip: anywhere in the subnet, also outside
 rangeStart..rangeEnd, unless a rule refuses them; dynamic allocation stays in the range."""
 
+import os
+
 import pytest
 
 from tests.exec.conftest import HostLocal, addresses
@@ -41,7 +43,7 @@ def test_a_requested_address_outside_the_range_is_honoured(hl):
 def test_each_rule_that_refuses_a_requested_address_is_named(hl, ip, rule):
     out = hl.add(net(hl), "c1", args=f"IP={ip}")
     assert out.cni_code == 4 and rule in out.json["msg"] and ip in out.json["msg"], out
-    assert hl.leases() == {}
+    assert not os.path.isdir(hl.net_dir()) or hl.leases() == {}
 
 
 def test_a_taken_address_is_refused_naming_its_holder(hl):
