@@ -60,6 +60,8 @@ def localize(conflist, master, data_dir, state_dir=None, name=None):
             plugin["master"] = master
         if plugin.get("type") in OUR_PLUGINS and state_dir:
             plugin["stateDir"] = state_dir
+        if plugin.get("type") == "tuning" and state_dir:
+            plugin["dataDir"] = os.path.join(state_dir, "tuning")  # else /run/cni/tuning
         ipam = plugin.get("ipam") or {}
         if ipam.get("type") == "host-local":
             ipam["dataDir"] = data_dir

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
@@ -23,7 +22,7 @@ import tempfile
 import pytest
 
 from tests import netns as nsutil
-from tests.clients import libcni
+from tests.clients import cleanup, libcni
 from tests.clients.conftest import require
 
 pytestmark = [pytest.mark.root, pytest.mark.clients]
@@ -50,38 +49,6 @@ def busybox_tarball(path):
         info = tarfile.TarInfo("etc/passwd")
         info.size = len(passwd)
         tar.addfile(info, io.BytesIO(passwd))
-
-
-def processes_mentioning(text):
-    """PIDs whose command line mentions `text` (our private dirs): conmon and its children."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if text.encode() in f.read():
-                        pids.append(int(entry))
-            except OSError:
-                pass
-    return pids
-
-
-def unmount_under(path):
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for point in sorted((p for p in points if p.startswith(path + "/")), reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
-
-
-def remove_cgroup(name):
-    """rmdir /sys/fs/cgroup/<hierarchy>/<name> and below, deepest first (only empty cgroups go)."""
-    for hierarchy in os.listdir("/sys/fs/cgroup"):
-        top = os.path.join("/sys/fs/cgroup", hierarchy, name)
-        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-            try:
-                os.rmdir(dirpath)
-            except OSError:
-                pass
 
 
 class Podman:
@@ -122,7 +89,8 @@ lock_type = "file"
                     "CONTAINERS_REGISTRIES_CONF": os.path.join(self.dir, "registries.conf")}
 
     def run(self, *args, check=True, timeout=120):
-        argv = ["podman", "--root", os.path.join(self.dir, "root"), "--runroot", os.path.join(self.dir, "runroot")]
+        argv = ["podman", "--root", os.path.join(self.dir, "root"), "--runroot", os.path.join(self.dir, "runroot"),
+                "--runtime-flag", f"root={self.dir}/runc"]  # runc's state, else in /run/runc
         proc = subprocess.run(argv + list(args), env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"podman {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
@@ -146,14 +114,10 @@ lock_type = "file"
             self.remove_all()
             self.run("rmi", "--all", "--force", check=False)
         finally:
-            for pid in processes_mentioning(self.dir):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            unmount_under(self.dir)
+            cleanup.kill_all(text=self.dir, cgroup=self.cgroup_parent)
+            cleanup.unmount_under(self.dir)
             shutil.rmtree(self.dir, ignore_errors=True)
-            remove_cgroup(self.cgroup_parent)
+            cleanup.remove_cgroup(self.cgroup_parent)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +138,7 @@ def podman(cni_bin_dir):
     finally:
         pm.close()
         if not conmon_parent_existed:
-            remove_cgroup("libpod_parent")
+            cleanup.remove_cgroup("libpod_parent")
         if not results_existed:
             try:
                 os.rmdir(PODMAN_RESULTS)  # only if empty: another podman may be using it by now
