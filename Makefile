@@ -4,7 +4,7 @@ PREFIX ?= /opt/cni/bin
 PLUGIN_PREFIX ?=
 FORCE ?= 0
 
-.PHONY: deps test unit demo build install uninstall bench clean
+.PHONY: deps test unit demo build install uninstall bench image-context clean
 
 deps:
 	build/deps.sh
@@ -33,6 +33,15 @@ install:
 
 uninstall:
 	build/install.sh --destdir "$(DESTDIR)" --prefix "$(PREFIX)" --uninstall
+
+# Side-by-side figures against Debian's Go plugins (root for the macvlan
+# section); prints, asserts nothing. BENCH_ARGS=--sections version,leases
+bench:
+	$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
+
+# The installer image's build context (conf/image) from dist/bin.
+image-context:
+	conf/image/context.sh build/work/image-context
 
 clean:
 	rm -rf dist build/work

@@ -1,0 +1,450 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: underlay's built executables against Debian's Go
+reference plugins (containernetworking-plugins in /usr/lib/cni).
+
+A script, not a test: it prints figures and asserts none. Ours and Go run
+alternately in the same loop (who goes first alternates too), on the same
+kind of setup, so machine noise hits both alike; compare the ratios.
+
+  make build && make bench             (all sections; needs root for macvlan)
+  tests/bench/bench.py --sections version,leases --iterations 20
+  tests/bench/bench.py --json figures.json
+
+Sections:
+  version   VERSION exec
+  macvlan   macvlan + host-local ADD, CHECK, DEL: a "host" netns with a veth
+            parent, a fresh pod netns per iteration (never the machine's own
+            interfaces); then 64 macvlan ADDs in parallel, one pod each
+  leases    host-local ADD+DEL alone with 10, 1 000, 10 000, 60 000 existing
+            leases, pre-populated in the reference on-disk format
+  parallel  64 host-local ADDs in parallel on one data dir: wall time,
+            failures, duplicate addresses
+Peak RSS per exec comes from GNU time (`/usr/bin/time -f %M`) on extra,
+untimed runs: wait4() on a child forked from this Python process would report
+this process's own RSS (the child holds it until exec).
+"""
+
+import argparse
+import ctypes
+import ipaddress
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+OURS = os.path.join(ROOT, "dist", "bin")
+GO = "/usr/lib/cni"
+IMPLS = ("ours", "go")
+LEASE_COUNTS = (10, 1000, 10000, 60000)
+CNI_VERSION = "1.0.0"          # the newest the Debian Go plugins (1.1.1) speak
+CLONE_NEWNET = 0x40000000
+PREFIX = f"ulb{os.getpid() % 0x10000:x}"   # every netns and link this run makes
+TIME = "/usr/bin/time"         # GNU time (Debian package `time`)
+RSS_EVERY = 4                  # every 4th iteration measures peak RSS instead of time
+
+
+# -- one exec -------------------------------------------------------------------------------
+
+class Exec:
+    def __init__(self, seconds, code, stdout, stderr, maxrss_kb):
+        self.seconds, self.code, self.stdout, self.stderr, self.maxrss_kb = seconds, code, stdout, stderr, maxrss_kb
+
+    @property
+    def json(self):
+        try:
+            return json.loads(self.stdout)
+        except ValueError:
+            return None
+
+
+def spawn(argv, env, stdin=b""):
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            bufsize=0)
+
+
+def reap(proc, stdin, started):
+    """Feed stdin, read both pipes, wait4() for the exit and the peak RSS."""
+    try:
+        proc.stdin.write(stdin)
+    except BrokenPipeError:
+        pass
+    try:
+        proc.stdin.close()
+    except BrokenPipeError:     # VERSION never reads its stdin
+        pass
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.stdout.close()
+    proc.stderr.close()
+    return Exec(seconds, proc.returncode, out, err, usage.ru_maxrss)
+
+
+def run(argv, env, stdin=b"", rss=False):
+    """One exec; with rss, under GNU time, whose report replaces maxrss_kb (and the time is not a figure)."""
+    if not rss:
+        started = time.perf_counter()
+        return reap(spawn(argv, env, stdin), stdin, started)
+    with tempfile.NamedTemporaryFile("r", prefix="underlay-bench-rss-") as report:
+        started = time.perf_counter()
+        result = reap(spawn([TIME, "-f", "%M", "-o", report.name] + argv, env, stdin), stdin, started)
+        result.maxrss_kb = int(report.read().split()[-1])
+        result.seconds = None
+    return result
+
+
+def plugin(impl, name):
+    return os.path.join(OURS if impl == "ours" else GO, name)
+
+
+def cni_env(impl, command, cid="bench", netns="/var/run/netns/bench-none", ifname="eth0"):
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
+            "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": OURS if impl == "ours" else GO}
+
+
+# -- figures --------------------------------------------------------------------------------
+
+class Series:
+    """Timings (ms) and peak RSS (KiB) of one operation, per implementation."""
+
+    def __init__(self, label):
+        self.label = label
+        self.ms = {impl: [] for impl in IMPLS}
+        self.rss = {impl: [] for impl in IMPLS}
+        self.failures = {impl: 0 for impl in IMPLS}
+
+    def add(self, impl, *execs):
+        """Timed execs add to the times, GNU-time'd ones to the peak RSS."""
+        if all(e.seconds is not None for e in execs):
+            self.ms[impl].append(sum(e.seconds for e in execs) * 1000)
+        else:
+            self.rss[impl].append(max(e.maxrss_kb for e in execs))
+        if any(e.code != 0 for e in execs):
+            self.failures[impl] += 1
+
+    def median(self, impl):
+        return statistics.median(self.ms[impl]) if self.ms[impl] else float("nan")
+
+    def p90(self, impl):
+        values = sorted(self.ms[impl])
+        return values[min(len(values) - 1, int(round(0.9 * (len(values) - 1))))] if values else float("nan")
+
+    def ratio(self):
+        return self.median("ours") / self.median("go")
+
+    def as_dict(self):
+        return {impl: {"median_ms": self.median(impl), "p90_ms": self.p90(impl), "n": len(self.ms[impl]),
+                       "failures": self.failures[impl],
+                       "peak_rss_kib_median": statistics.median(self.rss[impl]) if self.rss[impl] else None,
+                       "peak_rss_kib_max": max(self.rss[impl]) if self.rss[impl] else None}
+                for impl in IMPLS} | {"ratio_ours_go": self.ratio()}
+
+
+HEADER = (f"{'operation':<40} {'ours med':>9} {'p90':>7} {'Go med':>8} {'p90':>7} {'ours/Go':>8}"
+          f" {'RSS ours':>9} {'RSS Go':>8}  failures")
+
+
+def print_series(series):
+    rss = {impl: f"{statistics.median(series.rss[impl]) / 1024:.1f}M" if series.rss[impl] else "-" for impl in IMPLS}
+    fails = "" if not any(series.failures.values()) else f"ours {series.failures['ours']}, Go {series.failures['go']}"
+    print(f"{series.label:<40} {series.median('ours'):>9.2f} {series.p90('ours'):>7.2f} {series.median('go'):>8.2f}"
+          f" {series.p90('go'):>7.2f} {series.ratio():>7.2f}x {rss['ours']:>9} {rss['go']:>8}  {fails}", flush=True)
+
+
+def alternate(i):
+    return IMPLS if i % 2 == 0 else IMPLS[::-1]
+
+
+# -- sections -------------------------------------------------------------------------------
+
+def bench_version(n, figures):
+    rows = [Series(f"VERSION ({name})") for name in ("macvlan", "host-local")]
+    for i in range(n + n // RSS_EVERY):
+        for row, name in zip(rows, ("macvlan", "host-local")):
+            for impl in alternate(i):
+                row.add(impl, run([plugin(impl, name)], cni_env(impl, "VERSION"), b'{"cniVersion": "1.0.0"}',
+                                  rss=i % RSS_EVERY == RSS_EVERY - 1))
+    for row in rows:
+        print_series(row)
+        figures[row.label] = row.as_dict()
+
+
+def populate(net_dir, count, subnet):
+    """`count` leases in the reference format, the last one as last_reserved_ip.0."""
+    os.makedirs(net_dir)
+    first = int(subnet.network_address) + 2
+    for i in range(count):
+        ip = str(ipaddress.ip_address(first + i))
+        with open(os.path.join(net_dir, ip), "w") as f:
+            f.write(f"existing-{i}\r\neth0")
+    if count:
+        with open(os.path.join(net_dir, "last_reserved_ip.0"), "w") as f:
+            f.write(str(ipaddress.ip_address(first + count - 1)))
+
+
+def host_local_conf(data_dir, subnet, name="benchnet"):
+    return json.dumps({"cniVersion": CNI_VERSION, "name": name, "type": "macvlan",
+                       "ipam": {"type": "host-local", "dataDir": data_dir,
+                                "ranges": [[{"subnet": str(subnet)}]]}}).encode()
+
+
+def bench_leases(n, counts, workdir, figures):
+    subnet = ipaddress.ip_network("10.200.0.0/16")
+    own_at = {}
+    for count in counts:
+        confs = {}
+        for impl in IMPLS:
+            data = os.path.join(workdir, f"leases-{count}-{impl}")
+            started = time.perf_counter()
+            populate(os.path.join(data, "benchnet"), count, subnet)
+            confs[impl] = host_local_conf(data, subnet)
+        print(f"  ({count} leases written twice in {time.perf_counter() - started:.1f} s for the second)", flush=True)
+        first = {}
+        for impl in IMPLS:   # the first ADD+DEL on a reference-format directory, reported apart
+            add = run([plugin(impl, "host-local")], cni_env(impl, "ADD", "warmup"), confs[impl])
+            dele = run([plugin(impl, "host-local")], cni_env(impl, "DEL", "warmup"), confs[impl])
+            first[impl] = (add.seconds + dele.seconds) * 1000
+            if add.code or dele.code:
+                print(f"  {impl} warm-up failed: {add.stdout or add.stderr} {dele.stdout or dele.stderr}")
+        both, adds, dels = (Series(f"host-local ADD+DEL, {count} leases"), Series(f"  of it ADD, {count} leases"),
+                            Series(f"  of it DEL, {count} leases"))
+        for i in range(n + n // RSS_EVERY):
+            rss = i % RSS_EVERY == RSS_EVERY - 1
+            for impl in alternate(i):
+                cid = f"bench-{i}"
+                add = run([plugin(impl, "host-local")], cni_env(impl, "ADD", cid), confs[impl], rss=rss)
+                dele = run([plugin(impl, "host-local")], cni_env(impl, "DEL", cid), confs[impl], rss=rss)
+                both.add(impl, add, dele)
+                adds.add(impl, add)
+                dels.add(impl, dele)
+        for row in (both, adds, dels):
+            print_series(row)
+            figures[row.label.strip()] = row.as_dict()
+        print(f"  first ADD+DEL on the pre-populated dir: ours {first['ours']:.1f} ms, Go {first['go']:.1f} ms",
+              flush=True)
+        figures[f"host-local first ADD+DEL, {count} leases"] = first
+        own_at[count] = both.median("ours")
+        for impl in IMPLS:
+            shutil.rmtree(os.path.join(workdir, f"leases-{count}-{impl}"), ignore_errors=True)
+    if min(counts) in own_at and max(counts) in own_at:
+        scale = own_at[max(counts)] / own_at[min(counts)]
+        print(f"ours ADD+DEL at {max(counts)} leases / at {min(counts)}: {scale:.2f}x (target <= 1.5x)")
+        figures["host-local own scaling"] = scale
+
+
+def parallel(argvs_envs, stdin):
+    """Start every exec at once; (wall seconds, [Exec])."""
+    started = time.perf_counter()
+    procs = [(spawn(argv, env), time.perf_counter()) for argv, env in argvs_envs]
+    execs = [reap(proc, stdin, t) for proc, t in procs]
+    return time.perf_counter() - started, execs
+
+
+def parallel_report(label, impl, wall, execs, figures, ifname_key=None):
+    ips = [e.json["ips"][0]["address"] for e in execs if e.code == 0 and e.json and e.json.get("ips")]
+    failures = sum(1 for e in execs if e.code != 0)
+    duplicates = len(ips) - len(set(ips))
+    print(f"{label:<40} {impl:>4}: wall {wall * 1000:8.1f} ms, failures {failures}, duplicates {duplicates},"
+          f" distinct {len(set(ips))}", flush=True)
+    errors = sorted({(e.stdout or e.stderr).decode(errors="replace")[:200] for e in execs if e.code != 0})
+    for error in errors[:3]:
+        print(f"    {impl} error: {error}")
+    figures.setdefault(label, {})[impl] = {"wall_ms": wall * 1000, "failures": failures, "duplicates": duplicates,
+                                          "distinct": len(set(ips))}
+
+
+def bench_parallel(rounds, count, workdir, figures):
+    subnet = ipaddress.ip_network("10.201.0.0/24")
+    for r in range(rounds):
+        for impl in alternate(r):
+            data = os.path.join(workdir, f"parallel-{r}-{impl}")
+            conf = host_local_conf(data, subnet)
+            jobs = [([plugin(impl, "host-local")], cni_env(impl, "ADD", f"par-{k}")) for k in range(count)]
+            wall, execs = parallel(jobs, conf)
+            leases = [n for n in os.listdir(os.path.join(data, "benchnet")) if n[0].isdigit()]
+            parallel_report(f"{count} parallel host-local ADDs, round {r + 1}", impl, wall, execs, figures)
+            if len(leases) != sum(1 for e in execs if e.code == 0):
+                print(f"    {impl}: {len(leases)} lease files for {sum(1 for e in execs if e.code == 0)} successes")
+            shutil.rmtree(data, ignore_errors=True)
+
+
+# -- macvlan in network namespaces ------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(fd):
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+
+
+def sh(*argv):
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+class Namespaces:
+    """A host netns (this process enters it) with a veth parent; pod netns on demand; all removed."""
+
+    def __init__(self):
+        self.host = f"{PREFIX}h"
+        self.master = f"{PREFIX}m"
+        self.pods = []
+        self.home = None
+
+    def __enter__(self):
+        self.home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        sh("ip", "netns", "add", self.host)
+        try:
+            fd = os.open(f"/run/netns/{self.host}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                setns(fd)
+            finally:
+                os.close(fd)
+            sh("ip", "link", "set", "lo", "up")
+            sh("ip", "link", "add", self.master, "type", "veth", "peer", "name", f"{PREFIX}p")
+            sh("ip", "link", "set", self.master, "up")
+            sh("ip", "link", "set", f"{PREFIX}p", "up")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def pod(self):
+        name = f"{PREFIX}p{len(self.pods)}"
+        self.pods.append(name)
+        sh("ip", "netns", "add", name)
+        return name
+
+    def drop(self, name):
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        if name in self.pods:
+            self.pods.remove(name)
+
+    def __exit__(self, *exc):
+        if self.home is not None:
+            setns(self.home)
+            os.close(self.home)
+            self.home = None
+        for name in list(self.pods):
+            self.drop(name)
+        subprocess.run(["ip", "netns", "del", self.host], capture_output=True)
+
+
+def macvlan_conf(impl, master, data_dir, subnet):
+    return {"cniVersion": CNI_VERSION, "name": f"benchmv-{impl}", "type": "macvlan", "master": master,
+            "mode": "bridge", "ipam": {"type": "host-local", "dataDir": data_dir,
+                                       "ranges": [[{"subnet": str(subnet)}]]}}
+
+
+def bench_macvlan(n, parallel_count, workdir, figures):
+    subnets = {"ours": ipaddress.ip_network("10.210.0.0/16"), "go": ipaddress.ip_network("10.211.0.0/16")}
+    rows = {verb: Series(f"macvlan+host-local {verb}") for verb in ("ADD", "CHECK", "DEL")}
+    with Namespaces() as ns:
+        confs = {impl: macvlan_conf(impl, ns.master, os.path.join(workdir, f"mv-{impl}"), subnets[impl])
+                 for impl in IMPLS}
+        for i in range(n + n // RSS_EVERY + 1):     # iteration 0 warms caches, not counted
+            rss = i % RSS_EVERY == RSS_EVERY - 1
+            for impl in alternate(i):
+                pod = ns.pod()
+                env = dict(cni_env(impl, "ADD", f"mv-{i}", netns=f"/run/netns/{pod}"))
+                conf = confs[impl]
+                add = run([plugin(impl, "macvlan")], env, json.dumps(conf).encode(), rss=rss)
+                check_conf = dict(conf, prevResult=add.json) if add.code == 0 else conf
+                check = run([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="CHECK"), json.dumps(check_conf).encode(),
+                            rss=rss)
+                dele = run([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL"), json.dumps(check_conf).encode(),
+                           rss=rss)
+                if i:
+                    for verb, e in (("ADD", add), ("CHECK", check), ("DEL", dele)):
+                        rows[verb].add(impl, e)
+                for verb, e in (("ADD", add), ("CHECK", check), ("DEL", dele)):
+                    if e.code != 0 and (i == 0 or rows[verb].failures[impl] <= 2):
+                        print(f"    {impl} {verb} failed: {(e.stdout or e.stderr).decode(errors='replace')[:300]}")
+                ns.drop(pod)
+        for verb, row in rows.items():
+            print_series(row)
+            figures[row.label] = row.as_dict()
+
+        for r, impl in enumerate(IMPLS):
+            pods = [ns.pod() for _ in range(parallel_count)]
+            conf = json.dumps(dict(confs[impl], name=f"benchpar-{impl}")).encode()
+            jobs = [([plugin(impl, "macvlan")], cni_env(impl, "ADD", f"mvpar-{k}", netns=f"/run/netns/{pod}"))
+                    for k, pod in enumerate(pods)]
+            wall, execs = parallel(jobs, conf)
+            parallel_report(f"{parallel_count} parallel macvlan+host-local ADDs", impl, wall, execs, figures)
+            jobs = [([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL")) for _, env in jobs]
+            wall, execs = parallel(jobs, conf)
+            fails = sum(1 for e in execs if e.code)
+            print(f"{'  then as many parallel DELs':<40} {impl:>4}: wall {wall * 1000:8.1f} ms, failures {fails}")
+            for pod in pods:
+                ns.drop(pod)
+
+
+# -- main -----------------------------------------------------------------------------------
+
+def describe():
+    ours = run([plugin("ours", "host-local")], {"CNI_COMMAND": "VERSION"}).json or {}
+    go = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "containernetworking-plugins"],
+                        capture_output=True, text=True).stdout
+    size = sum(os.lstat(os.path.join(d, f)).st_size for d, _, files in os.walk(OURS) for f in files)
+    print(f"ours: {OURS} underlay {ours.get('underlay', {})}, {size / 1e6:.2f} MB on disk (target <= 15 MB)")
+    print(f"Go:   {GO} containernetworking-plugins {go or '?'}")
+    print(f"host: {platform.node()} {platform.release()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    return {"ours_build": ours.get("underlay"), "go_version": go, "size_bytes": size}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", default="version,macvlan,leases,parallel")
+    parser.add_argument("--iterations", type=int, default=40, help="per measured operation (default 40)")
+    parser.add_argument("--lease-iterations", type=int, default=20)
+    parser.add_argument("--leases", default=",".join(map(str, LEASE_COUNTS)))
+    parser.add_argument("--parallel", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the parallel host-local section")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    sections = args.sections.split(",")
+
+    if not os.access(TIME, os.X_OK):
+        sys.exit(f"bench: {TIME} is missing (apt-get install time)")
+    for impl in IMPLS:
+        for name in ("macvlan", "host-local"):
+            if not os.access(plugin(impl, name), os.X_OK):
+                sys.exit(f"bench: {plugin(impl, name)} is missing "
+                         f"({'make build' if impl == 'ours' else 'apt-get install containernetworking-plugins'})")
+    if "macvlan" in sections and os.geteuid() != 0:
+        sys.exit("bench: the macvlan section needs root (network namespaces); or pass --sections")
+
+    figures = {"setup": describe()}
+    print("times in ms (median, p90 of the exec as a runtime sees it); RSS: median peak per exec\n")
+    print(HEADER)
+    workdir = tempfile.mkdtemp(prefix="underlay-bench-")
+    try:
+        if "version" in sections:
+            bench_version(args.iterations * 5, figures)
+        if "macvlan" in sections:
+            bench_macvlan(args.iterations, args.parallel, workdir, figures)
+        if "leases" in sections:
+            bench_leases(args.lease_iterations, [int(c) for c in args.leases.split(",")], workdir, figures)
+        if "parallel" in sections:
+            bench_parallel(args.rounds, args.parallel, workdir, figures)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
