@@ -159,3 +159,15 @@ def test_check_through_libcni_reports_a_lost_address(driver, master, pod_ns, dat
     assert checked.json["code"] == 100 and added.json["ips"][0]["address"] in checked.json["error"], checked
     assert driver.delete(net, netns, container_id="c-check").ok
     assert libcni.leases(data_dir, net) == {}
+
+
+@pytest.mark.root
+@pytest.mark.clients
+def test_status_through_libcni_reports_a_missing_master(driver, host_ns, master, data_dir, state_dir):
+    """STATUS (a 1.1.0 list) answers 50 "not available" once the master is gone."""
+    conflist = libcni.localize(libcni.load_example("version-1.1.0.conflist"), master, data_dir, state_dir)
+    net = driver.install(conflist)
+    assert driver.status(net).ok
+    nsutil.sh("ip", "link", "del", master, ns=host_ns)
+    status = driver.status(net)
+    assert not status.ok and status.json["code"] == 50 and master in status.json["error"], status
