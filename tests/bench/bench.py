@@ -201,12 +201,12 @@ def bench_leases(n, counts, workdir, figures):
     own_at = {}
     for count in counts:
         confs = {}
+        started = time.perf_counter()
         for impl in IMPLS:
             data = os.path.join(workdir, f"leases-{count}-{impl}")
-            started = time.perf_counter()
             populate(os.path.join(data, "benchnet"), count, subnet)
             confs[impl] = host_local_conf(data, subnet)
-        print(f"  ({count} leases written twice in {time.perf_counter() - started:.1f} s for the second)", flush=True)
+        print(f"  ({count} leases written for each in {time.perf_counter() - started:.1f} s)", flush=True)
         first = {}
         for impl in IMPLS:   # the first ADD+DEL on a reference-format directory, reported apart
             add = run([plugin(impl, "host-local")], cni_env(impl, "ADD", "warmup"), confs[impl])

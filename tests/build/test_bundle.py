@@ -342,3 +342,61 @@ def test_macvlan_add_check_del_imports_nothing_denied(bundle, host_ns, master, p
         assert proc.returncode == 0, (command, proc)
         assert denied(modules, DENY_ALWAYS) == []
     assert "eth0" not in ns.links(pod)
+
+
+# -- nothing the plugins import is left out of the bundle ----------------------------------
+
+def bundled_modules(bundle):
+    """Every module name the frozen executable can import."""
+    import _imp
+    import zipfile
+    from PyInstaller.archive.readers import CArchiveReader
+    archive = CArchiveReader(str(bundle.exe))
+    names = set(archive.toc) | set(archive.open_embedded_archive("PYZ.pyz").toc)
+    internal = bundle.dir / "_internal"
+    with zipfile.ZipFile(internal / "base_library.zip") as base:
+        for entry in base.namelist():
+            if entry.endswith(".pyc"):
+                name = entry[:-len(".pyc")].replace("/", ".")
+                names.add(name[:-len(".__init__")] if name.endswith(".__init__") else name)
+    for ext in (internal / "python3.11" / "lib-dynload").glob("*.so"):
+        names.add(ext.name.split(".")[0])
+    return names, lambda name: name in sys.builtin_module_names or _imp.is_frozen(name)
+
+
+def imports_of(path):
+    """Absolute module names a source file imports, at any depth (lazy imports included)."""
+    import ast
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, None
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            for alias in node.names:
+                yield node.module, alias.name
+
+
+def is_package(module):
+    try:
+        spec = importlib.util.find_spec(module)
+    except ImportError:
+        return False
+    return bool(spec and spec.submodule_search_locations)
+
+
+def test_every_import_of_the_plugins_is_bundled(bundle):
+    """A module excluded from the bundle would fail only on the path that imports it lazily."""
+    names, builtin = bundled_modules(bundle)
+    sources = [p for d in ("cni", "ipam") for p in (ROOT / d).rglob("*.py")
+               if "__pycache__" not in p.parts and p.name != "_build.py"]
+    missing = set()
+    for source in sources:
+        for module, attribute in imports_of(source):
+            parts = module.split(".")
+            wanted = {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+            if attribute and is_package(module) and importlib.util.find_spec(f"{module}.{attribute}"):
+                wanted.add(f"{module}.{attribute}")        # a submodule, not a name in the module
+            missing |= {f"{m} (by {source.relative_to(ROOT)})" for m in wanted
+                        if m not in names and not builtin(m) and m != "pyroute2"}
+    assert not missing, sorted(missing)
