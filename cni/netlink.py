@@ -79,7 +79,7 @@ IPVLAN_FLAGS = {"bridge": 0, "private": 1, "vepa": 2}
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x800, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 0x1
 IFA_F_NODAD, IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x2, 0x4, 0x8, 0x40
@@ -316,7 +316,9 @@ class Netlink:
         if metrics:
             attrs.append(("RTA_METRICS", {"attrs": metrics}))
         msg["attrs"] = attrs
-        self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, f"adding route {dst} via {gw or 'link'}")
+        # APPEND, as the reference's RouteAddEcmp: a secondary network may add a default
+        # route next to the primary one; an identical route is still EEXIST
+        self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_APPEND, f"adding route {dst} via {gw or 'link'}")
 
     def routes(self, family=None):
         """[{dst, gw, oif, priority, table, scope}] of every table, dst as 'addr/len'."""
