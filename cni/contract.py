@@ -309,7 +309,7 @@ def upconvert_result(result, version, field="result"):
 # IPAM delegation.
 
 # IPAM types that are our own code: run in-process, no second exec.
-IN_PROCESS_IPAM = {"host-local": "ipam.host_local"}
+IN_PROCESS_IPAM = {"host-local": "ipam.host_local", "underlay-host-local": "ipam.host_local"}
 
 
 def ipam_type(config):
