@@ -445,3 +445,25 @@ def test_result_carries_what_multus_needs(host_ns, master, pod_ns, data_dir):
     assert result["ips"] == [{"address": result["ips"][0]["address"], "gateway": "10.20.0.1", "interface": 0}]
     assert result["dns"] == {"nameservers": ["10.20.0.53"], "search": ["svc.local"]}
     assert json.dumps(result)
+
+
+@pytest.mark.parametrize("ipam_type", ["host-local", "underlay-host-local"])
+def test_our_ipam_runs_in_process_even_with_an_empty_cni_path(host_ns, master, pod_ns, data_dir, tmp_path,
+                                                              ipam_type):
+    c = conf(master, data_dir)
+    c["ipam"]["type"] = ipam_type
+    pod = pod_ns()
+    out = plugin("ADD", c, host_ns, pod, path=str(tmp_path))  # nothing to exec there
+    assert out.ok, out
+    assert leases(data_dir) == [ipv4(out.json)]
+
+
+def test_a_foreign_ipam_is_exec_d_from_cni_path(host_ns, master, pod_ns, tmp_path):
+    c = conf(master, str(tmp_path), version="1.0.0")  # Debian's plugins stop at 1.0.0
+    c["ipam"] = {"type": "static", "addresses": [{"address": "10.26.0.9/24"}]}
+    pod = pod_ns()
+    out = plugin("ADD", c, host_ns, pod, path="/usr/lib/cni")  # Debian's reference `static`
+    assert out.ok, out
+    assert ns.addrs(pod, "eth0") == ["10.26.0.9/24"]
+    missing = plugin("ADD", c, host_ns, pod_ns(), cid="c2", path=str(tmp_path))
+    assert missing.cni_code == 7 and "static" in missing.json["msg"], missing
