@@ -34,6 +34,23 @@ def plugin_for(name):
     return None
 
 
+def restore_environment(environ):
+    """Undo what PyInstaller's bootloader added to the environment, for the plugin's children.
+
+    The bootloader restarts itself with LD_LIBRARY_PATH pointing into the
+    bundle (saving any original in LD_LIBRARY_PATH_ORIG) and _PYI_* markers.
+    The dynamic loader read them at start-up already; an IPAM plugin we exec
+    must see the runtime's environment, not load our bundled libraries.
+    """
+    original = environ.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original is not None:
+        environ["LD_LIBRARY_PATH"] = original
+    else:
+        environ.pop("LD_LIBRARY_PATH", None)
+    for name in [n for n in environ if n.startswith("_PYI_")]:
+        del environ[name]
+
+
 def build_info():
     """cni/_build.py, written by the spec into the bundle; None when run from source."""
     try:
@@ -72,6 +89,8 @@ def run(argv):
             return 0
         from cni import contract
         contract.main({}, called)
+    if getattr(sys, "frozen", False):
+        restore_environment(os.environ)
     try:
         __import__(PLUGINS[plugin])
     except ModuleNotFoundError as e:

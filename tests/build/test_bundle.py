@@ -232,6 +232,19 @@ def test_entry_picks_plugin_by_name(entry, name, plugin):
     assert entry.plugin_for(name) == plugin
 
 
+@pytest.mark.parametrize("before, after", [
+    ({"LD_LIBRARY_PATH": "/b/_internal", "_PYI_ARCHIVE_FILE": "/b/u", "_PYI_PARENT_PROCESS_LEVEL": "-1",
+      "CNI_COMMAND": "ADD"}, {"CNI_COMMAND": "ADD"}),
+    ({"LD_LIBRARY_PATH": "/b/_internal:/opt/lib", "LD_LIBRARY_PATH_ORIG": "/opt/lib"},
+     {"LD_LIBRARY_PATH": "/opt/lib"}),
+    ({"LD_LIBRARY_PATH": "/b/_internal:", "LD_LIBRARY_PATH_ORIG": ""}, {"LD_LIBRARY_PATH": ""}),
+])
+def test_entry_restores_the_runtimes_environment(entry, before, after):
+    environ = dict(before)
+    entry.restore_environment(environ)
+    assert environ == after
+
+
 def test_prefixed_and_direct_names_run_the_same_plugin(bundle, tmp_path):
     for name in ("underlay-host-local", "cni-host-local"):
         os.symlink(bundle.exe, tmp_path / name)
@@ -400,3 +413,39 @@ def test_every_import_of_the_plugins_is_bundled(bundle):
             missing |= {f"{m} (by {source.relative_to(ROOT)})" for m in wanted
                         if m not in names and not builtin(m) and m != "pyroute2"}
     assert not missing, sorted(missing)
+
+
+ENV_IPAM = """#!/bin/sh
+env > "$(dirname "$0")/env.$CNI_COMMAND"
+cat > /dev/null
+if [ "$CNI_COMMAND" = ADD ]; then
+    echo '{"cniVersion": "1.0.0", "ips": [{"address": "10.125.0.5/24", "gateway": "10.125.0.1"}]}'
+fi
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("library_path", [None, "/opt/runtime-libs"])
+def test_delegated_ipam_sees_the_runtimes_environment(bundle, host_ns, master, pod_ns, tmp_path, library_path):
+    """An IPAM plugin exec'd by the frozen macvlan gets no LD_LIBRARY_PATH into our bundle, no _PYI_*."""
+    from tests import netns as ns
+    ipam_dir = tmp_path / "ipam"
+    ipam_dir.mkdir()
+    (ipam_dir / "envipam").write_text(ENV_IPAM)
+    (ipam_dir / "envipam").chmod(0o755)
+    pod = pod_ns()
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "envnet", "type": "macvlan", "master": master,
+                       "ipam": {"type": "envipam"}}).encode()
+    env = dict(cni_env("ADD"), CNI_NETNS=ns.netns_path(pod), CNI_PATH=str(ipam_dir))
+    if library_path:
+        env["LD_LIBRARY_PATH"] = library_path
+    argv = ["ip", "netns", "exec", host_ns, bundle.path("macvlan")]
+    for command in ("ADD", "DEL"):
+        proc = bundle.run("macvlan", dict(env, CNI_COMMAND=command), conf, argv=argv)
+        assert proc.returncode == 0, (command, proc)
+        seen = dict(line.split("=", 1) for line in (ipam_dir / f"env.{command}").read_text().splitlines()
+                    if "=" in line)
+        assert not [k for k in seen if k.startswith("_PYI_")], seen
+        assert seen.get("LD_LIBRARY_PATH") == library_path
+        assert "LD_LIBRARY_PATH_ORIG" not in seen
+        assert seen["CNI_COMMAND"] == command and seen["CNI_NETNS"] == ns.netns_path(pod)
