@@ -20,6 +20,7 @@ import argparse
 import codecs
 import contextlib
 import fcntl
+import json
 import lzma
 import os
 import re
@@ -52,6 +53,9 @@ XZ_MAGIC = b"\xfd7zXZ\x00"
 GUEST_RUN_DIR = "/run/uvm"
 IN_VM_ENV = "UNDERLAY_VM"   # set for every command run in the guest
 DEFAULT_TIMEOUT = 600.0
+BACKENDS = ("qemu", "uml")
+BACKEND_ENV = "UNDERLAY_VM_BACKEND"
+DEFAULT_BACKEND = "qemu"
 
 
 class VMError(Exception):
@@ -60,9 +64,10 @@ class VMError(Exception):
 
 @dataclass(frozen=True)
 class Kernel:
-    """A prepared kernel in the cache: vmlinux, initramfs and a module tree."""
+    """A prepared kernel in the cache, for one backend."""
 
-    version: str
+    backend: str
+    release: str    # what `uname -r` says in the guest
     dir: Path
 
     @property
@@ -74,12 +79,21 @@ class Kernel:
         return self.dir / "initrd.cpio"
 
     @property
-    def modules(self) -> Path:
-        return self.dir / "modules" / "lib" / "modules" / self.version
+    def linux_uml(self) -> Path:
+        return self.dir / "linux.uml"
 
     @property
-    def ready(self) -> bool:
-        return (self.dir / "ready").exists()
+    def modules(self) -> Path:
+        return self.dir / "modules" / "lib" / "modules" / self.release
+
+    @classmethod
+    def load(cls, path: Path) -> Kernel | None:
+        """The kernel built in path, or None if it is not (completely) there."""
+        try:
+            info = json.loads((path / "ready").read_text())
+            return cls(info["backend"], info["release"], path)
+        except (OSError, ValueError, KeyError):
+            return None
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,13 @@ def cache_root() -> Path:
     return Path(base) / "underlay-vm"
 
 
+def default_backend() -> str:
+    backend = os.environ.get(BACKEND_ENV) or DEFAULT_BACKEND
+    if backend not in BACKENDS:
+        raise VMError(f"{BACKEND_ENV}={backend!r}: choose one of {', '.join(BACKENDS)}")
+    return backend
+
+
 def parse_kernel_depends(show: str) -> str:
     """The versioned image package named by linux-image-amd64's Depends."""
     m = re.search(r"^Depends:.*?\b(linux-image-\d[\w.+~-]*?-amd64)\b", show, re.M)
@@ -107,82 +128,98 @@ def parse_kernel_depends(show: str) -> str:
     return m.group(1)
 
 
-def kernel_package() -> str:
-    """Ask apt which kernel linux-image-amd64 points to now (it moves)."""
-    argv = ["apt-cache", "show", "--no-all-versions", "linux-image-amd64"]
+def apt_show(package: str) -> str:
+    """apt's record of the candidate version of package."""
+    argv = ["apt-cache", "show", "--no-all-versions", package]
     for attempt in range(2):
         proc = subprocess.run(argv, capture_output=True, text=True)
         if proc.returncode == 0 and proc.stdout.strip():
-            return parse_kernel_depends(proc.stdout)
+            return proc.stdout
         if attempt == 0 and os.geteuid() == 0:
             # A fresh machine may never have fetched package lists.
             subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-    raise VMError(f"apt-cache cannot resolve linux-image-amd64: {proc.stderr.strip()}")
+    raise VMError(f"apt-cache cannot resolve {package}: {proc.stderr.strip()}")
 
 
-def prepare(log=lambda msg: None) -> Kernel:
-    """Return the cached kernel, fetching and building it on first use."""
+def _wanted(backend: str) -> tuple[list[str], str]:
+    """The packages to fetch now and the cache key they build into."""
+    if backend == "qemu":
+        # linux-image-amd64 moves to a new ABI name now and then; follow it.
+        image = parse_kernel_depends(apt_show("linux-image-amd64"))
+        return [image, "busybox-static"], image.removeprefix("linux-image-")
+    version = re.search(r"^Version: (\S+)", apt_show("user-mode-linux"), re.M)
+    if not version:
+        raise VMError("apt-cache shows no version of user-mode-linux")
+    return ["user-mode-linux"], "uml-" + version.group(1).replace(":", "_")
+
+
+def prepare(backend: str | None = None, log=lambda msg: None) -> Kernel:
+    """Return the cached kernel for backend, fetching and building it on first use."""
+    backend = backend or default_backend()
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        package = kernel_package()
+        packages, key = _wanted(backend)
     except (VMError, OSError) as e:
         # Offline, or apt is missing: any kernel built before will do.
-        cached = sorted((k for k in _cached_kernels(root) if k.ready), key=lambda k: k.dir.stat().st_mtime)
+        cached = [k for k in map(Kernel.load, root.iterdir()) if k and k.backend == backend]
         if cached:
-            return cached[-1]
-        raise VMError(f"no cached kernel and cannot resolve one: {e}") from e
-    kernel = Kernel(package.removeprefix("linux-image-"), root / package.removeprefix("linux-image-"))
-    if kernel.ready:
+            return max(cached, key=lambda k: k.dir.stat().st_mtime)
+        raise VMError(f"no cached {backend} kernel and cannot resolve one: {e}") from e
+    kernel = Kernel.load(root / key)
+    if kernel:
         return kernel
     # xdist workers may race here: one builds, the others wait and reuse it.
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not kernel.ready:
+        kernel = Kernel.load(root / key)
+        if not kernel:
             for stale in root.glob(".build-*"):
                 shutil.rmtree(stale, ignore_errors=True)
-            _build(package, kernel, log)
+            kernel = _build(backend, packages, root / key, log)
     return kernel
 
 
-def _cached_kernels(root: Path):
-    for d in root.iterdir():
-        if d.is_dir() and not d.name.startswith("."):
-            yield Kernel(d.name, d)
-
-
-def _build(package: str, kernel: Kernel, log) -> None:
-    work = Path(tempfile.mkdtemp(prefix=".build-", dir=kernel.dir.parent))
+def _build(backend: str, packages: list[str], dest: Path, log) -> Kernel:
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=dest.parent))
     try:
-        debs = work / "debs"
-        tree = work / "tree"
-        out = work / "out"
+        debs, tree, out = work / "debs", work / "tree", work / "out"
         for d in (debs, tree, out):
             d.mkdir()
-        log(f"downloading {package} and busybox-static")
+        log(f"downloading {' '.join(packages)}")
         apt = ["apt-get", "download", "-q"]
         if os.geteuid() == 0:
             apt += ["-o", "APT::Sandbox::User=root"]  # _apt cannot enter our temp dir
-        _check([*apt, package, "busybox-static"], cwd=debs)
+        _check([*apt, *packages], cwd=debs)
         for deb in sorted(debs.glob("*.deb")):
-            _check(["dpkg-deb", "-x", str(deb), str(tree)])
+            _check(["dpkg-deb", "-x", str(deb), str(tree)])   # unpacked, never installed
         shutil.rmtree(debs)
 
-        log(f"building the VM kernel {kernel.version}")
-        unpacked = _first_existing(tree / "lib/modules" / kernel.version, tree / "usr/lib/modules" / kernel.version)
-        moddir = out / "modules/lib/modules" / kernel.version
+        if backend == "qemu":
+            release = packages[0].removeprefix("linux-image-")
+            unpacked = _first_existing(tree / "lib/modules" / release, tree / "usr/lib/modules" / release)
+        else:
+            unpacked = next((tree / "usr/lib/uml/modules").iterdir())
+            release = unpacked.name
+        log(f"building the {backend} kernel {release} in {dest}")
+        kernel = Kernel(backend, release, dest)
+        moddir = out / kernel.modules.relative_to(dest)
         moddir.parent.mkdir(parents=True)
         shutil.move(unpacked, moddir)
-        # The .deb ships no modules.dep; modprobe needs it.
-        _check([_depmod(), "-b", str(out / "modules"), kernel.version])
-        bzimage = (tree / "boot" / f"vmlinuz-{kernel.version}").read_bytes()
-        (out / "vmlinux").write_bytes(extract_vmlinux(bzimage))
-        busybox = _first_existing(tree / "bin/busybox", tree / "usr/bin/busybox")
-        (out / "initrd.cpio").write_bytes(build_initramfs(busybox, moddir))
-        (out / "ready").write_text(package + "\n")
-        if kernel.dir.exists():
-            shutil.rmtree(kernel.dir)
-        out.rename(kernel.dir)
+        # The kernel .deb ships no modules.dep; modprobe needs it.
+        _check([_depmod(), "-b", str(out / "modules"), release])
+        if backend == "qemu":
+            bzimage = (tree / "boot" / f"vmlinuz-{release}").read_bytes()
+            (out / "vmlinux").write_bytes(extract_vmlinux(bzimage))
+            busybox = _first_existing(tree / "bin/busybox", tree / "usr/bin/busybox")
+            (out / "initrd.cpio").write_bytes(build_initramfs(busybox, moddir))
+        else:
+            shutil.move(tree / "usr/bin/linux.uml", out / "linux.uml")
+        (out / "ready").write_text(json.dumps({"backend": backend, "release": release, "packages": packages}))
+        if dest.exists():
+            shutil.rmtree(dest)
+        out.rename(dest)
+        return kernel
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -319,46 +356,81 @@ def cpio_newc(entries) -> bytes:
 
 # --- running a command ----------------------------------------------------
 
-def _boot_script(kernel: Kernel, shares: list[Path]) -> str:
+# Both backends end up the same way: the host root, writable through a tmpfs
+# overlay, at $n with proc, sys, dev, run, tmp and the shares mounted; pid 1
+# then chroots into it (kernel threads share pid 1's root, so module autoload
+# finds the modules too) and runs stage2.sh.
+
+def _new_root(shares: list[Path], mount_share) -> list[str]:
     q = shlex.quote
     lines = [
-        'die() { echo "uvm: $*"; echo "$*" > /xrun/error; sync; echo 0 > /proc/sys/kernel/printk; poweroff -f; }',
-        "n=/newroot",
-        f"mount -t 9p -o {P9_OPTS},cache=loose,ro uvmroot /lower || die 'cannot mount the host root'",
-        "mount -t tmpfs -o mode=755 tmpfs /upper && mkdir /upper/data /upper/work",
-        # The overlay makes the host root writable for the guest; writes stay in RAM.
-        "mount -t overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work overlay $n"
-        " || die 'cannot mount the overlay'",
-        # busybox modprobe (and the kernel's module autoload) look here.
-        f"mkdir -p /lib/modules && ln -s /lower{q(str(kernel.modules))} /lib/modules/{q(kernel.version)}",
-        *(f"modprobe {m} {MODULE_PARAMS.get(m, '')} || echo 'uvm: modprobe {m} failed' >>/xrun/out" for m in FEATURE_MODULES),
-        "ip link set lo up",
         "mount -t proc proc $n/proc && mount -t sysfs sysfs $n/sys && mount -t devtmpfs devtmpfs $n/dev"
         " || die 'cannot mount proc, sys or dev'",
         "mkdir -p $n/dev/pts $n/dev/shm && mount -t devpts devpts $n/dev/pts && mount -t tmpfs tmpfs $n/dev/shm",
         # ip netns keeps its mount points in /run/netns.
-        "mount -t tmpfs -o mode=755 tmpfs $n/run && mkdir -p $n/run/netns $n" + GUEST_RUN_DIR,
-        "mount -o bind /xrun $n" + GUEST_RUN_DIR + " || die 'cannot bind the run directory'",
+        f"mount -t tmpfs -o mode=755 tmpfs $n/run && mkdir -p $n/run/netns $n{GUEST_RUN_DIR}",
+        f"mount -o bind $xrun $n{GUEST_RUN_DIR} || die 'cannot bind the run directory'",
         "mount -t tmpfs -o mode=1777 tmpfs $n/tmp",
     ]
     for i, path in enumerate(shares):
-        lines.append(f"mkdir -p $n{q(str(path))} && mount -t 9p -o {P9_OPTS},cache=loose uvmshare{i} $n{q(str(path))}"
-                     f" || die {q(f'cannot mount {path}')}")
-    lines += [
-        "touch /xrun/started",
-        f"chroot $n /bin/sh {GUEST_RUN_DIR}/job.sh </dev/null >>/xrun/out 2>&1",
-        "echo $? >/xrun/rc",
-    ]
-    return "\n".join(lines) + "\n"
+        lines.append(f"mkdir -p $n{q(str(path))} && {mount_share(i, path)} || die {q(f'cannot mount {path}')}")
+    return lines + [f"exec chroot $n /bin/sh {GUEST_RUN_DIR}/stage2.sh", "die 'cannot chroot'"]
 
 
-def _job_script(kernel: Kernel, argv: list[str], env: dict[str, str], cwd: Path) -> str:
-    q = shlex.quote
+def _qemu_boot_script(shares: list[Path]) -> str:
+    """Sourced by the initramfs init (busybox) once the run directory is at /xrun."""
     return "\n".join([
-        # The host root has no modules for this kernel; point the guest's tools at the cached ones.
-        f"mkdir -p /lib/modules && ln -sfn {q(str(kernel.modules))} /lib/modules/{q(kernel.version)}",
-        f"cd {q(str(cwd))} || exit 125",
-        "exec env -i " + " ".join(q(f"{k}={v}") for k, v in env.items()) + " " + shlex.join(argv),
+        'die() { echo "uvm: $*"; echo "$*" > /xrun/error; sync; echo 0 > /proc/sys/kernel/printk; poweroff -f; }',
+        "n=/newroot xrun=/xrun",
+        f"mount -t 9p -o {P9_OPTS},cache=loose,ro uvmroot /lower || die 'cannot mount the host root'",
+        "mount -t tmpfs -o mode=755 tmpfs /upper && mkdir /upper/data /upper/work",
+        "mount -t overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work overlay $n"
+        " || die 'cannot mount the overlay'",
+        *_new_root(shares, lambda i, path: f"mount -t 9p -o {P9_OPTS},cache=loose uvmshare{i} $n{shlex.quote(str(path))}"),
+    ]) + "\n"
+
+
+def _uml_init(kernel: Kernel, rundir: Path, shares: list[Path]) -> str:
+    """UML's init: the host's /bin/sh on the host root, read-only over hostfs."""
+    q = shlex.quote
+    overlay = kernel.modules / "kernel/fs/overlayfs/overlay.ko"
+    return "\n".join([
+        "#!/bin/sh",
+        "export PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+        'off() { sync; echo 0 > /proc/sys/kernel/printk; echo o > /proc/sysrq-trigger; sleep 60; }',
+        'die() { echo "uvm: $*"; echo "$*" > $xrun/error; off; }',
+        "mount -t proc proc /proc",
+        # /mnt is only a mount point here; everything under it lives in guest RAM.
+        "mount -t tmpfs -o mode=755 tmpfs /mnt && mkdir /mnt/run /mnt/data /mnt/work /mnt/root || off",
+        f"n=/mnt/root xrun=/mnt/run",
+        f"mount -t hostfs -o {q(str(rundir))} none $xrun || off",
+        f"insmod {q(str(overlay))} || die 'cannot load overlay'",
+        "mount -t overlay -o lowerdir=/,upperdir=/mnt/data,workdir=/mnt/work overlay $n"
+        " || die 'cannot mount the overlay'",
+        *_new_root(shares, lambda i, path: f"mount -t hostfs -o {q(str(path))} none $n{q(str(path))}"),
+    ]) + "\n"
+
+
+def _stage2(kernel: Kernel, argv: list[str], env: dict[str, str], cwd: Path) -> str:
+    """pid 1 in the guest's new root: load modules, run the command, power off."""
+    q = shlex.quote
+    run = GUEST_RUN_DIR
+    return "\n".join([
+        "export PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+        # The host root has no modules for this kernel; point modprobe at the cached ones.
+        f"mkdir -p /lib/modules && ln -sfn {q(str(kernel.modules))} /lib/modules/{q(kernel.release)}",
+        *(f"modprobe {m} {MODULE_PARAMS.get(m, '')} || echo 'uvm: modprobe {m} failed' >>{run}/out"
+          for m in FEATURE_MODULES),
+        "ip link set lo up",
+        f"touch {run}/started",
+        f"(cd {q(str(cwd))} && exec env -i {' '.join(q(f'{k}={v}') for k, v in env.items())} {shlex.join(argv)})"
+        f" </dev/null >>{run}/out 2>&1",
+        f"echo $? >{run}/rc",
+        "sync",
+        "echo 0 > /proc/sys/kernel/printk",
+        # Host roots need not have a poweroff binary; sysrq always works.
+        "echo o > /proc/sysrq-trigger",
+        "sleep 60",
     ]) + "\n"
 
 
@@ -366,6 +438,7 @@ def qemu_argv(kernel: Kernel, rundir: Path, shares: list[Path]) -> list[str]:
     qemu = shutil.which("qemu-system-x86_64")
     if not qemu:
         raise VMError("qemu-system-x86_64 not found: install qemu-system-x86 (build/deps.sh)")
+    (rundir / "boot.sh").write_text(_qemu_boot_script(shares))
 
     def virtfs(path: Path, tag: str, extra: str = "") -> list[str]:
         # qemu option values escape a comma by doubling it.
@@ -384,6 +457,18 @@ def qemu_argv(kernel: Kernel, rundir: Path, shares: list[Path]) -> list[str]:
     for i, path in enumerate(shares):
         argv += virtfs(path, f"uvmshare{i}")
     return argv
+
+
+def uml_argv(kernel: Kernel, rundir: Path, shares: list[Path]) -> list[str]:
+    if " " in str(rundir):
+        raise VMError(f"UML cannot take a run directory with spaces: {rundir}")
+    init = rundir / "init.sh"
+    init.write_text(_uml_init(kernel, rundir, shares))
+    init.chmod(0o755)
+    # uml_dir keeps UML's pid file and control socket out of ~/.uml.
+    return [str(kernel.linux_uml), "mem=1024M", "rootfstype=hostfs", "rootflags=/", "ro",
+            f"init={init}", f"uml_dir={rundir}", "umid=uvm", "con=null", "con0=fd:0,fd:1",
+            "quiet", "loglevel=3", "panic=-1"]
 
 
 def boot(argv: list[str], timeout: float = DEFAULT_TIMEOUT, env: dict[str, str] | None = None,
@@ -408,18 +493,18 @@ def boot(argv: list[str], timeout: float = DEFAULT_TIMEOUT, env: dict[str, str] 
     }
     with tempfile.TemporaryDirectory(prefix="underlay-vm-") as tmp:
         rundir = Path(tmp)
-        (rundir / "boot.sh").write_text(_boot_script(kernel, shares))
-        (rundir / "job.sh").write_text(_job_script(kernel, list(argv), full_env, cwd))
+        (rundir / "stage2.sh").write_text(_stage2(kernel, list(argv), full_env, cwd))
         (rundir / "out").touch()
-        return _wait(qemu_argv(kernel, rundir, shares), rundir, timeout, stream)
+        launch = qemu_argv if kernel.backend == "qemu" else uml_argv
+        return _wait(launch(kernel, rundir, shares), rundir, timeout, stream)
 
 
-def _wait(qemu: list[str], rundir: Path, timeout: float, stream) -> Run:
+def _wait(launch: list[str], rundir: Path, timeout: float, stream) -> Run:
     start = time.monotonic()
     started = None
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    with open(rundir / "qemu.log", "wb") as qlog, open(rundir / "out", "rb") as out:
-        proc = subprocess.Popen(qemu, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
+    with open(rundir / "vm.log", "wb") as qlog, open(rundir / "out", "rb") as out:
+        proc = subprocess.Popen(launch, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             while proc.poll() is None:
@@ -443,7 +528,7 @@ def _wait(qemu: list[str], rundir: Path, timeout: float, stream) -> Run:
     try:
         returncode = int((rundir / "rc").read_text())
     except (OSError, ValueError):
-        raise VMError(f"the VM stopped (qemu exit {proc.returncode}) before the command finished"
+        raise VMError(f"the VM stopped (exit {proc.returncode}) before the command finished"
                       + _diagnostics(rundir)) from None
     output = (rundir / "out").read_bytes().decode(errors="replace")
     return Run(returncode, output, started and started - start, total)
@@ -458,7 +543,7 @@ def _pump(src, stream, decoder) -> None:
 
 def _diagnostics(rundir: Path) -> str:
     parts = []
-    for name in ("qemu.log", "console.log", "out"):
+    for name in ("vm.log", "console.log", "out"):
         with contextlib.suppress(OSError):
             # The serial console turns \n into \r\n.
             text = (rundir / name).read_bytes().decode(errors="replace").replace("\r\n", "\n").strip()
@@ -480,14 +565,15 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds (default %(default)s)")
     parser.add_argument("--timings", action="store_true", help="print boot and total time to stderr")
     parser.add_argument("--prepare", action="store_true", help="only fetch and build the kernel")
-    parser.add_argument("command", nargs="*", help="command to run (after --); default: a shell-less uname -a")
+    parser.add_argument("--backend", choices=BACKENDS, help=f"default: ${BACKEND_ENV} or {DEFAULT_BACKEND}")
+    parser.add_argument("command", nargs="*", help="command to run (after --); default: uname -a")
     opts = parser.parse_args(args)
 
     def log(msg: str) -> None:
         print(f"underlay-vm: {msg}", file=sys.stderr)
 
     try:
-        kernel = prepare(log)
+        kernel = prepare(opts.backend, log)
         if opts.prepare:
             log(f"kernel {kernel.version} ready in {kernel.dir}")
             return 0

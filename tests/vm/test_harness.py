@@ -148,7 +148,7 @@ def test_feature_probe_names_only_known_features():
 
 # --- booting the VM -------------------------------------------------------
 
-def qemu_processes(marker: str) -> list[int]:
+def vm_processes(marker: str) -> list[int]:
     pids = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -160,31 +160,37 @@ def qemu_processes(marker: str) -> list[int]:
     return pids
 
 
+backends = pytest.mark.parametrize("backend", harness.BACKENDS)
+
+
 @needs_host
-def test_exit_code_and_output_come_back():
-    code, output = harness.run_in_vm(["sh", "-c", 'echo hi; echo oops >&2; echo "vm=$UNDERLAY_VM"; exit 3'],
-                                     timeout=300)
+@backends
+def test_exit_code_and_output_come_back(backend):
+    kernel = harness.prepare(backend)
+    script = 'echo hi; echo oops >&2; echo "vm=$UNDERLAY_VM $(uname -r)"; exit 3'
+    code, output = harness.run_in_vm(["sh", "-c", script], timeout=300, kernel=kernel)
     assert code == 3
-    assert output.splitlines() == ["hi", "oops", "vm=1"]
+    assert output.splitlines() == ["hi", "oops", f"vm=1 {kernel.release}"]
 
 
 @needs_host
-def test_timeout_kills_the_vm_and_leaves_nothing(monkeypatch, tmp_path):
-    harness.prepare()
+@backends
+def test_timeout_kills_the_vm_and_leaves_nothing(backend, monkeypatch, tmp_path):
+    kernel = harness.prepare(backend)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the run directory goes
     with pytest.raises(harness.VMError, match="did not finish within 1 s"):
-        harness.run_in_vm(["sleep", "600"], timeout=1)
+        harness.run_in_vm(["sleep", "600"], timeout=1, kernel=kernel)
     assert list(tmp_path.iterdir()) == []
-    assert qemu_processes(str(tmp_path)) == []
+    assert vm_processes(str(tmp_path)) == []
 
 
 @needs_host
 def test_vm_that_cannot_start_is_an_error_with_the_reason(monkeypatch):
-    harness.prepare()
+    kernel = harness.prepare("qemu")
     monkeypatch.setattr(harness, "qemu_argv",
                         lambda *a: ["sh", "-c", "echo 'qemu: no such machine' >&2; exit 1"])
     with pytest.raises(harness.VMError, match="(?s)before the command finished.*no such machine"):
-        harness.run_in_vm(["true"], timeout=60)
+        harness.run_in_vm(["true"], timeout=60, kernel=kernel)
 
 
 # --- the plugin end to end: these run in the VM on a kernel without them --
