@@ -198,7 +198,7 @@ def host_local_conf(data_dir, subnet, name="benchnet"):
 
 def bench_leases(n, counts, workdir, figures):
     subnet = ipaddress.ip_network("10.200.0.0/16")
-    own_at = {}
+    kept = {}
     for count in counts:
         confs = {}
         started = time.perf_counter()
@@ -231,13 +231,27 @@ def bench_leases(n, counts, workdir, figures):
         print(f"  first ADD+DEL on the pre-populated dir: ours {first['ours']:.1f} ms, Go {first['go']:.1f} ms",
               flush=True)
         figures[f"host-local first ADD+DEL, {count} leases"] = first
-        own_at[count] = both.median("ours")
+        kept[count] = confs["ours"]
         for impl in IMPLS:
-            shutil.rmtree(os.path.join(workdir, f"leases-{count}-{impl}"), ignore_errors=True)
-    if min(counts) in own_at and max(counts) in own_at:
-        scale = own_at[max(counts)] / own_at[min(counts)]
-        print(f"ours ADD+DEL at {max(counts)} leases / at {min(counts)}: {scale:.2f}x (target <= 1.5x)")
-        figures["host-local own scaling"] = scale
+            if count not in (min(counts), max(counts)) or impl == "go":
+                shutil.rmtree(os.path.join(workdir, f"leases-{count}-{impl}"), ignore_errors=True)
+    if len(counts) > 1:
+        # The target compares ours with itself at two sizes: run both in one loop, so
+        # load that comes and goes on this machine hits both alike.
+        low, high = min(counts), max(counts)
+        ms = {low: [], high: []}
+        for i in range(n):
+            for count in (low, high) if i % 2 else (high, low):
+                cid = f"scale-{i}"
+                add = run([plugin("ours", "host-local")], cni_env("ours", "ADD", cid), kept[count])
+                dele = run([plugin("ours", "host-local")], cni_env("ours", "DEL", cid), kept[count])
+                ms[count].append((add.seconds + dele.seconds) * 1000)
+        medians = {count: statistics.median(values) for count, values in ms.items()}
+        ratio = medians[high] / medians[low]
+        print(f"ours ADD+DEL at {high} leases / at {low}, alternating in one loop: {medians[high]:.2f} /"
+              f" {medians[low]:.2f} ms = {ratio:.2f}x (target <= 1.5x)", flush=True)
+        figures["host-local own scaling"] = {"low": low, "high": high, "low_median_ms": medians[low],
+                                             "high_median_ms": medians[high], "ratio": ratio}
 
 
 def parallel(argvs_envs, stdin):
