@@ -13,6 +13,7 @@ attributes that make it a macvlan or an ipvlan.
 
 import os
 import re
+import zlib
 
 from cni import config as netconf
 from cni import contract, iface, netlink, netns, parents, shim
@@ -117,8 +118,20 @@ def pod_socket(pod_fd):
         return netlink.Netlink()
 
 
-def temporary_name():
-    return "ul" + os.urandom(5).hex()
+def temporary_prefix(ifname):
+    return f"ul{zlib.crc32(ifname.encode()) & 0xffff:04x}"
+
+
+def temporary_name(ifname):
+    """ul + 4 hex naming CNI_IFNAME + 6 random hex: what an ADD killed before its rename
+    leaves behind, which the DEL of the same ifname recognises and removes."""
+    return temporary_prefix(ifname) + os.urandom(3).hex()
+
+
+def is_leftover(name, ifname):
+    prefix = temporary_prefix(ifname)
+    return len(name) == len(prefix) + 6 and name.startswith(prefix) and \
+        all(c in "0123456789abcdef" for c in name[len(prefix):])
 
 
 def delete_quietly(nl, index):
@@ -163,7 +176,7 @@ def add(kind, request):
         if conf.mtu and conf.mtu > master.mtu:
             raise CniError(ERR_INVALID_CONFIG, f"mtu: {conf.mtu} is larger than master {master.name}'s MTU {master.mtu}")
 
-        temp = temporary_name()
+        temp = temporary_name(request.ifname)
         try:
             where.create_link(temp, kind.name, parent_index=master.index, mtu=conf.mtu or None,
                               mac=kind.mac(conf), data=kind.link_data(conf),
@@ -234,7 +247,8 @@ def device_default_routes(result):
 
 
 def delete(kind, request):
-    """Release IPAM first; then remove the link if the netns and the link are still there."""
+    """Release IPAM first; then remove the link if the netns and the link are still there,
+    and any link of ours an ADD killed between create and rename left under its temporary name."""
     config = request.config
     if contract.ipam_type(config):
         contract.delegate_ipam(request, "DEL")
@@ -246,9 +260,10 @@ def delete(kind, request):
         if pod_fd is not None:
             try:
                 with pod_socket(pod_fd) as pod:
-                    link = pod.find_link(request.ifname)
-                    if link is not None and link.kind == kind.name:
-                        delete_quietly(pod, link.index)
+                    for link in pod.links():
+                        if link.kind == kind.name and (link.name == request.ifname or
+                                                       is_leftover(link.name, request.ifname)):
+                            delete_quietly(pod, link.index)
             finally:
                 os.close(pod_fd)
     if config.get("linkInContainer"):

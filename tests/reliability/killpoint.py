@@ -1,0 +1,116 @@
+"""Run a plugin that SIGKILLs itself at a named step: the crash tests' precise kills.
+
+    UNDERLAY_KILL_AT=add:before-rename python3 -m tests.reliability.killpoint cni.macvlan
+
+A random delay lands mostly in Python's start-up; these points put the kill
+exactly between two steps (the link created but not renamed, the lease linked
+but not indexed, a rollback half done). The plugin itself is unchanged: the
+points wrap its functions from outside, in this test-only entry point.
+UNDERLAY_FAIL_AT=configure makes the interface configuration fail, so ADD
+rolls back and the rollback points are reached. A point never reached lets
+the plugin finish normally.
+"""
+
+import errno
+import os
+import runpy
+import signal
+import sys
+
+
+def _renaming(args, kwargs):
+    return kwargs.get("name") is not None
+
+
+def _lease_body(args, kwargs):
+    return kwargs.get("sync", False)
+
+
+def _caller(name):
+    def test(args, kwargs):
+        # the wrapper's caller is the function that called the wrapped one
+        return sys._getframe(2).f_code.co_name == name
+    return test
+
+
+# point -> (module, attribute path, before/after, filter or None)
+POINTS = {
+    "add:before-create": ("cni.netlink", "Netlink.create_link", "before", None),
+    "add:before-rename": ("cni.netlink", "Netlink.create_link", "after", None),
+    "add:after-rename": ("cni.netlink", "Netlink.set_link", "after", _renaming),
+    "add:lease-body": ("ipam.store", "DiskStore._write_tmp", "after", _lease_body),
+    "add:after-lease": ("ipam.store", "DiskStore.reserve", "after", None),
+    "add:after-index": ("ipam.store", "DiskStore.record", "after", None),
+    "add:after-ipam": ("ipam.store", "DiskStore.commit", "after", _caller("cmd_add")),
+    "add:before-configure": ("cni.iface", "configure", "before", None),
+    "add:after-configure": ("cni.iface", "configure", "after", None),
+    "add:before-result": ("cni.iface", "interface_result", "after", None),
+    # with UNDERLAY_FAIL_AT=configure: ADD fails after IPAM and rolls back
+    "add:rollback-ipam": ("ipam.store", "DiskStore.release", "after", None),
+    "add:rollback-link": ("cni.netlink", "Netlink.delete_link", "before", None),
+    "del:before-release": ("ipam.store", "DiskStore.release", "before", None),
+    "del:after-release": ("ipam.store", "DiskStore.release", "after", None),
+    "del:after-forget": ("ipam.store", "DiskStore.forget", "after", None),
+    "del:before-link": ("cni.netlink", "Netlink.delete_link", "before", None),
+    "del:after-link": ("cni.netlink", "Netlink.delete_link", "after", None),
+    "gc:after-release": ("ipam.store", "DiskStore.release", "after", _caller("cmd_gc")),
+    # any verb after an earlier kill: the index cleared, the new one not written yet
+    "rebuild": ("ipam.store", "DiskStore.leases", "after", _caller("rebuild_index")),
+}
+
+FAILURES = {
+    "configure": ("cni.iface", "configure"),
+}
+
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def resolve(module, path):
+    owner = __import__(module, fromlist=["_"])
+    *parents, attr = path.split(".")
+    for name in parents:
+        owner = getattr(owner, name)
+    return owner, attr
+
+
+def kill_at(point):
+    module, path, when, test = POINTS[point]
+    owner, attr = resolve(module, path)
+    original = getattr(owner, attr)
+
+    def wrapper(*args, **kwargs):
+        hit = test is None or test(args, kwargs)
+        if hit and when == "before":
+            die()
+        result = original(*args, **kwargs)
+        if hit and when == "after":
+            die()
+        return result
+
+    setattr(owner, attr, wrapper)
+
+
+def fail_at(name):
+    from cni import netlink
+    owner, attr = resolve(*FAILURES[name])
+
+    def failing(*args, **kwargs):
+        raise netlink.NetlinkError(errno.EIO, f"injected failure in {name}")
+
+    setattr(owner, attr, failing)
+
+
+def main():
+    module = sys.argv[1]
+    if os.environ.get("UNDERLAY_FAIL_AT"):
+        fail_at(os.environ["UNDERLAY_FAIL_AT"])
+    if os.environ.get("UNDERLAY_KILL_AT"):
+        kill_at(os.environ["UNDERLAY_KILL_AT"])
+    sys.argv = [module] + sys.argv[2:]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

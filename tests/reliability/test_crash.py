@@ -1,0 +1,81 @@
+"""SIGKILL at every step of ADD, DEL, GC and an index rebuild, then the runtime's
+recovery (DEL after a failed ADD, DEL until it succeeds): nothing may be left."""
+
+import pytest
+
+from tests.reliability.killpoint import POINTS
+from tests.reliability.node import Audit
+from tests.reliability.scenarios import CrashRun
+
+pytestmark = pytest.mark.root
+
+
+def killed(node, command, conf, cid, pod, point):
+    out = node.run(command, conf, cid, pod, kill_at=point,
+                   fail_at="configure" if "rollback" in point else None)
+    assert out.code == -9, f"{point} was not reached: {out}"
+
+
+@pytest.mark.parametrize("point", [p for p in POINTS if p.startswith("add:")])
+def test_add_killed_then_deleted_leaves_nothing(node, point):
+    conf = node.conf()
+    pod, = node.add_pods(1)
+    killed(node, "ADD", conf, "c1", pod, point)
+    assert node.run("DEL", conf, "c1", pod).ok
+    Audit(node, ["rel"], {}).assert_clean(point)
+    out = node.run("ADD", conf, "c2", pod)   # the pod's netns is usable again
+    assert out.ok, out
+    Audit(node, ["rel"], {("rel", "c2", "eth0"): pod}).assert_clean(point)
+
+
+@pytest.mark.parametrize("point", [p for p in POINTS if p.startswith("del:")])
+def test_del_killed_then_retried_leaves_nothing(node, point):
+    conf = node.conf()
+    pod, = node.add_pods(1)
+    assert node.run("ADD", conf, "c1", pod).ok
+    killed(node, "DEL", conf, "c1", pod, point)
+    assert node.run("DEL", conf, "c1", pod).ok
+    Audit(node, ["rel"], {}).assert_clean(point)
+
+
+def test_gc_killed_then_retried(node):
+    conf = node.conf()
+    a, b = node.add_pods(2)
+    assert node.run("ADD", conf, "keep", a).ok and node.run("ADD", conf, "gone", b).ok
+    node.remove_pod(b)   # its DEL never comes
+    attachments = {"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    out = node.run("GC", dict(conf, **attachments), kill_at="gc:after-release")
+    assert out.code == -9, out
+    assert node.gc(conf, {("keep", "eth0")}).ok
+    Audit(node, ["rel"], {("rel", "keep", "eth0"): a}).assert_clean()
+
+
+def test_rebuild_killed_then_redone(node):
+    """A kill in the middle of rebuilding the index (itself after a kill) is redone by the next call."""
+    conf = node.conf()
+    a, b = node.add_pods(2)
+    assert node.run("ADD", conf, "c1", a).ok
+    killed(node, "ADD", conf, "c2", b, "add:after-lease")   # the index no longer matches
+    killed(node, "DEL", conf, "c2", b, "rebuild")
+    assert node.run("DEL", conf, "c2", b).ok
+    Audit(node, ["rel"], {("rel", "c1", "eth0"): a}).assert_clean()
+
+
+def test_random_kills(node):
+    """The small run of soak.py's crash scenario: kills at every step in turn and after random delays."""
+    figures = CrashRun(node, ops=60, lanes=2, slots_per_lane=4).run()
+    assert figures["killed"] >= 40, figures
+    reached = set(figures["killed_at"])
+    assert reached >= set(POINTS) - {"gc:after-release"}, reached
+
+
+def test_del_removes_only_the_leftover_of_its_own_ifname(node):
+    conf = node.conf()
+    pod, = node.add_pods(1)
+    killed(node, "ADD", conf, "c1", pod, "add:before-rename")   # eth0, killed before its rename
+    leftover, = node.pod_links(pod)
+    assert node.run("ADD", conf, "c1", pod, "net1").ok
+    assert node.run("DEL", conf, "c1", pod, "net1").ok
+    assert list(node.pod_links(pod)) == [leftover]   # not net1's to remove
+    assert node.run("DEL", conf, "c1", pod, "eth0").ok
+    assert node.pod_links(pod) == {}
