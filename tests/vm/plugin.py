@@ -141,11 +141,6 @@ class KernelFeatureTests(pytest.Item):
         return self.path, None, f"{VM_ITEM} ({len(self.nodeids)} tests)"
 
 
-def pytest_configure(config) -> None:
-    config.addinivalue_line(
-        "markers", "kernel(*features): needs kernel features; runs in the VM when this kernel lacks them")
-
-
 # Last, so -k/-m and others have already narrowed the selection.
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(session, config, items) -> None:
