@@ -152,7 +152,7 @@ def cmd_add(request):
                 store.release(r.text(value), cid, ifname)
             store.commit()
             raise
-        store.record(cid, ifname, existing + [r.text(v) for r, v in allocated])
+        store.record(cid, ifname, existing + [r.text(v) for r, v in allocated], request.netns)
         store.commit()
 
     ips = []

@@ -7,14 +7,24 @@ Under `<dataDir>/<network>/`, exactly as containernetworking/plugins writes it:
   lock                  flock'ed for the whole of every operation
 
 and one addition the reference ignores (it reads it but never matches it):
-  .underlay-index/<containerID>@<ifname>   "containerID\\r\\nifname\\r\\n<ip>..." per attachment
-  .underlay-index/.stamp                    the network directory's mtime as our last commit left it
+  .underlay-index/<containerID>@<ifname>   "containerID\\r\\nifname\\r\\nnetns\\r\\n<ip>..." per attachment
+  .underlay-index/.stamp                    "2 <mtime> <boot>": the index format, the network
+                                            directory's mtime as our last commit left it, the boot ID
 
 The index makes DEL, CHECK and GC O(attachment) instead of reading every lease.
 It is trusted only while the directory's mtime equals the stamp: any write we did
 not finish (a crash) or did not make (the reference plugin) changes the mtime,
-and the index is rebuilt from the lease files. Lease files are the truth; the
-index only ever names them.
+and the index is rebuilt from the lease files. An index file that does not parse
+(torn by a power loss: index writes are not fsync'ed) rebuilds it too. Lease
+files are the truth; the index only ever names them.
+
+Healing after a reboot: the index records the netns path of each attachment our
+ADD made, and the stamp the boot ID (/proc/sys/kernel/random/boot_id) it was
+written under. The first operation after a new boot rebuilds the index and
+releases the leases of attachments whose netns no longer exists (no pod survives
+a reboot; a netns path that still opens is kept all the same). Leases with no
+recorded netns (written by the reference plugin, or by a runtime that gave no
+CNI_NETNS) are kept and left to GC.
 
 Everything under the data directory is reached through a directory fd with
 O_NOFOLLOW, so a symlink planted there is refused (directories) or skipped
@@ -25,6 +35,7 @@ import errno
 import fcntl
 import ipaddress
 import os
+import re
 import stat
 import time
 
@@ -32,6 +43,9 @@ from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_TRY_AGAIN, CniError, ch
 
 INDEX_DIR = ".underlay-index"
 STAMP = ".stamp"
+INDEX_FORMAT = "2"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+BOOT_ID_FORM = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 TMP_PREFIX = ".tmp-"
 LAST_RESERVED = "last_reserved_ip."
 LOCK = "lock"
@@ -68,8 +82,50 @@ def index_name(container_id, ifname):
     return f"{container_id}@{ifname or ''}"
 
 
-def index_content(container_id, ifname, ips):
-    return "\r\n".join([container_id, ifname or ""] + list(ips)).encode()
+def index_content(container_id, ifname, ips, netns=None):
+    return "\r\n".join([container_id, ifname or "", netns or ""] + list(ips)).encode()
+
+
+def parse_index(name, data):
+    """An index file -> (containerID, ifname or None, netns, [ip, ...]); None if it is torn."""
+    lines = data.decode(errors="replace").split("\r\n") if data else []
+    if len(lines) < 4 or index_name(lines[0], lines[1] or None) != name or not all(map(is_ip, lines[3:])):
+        return None
+    return lines[0], lines[1] or None, lines[2], lines[3:]
+
+
+def current_boot_id():
+    try:
+        with open(BOOT_ID) as f:
+            return f.read().strip()
+    except OSError:
+        return ""  # no /proc: reboots go unnoticed, GC still heals
+
+
+def parse_stamp(data):
+    """(format, mtime, boot ID or "-") of the stamp; Nones for a missing or torn one
+    (a torn stamp is no proof of a reboot)."""
+    fields = data.decode(errors="replace").split() if data else []
+    if len(fields) == 3 and fields[0] == INDEX_FORMAT and fields[1].isdigit() and \
+            (fields[2] == "-" or BOOT_ID_FORM.match(fields[2])):
+        return tuple(fields)
+    return None, None, None
+
+
+def netns_gone(path):
+    """True only when `path` is certainly no network namespace any more."""
+    from cni import netns  # only after a reboot: keeps it off the common path
+    try:
+        os.close(netns.open_netns(path))
+    except (netns.NetnsNotFound, netns.NotANetns):
+        return True
+    except netns.NetnsError:
+        return False  # unreadable is not gone
+    return False
+
+
+class TornIndex(Exception):
+    pass
 
 
 def lease_content(container_id, ifname):
@@ -129,6 +185,7 @@ class DiskStore:
             raise io_error(f"ipam.dataDir {self.path}", e) from None
         self.lock_fd = None
         self.lease_tmp = None  # (owner, name): one fsync'ed lease body, linked to each address tried
+        self.boot_id = ""      # the boot the index is stamped for
 
     def close(self):
         for fd in (self.index_fd, self.dir_fd, self.lock_fd):
@@ -299,19 +356,36 @@ class DiskStore:
 
     # -- the attachment index -----------------------------------------------
 
+    def _entry(self, name):
+        """The parsed index file `name`, None if there is none; TornIndex if it does not parse."""
+        data = self._read(name, self.index_fd)
+        if data is None:
+            return None
+        entry = parse_index(name, data)
+        if entry is None:
+            raise TornIndex(name)
+        return entry
+
+    def _rebuilt_if_torn(self, read):
+        try:
+            return read()
+        except TornIndex:
+            self.rebuild_index()
+            return read()
+
     def ips_of(self, container_id, ifname):
         """Addresses leased to (container_id, ifname), including old id-only leases."""
-        ips = []
-        for name in (index_name(container_id, ifname), index_name(container_id, None)):
-            data = self._read(name, self.index_fd)
-            if data:
-                ips += data.decode(errors="replace").split("\r\n")[2:]
-        return [ip for ip in ips if ip]
+        def read():
+            entries = [self._entry(index_name(container_id, i)) for i in (ifname, None)]
+            return [ip for entry in entries if entry for ip in entry[3]]
+        return self._rebuilt_if_torn(read)
 
-    def record(self, container_id, ifname, ips):
+    def record(self, container_id, ifname, ips, netns=None):
+        """Index the addresses of (container_id, ifname), with its netns path when it is absolute."""
         name = index_name(container_id, ifname)
         if ips:
-            self._replace(name, index_content(container_id, ifname, ips), self.index_fd)
+            netns = netns if netns and netns.startswith("/") and "\r" not in netns and "\n" not in netns else None
+            self._replace(name, index_content(container_id, ifname, ips, netns), self.index_fd)
         else:
             self._unlink(name, self.index_fd)
 
@@ -320,17 +394,21 @@ class DiskStore:
         for name in (index_name(container_id, ifname), index_name(container_id, None)):
             self._unlink(name, self.index_fd)
 
+    def entries(self):
+        """{(containerID, ifname or None): (netns, [ip, ...])} from the index."""
+        def read():
+            result = {}
+            for name in os.listdir(self.index_fd):
+                if not name.startswith("."):
+                    entry = self._entry(name)
+                    if entry:
+                        result[entry[:2]] = entry[2:]
+            return result
+        return self._rebuilt_if_torn(read)
+
     def attachments(self):
         """{(containerID, ifname or None): [ip, ...]} from the index."""
-        result = {}
-        for name in os.listdir(self.index_fd):
-            if name.startswith("."):
-                continue
-            data = self._read(name, self.index_fd)
-            if data:
-                lines = data.decode(errors="replace").split("\r\n")
-                result[(lines[0], lines[1] or None)] = [ip for ip in lines[2:] if ip]
-        return result
+        return {owner: ips for owner, (_, ips) in self.entries().items()}
 
     def commit(self):
         """Mark the index as matching the lease files as they are now."""
@@ -342,21 +420,49 @@ class DiskStore:
         st = os.fstat(self.dir_fd)
         os.utime(self.dir_fd, ns=(st.st_atime_ns, st.st_mtime_ns - 1))
         # stamp what the filesystem stored: one with coarser times rounds down further
-        self._replace(STAMP, str(os.fstat(self.dir_fd).st_mtime_ns).encode(), self.index_fd)
+        stamp = f"{INDEX_FORMAT} {os.fstat(self.dir_fd).st_mtime_ns} {self.boot_id or '-'}"
+        self._replace(STAMP, stamp.encode(), self.index_fd)
 
     def ensure_index(self):
-        stamp = self._read(STAMP, self.index_fd)
-        if stamp and stamp.decode() == str(os.fstat(self.dir_fd).st_mtime_ns):
+        now = current_boot_id()
+        _, mtime, boot = parse_stamp(self._read(STAMP, self.index_fd))
+        if mtime == str(os.fstat(self.dir_fd).st_mtime_ns) and boot == (now or "-"):
+            self.boot_id = now
             return
-        self.rebuild_index()
+        rebooted = boot not in (None, "-") and now and boot != now
+        # a new boot is stamped only once healed: a kill in between heals again next time
+        self.boot_id = boot if rebooted else now
+        self.rebuild_index()   # after a power loss the index may have lost files: always rebuild
+        if rebooted:
+            self.reclaim_dead_netns()
+            self.boot_id = now
+            self.commit()
+
+    def reclaim_dead_netns(self):
+        """After a reboot: release the leases of attachments whose netns is gone."""
+        for (container_id, ifname), (netns, ips) in self.entries().items():
+            if netns and netns_gone(netns):
+                for ip in ips:
+                    self.release(ip, container_id, ifname)
+                self.forget(container_id, ifname)
 
     def rebuild_index(self):
-        """Rebuild the index from the lease files; drop debris of killed writers."""
+        """Rebuild the index from the lease files; drop debris of killed writers.
+        Index files already right are left as they are (a crash touches a few), and
+        the netns paths recorded survive."""
         for name in os.listdir(self.dir_fd):
             if name.startswith(TMP_PREFIX):
                 self._unlink(name)  # only lock holders write temp files: these are orphans
+        old = {}
         for name in os.listdir(self.index_fd):
-            self._unlink(name, self.index_fd)
+            if name == STAMP:
+                continue
+            try:
+                old[name] = None if name.startswith(".") else parse_index(name, self._read(name, self.index_fd))
+            except (CniError, OSError):
+                old[name] = None  # a symlink or a directory planted here
+            if old[name] is None:
+                self._unlink(name, self.index_fd)
         owners = {}
         for ip, owner in self.leases().items():
             if owner is None:
@@ -365,12 +471,17 @@ class DiskStore:
                 owners.setdefault(owner, []).append(ip)
             # else: a lease no CNI runtime could have written; it stays taken, untouched
         for (container_id, ifname), ips in owners.items():
-            # written in place, not via rename (~40% of a rebuild): the stamp comes last,
-            # so a rebuild cut short is redone by the next operation
-            fd = os.open(index_name(container_id, ifname), os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600,
-                         dir_fd=self.index_fd)
+            name = index_name(container_id, ifname)
+            entry = old.pop(name, None)
+            if entry is not None and sorted(entry[3]) == sorted(ips):
+                continue
+            # written in place, not via rename: the stamp comes last, so a rebuild cut
+            # short (even in the middle of a file) is redone by the next operation
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | NOFOLLOW, 0o600, dir_fd=self.index_fd)
             try:
-                os.write(fd, index_content(container_id, ifname, ips))
+                os.write(fd, index_content(container_id, ifname, ips, entry[2] if entry else None))
             finally:
                 os.close(fd)
+        for name in old:
+            self._unlink(name, self.index_fd)  # no lease left for it
         self.commit()

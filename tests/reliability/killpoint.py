@@ -56,6 +56,8 @@ POINTS = {
     "gc:after-release": ("ipam.store", "DiskStore.release", "after", _caller("cmd_gc")),
     # any verb after an earlier kill: the index cleared, the new one not written yet
     "rebuild": ("ipam.store", "DiskStore.leases", "after", _caller("rebuild_index")),
+    # the first verb after a reboot: one dead pod's lease released, the others not yet
+    "heal": ("ipam.store", "DiskStore.release", "after", _caller("reclaim_dead_netns")),
 }
 
 FAILURES = {
