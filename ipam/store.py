@@ -238,14 +238,16 @@ class DiskStore:
         return False
 
     def lock_holder(self):
-        inode = os.fstat(self.lock_fd).st_ino
+        st = os.fstat(self.lock_fd)
+        # the kernel's "%02x:%02x:%lu" (fs/locks.c): an inode number alone may be another filesystem's
+        where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
         try:
             with open("/proc/locks") as f:
                 for line in f:
                     fields = line.split()
                     if "->" in fields:
                         continue  # a waiter, not the holder
-                    if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}"):
+                    if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where:
                         return int(fields[4])
         except (OSError, ValueError):
             pass

@@ -7,8 +7,9 @@ exactly between two steps (the link created but not renamed, the lease linked
 but not indexed, a rollback half done). The plugin itself is unchanged: the
 points wrap its functions from outside, in this test-only entry point.
 UNDERLAY_FAIL_AT=configure makes the interface configuration fail, so ADD
-rolls back and the rollback points are reached. A point never reached lets
-the plugin finish normally.
+rolls back and the rollback points are reached. UNDERLAY_STOP=1 stops the
+plugin there (SIGSTOP) instead: a process hung at that step. A point never
+reached lets the plugin finish normally.
 """
 
 import errno
@@ -66,7 +67,8 @@ FAILURES = {
 
 
 def die():
-    os.kill(os.getpid(), signal.SIGKILL)
+    # UNDERLAY_STOP=1: stop instead (SIGSTOP), a process hung at that step
+    os.kill(os.getpid(), signal.SIGSTOP if os.environ.get("UNDERLAY_STOP") else signal.SIGKILL)
 
 
 def resolve(module, path):
