@@ -397,7 +397,6 @@ def _qemu_boot_script(shares: list[Path]) -> str:
 def _uml_init(kernel: Kernel, rundir: Path, shares: list[Path]) -> str:
     """UML's init: the host's /bin/sh on the host root, read-only over hostfs."""
     q = shlex.quote
-    overlay = kernel.modules / "kernel/fs/overlayfs/overlay.ko"
     return "\n".join([
         "#!/bin/sh",
         "export PATH=/usr/sbin:/usr/bin:/sbin:/bin",
@@ -406,9 +405,10 @@ def _uml_init(kernel: Kernel, rundir: Path, shares: list[Path]) -> str:
         "mount -t proc proc /proc",
         # /mnt is only a mount point here; everything under it lives in guest RAM.
         "mount -t tmpfs -o mode=755 tmpfs /mnt && mkdir /mnt/run /mnt/data /mnt/work /mnt/root || off",
-        f"n=/mnt/root xrun=/mnt/run",
+        "n=/mnt/root xrun=/mnt/run",
         f"mount -t hostfs -o {q(str(rundir))} none $xrun || off",
-        f"insmod {q(str(overlay))} || die 'cannot load overlay'",
+        # The host root has no /lib/modules for this kernel: name the cached tree.
+        f"modprobe -d {q(str(kernel.dir / 'modules'))} -S {q(kernel.release)} overlay || die 'cannot load overlay'",
         "mount -t overlay -o lowerdir=/,upperdir=/mnt/data,workdir=/mnt/work overlay $n"
         " || die 'cannot mount the overlay'",
         *_new_root(shares, lambda i, path: f"mount -t hostfs -o {q(str(path))} none $n{q(str(path))}"),
