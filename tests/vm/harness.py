@@ -361,27 +361,32 @@ def cpio_newc(entries) -> bytes:
 # --- running a command ----------------------------------------------------
 
 # Both backends end up the same way: the host root, writable through a tmpfs
-# overlay, at $n with proc, sys, dev, run, tmp and the shares mounted; pid 1
+# overlay, at $n with modules, proc, sys, dev, run and the shares mounted; pid 1
 # then chroots into it (kernel threads share pid 1's root, so module autoload
 # finds the modules too) and runs stage2.sh.
 
-def _new_root(shares: list[Path], mount_share) -> list[str]:
+def _new_root(kernel: Kernel, shares: list[Path], mount_share) -> list[str]:
     q = shlex.quote
     lines = [
+        # The host root has no modules for this kernel: bind the cached tree in
+        # before anything is mounted over the path it lives at.
+        f"mkdir -p $n/lib/modules/{q(kernel.release)}"
+        f" && mount -o bind $n{q(str(kernel.modules))} $n/lib/modules/{q(kernel.release)}"
+        " || die 'cannot bind the kernel modules'",
         "mount -t proc proc $n/proc && mount -t sysfs sysfs $n/sys && mount -t devtmpfs devtmpfs $n/dev"
         " || die 'cannot mount proc, sys or dev'",
         "mkdir -p $n/dev/pts $n/dev/shm && mount -t devpts devpts $n/dev/pts && mount -t tmpfs tmpfs $n/dev/shm",
         # ip netns keeps its mount points in /run/netns.
         f"mount -t tmpfs -o mode=755 tmpfs $n/run && mkdir -p $n/run/netns $n{GUEST_RUN_DIR}",
         f"mount -o bind $xrun $n{GUEST_RUN_DIR} || die 'cannot bind the run directory'",
-        "mount -t tmpfs -o mode=1777 tmpfs $n/tmp",
+        # /tmp stays the overlay's: a tmpfs there would hide what the host keeps in /tmp.
     ]
     for i, path in enumerate(shares):
         lines.append(f"mkdir -p $n{q(str(path))} && {mount_share(i, path)} || die {q(f'cannot mount {path}')}")
     return lines + [f"exec chroot $n /bin/sh {GUEST_RUN_DIR}/stage2.sh", "die 'cannot chroot'"]
 
 
-def _qemu_boot_script(shares: list[Path]) -> str:
+def _qemu_boot_script(kernel: Kernel, shares: list[Path]) -> str:
     """Sourced by the initramfs init (busybox) once the run directory is at /xrun."""
     return "\n".join([
         'die() { echo "uvm: $*"; echo "$*" > /xrun/error; sync; echo 0 > /proc/sys/kernel/printk; poweroff -f; }',
@@ -390,7 +395,7 @@ def _qemu_boot_script(shares: list[Path]) -> str:
         "mount -t tmpfs -o mode=755 tmpfs /upper && mkdir /upper/data /upper/work",
         "mount -t overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work overlay $n"
         " || die 'cannot mount the overlay'",
-        *_new_root(shares, lambda i, path: f"mount -t 9p -o {P9_OPTS},cache=loose uvmshare{i} $n{shlex.quote(str(path))}"),
+        *_new_root(kernel, shares, lambda i, path: f"mount -t 9p -o {P9_OPTS},cache=loose uvmshare{i} $n{shlex.quote(str(path))}"),
     ]) + "\n"
 
 
@@ -411,7 +416,7 @@ def _uml_init(kernel: Kernel, rundir: Path, shares: list[Path]) -> str:
         f"modprobe -d {q(str(kernel.dir / 'modules'))} -S {q(kernel.release)} overlay || die 'cannot load overlay'",
         "mount -t overlay -o lowerdir=/,upperdir=/mnt/data,workdir=/mnt/work overlay $n"
         " || die 'cannot mount the overlay'",
-        *_new_root(shares, lambda i, path: f"mount -t hostfs -o {q(str(path))} none $n{q(str(path))}"),
+        *_new_root(kernel, shares, lambda i, path: f"mount -t hostfs -o {q(str(path))} none $n{q(str(path))}"),
     ]) + "\n"
 
 
@@ -421,8 +426,6 @@ def _stage2(kernel: Kernel, argv: list[str], env: dict[str, str], cwd: Path) -> 
     run = GUEST_RUN_DIR
     return "\n".join([
         "export PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-        # The host root has no modules for this kernel; point modprobe at the cached ones.
-        f"mkdir -p /lib/modules && ln -sfn {q(str(kernel.modules))} /lib/modules/{q(kernel.release)}",
         *(f"modprobe {m} {MODULE_PARAMS.get(m, '')} || echo 'uvm: modprobe {m} failed' >>{run}/out"
           for m in FEATURE_MODULES),
         "ip link set lo up",
@@ -446,7 +449,7 @@ def qemu_argv(kernel: Kernel, rundir: Path, shares: list[Path]) -> list[str]:
     qemu = shutil.which("qemu-system-x86_64")
     if not qemu:
         raise VMError("qemu-system-x86_64 not found: install qemu-system-x86 (build/deps.sh)")
-    (rundir / "boot.sh").write_text(_qemu_boot_script(shares))
+    (rundir / "boot.sh").write_text(_qemu_boot_script(kernel, shares))
 
     def virtfs(path: Path, tag: str, extra: str = "") -> list[str]:
         # qemu option values escape a comma by doubling it.
@@ -524,9 +527,7 @@ def _wait(launch: list[str], rundir: Path, timeout: float, stream) -> Run:
                     raise VMError(f"the VM did not finish within {timeout:.0f} s" + _diagnostics(rundir))
                 time.sleep(0.05)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            _end_group(proc)
         if stream is not None:
             _pump(out, stream, decoder)
     total = time.monotonic() - start
@@ -540,6 +541,23 @@ def _wait(launch: list[str], rundir: Path, timeout: float, stream) -> Run:
                       + _diagnostics(rundir)) from None
     output = (rundir / "out").read_bytes().decode(errors="replace")
     return Run(returncode, output, started and started - start, total)
+
+
+def _end_group(proc: subprocess.Popen, patience: float = 10.0) -> None:
+    """Kill what is left of the VM's process group and wait until it is gone
+    (UML runs each guest process as a host process in the group)."""
+    deadline = time.monotonic() + patience
+    while True:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.poll()
+        try:
+            os.killpg(proc.pid, 0)   # orphans count until pid 1 reaps them
+        except ProcessLookupError:
+            return
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
 
 
 def _pump(src, stream, decoder) -> None:

@@ -165,12 +165,13 @@ backends = pytest.mark.parametrize("backend", harness.BACKENDS)
 
 @needs_host
 @backends
-def test_exit_code_and_output_come_back(backend):
+def test_exit_code_and_output_come_back(backend, tmp_path):
     kernel = harness.prepare(backend)
-    script = 'echo hi; echo oops >&2; echo "vm=$UNDERLAY_VM $(uname -r)"; exit 3'
+    (tmp_path / "host-file").write_text("from the host")   # under /tmp: must not be hidden
+    script = f'echo hi; echo oops >&2; echo "vm=$UNDERLAY_VM $(uname -r)"; cat {tmp_path}/host-file; exit 3'
     code, output = harness.run_in_vm(["sh", "-c", script], timeout=300, kernel=kernel)
     assert code == 3
-    assert output.splitlines() == ["hi", "oops", f"vm=1 {kernel.release}"]
+    assert output.splitlines() == ["hi", "oops", f"vm=1 {kernel.release}", "from the host"]
 
 
 @needs_host
