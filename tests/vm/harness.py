@@ -134,15 +134,10 @@ def parse_kernel_depends(show: str) -> str:
 
 def apt_show(package: str) -> str:
     """apt's record of the candidate version of package."""
-    argv = ["apt-cache", "show", "--no-all-versions", package]
-    for attempt in range(2):
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        if proc.returncode == 0 and proc.stdout.strip():
-            return proc.stdout
-        if attempt == 0 and os.geteuid() == 0:
-            # A fresh machine may never have fetched package lists.
-            subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-    raise VMError(f"apt-cache cannot resolve {package}: {proc.stderr.strip()}")
+    proc = subprocess.run(["apt-cache", "show", "--no-all-versions", package], capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise VMError(f"apt-cache cannot resolve {package}: {proc.stderr.strip()}")
+    return proc.stdout
 
 
 def _wanted(backend: str) -> tuple[list[str], str]:
@@ -163,13 +158,29 @@ def prepare(backend: str | None = None, log=lambda msg: None) -> Kernel:
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     try:
-        packages, key = _wanted(backend)
+        return _prepare(backend, root, log)
     except (VMError, OSError) as e:
-        # Offline, or apt is missing: any kernel built before will do.
-        cached = [k for k in map(Kernel.load, root.iterdir()) if k and k.backend == backend]
-        if cached:
-            return max(cached, key=lambda k: k.dir.stat().st_mtime)
-        raise VMError(f"no cached {backend} kernel and cannot resolve one: {e}") from e
+        error = e
+    if os.geteuid() == 0:
+        # Package lists may be missing (fresh machine) or name .debs the
+        # archive has dropped since; refresh once and try again.
+        log("refreshing the package lists")
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+        try:
+            return _prepare(backend, root, log)
+        except (VMError, OSError) as e:
+            error = e
+    # Offline: any kernel built before will do.
+    cached = [k for k in map(Kernel.load, root.iterdir()) if k and k.backend == backend]
+    if cached:
+        kernel = max(cached, key=lambda k: k.dir.stat().st_mtime)
+        log(f"using the cached {kernel.dir.name}: {error}")
+        return kernel
+    raise VMError(f"cannot prepare a {backend} kernel: {error}") from error
+
+
+def _prepare(backend: str, root: Path, log) -> Kernel:
+    packages, key = _wanted(backend)
     kernel = Kernel.load(root / key)
     if kernel:
         return kernel
@@ -601,7 +612,7 @@ def main(args: list[str] | None = None) -> int:
     try:
         kernel = prepare(opts.backend, log)
         if opts.prepare:
-            log(f"kernel {kernel.version} ready in {kernel.dir}")
+            log(f"{kernel.backend} kernel {kernel.release} ready in {kernel.dir}")
             return 0
         run = boot(opts.command or ["uname", "-a"], opts.timeout, cwd=Path.cwd(), stream=sys.stdout, kernel=kernel)
     except VMError as e:

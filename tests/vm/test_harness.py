@@ -194,6 +194,18 @@ def test_vm_that_cannot_start_is_an_error_with_the_reason(monkeypatch):
         harness.run_in_vm(["true"], timeout=60, kernel=kernel)
 
 
+@needs_host
+def test_offline_falls_back_to_the_cached_kernel(monkeypatch):
+    kernel = harness.prepare()
+
+    def offline(backend):
+        raise harness.VMError("apt-cache cannot resolve linux-image-amd64")
+
+    monkeypatch.setattr(harness, "_wanted", offline)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)   # no apt-get update
+    assert harness.prepare(kernel.backend) == kernel
+
+
 # --- the plugin end to end: these run in the VM on a kernel without them --
 
 @pytest.fixture
@@ -234,3 +246,4 @@ def test_macvlan_link(netns):
     sh("ip", "-n", netns, "link", "add", parent, "type", "veth", "peer", "name", peer)
     sh("ip", "-n", netns, "link", "add", mv, "link", parent, "type", "macvlan", "mode", "bridge")
     assert "macvlan mode bridge" in sh("ip", "-n", netns, "-d", "link", "show", mv)
+
