@@ -20,6 +20,10 @@ test: deps
 unit:
 	$(PYTHON) -m pytest tests/unit
 
+# The reliability scenarios at full size (README "Guarantees"); needs root.
+soak: deps
+	$(PYTHON) -m tests.reliability.soak
+
 # One PyInstaller onedir bundle in dist/bin/.underlay, plugin names as symlinks.
 build:
 	PYTHON=$(PYTHON) build/build.sh

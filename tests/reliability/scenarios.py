@@ -351,3 +351,85 @@ class CrashRun:
         assert self.node.check(self.conf, "after-crash", pod, "eth0", out.json).ok
         assert self.node.run("STATUS", self.conf).ok
         assert self.node.run("DEL", self.conf, "after-crash", pod).ok
+
+
+# -- 3. bounded lock waits ---------------------------------------------------------------------
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def lock_waits(node, timeouts, tries=3):
+    """A helper process holds the network's lock and sleeps: how long each verb takes to
+    answer code 11, per lockTimeout."""
+    import os
+    import subprocess
+    import sys
+    conf = node.conf("locked")
+    pod, = node.add_pods(1)
+    added = node.run("ADD", conf, "c0", pod)
+    assert added.ok, added
+    helper = subprocess.Popen([sys.executable, "-c", HOLD, os.path.join(node.net_dir("locked"), "lock")],
+                              stdout=subprocess.PIPE, text=True)
+    figures = {}
+    try:
+        assert helper.stdout.readline() == "locked\n"
+        for timeout in timeouts:
+            c = dict(conf, ipam=dict(conf["ipam"], lockTimeout=timeout))
+            for verb, cid, ifname in (("ADD", "c1", "net1"), ("DEL", "c0", "eth0"), ("GC", "", "")):
+                times = []
+                for _ in range(tries):
+                    call = node.start(verb, c, cid, pod if cid else None, ifname)
+                    out = call.wait()
+                    assert out.cni_code == 11 and f"held by pid {helper.pid}" in out.json["msg"], out
+                    times.append(call.elapsed)
+                figures[f"{verb} lockTimeout={timeout:g}s"] = f"code 11 after {ms(min(times))}-{ms(max(times))} ms"
+    finally:
+        helper.kill()
+        helper.wait()
+    assert node.run("DEL", conf, "c0", pod).ok
+    Audit(node, ["locked"], {}).assert_clean("after the lock was released")
+    return figures
+
+
+# -- 4. healing ------------------------------------------------------------------------------------
+
+def reboot_healing(node, pods, gone):
+    """`pods` attached, `gone` of their netns removed (as a reboot removes them all), the boot ID
+    recorded with the store rewritten: the next operation releases exactly the dead pods' leases.
+    Then pods whose DEL never came: GC with the attachments really live releases theirs."""
+    import os
+    import uuid
+    from ipam.store import INDEX_DIR, STAMP
+    conf = node.conf("heal", "10.79.0.0/22")
+    slots = node.add_pods(pods)
+    calls = [node.start("ADD", conf, f"h{i}", pod) for i, pod in enumerate(slots)]
+    assert all(c.wait().ok for c in calls)
+    for pod in slots[:gone]:
+        node.remove_pod(pod)
+    alive = {("heal", f"h{i}", "eth0"): pod for i, pod in enumerate(slots) if i >= gone}
+    normal = node.start("STATUS", conf)
+    assert normal.wait().ok
+    stamp = os.path.join(node.net_dir("heal"), INDEX_DIR, STAMP)
+    with open(stamp) as f:
+        fmt, mtime, _ = f.read().split()
+    with open(stamp, "w") as f:
+        f.write(f"{fmt} {mtime} {uuid.uuid4()}")
+    first = node.start("STATUS", conf)
+    assert first.wait().ok
+    Audit(node, ["heal"], alive).assert_clean("after the simulated reboot")
+    figures = {"attached": pods, "netns_gone": gone, "released_after_reboot": pods - len(node.lease_files("heal")),
+               "status_ms": ms(normal.elapsed), "first_status_after_reboot_ms": ms(first.elapsed)}
+    # the live pods' DEL never comes (Multus): the runtime's GC lists none of half of them
+    forgotten = sorted(alive)[: len(alive) // 2]
+    for key in forgotten:
+        node.remove_pod(alive.pop(key))
+    assert node.gc(conf, {(cid, ifname) for _, cid, ifname in alive}).ok
+    Audit(node, ["heal"], alive).assert_clean("after GC")
+    figures.update(del_never_came=len(forgotten), leases_after_gc=len(node.lease_files("heal")))
+    return figures
