@@ -9,7 +9,7 @@ command's output and exit code back. Nothing is mounted or left running on the h
 
 Two backends, picked with UNDERLAY_VM_BACKEND:
 - uml (default): Debian's User-Mode Linux kernel, host root over hostfs. Python
-  runs 2-4x faster than under qemu and it suffers less when the host is busy.
+  runs 1.4-3x faster than under qemu and suffers less when the host is busy.
 - qemu: Debian's linux-image-amd64 under qemu TCG, host root over 9p, with a
   busybox initramfs to get there.
 The .debs are fetched with `apt-get download` and unpacked, never installed;
