@@ -170,8 +170,11 @@ class Node:
         for entry in os.scandir(path):
             if entry.name[:1].isalnum() and ("." in entry.name or ":" in entry.name) \
                     and not entry.name.startswith("last_reserved_ip."):
-                with open(entry.path, "rb") as f:
-                    out[entry.name] = f.read()
+                try:
+                    with open(entry.path, "rb") as f:
+                        out[entry.name] = f.read()
+                except FileNotFoundError:
+                    pass  # released meanwhile by a plugin running now
         return out
 
 
