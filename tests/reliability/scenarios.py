@@ -171,7 +171,8 @@ class CrashRun:
         self.rng = random.Random(seed)
         self.runtime = Runtime()
         self.lock = threading.Lock()
-        self.figures = {"operations": {"ADD": 0, "DEL": 0}, "killed": 0, "killed_at": {}, "killed_by_delay": {"ADD": {}, "DEL": {}, "GC": {}},
+        self.figures = {"operations": {"ADD": 0, "DEL": 0}, "killed": 0, "killed_at": {},
+                        "killed_by_delay": {"ADD": {}, "DEL": {}, "GC": {}},
                         "not_killed": {"planned": 0, "point_not_reached": {}, "finished_before_the_delay": 0},
                         "recovery_dels": 0, "recovery_dels_killed": 0, "gcs": 0, "gcs_killed": 0,
                         "unexpected_failures": 0, "bad_lease_files_seen": 0}
@@ -187,7 +188,7 @@ class CrashRun:
             where[path[-1]] = where.get(path[-1], 0) + 1
 
     def measure(self):
-        """The median duration of an ADD and a DEL exec, unkilled, on this machine now."""
+        """The first durations of unkilled ADD and DEL execs: the random delays start from them."""
         pod = self.slots[0][0]
         adds, dels = [], []
         for i in range(3):

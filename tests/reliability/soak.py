@@ -36,7 +36,8 @@ def main(argv):
     failed = []
     for name in names:
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="underlay-soak-") as tmp, Node(f"{tmp}/networks", f"{tmp}/state") as node:
+        with tempfile.TemporaryDirectory(prefix="underlay-soak-") as tmp, \
+                Node(f"{tmp}/networks", f"{tmp}/state") as node:
             try:
                 figures = SCENARIOS[name](node)
                 status = "ok"
