@@ -66,7 +66,7 @@ class Runtime:
     """What a runtime knows: the attachments whose ADD started and whose DEL has not finished.
 
     GC releases whatever its list leaves out, so no ADD may start between taking the
-    list and the GC's end (CRI-O's ocicni holds pod operations off during GC); ADDs
+    list and the GC's end (CRI-O's ocicni blocks every pod operation during GC); ADDs
     already running, DELs and CHECKs go on meanwhile."""
 
     def __init__(self):
