@@ -289,8 +289,9 @@ class Netlink:
 
     # -- routes ----------------------------------------------------------------
 
-    def add_route(self, dst, index, gw=None, priority=None, table=None, scope=None, mtu=None, advmss=None):
-        """Add a route; dst is 'a.b.c.d/n' or 'x::/n'."""
+    def add_route(self, dst, index, gw=None, priority=None, table=None, scope=None, mtu=None, advmss=None,
+                  exclusive=False):
+        """Add a route; dst is 'a.b.c.d/n' or 'x::/n'. exclusive: EEXIST if any route to dst exists."""
         address, _, plen = dst.partition("/")
         msg = rtmsg()
         msg["family"] = family_of(address)
@@ -318,7 +319,8 @@ class Netlink:
         msg["attrs"] = attrs
         # APPEND, as the reference's RouteAddEcmp: a secondary network may add a default
         # route next to the primary one; an identical route is still EEXIST
-        self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_APPEND, f"adding route {dst} via {gw or 'link'}")
+        self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_EXCL if exclusive else NLM_F_APPEND),
+                     f"adding route {dst} via {gw or 'link'}")
 
     def routes(self, family=None):
         """[{dst, gw, oif, priority, table, scope}] of every table, dst as 'addr/len'."""

@@ -56,7 +56,7 @@ def ensure(nl, kind, conf, master, request, result):
                            netlink.IFA_F_NODAD if address.version == 6 else 0)
             for route in routes:
                 if route.version == address.version:
-                    nl.add_route(str(route), link.index)
+                    nl.add_route(str(route), link.index, exclusive=True)  # never beside the node's own
         except netlink.NetlinkError as e:
             nl.delete_link(link.index, name)  # never a half-made shim
             raise CniError(ERR_LINK, f"hostShim {name}: {e}; if the node already routes that subnet, "
