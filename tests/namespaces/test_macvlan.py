@@ -227,7 +227,8 @@ def test_dual_stack_addresses_routes_and_ipv6_traffic(host_ns, master, pod_ns, d
     a, b = pod_ns(), pod_ns()
     ra, rb = add(c, host_ns, a, "ca"), add(c, host_ns, b, "cb")
     assert [ip["address"] for ip in ra["ips"]] == ns.addrs(a, "eth0")
-    assert ns.ping(a, rb["ips"][1]["address"].split("/")[0])
+    # optimistic DAD: usable at once, though the first neighbour solicitation may go unanswered
+    assert ns.ping(a, rb["ips"][1]["address"].split("/")[0], count=4, timeout=2)
     routes = ns.sh("ip", "-6", "route", "show", "default", ns=a).stdout
     assert "via fd21::1" in routes
     assert "via 10.21.0.1" in ns.sh("ip", "route", "show", "default", ns=a).stdout
