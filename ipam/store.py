@@ -36,6 +36,7 @@ import fcntl
 import ipaddress
 import os
 import re
+import signal
 import stat
 import time
 
@@ -50,6 +51,14 @@ TMP_PREFIX = ".tmp-"
 LAST_RESERVED = "last_reserved_ip."
 LOCK = "lock"
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _LockWaitExpired(Exception):
+    pass
+
+
+def _lock_wait_expired(signum, frame):
+    raise _LockWaitExpired()
 
 
 def io_error(what, err):
@@ -209,20 +218,25 @@ class DiskStore:
             self.lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600, dir_fd=self.dir_fd)
         except OSError as e:
             raise io_error(f"lock file {self.path}/{LOCK}", e) from None
-        deadline = time.monotonic() + self.lock_timeout
-        pause = 0.001
-        while True:
-            try:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = self.lock_holder()
-                    raise CniError(ERR_TRY_AGAIN, f"try again later: {self.path}/{LOCK} is held"
-                                   f"{f' by pid {holder}' if holder else ''} for over "
-                                   f"{self.lock_timeout:g}s") from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.02)
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        # Wait in the kernel's queue (woken the moment the holder lets go), bounded
+        # by a timer whose signal interrupts the wait.
+        previous = signal.signal(signal.SIGALRM, _lock_wait_expired)
+        signal.setitimer(signal.ITIMER_REAL, self.lock_timeout)
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        except _LockWaitExpired:
+            holder = self.lock_holder()
+            raise CniError(ERR_TRY_AGAIN, f"try again later: {self.path}/{LOCK} is held"
+                           f"{f' by pid {holder}' if holder else ''} for over "
+                           f"{self.lock_timeout:g}s") from None
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
     def __exit__(self, exc_type=None, exc=None, tb=None):
         try:
