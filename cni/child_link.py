@@ -250,6 +250,7 @@ def delete(kind, request):
     """Release IPAM first; then remove the link if the netns and the link are still there,
     and any link of ours an ADD killed between create and rename left under its temporary name."""
     config = request.config
+    netconf.validate(kind.name, config)  # wrong types must not reach paths and link names
     if contract.ipam_type(config):
         contract.delegate_ipam(request, "DEL")
     if request.netns:
@@ -339,6 +340,7 @@ def status(kind, request):
 
 def gc(kind, request):
     config = request.config
+    netconf.validate(kind.name, config)
     if contract.ipam_type(config):
         contract.delegate_ipam(request, "GC")
     valid = {parents.user_key(request.network, a.get("containerID"), a.get("ifname"))

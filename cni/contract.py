@@ -143,7 +143,7 @@ def check_ifname(ifname):
     problem = None
     if not ifname:
         problem = "is empty"
-    elif len(ifname.encode()) > 15:
+    elif len(ifname.encode(errors="surrogatepass")) > 15:   # undecodable env bytes arrive as surrogates
         problem = "is longer than 15 bytes"
     elif ifname in (".", ".."):
         problem = "may not be '.' or '..'"
@@ -162,14 +162,35 @@ def check_network_name(name):
                        "(allowed: letters, digits, '_', '.', '-', starting with a letter or digit)")
 
 
+# A network config is a handful of levels deep; anything far deeper is an attack on
+# the recursive code (json, copies, validators) that later walks it.
+MAX_DEPTH = 64
+
+
 def decode_config(stdin):
     try:
         config = json.loads(stdin)
     except (ValueError, UnicodeDecodeError) as e:
         raise CniError(ERR_DECODE, f"error decoding network config from stdin: {e}") from None
+    except RecursionError:
+        raise CniError(ERR_DECODE, "error decoding network config from stdin: nested too deeply") from None
     if not isinstance(config, dict):
         raise CniError(ERR_DECODE, "network config on stdin must be a JSON object")
+    if too_deep(config, MAX_DEPTH):
+        raise CniError(ERR_DECODE, f"network config on stdin is nested more than {MAX_DEPTH} levels deep")
     return config
+
+
+def too_deep(value, limit):
+    """True if value nests lists/objects more than `limit` levels (iteratively: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        items = value.values() if isinstance(value, dict) else value
+        stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
+    return False
 
 
 def negotiate_version(config):

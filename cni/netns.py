@@ -11,6 +11,7 @@ work uses them from outside.
 import errno
 import fcntl
 import os
+import stat
 from contextlib import contextmanager
 
 CLONE_NEWNET = 0x40000000
@@ -32,12 +33,16 @@ class NotANetns(NetnsError):
 
 def open_netns(path):
     """An fd for the network namespace at `path`; never creates one."""
+    # A namespace file (nsfs) is a regular file: anything else is refused before it
+    # is opened, since opening a FIFO blocks and opening a device may have effects.
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise NotANetns(f"{path} is not a network namespace")
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise NetnsNotFound(f"network namespace {path} does not exist") from None
-    except OSError as e:
-        raise NetnsError(f"cannot open network namespace {path}: {e.strerror}") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise NetnsError(f"cannot open network namespace {path}: {getattr(e, 'strerror', None) or e}") from None
     try:
         kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError:

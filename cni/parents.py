@@ -36,6 +36,13 @@ def config_error(field, problem):
     return CniError(ERR_INVALID_CONFIG, f"{field}: {problem}")
 
 
+def valid_link_name(name):
+    """The kernel's rule for an interface name (dev_valid_name): it also keeps a
+    record path under the state dir from pointing anywhere else."""
+    return (isinstance(name, str) and 0 < len(name.encode(errors="surrogatepass")) <= 15
+            and name not in (".", "..") and not any(c in name for c in "/:\0") and not any(c.isspace() for c in name))
+
+
 def user_key(network, container_id, ifname):
     return f"{network}/{container_id}/{ifname}"
 
@@ -98,6 +105,8 @@ class Records:
         os.close(self.lock_fd)
 
     def _path(self, name):
+        if not valid_link_name(name):
+            raise config_error("master", f"{name!r} is not an interface name")
         return os.path.join(self.dir, name + ".json")
 
     def get(self, name):
@@ -163,8 +172,8 @@ def acquire(nl, name, user, network, state_dir, kind, create):
 
 def release(nl, name, user, state_dir):
     """Drop `user` of a link we created; remove the link with its last user."""
-    if not name or not os.path.isdir(state_dir):
-        return
+    if not valid_link_name(name) or not os.path.isdir(state_dir):
+        return  # no link of ours can have a name the kernel refuses
     with Records(state_dir) as records:
         record = records.get(name)
         if record is None:

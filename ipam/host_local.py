@@ -8,6 +8,7 @@ Run from a checkout: `python3 -m ipam.host_local` with the CNI_* environment.
 """
 
 import ipaddress
+import os
 
 from cni import config as netconf
 from cni import contract
@@ -53,7 +54,9 @@ def open_store(request):
     ipam = request.config.get("ipam")
     if not isinstance(ipam, dict):
         raise CniError(ERR_INVALID_CONFIG, "ipam: must be an object")
-    data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
+    data_dir = ipam.get("dataDir")
+    if data_dir in (None, ""):
+        data_dir = DEFAULT_DATA_DIR  # as the reference: unset or empty is the default, any other type an error
     timeout = ipam.get("lockTimeout", DEFAULT_LOCK_TIMEOUT)
     if not isinstance(data_dir, str) or "\0" in data_dir:
         raise CniError(ERR_INVALID_CONFIG, f"ipam.dataDir: {data_dir!r} is not a path")
@@ -106,13 +109,26 @@ def assign_requested(conf):
     return by_set
 
 
+RESOLV_CONF_MAX = 64 * 1024
+
+
 def read_resolv_conf(path):
+    # Only a regular file, opened without blocking and read up to a bound: a config
+    # naming a FIFO, /dev/zero or a huge file must fail, not hang or fill memory.
     dns = {}
     try:
-        with open(path) as f:
-            lines = f.read().splitlines()
+        if not isinstance(path, str) or not os.path.isfile(path):
+            raise CniError(ERR_INVALID_CONFIG, f"ipam.resolvConf: {path!r} is not a regular file")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, RESOLV_CONF_MAX + 1)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise CniError(ERR_INVALID_CONFIG, f"ipam.resolvConf: cannot read {path}: {e.strerror}") from None
+    if len(data) > RESOLV_CONF_MAX:
+        raise CniError(ERR_INVALID_CONFIG, f"ipam.resolvConf: {path} is larger than {RESOLV_CONF_MAX} bytes")
+    lines = data.decode(errors="replace").splitlines()
     for line in lines:
         fields = line.split()
         if len(fields) < 2 or fields[0].startswith(("#", ";")):

@@ -14,6 +14,8 @@ class JsonSchemaValueException(ValueError):
 
 JsonSchemaValuesException = JsonSchemaValueException
 Decimal = float  # json.loads never makes a Decimal
+import re
+REGEX_PATTERNS = {'^/': re.compile('^/')}
 NoneType = type(None)
 
 def validate_https___underlay_invalid_schema_host_local_json(data, custom_formats={}, name_prefix=None):
@@ -203,6 +205,8 @@ def validate_https___underlay_invalid_schema_host_local_json(data, custom_format
                         data__ipam__dataDir_len = len(data__ipam__dataDir)
                         if data__ipam__dataDir_len < 1:
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dataDir must be longer than or equal to 1 characters', value=data__ipam__dataDir, name='' + (name_prefix or 'data') + '.ipam.dataDir', rule='minLength')
+                        if not REGEX_PATTERNS['^/'].search(data__ipam__dataDir):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dataDir must match pattern ^/', value=data__ipam__dataDir, name='' + (name_prefix or 'data') + '.ipam.dataDir', rule='pattern')
                 if 'resolvConf' in data__ipam_keys:
                     data__ipam_keys.remove('resolvConf')
                     data__ipam__resolvConf = data__ipam['resolvConf']

@@ -15,7 +15,7 @@ class JsonSchemaValueException(ValueError):
 JsonSchemaValuesException = JsonSchemaValueException
 Decimal = float  # json.loads never makes a Decimal
 import re
-REGEX_PATTERNS = {'^[^/:\\s]+$': re.compile('^[^/:\\s]+\\Z')}
+REGEX_PATTERNS = {'^[^/:\\s]+$': re.compile('^[^/:\\s]+\\Z'), '^/': re.compile('^/')}
 NoneType = type(None)
 
 def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}, name_prefix=None):
@@ -62,12 +62,21 @@ def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}
             data__master = data['master']
             if not isinstance(data__master, str):
                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.master must be string', value=data__master, name='' + (name_prefix or 'data') + '.master', rule='type')
+            try:
+                if not (isinstance(data__master, str) and data__master == '.' or (isinstance(data__master, str) and data__master == '..')):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + ".master must be one of ['.', '..']", value=data__master, name='' + (name_prefix or 'data') + '.master', rule='enum')
+            except (JsonSchemaValueException, JsonSchemaValuesException):
+                pass
+            else:
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.master must NOT match a disallowed definition', value=data__master, name='' + (name_prefix or 'data') + '.master', rule='not')
             if isinstance(data__master, str):
                 data__master_len = len(data__master)
                 if data__master_len < 1:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.master must be longer than or equal to 1 characters', value=data__master, name='' + (name_prefix or 'data') + '.master', rule='minLength')
                 if data__master_len > 15:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.master must be shorter than or equal to 15 characters', value=data__master, name='' + (name_prefix or 'data') + '.master', rule='maxLength')
+                if not REGEX_PATTERNS['^[^/:\\s]+$'].search(data__master):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.master must match pattern ^[^/:\\s]+$', value=data__master, name='' + (name_prefix or 'data') + '.master', rule='pattern')
         if 'vlan' in data_keys:
             data_keys.remove('vlan')
             data__vlan = data['vlan']
@@ -112,6 +121,8 @@ def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}
                 data__stateDir_len = len(data__stateDir)
                 if data__stateDir_len < 1:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.stateDir must be longer than or equal to 1 characters', value=data__stateDir, name='' + (name_prefix or 'data') + '.stateDir', rule='minLength')
+                if not REGEX_PATTERNS['^/'].search(data__stateDir):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.stateDir must match pattern ^/', value=data__stateDir, name='' + (name_prefix or 'data') + '.stateDir', rule='pattern')
         if 'ipam' in data_keys:
             data_keys.remove('ipam')
             data__ipam = data['ipam']
