@@ -361,4 +361,5 @@ def verbs(kind):
 
 def main(kind):
     from cni import version_info
-    contract.main(verbs(kind), f"CNI {kind.name} plugin (underlay {version_info()['version']})")
+    v = version_info()
+    contract.main(verbs(kind), f"CNI {kind.name} plugin (underlay {v['version']}, build {v['build']})")

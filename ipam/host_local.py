@@ -246,7 +246,8 @@ VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STAT
 
 def main():
     from cni import version_info
-    contract.main(VERBS, f"CNI host-local IPAM plugin (underlay {version_info()['version']})")
+    v = version_info()
+    contract.main(VERBS, f"CNI host-local IPAM plugin (underlay {v['version']}, build {v['build']})")
 
 
 if __name__ == "__main__":

@@ -173,8 +173,6 @@ def test_about_line_names_plugin_and_version(bundle, tmp_path, plugin):
     assert denied(modules, deny) == []
 
 
-@pytest.mark.xfail(reason="the plugins' main() put only the version in the about line (cni/, ipam/ owners)",
-                   strict=False)
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_about_line_names_build(bundle, plugin):
     proc = bundle.run(plugin, {})
