@@ -113,6 +113,21 @@ def validate_https___underlay_invalid_schema_host_local_json(data, custom_format
                         data__runtimeConfig__ipRanges_len = len(data__runtimeConfig__ipRanges)
                         for data__runtimeConfig__ipRanges_x, data__runtimeConfig__ipRanges_item in enumerate(data__runtimeConfig__ipRanges):
                             validate_https___underlay_invalid_schema_host_local_json__definitions_rangeset(data__runtimeConfig__ipRanges_item, custom_formats, (name_prefix or 'data') + '.runtimeConfig.ipRanges[{data__runtimeConfig__ipRanges_x}]'.format(**locals()))
+        if 'logFile' in data_keys:
+            data_keys.remove('logFile')
+            data__logFile = data['logFile']
+            if not isinstance(data__logFile, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must be string', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='type')
+            if isinstance(data__logFile, str):
+                if not REGEX_PATTERNS['^/'].search(data__logFile):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must match pattern ^/', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='pattern')
+        if 'logLevel' in data_keys:
+            data_keys.remove('logLevel')
+            data__logLevel = data['logLevel']
+            if not isinstance(data__logLevel, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logLevel must be string', value=data__logLevel, name='' + (name_prefix or 'data') + '.logLevel', rule='type')
+            if not (isinstance(data__logLevel, str) and data__logLevel == 'error' or (isinstance(data__logLevel, str) and data__logLevel == 'info') or (isinstance(data__logLevel, str) and data__logLevel == 'debug')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".logLevel must be one of ['error', 'info', 'debug']", value=data__logLevel, name='' + (name_prefix or 'data') + '.logLevel', rule='enum')
         if 'cni.dev/valid-attachments' in data_keys:
             data_keys.remove('cni.dev/valid-attachments')
             data__cnidevvalidattachments = data['cni.dev/valid-attachments']

@@ -287,6 +287,21 @@ def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}
                                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.routes[{data__hostShim__routes_x}]'.format(**locals()) + ' must be string', value=data__hostShim__routes_item, name='' + (name_prefix or 'data') + '.hostShim.routes[{data__hostShim__routes_x}]'.format(**locals()) + '', rule='type')
                 if data__hostShim_keys:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim must not contain ' + str(data__hostShim_keys) + ' properties', value=data__hostShim, name='' + (name_prefix or 'data') + '.hostShim', rule='additionalProperties')
+        if 'logFile' in data_keys:
+            data_keys.remove('logFile')
+            data__logFile = data['logFile']
+            if not isinstance(data__logFile, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must be string', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='type')
+            if isinstance(data__logFile, str):
+                if not REGEX_PATTERNS['^/'].search(data__logFile):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must match pattern ^/', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='pattern')
+        if 'logLevel' in data_keys:
+            data_keys.remove('logLevel')
+            data__logLevel = data['logLevel']
+            if not isinstance(data__logLevel, str):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logLevel must be string', value=data__logLevel, name='' + (name_prefix or 'data') + '.logLevel', rule='type')
+            if not (isinstance(data__logLevel, str) and data__logLevel == 'error' or (isinstance(data__logLevel, str) and data__logLevel == 'info') or (isinstance(data__logLevel, str) and data__logLevel == 'debug')):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + ".logLevel must be one of ['error', 'info', 'debug']", value=data__logLevel, name='' + (name_prefix or 'data') + '.logLevel', rule='enum')
     return data
 
 validate = validate_https___underlay_invalid_schema_ipvlan_json

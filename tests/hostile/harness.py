@@ -1,0 +1,293 @@
+"""Hostile-input harness: run a plugin on one input and check what every answer must be.
+
+Every invocation must end in one of two ways: exit 0 with a valid result (ADD)
+or nothing (the other verbs), or exit 1 with a CNI error JSON whose code is one
+the spec or underlay defines. Never a traceback, never a hang, never a code
+999 (an internal error is a bug to fix), never a half-done state: a failed
+verb leaves the leases as they were, a successful ADD is undone by its DEL,
+and nothing appears outside the sandbox.
+
+The sandbox is a temporary directory on tmpfs (the plugins fsync each lease)
+plus a network namespace of its own that the calling thread enters, so the
+in-process plugins' netlink sockets only ever see that namespace.
+"""
+
+import io
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import stat
+import tempfile
+import threading
+
+from cni import contract, netlink, netns
+from tests import netns as nsutil
+
+PLUGINS = {
+    "host-local": ("ipam.host_local", "CNI host-local IPAM plugin (underlay)"),
+    "macvlan": ("cni.macvlan", "CNI macvlan plugin (underlay)"),
+    "ipvlan": ("cni.ipvlan", "CNI ipvlan plugin (underlay)"),
+}
+# Codes a plugin may answer with; 999 is underlay's "internal error", i.e. a bug.
+SPEC_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 102})
+# Places outside the sandbox the plugins would write to with a default dataDir or stateDir.
+WATCHED = ("/var/lib/cni/networks", "/var/lib/cni/underlay", "/var/lib/cni/underlay/links")
+HANG_SECONDS = 20
+
+
+class Hang(BaseException):
+    """Raised by the watchdog; a BaseException so contract.run cannot turn it into an answer."""
+
+
+def verbs_of(plugin):
+    import importlib
+    return importlib.import_module(PLUGINS[plugin][0]).VERBS
+
+
+class Outcome:
+    def __init__(self, code, stdout, stderr):
+        self.code = code
+        self.stdout = stdout
+        self.stderr = stderr
+        try:
+            self.json = json.loads(stdout) if stdout.strip() else None
+        except ValueError:
+            self.json = None
+
+    @property
+    def ok(self):
+        return self.code == 0
+
+    @property
+    def cni_code(self):
+        return None if self.ok or not isinstance(self.json, dict) else self.json.get("code")
+
+    def __repr__(self):
+        return f"<exit {self.code} stdout={self.stdout.strip()[:2000]!r} stderr={self.stderr.strip()[-2000:]!r}>"
+
+
+def watchdog(seconds=HANG_SECONDS):
+    """A context manager raising Hang in the main thread after `seconds`."""
+    class Watch:
+        def __enter__(self):
+            def fire(signum, frame):
+                raise Hang(f"no answer within {seconds}s")
+            self.old = signal.signal(signal.SIGALRM, fire)
+            signal.setitimer(signal.ITIMER_REAL, seconds)
+
+        def __exit__(self, *exc):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)
+    return Watch()
+
+
+def invoke(plugin, env, stdin):
+    """Run a plugin in this process as contract.run does for an exec; never raises for the plugin."""
+    out, err = io.StringIO(), io.StringIO()
+    with watchdog():
+        code = contract.run(verbs_of(plugin), PLUGINS[plugin][1], env=dict(env), stdin=stdin,
+                            stdout=out, stderr=err)
+    return Outcome(code, out.getvalue(), err.getvalue())
+
+
+# -- what an answer must look like ----------------------------------------------------
+
+def check_answer(outcome, command):
+    """Assert the answer is a valid result, nothing, or a CNI error with a spec code."""
+    assert outcome.code in (0, 1), outcome
+    assert "Traceback" not in outcome.stderr and "Traceback" not in outcome.stdout, outcome
+    if command in ("", None):
+        assert outcome.ok and outcome.stdout == "" and outcome.stderr.startswith("CNI "), outcome
+        return
+    if command == "VERSION":
+        assert outcome.ok and outcome.json["supportedVersions"] == list(contract.SUPPORTED_VERSIONS), outcome
+        return
+    # stderr carries only a warning about an unusable logFile, never a result or a trace
+    assert all(line.startswith("underlay: logFile") for line in outcome.stderr.splitlines()), outcome
+    assert outcome.stdout.count("\n") <= 1, outcome
+    if not outcome.ok:
+        check_error(outcome)
+    elif command == "ADD":
+        check_result(outcome)
+    else:
+        assert outcome.stdout == "", outcome
+
+
+def check_error(outcome):
+    error = outcome.json
+    assert isinstance(error, dict), outcome
+    assert set(error) == {"cniVersion", "code", "msg", "details"}, outcome
+    assert isinstance(error["msg"], str) and error["msg"], outcome
+    assert isinstance(error["details"], str), outcome
+    assert error["cniVersion"] in contract.SUPPORTED_VERSIONS, outcome
+    assert error["code"] != contract.ERR_INTERNAL, f"internal error (a bug): {outcome}"
+    assert error["code"] in SPEC_CODES, outcome
+
+
+def check_result(outcome):
+    result = outcome.json
+    assert isinstance(result, dict), outcome
+    version = result.get("cniVersion")
+    assert version in contract.SUPPORTED_VERSIONS, outcome
+    if contract.version_key(version) < (0, 3, 0):
+        assert set(result) <= {"cniVersion", "ip4", "ip6", "dns"}, outcome
+        for family in ("ip4", "ip6"):
+            if family in result:
+                ip = ipaddress.ip_interface(result[family]["ip"])
+                assert str(ip.version) == family[2], outcome
+                if "gateway" in result[family]:
+                    ipaddress.ip_address(result[family]["gateway"])
+        return
+    assert set(result) <= {"cniVersion", "interfaces", "ips", "routes", "dns"}, outcome
+    assert isinstance(result.get("dns", {}), dict), outcome
+    interfaces = result.get("interfaces", [])
+    for ip in result.get("ips", []):
+        ipaddress.ip_interface(ip["address"])
+        if "gateway" in ip:
+            ipaddress.ip_address(ip["gateway"])
+        if "interface" in ip:
+            assert 0 <= ip["interface"] < len(interfaces), outcome
+        if contract.version_key(version) < (1, 0, 0):
+            assert ip["version"] == str(ipaddress.ip_interface(ip["address"]).version), outcome
+        else:
+            assert "version" not in ip, outcome
+    for route in result.get("routes", []):
+        ipaddress.ip_network(route["dst"], strict=False)
+        if route.get("gw"):
+            ipaddress.ip_address(route["gw"])
+
+
+def result_addresses(outcome):
+    result = outcome.json
+    if "ips" in result:
+        return sorted(str(ipaddress.ip_interface(ip["address"]).ip) for ip in result["ips"])
+    return sorted(str(ipaddress.ip_interface(result[f]["ip"]).ip) for f in ("ip4", "ip6") if f in result)
+
+
+# -- the sandbox --------------------------------------------------------------------
+
+def is_ip(name):
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+class Sandbox:
+    """A tmpfs directory and a network namespace the calling thread works in."""
+
+    def __init__(self, netns_too=True):
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.root = tempfile.mkdtemp(prefix="ulhostile", dir=base)
+        os.chmod(self.root, 0o700)
+        self.data = os.path.join(self.root, "data")
+        self.state = os.path.join(self.root, "state")
+        self.bin = os.path.join(self.root, "bin")
+        self.cwd = os.path.join(self.root, "cwd")
+        self.not_netns = os.path.join(self.root, "not-a-netns")
+        self.fifo = os.path.join(self.root, "fifo")
+        for d in (self.bin, self.cwd):
+            os.mkdir(d, 0o700)
+        with open(self.not_netns, "w"):
+            pass
+        os.mkfifo(self.fifo, 0o600)
+        self.netns_name = nsutil.unique("ulz") if netns_too else None
+        self.home_fd = self.ns_fd = None
+        self.old_cwd = None
+
+    def __enter__(self):
+        assert threading.current_thread() is threading.main_thread(), "setns and SIGALRM need the main thread"
+        self.old_cwd = os.getcwd()
+        os.chdir(self.cwd)   # a relative path in a config must not land in the checkout
+        self.outside = self.outside_state()
+        if self.netns_name:
+            nsutil.add_netns(self.netns_name)
+            self.ns_fd = os.open(nsutil.netns_path(self.netns_name), os.O_RDONLY | os.O_CLOEXEC)
+            self.home_fd = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)
+            netns.setns(self.ns_fd)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.home_fd is not None:
+                netns.setns(self.home_fd)
+                os.close(self.home_fd)
+                os.close(self.ns_fd)
+        finally:
+            os.chdir(self.old_cwd)
+            if self.netns_name:
+                nsutil.del_netns(self.netns_name)
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- what the checks compare ------------------------------------------------
+
+    def leases(self):
+        """{(directory, ip): content} of every lease-like file anywhere in the sandbox."""
+        found = {}
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if is_ip(name):
+                    path = os.path.join(dirpath, name)
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode):
+                        with open(path, "rb") as f:
+                            found[(os.path.relpath(dirpath, self.root), name)] = f.read()
+        return found
+
+    def links(self):
+        with netlink.Netlink() as nl:
+            return sorted(link.name for link in nl.links())
+
+    def outside_state(self):
+        state = {"cwd": sorted(os.listdir(self.cwd)) if os.path.isdir(self.cwd) else None,
+                 "root": sorted(os.listdir(self.root))}
+        for path in WATCHED:
+            state[path] = sorted(os.listdir(path)) if os.path.isdir(path) else None
+        return state
+
+    def check_outside(self, what):
+        now = self.outside_state()
+        allowed_root = set(self.outside["root"]) | {"data", "state", "data2", "log", "x.log"}
+        assert set(now["root"]) <= allowed_root, f"{what}: new entries in the sandbox root: {now['root']}"
+        for key in ("cwd",) + WATCHED:
+            assert now[key] == self.outside[key], f"{what}: {key} changed: {self.outside[key]} -> {now[key]}"
+
+
+def owner_of(content):
+    return content.decode(errors="replace").split("\r\n")[0].strip()
+
+
+def exercise(sandbox, plugin, env, stdin, links_may_change=False):
+    """Run one case and every check; return the Outcome. A successful ADD is undone by DEL."""
+    command = env.get("CNI_COMMAND")
+    before = sandbox.leases()
+    links_before = None if links_may_change else sandbox.links()
+    outcome = invoke(plugin, env, stdin)
+    what = f"{plugin} {command} env={env!r} stdin={stdin[:1000]!r} ({len(stdin)} bytes)"
+    check_answer(outcome, command)
+    after = sandbox.leases()
+    added = {k: v for k, v in after.items() if before.get(k) != v}
+    removed = {k: v for k, v in before.items() if k not in after}
+    if not outcome.ok or command not in ("ADD", "DEL", "GC"):
+        assert after == before, f"{what}: leases changed by {outcome}: +{added} -{removed}"
+    elif command == "ADD":
+        assert not removed, f"{what}: ADD removed leases {removed}"
+        assert all(owner_of(v) == env["CNI_CONTAINERID"] for v in added.values()), f"{what}: {added}"
+        if plugin == "host-local":
+            assert sorted(ip for _, ip in added) == result_addresses(outcome), f"{what}: {added} vs {outcome}"
+        undo = invoke(plugin, dict(env, CNI_COMMAND="DEL"), stdin)
+        check_answer(undo, "DEL")
+        assert undo.ok, f"{what}: DEL after a successful ADD failed: {undo}"
+        assert sandbox.leases() == before, f"{what}: DEL left {set(sandbox.leases()) - set(before)}"
+    elif command == "DEL":
+        assert not added, f"{what}: DEL added leases {added}"
+        assert all(owner_of(v) == env["CNI_CONTAINERID"] for v in removed.values()), f"{what}: {removed}"
+    elif command == "GC":
+        assert not added, f"{what}: GC added leases {added}"
+    if links_before is not None:
+        assert sandbox.links() == links_before, f"{what}: links changed"
+    sandbox.check_outside(what)
+    return outcome
