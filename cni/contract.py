@@ -143,7 +143,9 @@ def check_ifname(ifname):
     problem = None
     if not ifname:
         problem = "is empty"
-    elif len(ifname.encode(errors="surrogatepass")) > 15:   # undecodable env bytes arrive as surrogates
+    elif any("\ud800" <= c <= "\udfff" for c in ifname):
+        problem = "is not valid UTF-8"   # undecodable env bytes arrive as surrogates
+    elif len(ifname.encode()) > 15:
         problem = "is longer than 15 bytes"
     elif ifname in (".", ".."):
         problem = "may not be '.' or '..'"

@@ -58,7 +58,7 @@ def open_store(request):
     if data_dir in (None, ""):
         data_dir = DEFAULT_DATA_DIR  # as the reference: unset or empty is the default, any other type an error
     timeout = ipam.get("lockTimeout", DEFAULT_LOCK_TIMEOUT)
-    if not isinstance(data_dir, str) or "\0" in data_dir:
+    if not isinstance(data_dir, str) or "\0" in data_dir or not data_dir.isprintable():
         raise CniError(ERR_INVALID_CONFIG, f"ipam.dataDir: {data_dir!r} is not a path")
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
         raise CniError(ERR_INVALID_CONFIG, f"ipam.lockTimeout: {timeout!r} must be a number of seconds in (0, 3600]")

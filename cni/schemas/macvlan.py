@@ -15,7 +15,7 @@ class JsonSchemaValueException(ValueError):
 JsonSchemaValuesException = JsonSchemaValueException
 Decimal = float  # json.loads never makes a Decimal
 import re
-REGEX_PATTERNS = {'^[^/:\\s]+$': re.compile('^[^/:\\s]+\\Z'), '^/': re.compile('^/')}
+REGEX_PATTERNS = {'^[^/:\\s]+$': re.compile('^[^/:\\s]+\\Z'), '^/[^\x00-\x1f\ud800-\udfff]*$': re.compile('^/[^\x00-\x1f\ud800-\udfff]*\\Z')}
 NoneType = type(None)
 
 def validate_https___underlay_invalid_schema_macvlan_json(data, custom_formats={}, name_prefix=None):
@@ -133,8 +133,8 @@ def validate_https___underlay_invalid_schema_macvlan_json(data, custom_formats={
                 data__stateDir_len = len(data__stateDir)
                 if data__stateDir_len < 1:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.stateDir must be longer than or equal to 1 characters', value=data__stateDir, name='' + (name_prefix or 'data') + '.stateDir', rule='minLength')
-                if not REGEX_PATTERNS['^/'].search(data__stateDir):
-                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.stateDir must match pattern ^/', value=data__stateDir, name='' + (name_prefix or 'data') + '.stateDir', rule='pattern')
+                if not REGEX_PATTERNS['^/[^\x00-\x1f\ud800-\udfff]*$'].search(data__stateDir):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.stateDir must match pattern ^/[^\x00-\x1f\ud800-\udfff]*$', value=data__stateDir, name='' + (name_prefix or 'data') + '.stateDir', rule='pattern')
         if 'ipam' in data_keys:
             data_keys.remove('ipam')
             data__ipam = data['ipam']
@@ -298,8 +298,8 @@ def validate_https___underlay_invalid_schema_macvlan_json(data, custom_formats={
             if not isinstance(data__logFile, str):
                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must be string', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='type')
             if isinstance(data__logFile, str):
-                if not REGEX_PATTERNS['^/'].search(data__logFile):
-                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must match pattern ^/', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='pattern')
+                if not REGEX_PATTERNS['^/[^\x00-\x1f\ud800-\udfff]*$'].search(data__logFile):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must match pattern ^/[^\x00-\x1f\ud800-\udfff]*$', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='pattern')
         if 'logLevel' in data_keys:
             data_keys.remove('logLevel')
             data__logLevel = data['logLevel']
