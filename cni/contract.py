@@ -309,23 +309,66 @@ def upconvert_result(result, version, field="result"):
                     ip["gateway"] = entry["gateway"]
                 ips.append(ip)
                 routes.extend(dict(r) for r in entry.get("routes") or [])
-            return {"ips": ips, "routes": routes, "dns": dict(result.get("dns") or {})}
+            return check_result_values({"ips": ips, "routes": routes, "dns": dict(result.get("dns") or {})}, field)
         ips = []
         for ip in result.get("ips") or []:
             ip = {k: v for k, v in ip.items() if k != "version"}
             if not isinstance(ip.get("address"), str):
                 raise CniError(ERR_DECODE, f"{field}.ips[].address must be a string")
             ips.append(ip)
-        return {
+        return check_result_values({
             "interfaces": [dict(i) for i in result.get("interfaces") or []],
             "ips": ips,
             "routes": [dict(r) for r in result.get("routes") or []],
             "dns": dict(result.get("dns") or {}),
-        }
+        }, field)
     except CniError:
         raise
     except (TypeError, KeyError, ValueError, AttributeError) as e:
         raise CniError(ERR_DECODE, f"{field} is malformed: {type(e).__name__}: {e}") from None
+
+
+ROUTE_INTS = ("mtu", "advmss", "priority", "table", "scope")
+
+
+def check_result_values(result, field):
+    """A result from outside (prevResult, an exec'd IPAM) is applied to interfaces and routes
+    as it is: every address, gateway and route is checked first (code 7 naming it)."""
+    import ipaddress
+
+    def bad(where, value, what):
+        return CniError(ERR_INVALID_CONFIG, f"{field}.{where}: {value!r} is not {what}")
+
+    def check(parse, where, value, what):
+        try:
+            if not isinstance(value, str):
+                raise ValueError
+            parse(value)
+        except ValueError:
+            raise bad(where, value, what) from None
+
+    def natural(where, value):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad(where, value, "a non-negative integer")
+
+    for i, ip in enumerate(result["ips"]):
+        check(ipaddress.ip_interface, f"ips[{i}].address", ip["address"], "an address/prefix")
+        if ip.get("gateway") not in (None, ""):
+            check(ipaddress.ip_address, f"ips[{i}].gateway", ip["gateway"], "an IP address")
+        if "interface" in ip:
+            natural(f"ips[{i}].interface", ip["interface"])
+    for i, route in enumerate(result["routes"]):
+        check(lambda v: ipaddress.ip_network(v, strict=False), f"routes[{i}].dst", route.get("dst"), "a CIDR")
+        if route.get("gw") not in (None, ""):
+            check(ipaddress.ip_address, f"routes[{i}].gw", route["gw"], "an IP address")
+        for key in ROUTE_INTS:
+            if route.get(key) is not None:
+                natural(f"routes[{i}].{key}", route[key])
+    for i, interface in enumerate(result.get("interfaces", [])):
+        for key in ("name", "mac", "sandbox"):
+            if interface.get(key) is not None and not isinstance(interface[key], str):
+                raise bad(f"interfaces[{i}].{key}", interface[key], "a string")
+    return result
 
 
 # --------------------------------------------------------------------------
