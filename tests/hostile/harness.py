@@ -179,7 +179,7 @@ def is_ip(name):
 class Sandbox:
     """A tmpfs directory and a network namespace the calling thread works in."""
 
-    def __init__(self, netns_too=True):
+    def __init__(self, netns_too=True, pod=False):
         base = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.root = tempfile.mkdtemp(prefix="ulhostile", dir=base)
         os.chmod(self.root, 0o700)
@@ -188,13 +188,16 @@ class Sandbox:
         self.bin = os.path.join(self.root, "bin")
         self.cwd = os.path.join(self.root, "cwd")
         self.not_netns = os.path.join(self.root, "not-a-netns")
+        self.pod = self.not_netns     # what CNI_NETNS usually is; a real pod netns in with_pod()
+        self.masters = ["m1"]         # the usual master; a real veth in with_pod()
         self.fifo = os.path.join(self.root, "fifo")
         for d in (self.bin, self.cwd):
             os.mkdir(d, 0o700)
         with open(self.not_netns, "w"):
             pass
         os.mkfifo(self.fifo, 0o600)
-        self.netns_name = nsutil.unique("ulz") if netns_too else None
+        self.netns_name = nsutil.unique("ulz") if netns_too or pod else None
+        self.pod_name = nsutil.unique("ulq") if pod else None
         self.home_fd = self.ns_fd = None
         self.old_cwd = None
 
@@ -206,6 +209,12 @@ class Sandbox:
         if self.netns_name:
             nsutil.add_netns(self.netns_name)
             self.ns_fd = os.open(nsutil.netns_path(self.netns_name), os.O_RDONLY | os.O_CLOEXEC)
+            if self.pod_name:
+                # a veth master "m1" in the plugins' "host" netns and a real pod netns
+                nsutil.sh("ip", "-n", self.netns_name, "link", "add", "m1", "type", "veth", "peer", "name", "p1")
+                nsutil.sh("ip", "-n", self.netns_name, "link", "set", "m1", "up")
+                nsutil.add_netns(self.pod_name)
+                self.pod = nsutil.netns_path(self.pod_name)
             self.home_fd = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)
             netns.setns(self.ns_fd)
         return self
@@ -218,8 +227,9 @@ class Sandbox:
                 os.close(self.ns_fd)
         finally:
             os.chdir(self.old_cwd)
-            if self.netns_name:
-                nsutil.del_netns(self.netns_name)
+            for name in (self.pod_name, self.netns_name):
+                if name:
+                    nsutil.del_netns(name)
             shutil.rmtree(self.root, ignore_errors=True)
 
     # -- what the checks compare ------------------------------------------------
@@ -240,6 +250,9 @@ class Sandbox:
     def links(self):
         with netlink.Netlink() as nl:
             return sorted(link.name for link in nl.links())
+
+    def pod_links(self):
+        return sorted(nsutil.links(self.pod_name)) if self.pod_name else []
 
     def outside_state(self):
         state = {"cwd": sorted(os.listdir(self.cwd)) if os.path.isdir(self.cwd) else None,
@@ -281,7 +294,11 @@ def exercise(sandbox, plugin, env, stdin, links_may_change=False):
         undo = invoke(plugin, dict(env, CNI_COMMAND="DEL"), stdin)
         check_answer(undo, "DEL")
         assert undo.ok, f"{what}: DEL after a successful ADD failed: {undo}"
-        assert sandbox.leases() == before, f"{what}: DEL left {set(sandbox.leases()) - set(before)}"
+        now = sandbox.leases()
+        assert set(now) <= set(before), f"{what}: DEL left {set(now) - set(before)}"
+        # DEL releases every lease of the attachment in that network, older ones too
+        gone = {k: v for k, v in before.items() if k not in now}
+        assert all(owner_of(v) == env["CNI_CONTAINERID"] for v in gone.values()), f"{what}: DEL took {gone}"
     elif command == "DEL":
         assert not added, f"{what}: DEL added leases {added}"
         assert all(owner_of(v) == env["CNI_CONTAINERID"] for v in removed.values()), f"{what}: {removed}"
@@ -289,5 +306,7 @@ def exercise(sandbox, plugin, env, stdin, links_may_change=False):
         assert not added, f"{what}: GC added leases {added}"
     if links_before is not None:
         assert sandbox.links() == links_before, f"{what}: links changed"
+    if sandbox.pod_name:
+        assert sandbox.pod_links() == ["lo"], f"{what}: left {sandbox.pod_links()} in the pod netns"
     sandbox.check_outside(what)
     return outcome
