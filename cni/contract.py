@@ -130,9 +130,18 @@ def parse_cni_args(text):
     return args
 
 
+# Longest names that still fit a file name (255 bytes): a network is a directory of
+# the store, and "<containerID>@<ifname>" (ifname <= 15) names an index file.
+MAX_NETWORK_NAME = 255
+MAX_CONTAINER_ID = 255 - 1 - 15
+
+
 def check_container_id(container_id):
     if not container_id:
         raise CniError(ERR_UNKNOWN_CONTAINER, "CNI_CONTAINERID is empty")
+    if len(container_id) > MAX_CONTAINER_ID:
+        raise CniError(ERR_INVALID_ENV, f"CNI_CONTAINERID is {len(container_id)} characters long; "
+                                        f"at most {MAX_CONTAINER_ID} are supported")
     if not VALID_ID.match(container_id):
         raise CniError(ERR_INVALID_ENV,
                        f"CNI_CONTAINERID {container_id!r} has invalid characters "
@@ -158,6 +167,9 @@ def check_ifname(ifname):
 def check_network_name(name):
     if not isinstance(name, str) or not name:
         raise CniError(ERR_INVALID_CONFIG, "name: missing network name")
+    if len(name) > MAX_NETWORK_NAME:
+        raise CniError(ERR_INVALID_CONFIG, f"name: the network name is {len(name)} characters long; "
+                                           f"at most {MAX_NETWORK_NAME} are supported")
     if not VALID_ID.match(name):
         raise CniError(ERR_INVALID_CONFIG,
                        f"name: network name {name!r} has invalid characters "
