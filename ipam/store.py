@@ -28,7 +28,9 @@ CNI_NETNS) are kept and left to GC.
 
 Everything under the data directory is reached through a directory fd with
 O_NOFOLLOW, so a symlink planted there is refused (directories) or skipped
-(leases) rather than followed. The data directory itself may be a symlink.
+(leases) rather than followed. The data directory itself must not be a symlink
+either: whoever can write its parent (a dataDir under /tmp, say) could otherwise
+point the root-run store anywhere. Its parents are resolved as usual.
 """
 
 import errno
@@ -182,9 +184,13 @@ class DiskStore:
             raise CniError(ERR_INVALID_CONFIG, f"ipam.dataDir: {data_dir!r} must be an absolute path")
         self.path = os.path.join(data_dir, network)
         self.lock_timeout = lock_timeout
+        data_dir = data_dir.rstrip("/") or "/"   # "link/" would resolve the symlink despite O_NOFOLLOW
         try:
-            os.makedirs(os.path.dirname(data_dir.rstrip("/")) or "/", 0o755, exist_ok=True)
-            data_fd = open_dir(data_dir, follow=True)  # admins may move it with a symlink
+            os.makedirs(os.path.dirname(data_dir) or "/", 0o755, exist_ok=True)
+            data_fd = open_dir(data_dir)
+        except OSError as e:
+            raise io_error(f"ipam.dataDir {data_dir}", e) from None
+        try:
             try:
                 self.dir_fd = open_dir(network, dir_fd=data_fd)
             finally:

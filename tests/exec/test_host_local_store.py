@@ -111,13 +111,19 @@ def test_symlink_as_lease_file_is_not_followed(hl, tmp_path):
     assert os.path.islink(os.path.join(hl.net_dir(), "10.1.0.2"))
 
 
-def test_data_dir_itself_may_be_a_symlink(hl, tmp_path):
-    """Admins move /var/lib/cni/networks with a symlink; only what lies inside the data dir is distrusted."""
+def test_data_dir_itself_is_never_followed_through_a_symlink(hl, tmp_path):
+    """A symlink at dataDir (one planted in a writable parent) is refused and reported; the dataDir's
+    parents resolve as usual, so put the real path in the config to move the store."""
     real = tmp_path / "real"
     real.mkdir()
     os.symlink(real, hl.data_dir)
-    assert hl.add(hl.config(V4)).ok
-    assert os.path.exists(real / "net1" / "10.1.0.2")
+    error(hl.add(hl.config(V4)), 5, f"ipam.dataDir {hl.data_dir} is a symlink; refusing to follow it")
+    error(hl.add(hl.config(V4, dataDir=hl.data_dir + "/")), 5, "is a symlink")
+    assert os.listdir(real) == []
+    linked_parent = tmp_path / "via"
+    os.symlink(real, linked_parent)
+    assert hl.add(hl.config(V4, dataDir=str(linked_parent / "networks"))).ok
+    assert os.path.exists(real / "networks" / "net1" / "10.1.0.2")
 
 
 # -- the index heals itself ------------------------------------------------------------------
