@@ -56,7 +56,7 @@ def unsupported(kind, state_dir):
     boot = boot_id()
     cache = {}
     try:
-        with open(path) as f:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)) as f:
             cache = json.load(f)
         if cache.get("boot_id") != boot:
             cache = {}
@@ -69,7 +69,12 @@ def unsupported(kind, state_dir):
     try:
         os.makedirs(state_dir, 0o700, exist_ok=True)
         tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w") as f:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
             json.dump(cache, f)
         os.rename(tmp, path)
     except OSError:

@@ -26,7 +26,7 @@ import re
 import zlib
 
 from cni import netlink
-from cni.contract import ERR_INVALID_CONFIG, ERR_LINK, CniError
+from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_LINK, CniError
 
 DEFAULT_STATE_DIR = "/var/lib/cni/underlay"
 VLAN_NAME = re.compile(r"^(?P<base>.+)\.(?P<vid>[0-9]+)$")
@@ -98,7 +98,11 @@ class Records:
         fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
         own = os.stat("/proc/self/ns/net")
         self.dir = os.path.join(self.state_dir, "links", f"{own.st_dev}-{own.st_ino}")
-        os.makedirs(self.dir, 0o700, exist_ok=True)
+        for path in (os.path.dirname(self.dir), self.dir):   # makedirs gives parents 0777 & ~umask
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
         return self
 
     def __exit__(self, *exc):
@@ -110,20 +114,29 @@ class Records:
         return os.path.join(self.dir, name + ".json")
 
     def get(self, name):
-        """The record of a link we created, or None."""
+        """The record of a link we created, or None. A symlink is never followed."""
         try:
-            with open(self._path(name)) as f:
+            fd = os.open(self._path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise CniError(ERR_IO, f"stateDir: record {self._path(name)}: {e.strerror}") from None
+        try:
+            with os.fdopen(fd) as f:
                 record = json.load(f)
             record["users"] = set(record.get("users") or [])
             return record
-        except FileNotFoundError:
-            return None
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, OSError):
             return {"kind": None, "network": None, "users": set()}  # torn: still ours
 
     def save(self, name, record):
-        tmp = self._path(name) + ".tmp"
-        with open(tmp, "w") as f:
+        tmp = f"{self._path(name)}.{os.getpid()}.tmp"
+        try:
+            os.unlink(tmp)   # a leftover of a killed process with our PID
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
             json.dump(dict(record, users=sorted(record["users"])), f)
         os.rename(tmp, self._path(name))
 
