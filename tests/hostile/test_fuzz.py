@@ -126,7 +126,7 @@ def test_fuzz_real_namespaces(plugin, count_cases):
 def fuzz_executed(examples, count_cases):
     """The same cases as real processes: what the interpreter, stdin and exit status add."""
     runs = 0
-    with Sandbox(netns_too=False) as sandbox:
+    with Sandbox() as sandbox:
         @fuzz_settings(examples)
         @given(st.data())
         def one(data):
@@ -138,24 +138,19 @@ def fuzz_executed(examples, count_cases):
                   "ifname": env.get("CNI_IFNAME", ""), "args": env.get("CNI_ARGS", ""),
                   "path": env.get("CNI_PATH") or sandbox.bin}
             before = sandbox.leases()
-            # run the plugin in a netns of its own: DEL and GC of macvlan talk to the "host" netns
-            outcome = run_plugin(plugin, command, stdin, in_netns=None, argv=unshare_argv(plugin), **kw)
+            # in the sandbox's netns: DEL and GC of macvlan talk to the "host" netns
+            outcome = run_plugin(plugin, command, stdin, in_netns=sandbox.netns_name, **kw)
             runs += 1
             check_answer(outcome, command)
             if outcome.ok and command == "ADD":
-                undo = run_plugin(plugin, "DEL", stdin, argv=unshare_argv(plugin), **kw)
+                undo = run_plugin(plugin, "DEL", stdin, in_netns=sandbox.netns_name, **kw)
                 assert undo.ok, (outcome, undo)
             if not outcome.ok or command in ("ADD", "CHECK", "STATUS"):
                 assert sandbox.leases() == before, outcome
-            sandbox.check_outside(f"exec {plugin} {command} {env} {stdin[:500]!r}")
+            sandbox.check_outside(f"exec {plugin} {command} {env} {stdin[:500]!r}", stdin)
 
         one()
     count_cases("executed", runs)
-
-
-def unshare_argv(plugin):
-    from tests.plugins import plugin_argv
-    return ["unshare", "--net", "--"] + plugin_argv(plugin)
 
 
 def test_fuzz_executed_sample(count_cases):
