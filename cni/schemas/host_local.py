@@ -111,6 +111,8 @@ def validate_https___underlay_invalid_schema_host_local_json(data, custom_format
                     data__runtimeConfig__ipRanges_is_list = isinstance(data__runtimeConfig__ipRanges, (list, tuple))
                     if data__runtimeConfig__ipRanges_is_list:
                         data__runtimeConfig__ipRanges_len = len(data__runtimeConfig__ipRanges)
+                        if data__runtimeConfig__ipRanges_len > 64:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.runtimeConfig.ipRanges must contain less than or equal to 64 items', value=data__runtimeConfig__ipRanges, name='' + (name_prefix or 'data') + '.runtimeConfig.ipRanges', rule='maxItems')
                         for data__runtimeConfig__ipRanges_x, data__runtimeConfig__ipRanges_item in enumerate(data__runtimeConfig__ipRanges):
                             validate_https___underlay_invalid_schema_host_local_json__definitions_rangeset(data__runtimeConfig__ipRanges_item, custom_formats, (name_prefix or 'data') + '.runtimeConfig.ipRanges[{data__runtimeConfig__ipRanges_x}]'.format(**locals()))
         if 'logFile' in data_keys:
@@ -179,6 +181,8 @@ def validate_https___underlay_invalid_schema_host_local_json(data, custom_format
                     data__ipam__ranges_is_list = isinstance(data__ipam__ranges, (list, tuple))
                     if data__ipam__ranges_is_list:
                         data__ipam__ranges_len = len(data__ipam__ranges)
+                        if data__ipam__ranges_len > 64:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.ranges must contain less than or equal to 64 items', value=data__ipam__ranges, name='' + (name_prefix or 'data') + '.ipam.ranges', rule='maxItems')
                         for data__ipam__ranges_x, data__ipam__ranges_item in enumerate(data__ipam__ranges):
                             validate_https___underlay_invalid_schema_host_local_json__definitions_rangeset(data__ipam__ranges_item, custom_formats, (name_prefix or 'data') + '.ipam.ranges[{data__ipam__ranges_x}]'.format(**locals()))
                 if 'subnet' in data__ipam_keys:
@@ -338,6 +342,8 @@ def validate_https___underlay_invalid_schema_host_local_json__definitions_ranges
         data_len = len(data)
         if data_len < 1:
             raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain at least 1 items', value=data, name='' + (name_prefix or 'data') + '', rule='minItems')
+        if data_len > 4096:
+            raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must contain less than or equal to 4096 items', value=data, name='' + (name_prefix or 'data') + '', rule='maxItems')
         for data_x, data_item in enumerate(data):
             validate_https___underlay_invalid_schema_host_local_json__definitions_range(data_item, custom_formats, (name_prefix or 'data') + '[{data_x}]'.format(**locals()))
     return data

@@ -24,6 +24,13 @@ def pytest_terminal_summary(terminalreporter):
         if "cases" in props:
             label = props.get("label", report.nodeid.split("::")[-1])
             totals[label] = totals.get(label, 0) + props["cases"]
+    figures = []
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        figures += [(k[len("figure:"):], v) for k, v in report.user_properties if str(k).startswith("figure:")]
+    if figures:
+        terminalreporter.section("hostile input: huge inputs (host-local exec, wall time and peak RSS)")
+        for label, value in figures:
+            terminalreporter.write_line(f"{value:>24}  {label}")
     if totals:
         terminalreporter.section("hostile input: cases run")
         for label, n in sorted(totals.items()):
