@@ -84,3 +84,9 @@ def run_plugin(name, command, conf, in_netns=None, argv=None, timeout=60, **env_
 
 def run_reference(name, command, conf, **kw):
     return run_plugin(name, command, conf, argv=[os.path.join(REFERENCE_DIR, name)], **kw)
+
+
+def run_on_node(name, command, conf, host_ns, pod=None, cid="c1", ifname="eth0", **kw):
+    """Exec a plugin inside the test's "host" netns for pod netns `pod` (by name)."""
+    return run_plugin(name, command, conf, in_netns=host_ns, container_id=cid,
+                      netns=f"/run/netns/{pod}" if pod else "", ifname=ifname, **kw)

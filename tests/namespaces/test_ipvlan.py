@@ -5,7 +5,7 @@ import pytest
 
 from tests import netns as ns
 from tests.namespaces.test_macvlan import leases, rx_packets
-from tests.plugins import run_plugin
+from tests.plugins import run_on_node, run_plugin
 
 VERSIONS = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
@@ -21,8 +21,7 @@ def conf(master, data_dir, version="1.1.0", **extra):
 
 
 def plugin(command, c, host_ns, pod=None, cid="c1", ifname="eth0", **kw):
-    return run_plugin("ipvlan", command, c, in_netns=host_ns, container_id=cid,
-                      netns=ns.netns_path(pod) if pod else "", ifname=ifname, **kw)
+    return run_on_node("ipvlan", command, c, host_ns, pod, cid, ifname, **kw)
 
 
 def add(c, host_ns, pod, cid="c1", **kw):

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from tests import netns as ns
-from tests.plugins import run_plugin
+from tests.plugins import run_on_node, run_plugin
 
 VERSIONS = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
@@ -30,9 +30,7 @@ def conf(master, data_dir, version="1.1.0", ranges=None, **extra):
 
 
 def plugin(command, c, host_ns, pod=None, cid="c1", ifname="eth0", **kw):
-    netns = ns.netns_path(pod) if pod else ""
-    return run_plugin("macvlan", command, c, in_netns=host_ns, container_id=cid, netns=netns,
-                      ifname=ifname, **kw)
+    return run_on_node("macvlan", command, c, host_ns, pod, cid, ifname, **kw)
 
 
 def add(c, host_ns, pod, cid="c1", ifname="eth0", **kw):

@@ -6,7 +6,7 @@ import pytest
 
 from tests import netns as ns
 from tests.namespaces.test_macvlan import leases
-from tests.plugins import run_plugin
+from tests.plugins import run_on_node
 
 
 def conf(kind, name, master, data_dir, state_dir, subnet, **extra):
@@ -16,9 +16,7 @@ def conf(kind, name, master, data_dir, state_dir, subnet, **extra):
     return c
 
 
-def plugin(kind, command, c, host_ns, pod=None, cid="c1", **kw):
-    return run_plugin(kind, command, c, in_netns=host_ns, container_id=cid,
-                      netns=ns.netns_path(pod) if pod else "", ifname="eth0", **kw)
+plugin = run_on_node
 
 
 @pytest.fixture
