@@ -190,21 +190,28 @@ def decode_config(stdin):
         raise CniError(ERR_DECODE, "error decoding network config from stdin: nested too deeply") from None
     if not isinstance(config, dict):
         raise CniError(ERR_DECODE, "network config on stdin must be a JSON object")
-    if too_deep(config, MAX_DEPTH):
-        raise CniError(ERR_DECODE, f"network config on stdin is nested more than {MAX_DEPTH} levels deep")
+    check_structure(config, MAX_DEPTH)
     return config
 
 
-def too_deep(value, limit):
-    """True if value nests lists/objects more than `limit` levels (iteratively: no recursion to exhaust)."""
-    stack = [(value, 1)]
+def check_structure(config, limit):
+    """Refuse nesting deeper than `limit` and strings that are not valid Unicode (a JSON
+    "\\ud800" escape decodes to a lone surrogate that no path, link name or encoder takes).
+    Iterative: no recursion to exhaust."""
+    stack = [(config, 1)]
     while stack:
         value, depth = stack.pop()
         if depth > limit:
-            return True
-        items = value.values() if isinstance(value, dict) else value
-        stack.extend((item, depth + 1) for item in items if isinstance(item, (dict, list)))
-    return False
+            raise CniError(ERR_DECODE, f"network config on stdin is nested more than {limit} levels deep")
+        for item in (value if isinstance(value, list) else (x for kv in value.items() for x in kv)):
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+            elif isinstance(item, str) and not item.isascii():
+                try:
+                    item.encode()
+                except UnicodeEncodeError:
+                    raise CniError(ERR_DECODE, f"network config on stdin holds invalid Unicode: "
+                                               f"{item[:100]!r}") from None
 
 
 def negotiate_version(config):

@@ -15,7 +15,7 @@ class JsonSchemaValueException(ValueError):
 JsonSchemaValuesException = JsonSchemaValueException
 Decimal = float  # json.loads never makes a Decimal
 import re
-REGEX_PATTERNS = {'^/[^\x00-\x1f\ud800-\udfff]*$': re.compile('^/[^\x00-\x1f\ud800-\udfff]*\\Z')}
+REGEX_PATTERNS = {'^/[^\x00-\x1f]*$': re.compile('^/[^\x00-\x1f]*\\Z')}
 NoneType = type(None)
 
 def validate_https___underlay_invalid_schema_host_local_json(data, custom_formats={}, name_prefix=None):
@@ -121,8 +121,8 @@ def validate_https___underlay_invalid_schema_host_local_json(data, custom_format
             if not isinstance(data__logFile, str):
                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must be string', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='type')
             if isinstance(data__logFile, str):
-                if not REGEX_PATTERNS['^/[^\x00-\x1f\ud800-\udfff]*$'].search(data__logFile):
-                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must match pattern ^/[^\x00-\x1f\ud800-\udfff]*$', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='pattern')
+                if not REGEX_PATTERNS['^/[^\x00-\x1f]*$'].search(data__logFile):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must match pattern ^/[^\x00-\x1f]*$', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='pattern')
         if 'logLevel' in data_keys:
             data_keys.remove('logLevel')
             data__logLevel = data['logLevel']
@@ -224,8 +224,8 @@ def validate_https___underlay_invalid_schema_host_local_json(data, custom_format
                         data__ipam__dataDir_len = len(data__ipam__dataDir)
                         if data__ipam__dataDir_len < 1:
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dataDir must be longer than or equal to 1 characters', value=data__ipam__dataDir, name='' + (name_prefix or 'data') + '.ipam.dataDir', rule='minLength')
-                        if not REGEX_PATTERNS['^/[^\x00-\x1f\ud800-\udfff]*$'].search(data__ipam__dataDir):
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dataDir must match pattern ^/[^\x00-\x1f\ud800-\udfff]*$', value=data__ipam__dataDir, name='' + (name_prefix or 'data') + '.ipam.dataDir', rule='pattern')
+                        if not REGEX_PATTERNS['^/[^\x00-\x1f]*$'].search(data__ipam__dataDir):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dataDir must match pattern ^/[^\x00-\x1f]*$', value=data__ipam__dataDir, name='' + (name_prefix or 'data') + '.ipam.dataDir', rule='pattern')
                 if 'resolvConf' in data__ipam_keys:
                     data__ipam_keys.remove('resolvConf')
                     data__ipam__resolvConf = data__ipam['resolvConf']

@@ -15,7 +15,7 @@ class JsonSchemaValueException(ValueError):
 JsonSchemaValuesException = JsonSchemaValueException
 Decimal = float  # json.loads never makes a Decimal
 import re
-REGEX_PATTERNS = {'^[^/:\\s\x00-\x1f\ud800-\udfff]+$': re.compile('^[^/:\\s\x00-\x1f\ud800-\udfff]+\\Z'), '^/[^\x00-\x1f\ud800-\udfff]*$': re.compile('^/[^\x00-\x1f\ud800-\udfff]*\\Z')}
+REGEX_PATTERNS = {'^[^/:\\s\x00-\x1f]+$': re.compile('^[^/:\\s\x00-\x1f]+\\Z'), '^/[^\x00-\x1f]*$': re.compile('^/[^\x00-\x1f]*\\Z')}
 NoneType = type(None)
 
 def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}, name_prefix=None):
@@ -75,8 +75,8 @@ def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.master must be longer than or equal to 1 characters', value=data__master, name='' + (name_prefix or 'data') + '.master', rule='minLength')
                 if data__master_len > 15:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.master must be shorter than or equal to 15 characters', value=data__master, name='' + (name_prefix or 'data') + '.master', rule='maxLength')
-                if not REGEX_PATTERNS['^[^/:\\s\x00-\x1f\ud800-\udfff]+$'].search(data__master):
-                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.master must match pattern ^[^/:\\s\x00-\x1f\ud800-\udfff]+$', value=data__master, name='' + (name_prefix or 'data') + '.master', rule='pattern')
+                if not REGEX_PATTERNS['^[^/:\\s\x00-\x1f]+$'].search(data__master):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.master must match pattern ^[^/:\\s\x00-\x1f]+$', value=data__master, name='' + (name_prefix or 'data') + '.master', rule='pattern')
         if 'vlan' in data_keys:
             data_keys.remove('vlan')
             data__vlan = data['vlan']
@@ -121,8 +121,8 @@ def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}
                 data__stateDir_len = len(data__stateDir)
                 if data__stateDir_len < 1:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.stateDir must be longer than or equal to 1 characters', value=data__stateDir, name='' + (name_prefix or 'data') + '.stateDir', rule='minLength')
-                if not REGEX_PATTERNS['^/[^\x00-\x1f\ud800-\udfff]*$'].search(data__stateDir):
-                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.stateDir must match pattern ^/[^\x00-\x1f\ud800-\udfff]*$', value=data__stateDir, name='' + (name_prefix or 'data') + '.stateDir', rule='pattern')
+                if not REGEX_PATTERNS['^/[^\x00-\x1f]*$'].search(data__stateDir):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.stateDir must match pattern ^/[^\x00-\x1f]*$', value=data__stateDir, name='' + (name_prefix or 'data') + '.stateDir', rule='pattern')
         if 'ipam' in data_keys:
             data_keys.remove('ipam')
             data__ipam = data['ipam']
@@ -267,8 +267,8 @@ def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must be longer than or equal to 1 characters', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='minLength')
                         if data__hostShim__name_len > 15:
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must be shorter than or equal to 15 characters', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='maxLength')
-                        if not REGEX_PATTERNS['^[^/:\\s\x00-\x1f\ud800-\udfff]+$'].search(data__hostShim__name):
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must match pattern ^[^/:\\s\x00-\x1f\ud800-\udfff]+$', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='pattern')
+                        if not REGEX_PATTERNS['^[^/:\\s\x00-\x1f]+$'].search(data__hostShim__name):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.name must match pattern ^[^/:\\s\x00-\x1f]+$', value=data__hostShim__name, name='' + (name_prefix or 'data') + '.hostShim.name', rule='pattern')
                 if 'address' in data__hostShim_keys:
                     data__hostShim_keys.remove('address')
                     data__hostShim__address = data__hostShim['address']
@@ -293,8 +293,8 @@ def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}
             if not isinstance(data__logFile, str):
                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must be string', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='type')
             if isinstance(data__logFile, str):
-                if not REGEX_PATTERNS['^/[^\x00-\x1f\ud800-\udfff]*$'].search(data__logFile):
-                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must match pattern ^/[^\x00-\x1f\ud800-\udfff]*$', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='pattern')
+                if not REGEX_PATTERNS['^/[^\x00-\x1f]*$'].search(data__logFile):
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logFile must match pattern ^/[^\x00-\x1f]*$', value=data__logFile, name='' + (name_prefix or 'data') + '.logFile', rule='pattern')
         if 'logLevel' in data_keys:
             data_keys.remove('logLevel')
             data__logLevel = data['logLevel']
