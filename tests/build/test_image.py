@@ -213,13 +213,14 @@ def podman(tmp_path):
 @pytest.mark.clients
 def test_image_builds_and_installs_into_a_host_dir(context, podman, tmp_path):
     binary, base, image = podman
-    proc = subprocess.run([binary, "build", "-q", "--build-arg", f"BASE={base}", "-t", image, str(context)],
+    # --network none: podman's default network would leave a cni-podman0 bridge on the machine
+    proc = subprocess.run([binary, "build", "-q", "--network", "none", "--build-arg", f"BASE={base}", "-t", image, str(context)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     host_bin = tmp_path / "hostbin"
     host_bin.mkdir()
     # as the DaemonSet runs it: read-only root, no capabilities, no privilege escalation
-    proc = subprocess.run([binary, "run", "--rm", *PODMAN_RUN_FLAGS, "--read-only", "--cap-drop", "ALL",
+    proc = subprocess.run([binary, "run", "--rm", "--network", "none", *PODMAN_RUN_FLAGS, "--read-only", "--cap-drop", "ALL",
                            "--security-opt", "no-new-privileges", "-e", "PLUGIN_PREFIX=underlay-",
                            "-v", f"{host_bin}:/host/opt/cni/bin", image],
                           capture_output=True, text=True, timeout=300)
