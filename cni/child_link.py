@@ -11,6 +11,7 @@ A plugin module supplies a `Kind`: its schema, its config and the link
 attributes that make it a macvlan or an ipvlan.
 """
 
+import errno
 import os
 import re
 import zlib
@@ -87,8 +88,18 @@ class Kind:
     def check_link(self, link, conf):
         """Raise a CHECK error if the link's kind-specific settings differ from conf."""
 
+    other = None  # the kind a parent cannot carry alongside this one
+
+    def settings(self, conf):
+        return f"mode {conf.mode}"
+
     def create_error(self, error, conf, master):
-        return CniError(ERR_LINK, f"{error} (master {master.name})")
+        if error.errno == errno.EOPNOTSUPP:
+            return CniError(ERR_LINK, f"this kernel cannot create {self.name} links ({self.name} module missing): {error}")
+        if error.errno == errno.EBUSY:
+            return CniError(ERR_LINK, f"master {master.name}: busy, it may already carry {self.other} children "
+                                      f"(a parent takes macvlan or ipvlan children, not both): {error}")
+        return CniError(ERR_LINK, f"{error} (master {master.name}, {self.settings(conf)})")
 
     def shim_data(self, conf):
         """IFLA_INFO_DATA for a hostShim on the same master (cni/shim.py)."""

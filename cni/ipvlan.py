@@ -10,10 +10,9 @@ The ADD/DEL/CHECK story is cni/child_link.py's.
 Run from a checkout: `python3 -m cni.ipvlan` with the CNI_* environment.
 """
 
-import errno
 
 from cni import child_link, iface, netlink
-from cni.contract import ERR_INVALID_CONFIG, ERR_LINK, ERR_UNSUPPORTED_FIELD, CniError
+from cni.contract import ERR_INVALID_CONFIG, ERR_UNSUPPORTED_FIELD, CniError
 
 
 class Conf(child_link.Conf):
@@ -30,6 +29,7 @@ class Conf(child_link.Conf):
 
 class Ipvlan(child_link.Kind):
     name = "ipvlan"
+    other = "macvlan"
 
     def load(self, request):
         return Conf(request)
@@ -50,13 +50,8 @@ class Ipvlan(child_link.Kind):
                 raise iface.check_error(f"interface {link.name}: {what} {names.get(value, value)}, "
                                         f"config says {wanted}")
 
-    def create_error(self, error, conf, master):
-        if error.errno == errno.EOPNOTSUPP:
-            return CniError(ERR_LINK, f"this kernel cannot create ipvlan links (ipvlan module missing): {error}")
-        if error.errno == errno.EBUSY:
-            return CniError(ERR_LINK, f"master {master.name}: busy, it may already carry macvlan children "
-                                      f"(a parent takes macvlan or ipvlan children, not both): {error}")
-        return CniError(ERR_LINK, f"{error} (master {master.name}, mode {conf.mode}, flag {conf.flag})")
+    def settings(self, conf):
+        return f"mode {conf.mode}, flag {conf.flag}"
 
     def device_routes(self, conf):
         return conf.mode in ("l3", "l3s")

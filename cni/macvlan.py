@@ -33,6 +33,7 @@ class Conf(child_link.Conf):
 
 class Macvlan(child_link.Kind):
     name = "macvlan"
+    other = "ipvlan"
 
     def load(self, request):
         return Conf(request)
@@ -59,11 +60,7 @@ class Macvlan(child_link.Kind):
         if conf.mode == "passthru" and error.errno in (errno.EBUSY, errno.EINVAL):
             return CniError(ERR_LINK, f"master {master.name}: passthru takes the master for one attachment "
                                       f"and it already has a macvlan child ({error})")
-        if error.errno == errno.EBUSY:
-            return CniError(ERR_LINK, f"master {master.name}: busy, it may already carry ipvlan children "
-                                      f"(a parent takes macvlan or ipvlan children, not both): {error}")
-        return CniError(ERR_LINK, f"{error} (master {master.name}, mode {conf.mode})")
-
+        return super().create_error(error, conf, master)
 
 KIND = Macvlan()
 VERBS = child_link.verbs(KIND)
