@@ -4,7 +4,9 @@ Runtimes exec /opt/cni/bin/<type>; `macvlan`, `ipvlan` and `host-local` are
 symlinks to this one executable, so the name it was called by picks the
 plugin. A prefixed name (`underlay-macvlan`, or any PLUGIN_PREFIX given to
 `make install`) picks the same plugin, so ours can sit next to the reference
-plugins. Called by its own name, the first argument names the plugin
+plugins. Called by its own name, it is the operator's command (cni/operator,
+`underlay leases`, `underlay validate`...), installed on PATH beside the
+plugins; a first argument naming a plugin runs that plugin instead
 (`underlay host-local`), which helps when debugging a bundle by hand.
 
 Plugin modules are imported only once the name is known: each exec pays for
@@ -24,6 +26,7 @@ PLUGINS = {
     "host-local": "ipam.host_local",
 }
 BUNDLE_NAME = "underlay"
+OPERATOR = "cni.operator"
 
 
 def plugin_for(name):
@@ -62,17 +65,18 @@ def build_info():
 
 def usage(called):
     sys.stderr.write(f"{called}: call me as one of {', '.join(PLUGINS)} (a symlink, optionally prefixed),\n"
-                     f"or as `{called} PLUGIN`\n")
+                     f"or as `{BUNDLE_NAME} PLUGIN`; `{BUNDLE_NAME} --help` is the operator's command\n")
     return 2
 
 
 def run(argv):
     called = os.path.basename(argv[0])
     plugin = plugin_for(called)
-    if plugin is None and called == BUNDLE_NAME and len(argv) > 1:
-        plugin = plugin_for(argv[1])
-        if plugin is not None:
-            del argv[1]
+    if plugin is None and called == BUNDLE_NAME:
+        plugin = plugin_for(argv[1]) if len(argv) > 1 else None
+        if plugin is None:
+            return operator(argv[1:])
+        del argv[1]
     if plugin is None:
         return usage(called)
     build = build_info()
@@ -100,6 +104,18 @@ def run(argv):
         return 2
     sys.modules[PLUGINS[plugin]].main()
     return 0
+
+
+def operator(args):
+    """`underlay COMMAND ...`: every first word that names no plugin."""
+    try:
+        module = __import__(OPERATOR, fromlist=["main"])
+    except ModuleNotFoundError as e:
+        if e.name != OPERATOR:
+            raise
+        sys.stderr.write(f"{BUNDLE_NAME}: the operator's command is not part of this build\n")
+        return 2
+    return module.main(args)
 
 
 def list_modules(target):

@@ -366,14 +366,19 @@ def cmd_gc(args):
 
 # -- cluster (cluster-ipam adds the logic; this is the hook) ------------------
 
+CLUSTER_MODULE = "ipam.cluster"
+
+
 def cluster_module():
+    # by name: a build without ipam/cluster.py still runs every other command
+    # (the bundle carries every module of ipam/, build/underlay.spec own_modules)
+    import importlib
     try:
-        import ipam.cluster
+        return importlib.import_module(CLUSTER_MODULE)
     except ModuleNotFoundError as e:
-        if e.name != "ipam.cluster":
+        if e.name != CLUSTER_MODULE:
             raise
         raise UsageError("cluster-ipam is not part of this build (ipam/cluster.py)") from None
-    return ipam.cluster
 
 
 def cluster_config(path):
