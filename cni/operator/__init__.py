@@ -246,7 +246,7 @@ def cmd_pools(args):
         for network in networks:
             for plugin in network.plugins:
                 ipam = plugin.config.get("ipam") if isinstance(plugin.config.get("ipam"), dict) else {}
-                if not validate.own_type(ipam.get("type"), validate.HOST_LOCAL_TYPES):
+                if not validate.is_host_local(ipam.get("type")):
                     continue
                 try:
                     sets = validate.check_host_local(plugin.config)

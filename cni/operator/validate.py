@@ -20,24 +20,21 @@ import os
 import re
 
 from cni import config as netconf
-from cni import contract
+from cni import contract, registry
 from cni.contract import CniError
 from cni.operator.configs import load
 
-HOST_LOCAL_TYPES = ("host-local",)
-# Until cni/registry.py lands in main: the plugin types whose config loader we run.
-MAIN_PLUGINS = {"macvlan": "cni.macvlan", "ipvlan": "cni.ipvlan"}
 FIELD = re.compile(r"^([A-Za-z_][\w./-]*(?:\[\d+\])*(?:\.[\w/-]+(?:\[\d+\])*)*)(?::\s*|\s+)(.*)$", re.S)
 
 
-def own_type(kind, table):
-    """The table entry a plugin type stands for: exact, or a prefixed name (underlay-macvlan)."""
-    if not isinstance(kind, str):
-        return None
-    for name in table:
-        if kind == name or kind.endswith("-" + name):
-            return name
-    return None
+def main_plugin(kind):
+    """Our main plugin a config's type names (exact, or prefixed: underlay-macvlan), or None."""
+    name = registry.plugin_for(kind) if isinstance(kind, str) else None
+    return name if name and registry.EXECUTABLES[name][1] == "main" else None
+
+
+def is_host_local(kind):
+    return isinstance(kind, str) and registry.plugin_for(kind) == "host-local"
 
 
 def split_field(msg):
@@ -78,9 +75,9 @@ def check_network(network):
         if not isinstance(kind, str) or not kind:
             error(plugin.at("type"), "missing: every plugin config names its plugin")
             continue
-        main = own_type(kind, MAIN_PLUGINS)
+        main = main_plugin(kind)
         ipam = config.get("ipam") if isinstance(config.get("ipam"), dict) else {}
-        host_local = own_type(ipam.get("type"), HOST_LOCAL_TYPES)
+        host_local = is_host_local(ipam.get("type"))
         for field, message, severity in plugin_problems(config, main, host_local):
             error(plugin.at(field), message, severity)
         if host_local and network.nad:
@@ -94,7 +91,7 @@ def plugin_problems(config, main, host_local):
     """(field, message, severity) of one plugin config: keys, then the plugin's checks, then IPAM's."""
     out = [key_problem(*p) for p in key_problems(config, main, host_local)]
     if main:
-        kind = importlib.import_module(MAIN_PLUGINS[main]).KIND
+        kind = importlib.import_module(registry.module_of(main)).KIND
         try:
             kind.load(contract.Request("ADD", {}, config, b""))
         except CniError as e:
@@ -162,7 +159,7 @@ def check_across(networks):
         for plugin in network.plugins:
             config = plugin.config
             ipam = config.get("ipam") if isinstance(config.get("ipam"), dict) else {}
-            if not own_type(ipam.get("type"), HOST_LOCAL_TYPES):
+            if not is_host_local(ipam.get("type")):
                 continue
             try:
                 sets = check_host_local(config)

@@ -176,9 +176,9 @@ def conf(**ipam):
 
 
 def test_prefixed_types_are_ours():
-    assert validate.own_type("underlay-macvlan", validate.MAIN_PLUGINS) == "macvlan"
-    assert validate.own_type("bridge", validate.MAIN_PLUGINS) is None
-    assert validate.own_type("underlay-host-local", validate.HOST_LOCAL_TYPES) == "host-local"
+    assert validate.main_plugin("underlay-macvlan") == "macvlan"
+    assert validate.main_plugin("bridge") is None and validate.main_plugin("host-local") is None
+    assert validate.is_host_local("underlay-host-local") and not validate.is_host_local("whereabouts")
 
 
 def test_host_local_checks_run_without_touching_anything(tmp_path):
