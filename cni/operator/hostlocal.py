@@ -4,15 +4,14 @@ The one place the operator touches ipam.store. It uses DiskStore's public
 methods (lock, leases, entries, close) and the module's parsing helpers, so
 the store's refactoring behind a small protocol changes only this file.
 
-Read-only means the directory tree is left exactly as found:
-  - the store's own repair of a torn index (a rebuild, which also drops empty
-    lease files and a killed writer's temp files) is turned off: the reader
-    falls back to the lease files alone, which are the truth anyway;
-  - DiskStore creates `.underlay-index/` when it is missing (a directory only
-    the reference plugin ever wrote): the reader removes it again before it
-    lets go of the lock, and puts the directory's mtime back.
-The `lock` file is the exception, as for every plugin: it is created if missing,
-since a lock that vanished would let a plugin write while we read.
+Read-only means no lease, index or stamp is written or removed: the store's
+own repair of a stale or torn index (a rebuild, which also drops empty lease
+files and a killed writer's temp files, and after a reboot releases leases) is
+never run; the reader falls back to the lease files alone, which are the truth.
+What opening the store may create, as every plugin's open does: the `lock` file
+and an empty `.underlay-index/` in a directory only the reference plugin had
+written. Removing that directory again would race with a plugin that opened
+the store meanwhile (DiskStore opens it before it waits for the lock).
 """
 
 import ipaddress
@@ -75,7 +74,7 @@ def read(data_dir, network, lock_timeout=DEFAULT_LOCK_TIMEOUT):
         data_dir = os.path.abspath(data_dir)
     path = os.path.join(data_dir, network)
     try:
-        st = os.lstat(path)
+        os.lstat(path)
     except FileNotFoundError:
         raise StoreProblem(f"network {network}: no store at {path}") from None
     except OSError as e:
@@ -83,7 +82,7 @@ def read(data_dir, network, lock_timeout=DEFAULT_LOCK_TIMEOUT):
     if not os.path.isdir(path) or os.path.islink(path):
         raise StoreProblem(f"network {network}: {path} is not a directory")
     index_dir = os.path.join(path, disk.INDEX_DIR)
-    had_index = os.path.isdir(index_dir) and not os.path.islink(index_dir)
+    had_index = os.path.isdir(index_dir) and not os.path.islink(index_dir)   # else the one DiskStore makes is empty
     try:
         store = _ReadOnlyStore(data_dir, network, lock_timeout=lock_timeout)
     except disk.CniError as e:
@@ -93,11 +92,7 @@ def read(data_dir, network, lock_timeout=DEFAULT_LOCK_TIMEOUT):
             store.lock()
         except disk.CniError as e:
             raise StoreProblem(f"network {network}: {e.msg}") from None
-        try:
-            return _snapshot(store, network, path, had_index)
-        finally:
-            if not had_index:
-                _remove_index_dir(index_dir, path, st)
+        return _snapshot(store, network, path, had_index)
     except (disk.CniError, OSError) as e:
         raise StoreProblem(f"network {network}: {getattr(e, 'msg', None) or e}") from None
     finally:
@@ -139,14 +134,6 @@ def _rebooted(path):
     boot = disk.parse_stamp(data)[2]
     now = disk.current_boot_id()
     return bool(boot not in (None, "-") and now and boot != now)
-
-
-def _remove_index_dir(index_dir, path, st):
-    try:
-        os.rmdir(index_dir)
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-    except OSError:
-        pass   # not empty (someone else's) or already gone: leave it
 
 
 def _sort_key(ip):
