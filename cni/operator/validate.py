@@ -90,17 +90,23 @@ def check_network(network):
 def plugin_problems(config, main, host_local):
     """(field, message, severity) of one plugin config: keys, then the plugin's checks, then IPAM's."""
     out = [key_problem(*p) for p in key_problems(config, main, host_local)]
+
+    def refused(e):
+        # the plugin refuses a near-miss key itself: already reported, with its field, above
+        if not e.msg.startswith("unknown key "):
+            out.append(split_field(e.msg) + ("error",))
+
     if main:
         kind = importlib.import_module(registry.module_of(main)).KIND
         try:
             kind.load(contract.Request("ADD", {}, config, b""))
         except CniError as e:
-            out.append(split_field(e.msg) + ("error",))
+            refused(e)
     if host_local:
         try:
             check_host_local(config)
         except CniError as e:
-            out.append(split_field(e.msg) + ("error",))
+            refused(e)
         resolv = config["ipam"].get("resolvConf")
         if isinstance(resolv, str) and resolv and not os.path.isfile(resolv):
             out.append(("ipam.resolvConf", f"{resolv} is no file on this machine: ADD fails on a node "
