@@ -18,7 +18,7 @@ DEFAULT_CONFIG_DIR = "/etc/cni/net.d"
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
 
 # exit codes
-OK, NO, USAGE, STORE = 0, 1, 2, 3
+OK, NO, USAGE, STORE, INTERNAL = 0, 1, 2, 3, 4
 
 DESCRIPTION = """\
 The operator's command of underlay's CNI plugins. It reads host-local's lease
@@ -38,7 +38,7 @@ plugin, as a runtime would, for debugging by hand.
 
 exit status: 0 done; 1 a negative answer (validate found errors, who-has found
 nobody); 2 bad usage or input; 3 a store could not be read (locked, missing,
-no permission).
+no permission); 4 an internal error (a bug: please report the message).
 
 Docs: README.md, section "The underlay command".
 """
@@ -148,8 +148,12 @@ def main(argv=None):
     except StoreProblem as e:
         sys.stderr.write(f"underlay: {e}\n")
         return STORE
-    except BrokenPipeError:
-        return OK   # `underlay leases | head`
+    except BrokenPipeError:   # `underlay leases | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        return OK
+    except Exception as e:   # never a traceback: say what broke
+        sys.stderr.write(f"underlay: internal error: {type(e).__name__}: {e}\n")
+        return INTERNAL
 
 
 def emit(args, data, columns, rows, empty):

@@ -10,6 +10,8 @@ cniVersion copied into each one (libcni does the same).
 import json
 from dataclasses import dataclass, field
 
+from cni import contract
+
 NAD_KIND = "NetworkAttachmentDefinition"
 
 
@@ -67,6 +69,8 @@ def load(path):
         return [], [Problem("error", path, "", None, "file", "is not UTF-8 text")]
     try:
         document = json.loads(text)
+    except RecursionError:
+        return [], [Problem("error", path, "", None, "file", "is nested too deeply")]
     except ValueError as json_error:
         if path.endswith(".json") or path.endswith(".conf") or path.endswith(".conflist"):
             return [], [Problem("error", path, "", None, "file", f"is not valid JSON: {json_error}")]
@@ -77,6 +81,10 @@ def load(path):
 def from_json(path, where, document, nad, default_name=None):
     if not isinstance(document, dict):
         return [], [Problem("error", path, where, None, "config", "must be a JSON object")]
+    try:
+        contract.check_structure(document, contract.MAX_DEPTH)   # what the plugins refuse at decode
+    except contract.CniError as e:
+        return [], [Problem("error", path, where, None, "config", e.msg.replace("network config on stdin", "it"))]
     name = document.get("name") if isinstance(document.get("name"), str) else default_name
     network = Network(path, where, name, nad=nad)
     if "plugins" in document:
@@ -105,6 +113,8 @@ def from_yaml(path, text):
     import yaml   # only YAML files pay for it
     try:
         documents = list(yaml.safe_load_all(text))
+    except RecursionError:
+        return [], [Problem("error", path, "", None, "file", "is nested too deeply")]
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
@@ -146,6 +156,9 @@ def from_yaml(path, text):
             continue
         try:
             parsed = json.loads(config)
+        except RecursionError:
+            problems.append(Problem("error", path, where, meta.get("name"), "spec.config", "is nested too deeply"))
+            continue
         except ValueError as e:
             problems.append(Problem("error", path, where, meta.get("name"), "spec.config",
                                     f"is not valid JSON: {e}"))

@@ -20,7 +20,7 @@ def table(columns, rows):
     """Aligned text: `columns` are (heading, key) pairs, rows dicts; numbers right-aligned."""
     cells = [[heading for heading, _ in columns]]
     for row in rows:
-        cells.append(["-" if row.get(key) is None else str(row[key]) for _, key in columns])
+        cells.append(["-" if row.get(key) is None else printable(str(row[key])) for _, key in columns])
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     numeric = [all(isinstance(row.get(key), int) for row in rows) and rows for _, key in columns]
     lines = []
@@ -28,6 +28,11 @@ def table(columns, rows):
         parts = [cell.rjust(w) if num else cell.ljust(w) for cell, w, num in zip(line, widths, numeric)]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines) + "\n"
+
+
+def printable(text):
+    """No escape sequence from a lease file reaches the terminal."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
 
 
 def dump(data):

@@ -29,6 +29,10 @@ def test_short_container_ids(container, full, shown):
     assert output.short(container, full) == shown
 
 
+def test_table_prints_no_escape_sequences():
+    assert output.table([("C", "c")], [{"c": "\x1b[31mevil\n"}]) == "C\n?[31mevil?\n"
+
+
 def test_when_is_utc():
     assert output.when(0) == "1970-01-01T00:00:00Z" and output.when(None) is None
 
@@ -146,7 +150,10 @@ def test_nads_in_several_documents_and_a_list(tmp_path):
     ("a.yaml", "kind: NetworkAttachmentDefinition\nspec: {config: '{'}\n", "is not valid JSON"),
     ("a.conf", "[]", "must be a JSON object"),
     ("a.conflist", '{"name": "n", "plugins": []}', "non-empty list"),
-])
+    ("a.conf", "[" * 100000 + "]" * 100000, "nested too deeply"),
+    ("a.conf", '{"a": ' * 100 + "1" + "}" * 100, "nested"),
+    ("a.conf", '{"name": "\\ud800"}', "holds invalid Unicode"),
+], ids=["json", "yaml", "nad-json", "not-object", "no-plugins", "deep-recursion", "deep", "surrogate"])
 def test_files_that_do_not_parse(tmp_path, name, text, problem):
     _, problems = configs.load(write(tmp_path, name, text))
     assert problem in problems[0].message and problems[0].severity == "error"
