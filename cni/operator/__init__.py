@@ -44,6 +44,17 @@ Docs: README.md, section "The underlay command".
 """
 
 
+def seconds(text):
+    """A lock wait as the plugins allow it: (0, 3600] s (0 would make the wait unbounded)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, 3600]")
+    return value
+
+
 def parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-o", "--output", choices=("table", "json"), default="table",
@@ -51,7 +62,7 @@ def parser():
     store = argparse.ArgumentParser(add_help=False)
     store.add_argument("--data-dir", metavar="DIR",
                        help=f"host-local's data directory (default {DEFAULT_DATA_DIR})")
-    store.add_argument("--lock-timeout", metavar="SECONDS", type=float, default=hostlocal.DEFAULT_LOCK_TIMEOUT,
+    store.add_argument("--lock-timeout", metavar="SECONDS", type=seconds, default=hostlocal.DEFAULT_LOCK_TIMEOUT,
                        help="how long to wait for a store's lock (default %(default)g s, as the plugins)")
     store.add_argument("--no-trunc", action="store_true", help="full container IDs in tables")
 

@@ -37,6 +37,14 @@ def test_when_is_utc():
     assert output.when(0) == "1970-01-01T00:00:00Z" and output.when(None) is None
 
 
+@pytest.mark.parametrize("text", ["0", "-1", "nan", "inf", "3601", "soon"])
+def test_lock_timeout_is_bounded(text, capsys):
+    from cni.operator import main
+    with pytest.raises(SystemExit) as e:
+        main(["leases", "--lock-timeout", text])
+    assert e.value.code == 2 and "(0, 3600]" in capsys.readouterr().err
+
+
 # -- the GC valid list ------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, parsed", [("c1/eth0", ("c1", "eth0")), ("a.b-c/net1", ("a.b-c", "net1"))])
