@@ -18,6 +18,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
+from cni.contract import CniError
 from ipam import store as disk
 from ipam.host_local import DEFAULT_DATA_DIR, DEFAULT_LOCK_TIMEOUT  # noqa: F401 (re-exported defaults)
 
@@ -85,15 +86,15 @@ def read(data_dir, network, lock_timeout=DEFAULT_LOCK_TIMEOUT):
     had_index = os.path.isdir(index_dir) and not os.path.islink(index_dir)   # else the one DiskStore makes is empty
     try:
         store = _ReadOnlyStore(data_dir, network, lock_timeout=lock_timeout)
-    except disk.CniError as e:
+    except CniError as e:
         raise StoreProblem(f"network {network}: {e.msg}") from None
     try:
         try:
             store.lock()
-        except disk.CniError as e:
+        except CniError as e:
             raise StoreProblem(f"network {network}: {e.msg}") from None
         return _snapshot(store, network, path, had_index)
-    except (disk.CniError, OSError) as e:
+    except (CniError, OSError) as e:
         raise StoreProblem(f"network {network}: {getattr(e, 'msg', None) or e}") from None
     finally:
         store.close()   # drops the lock
