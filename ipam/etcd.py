@@ -248,14 +248,18 @@ class _Endpoint:
         """POST body to path; returns (status, answer bytes)."""
         if self.sock is not None and select.select([self.sock], [], [], 0)[0]:
             self.close()                            # closed by etcd (or a restart) while idle
-        if self.sock is None:
+        fresh = self.sock is None
+        if fresh:
             self._connect(max(0.001, min(dial_timeout, deadline - time.monotonic())), tls)
         head = (b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
                 b"Grpc-Metadata-hasleader: true\r\nContent-Length: %d\r\n\r\n") % (path, self.host_header, len(body))
+        answered = False
         try:
             self._settimeout(deadline)
             self.sock.sendall(head + body)
-            status, headers, answer, keep = self._read_answer(deadline)
+            status_line = self._line(deadline)
+            answered = True
+            status, answer, keep = self._read_answer(status_line, deadline)
         except _NotEtcd:
             self.close()
             raise
@@ -264,7 +268,9 @@ class _Endpoint:
             raise _Broken("no answer before the deadline") from None
         except OSError as e:
             self.close()
-            if self.scheme == "https" and _tls_refusal(e):   # TLS 1.3 reports a refused client cert here
+            # TLS 1.3 tells a client its certificate was refused only after the handshake,
+            # instead of the first answer: a TLS failure there is a refusal, not a lost request.
+            if fresh and not answered and self.scheme == "https" and _is_tls_error(e):
                 raise _Unsent(f"TLS: {_why(e)}") from None
             raise _Broken(_why(e)) from None
         if not keep:
@@ -297,8 +303,8 @@ class _Endpoint:
             n -= len(part)
         return b"".join(parts)
 
-    def _read_answer(self, deadline):
-        status_line = self._line(deadline).split(None, 2)
+    def _read_answer(self, status_line, deadline):
+        status_line = status_line.split(None, 2)
         if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1.") or not status_line[1].isdigit():
             raise _NotEtcd("not an HTTP answer")
         status = int(status_line[1])
@@ -320,13 +326,25 @@ class _Endpoint:
                     break
                 parts.append(self._read(n, deadline))
                 self._read(2, deadline)             # CRLF after the chunk
-            return status, headers, b"".join(parts), keep
+            return status, b"".join(parts), keep
         if b"content-length" in headers:
             length = headers[b"content-length"]
             if not length.isdigit() or int(length) > MAX_BODY:
                 raise _NotEtcd(f"a bad Content-Length {length[:20]!r}")
-            return status, headers, self._read(int(length), deadline), keep
-        raise _NotEtcd("an answer with neither Content-Length nor chunks")
+            return status, self._read(int(length), deadline), keep
+        return status, self._read_to_eof(deadline), False    # HTTP/1.0 style: the body ends the connection
+
+    def _read_to_eof(self, deadline):
+        parts, size = [], 0
+        while True:
+            self._settimeout(deadline)
+            part = self.reader.read1(1 << 20)
+            if not part:
+                return b"".join(parts)
+            size += len(part)
+            if size > MAX_BODY:
+                raise _NotEtcd(f"an answer larger than {MAX_BODY} bytes")
+            parts.append(part)
 
     def _headers(self, deadline):
         headers = {}
@@ -342,14 +360,16 @@ class _Endpoint:
 def _why(e):
     if isinstance(e, ConnectionRefusedError):
         return "connection refused"
-    reason = getattr(e, "reason", None) if type(e).__module__ == "ssl" else None
-    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
-    return f"{reason}: {text}" if reason and reason not in text else text
+    if type(e).__module__ == "ssl":                 # "[SSL: X] text (_ssl.c:992)" -> "text"
+        text = getattr(e, "verify_message", None)
+        text = f"certificate verify failed: {text}" if text else str(e.args[1] if len(e.args) > 1 else e)
+        return text.split("] ", 1)[-1].split(" (_ssl.c:", 1)[0]
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
 
 
-def _tls_refusal(e):
+def _is_tls_error(e):
     import ssl                                      # loaded already: the endpoint is https://
-    return isinstance(e, ssl.SSLError) and not isinstance(e, (ssl.SSLEOFError, ssl.SSLZeroReturnError))
+    return isinstance(e, ssl.SSLError)
 
 
 def _tls_context(cert_file, key_file, ca_file, field):
@@ -454,10 +474,13 @@ class Client:
                     why[ep.url] = str(e)
                     continue
                 except _Broken as e:
-                    if write:
+                    cut = time.monotonic() >= deadline
+                    if write and not cut:
                         raise CniError(ERR_TRY_AGAIN, f"etcd: {ep.url} broke off during a write; it may have been applied",
                                        f"{ep.url}: {e}") from None
-                    why[ep.url] = str(e)
+                    text = f"{e}, to a write (it may still be applied)" if write else str(e)
+                    # an attempt the deadline cut short says less than the failure before it
+                    why[ep.url] = f"{why[ep.url]}; then {text}" if cut and ep.url in why else text
                     continue
                 except _NotEtcd as e:
                     why[ep.url] = f"not an etcd answer: {e}"
@@ -471,7 +494,7 @@ class Client:
                     continue
                 if code in (GRPC_UNAVAILABLE, GRPC_DEADLINE_EXCEEDED):
                     if write and (code == GRPC_DEADLINE_EXCEEDED or any(m in message for m in MAYBE_APPLIED)):
-                        raise CniError(ERR_TRY_AGAIN, f"etcd: {ep.url} gave up on a write; it may have been applied",
+                        raise CniError(ERR_TRY_AGAIN, f"etcd: {ep.url} gave up on a write; it may have been applied: {message}",
                                        f"{ep.url}: {message}")
                     why[ep.url] = message
                     continue
