@@ -7,37 +7,58 @@ carry bytes.
 
 Why not http.client or gRPC: every pod attach execs a fresh process, so the
 import is paid each time. http.client alone pulls in email.* and ssl (~20 ms);
-a gRPC stack costs 100 ms+ per exec. This module speaks the little HTTP/1.1 the
+a gRPC stack costs 100 ms+ per exec (REFERENCE.md §6: Debian's python3-etcd3,
+104-111 ms a process). This module speaks the little HTTP/1.1 the
 gateway needs (one POST, Content-Length or chunked answers) on a plain socket,
-and imports ssl only when an endpoint is https://. Measured on the 2-core build
-machine (etcd-server 3.4.23, loopback, medians; noisy, compare ratios):
+and imports ssl only when an endpoint is https://. Measured 2026-12-01 on the
+2-core build machine under load (load average ~10; etcd-server 3.4.23 on
+loopback; min / median of 21 processes or 500 txns; compare ratios):
 
-    import ipam.etcd, beyond cni.contract          ~2.5 ms  (http.client: ~20 ms)
-    ... with ssl, for https:// endpoints           ~8 ms more
-    one txn (absent -> put), keep-alive, 1 member  ~0.7 ms
-    one txn, 3 members (client on the leader)      ~1.2 ms
-    one txn over TLS with client certificates      ~0.9 ms
-    a whole process: start, import, one txn, exit  ~36 ms (python3 -I -c pass: ~12 ms)
+    python3 -I -c pass, a whole process               16 / 20 ms
+    import cni.contract                               12 / 16 ms
+    import ipam.etcd (with cni.contract)              17 / 20 ms  (+5 ms)
+    import ipam.etcd + ssl, for https:// endpoints    27 / 28 ms  (+10 ms)
+    import cni.contract + http.client, to compare     33 / 48 ms  (+21 ms)
+    one txn (absent -> put), kept connection:
+      1 member                                        0.60 / 0.82 ms, p99 8 ms
+      3 members, the client on the leader             0.99 / 1.60 ms, p99 23 ms
+      3 members over TLS with client certificates     1.13 / 1.96 ms, p99 16 ms
+    a whole process: start, import, connect, one txn  32 / 46 ms (1 or 3 members)
 
     reproduce: /work/venv/bin/python -m tests.etcd_client.bench
 
 Failures. One call is bounded by request_timeout as a whole; each connect by
 dial_timeout as well. The client starts with the endpoint that answered last
 (in this process; nothing is kept on disk), keeps one keep-alive connection per
-endpoint, and moves on to the next endpoint when one cannot be reached, answers
-with an etcd error (no leader, ...) or answers something that is not etcd's.
-When every endpoint failed it pauses briefly and tries again until the deadline,
-then raises CniError(11, "etcd: no endpoint answered within Ns", details naming
-each endpoint and why). Requests carry gRPC metadata hasleader=true, so a member
-cut off from its leader says so at once instead of holding the request.
+endpoint (checked for a close by etcd before reuse), and moves on to the next
+endpoint when one cannot be reached, refuses TLS, answers with an etcd error
+(no leader, leader changed, ...) or answers something that is not etcd's. When
+every endpoint failed it pauses (50 ms, doubling to 0.5 s) and goes round again
+until the deadline, then raises CniError(11, "etcd: no endpoint answered within
+Ns", details naming each endpoint and why). Requests carry the gRPC metadata
+hasleader=true: a member that knows it has no leader says so at once instead of
+holding the request.
 
-A write (put, delete, a txn with a put or delete) is never sent twice: when the
-connection breaks after the request went out, etcd may or may not have applied
-it, and the client raises code 11 "etcd: <endpoint> broke off during a write;
-it may have been applied" instead of repeating it elsewhere. Callers make writes
-safe to repeat (compare-guarded txns that recognise their own earlier success).
-A refusal etcd means (bad request, database space exceeded, ...) raises code 5
-naming the endpoint and etcd's message, without trying further endpoints.
+A write (put, delete, a txn with a put or delete) is never sent twice. When the
+connection breaks after the request went out, or etcd answers "request timed
+out" / "leader changed", etcd may or may not have applied it: the client raises
+code 11 "etcd: <endpoint> broke off during a write; it may have been applied"
+(or "... gave up on a write ...") instead of repeating it elsewhere, and a write
+still unanswered at the deadline is reported as such in the details. Callers
+make writes safe to repeat (compare-guarded txns that recognise their own
+earlier success) and retry, as a runtime retries an ADD that failed with 11.
+This is what etcd's own clientv3 does for writes too. The cost, measured here:
+after the leader is SIGKILLed, a follower that has not noticed yet forwards a
+write to the dead leader and holds it for etcd's 7 s request timeout, so a write
+in that ~1-2 s window ends in code 11 at request_timeout; reads fail over within
+the call (the follower says "leader changed" once a new leader is elected), and
+writes after the election succeed. A follower's death, or the leader's SIGTERM
+(etcd hands leadership over), costs a write nothing but the failover.
+
+A refusal etcd means (bad request, too many txn ops, database space exceeded,
+...) raises code 5 naming the endpoint and etcd's message, without trying
+further endpoints. A member that accepts connections but never answers (stopped,
+not dead) holds the call until its deadline; endpoints after it are not tried.
 
 A Client is not thread-safe; make one per process (or per thread).
 """
@@ -162,6 +183,14 @@ def _kvs(doc):
 
 def _revision(doc):
     return int(doc["header"]["revision"])
+
+
+def _txn_result(doc):
+    responses = []
+    for response in doc.get("responses", ()):
+        got = response.get("response_range")
+        responses.append(None if got is None else _kvs(got))
+    return TxnResult(bool(doc.get("succeeded", False)), responses, _revision(doc))
 
 
 # --------------------------------------------------------------------------
@@ -421,44 +450,38 @@ class Client:
     # -- KV ----------------------------------------------------------------
 
     def get(self, key):
-        kvs = _kvs(self._call(b"/v3/kv/range", {"key": _b64(key)}, write=False))
+        kvs = self._call(b"/v3/kv/range", {"key": _b64(key)}, False, _kvs)
         return kvs[0] if kvs else None
 
     def range(self, prefix, keys_only=False):
         request = _key_range(prefix)
         if keys_only:
             request["keys_only"] = True
-        return _kvs(self._call(b"/v3/kv/range", request, write=False))
+        return self._call(b"/v3/kv/range", request, False, _kvs)
 
     def put(self, key, value):
-        return _revision(self._call(b"/v3/kv/put", {"key": _b64(key), "value": _b64(value)}, write=True))
+        return self._call(b"/v3/kv/put", {"key": _b64(key), "value": _b64(value)}, True, _revision)
 
     def delete(self, key):
-        return int(self._call(b"/v3/kv/deleterange", {"key": _b64(key)}, write=True).get("deleted", 0))
+        return self._call(b"/v3/kv/deleterange", {"key": _b64(key)}, True, lambda doc: int(doc.get("deleted", 0)))
 
     def txn(self, compares, success, failure=()):
-        ops = list(success) + list(failure)
-        write = any("request_range" not in op for op in ops)
-        doc = self._call(b"/v3/kv/txn", {"compare": list(compares), "success": list(success),
-                                          "failure": list(failure)}, write=write)
-        responses = []
-        for response in doc.get("responses", ()):
-            got = response.get("response_range")
-            responses.append(None if got is None else _kvs(got))
-        return TxnResult(bool(doc.get("succeeded", False)), responses, _revision(doc))
+        request = {"compare": list(compares), "success": list(success), "failure": list(failure)}
+        write = any("request_range" not in op for op in request["success"] + request["failure"])
+        return self._call(b"/v3/kv/txn", request, write, _txn_result)
 
     def status(self):
         """The answering endpoint's /v3/maintenance/status (etcd's JSON, int64s as strings), plus "endpoint"."""
-        doc = self._call(b"/v3/maintenance/status", {}, write=False)
+        doc = self._call(b"/v3/maintenance/status", {}, False, dict)
         doc["endpoint"] = self.endpoints[self._last].url
         return doc
 
     # -- one call over the endpoints ---------------------------------------
 
-    def _call(self, path, request, write):
+    def _call(self, path, request, write, parse):
+        """POSTs request to the endpoints in turn until one answers; returns parse(answer)."""
         body = json.dumps(request, separators=(",", ":")).encode()
-        start = time.monotonic()
-        deadline = start + self.request_timeout
+        deadline = time.monotonic() + self.request_timeout
         why = {}
         pause = 0.05
         n = len(self.endpoints)
@@ -486,8 +509,13 @@ class Client:
                     why[ep.url] = f"not an etcd answer: {e}"
                     continue
                 if status == 200 and isinstance(doc.get("header"), dict):
+                    try:
+                        result = parse(doc)
+                    except (KeyError, TypeError, ValueError, AttributeError) as e:   # binascii.Error too
+                        why[ep.url] = f"not an etcd answer: {type(e).__name__} {str(e)[:100]}"
+                        continue
                     self._last = i
-                    return doc
+                    return result
                 code, message = doc.get("code"), str(doc.get("error") or doc.get("message") or "")[:300]
                 if status == 200 or not isinstance(code, int) or not message:
                     why[ep.url] = f"not an etcd answer: HTTP {status}"

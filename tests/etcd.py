@@ -36,7 +36,9 @@ preallocates a 64 MB WAL segment (etcd has no flag for that). TLS certificates
 (EC P-256) are made with openssl per cluster; the server certificate carries
 clientAuth too, because etcd's JSON gateway dials its own gRPC port with it.
 Peers always talk plain http on loopback. Members die with the test process
-(PR_SET_PDEATHSIG) if it is killed before teardown.
+(PR_SET_PDEATHSIG) if it is killed before teardown; that signal follows the
+thread that started a member, so start members from the test's main thread
+(run the code under test in other threads instead).
 """
 
 import contextlib

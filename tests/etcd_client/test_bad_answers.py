@@ -18,6 +18,8 @@ ANSWERS = {
     "not HTTP": b"SSH-2.0-OpenSSH_9.2\r\n",
     "a bad chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     "a huge length": b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+    "etcd-like JSON with bad fields": b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n"
+                                      b'{"header":{"revision":"x"},"kvs":[1]}   ',
     "a JSON list, chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n",
 }
 
