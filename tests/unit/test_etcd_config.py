@@ -94,3 +94,13 @@ def test_http_only_import_leaves_ssl_out():
             "print('ssl' in sys.modules, 'http.client' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_host_local_and_macvlan_do_not_import_the_etcd_client():
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = "import sys, cni.macvlan, cni.ipvlan, ipam.host_local; print('ipam.etcd' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.split() == ["False"]
