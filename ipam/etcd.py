@@ -92,7 +92,11 @@ MAYBE_APPLIED = ("timed out", "leader changed")
 # Builders. Compares and ops are the gateway's JSON objects.
 
 def _b(data):
-    return data.encode() if isinstance(data, str) else bytes(data)
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"an etcd key or value is str or bytes, not {type(data).__name__}")   # bytes(5) is 5 NULs
 
 
 def _b64(data):

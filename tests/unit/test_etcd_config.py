@@ -78,6 +78,14 @@ def test_defaults_and_field_name():
     assert e.value.msg.startswith("etcd.endpoints[0]: 'x'")
 
 
+def test_keys_and_values_are_str_or_bytes():
+    assert etcd.put("k", b"\x00v") == {"request_put": {"key": "aw==", "value": "AHY="}}
+    with pytest.raises(TypeError):
+        etcd.put("k", 5)
+    with pytest.raises(TypeError):
+        etcd.absent(None)
+
+
 def test_prefix_end():
     assert etcd._prefix_end(b"a/") == b"a0"
     assert etcd._prefix_end(b"a\xff") == b"b"
