@@ -394,7 +394,8 @@ def check_result_values(result, field):
 # IPAM delegation.
 
 # IPAM types that are our own code: run in-process, no second exec.
-IN_PROCESS_IPAM = {"host-local": "ipam.host_local", "underlay-host-local": "ipam.host_local"}
+IN_PROCESS_IPAM = {"host-local": "ipam.host_local", "underlay-host-local": "ipam.host_local",
+                   "cluster-ipam": "ipam.cluster"}
 
 
 def ipam_type(config):

@@ -12,7 +12,8 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-MODULES = {"macvlan": "cni.macvlan", "ipvlan": "cni.ipvlan", "host-local": "ipam.host_local"}
+MODULES = {"macvlan": "cni.macvlan", "ipvlan": "cni.ipvlan", "host-local": "ipam.host_local",
+           "cluster-ipam": "ipam.cluster"}
 REFERENCE_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 
 
