@@ -4,28 +4,51 @@ Each case opens stores over one backing (a data directory, a Leases object, an
 etcd prefix) one operation at a time, as successive plugin runs do.
 """
 
+import uuid
+
 import pytest
 
 from ipam.memory_store import Leases, MemoryStore
 from ipam.store import DiskStore
 
 
-def disk_stores(tmp_path):
+def disk_stores(tmp_path, request):
     return lambda: DiskStore(str(tmp_path / "networks"), "net1")
 
 
-def memory_stores(tmp_path):
+def memory_stores(tmp_path, request):
     backing = Leases()
     return lambda: MemoryStore(backing)
 
 
-STORES = {"disk": disk_stores, "memory": memory_stores}
+def etcd_stores(tmp_path, request):
+    """cluster-ipam's store on a real etcd member (one per module), a key prefix per test."""
+    from ipam import ranges
+    from ipam.blocks import Grid
+    from ipam.etcd_store import EtcdStore
+    from ipam.lease_files import LeaseFiles
+    member = request.getfixturevalue("contract_etcd")
+    prefix = f"/ucl-contract-{uuid.uuid4().hex[:8]}"
+    sets = ranges.range_sets({"ranges": [[{"subnet": "10.1.0.0/16"}], [{"subnet": "fd00::/64"}]]})
+    grids = [Grid(r, {4: 26, 6: 122}[r.version]) for s in sets for r in s.ranges]
+    return lambda: EtcdStore(member.client(), prefix, "net1", "n1", grids,
+                             LeaseFiles(str(tmp_path / "node"), "net1"))
+
+
+STORES = {"disk": disk_stores, "memory": memory_stores, "etcd": etcd_stores}
+
+
+@pytest.fixture(scope="module")
+def contract_etcd():
+    from tests.etcd import EtcdCluster
+    with EtcdCluster(members=1) as cluster:
+        yield cluster
 
 
 @pytest.fixture(params=sorted(STORES))
 def stores(request, tmp_path):
     """A function opening a new store over this test's backing."""
-    return STORES[request.param](tmp_path)
+    return STORES[request.param](tmp_path, request)
 
 
 def test_reserve_is_exclusive(stores):
