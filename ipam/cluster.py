@@ -250,19 +250,13 @@ def candidate(grids, store, last, now):
     """(grid, block, value) to try next: this node's blocks round-robin after `last`, then a
     free (or orphaned) block, then a borrowed address; None when nothing is left."""
     node = store.node
-    first_any = None
-    for grid, block in sorted(((g, b) for g in grids for b in store.blocks(g).values() if b.node == node),
-                              key=lambda gb: gb[1].first):
-        for value in grid.free_in(block, now):
-            if (grid.range.version, value) in store.foreign:
-                continue
-            if last is None or value > last:
-                return grid, block, value
-            if first_any is None:
-                first_any = (grid, block, value)
-            break
-    if first_any is not None:
-        return first_any
+    own = sorted(((g, b) for g in grids for b in store.blocks(g).values() if b.node == node),
+                 key=lambda gb: gb[1].first)
+    for after in ((last, None) if last is not None else (None,)):   # after `last` first, then wrapped
+        for grid, block in own:
+            for value in grid.free_in(block, now, after):
+                if (grid.range.version, value) not in store.foreign:
+                    return grid, block, value
     for grid in grids:
         blocks = store.blocks(grid)
         for first in grid.blocks_from(node):
