@@ -413,20 +413,82 @@ VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STAT
 def leases(config):
     """Every lease and sticky hold under the config's etcd prefix, all networks and nodes: a list of
     dicts {ip, kind ("lease" or "hold"), network, containerID, ifname, node, namespace, pod, time,
-    pool, block, until}, sorted by address."""
+    released, until, pool, block}, sorted by address. Reads only."""
     conf = StoreConfig(config)
     with conf.store("", lock=False) as store:
         found = store.all_leases()
+    return sorted((lease_row(x) for x in found), key=lambda r: ip_key(r["ip"]))
+
+
+def who_has(config, address):
+    """The row (as leases()) of the lease or hold of one address, any network; None if free. Reads only."""
+    text = str(ipaddress.ip_address(address))
+    conf = StoreConfig(config)
+    with conf.store("", lock=False) as store:
+        lease = store.read(text)
+    return None if lease is None else lease_row(lease)
+
+
+LEASE_FIELDS = ("ip", "kind", "network", "node", "containerID", "ifname", "namespace", "pod", "time", "released",
+                "until", "pool", "block")
+
+
+def lease_row(lease):
+    row = {key: lease.doc.get(key) for key in LEASE_FIELDS}   # every row the same keys: a table's columns
+    row.update(ip=lease.ip, kind="hold" if lease.hold else "lease")
+    return row
+
+
+def ip_key(text):
+    return ipaddress.ip_address(text).packed.rjust(16, b"\0")
+
+
+def pools(config):
+    """Per range set of the config's network: the tally ADD works with (size, excluded, aux, reserved,
+    in use, free) from the address keys of its subnets (every network's: pools are keyed by subnet),
+    plus its blocks per node, borrowed addresses (leased by a node other than the block's owner) and
+    sticky holds still running. Reads only (no pool config is written, unlike an ADD's first read).
+    A list of dicts {set, ranges, size, excluded, aux, reserved, in_use, free, held, blocks, borrowed,
+    nodes: [{node, blocks, leases, borrowed}]}; node None: blocks orphaned by release-node."""
+    request = contract.Request("STATUS", {}, config, b"")
+    conf = ClusterConfig(request)
+    now = time.time()
+    with conf.store(request.network, list(conf.grids.values()), lock=False) as store:
+        found = [x for x in store.all_leases() if not x.expired(now)]
+        by_pool = {}
+        for grid in conf.grids.values():
+            by_pool.setdefault(str(grid.range.subnet), (grid, store.read_pool(grid)[0]))
     rows = []
-    for lease in found:
-        row = {key: lease.doc.get(key) for key in LEASE_FIELDS}   # every row the same keys: a table's columns
-        row.update(ip=lease.ip, kind="hold" if lease.hold else "lease")
-        rows.append(row)
-    return sorted(rows, key=lambda r: ipaddress.ip_address(r["ip"]).packed.rjust(16, b"\0"))
+    for s in conf.range_sets:
+        subnets = {str(r.subnet) for r in s.ranges}
+        mine = [x for x in found if s.subnet_range_of(ipaddress.ip_address(x.ip))]
+        t = allocator.tally(s, [x.ip for x in mine])
+        nodes = {}
 
+        def node_row(name):
+            return nodes.setdefault(name, {"node": name, "blocks": 0, "leases": 0, "borrowed": 0})
 
-LEASE_FIELDS = ("ip", "kind", "network", "node", "containerID", "ifname", "namespace", "pod", "time", "until",
-                "pool", "block")
+        owners = {}
+        for subnet in sorted(subnets):
+            grid, blocks = by_pool[subnet]
+            for block in blocks.values():
+                node_row(block.node)["blocks"] += 1
+                owners[(subnet, grid.key(block.first))] = block.node
+        held = 0
+        for x in mine:
+            if x.hold:
+                held += 1
+                continue
+            row = node_row(x.doc.get("node"))
+            row["leases"] += 1
+            owner = owners.get((x.doc.get("pool"), x.doc.get("block")))
+            row["borrowed"] += owner != x.doc.get("node")
+        listed = sorted(nodes.values(), key=lambda n: (n["node"] is None, str(n["node"])))
+        rows.append({"set": s.index, "ranges": s.describe(), "size": t["addresses"], "excluded": t["excluded"],
+                     "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"], "free": t["free"],
+                     "held": held, "blocks": sum(n["blocks"] for n in listed),
+                     "borrowed": sum(n["borrowed"] for n in listed), "nodes": listed})
+    return rows
 
 
 def release_node(config, node, force=False):

@@ -4,6 +4,10 @@ import json
 import time
 
 
+class UsageError(Exception):
+    """Bad usage or input: the command says so and exits 2."""
+
+
 def when(epoch):
     """A lease time as UTC ISO 8601, or None."""
     return None if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
