@@ -18,6 +18,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
+from cni import files
 from cni.contract import CniError
 from ipam import lease_files, lease_index
 from ipam import store as disk
@@ -138,7 +139,7 @@ def _rebooted(path):
     finally:
         os.close(fd)
     boot = lease_index.parse_stamp(data)[2]
-    now = lease_index.current_boot_id()
+    now = files.boot_id()
     return bool(boot not in (None, "-") and now and boot != now)
 
 
