@@ -24,8 +24,8 @@ import time
 
 from cni import config as netconf
 from cni import contract
-from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_NO_ADDRESS, ERR_NOT_AVAILABLE, CniError
-from ipam import allocator, host_local, ranges
+from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_NOT_AVAILABLE, CniError
+from ipam import allocator, verbs
 from ipam.blocks import DEFAULT_BLOCK_SIZE, Grid
 
 DEFAULT_PREFIX = "/underlay/ipam"
@@ -147,10 +147,7 @@ class StoreConfig:
         if not isinstance(data_dir, str) or not data_dir.startswith("/") or not data_dir.isprintable():
             raise field_error("ipam.dataDir", f"{data_dir!r} must be an absolute path")
         self.data_dir = data_dir
-        timeout = ipam.get("lockTimeout", host_local.DEFAULT_LOCK_TIMEOUT)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
-            raise field_error("ipam.lockTimeout", f"{timeout!r} must be a number of seconds in (0, 3600]")
-        self.lock_timeout = float(timeout)
+        self.lock_timeout = verbs.lock_timeout(ipam)
         sticky = ipam.get("sticky", False)
         if not isinstance(sticky, bool):
             raise field_error("ipam.sticky", f"{sticky!r} must be true or false")
@@ -179,23 +176,14 @@ class StoreConfig:
             raise
 
 
-class ClusterConfig(StoreConfig):
+class ClusterConfig(StoreConfig, verbs.IpamConfig):
     """Everything ADD, CHECK and STATUS need: the store's part plus host-local's ranges."""
 
     def __init__(self, request):
         config = request.config
         netconf.validate("cluster-ipam", config)
-        super().__init__(config)
-        ipam = with_whereabouts(config["ipam"])
-        runtime = config.get("runtimeConfig") or {}
-        shim = config.get("hostShim")
-        extra_aux = [("hostShim.address", "hostShim", shim.get("address"))] if isinstance(shim, dict) else []
-        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux)
-        if contract.version_key(request.version) < (0, 3, 0):
-            host_local.check_one_set_per_family(self.range_sets, request.version)
-        self.routes = [host_local.check_route(r, f"ipam.routes[{i}]") for i, r in enumerate(ipam.get("routes") or [])]
-        self.requested = host_local.requested_ips(request, runtime)
-        self.dns = host_local.read_resolv_conf(ipam["resolvConf"]) if ipam.get("resolvConf") else {}
+        StoreConfig.__init__(self, config)
+        verbs.IpamConfig.__init__(self, request, with_whereabouts(config["ipam"]))
         self.grids = {id(r): Grid(r, self.block_sizes[r.version]) for s in self.range_sets for r in s.ranges}
 
     def grids_of(self, range_set):
@@ -282,16 +270,11 @@ def candidate(grids, store, last, now):
 
 def cmd_add(request):
     conf = ClusterConfig(request)
-    requested = host_local.assign_requested(conf)
+    requested = verbs.assign_requested(conf)
     cid, ifname = request.container_id, request.ifname
     allocated = []
     with conf.open_store(request) as store:
-        existing = store.ips_of(cid, ifname)
-        for s in conf.range_sets:
-            for ip in existing:
-                if s.subnet_range_of(ipaddress.ip_address(ip)):
-                    raise CniError(ERR_NO_ADDRESS, f"{ip} has been allocated to {cid}/{ifname}, "
-                                                   "duplicate allocation is not allowed")
+        verbs.refuse_duplicate(conf, store.ips_of(cid, ifname), cid, ifname)
         try:
             pod = pod_of(request)
             holds = store.holds_of(*pod) if conf.sticky_seconds and pod else []
@@ -300,13 +283,7 @@ def cmd_add(request):
         except BaseException:
             rollback(store, allocated, cid, ifname)
             raise
-    ips = []
-    for r, value in allocated:
-        ip = {"address": f"{r.text(value)}/{r.subnet.prefixlen}"}
-        if r.gateway is not None:
-            ip["gateway"] = r.text(r.gateway)
-        ips.append(ip)
-    return {"ips": ips, "routes": conf.routes, "dns": conf.dns}
+    return verbs.add_result(conf, allocated)
 
 
 def rollback(store, allocated, cid, ifname):
@@ -332,25 +309,10 @@ def cmd_del(request):
 
 def cmd_check(request):
     conf = ClusterConfig(request)
-    prev = request.prev_result()
-    if prev is None:
-        raise CniError(ERR_INVALID_CONFIG, "prevResult: required for CHECK")
-    ours = set()
-    for i, ip in enumerate(prev["ips"]):
-        try:
-            address = ipaddress.ip_interface(ip["address"]).ip
-        except ValueError:
-            raise CniError(ERR_INVALID_CONFIG, f"prevResult.ips[{i}].address: {ip['address']!r} is not "
-                                               "an address/prefix") from None
-        if any(s.subnet_range_of(address) for s in conf.range_sets):
-            ours.add(str(address))
+    ours = verbs.prev_addresses(request, conf)
     cid, ifname = request.container_id, request.ifname
     with conf.store(request.network, lock=False) as store:
-        leased = set(store.ips_of(cid, ifname))
-        for ip in sorted(ours - leased):
-            raise CniError(ERR_CHECK_FAILED, f"prevResult address {ip} is not leased to {cid}/{ifname}")
-        for ip in sorted(leased - ours):
-            raise CniError(ERR_CHECK_FAILED, f"{ip} is leased to {cid}/{ifname} but missing from prevResult")
+        verbs.check_leased(ours, set(store.ips_of(cid, ifname)), cid, ifname)
         for ip in sorted(ours):
             owner = store.owner(ip)
             if owner is None or owner[0] != cid or owner[1] not in (ifname, None):
@@ -359,21 +321,14 @@ def cmd_check(request):
                                                  f"{'gone' if owner is None else 'another attachment’s'})")
 
 
-def valid_attachments(config):
-    """GC's list: cni.dev/valid-attachments, or cni.dev/attachments when that key is absent."""
-    key = "cni.dev/valid-attachments" if "cni.dev/valid-attachments" in config else "cni.dev/attachments"
-    return {(a["containerID"], a["ifname"]) for a in config.get(key) or []}
-
-
 def cmd_gc(request):
     # a malformed list must not read as "nothing is valid": that would release every lease
     netconf.validate("cluster-ipam", request.config)
     conf = StoreConfig(request.config)
-    keep = valid_attachments(request.config)
-    keep_ids = {cid for cid, _ in keep}
+    valid = verbs.valid_attachments(request.config)
     with conf.store(request.network) as store:
         for (cid, ifname), (node, ips) in store.attachment_records().items():
-            if node != conf.node or (cid, ifname) in keep or (ifname is None and cid in keep_ids):
+            if node != conf.node or valid.keeps(cid, ifname):
                 continue   # never another node's, nor a live attachment's
             for ip in ips:
                 store.release(ip, cid, ifname)
@@ -399,9 +354,7 @@ def cmd_status(request):
             leased = store.leased()
     except CniError as e:
         raise CniError(ERR_NOT_AVAILABLE, f"cluster-ipam: etcd not usable: {e.msg}", e.details) from None
-    for s in conf.range_sets:
-        if allocator.tally(s, leased)["free"] <= 0:
-            raise CniError(ERR_NOT_AVAILABLE, f"range set {s.index} ({s.describe()}) has no free address")
+    verbs.check_free(conf, leased)
 
 
 VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from cni import files
 from cni.contract import CniError
-from ipam import lease_files, lease_index
+from ipam import lease_files, lease_index, verbs
 from ipam import store as disk
 from ipam.host_local import DEFAULT_DATA_DIR, DEFAULT_LOCK_TIMEOUT  # noqa: F401 (re-exported defaults)
 
@@ -168,7 +168,7 @@ def gc_plan(snap, valid):
     """What host-local's GC would do to each lease of `snap`, given the valid
     (containerID, ifname) pairs: the healing its first call after a reboot does
     (AttachmentIndex.ensure_index), then cmd_gc's rule. Releases nothing."""
-    keep_ids = {cid for cid, _ in valid}
+    valid = verbs.ValidAttachments(valid)
     verdicts = []
     for lease in snap.leases:
         if lease.container is None:
@@ -182,8 +182,7 @@ def gc_plan(snap, valid):
         if snap.rebooted and gone:
             verdicts.append(Verdict(lease, True, f"after a reboot: its netns {lease.netns} is gone"))
             continue
-        listed = (lease.container, lease.ifname) in valid or (lease.ifname is None and lease.container in keep_ids)
-        if listed:
+        if valid.keeps(lease.container, lease.ifname):
             note = f", but its netns {lease.netns} is gone" if gone else ""
             verdicts.append(Verdict(lease, False, f"in the valid list{note}"))
             continue
