@@ -12,6 +12,7 @@ import pytest
 
 from tests.cluster.conftest import addresses
 from tests.operator import run_underlay
+from tests.plugins import run_plugin
 
 # a /27 cut into /29 blocks: .1 the gateway, .20 excluded, .25 aux; 27 addresses to hand out
 NET1 = {"subnet": "10.80.0.0/27"}
@@ -187,3 +188,27 @@ def test_etcd_unreachable_bad_configs_and_wrong_files(cl, tmp_path):
     assert out.code == 2 and "missing.conf" in out.stderr, out
     out = run_underlay("cluster")
     assert out.code == 2 and "name a cluster subcommand" in out.stderr, out
+
+
+def test_tls_etcd_with_client_certificates(etcd_cluster, tmp_path):
+    etcd = etcd_cluster(members=1, tls=True)
+
+    def conf(**tls):
+        return {"cniVersion": "1.0.0", "name": "net1", "type": "macvlan",
+                "ipam": {"type": "cluster-ipam", "node": "n1", "dataDir": str(tmp_path / "n1"),
+                         "ranges": [[{"subnet": "10.84.0.0/28"}]],
+                         "etcd": etcd.config(prefix="/uhs-tls", requestTimeout=2, **tls)}}
+
+    assert run_plugin("cluster-ipam", "ADD", conf(), container_id="c1", netns="/run/netns/uhs-none",
+                      ifname="eth0").ok
+    out = run_underlay("cluster", "leases", "--config", write(tmp_path, conf()), "-o", "json")
+    assert out.code == 0 and [r["container"] for r in out.json] == ["c1"], out
+    # a client certificate of another CA: refused by etcd, a store not read
+    other = conf(certFile=etcd.tls.other_cert, keyFile=etcd.tls.other_key)
+    out = run_underlay("cluster", "leases", "--config", write(tmp_path, other, "other.conf"))
+    assert out.code == 3 and "other.conf: etcd:" in out.stderr, out
+    # a CA file that is not one: a bad config, named
+    bad = conf(trustedCAFile=str(tmp_path / "other.conf"))
+    out = run_underlay("cluster", "pools", "--config", write(tmp_path, bad, "bad.conf"))
+    assert out.code == 2 and "ipam.etcd.trustedCAFile" in out.stderr, out
+
