@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cni import contract
+from cni import contract, results
 from cni.contract import CniError
 
 ENV = {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/p1", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
@@ -78,7 +78,7 @@ def test_version(stdin):
 def test_add_prints_the_callers_version(version):
     code, out, err, plugin = run("ADD", {"cniVersion": version, "name": "net1"})
     assert code == 0 and err == ""
-    assert json.loads(out) == contract.convert_result(RESULT, version)
+    assert json.loads(out) == results.convert_result(RESULT, version)
     assert [name for name, _ in plugin.calls] == ["ADD"]
 
 
