@@ -60,10 +60,12 @@ def build_info():
     return _build
 
 
-def usage(called):
-    sys.stderr.write(f"{called}: call me as one of {', '.join(PLUGINS)} (a symlink, optionally prefixed),\n"
-                     f"or as `{called} PLUGIN`\n")
-    return 2
+def usage(called, asked):
+    """Which names we answer to; exit 0 when --help asked for it, 2 for a name we do not know."""
+    text = (f"{called}: call me as one of {', '.join(PLUGINS)} (a symlink, optionally prefixed),\n"
+            f"or as `{called} PLUGIN`; `PLUGIN --help` describes each.\n")
+    (sys.stdout if asked else sys.stderr).write(text)
+    return 0 if asked else 2
 
 
 def run(argv):
@@ -74,7 +76,7 @@ def run(argv):
         if plugin is not None:
             del argv[1]
     if plugin is None:
-        return usage(called)
+        return usage(called, asked=any(a in ("--help", "-h") for a in argv[1:2]))
     build = build_info()
     if build is not None and plugin not in build.PLUGINS:
         sys.stderr.write(f"{called}: plugin {plugin!r} is not part of this build\n")

@@ -236,11 +236,32 @@ def negotiate_version(config):
     return version
 
 
+def command_hint(command):
+    """The verb a wrong CNI_COMMAND most likely meant: `add`, `Del`, `DELETE`, `CHEK`."""
+    from cni.spelling import near_miss
+    upper = command.upper() if isinstance(command, str) else ""
+    for verb in REQUIRED_ENV:
+        if upper == verb or len(upper) >= 3 and (upper.startswith(verb) or verb.startswith(upper)):
+            return verb
+    return near_miss(upper, REQUIRED_ENV) if len(upper) >= 3 else None
+
+
+def known_version(stdin):
+    """The cniVersion an error answers in when read_request failed: the config's, if it
+    decodes and names one we speak; else the newest."""
+    try:
+        return negotiate_version(decode_config(stdin))
+    except (CniError, TypeError):
+        return CURRENT_VERSION
+
+
 def read_request(env, stdin_bytes):
     """Validate the environment and stdin for the verb in CNI_COMMAND."""
     command = env.get("CNI_COMMAND", "")
     if command not in REQUIRED_ENV:
-        raise CniError(ERR_INVALID_ENV, f"CNI_COMMAND: unknown command {command!r}")
+        hint = command_hint(command)
+        raise CniError(ERR_INVALID_ENV, f"CNI_COMMAND: unknown command {command!r}" +
+                       (f"; did you mean {hint!r}?" if hint else f" (one of {', '.join(REQUIRED_ENV)})"))
     missing = [name for name in REQUIRED_ENV[command] if not env.get(name)]
     if missing:
         raise CniError(ERR_INVALID_ENV, f"required environment variables [{','.join(missing)}] missing")
@@ -331,16 +352,48 @@ def error_json(error, version):
     return {"cniVersion": version, "code": error.code, "msg": error.msg, "details": error.details}
 
 
-def run(verbs, about, env=None, stdin=None, stdout=None, stderr=None):
+USAGE = """\
+{about}
+
+A CNI plugin: a container runtime runs it with the network config (JSON) on
+stdin and the CNI_* variables below; it prints the result, or an error
+{{"code", "msg"}}, as JSON on stdout.
+
+CNI_COMMAND      the verb: {verbs}
+CNI_CONTAINERID  the container's ID (ADD, CHECK, DEL)
+CNI_NETNS        path of the container's network namespace (ADD, CHECK; DEL when it still exists)
+CNI_IFNAME       the interface name in the container (ADD, CHECK, DEL)
+CNI_PATH         directories of the other CNI plugins, ':'-separated (ADD, CHECK, DEL, GC)
+CNI_ARGS         optional KEY=VALUE;...: IP=, MAC=, K8S_POD_*; IgnoreUnknown=1 for other keys
+
+CNI protocol versions supported: {versions}
+Example: CNI_COMMAND=VERSION {program}
+
+Documentation: README.md and docs/ in the underlay source tree; every config
+key is described in conf/schema/*.json there.
+"""
+
+
+def usage(verbs, about, program):
+    names = [v for v in REQUIRED_ENV if v in verbs or v == "VERSION"]
+    return USAGE.format(about=about, verbs=", ".join(names), versions=", ".join(SUPPORTED_VERSIONS),
+                        program=program)
+
+
+def run(verbs, about, env=None, stdin=None, stdout=None, stderr=None, argv=(), program="PLUGIN"):
     """Run one invocation; return the process exit code.
 
     verbs maps "ADD", "DEL", "CHECK", "STATUS", "GC" to functions taking a
     Request; ADD returns a newest-form result. With `logFile` in the config,
-    one line per invocation is appended there (cni/oplog.py).
+    one line per invocation is appended there (cni/oplog.py). `argv` (the
+    command line, never used by runtimes) only asks for --help / -h.
     """
     env = os.environ if env is None else env
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
+    if "--help" in argv or "-h" in argv:
+        stdout.write(usage(verbs, about, program))
+        return 0
     command = env.get("CNI_COMMAND", "")
     if not command:
         stderr.write(f"{about}\nCNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n")
@@ -367,6 +420,8 @@ def run(verbs, about, env=None, stdin=None, stdout=None, stderr=None):
         return 0
     except CniError as e:
         error = e
+        if request is None:
+            version = known_version(stdin)
     except Exception as e:  # never a bare traceback: the runtime only reads stdout
         import traceback
         where = traceback.extract_tb(e.__traceback__)[-1]
@@ -388,5 +443,14 @@ def has_log_file(stdin):
     return isinstance(stdin, bytes) and b"logFile" in stdin
 
 
+def program_name():
+    """How the user called us, for --help: `macvlan`, or `python3 -m cni.macvlan` from source."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "PLUGIN"
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if name.endswith(".py") and spec is not None:
+        return f"python3 -m {spec.name}"
+    return name
+
+
 def main(verbs, about):
-    sys.exit(run(verbs, about))
+    sys.exit(run(verbs, about, argv=sys.argv[1:], program=program_name()))
