@@ -340,9 +340,17 @@ def exec_plugin(name, request, command):
         return None
     from cni.results import upconvert_result
     try:
-        return upconvert_result(json.loads(out), request.version, f"{name} result")
-    except ValueError as e:
-        raise CniError(ERR_DECODE, f"IPAM plugin {name!r} printed no valid result: {e}") from None
+        try:
+            return upconvert_result(json.loads(out), request.version, f"{name} result")
+        except ValueError as e:
+            raise CniError(ERR_DECODE, f"IPAM plugin {name!r} printed no valid result: {e}") from None
+    except CniError:
+        # it has taken addresses we will never use (nor the caller's undo, which needs a result)
+        try:
+            exec_plugin(name, request, "DEL")
+        except CniError:
+            pass  # the refusal is the error that matters
+        raise
 
 
 # --------------------------------------------------------------------------

@@ -119,14 +119,17 @@ def check_result_values(result, field):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise bad(where, value, "a non-negative integer")
 
+    from cni.config import parse_cidr
     for i, ip in enumerate(result["ips"]):
         check(ipaddress.ip_interface, f"ips[{i}].address", ip["address"], "an address/prefix")
+        if "/" not in ip["address"]:
+            raise bad(f"ips[{i}].address", ip["address"], "an address/prefix: it has no prefix length")
         if ip.get("gateway") not in (None, ""):
             check(ipaddress.ip_address, f"ips[{i}].gateway", ip["gateway"], "an IP address")
         if "interface" in ip:
             natural(f"ips[{i}].interface", ip["interface"])
     for i, route in enumerate(result["routes"]):
-        check(lambda v: ipaddress.ip_network(v, strict=False), f"routes[{i}].dst", route.get("dst"), "a CIDR")
+        parse_cidr(route.get("dst"), f"{field}.routes[{i}].dst")
         if route.get("gw") not in (None, ""):
             check(ipaddress.ip_address, f"routes[{i}].gw", route["gw"], "an IP address")
         for key in ROUTE_INTS:

@@ -66,10 +66,7 @@ def open_store(request):
 
 
 def check_route(route, field):
-    try:
-        ipaddress.ip_network(route["dst"], strict=False)
-    except ValueError:
-        raise CniError(ERR_INVALID_CONFIG, f"{field}.dst: {route['dst']!r} is not a CIDR") from None
+    netconf.parse_cidr(route["dst"], f"{field}.dst")
     if route.get("gw"):
         ranges.parse_ip(route["gw"], f"{field}.gw")
     return dict(route)

@@ -1,0 +1,47 @@
+"""Config rules host-local applies before it takes an address, exec'd as a runtime does:
+prefixes (routes, exclusions), near-miss keys, messages in words."""
+
+import os
+
+import pytest
+
+from tests.exec.conftest import error
+
+V4 = "10.60.0.0/24"
+
+
+def no_leases(hl):
+    assert not os.path.isdir(hl.net_dir()) or hl.leases() == {}
+
+
+@pytest.mark.parametrize("routes, fragments", [
+    ([{"dst": "10.9.0.0"}], ["ipam.routes[0].dst: '10.9.0.0' is not a CIDR: the prefix length is missing"]),
+    ([{"dst": "0.0.0.0/0"}, {"dst": "fd00:9::"}], ["ipam.routes[1].dst", "fd00:9::/128"]),
+    ([{"dst": "10.9.0.1/16"}], ["ipam.routes[0].dst: 10.9.0.1/16 has host bits set", "10.9.0.0/16"]),
+    ([{"dst": "10.9.0.0/16", "gw": "10.60.0"}], ["ipam.routes[0].gw"]),
+])
+@pytest.mark.parametrize("version", ["0.2.0", "1.0.0"])
+def test_a_route_without_prefix_is_refused_before_any_lease(hl, routes, fragments, version):
+    error(hl.add(hl.config(V4, routes=routes, version=version)), 7, *fragments)
+    no_leases(hl)
+
+
+def test_routes_with_prefixes_are_returned_as_written(hl):
+    routes = [{"dst": "10.9.0.0/16", "gw": "10.60.0.1"}, {"dst": "10.10.0.7/32"}]
+    out = hl.add(hl.config(V4, routes=routes))
+    assert out.ok and out.json["routes"] == routes, out
+
+
+@pytest.mark.parametrize("where", ["top", "range"])
+def test_an_exclusion_with_host_bits_is_refused_as_a_subnet_is(hl, where):
+    if where == "top":
+        conf, field = hl.config("192.168.50.0/24", exclude=["192.168.50.101/30"]), "ipam.exclude[0]"
+    else:
+        conf = hl.config([{"subnet": "192.168.50.0/24", "exclude": ["192.168.50.101/30"]}])
+        field = "ipam.ranges[0][0].exclude[0]"
+    error(hl.add(conf), 7, f"{field}: 192.168.50.101/30 has host bits set",
+          "the network address is 192.168.50.100 (192.168.50.100/30)")
+    no_leases(hl)
+    subnet = hl.config("192.168.50.1/24")
+    error(hl.add(subnet), 7, "ipam.ranges[0][0].subnet: 192.168.50.1/24 has host bits set",
+          "the network address is 192.168.50.0 (192.168.50.0/24)")

@@ -1,0 +1,91 @@
+"""Config and result rules in real namespaces: a refused prefix leaves nothing behind
+(no link in the pod, no shim or parent on the node, no lease)."""
+
+import json
+import os
+import stat
+
+import pytest
+
+from tests import netns as ns
+from tests.plugins import run_on_node
+
+
+@pytest.fixture
+def node():
+    """A "host" netns with a veth master, and a pod netns; all names with the ucf prefix."""
+    host, pod = ns.add_netns(ns.unique("ucfh")), None
+    try:
+        pod = ns.add_netns(ns.unique("ucfp"))
+        master, peer = ns.unique("ucfm"), ns.unique("ucfq")
+        ns.sh("ip", "link", "add", master, "type", "veth", "peer", "name", peer, ns=host)
+        ns.sh("ip", "link", "set", master, "up", ns=host)
+        ns.sh("ip", "link", "set", peer, "up", ns=host)
+        yield host, pod, master
+    finally:
+        for name in (pod, host):
+            if name:
+                ns.del_netns(name)
+
+
+def conf(master, tmp_path, **extra):
+    c = {"cniVersion": "1.0.0", "name": "ucfnet", "type": "macvlan", "master": master,
+         "stateDir": str(tmp_path / "state"),
+         "ipam": {"type": "host-local", "dataDir": str(tmp_path / "networks"),
+                  "ranges": [[{"subnet": "10.61.0.0/24"}]]}}
+    c.update(extra)
+    return c
+
+
+def assert_nothing_left(host, pod, master, tmp_path, shim=None):
+    assert ns.links(pod) == ["lo"]
+    node_links = set(ns.links(host))
+    assert master in node_links and (shim is None or shim not in node_links)
+    network = tmp_path / "networks" / "ucfnet"
+    leases = [n for n in os.listdir(network) if n[0].isdigit()] if network.is_dir() else []
+    assert leases == []
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "1.1.0"])
+def test_ipam_route_without_prefix(node, tmp_path, version):
+    host, pod, master = node
+    c = conf(master, tmp_path, cniVersion=version)
+    c["ipam"]["routes"] = [{"dst": "10.9.0.0"}]
+    out = run_on_node("macvlan", "ADD", c, host, pod)
+    assert out.cni_code == 7 and "ipam.routes[0].dst: '10.9.0.0' is not a CIDR" in out.json["msg"], out
+    assert out.json["cniVersion"] == version
+    assert_nothing_left(host, pod, master, tmp_path)
+    c["ipam"]["routes"] = [{"dst": "10.9.0.0/16"}]   # the same config with its prefix works
+    out = run_on_node("macvlan", "ADD", c, host, pod)
+    assert out.ok, out
+    assert "10.9.0.0/16 via 10.61.0.1" in ns.sh("ip", "route", "show", ns=pod).stdout
+    assert run_on_node("macvlan", "DEL", c, host, pod).ok
+    assert_nothing_left(host, pod, master, tmp_path)
+
+
+def test_host_shim_route_without_prefix(node, tmp_path):
+    host, pod, master = node
+    c = conf(master, tmp_path, hostShim={"name": "ucfshim0", "address": "10.61.0.250", "routes": ["10.61.0.0"]})
+    out = run_on_node("macvlan", "ADD", c, host, pod)
+    assert out.cni_code == 7 and "hostShim.routes[0]: '10.61.0.0' is not a CIDR" in out.json["msg"], out
+    assert_nothing_left(host, pod, master, tmp_path, shim="ucfshim0")
+
+
+def test_delegated_ipam_result_without_prefix(node, tmp_path):
+    """An IPAM that is not ours answers with a bare route: refused before it is applied,
+    the link undone and the IPAM's DEL run."""
+    host, pod, master = node
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    result = {"cniVersion": "1.0.0", "ips": [{"address": "10.61.0.9/24"}], "routes": [{"dst": "10.9.0.0"}]}
+    script = bin_dir / "ucf-ipam"
+    script.write_text(f"#!/bin/sh\necho \"$CNI_COMMAND\" >> {calls}\n"
+                      f"[ \"$CNI_COMMAND\" = ADD ] && echo '{json.dumps(result)}'\nexit 0\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    c = conf(master, tmp_path, ipam={"type": "ucf-ipam"})
+    out = run_on_node("macvlan", "ADD", c, host, pod, path=str(bin_dir))
+    assert out.cni_code == 7, out
+    assert "ucf-ipam result.routes[0].dst: '10.9.0.0' is not a CIDR" in out.json["msg"], out
+    assert calls.read_text().split() == ["ADD", "DEL"]
+    assert_nothing_left(host, pod, master, tmp_path)
