@@ -354,8 +354,7 @@ def gc(kind, request):
     netconf.validate(kind.name, config)
     if contract.ipam_type(config):
         contract.delegate_ipam(request, "GC")
-    valid = {parents.user_key(request.network, a.get("containerID"), a.get("ifname"))
-             for a in config.get("cni.dev/valid-attachments") or [] if isinstance(a, dict)}
+    valid = {parents.user_key(request.network, cid, ifname) for cid, ifname in request.valid_attachments()}
     with netlink.Netlink() as host:
         parents.garbage_collect(host, request.network, valid, config.get("stateDir") or parents.DEFAULT_STATE_DIR)
 

@@ -45,6 +45,10 @@ KNOWN_ARGS = frozenset({
     "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID",
 })
 
+# GC's list of attachments to keep, under the spec's name and libcni 1.2.0's (Request.valid_attachments).
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+OLD_VALID_ATTACHMENTS = "cni.dev/attachments"
+
 # Which CNI_* variables each verb requires (spec 1.1.0 section "Parameters").
 REQUIRED_ENV = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
@@ -97,6 +101,28 @@ class Request:
     @property
     def network(self):
         return self.config["name"]
+
+    def valid_attachments(self):
+        """GC: the attachments to keep, as a set of (containerID, ifname).
+
+        Spec 1.1.0 names the list `cni.dev/valid-attachments`; libcni 1.2.0 sent it as
+        `cni.dev/attachments` and later sends both (containernetworking/cni #1101), so the
+        newer name counts when it is there (and not null), else the older one. A malformed
+        list is refused (code 7): read as "nothing is valid", it would release everything."""
+        key = VALID_ATTACHMENTS
+        if self.config.get(key) is None and self.config.get(OLD_VALID_ATTACHMENTS) is not None:
+            key = OLD_VALID_ATTACHMENTS
+        listed = self.config.get(key)
+        if listed is None:
+            return set()
+        if not isinstance(listed, list):
+            raise CniError(ERR_INVALID_CONFIG, f"{key}: must be a list of {{containerID, ifname}} objects")
+        valid = set()
+        for i, a in enumerate(listed):
+            if not (isinstance(a, dict) and isinstance(a.get("containerID"), str) and isinstance(a.get("ifname"), str)):
+                raise CniError(ERR_INVALID_CONFIG, f"{key}[{i}]: must be an object with string containerID and ifname")
+            valid.add((a["containerID"], a["ifname"]))
+        return valid
 
     def prev_result(self):
         """prevResult in the newest form, or None."""

@@ -213,8 +213,7 @@ def cmd_check(request):
 def cmd_gc(request):
     # a malformed list must not read as "nothing is valid": that would release every lease
     netconf.validate("host-local", request.config)
-    valid = request.config.get("cni.dev/valid-attachments") or []
-    keep = {(a["containerID"], a["ifname"]) for a in valid}
+    keep = request.valid_attachments()
     keep_ids = {cid for cid, _ in keep}
     with open_store(request) as store:
         for (cid, ifname), ips in store.attachments().items():

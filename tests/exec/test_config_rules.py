@@ -45,3 +45,33 @@ def test_an_exclusion_with_host_bits_is_refused_as_a_subnet_is(hl, where):
     subnet = hl.config("192.168.50.1/24")
     error(hl.add(subnet), 7, "ipam.ranges[0][0].subnet: 192.168.50.1/24 has host bits set",
           "the network address is 192.168.50.0 (192.168.50.0/24)")
+
+
+# -- GC reads the older name of the valid list when the newer is absent -----------------------
+
+@pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
+def test_gc_keeps_what_either_name_lists(hl, key):
+    conf = hl.config(V4, version="1.1.0")
+    for cid in ("keep", "drop"):
+        assert hl.add(conf, cid).ok
+    out = hl.run("GC", dict(conf, **{key: [{"containerID": "keep", "ifname": "eth0"}]}), cid=None, ifname=None,
+                 netns=None)
+    assert out.ok and out.stdout == "", out
+    assert list(hl.leases().values()) == [b"keep\r\neth0"]
+
+
+def test_gc_with_both_names_follows_the_spec_name(hl):
+    conf = hl.config(V4, version="1.1.0")
+    for cid in ("a", "b"):
+        assert hl.add(conf, cid).ok
+    gc = dict(conf, **{"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}],
+                       "cni.dev/attachments": [{"containerID": "b", "ifname": "eth0"}]})
+    assert hl.run("GC", gc).ok
+    assert list(hl.leases().values()) == [b"a\r\neth0"]
+
+
+def test_gc_refuses_a_malformed_older_list_and_releases_nothing(hl):
+    conf = hl.config(V4, version="1.1.0")
+    assert hl.add(conf).ok
+    error(hl.run("GC", dict(conf, **{"cni.dev/attachments": [{"containerID": "c1"}]})), 7, "cni.dev/attachments[0]")
+    assert len(hl.leases()) == 1

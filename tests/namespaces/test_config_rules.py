@@ -89,3 +89,27 @@ def test_delegated_ipam_result_without_prefix(node, tmp_path):
     assert "ucf-ipam result.routes[0].dst: '10.9.0.0' is not a CIDR" in out.json["msg"], out
     assert calls.read_text().split() == ["ADD", "DEL"]
     assert_nothing_left(host, pod, master, tmp_path)
+
+
+def test_gc_with_only_the_older_name_keeps_listed_pods_and_their_shim(node, tmp_path):
+    """libcni 1.2.0 sends cni.dev/attachments only: the listed pod keeps its lease, and the
+    hostShim it uses stays; the unlisted one is released."""
+    host, pod, master = node
+    other = ns.add_netns(ns.unique("ucfp"))
+    try:
+        c = conf(master, tmp_path, cniVersion="1.1.0",
+                 hostShim={"name": "ucfshim1", "address": "10.61.0.250", "routes": ["10.61.0.0/24"]})
+        assert run_on_node("macvlan", "ADD", c, host, pod, cid="keep").ok
+        assert run_on_node("macvlan", "ADD", c, host, other, cid="lost").ok
+        gc = dict(c, **{"cni.dev/attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+        out = run_on_node("macvlan", "GC", gc, host)
+        assert out.ok, out
+        network = tmp_path / "networks" / "ucfnet"
+        owners = [(network / n).read_bytes() for n in os.listdir(network) if n[0].isdigit()]
+        assert owners == [b"keep\r\neth0"]
+        assert "ucfshim1" in ns.links(host)
+        assert run_on_node("macvlan", "DEL", c, host, pod, cid="keep").ok
+        assert run_on_node("macvlan", "DEL", c, host, other, cid="lost").ok
+        assert_nothing_left(host, pod, master, tmp_path, shim="ucfshim1")
+    finally:
+        ns.del_netns(other)
