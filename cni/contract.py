@@ -97,6 +97,7 @@ class Request:
         self.stdin = stdin
         self.version = config.get("cniVersion", "0.1.0")
         self.args = parse_cni_args(env.get("CNI_ARGS", ""))
+        self.warnings = []   # what a config check found and let pass: stderr and the log
 
     @property
     def network(self):
@@ -333,6 +334,7 @@ def delegate_ipam(request, command):
         verbs = importlib.import_module(module).VERBS
         sub = Request(command, dict(request.env, CNI_COMMAND=command), request.config, request.stdin)
         sub.version = request.version
+        sub.warnings = request.warnings
         return verbs[command](sub)
     return exec_plugin(kind, request, command)
 
@@ -464,12 +466,19 @@ def run(verbs, about, env=None, stdin=None, stdout=None, stderr=None, argv=(), p
     finally:
         if error is not None:
             stdout.write(json.dumps(error_json(error, version)) + "\n")
+        for warning in request.warnings if request is not None else ():
+            stderr.write(f"{plugin_name(about)}: warning: {warning}\n")
         if request is not None and request.config.get("logFile") or request is None and has_log_file(stdin):
             from cni import oplog
             config = request.config if request is not None else oplog.peek_config(stdin)
             if config is not None and config.get("logFile"):
                 oplog.log_operation(config, about, env, request, result, error, stdout, stderr)
     return 1
+
+
+def plugin_name(about):
+    """'macvlan' from the about line 'CNI macvlan plugin (underlay ...)'."""
+    return about.split()[1] if about.startswith("CNI ") and len(about.split()) > 1 else about
 
 
 def has_log_file(stdin):

@@ -11,7 +11,7 @@ logFile is set, and no failure here changes the operation's answer.
 import json
 import os
 
-from cni.contract import CniError, decode_config
+from cni.contract import CniError, decode_config, plugin_name
 
 LOG_LEVELS = ("error", "info", "debug")
 LOG_MAGIC = b'{"time": '   # every line starts so: we append only to files that look like ours
@@ -41,7 +41,7 @@ def log_operation(config, about, env, request, result, error, stdout, stderr):
         now = time.time()
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
-            "plugin": about.split()[1] if about.startswith("CNI ") else about,
+            "plugin": plugin_name(about),
             "pid": os.getpid(),
             "command": clip(env.get("CNI_COMMAND", "")),
             "network": clip(config.get("name", "")),
@@ -54,6 +54,8 @@ def log_operation(config, about, env, request, result, error, stdout, stderr):
         if level >= 2:
             entry["netns"] = clip(env.get("CNI_NETNS", ""))
             entry["cniVersion"] = clip(config.get("cniVersion", ""))
+        if request is not None and request.warnings:
+            entry["warnings"] = [clip(w) for w in request.warnings[:20]]
         if error is None:
             entry["result"] = "ok"
             if isinstance(result, dict):

@@ -23,7 +23,7 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 class IpamConfig:
     def __init__(self, request):
         config = request.config
-        netconf.validate("host-local", config)
+        netconf.validate("host-local", config, request)
         self.ipam = ipam = config["ipam"]
         runtime = config.get("runtimeConfig") or {}
         # the node's hostShim address (cni/shim.py) is never given to a pod
@@ -212,7 +212,7 @@ def cmd_check(request):
 
 def cmd_gc(request):
     # a malformed list must not read as "nothing is valid": that would release every lease
-    netconf.validate("host-local", request.config)
+    netconf.validate("host-local", request.config, request)
     keep = request.valid_attachments()
     keep_ids = {cid for cid, _ in keep}
     with open_store(request) as store:

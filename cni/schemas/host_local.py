@@ -392,3 +392,40 @@ def validate_https___underlay_invalid_schema_host_local_json__definitions_range(
     return data
 
 validate = validate_https___underlay_invalid_schema_host_local_json
+
+# The keys known at each place of a config (cni/config.py key_problems): 'keys' where they are
+# checked, 'props' and 'items' to walk on. A place with additionalProperties is free.
+KEYS = {'props': {'ipam': {'keys': ['auxAddresses',
+                             'dataDir',
+                             'exclude',
+                             'gateway',
+                             'lockTimeout',
+                             'rangeEnd',
+                             'rangeStart',
+                             'ranges',
+                             'resolvConf',
+                             'routes',
+                             'subnet',
+                             'type'],
+                    'props': {'ranges': {'items': {'items': {'keys': ['exclude',
+                                                                      'gateway',
+                                                                      'rangeEnd',
+                                                                      'rangeStart',
+                                                                      'subnet']}}},
+                              'routes': {'items': {'keys': ['advmss',
+                                                            'dst',
+                                                            'gw',
+                                                            'mtu',
+                                                            'priority',
+                                                            'scope',
+                                                            'table']}}}},
+           'runtimeConfig': {'props': {'ipRanges': {'items': {'items': {'keys': ['exclude',
+                                                                                 'gateway',
+                                                                                 'rangeEnd',
+                                                                                 'rangeStart',
+                                                                                 'subnet']}}}}}}}
+
+# What a failed rule says in words, by (field path with [] for indices, rule): the schema's
+# patternMessage, formatMessage or notMessage beside the rule.
+MESSAGES = {('data.ipam.dataDir', 'pattern'): "must be an absolute path (starting with '/') without control characters",
+ ('data.logFile', 'pattern'): "must be an absolute path (starting with '/') without control characters"}

@@ -340,3 +340,40 @@ def validate_https___underlay_invalid_schema_ipvlan_json__definitions_attachment
     return data
 
 validate = validate_https___underlay_invalid_schema_ipvlan_json
+
+# The keys known at each place of a config (cni/config.py key_problems): 'keys' where they are
+# checked, 'props' and 'items' to walk on. A place with additionalProperties is free.
+KEYS = {'keys': ['args',
+          'capabilities',
+          'cni.dev/attachments',
+          'cni.dev/valid-attachments',
+          'cniVersion',
+          'cniVersions',
+          'dns',
+          'flag',
+          'hostShim',
+          'internal',
+          'ipam',
+          'linkInContainer',
+          'logFile',
+          'logLevel',
+          'mac',
+          'master',
+          'mode',
+          'mtu',
+          'name',
+          'prevResult',
+          'runtimeConfig',
+          'stateDir',
+          'type',
+          'vlan'],
+ 'props': {'dns': {'keys': ['domain', 'nameservers', 'options', 'search']},
+           'hostShim': {'keys': ['address', 'name', 'routes']}}}
+
+# What a failed rule says in words, by (field path with [] for indices, rule): the schema's
+# patternMessage, formatMessage or notMessage beside the rule.
+MESSAGES = {('data.hostShim.name', 'pattern'): "must be an interface name: no '/', ':', whitespace or control characters",
+ ('data.logFile', 'pattern'): "must be an absolute path (starting with '/') without control characters",
+ ('data.master', 'not'): "may not be '.' or '..'",
+ ('data.master', 'pattern'): "must be an interface name: no '/', ':', whitespace or control characters",
+ ('data.stateDir', 'pattern'): "must be an absolute path (starting with '/') without control characters"}

@@ -75,3 +75,70 @@ def test_gc_refuses_a_malformed_older_list_and_releases_nothing(hl):
     assert hl.add(conf).ok
     error(hl.run("GC", dict(conf, **{"cni.dev/attachments": [{"containerID": "c1"}]})), 7, "cni.dev/attachments[0]")
     assert len(hl.leases()) == 1
+
+
+# -- unknown keys ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ipam, message", [
+    ({"exlude": ["10.60.0.0/24"]}, "unknown key 'exlude' in ipam; did you mean 'exclude'?"),
+    ({"ranges": [[{"subnet": V4, "exlude": ["10.60.0.0/24"]}]]},
+     "unknown key 'exlude' in ipam.ranges[0][0]; did you mean 'exclude'?"),
+    ({"auxAdresses": {"a": "10.60.0.2"}}, "unknown key 'auxAdresses' in ipam; did you mean 'auxAddresses'?"),
+    ({"ranges": [[{"subnet": V4, "rangStart": "10.60.0.100"}]]},
+     "unknown key 'rangStart' in ipam.ranges[0][0]; did you mean 'rangeStart'?"),
+    ({"route": [{"dst": "0.0.0.0/0"}]}, "unknown key 'route' in ipam; did you mean 'routes'?"),
+    ({"resolveConf": "/etc/resolv.conf"}, "unknown key 'resolveConf' in ipam; did you mean 'resolvConf'?"),
+])
+@pytest.mark.parametrize("version", ["0.3.1", "1.1.0"])
+def test_a_near_miss_key_is_refused_before_any_lease(hl, ipam, message, version):
+    conf = hl.config(V4, version=version, **ipam)
+    e = error(hl.add(conf), 7, message)
+    assert e["msg"] == message and e["cniVersion"] == version
+    no_leases(hl)
+
+
+def test_a_near_miss_key_does_not_stop_del_or_gc(hl):
+    """A config ADDed by an older underlay (typo and all) must still be torn down."""
+    from tests.plugins import run_plugin
+    conf = hl.config(V4, version="1.1.0")
+    assert hl.add(conf).ok
+    typo = dict(conf, ipam=dict(conf["ipam"], exlude=["10.60.0.9"]))
+    out = run_plugin("host-local", "DEL", typo, container_id="c1", ifname="eth0")   # reads only the store
+    assert out.ok, out
+    no_leases(hl)
+    assert hl.add(conf).ok
+    out = run_plugin("host-local", "GC", dict(typo, **{"cni.dev/valid-attachments": []}))
+    assert out.ok, out
+    assert out.stderr == "host-local: warning: unknown key 'exlude' in ipam is not used; did you mean 'exclude'?\n"
+    no_leases(hl)
+    out = run_plugin("host-local", "STATUS", typo)
+    assert out.ok and "did you mean 'exclude'?" in out.stderr, out
+
+
+def test_other_unknown_keys_are_kept_and_warned_about(hl, tmp_path):
+    from tests.plugins import run_plugin
+    log = tmp_path / "ops.log"
+    conf = hl.config([{"subnet": V4, "note": "rack 4"}], somethingNew=[1, 2])
+    conf.update(future={"x": 1}, logFile=str(log))   # the top level is the main plugin's: no warning
+    out = run_plugin("host-local", "ADD", conf, container_id="c1", ifname="eth0", netns="/run/netns/x")
+    assert out.ok, out
+    assert out.stderr.splitlines() == [
+        "host-local: warning: unknown key 'somethingNew' in ipam is not used",
+        "host-local: warning: unknown key 'note' in ipam.ranges[0][0] is not used"]
+    import json
+    [entry] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entry["result"] == "ok" and entry["warnings"] == [
+        "unknown key 'somethingNew' in ipam is not used", "unknown key 'note' in ipam.ranges[0][0] is not used"]
+
+
+@pytest.mark.parametrize("plugin, extra, message", [
+    ("macvlan", {"mdoe": "private"}, "unknown key 'mdoe' in the network config; did you mean 'mode'?"),
+    ("ipvlan", {"mdoe": "l3"}, "unknown key 'mdoe' in the network config; did you mean 'mode'?"),
+    ("ipvlan", {"flags": "private"}, "unknown key 'flags' in the network config; did you mean 'flag'?"),
+])
+def test_a_main_plugin_refuses_near_misses_before_touching_anything(plugin, extra, message):
+    from tests.plugins import run_plugin
+    conf = dict({"cniVersion": "1.0.0", "name": "ucfnet", "type": plugin, "master": "ucfnone0"}, **extra)
+    # the netns does not exist: the config is refused before it is opened
+    out = run_plugin(plugin, "ADD", conf, container_id="c1", ifname="eth0", netns="/run/netns/ucf-missing")
+    assert error(out, 7, message)["msg"] == message

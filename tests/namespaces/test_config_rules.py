@@ -113,3 +113,31 @@ def test_gc_with_only_the_older_name_keeps_listed_pods_and_their_shim(node, tmp_
         assert_nothing_left(host, pod, master, tmp_path, shim="ucfshim1")
     finally:
         ns.del_netns(other)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mdoe": "private"}, "unknown key 'mdoe' in the network config; did you mean 'mode'?"),
+    ({"ipam": {"exlude": ["10.61.0.0/25"]}}, "unknown key 'exlude' in ipam; did you mean 'exclude'?"),
+    ({"ipam": {"ranges": [[{"subnet": "10.61.0.0/24", "exlude": ["10.61.0.0/24"]}]]}},
+     "unknown key 'exlude' in ipam.ranges[0][0]; did you mean 'exclude'?"),
+    ({"hostShim": {"name": "ucfshim2", "address": "10.61.0.250", "route": ["10.61.0.0/24"]}},
+     "unknown key 'route' in hostShim; did you mean 'routes'?"),
+])
+def test_a_near_miss_key_leaves_nothing_behind(node, tmp_path, change, message):
+    host, pod, master = node
+    c = conf(master, tmp_path)
+    for key, value in change.items():
+        c[key] = dict(c[key], **value) if key == "ipam" else value
+    out = run_on_node("macvlan", "ADD", c, host, pod)
+    assert out.cni_code == 7 and out.json["msg"] == message, out
+    assert_nothing_left(host, pod, master, tmp_path, shim="ucfshim2")
+
+
+def test_an_unknown_key_is_kept_and_warned_about(node, tmp_path):
+    host, pod, master = node
+    c = conf(master, tmp_path, future={"x": 1})
+    out = run_on_node("macvlan", "ADD", c, host, pod)
+    assert out.ok, out
+    assert out.stderr == "macvlan: warning: unknown key 'future' in the network config is not used\n"
+    assert run_on_node("macvlan", "DEL", c, host, pod).ok
+    assert_nothing_left(host, pod, master, tmp_path)
