@@ -40,6 +40,8 @@ class Conf:
         self.internal = bool(config.get("internal"))
         self.shim = shim.settings(config)
         self.prev = request.prev_result() if request.command in ("ADD", "CHECK") else None
+        if request.command == "ADD":
+            contract.load_ipam_config(request)   # a bad ipam section is refused before the link exists
         if self.vlan is not None and self.link_in_container:
             raise CniError(ERR_INVALID_CONFIG, "vlan: cannot be combined with linkInContainer")
         if self.internal:

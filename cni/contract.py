@@ -98,6 +98,7 @@ class Request:
         self.version = config.get("cniVersion", "0.1.0")
         self.args = parse_cni_args(env.get("CNI_ARGS", ""))
         self.warnings = []   # what a config check found and let pass: stderr and the log
+        self.ipam_config = None   # an in-process IPAM's config, loaded early (load_ipam_config)
 
     @property
     def network(self):
@@ -325,6 +326,15 @@ def ipam_type(config):
     return kind
 
 
+def load_ipam_config(request):
+    """An in-process IPAM's config, loaded and checked now: a main plugin calls this before it
+    changes anything, so a bad ipam section costs no link to undo. delegate_ipam hands it on."""
+    module = IN_PROCESS_IPAM.get(ipam_type(request.config))
+    if module is not None:
+        import importlib
+        request.ipam_config = importlib.import_module(module).load_config(request)
+
+
 def delegate_ipam(request, command):
     """Run the IPAM plugin's `command`; return its result (newest form) for ADD."""
     kind = ipam_type(request.config)
@@ -335,6 +345,7 @@ def delegate_ipam(request, command):
         sub = Request(command, dict(request.env, CNI_COMMAND=command), request.config, request.stdin)
         sub.version = request.version
         sub.warnings = request.warnings
+        sub.ipam_config = request.ipam_config if command == request.command else None
         return verbs[command](sub)
     return exec_plugin(kind, request, command)
 

@@ -38,6 +38,11 @@ class IpamConfig:
         self.dns = read_resolv_conf(ipam["resolvConf"]) if ipam.get("resolvConf") else {}
 
 
+def load_config(request):
+    """The config, checked: for a main plugin to load before it changes anything."""
+    return IpamConfig(request)
+
+
 def check_one_set_per_family(range_sets, version):
     """0.1.0/0.2.0 results carry one ip4 and one ip6: a second address would be leased but never reported."""
     seen = {}
@@ -146,7 +151,7 @@ def read_resolv_conf(path):
 # Verbs
 
 def cmd_add(request):
-    conf = IpamConfig(request)
+    conf = request.ipam_config or IpamConfig(request)
     requested = assign_requested(conf)
     cid, ifname = request.container_id, request.ifname
     allocated = []
@@ -187,7 +192,7 @@ def cmd_del(request):
 
 
 def cmd_check(request):
-    conf = IpamConfig(request)
+    conf = request.ipam_config or IpamConfig(request)
     prev = request.prev_result()
     if prev is None:
         raise CniError(ERR_INVALID_CONFIG, "prevResult: required for CHECK")
@@ -226,7 +231,7 @@ def cmd_gc(request):
 
 
 def cmd_status(request):
-    conf = IpamConfig(request)
+    conf = request.ipam_config or IpamConfig(request)
     try:
         with open_store(request) as store:
             leased = store.lease_names()

@@ -135,6 +135,13 @@ def test_other_unknown_keys_are_kept_and_warned_about(hl, tmp_path):
     ("macvlan", {"mdoe": "private"}, "unknown key 'mdoe' in the network config; did you mean 'mode'?"),
     ("ipvlan", {"mdoe": "l3"}, "unknown key 'mdoe' in the network config; did you mean 'mode'?"),
     ("ipvlan", {"flags": "private"}, "unknown key 'flags' in the network config; did you mean 'flag'?"),
+    # the in-process IPAM's section is checked before the main plugin does anything too
+    ("macvlan", {"ipam": {"type": "host-local", "dataDir": "/nonexistent/ucf", "ranges": [[{"subnet": V4}]],
+                          "exlude": []}}, "unknown key 'exlude' in ipam; did you mean 'exclude'?"),
+    ("ipvlan", {"ipam": {"type": "host-local", "dataDir": "/nonexistent/ucf", "ranges": [[{"subnet": V4}]],
+                         "routes": [{"dst": "10.9.0.0"}]}},
+     "ipam.routes[0].dst: '10.9.0.0' is not a CIDR: the prefix length is missing "
+     "(address/prefix, e.g. 10.9.0.0/32 for this address alone)"),
 ])
 def test_a_main_plugin_refuses_near_misses_before_touching_anything(plugin, extra, message):
     from tests.plugins import run_plugin
