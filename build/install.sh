@@ -127,9 +127,13 @@ if [ "$UNINSTALL" = 1 ]; then
 fi
 
 [ -x "$FROM/.underlay/$ENTRY" ] || die "no bundle at $FROM/.underlay (run \`make build\` first)"
+# Only the CNI plugins go into the CNI bin directory (build.sh lists them from
+# cni/registry.py); the agent and the operator's command are not plugins.
 PLUGINS=
 for link in "$FROM"/*; do
-    [ -L "$link" ] && [ "$(readlink "$link")" = ".underlay/$ENTRY" ] && PLUGINS="$PLUGINS $(basename "$link")"
+    [ -L "$link" ] && [ "$(readlink "$link")" = ".underlay/$ENTRY" ] || continue
+    grep -qx "$(basename "$link")" "$FROM/.underlay/cni-plugins" 2>/dev/null || continue
+    PLUGINS="$PLUGINS $(basename "$link")"
 done
 [ -n "$PLUGINS" ] || die "no plugin links in $FROM"
 

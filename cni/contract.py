@@ -310,10 +310,6 @@ def read_request(env, stdin_bytes):
 # --------------------------------------------------------------------------
 # IPAM delegation.
 
-# IPAM types that are our own code: run in-process, no second exec.
-IN_PROCESS_IPAM = {"host-local": "ipam.host_local", "underlay-host-local": "ipam.host_local"}
-
-
 def ipam_type(config):
     ipam = config.get("ipam")
     if not isinstance(ipam, dict):
@@ -329,7 +325,8 @@ def ipam_type(config):
 def load_ipam_config(request):
     """An in-process IPAM's config, loaded and checked now: a main plugin calls this before it
     changes anything, so a bad ipam section costs no link to undo. delegate_ipam hands it on."""
-    module = IN_PROCESS_IPAM.get(ipam_type(request.config))
+    from cni import registry
+    module = registry.in_process_ipam(ipam_type(request.config))
     if module is not None:
         import importlib
         request.ipam_config = importlib.import_module(module).load_config(request)
@@ -337,8 +334,9 @@ def load_ipam_config(request):
 
 def delegate_ipam(request, command):
     """Run the IPAM plugin's `command`; return its result (newest form) for ADD."""
+    from cni import registry
     kind = ipam_type(request.config)
-    module = IN_PROCESS_IPAM.get(kind)
+    module = registry.in_process_ipam(kind)   # our own IPAM: in-process, no second exec
     if module is not None:
         import importlib
         verbs = importlib.import_module(module).VERBS

@@ -192,9 +192,10 @@ def test_help_prints_usage_and_imports_nothing_denied(bundle, tmp_path, plugin):
     assert proc.returncode == 0 and proc.stdout.decode().startswith(f"CNI {plugin} "), proc
 
 
-def test_help_of_the_bundle_itself_lists_the_plugins(bundle):
-    for argv in ([str(bundle.exe), "--help"], [str(bundle.exe), "-h"]):
-        proc = bundle.run(None, {}, argv=argv)
+def test_help_under_a_name_we_do_not_know_lists_the_names(bundle, tmp_path):
+    os.symlink(bundle.exe, tmp_path / "ucf-unknown")
+    for flag in ("--help", "-h"):
+        proc = bundle.run(None, {}, argv=[str(tmp_path / "ucf-unknown"), flag])
         assert proc.returncode == 0 and b"call me as one of macvlan, ipvlan, host-local" in proc.stdout, proc
 
 
@@ -240,13 +241,16 @@ def entry():
     return module
 
 
-@pytest.mark.parametrize("name, plugin", [
-    ("macvlan", "macvlan"), ("ipvlan", "ipvlan"), ("host-local", "host-local"),
-    ("underlay-macvlan", "macvlan"), ("underlay-host-local", "host-local"), ("u_ipvlan", "ipvlan"),
-    ("underlay", None), ("bridge", None), ("macvlan.old", None), ("", None),
+@pytest.mark.parametrize("argv, program", [
+    (["macvlan"], "macvlan"), (["/opt/cni/bin/ipvlan"], "ipvlan"), (["host-local"], "host-local"),
+    (["cluster-ipam"], "cluster-ipam"), (["underlay-cluster-ipam"], "cluster-ipam"),
+    (["underlay-macvlan"], "macvlan"), (["underlay-host-local"], "host-local"), (["u_ipvlan"], "ipvlan"),
+    (["underlayd"], "underlayd"), (["underlay"], "underlay"), (["underlay", "leases"], "underlay"),
+    (["underlay", "host-local"], "host-local"), (["underlay", "underlay-macvlan"], "macvlan"),
+    (["bridge"], None), (["macvlan.old"], None), ([""], None), (["host-local", "macvlan"], "host-local"),
 ])
-def test_entry_picks_plugin_by_name(entry, name, plugin):
-    assert entry.plugin_for(name) == plugin
+def test_entry_picks_program_by_name(entry, argv, program):
+    assert entry.program_for(list(argv)) == program
 
 
 @pytest.mark.parametrize("before, after", [
@@ -272,7 +276,7 @@ def test_prefixed_and_direct_names_run_the_same_plugin(bundle, tmp_path):
 
     os.symlink(bundle.exe, tmp_path / "bridge")
     proc = bundle.run(None, {"CNI_COMMAND": "VERSION"}, argv=[str(tmp_path / "bridge")])
-    assert proc.returncode == 2 and b"call me as one of macvlan, ipvlan, host-local" in proc.stderr
+    assert proc.returncode == 2 and b"call me as one of macvlan, ipvlan, host-local, cluster-ipam" in proc.stderr
 
 
 # -- no Python on the node --------------------------------------------------------------
@@ -318,7 +322,8 @@ def system_libraries(bundle):
 
 def test_needs_only_system_libraries(bundle):
     libs = system_libraries(bundle)
-    prefixes = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+    # a Python of its own (pyenv, /opt) must not leak in; Debian's own lives in /usr, with the system's libraries
+    prefixes = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)} - {"/usr", "/"}
     assert not [lib for lib in libs if any(os.path.realpath(lib).startswith(p) for p in prefixes)], libs
     names = {os.path.basename(lib).split(".so")[0] for lib in libs}
     assert names <= {"libc", "libdl", "libm", "libpthread", "libz", "librt", "libutil", "ld-linux-x86-64"}, names
