@@ -33,7 +33,7 @@ def validate(schema, config, request=None):
     if strict:
         for path, key, suggestion in problems:
             if suggestion is not None:
-                raise CniError(ERR_INVALID_CONFIG, f"unknown key {key!r} in {place(path)}; "
+                raise CniError(ERR_INVALID_CONFIG, f"unknown key {clipped(key)} in {place(path)}; "
                                                    f"did you mean {suggestion!r}?")
     try:
         module.validate(config)
@@ -43,11 +43,11 @@ def validate(schema, config, request=None):
     if request is not None:
         for path, key, suggestion in problems:
             hint = f"; did you mean {suggestion!r}?" if suggestion else ""
-            request.warnings.append(f"unknown key {key!r} in {place(path)} is not used{hint}")
+            request.warnings.append(f"unknown key {clipped(key)} in {place(path)} is not used{hint}")
 
 
 def place(path):
-    return path or "the network config"
+    return clipped(path, quote=False) if path else "the network config"
 
 
 def key_problems(schema, config):
@@ -60,8 +60,7 @@ def key_problems(schema, config):
     from cni.spelling import near_miss
     problems = []
     pending = [(schema_module(schema).KEYS, config, "")]
-    while pending:
-        spot, value, path = pending.pop(0)
+    for spot, value, path in pending:   # grows as it goes: breadth first, in config order
         if isinstance(value, dict):
             known = spot.get("keys")
             if known is not None:
@@ -84,8 +83,9 @@ def rule_message(module, e):
     return field_message(message)
 
 
-def clipped(value, limit=100):
-    text = repr(value)
+def clipped(value, limit=100, quote=True):
+    """A value for a message: repr'd (or not) and cut short, so a hostile key cannot bloat stderr."""
+    text = repr(value) if quote else str(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 

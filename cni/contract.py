@@ -475,14 +475,20 @@ def run(verbs, about, env=None, stdin=None, stdout=None, stderr=None, argv=(), p
     finally:
         if error is not None:
             stdout.write(json.dumps(error_json(error, version)) + "\n")
-        for warning in request.warnings if request is not None else ():
+        warnings = request.warnings if request is not None else []
+        for warning in warnings[:MAX_WARNINGS]:
             stderr.write(f"{plugin_name(about)}: warning: {warning}\n")
+        if len(warnings) > MAX_WARNINGS:
+            stderr.write(f"{plugin_name(about)}: warning: and {len(warnings) - MAX_WARNINGS} more\n")
         if request is not None and request.config.get("logFile") or request is None and has_log_file(stdin):
             from cni import oplog
             config = request.config if request is not None else oplog.peek_config(stdin)
             if config is not None and config.get("logFile"):
                 oplog.log_operation(config, about, env, request, result, error, stdout, stderr)
     return 1
+
+
+MAX_WARNINGS = 20   # a config with thousands of unknown keys gets a few lines, not thousands
 
 
 def plugin_name(about):

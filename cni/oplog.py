@@ -11,7 +11,7 @@ logFile is set, and no failure here changes the operation's answer.
 import json
 import os
 
-from cni.contract import CniError, decode_config, plugin_name
+from cni.contract import MAX_WARNINGS, CniError, decode_config, plugin_name
 
 LOG_LEVELS = ("error", "info", "debug")
 LOG_MAGIC = b'{"time": '   # every line starts so: we append only to files that look like ours
@@ -55,7 +55,7 @@ def log_operation(config, about, env, request, result, error, stdout, stderr):
             entry["netns"] = clip(env.get("CNI_NETNS", ""))
             entry["cniVersion"] = clip(config.get("cniVersion", ""))
         if request is not None and request.warnings:
-            entry["warnings"] = [clip(w) for w in request.warnings[:20]]
+            entry["warnings"] = [clip(w) for w in request.warnings[:MAX_WARNINGS]]
         if error is None:
             entry["result"] = "ok"
             if isinstance(result, dict):

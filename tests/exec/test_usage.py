@@ -4,11 +4,12 @@ bundle with UNDERLAY_BIN_DIR)."""
 
 import pytest
 
+from cni import registry
 from tests.exec.conftest import error
-from tests.plugins import plugin_argv, run_plugin
+from tests.plugins import ROOT, plugin_argv, run_plugin
 
 NETNS = "/run/netns/ucf-never-opened"
-PLUGINS = ("macvlan", "ipvlan", "host-local")
+PLUGINS = [p for p in registry.cni_plugins() if p in registry.written(ROOT)]
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)

@@ -179,3 +179,10 @@ def test_no_foreign_key_is_taken_for_a_typo(schema):
     from cni.spelling import near_miss
     known = netconf.schema_module(schema).KEYS["keys"]
     assert [(k, near_miss(k, known)) for k in FOREIGN_KEYS if near_miss(k, known)] == []
+
+
+def test_a_hostile_key_is_clipped_in_messages():
+    request = FakeRequest("ADD")
+    netconf.validate("host-local", host_local(**{"x" * 10_000 + "\n": 1}), request)
+    [warning] = request.warnings
+    assert len(warning) < 200 and "\n" not in warning and warning.endswith("... in ipam is not used")

@@ -197,3 +197,16 @@ def test_an_error_answers_in_the_configs_version(command, env, stdin, version):
     exit_code, out, _, plugin = run(command, stdin, **env)
     assert exit_code != 0 and not plugin.calls
     assert error_of(out)["cniVersion"] == version
+
+
+def test_warnings_go_to_stderr_after_the_answer_clipped_to_a_few_lines():
+    def add(request):
+        request.warnings.extend(f"unknown key 'k{i}' in ipam is not used" for i in range(25))
+        return RESULT
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = contract.run({"ADD": add}, "CNI test plugin", env=dict(ENV, CNI_COMMAND="ADD"),
+                        stdin=b'{"cniVersion": "1.0.0", "name": "n"}', stdout=stdout, stderr=stderr)
+    assert code == 0 and json.loads(stdout.getvalue())["ips"]
+    lines = stderr.getvalue().splitlines()
+    assert lines[0] == "test: warning: unknown key 'k0' in ipam is not used"
+    assert len(lines) == 21 and lines[-1] == "test: warning: and 5 more"
