@@ -57,14 +57,15 @@ def key_problems(schema, config):
     The field path is "" for the top level, else like "ipam.ranges[0][0]". Places whose
     keys are free (runtimeConfig, args, auxAddresses, a main plugin's ipam section) are
     not looked at. Used by the plugins (validate) and by `underlay validate`."""
-    from cni.spelling import near_miss
     problems = []
     pending = [(schema_module(schema).KEYS, config, "")]
     for spot, value, path in pending:   # grows as it goes: breadth first, in config order
         if isinstance(value, dict):
             known = spot.get("keys")
-            if known is not None:
-                problems += [(path, key, near_miss(key, known)) for key in value if key not in known]
+            unknown = [key for key in value if key not in known] if known is not None else ()
+            if unknown:
+                from cni.spelling import near_miss   # only now: a clean config never imports it
+                problems += [(path, key, near_miss(key, known)) for key in unknown]
             children = spot.get("props", {})
             pending += [(children[key], value[key], f"{path}.{key}" if path else key)
                         for key in value if key in children]
