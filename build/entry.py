@@ -64,7 +64,8 @@ def build_info():
 def usage(called, asked):
     """Which names we answer to; exit 0 when --help asked for it, 2 for a name we do not know."""
     text = (f"{called}: call me as one of {', '.join(registry.EXECUTABLES)} (a symlink, CNI plugins "
-            f"optionally prefixed), or as `{BUNDLE_NAME} PLUGIN`; `PLUGIN --help` describes each\n")
+            f"optionally prefixed), or as `{BUNDLE_NAME} PLUGIN`; `PLUGIN --help` describes each, "
+            f"`{BUNDLE_NAME} --help` the operator's command\n")
     (sys.stdout if asked else sys.stderr).write(text)
     return 0 if asked else 2
 
@@ -98,8 +99,7 @@ def run(argv):
             raise
         sys.stderr.write(f"{called}: plugin {plugin!r} is not part of this build\n")
         return 2
-    sys.modules[module].main()
-    return 0
+    return sys.modules[module].main() or 0   # the plugins exit themselves; the operator's command returns
 
 
 def list_modules(target):

@@ -40,8 +40,6 @@ class Conf:
         self.internal = bool(config.get("internal"))
         self.shim = shim.settings(config)
         self.prev = request.prev_result() if request.command in ("ADD", "CHECK") else None
-        if request.command == "ADD":
-            contract.load_ipam_config(request)   # a bad ipam section is refused before the link exists
         if self.vlan is not None and self.link_in_container:
             raise CniError(ERR_INVALID_CONFIG, "vlan: cannot be combined with linkInContainer")
         if self.internal:
@@ -173,6 +171,7 @@ def find_master(kind, conf, where, request):
 
 def add(kind, request):
     conf = kind.load(request)
+    contract.load_ipam_config(request)   # a bad ipam section is refused before the link exists
     undo = []
     pod_fd = open_pod_netns(request)
     host = netlink.Netlink()

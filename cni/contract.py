@@ -329,7 +329,8 @@ def load_ipam_config(request):
     module = registry.in_process_ipam(ipam_type(request.config))
     if module is not None:
         import importlib
-        request.ipam_config = importlib.import_module(module).load_config(request)
+        load = getattr(importlib.import_module(module), "load_config", None)   # an IPAM may have none
+        request.ipam_config = load(request) if load else None
 
 
 def delegate_ipam(request, command):

@@ -154,7 +154,8 @@ def test_agreement_on_mutations(path):
 
 SCHEMAS = sorted((ROOT / "conf" / "schema").glob("*.json"))
 MINIMAL = {"host-local": {"name": "n", "ipam": {"type": "host-local"}}, "macvlan": {"name": "n"},
-           "ipvlan": {"name": "n"}}
+           "ipvlan": {"name": "n"},
+           "cluster-ipam": {"name": "n", "ipam": {"type": "cluster-ipam", "etcd": {"endpoints": ["http://e:2379"]}}}}
 # values to try against a rule: the first one it refuses is used
 CANDIDATES = ["relative/path", "a/b", "a b", "x\x01y", "", ".", ".."]
 
@@ -195,7 +196,12 @@ def violating(schema, path, rule, pattern):
         value = next(v for v in CANDIDATES if v and not re.search(pattern, v))
     else:
         value = "."
-    node[keys[-1]] = value
+    last = keys[-1]
+    if last.endswith("[]"):   # an array of such values: one bad item after a good one
+        good = next(v for v in node[last[:-2]] if re.search(pattern, v)) if node.get(last[:-2]) else value
+        node[last[:-2]] = [good, value]
+    else:
+        node[last] = value
     if keys[0] == "hostShim":
         node.setdefault("address", "10.1.0.250")
         node.setdefault("name", "shim0")
@@ -210,11 +216,11 @@ def test_a_pattern_failure_is_a_sentence(schema_path):
     assert set(module.MESSAGES) == {k for k in raw if k[1] in ("pattern", "format")} | \
         {k for k in module.MESSAGES if k[1] == "not"}
     for (path, rule), sentence in module.MESSAGES.items():
-        assert "[]" not in path, "extend violating() for arrays"
+        assert path.count("[]") <= int(path.endswith("[]")), "extend violating() for arrays inside arrays"
         config, value = violating(schema, path, rule, raw[(path, rule)])
         with pytest.raises(CniError) as e:
             netconf.validate(schema, config)
-        field = path.removeprefix("data.")
+        field = path.removeprefix("data.").replace("[]", "[1]")
         assert e.value.msg == f"invalid network config: {field} {sentence}; got {value!r}", (path, rule)
         assert "pattern" not in e.value.msg and "^" not in e.value.msg
 
