@@ -52,7 +52,8 @@ def place(path):
 
 def key_problems(schema, config):
     """Unknown keys of `config` at the places conf/schema/<schema>.json lists keys for:
-    [(field path, key, the known key it is probably a typo of, or None)], in config order.
+    [(field path, key, the known key it is probably a typo of, or None)], place by place
+    (breadth first), each place's keys in config order.
 
     The field path is "" for the top level, else like "ipam.ranges[0][0]". Places whose
     keys are free (runtimeConfig, args, auxAddresses, a main plugin's ipam section) are
