@@ -181,7 +181,7 @@ class ClusterConfig(StoreConfig, verbs.IpamConfig):
 
     def __init__(self, request):
         config = request.config
-        netconf.validate("cluster-ipam", config)
+        netconf.validate("cluster-ipam", config, request)
         StoreConfig.__init__(self, config)
         verbs.IpamConfig.__init__(self, request, with_whereabouts(config["ipam"]))
         self.grids = {id(r): Grid(r, self.block_sizes[r.version]) for s in self.range_sets for r in s.ranges}
@@ -323,9 +323,9 @@ def cmd_check(request):
 
 def cmd_gc(request):
     # a malformed list must not read as "nothing is valid": that would release every lease
-    netconf.validate("cluster-ipam", request.config)
+    netconf.validate("cluster-ipam", request.config, request)
     conf = StoreConfig(request.config)
-    valid = verbs.valid_attachments(request.config)
+    valid = verbs.ValidAttachments(request.valid_attachments())
     with conf.store(request.network) as store:
         for (cid, ifname), (node, ips) in store.attachment_records().items():
             if node != conf.node or valid.keeps(cid, ifname):

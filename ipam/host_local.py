@@ -20,8 +20,13 @@ DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
 class IpamConfig(verbs.IpamConfig):
     def __init__(self, request):
-        netconf.validate("host-local", request.config)
+        netconf.validate("host-local", request.config, request)
         super().__init__(request, request.config["ipam"])
+
+
+def load_config(request):
+    """The config, checked: for a main plugin to load before it changes anything."""
+    return IpamConfig(request)
 
 
 def open_store(request):
@@ -42,7 +47,7 @@ def open_store(request):
 # Verbs
 
 def cmd_add(request):
-    conf = IpamConfig(request)
+    conf = request.ipam_config or IpamConfig(request)
     requested = verbs.assign_requested(conf)
     cid, ifname = request.container_id, request.ifname
     allocated = []
@@ -71,7 +76,7 @@ def cmd_del(request):
 
 
 def cmd_check(request):
-    conf = IpamConfig(request)
+    conf = request.ipam_config or IpamConfig(request)
     ours = verbs.prev_addresses(request, conf)
     with open_store(request) as store:
         leased = set(store.ips_of(request.container_id, request.ifname))
@@ -80,8 +85,8 @@ def cmd_check(request):
 
 def cmd_gc(request):
     # a malformed list must not read as "nothing is valid": that would release every lease
-    netconf.validate("host-local", request.config)
-    valid = verbs.valid_attachments(request.config)
+    netconf.validate("host-local", request.config, request)
+    valid = verbs.ValidAttachments(request.valid_attachments())
     with open_store(request) as store:
         for (cid, ifname), ips in store.attachments().items():
             if valid.keeps(cid, ifname):
@@ -91,7 +96,7 @@ def cmd_gc(request):
 
 
 def cmd_status(request):
-    conf = IpamConfig(request)
+    conf = request.ipam_config or IpamConfig(request)
     try:
         with open_store(request) as store:
             leased = store.leased()

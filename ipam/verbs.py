@@ -9,6 +9,7 @@ its own schema first, then loads an IpamConfig.
 import ipaddress
 import os
 
+from cni import config as netconf
 from cni import contract
 from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, ERR_NOT_AVAILABLE, \
     CniError
@@ -56,10 +57,7 @@ def check_one_set_per_family(range_sets, version):
 
 
 def check_route(route, field):
-    try:
-        ipaddress.ip_network(route["dst"], strict=False)
-    except ValueError:
-        raise CniError(ERR_INVALID_CONFIG, f"{field}.dst: {route['dst']!r} is not a CIDR") from None
+    netconf.parse_cidr(route["dst"], f"{field}.dst")
     if route.get("gw"):
         ranges.parse_ip(route["gw"], f"{field}.gw")
     return dict(route)
@@ -180,25 +178,9 @@ def check_leased(ours, leased, container_id, ifname):
         raise CniError(ERR_CHECK_FAILED, f"{ip} is leased to {container_id}/{ifname} but missing from prevResult")
 
 
-VALID_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
-
-
-def valid_attachments(config):
-    """GC's list: cni.dev/valid-attachments, or cni.dev/attachments when that key is absent (libcni
-    sends both; a runtime sending only the older one must not see every lease released). A
-    malformed list is refused, never read as "nothing is valid"."""
-    key = next((k for k in VALID_KEYS if k in config), VALID_KEYS[0])
-    items = config.get(key) or []
-    if not isinstance(items, list):
-        raise CniError(ERR_INVALID_CONFIG, f"{key}: must be a list of {{containerID, ifname}}")
-    for i, a in enumerate(items):
-        if not isinstance(a, dict) or not isinstance(a.get("containerID"), str) or \
-                not isinstance(a.get("ifname"), str):
-            raise CniError(ERR_INVALID_CONFIG, f"{key}[{i}]: must be an object with string containerID and ifname")
-    return ValidAttachments((a["containerID"], a["ifname"]) for a in items)
-
-
 class ValidAttachments:
+    """GC's list (Request.valid_attachments: which key, and its checks) as GC asks it."""
+
     def __init__(self, pairs):
         self.pairs = set(pairs)
         self.ids = {cid for cid, _ in self.pairs}
