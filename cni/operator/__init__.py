@@ -156,15 +156,6 @@ def main(argv=None):
         return INTERNAL
 
 
-def emit(args, data, columns, rows, empty):
-    if args.output == "json":
-        sys.stdout.write(output.dump(data))
-    elif rows:
-        sys.stdout.write(output.table(columns, rows))
-    else:
-        sys.stdout.write(empty + "\n")
-
-
 # -- leases, who-has --------------------------------------------------------
 
 LEASE_COLUMNS = [("NETWORK", "network"), ("ADDRESS", "address"), ("CONTAINER", "container"),
@@ -206,7 +197,7 @@ def report(problems):
 def cmd_leases(args):
     snaps, problems = snapshots(args, args.network)
     leases = [lease for snap in snaps for lease in snap.leases]
-    emit(args, [lease_json(x) for x in leases], LEASE_COLUMNS, [lease_row(x, args) for x in leases],
+    output.emit(args, [lease_json(x) for x in leases], LEASE_COLUMNS, [lease_row(x, args) for x in leases],
          f"no leases in {data_dir(args)}")
     return report(problems)
 
@@ -218,7 +209,7 @@ def cmd_who_has(args):
         raise UsageError(f"{args.address!r} is not an IP address") from None
     snaps, problems = snapshots(args)
     found = [lease for snap in snaps for lease in snap.leases if lease.address == wanted]
-    emit(args, [lease_json(x) for x in found], LEASE_COLUMNS, [lease_row(x, args) for x in found],
+    output.emit(args, [lease_json(x) for x in found], LEASE_COLUMNS, [lease_row(x, args) for x in found],
          f"nobody holds {wanted} in {data_dir(args)}")
     return report(problems) or (OK if found else NO)
 
@@ -272,7 +263,7 @@ def cmd_pools(args):
                                  "ranges": s.describe(), "size": t["addresses"], "excluded": t["excluded"],
                                  "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"],
                                  "free": t["free"]})
-    emit(args, rows, POOL_COLUMNS, rows, "no host-local networks in the configs")
+    output.emit(args, rows, POOL_COLUMNS, rows, "no host-local networks in the configs")
     return report(problems)
 
 
@@ -360,7 +351,7 @@ def cmd_gc(args):
             for v in verdicts]
     rows = [dict(lease_row(v.lease, args), action="release" if v.release else "keep", reason=v.reason)
             for v in shown]
-    emit(args, data, GC_COLUMNS, rows, "GC would release nothing")
+    output.emit(args, data, GC_COLUMNS, rows, "GC would release nothing")
     if args.output == "table":
         released = sum(v.release for v in verdicts)
         sys.stdout.write(f"dry run: GC would release {released} and keep {len(verdicts) - released} "

@@ -111,15 +111,6 @@ def call(args, name, *params, **kw):
         raise StoreProblem(f"{args.config}: {e.msg}" + (f" ({e.details})" if e.details else "")) from None
 
 
-def emit(args, data, columns, rows, empty):
-    if args.output == "json":
-        sys.stdout.write(output.dump(data))
-    elif rows:
-        sys.stdout.write(output.table(columns, rows))
-    else:
-        sys.stdout.write(empty + "\n")
-
-
 # -- leases, who-has --------------------------------------------------------
 
 LEASE_COLUMNS = [("NETWORK", "network"), ("ADDRESS", "address"), ("NODE", "node"), ("KIND", "kind"),
@@ -145,7 +136,7 @@ def cmd_leases(args):
     found = [lease_json(r) for r in call(args, "leases")]
     found = [x for x in found if (not args.node or x["node"] in args.node)
              and (not args.network or x["network"] in args.network)]
-    emit(args, found, LEASE_COLUMNS, [lease_table_row(x, args) for x in found], "no leases")
+    output.emit(args, found, LEASE_COLUMNS, [lease_table_row(x, args) for x in found], "no leases")
     return 0
 
 
@@ -156,7 +147,7 @@ def cmd_who_has(args):
         raise UsageError(f"{args.address!r} is not an IP address") from None
     row = call(args, "who_has", wanted)
     found = [lease_json(row)] if row else []
-    emit(args, found, LEASE_COLUMNS, [lease_table_row(x, args) for x in found], f"nobody holds {wanted}")
+    output.emit(args, found, LEASE_COLUMNS, [lease_table_row(x, args) for x in found], f"nobody holds {wanted}")
     return 0 if found else 1
 
 
