@@ -268,8 +268,13 @@ def candidate(grids, store, last, now):
 # --------------------------------------------------------------------------
 # Verbs
 
+def load_config(request):
+    """The config, checked: for a main plugin to load before it changes anything (as host-local's)."""
+    return ClusterConfig(request)
+
+
 def cmd_add(request):
-    conf = ClusterConfig(request)
+    conf = request.ipam_config or ClusterConfig(request)
     requested = verbs.assign_requested(conf)
     cid, ifname = request.container_id, request.ifname
     allocated = []
@@ -308,7 +313,7 @@ def cmd_del(request):
 
 
 def cmd_check(request):
-    conf = ClusterConfig(request)
+    conf = request.ipam_config or ClusterConfig(request)
     ours = verbs.prev_addresses(request, conf)
     cid, ifname = request.container_id, request.ifname
     with conf.store(request.network, lock=False) as store:
@@ -347,7 +352,7 @@ def drop_expired_holds(store):
 
 
 def cmd_status(request):
-    conf = ClusterConfig(request)
+    conf = request.ipam_config or ClusterConfig(request)
     try:
         with conf.store(request.network, list(conf.grids.values()), lock=False) as store:
             store.client.status()
