@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from cni import contract
+from cni.contract import OLD_VALID_ATTACHMENTS, VALID_ATTACHMENTS, CniError
 from cni.operator import cluster, hostlocal, output
 from cni.operator.hostlocal import DEFAULT_DATA_DIR, StoreProblem
 from cni.operator.output import UsageError
@@ -313,22 +315,16 @@ def read_valid_from(path):
     name = None
     if isinstance(document, dict):
         name = document.get("name") if isinstance(document.get("name"), str) else None
-        # libcni sends both keys; a runtime sending only the older one must not lose everything
-        for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
-            if key in document:
-                document = document[key] if document[key] is not None else []
-                break
-        else:
-            raise UsageError(f"--valid-from {path}: no cni.dev/valid-attachments (or cni.dev/attachments) key")
-    if not isinstance(document, list):
+        if VALID_ATTACHMENTS not in document and OLD_VALID_ATTACHMENTS not in document:
+            raise UsageError(f"--valid-from {path}: no {VALID_ATTACHMENTS} (or {OLD_VALID_ATTACHMENTS}) key")
+    elif isinstance(document, list):
+        document = {VALID_ATTACHMENTS: document}
+    else:
         raise UsageError(f"--valid-from {path}: the valid attachments must be a list")
-    valid = set()
-    for i, item in enumerate(document):
-        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
-                or not isinstance(item.get("ifname"), str):
-            raise UsageError(f"--valid-from {path}: item {i} must be an object with string containerID and ifname")
-        valid.add((item["containerID"], item["ifname"]))
-    return valid, name
+    try:   # the plugins' own rule: which key counts, and what a valid list is
+        return contract.Request("GC", {}, document, b"").valid_attachments(), name
+    except CniError as e:
+        raise UsageError(f"--valid-from {path}: {e.msg}") from None
 
 
 def cmd_gc(args):
