@@ -12,6 +12,7 @@ verb it reports:
   fork->exit  what the parent sees from fork() to the child reaped
   work        contract.run inside the child
   cpu         CPU time of contract.run in the child (user + system; waiting for the disk or a lock is not in it)
+  faults      minor page faults in it (copy-on-write of the warm parent's pages, mostly)
   rt          netlink requests sent (each waits for its reply)
   objs        pyroute2 message objects built (nlmsg_base instances)
 Go is the exec of /usr/lib/cni/macvlan (+ host-local) as a runtime sees it.
@@ -23,6 +24,7 @@ import ipaddress
 import io
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,6 +37,7 @@ sys.path.insert(0, ROOT)
 
 from tests.bench.bench import GO, setns, sh  # noqa: E402
 
+PREFAULT = False
 PREFIX = f"ulnw{os.getpid() % 0x1000:x}"
 CNI_VERSION = "1.0.0"          # the newest the Debian Go plugins speak
 VERBS = ("ADD", "CHECK", "DEL")
@@ -116,17 +119,22 @@ def in_child(verbs, env, stdin, profile=False):
                 import pstats
                 prof = cProfile.Profile()
                 prof.enable()
+            if PREFAULT:
+                import gc
+                gc.collect()   # a spare worker's idle time: copy the pages a collection touches now
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0, c0 = time.perf_counter(), time.process_time()
             rc = contract.run(verbs, "CNI macvlan plugin (warm bench)", env=env, stdin=stdin, stdout=out,
                               stderr=err)
             work, cpu = time.perf_counter() - t0, time.process_time() - c0
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
             if profile:
                 prof.disable()
                 text = io.StringIO()
-                pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(45)
+                pstats.Stats(prof, stream=text).sort_stats(os.environ.get("WARM_SORT", "cumulative")).print_stats(45)
                 sys.stderr.write(text.getvalue())
             report = {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(), "work": work,
-                      "cpu": cpu,
+                      "cpu": cpu, "faults": faults,
                       "sends": counters.sends, "objects": counters.objects}
             os.write(w, json.dumps(report).encode())
             code = 0
@@ -172,16 +180,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--profile", choices=VERBS)
+    parser.add_argument("--prefault", action="store_true",
+                        help="the child runs gc.collect() before the request (as a spare worker forked ahead "
+                             "could while idle): fewer copy-on-write faults in `work`; fork->exit then includes it")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("warm: needs root (network namespaces)")
     verbs, _ = warm_imports()
+    global PREFAULT
+    PREFAULT = args.prefault
 
     host, master, peer = f"{PREFIX}h", f"{PREFIX}m", f"{PREFIX}p"
     workdir = tempfile.mkdtemp(prefix=f"{PREFIX}-")
     home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     pods = []
-    ours = {v: {"wall": [], "work": [], "cpu": [], "sends": [], "objects": []} for v in VERBS}
+    ours = {v: {"wall": [], "work": [], "cpu": [], "faults": [], "sends": [], "objects": []} for v in VERBS}
     go = {v: [] for v in VERBS}
     failures = {"ours": 0, "go": 0}
     subnets = {"ours": ipaddress.ip_network("10.212.0.0/16"), "go": ipaddress.ip_network("10.213.0.0/16")}
@@ -218,6 +231,7 @@ def main():
                             row["wall"].append(wall * 1000)
                             row["work"].append(report["work"] * 1000)
                             row["cpu"].append(report["cpu"] * 1000)
+                            row["faults"].append(report["faults"])
                             row["sends"].append(report["sends"])
                             row["objects"].append(report["objects"])
                         if report.get("stderr") and profile == verb:
@@ -245,12 +259,12 @@ def main():
 
     print(f"\nwarm macvlan + host-local, {args.iterations} iterations, medians in ms "
           f"(ours: fork of a warm process per request; Go: exec)")
-    print(f"{'verb':<6} {'fork->exit':>10} {'work':>7} {'cpu':>6} {'rt':>4} {'objs':>5} {'Go exec':>8} "
+    print(f"{'verb':<6} {'fork->exit':>10} {'work':>7} {'cpu':>6} {'faults':>6} {'rt':>4} {'objs':>5} {'Go exec':>8} "
           f"{'fork->exit/Go':>14} {'work/Go':>8}")
     for verb in VERBS:
         row = ours[verb]
         wall, work, g = median(row["wall"]), median(row["work"]), median(go[verb])
-        print(f"{verb:<6} {wall:>10.2f} {work:>7.2f} {median(row['cpu']):>6.1f} {median(row['sends']):>4.0f} {median(row['objects']):>5.0f} "
+        print(f"{verb:<6} {wall:>10.2f} {work:>7.2f} {median(row['cpu']):>6.1f} {median(row['faults']):>6.0f} {median(row['sends']):>4.0f} {median(row['objects']):>5.0f} "
               f"{g:>8.2f} {wall / g:>13.2f}x {work / g:>7.2f}x")
     if any(failures.values()):
         print(f"failures: ours {failures['ours']}, Go {failures['go']}")
