@@ -45,9 +45,18 @@ VERBS = ("ADD", "CHECK", "DEL")
 
 def warm_imports():
     """Everything a request touches, imported once (the agent's job)."""
+    import importlib
+    import pkgutil
+
+    import cni
+    import ipam
+    for package in (cni, ipam):   # the lazily imported ones too (results, oplog, ...)
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if not info.name.endswith("__main__"):
+                importlib.import_module(info.name)
     import cni.macvlan
     import ipam.host_local
-    from cni import config, contract, netlink, registry  # noqa: F401
+    from cni import config, contract, registry
     for schema in ("macvlan", "host-local"):
         try:
             config.validate(schema, {})
