@@ -235,16 +235,16 @@ def acquire_parent(nl, conf, request):
                        lambda: nl.create_link(name, "dummy"))
     name, spec = parent_name(conf.master, conf.vlan)
     if spec is None:
-        exists = nl.find_link(name) is not None
+        found = nl.find_link(name)
         try:
             spec = vlan_of(name)  # an existing eth0.50 may still be one we made: its users count
         except CniError:
-            if not exists:
+            if found is None:
                 raise
         if spec is None:
-            if not exists:
+            if found is None:
                 raise config_error("master", f"{name!r} does not exist")
-            return nl.link(name), False
+            return found, False
     base_name, vid = spec
 
     def create():
