@@ -32,6 +32,11 @@ from ipam.blocks import Block
 MAX_RACES = 200
 
 
+def maybe_applied(error):
+    """A write whose answer was lost (ipam/etcd.py never resends one): etcd may have applied it."""
+    return error.code == ERR_TRY_AGAIN and "may have been applied" in error.msg
+
+
 def now_text(now):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
 
@@ -203,10 +208,16 @@ class EtcdStore:
         if config is None:
             mine = json.dumps({"blockSize": grid.prefix})
             key = self.pool_prefix(grid) + "config"
-            result = self.client.txn([etcd.absent(key)], [etcd.put(key, mine)], [etcd.get(key)])
-            if result.succeeded:
-                return
-            config = result.responses[0][0].value if result.responses and result.responses[0] else None
+            try:
+                result = self.client.txn([etcd.absent(key)], [etcd.put(key, mine)], [etcd.get(key)])
+                if result.succeeded:
+                    return
+                config = result.responses[0][0].value if result.responses and result.responses[0] else None
+            except CniError as e:
+                if not maybe_applied(e):
+                    raise
+                kv = self.client.get(key)      # ours or another's: read what the pool has now
+                config = kv.value if kv is not None else mine
         try:
             size = json.loads(config)["blockSize"]
         except (ValueError, TypeError, KeyError):
@@ -268,7 +279,8 @@ class EtcdStore:
         offset = value - block.first
         new = Block(block.first, block.last, block.key, block.node or self.node,
                     block.used | {offset}, {o: t for o, t in block.held.items() if o != offset})
-        success = [etcd.put(ip_key, self.lease_value(grid, block, container_id, ifname)),
+        lease = self.lease_value(grid, block, container_id, ifname)
+        success = [etcd.put(ip_key, lease),
                    etcd.put(self.k_attachment(container_id, ifname, text), json.dumps({"node": self.node})),
                    etcd.put(block.key, new.encode())]
         if hold is not None:
@@ -277,12 +289,26 @@ class EtcdStore:
         compares = [etcd.absent(ip_key) if hold is None else etcd.value_is(ip_key, hold.raw),
                     etcd.absent(block.key) if block.revision == 0 else etcd.mod_revision_is(block.key, block.revision)]
         self.inflight = text
-        result = self.client.txn(compares, success, [etcd.get(ip_key), etcd.get(block.key)])
+        try:
+            result = self.client.txn(compares, success, [etcd.get(ip_key), etcd.get(block.key)])
+            succeeded, revision = result.succeeded, result.revision
+            if not succeeded:
+                ip_kvs, block_kvs = result.responses
+        except CniError as e:
+            if not maybe_applied(e):
+                raise
+            # the member went away mid-answer: read the outcome from whichever member answers now
+            current = self.client.txn([], [etcd.get(ip_key), etcd.get(block.key)])
+            ip_kvs, block_kvs = current.responses
+            succeeded = bool(ip_kvs) and ip_kvs[0].value == lease.encode()
+            revision = None
         self.inflight = None
-        if result.succeeded:
-            block.node, block.used, block.held, block.revision = new.node, new.used, new.held, result.revision
+        if succeeded:
+            if revision is None:
+                self.refresh(block, block_kvs)   # as it is now, our address in it
+            else:
+                block.node, block.used, block.held, block.revision = new.node, new.used, new.held, revision
             return True
-        ip_kvs, block_kvs = result.responses
         self.refresh(block, block_kvs)
         if ip_kvs:
             taken = Lease(text, ip_kvs[0].value)
@@ -344,11 +370,17 @@ class EtcdStore:
             if not lease.hold:
                 ops.append(etcd.delete(self.k("attachments", str(doc.get("network")),
                                               f"{doc.get('containerID')}@{doc.get('ifname') or ''}", lease.ip)))
-            result = self.client.txn(compares, ops, [etcd.get(ip_key)])
-            if result.succeeded:
+            try:
+                result = self.client.txn(compares, ops, [etcd.get(ip_key)])
+                succeeded, current = result.succeeded, (result.responses or [None])[0]
+            except CniError as e:
+                if not maybe_applied(e):
+                    raise
+                kv = self.client.get(ip_key)       # applied if the lease we read is gone
+                succeeded, current = kv is None or kv.value != lease.raw, [kv] if kv is not None else []
+            if succeeded:
                 self.pools.pop(str(doc.get("pool")), None)   # re-read when needed again
                 return True
-            current = result.responses[0]
             if not current or current[0].value != lease.raw:
                 return False        # released, or re-leased, by someone else meanwhile
         raise self.contention(lease.ip)
