@@ -419,11 +419,14 @@ def leases(config):
         found = store.all_leases()
     rows = []
     for lease in found:
-        row = dict(lease.doc)
-        row.pop("sticky", None)
+        row = {key: lease.doc.get(key) for key in LEASE_FIELDS}   # every row the same keys: a table's columns
         row.update(ip=lease.ip, kind="hold" if lease.hold else "lease")
         rows.append(row)
     return sorted(rows, key=lambda r: ipaddress.ip_address(r["ip"]).packed.rjust(16, b"\0"))
+
+
+LEASE_FIELDS = ("ip", "kind", "network", "node", "containerID", "ifname", "namespace", "pod", "time", "until",
+                "pool", "block")
 
 
 def release_node(config, node, force=False):

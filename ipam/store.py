@@ -32,10 +32,12 @@ class DiskStore:
     """Lease files plus the attachment index, kept in step: every reserve and release
     is noted against its attachment and the index is written when the block ends."""
 
+    Index = AttachmentIndex    # a reader that must never repair the index substitutes its own
+
     def __init__(self, data_dir, network, lock_timeout=10.0, netns=None):
         self.files = LeaseFiles(data_dir, network, lock_timeout)
         try:
-            self.index = AttachmentIndex(self.files)
+            self.index = self.Index(self.files)
         except BaseException:
             self.files.close()
             raise
@@ -49,12 +51,13 @@ class DiskStore:
         self.files.close()
 
     def lock(self):
+        """The flock alone (a reader's); `with store:` also makes the index trustworthy."""
         self.files.lock()
-        self.index.ensure_index()
 
     def __enter__(self):
         try:
             self.lock()
+            self.index.ensure_index()
         except BaseException as e:
             self.__exit__(type(e), e, None)
             raise

@@ -1,8 +1,8 @@
 """host-local's stores as the operator reads them: read-only, under the plugins' lock.
 
-The one place the operator touches ipam.store. It uses DiskStore's public
-methods (lock, leases, entries, close) and the module's parsing helpers, so
-the store's refactoring behind a small protocol changes only this file.
+The one place the operator touches host-local's file store: DiskStore's lock
+and close, its lease files' full scan (ipam/lease_files.py), its index's entries
+and parsing helpers (ipam/lease_index.py).
 
 Read-only means no lease, index or stamp is written or removed: the store's
 own repair of a stale or torn index (a rebuild, which also drops empty lease
@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 
 from cni.contract import CniError
+from ipam import lease_files, lease_index
 from ipam import store as disk
 from ipam.host_local import DEFAULT_DATA_DIR, DEFAULT_LOCK_TIMEOUT  # noqa: F401 (re-exported defaults)
 
@@ -46,10 +47,14 @@ class Snapshot:
     rebooted: bool = False     # the index was stamped under another boot: the next call heals
 
 
-class _ReadOnlyStore(disk.DiskStore):
+class _ReadOnlyIndex(lease_index.AttachmentIndex):
     def rebuild_index(self):
         # entries() repairs a torn index by rebuilding it: a write we never make
         raise _IndexUnreadable()
+
+
+class _ReadOnlyStore(disk.DiskStore):
+    Index = _ReadOnlyIndex
 
 
 class _IndexUnreadable(Exception):
@@ -104,11 +109,11 @@ def _snapshot(store, network, path, had_index):
     entries = {}
     if had_index:
         try:
-            entries = store.entries()
+            entries = store.index.entries()
         except _IndexUnreadable:
             entries = {}   # torn: no netns paths, the leases stand on their own
     snap = Snapshot(network, path, rebooted=had_index and _rebooted(path))
-    for ip, owner in sorted(store.leases().items(), key=lambda item: _sort_key(item[0])):
+    for ip, owner in sorted(store.files.leases().items(), key=lambda item: _sort_key(item[0])):
         container, ifname = owner if owner else (None, None)
         netns = None
         entry = entries.get((container, ifname)) if owner else None
@@ -123,17 +128,17 @@ def _snapshot(store, network, path, had_index):
 
 
 def _rebooted(path):
-    """As DiskStore.ensure_index decides it: stamped under a boot that is not this one."""
+    """As AttachmentIndex.ensure_index decides it: stamped under a boot that is not this one."""
     try:
-        fd = os.open(os.path.join(path, disk.INDEX_DIR, disk.STAMP), os.O_RDONLY | disk.NOFOLLOW)
+        fd = os.open(os.path.join(path, disk.INDEX_DIR, disk.STAMP), os.O_RDONLY | lease_files.NOFOLLOW)
     except OSError:
         return False
     try:
         data = os.read(fd, 4096)
     finally:
         os.close(fd)
-    boot = disk.parse_stamp(data)[2]
-    now = disk.current_boot_id()
+    boot = lease_index.parse_stamp(data)[2]
+    now = lease_index.current_boot_id()
     return bool(boot not in (None, "-") and now and boot != now)
 
 
@@ -143,12 +148,12 @@ def _sort_key(ip):
 
 
 def netns_gone(path):
-    return disk.netns_gone(path)
+    return lease_index.netns_gone(path)
 
 
 def runtime_owned(lease):
     """False for a lease no CNI runtime could have written: host-local never releases those."""
-    return disk.indexable((lease.container, lease.ifname))
+    return lease_index.indexable((lease.container, lease.ifname))
 
 
 @dataclass
@@ -161,7 +166,7 @@ class Verdict:
 def gc_plan(snap, valid):
     """What host-local's GC would do to each lease of `snap`, given the valid
     (containerID, ifname) pairs: the healing its first call after a reboot does
-    (DiskStore.ensure_index), then cmd_gc's rule. Releases nothing."""
+    (AttachmentIndex.ensure_index), then cmd_gc's rule. Releases nothing."""
     keep_ids = {cid for cid, _ in valid}
     verdicts = []
     for lease in snap.leases:
