@@ -291,3 +291,23 @@ def test_tls_with_client_certificates(make_cl):
     assert sorted(cl.leases()) == [ip]
     assert cl.delete(conf, "c1").ok
     assert set(cl.keys()) == only_config(cl)
+
+
+def test_a_stopped_member_first_in_the_list_does_not_hold_every_add(make_cl):
+    """A member that still accepts connections but does not answer (SIGSTOP: a frozen VM, a stalled
+    process) is one member lost, like a killed one: the other two serve, so an ADD whose config
+    names the frozen member first must still succeed within requestTimeout."""
+    import signal
+    cl = make_cl(3)
+    conf = cl.conf(SUBNET, etcd=cl.etcd_conf(requestTimeout=4, dialTimeout=0.5))
+    victim = (cl.etcd.leader() + 1) % 3                        # a follower: no election involved
+    order = [cl.etcd.endpoints[victim]] + [e for j, e in enumerate(cl.etcd.endpoints) if j != victim]
+    conf["ipam"]["etcd"]["endpoints"] = order
+    proc = cl.etcd.members[victim].proc
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        out, took = timed(cl.add, conf, "c1")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert out.ok, f"one frozen member (of 3, first in the list) failed the ADD after {took:.1f}s: {out}"
+    assert cl.delete(conf, "c1").ok
