@@ -7,8 +7,10 @@ netns, with etcd (TLS, client certificates) running in that netns too.
 """
 
 import copy
+import json
 import os
 import subprocess
+import sys
 import tempfile
 import uuid
 
@@ -104,8 +106,6 @@ def localize(conflist, master, etcd, node, data_dir):
 
 def leases(host_ns, config):
     """cluster-ipam's own listing (ipam.cluster.leases), run where etcd is: {ip: row}."""
-    import json
-    import sys
     code = "import json,sys; from ipam import cluster; print(json.dumps(cluster.leases(json.loads(sys.argv[1]))))"
     out = nsutil.sh("env", f"PYTHONPATH={libcni.ROOT}", sys.executable, "-c", code, json.dumps(config),
                     ns=host_ns).stdout

@@ -10,6 +10,7 @@ with no manual step; never an address handed out twice, never one lost.
 
 import ipaddress
 import json
+import signal
 import time
 
 import pytest
@@ -297,7 +298,6 @@ def test_a_stopped_member_first_in_the_list_does_not_hold_every_add(make_cl):
     """A member that still accepts connections but does not answer (SIGSTOP: a frozen VM, a stalled
     process) is one member lost, like a killed one: the other two serve, so an ADD whose config
     names the frozen member first must still succeed within requestTimeout."""
-    import signal
     cl = make_cl(3)
     conf = cl.conf(SUBNET, etcd=cl.etcd_conf(requestTimeout=4, dialTimeout=0.5))
     victim = (cl.etcd.leader() + 1) % 3                        # a follower: no election involved

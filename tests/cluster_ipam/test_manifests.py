@@ -3,7 +3,6 @@ NetworkAttachmentDefinitions in conf/nads: their shape, that they agree with eac
 Secret names, certificate paths), that the installer's copy step works, and that a real etcd accepts
 the manifest's flags and serves cluster-ipam with a NAD's own etcd section."""
 
-import json
 import os
 import shutil
 import subprocess
