@@ -203,7 +203,7 @@ def bench_in_process(etcd, pods, nodes, workdir, figures):
     per_node = pods // nodes
     eps = etcd.endpoints
     procs = {}
-    cpu = children_cpu()
+    cpu, etcd_before = children_cpu(), etcd_cpu(etcd)
     start = time.perf_counter()
     for i in range(nodes):
         node = f"n{i}"
@@ -218,7 +218,7 @@ def bench_in_process(etcd, pods, nodes, workdir, figures):
     for proc, _ in procs.values():
         proc.wait()
     wall = time.perf_counter() - start
-    cpu = children_cpu() - cpu
+    cpu, etcd_used = children_cpu() - cpu, etcd_cpu(etcd) - etcd_before
     ips, seconds, failed = [], [], 0
     for proc, out in procs.values():
         with open(out) as f:
@@ -233,7 +233,7 @@ def bench_in_process(etcd, pods, nodes, workdir, figures):
           f"(tests/cluster/sim_node.py)")
     print(f"  wall {wall:.1f} s, {nodes * per_node / wall:.1f} ADDs/s; per ADD p50 {percentile(seconds, 50):.1f} ms, "
           f"p99 {percentile(seconds, 99):.1f} ms; duplicates {duplicates}; failures {failed}; "
-          f"{cpu:.1f} CPU s in the node processes", flush=True)
+          f"{cpu:.1f} CPU s in the node processes, etcd {etcd_used:.1f} CPU s", flush=True)
     figures["cluster-ipam 1000 pods over 10 nodes, in-process"] = {
         "pods": nodes * per_node, "nodes": nodes, "wall_s": wall, "p50_ms": percentile(seconds, 50),
         "p99_ms": percentile(seconds, 99), "cpu_s": cpu, "etcd_cpu_s": etcd_used, "duplicates": duplicates, "failures": failed}
