@@ -215,3 +215,17 @@ def test_etcd_takes_the_manifests_flags_and_serves_a_nads_config(etcd_manifest, 
         proc.kill()
         proc.wait()
         log.close()
+
+
+def test_whereabouts_readme_example_is_accepted_as_it_is(tmp_path):
+    """Issue 12: a config written for whereabouts is accepted as it is. whereabouts' own README example
+    excludes "192.168.2.229/30" (whereabouts masks host bits: .228-.231); cluster-ipam must take it,
+    with the same meaning, not refuse it with code 7."""
+    ipam = {"type": "cluster-ipam", "range": "192.168.2.225/28",
+            "exclude": ["192.168.2.229/30", "192.168.2.236/32"],
+            "etcd": {"endpoints": ["http://127.0.0.1:9"], "requestTimeout": 0.5}, "node": "n1",
+            "dataDir": str(tmp_path / "n1")}
+    config = {"cniVersion": "0.3.1", "name": "whereabouts-conf", "type": "macvlan", "master": "eth1", "ipam": ipam}
+    out = run_plugin("cluster-ipam", "ADD", config, container_id="c1", netns="/run/netns/uci-none")
+    # etcd is not there: the config must get as far as asking it (code 11), not be refused (code 7)
+    assert out.cni_code == 11, out
