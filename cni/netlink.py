@@ -108,6 +108,7 @@ class Link:
     def __init__(self, msg):
         self.index = msg["index"]
         self.flags = msg["flags"]
+        self.type = msg["ifi_type"]   # ARPHRD_*
         self.name = msg.get_attr("IFLA_IFNAME")
         self.mtu = msg.get_attr("IFLA_MTU")
         self.mac = msg.get_attr("IFLA_ADDRESS")
