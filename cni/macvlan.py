@@ -16,11 +16,11 @@ ARPHRD_ETHER = 1
 
 
 class Conf(child_link.Conf):
-    def __init__(self, request):
-        super().__init__(request, "macvlan", "bridge")
+    def __init__(self, request, strict=True):
+        super().__init__(request, "macvlan", "bridge", strict)
         self.bcqueuelen = request.config.get("bcqueuelen")
-        self.mac = self._mac(request)
-        if self.mode == "passthru" and self.shim:
+        self.mac = self._mac(request) if strict else None
+        if strict and self.mode == "passthru" and self.shim:
             raise CniError(ERR_INVALID_CONFIG, "hostShim: cannot be used with mode passthru: passthru takes "
                                                "the master for one attachment, leaving none for the shim")
 
@@ -44,8 +44,8 @@ class Macvlan(child_link.Kind):
     name = "macvlan"
     other = "ipvlan"
 
-    def load(self, request):
-        return Conf(request)
+    def load(self, request, strict=True):
+        return Conf(request, strict)
 
     def link_data(self, conf):
         data = {"IFLA_MACVLAN_MODE": netlink.MACVLAN_MODES[conf.mode]}

@@ -77,14 +77,14 @@ IPVLAN_MODES = {"l2": 0, "l3": 1, "l3s": 2}
 IPVLAN_FLAGS = {"bridge": 0, "private": 1, "vepa": 2}
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR, RTM_GETADDR = 20, 22
-RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x800, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 0x1
 IFA_F_NODAD, IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x2, 0x4, 0x8, 0x40
 RT_TABLE_MAIN = 254
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTPROT_BOOT, RTPROT_STATIC = 3, 4
 RTN_UNICAST = 1
 RTAX_MTU, RTAX_ADVMSS = 2, 8
@@ -277,6 +277,19 @@ class Netlink:
             msg["attrs"].append(("IFA_BROADCAST", broadcast(address, prefixlen)))
         self.request(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, f"adding address {address}/{prefixlen}")
 
+    def delete_address(self, index, address, prefixlen):
+        """Remove an address; one already gone is no error."""
+        msg = ifaddrmsg()
+        msg["family"] = family_of(address)
+        msg["prefixlen"] = prefixlen
+        msg["index"] = index
+        msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address)]
+        try:
+            self.request(msg, RTM_DELADDR, 0, f"removing address {address}/{prefixlen}")
+        except NetlinkError as e:
+            if e.errno not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                raise
+
     def addresses(self, index):
         """[(address, prefixlen, flags)] of a link."""
         out = []
@@ -291,7 +304,7 @@ class Netlink:
     # -- routes ----------------------------------------------------------------
 
     def add_route(self, dst, index, gw=None, priority=None, table=None, scope=None, mtu=None, advmss=None,
-                  exclusive=False):
+                  exclusive=False, src=None):
         """Add a route; dst is 'a.b.c.d/n' or 'x::/n'. exclusive: EEXIST if any route to dst exists."""
         address, _, plen = dst.partition("/")
         msg = rtmsg()
@@ -306,6 +319,8 @@ class Netlink:
             attrs.append(("RTA_DST", address))
         if gw:
             attrs.append(("RTA_GATEWAY", gw))
+        if src:
+            attrs.append(("RTA_PREFSRC", src))
         if priority is not None:
             attrs.append(("RTA_PRIORITY", priority))
         if table is not None:
@@ -322,6 +337,21 @@ class Netlink:
         # route next to the primary one; an identical route is still EEXIST
         self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_EXCL if exclusive else NLM_F_APPEND),
                      f"adding route {dst} via {gw or 'link'}")
+
+    def delete_route(self, dst, index):
+        """Remove the main-table route to dst out of link `index`; one already gone is no error."""
+        address, _, plen = dst.partition("/")
+        msg = rtmsg()
+        msg["family"] = family_of(address)
+        msg["dst_len"] = int(plen)
+        msg["table"] = RT_TABLE_MAIN
+        msg["scope"] = RT_SCOPE_NOWHERE  # any scope: IPv4 matches it exactly otherwise
+        msg["attrs"] = [("RTA_OIF", index)] + ([("RTA_DST", address)] if int(plen) else [])
+        try:
+            self.request(msg, RTM_DELROUTE, 0, f"removing route {dst}")
+        except NetlinkError as e:
+            if e.errno not in (errno.ESRCH, errno.ENODEV, errno.ENOENT):
+                raise
 
     def routes(self, family=None):
         """[{dst, gw, oif, priority, table, scope}] of every table, dst as 'addr/len'."""

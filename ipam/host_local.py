@@ -28,7 +28,9 @@ class IpamConfig:
         runtime = config.get("runtimeConfig") or {}
         # the node's hostShim address (cni/shim.py) is never given to a pod
         shim = config.get("hostShim")
-        extra_aux = [("hostShim.address", "hostShim", shim.get("address"))] if isinstance(shim, dict) else []
+        shim_addrs = shim.get("address") if isinstance(shim, dict) else []  # one, or one per family
+        extra_aux = [("hostShim.address", "hostShim", a) for a in
+                     (shim_addrs if isinstance(shim_addrs, list) else [shim_addrs])]
         self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux)
         if contract.version_key(request.version) < (0, 3, 0):
             check_one_set_per_family(self.range_sets, request.version)

@@ -10,11 +10,7 @@ address: a /8 with 100 000 exclusions costs a sort, not a loop.
 import bisect
 import ipaddress
 
-from cni.contract import ERR_INVALID_CONFIG, CniError
-
-
-def config_error(field, problem):
-    return CniError(ERR_INVALID_CONFIG, f"{field}: {problem}")
+from cni.contract import CniError, config_error
 
 
 def parse_ip(text, field):
