@@ -197,3 +197,35 @@ def test_a_link_underlay_did_not_create_is_not_taken_as_the_shim(host_ns, master
     assert out.cni_code == 7 and "did not create" in out.json["msg"], out
     assert ns.links(pod) == ["lo"] and leases(data_dir, "neta") == []
     assert shim_name in ns.links(host_ns) and ns.addrs(host_ns, shim_name) == []
+
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_hung_link_records_lock_is_code_11_naming_its_holder(host_ns, master, pod_ns, data_dir, state_dir,
+                                                               shim_name):
+    """The records under stateDir are waited for as the lease store is: bounded (10 s), then code 11."""
+    import subprocess
+    import sys
+    os.makedirs(state_dir, 0o700)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, os.path.join(state_dir, "links.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        ca, _ = two_networks(master, data_dir, state_dir, shim_name)
+        pod = pod_ns()
+        out = run_on_node("macvlan", "ADD", ca, host_ns, pod, "ca", timeout=30)
+        assert out.cni_code == 11 and f"held by pid {holder.pid}" in out.json["msg"] and "10s" in out.json["msg"], out
+        assert ns.links(pod) == ["lo"] and leases(data_dir, "neta") == []
+        assert shim_name not in ns.links(host_ns)
+    finally:
+        holder.kill()
+        holder.wait()
+    add(ca, host_ns, pod, "ca")  # the holder gone, the next ADD goes through
+    assert shim_name in ns.links(host_ns)
