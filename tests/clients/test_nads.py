@@ -32,6 +32,16 @@ def test_nads_cover_the_documented_features():
 
 
 @pytest.mark.parametrize("name", NAD_NAMES)
+def test_a_host_local_nad_says_it_is_per_node(name):
+    """One NAD with host-local on several nodes of a shared L2 hands out the same addresses."""
+    _, conflist = libcni.load_nad(name)
+    if conflist["plugins"][0]["ipam"].get("type") != "host-local":
+        return
+    comment = "".join(line for line in (libcni.NADS / name).read_text().splitlines(True) if line.startswith("#"))
+    assert "host-local is per node" in comment and "cluster-ipam" in comment, comment
+
+
+@pytest.mark.parametrize("name", NAD_NAMES)
 def test_nad_is_well_formed(name):
     nad, conflist = libcni.load_nad(name)
     assert nad["apiVersion"] == "k8s.cni.cncf.io/v1"
