@@ -229,3 +229,24 @@ def test_a_hung_link_records_lock_is_code_11_naming_its_holder(host_ns, master, 
         holder.wait()
     add(ca, host_ns, pod, "ca")  # the holder gone, the next ADD goes through
     assert shim_name in ns.links(host_ns)
+
+
+@pytest.mark.kernel("ipvlan")
+@pytest.mark.parametrize("mode", ["l2", "l3"])
+def test_an_ipvlan_shim_reaches_the_pods_of_a_node_with_its_own_address(host_ns, master, pod_ns, data_dir,
+                                                                        state_dir, shim_name, mode):
+    ns.sh("ip", "addr", "add", "10.72.0.254/24", "dev", master, ns=host_ns)
+    c = conf("ipvshim", master, data_dir, state_dir,
+             [[{"subnet": V4, "rangeStart": "10.72.0.10", "rangeEnd": "10.72.0.20"}]],
+             {"name": shim_name, "address": "10.72.0.250"})
+    c.update(type="ipvlan", mode=mode)
+    pod = pod_ns()
+    out = run_on_node("ipvlan", "ADD", c, host_ns, pod, "ca")
+    assert out.ok, out
+    ip = pod_ips(out.json)[0]
+    assert ns.link_json(host_ns, shim_name)["linkinfo"]["info_kind"] == "ipvlan"
+    assert [r["dev"] for r in routes_to(host_ns, ip)] == [shim_name]
+    assert reaches(host_ns, ip) and reaches(pod, "10.72.0.250")
+    assert run_on_node("ipvlan", "CHECK", dict(c, prevResult=out.json), host_ns, pod, "ca").ok
+    assert run_on_node("ipvlan", "DEL", c, host_ns, pod, "ca").ok
+    assert shim_name not in ns.links(host_ns) and records(state_dir) == [] and routes_to(host_ns, ip) == []
