@@ -1,23 +1,26 @@
-PYTHON ?= python3
+# Every target runs in .venv, the checkout's own virtual environment (build/deps.sh makes it).
+PYTHON ?= $(CURDIR)/.venv/bin/python
 PREFIX ?= /opt/cni/bin
+# where `underlay`, the operator's command, goes (on PATH; empty: nowhere)
+BIN_DIR ?= /usr/local/bin
 
 PLUGIN_PREFIX ?=
 FORCE ?= 0
 
-.PHONY: deps test unit demo build install uninstall bench image-context clean
+.PHONY: deps test unit soak demo build install uninstall bench image-context clean distclean
 
 deps:
 	build/deps.sh
 
 # The README's first command: build the executables, attach two pods with them.
 demo: deps build
-	build/demo.sh dist/bin
+	PYTHON=$(PYTHON) build/demo.sh dist/bin
 
 # The README's test command.
 test: deps
 	$(PYTHON) -m pytest -n 2
 
-unit:
+unit: deps
 	$(PYTHON) -m pytest tests/unit
 
 # The reliability scenarios at full size (README "Guarantees"); needs root.
@@ -25,22 +28,23 @@ soak: deps
 	$(PYTHON) -m tests.reliability.soak
 
 # One PyInstaller onedir bundle in dist/bin/.underlay, plugin names as symlinks.
-build:
+build: deps
 	PYTHON=$(PYTHON) build/build.sh
 
-# Installs dist/bin into $(DESTDIR)$(PREFIX) (default /opt/cni/bin); never
-# replaces a file it did not install unless FORCE=1. PLUGIN_PREFIX=underlay-
+# Installs dist/bin into $(DESTDIR)$(PREFIX) (default /opt/cni/bin) and the
+# `underlay` command into $(DESTDIR)$(BIN_DIR); never replaces a file it did
+# not install unless FORCE=1 (and `underlay` never). PLUGIN_PREFIX=underlay-
 # installs underlay-macvlan etc. next to the reference plugins.
 install:
 	build/install.sh --from dist/bin --destdir "$(DESTDIR)" --prefix "$(PREFIX)" \
-		--plugin-prefix "$(PLUGIN_PREFIX)" $(if $(filter 1 yes true,$(FORCE)),--force)
+		--plugin-prefix "$(PLUGIN_PREFIX)" --bin-dir "$(BIN_DIR)" $(if $(filter 1 yes true,$(FORCE)),--force)
 
 uninstall:
 	build/install.sh --destdir "$(DESTDIR)" --prefix "$(PREFIX)" --uninstall
 
 # Side-by-side figures against Debian's Go plugins (root for the macvlan
 # section); prints, asserts nothing. BENCH_ARGS=--sections version,leases
-bench:
+bench: deps
 	$(PYTHON) tests/bench/bench.py $(BENCH_ARGS)
 
 # The installer image's build context (conf/image) from dist/bin.
@@ -49,3 +53,6 @@ image-context:
 
 clean:
 	rm -rf dist build/work
+
+distclean: clean
+	rm -rf .venv

@@ -31,8 +31,8 @@ plugin() {  # plugin NAME COMMAND CONTAINER POD < config
         exe=("$BIN_DIR/$name")
     else
         case $name in
-            macvlan) exe=(python3 -m cni.macvlan) ;;
-            host-local) exe=(python3 -m ipam.host_local) ;;
+            macvlan) exe=("${PYTHON:-python3}" -m cni.macvlan) ;;
+            host-local) exe=("${PYTHON:-python3}" -m ipam.host_local) ;;
         esac
     fi
     ip netns exec "$HOST" env -i PATH="$PATH" PYTHONPATH="$ROOT" CNI_COMMAND="$command" \

@@ -1,11 +1,13 @@
 """Entry point of the frozen bundle: one executable, a plugin per name.
 
-Runtimes exec /opt/cni/bin/<type>; `macvlan`, `ipvlan` and `host-local` are
-symlinks to this one executable, so the name it was called by picks the
-plugin. A prefixed name (`underlay-macvlan`, or any PLUGIN_PREFIX given to
-`make install`) picks the same plugin, so ours can sit next to the reference
-plugins. Called by its own name, the first argument names the plugin
-(`underlay host-local`), which helps when debugging a bundle by hand.
+Runtimes exec /opt/cni/bin/<type>; every name of cni/registry.py (the CNI
+plugins, the agent `underlayd`, the operator's `underlay`) is a symlink to this
+one executable, so the name it was called by picks the program. A prefixed
+name (`underlay-macvlan`, or any PLUGIN_PREFIX given to `make install`) picks
+the same CNI plugin, so ours can sit next to the reference plugins. Called by
+its own name, `underlay`, a first argument that names a CNI plugin runs it
+(`underlay host-local`, for debugging a bundle by hand); anything else is the
+operator's command.
 
 Plugin modules are imported only once the name is known: each exec pays for
 its own plugin alone, and a plugin not written yet does not break the others.
@@ -18,20 +20,19 @@ at exit: tests/build uses it to hold the import deny-list.
 import os
 import sys
 
-PLUGINS = {
-    "macvlan": "cni.macvlan",
-    "ipvlan": "cni.ipvlan",
-    "host-local": "ipam.host_local",
-}
+from cni import registry
+
 BUNDLE_NAME = "underlay"
 
 
-def plugin_for(name):
-    """The plugin a called name stands for: exact, or any prefix before it."""
-    for plugin in PLUGINS:
-        if name == plugin or name.endswith(plugin):
-            return plugin
-    return None
+def program_for(argv):
+    """The registry name argv stands for (argv[1] dropped when it named it), or None."""
+    called = os.path.basename(argv[0])
+    if called in registry.EXECUTABLES and registry.EXECUTABLES[called][1] not in registry.CNI_ROLES:
+        if called == BUNDLE_NAME and len(argv) > 1 and registry.plugin_for(argv[1]):
+            return registry.plugin_for(argv.pop(1))
+        return called
+    return registry.plugin_for(called)
 
 
 def restore_environment(environ):
@@ -61,18 +62,14 @@ def build_info():
 
 
 def usage(called):
-    sys.stderr.write(f"{called}: call me as one of {', '.join(PLUGINS)} (a symlink, optionally prefixed),\n"
-                     f"or as `{called} PLUGIN`\n")
+    sys.stderr.write(f"{called}: call me as one of {', '.join(registry.EXECUTABLES)} (a symlink, CNI plugins "
+                     f"optionally prefixed), or as `{BUNDLE_NAME} PLUGIN`; `{BUNDLE_NAME} --help` for the operator's command\n")
     return 2
 
 
 def run(argv):
     called = os.path.basename(argv[0])
-    plugin = plugin_for(called)
-    if plugin is None and called == BUNDLE_NAME and len(argv) > 1:
-        plugin = plugin_for(argv[1])
-        if plugin is not None:
-            del argv[1]
+    plugin = program_for(argv)
     if plugin is None:
         return usage(called)
     build = build_info()
@@ -91,15 +88,15 @@ def run(argv):
         contract.main({}, called)
     if getattr(sys, "frozen", False):
         restore_environment(os.environ)
+    module = registry.module_of(plugin)
     try:
-        __import__(PLUGINS[plugin])
+        __import__(module)
     except ModuleNotFoundError as e:
-        if e.name != PLUGINS[plugin]:
+        if e.name != module:
             raise
         sys.stderr.write(f"{called}: plugin {plugin!r} is not part of this build\n")
         return 2
-    sys.modules[PLUGINS[plugin]].main()
-    return 0
+    return sys.modules[module].main() or 0   # the plugins exit themselves; the operator's command returns
 
 
 def list_modules(target):

@@ -397,10 +397,6 @@ def check_result_values(result, field):
 # --------------------------------------------------------------------------
 # IPAM delegation.
 
-# IPAM types that are our own code: run in-process, no second exec.
-IN_PROCESS_IPAM = {"host-local": "ipam.host_local", "underlay-host-local": "ipam.host_local"}
-
-
 def ipam_type(config):
     ipam = config.get("ipam")
     if not isinstance(ipam, dict):
@@ -415,8 +411,9 @@ def ipam_type(config):
 
 def delegate_ipam(request, command):
     """Run the IPAM plugin's `command`; return its result (newest form) for ADD."""
+    from cni import registry
     kind = ipam_type(request.config)
-    module = IN_PROCESS_IPAM.get(kind)
+    module = registry.in_process_ipam(kind)   # our own IPAM: in-process, no second exec
     if module is not None:
         import importlib
         verbs = importlib.import_module(module).VERBS

@@ -11,8 +11,9 @@ import pathlib
 import subprocess
 import sys
 
+from cni import registry
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-MODULES = {"macvlan": "cni.macvlan", "ipvlan": "cni.ipvlan", "host-local": "ipam.host_local"}
 REFERENCE_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 
 
@@ -20,7 +21,7 @@ def plugin_argv(name):
     bin_dir = os.environ.get("UNDERLAY_BIN_DIR")
     if bin_dir:
         return [os.path.join(bin_dir, name)]
-    return [sys.executable, "-m", MODULES[name]]
+    return [sys.executable, "-m", registry.module_of(name)]
 
 
 def plugin_env(command, container_id="ctr1", netns="", ifname="eth0", args="", path=None, extra=None):

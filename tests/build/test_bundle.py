@@ -14,7 +14,9 @@ import pytest
 
 from tests.build.conftest import PLUGINS, ROOT
 
-SIZE_LIMIT = 15_000_000  # bytes, all executables together (issue 4)
+# bytes, all executables together: issue 4's 15 MB, plus OpenSSL (libssl + libcrypto, 5.4 MB), which
+# cluster-ipam's https:// etcd endpoints need and which the bundle carries rather than depend on the node's
+SIZE_LIMIT = 21_000_000
 
 # Modules the frozen executables must never import, on any verb. Cumulative
 # cost of each from a bare interpreter, measured with
@@ -117,7 +119,7 @@ def test_every_plugin_is_a_link_to_one_onedir_executable(bundle):
     assert (bundle.dir / "_internal").is_dir()   # onedir: nothing is unpacked at run time
 
 
-def test_all_executables_fit_in_15_mb(bundle):
+def test_all_executables_fit_in_the_size_limit(bundle):
     total = sum(os.lstat(os.path.join(d, f)).st_size
                 for d, _, files in os.walk(bundle.bin_dir) for f in files)
     assert total <= SIZE_LIMIT, f"dist/bin holds {total} bytes"
@@ -221,13 +223,16 @@ def entry():
     return module
 
 
-@pytest.mark.parametrize("name, plugin", [
-    ("macvlan", "macvlan"), ("ipvlan", "ipvlan"), ("host-local", "host-local"),
-    ("underlay-macvlan", "macvlan"), ("underlay-host-local", "host-local"), ("u_ipvlan", "ipvlan"),
-    ("underlay", None), ("bridge", None), ("macvlan.old", None), ("", None),
+@pytest.mark.parametrize("argv, program", [
+    (["macvlan"], "macvlan"), (["/opt/cni/bin/ipvlan"], "ipvlan"), (["host-local"], "host-local"),
+    (["cluster-ipam"], "cluster-ipam"), (["underlay-cluster-ipam"], "cluster-ipam"),
+    (["underlay-macvlan"], "macvlan"), (["underlay-host-local"], "host-local"), (["u_ipvlan"], "ipvlan"),
+    (["underlayd"], "underlayd"), (["underlay"], "underlay"), (["underlay", "leases"], "underlay"),
+    (["underlay", "host-local"], "host-local"), (["underlay", "underlay-macvlan"], "macvlan"),
+    (["bridge"], None), (["macvlan.old"], None), ([""], None), (["host-local", "macvlan"], "host-local"),
 ])
-def test_entry_picks_plugin_by_name(entry, name, plugin):
-    assert entry.plugin_for(name) == plugin
+def test_entry_picks_program_by_name(entry, argv, program):
+    assert entry.program_for(list(argv)) == program
 
 
 @pytest.mark.parametrize("before, after", [
@@ -253,7 +258,7 @@ def test_prefixed_and_direct_names_run_the_same_plugin(bundle, tmp_path):
 
     os.symlink(bundle.exe, tmp_path / "bridge")
     proc = bundle.run(None, {"CNI_COMMAND": "VERSION"}, argv=[str(tmp_path / "bridge")])
-    assert proc.returncode == 2 and b"call me as one of macvlan, ipvlan, host-local" in proc.stderr
+    assert proc.returncode == 2 and b"call me as one of macvlan, ipvlan, host-local, cluster-ipam" in proc.stderr
 
 
 # -- no Python on the node --------------------------------------------------------------
@@ -299,7 +304,8 @@ def system_libraries(bundle):
 
 def test_needs_only_system_libraries(bundle):
     libs = system_libraries(bundle)
-    prefixes = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)}
+    # a Python of its own (pyenv, /opt) must not leak in; Debian's own lives in /usr, with the system's libraries
+    prefixes = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix)} - {"/usr", "/"}
     assert not [lib for lib in libs if any(os.path.realpath(lib).startswith(p) for p in prefixes)], libs
     names = {os.path.basename(lib).split(".so")[0] for lib in libs}
     assert names <= {"libc", "libdl", "libm", "libpthread", "libz", "librt", "libutil", "ld-linux-x86-64"}, names

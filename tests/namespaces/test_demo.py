@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import sys
 
 from tests.plugins import ROOT
 
@@ -10,7 +11,8 @@ def test_demo_attaches_two_pods_that_ping_each_other():
     argv = [str(ROOT / "build" / "demo.sh")]
     if os.environ.get("UNDERLAY_BIN_DIR"):
         argv.append(os.environ["UNDERLAY_BIN_DIR"])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHON=sys.executable))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== demo OK" in proc.stdout
     assert "2 received" in proc.stdout
