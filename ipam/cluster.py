@@ -188,9 +188,7 @@ class ClusterConfig(StoreConfig):
         super().__init__(config)
         ipam = with_whereabouts(config["ipam"])
         runtime = config.get("runtimeConfig") or {}
-        shim = config.get("hostShim")
-        extra_aux = [("hostShim.address", "hostShim", shim.get("address"))] if isinstance(shim, dict) else []
-        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux)
+        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), ranges.host_shim_aux(config))
         if contract.version_key(request.version) < (0, 3, 0):
             host_local.check_one_set_per_family(self.range_sets, request.version)
         self.routes = [host_local.check_route(r, f"ipam.routes[{i}]") for i, r in enumerate(ipam.get("routes") or [])]

@@ -26,12 +26,7 @@ class IpamConfig:
         netconf.validate("host-local", config)
         self.ipam = ipam = config["ipam"]
         runtime = config.get("runtimeConfig") or {}
-        # the node's hostShim address (cni/shim.py) is never given to a pod
-        shim = config.get("hostShim")
-        shim_addrs = shim.get("address") if isinstance(shim, dict) else []  # one, or one per family
-        extra_aux = [("hostShim.address", "hostShim", a) for a in
-                     (shim_addrs if isinstance(shim_addrs, list) else [shim_addrs])]
-        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux)
+        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), ranges.host_shim_aux(config))
         if contract.version_key(request.version) < (0, 3, 0):
             check_one_set_per_family(self.range_sets, request.version)
         self.routes = [check_route(r, f"ipam.routes[{i}]") for i, r in enumerate(ipam.get("routes") or [])]

@@ -367,6 +367,14 @@ MAX_RANGE_SETS = 64   # as the schemas say
 MAX_RANGES = 4096
 
 
+def host_shim_aux(config):
+    """The aux entries of a network's hostShim (cni/shim.py): one address, or one per family,
+    never given to a pod."""
+    shim = config.get("hostShim")
+    addresses = shim.get("address") if isinstance(shim, dict) else []
+    return [("hostShim.address", "hostShim", a) for a in (addresses if isinstance(addresses, list) else [addresses])]
+
+
 def range_sets(ipam, runtime_ranges=None, extra_aux=()):
     """The canonical RangeSets of an `ipam` section (plus runtimeConfig.ipRanges first).
 
