@@ -129,8 +129,9 @@ def ensure(nl, kind, conf, master, request, result):
         record = complete(record or {"kind": "shim", "network": request.network, "users": set()})
         if link is not None and (link.parent_index != master.index or link.kind != kind.name):
             others = ", ".join(repr(n) for n in sorted(record["networks"]) or [record.get("network")])
+            parent = link_name(nl, link.parent_index)
             raise config_error("hostShim.name", f"{shim.name} already serves network {others} as a {link.kind} "
-                                                f"child of another master; network {request.network!r} has master "
+                                                f"child of {parent}; network {request.network!r} has master "
                                                 f"{master.name} ({kind.name}): give it another hostShim.name")
         before = {k: (set(v) if k == "users" else dict(v) if isinstance(v, dict) else v) for k, v in record.items()}
         record["users"].add(user)
@@ -164,6 +165,13 @@ def ensure(nl, kind, conf, master, request, result):
                 raise
             raise CniError(ERR_LINK, f"hostShim {shim.name}: {e}") from None
     return lambda: release(nl, shim.name, user, conf.state_dir)
+
+
+def link_name(nl, index):
+    try:
+        return nl.link(index=index).name
+    except netlink.NetlinkError:
+        return f"link {index}"
 
 
 def apply(nl, link, record, added):
