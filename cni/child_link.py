@@ -34,7 +34,7 @@ class Conf:
 
     def __init__(self, request, schema, default_mode, strict=True):
         config = request.config
-        netconf.validate(schema, config)  # wrong types must not reach paths and link names
+        netconf.validate(schema, config, request)  # wrong types must not reach paths and link names
         self.master = config.get("master") or None
         self.vlan = config.get("vlan")
         self.mode = config.get("mode") or default_mode
@@ -239,6 +239,7 @@ def add(kind, request):
     """Load, open the netns, find the master, create the child, get addresses, apply them,
     add the shim, answer. `resources` close whatever happens; `undo` runs only on failure."""
     conf = kind.load(request)
+    contract.load_ipam_config(request)   # a bad ipam section is refused before the link exists
     try:
         with contextlib.ExitStack() as resources, contextlib.ExitStack() as undo:
             pod_fd = open_pod_netns(request)
@@ -384,8 +385,7 @@ def gc(kind, request):
     conf = kind.load(request, strict=False)
     if conf.ipam_type:
         contract.delegate_ipam(request, "GC")
-    valid = {parents.user_key(request.network, a.get("containerID"), a.get("ifname"))
-             for a in request.config.get("cni.dev/valid-attachments") or [] if isinstance(a, dict)}
+    valid = {parents.user_key(request.network, cid, ifname) for cid, ifname in request.valid_attachments()}
     with netlink.Netlink() as host:
         shim.garbage_collect(host, request.network, valid, conf.state_dir)
 

@@ -31,6 +31,7 @@ import errno
 import ipaddress
 
 from cni import iface, netlink, parents
+from cni.config import parse_cidr
 from cni.contract import ERR_LINK, CniError, config_error
 
 
@@ -71,10 +72,7 @@ def settings(config, strict=True):
     if "routes" in shim:
         routes = []
         for i, route in enumerate(shim["routes"]):
-            try:
-                routes.append(ipaddress.ip_network(route, strict=False))
-            except ValueError:
-                raise config_error(f"hostShim.routes[{i}]", f"{route!r} is not a CIDR") from None
+            routes.append(parse_cidr(route, f"hostShim.routes[{i}]"))
     return Shim(shim["name"], addresses, routes)
 
 
