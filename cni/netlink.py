@@ -24,14 +24,14 @@ IPVLAN_MODES = {"l2": 0, "l3": 1, "l3s": 2}
 IPVLAN_FLAGS = {"bridge": 0, "private": 1, "vepa": 2}
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR, RTM_GETADDR = 20, 22
-RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x800, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 0x1
 IFA_F_NODAD, IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x2, 0x4, 0x8, 0x40
 RT_TABLE_MAIN = 254
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTPROT_BOOT, RTPROT_STATIC = 3, 4
 RTN_UNICAST = 1
 RTAX_MTU, RTAX_ADVMSS = 2, 8
@@ -43,7 +43,7 @@ IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_LINK_NETNSID = 18, 28, 29, 37
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 8, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 7, 8, 15
 NLA_TYPE_MASK = 0x3FFF   # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 HEADER = struct.Struct("=IHHII")        # nlmsghdr: length, type, flags, seq, pid
@@ -140,7 +140,7 @@ class Link:
     the nlmsghdr and ifinfomsg. `data` holds the kind's integer IFLA_INFO_DATA by name."""
 
     def __init__(self, message):
-        _family, _type, self.index, self.flags, _change = IFINFO.unpack_from(message, HEADER.size)
+        _family, self.type, self.index, self.flags, _change = IFINFO.unpack_from(message, HEADER.size)  # type: ARPHRD_*
         attrs = parse_attrs(message, HEADER.size + IFINFO.size)
         name = attrs.get(IFLA_IFNAME)
         self.name = None if name is None else asciiz(name)
@@ -352,6 +352,16 @@ class Netlink:
         self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, IFADDR.pack(family, prefixlen, 0, 0, index) + attrs,
                      f"adding address {address}/{prefixlen}")
 
+    def delete_address(self, index, address, prefixlen):
+        """Remove an address; one already gone is no error."""
+        attrs = nla_ip(IFA_LOCAL, address) + nla_ip(IFA_ADDRESS, address)
+        try:
+            self.request(RTM_DELADDR, 0, IFADDR.pack(family_of(address), prefixlen, 0, 0, index) + attrs,
+                         f"removing address {address}/{prefixlen}")
+        except NetlinkError as e:
+            if e.errno not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                raise
+
     def addresses(self, index):
         """[(address, prefixlen, flags)] of a link."""
         out = []
@@ -364,8 +374,9 @@ class Netlink:
     # -- routes ----------------------------------------------------------------
 
     def add_route(self, dst, index, gw=None, priority=None, table=None, scope=None, mtu=None, advmss=None,
-                  exclusive=False):
-        """Add a route; dst is 'a.b.c.d/n' or 'x::/n'. exclusive: EEXIST if any route to dst exists."""
+                  exclusive=False, src=None):
+        """Add a route; dst is 'a.b.c.d/n' or 'x::/n'. exclusive: EEXIST if any route to dst exists.
+        src: the source address the node uses on it (RTA_PREFSRC)."""
         address, _, plen = dst.partition("/")
         family = family_of(address)
         header = RTMSG.pack(family, int(plen), 0, 0, table if table is not None and table < 256 else RT_TABLE_MAIN,
@@ -376,6 +387,8 @@ class Netlink:
             attrs += nla_ip(RTA_DST, address)
         if gw:
             attrs += nla_ip(RTA_GATEWAY, gw)
+        if src:
+            attrs += nla_ip(RTA_PREFSRC, src)
         if priority is not None:
             attrs += nla_u32(RTA_PRIORITY, priority)
         if table is not None:
@@ -391,6 +404,18 @@ class Netlink:
         # route next to the primary one; an identical route is still EEXIST
         self.request(RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_EXCL if exclusive else NLM_F_APPEND), header + attrs,
                      f"adding route {dst} via {gw or 'link'}")
+
+    def delete_route(self, dst, index):
+        """Remove the main-table route to dst out of link `index`; one already gone is no error."""
+        address, _, plen = dst.partition("/")
+        # scope NOWHERE matches any scope: IPv4 would otherwise match it exactly
+        header = RTMSG.pack(family_of(address), int(plen), 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+        attrs = nla_u32(RTA_OIF, index) + (nla_ip(RTA_DST, address) if int(plen) else b"")
+        try:
+            self.request(RTM_DELROUTE, 0, header + attrs, f"removing route {dst}")
+        except NetlinkError as e:
+            if e.errno not in (errno.ESRCH, errno.ENODEV, errno.ENOENT):
+                raise
 
     def routes(self, family=None):
         """[{dst, gw, oif, priority, table, scope}] of every table, dst as 'addr/len'."""

@@ -17,26 +17,16 @@ point the root-run store anywhere. Its parents are resolved as usual.
 """
 
 import errno
-import fcntl
 import ipaddress
 import os
-import signal
 import stat
 
-from cni import files
-from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_TRY_AGAIN, CniError
+from cni import files, locks
+from cni.contract import ERR_INVALID_CONFIG, ERR_IO, CniError
 from cni.files import NOFOLLOW
 
 LAST_RESERVED = "last_reserved_ip."
 LOCK = "lock"
-
-
-class _LockWaitExpired(Exception):
-    pass
-
-
-def _lock_wait_expired(signum, frame):
-    raise _LockWaitExpired()
 
 
 def io_error(what, err):
@@ -126,41 +116,10 @@ class LeaseFiles:
             self.lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600, dir_fd=self.dir_fd)
         except OSError as e:
             raise io_error(f"lock file {self.path}/{LOCK}", e) from None
-        try:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        # Wait in the kernel's queue (woken the moment the holder lets go), bounded
-        # by a timer whose signal interrupts the wait.
-        previous = signal.signal(signal.SIGALRM, _lock_wait_expired)
-        signal.setitimer(signal.ITIMER_REAL, self.lock_timeout)
-        try:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
-        except _LockWaitExpired:
-            holder = self.lock_holder()
-            raise CniError(ERR_TRY_AGAIN, f"try again later: {self.path}/{LOCK} is held"
-                           f"{f' by pid {holder}' if holder else ''} for over "
-                           f"{self.lock_timeout:g}s") from None
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+        locks.lock(self.lock_fd, self.lock_timeout, f"{self.path}/{LOCK}")
 
     def lock_holder(self):
-        st = os.fstat(self.lock_fd)
-        # the kernel's "%02x:%02x:%lu" (fs/locks.c): an inode number alone may be another filesystem's
-        where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-        try:
-            with open("/proc/locks") as f:
-                for line in f:
-                    fields = line.split()
-                    if "->" in fields:
-                        continue  # a waiter, not the holder
-                    if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where:
-                        return int(fields[4])
-        except (OSError, ValueError):
-            pass
-        return None
+        return locks.holder_pid(self.lock_fd)
 
     # -- small file helpers -------------------------------------------------
 

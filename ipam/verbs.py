@@ -26,9 +26,7 @@ class IpamConfig:
     def __init__(self, request, ipam):
         config = request.config
         runtime = config.get("runtimeConfig") or {}
-        # the node's hostShim address (cni/shim.py) is never given to a pod
-        shim = config.get("hostShim")
-        extra_aux = [("hostShim.address", "hostShim", shim.get("address"))] if isinstance(shim, dict) else []
+        extra_aux = ranges.host_shim_aux(config)   # the node's hostShim addresses are never given to a pod
         self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux)
         if contract.version_key(request.version) < (0, 3, 0):
             check_one_set_per_family(self.range_sets, request.version)
