@@ -279,12 +279,21 @@ def cmd_add(request):
     cid, ifname = request.container_id, request.ifname
     allocated = []
     with conf.open_store(request) as store:
-        verbs.refuse_duplicate(conf, store.ips_of(cid, ifname), cid, ifname)
+        # An attachment whose ADD succeeded gets no second address (host-local's rule). Leases still
+        # pending are an earlier ADD of this very attachment on this node that never answered success
+        # (its claim's answer lost, then etcd gone before read-back and rollback): the runtime retries
+        # such an ADD, so they are released here and this ADD allocates afresh. With sticky they
+        # become the pod's holds, which it takes back just below: the same addresses.
+        pending, done = store.pending_and_done(cid, ifname)
+        verbs.refuse_duplicate(conf, done, cid, ifname)
+        for ip in pending:
+            store.release(ip, cid, ifname)
         try:
             pod = pod_of(request)
             holds = store.holds_of(*pod) if conf.sticky_seconds and pod else []
             for s in conf.range_sets:
                 allocated.append(allocate(s, conf.grids_of(s), store, cid, ifname, requested.get(s.index), holds))
+            store.complete(cid, ifname, [r.text(v) for r, v in allocated])
         except BaseException:
             rollback(store, allocated, cid, ifname)
             raise
