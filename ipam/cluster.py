@@ -64,9 +64,26 @@ def whereabouts_range(spec, field, gateway=None):
         if spec.get(theirs) not in (None, ""):
             out[ours] = spec[theirs]
     if spec.get("exclude"):
-        out["exclude"] = spec["exclude"]
+        out["exclude"] = whereabouts_exclude(spec["exclude"])
     # whereabouts reserves no gateway unless told: its ranges hand out their first address
     out["gateway"] = gateway if gateway else False
+    return out
+
+
+def whereabouts_exclude(entries):
+    """whereabouts' exclude: CIDRs whose host bits it masks (its README excludes "192.168.2.229/30",
+    .228-.231). Only for whereabouts' keys: host-local's and our own `ranges` refuse host bits
+    (issue 11). Anything else is left for the usual checks to refuse, naming the field."""
+    if not isinstance(entries, list):
+        return entries
+    out = []
+    for entry in entries:
+        if isinstance(entry, str) and "/" in entry and "-" not in entry:
+            try:
+                entry = str(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                pass
+        out.append(entry)
     return out
 
 
@@ -85,6 +102,8 @@ def with_whereabouts(ipam):
     out = {k: v for k, v in ipam.items() if k not in ("range", "range_start", "range_end", "ipRanges")}
     if "range" in ipam:
         out.pop("gateway", None)   # it went into the range
+        if "exclude" in ipam:
+            out["exclude"] = whereabouts_exclude(ipam["exclude"])
     out["ranges"] = list(ipam.get("ranges") or []) + extra
     return out
 
