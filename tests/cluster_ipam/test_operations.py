@@ -48,7 +48,7 @@ def test_inspect_then_release_a_dead_node(nad):
 
     out = run_underlay("cluster", "leases", "--config", path, "-o", "json")
     assert out.code == 0, out
-    rows = {r["ip"]: r for r in out.json}
+    rows = {r["address"]: r for r in out.json}
     assert sorted(rows) == sorted(kept + dead)
     assert {(r["node"], r["pod"], r["kind"]) for ip, r in rows.items() if ip in dead} == \
         {("n2", "b0", "lease"), ("n2", "b1", "lease")}
@@ -63,7 +63,7 @@ def test_inspect_then_release_a_dead_node(nad):
     assert released.code == 0, released
     assert released.json["node"] == "n2" and released.json["leases"] == 2
     rows = run_underlay("cluster", "leases", "--config", path, "-o", "json").json
-    assert sorted(r["ip"] for r in rows) == sorted(kept) and {r["node"] for r in rows} == {"n1"}
+    assert sorted(r["address"] for r in rows) == sorted(kept) and {r["node"] for r in rows} == {"n1"}
     # the dead node's addresses are free again: asked for by name, another node gets them
     for n, ip in enumerate(dead):
         asked = dict(on("n3"), args={"cni": {"ips": [ip]}})
