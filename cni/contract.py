@@ -561,6 +561,9 @@ def log_operation(config, about, env, request, result, error, stdout, stderr):
         if level >= 2:
             entry["netns"] = clip(env.get("CNI_NETNS", ""))
             entry["cniVersion"] = clip(config.get("cniVersion", ""))
+            handoff = sys.modules.get("cni.handoff")
+            if handoff is not None and handoff.status:
+                entry["agent"] = clip(handoff.status)   # served by underlayd, or why not
         if error is None:
             entry["result"] = "ok"
             if isinstance(result, dict):
@@ -605,5 +608,11 @@ def append_log(path, data, stdout):
         os.close(fd)
 
 
-def main(verbs, about):
+def main(verbs, about, plugin=None):
+    """The executable's main: hands the invocation to underlayd when it answers (cni/handoff.py)."""
+    if plugin is not None:
+        from cni import handoff
+        code = handoff.hand_off(plugin)
+        if code is not None:
+            sys.exit(code)
     sys.exit(run(verbs, about))

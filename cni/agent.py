@@ -1,0 +1,512 @@
+"""underlayd: the node agent that keeps the plugins warm.
+
+    underlayd [--socket PATH] [--metrics HOST:PORT] [--workers N] [--spares N] [--queue N]
+
+Every exec of a plugin pays for a fresh interpreter and its imports (~30 ms
+before any work). underlayd imports every plugin once and keeps forked spare
+workers waiting on its socket (default /run/underlay/underlay.sock, mode 0600
+in a 0700 directory); a plugin executable hands its invocation over
+(cni/handoff.py, the protocol) and exits with the worker's exit code.
+
+A worker serves exactly one invocation and exits, so each one is as isolated
+as an exec: its own process, with the caller's argv, environment, stdout,
+stderr, network namespace, working directory and umask; it runs the plugin's
+own main(). Nothing is cached between invocations: the stores and the kernel
+stay the truth, so restarting the agent loses nothing, and a plugin finding
+no agent does the same work itself.
+
+Only root peers are served (SO_PEERCRED; a refused caller runs the plugin
+itself, with its own privileges). At most --workers invocations run at once
+(default 8); more wait in the socket's listen queue (--queue, default 256)
+and a caller waits at most UNDERLAY_AGENT_TIMEOUT (5 s) for a worker before
+answering code 11 with nothing done. --spares (default 2) workers are forked
+ahead of requests.
+
+The agent runs in the node's network namespace; a worker enters its caller's
+(the same one, unless a runtime runs plugins elsewhere) and opens pod netns
+paths (/run/netns/..., /proc/PID/ns/net) as the runtime gave them.
+SIGTERM stops accepting, removes the socket (callers then work in-process)
+and waits for the invocations in flight.
+"""
+
+import fcntl
+import gc
+import importlib
+import io
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+
+from cni import handoff, registry
+
+DEFAULT_WORKERS = 8
+DEFAULT_SPARES = 2
+DEFAULT_QUEUE = 256
+REQUEST_WAIT = 10.0      # for the request after b"R": a caller sends it at once
+DRAIN_WAIT = 60.0        # SIGTERM: how long invocations in flight may still take
+PLUGINS = {}             # name -> module of every plugin served, imported by preload()
+
+
+
+def plugin_modules():
+    """{name: module} of the CNI plugins this build has (a module not written yet is left out)."""
+    found = {}
+    for name in registry.cni_plugins():
+        module = registry.module_of(name)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        found[name] = module
+    return found
+
+
+class Options:
+    def __init__(self, argv):
+        self.socket = handoff.DEFAULT_SOCKET
+        self.metrics = None
+        self.workers = DEFAULT_WORKERS
+        self.spares = DEFAULT_SPARES
+        self.queue = DEFAULT_QUEUE
+        args = list(argv)
+        while args:
+            flag = args.pop(0)
+            name, eq, value = flag.partition("=")
+            if name in ("-h", "--help"):
+                raise Usage(None)
+            if name not in ("--socket", "--metrics", "--workers", "--spares", "--queue"):
+                raise Usage(f"unknown option {flag!r}")
+            if not eq:
+                if not args:
+                    raise Usage(f"{name} needs a value")
+                value = args.pop(0)
+            if name == "--socket":
+                if not value.startswith("/"):
+                    raise Usage("--socket: must be an absolute path")
+                self.socket = value
+            elif name == "--metrics":
+                host, colon, port = value.rpartition(":")
+                if not colon or not port.isdigit() or int(port) > 65535:
+                    raise Usage(f"--metrics: {value!r} is not HOST:PORT")
+                self.metrics = (host.strip("[]") or "0.0.0.0", int(port))
+            else:
+                if not value.isdigit() or int(value) < (0 if name == "--spares" else 1):
+                    raise Usage(f"{name}: {value!r} is not a positive number")
+                setattr(self, name[2:], int(value))
+        self.spares = min(self.spares, self.workers)
+
+
+class Usage(Exception):
+    pass
+
+
+USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--workers N] [--spares N] [--queue N]\n"
+         f"  --socket   the agent's socket (default {handoff.DEFAULT_SOCKET}; plugins read $UNDERLAY_SOCKET)\n"
+         f"  --workers  invocations served at once (default {DEFAULT_WORKERS}); more wait in the queue\n"
+         f"  --spares   workers forked ahead of requests (default {DEFAULT_SPARES})\n"
+         f"  --queue    connections waiting for a worker (default {DEFAULT_QUEUE})\n"
+         "  --metrics  serve Prometheus text at http://HOST:PORT/metrics\n")
+
+
+def log(message):
+    try:
+        os.write(2, f"underlayd: {message}\n".encode(errors="replace"))
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------
+# Warm-up: everything any invocation imports, imported once here.
+
+def preload():
+    """Import every plugin and what they import lazily, and run the paths that
+    compile things on first use, so a worker starts with all of it in memory."""
+    global PLUGINS
+    PLUGINS = plugin_modules()
+    for name in ["cni.kernel", "subprocess", "traceback", "ipaddress", "json"] + \
+            ["cni.schemas." + p.replace("-", "_") for p in PLUGINS]:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+    from cni import netlink, netns
+    with netlink.Netlink() as nl:     # the message classes decode once: lazily built tables
+        nl.find_link("lo")
+    fd = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        netns.setns(fd)               # our own netns: loads ctypes and libc's setns
+    finally:
+        os.close(fd)
+    gc.collect()
+    gc.freeze()    # out of the collector's sight: a worker's collections do not touch (copy) them
+
+
+# --------------------------------------------------------------------------
+# The socket.
+
+def bind(path, queue):
+    """Listen on `path` (mode 0600, its directory made 0700); refuse if another agent answers there."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SystemExit(f"underlayd: {path} exists and is not a socket; not removing it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1)
+            probe.connect(path)
+            raise SystemExit(f"underlayd: another agent answers on {path}")
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)   # stale: left by an agent that was killed
+        except OSError:
+            raise SystemExit(f"underlayd: another agent holds {path}") from None
+        finally:
+            probe.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)   # never reachable by others, not even for a moment
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    listener.listen(queue)
+    listener.setblocking(False)
+    return listener
+
+
+def peer_uid(conn):
+    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        struct.calcsize("3i")))
+    return pid, uid
+
+
+# --------------------------------------------------------------------------
+# A worker: one invocation, then exit.
+
+class Request:
+    def __init__(self, payload, fds):
+        at = 0
+
+        def field():
+            nonlocal at
+            end = payload.index(b"\0", at)
+            value, at = payload[at:end], end + 1
+            return value
+
+        if field() != handoff.PROTOCOL:
+            raise ValueError("protocol version")
+        self.plugin = field().decode()
+        self.umask = int(field(), 8)
+        self.argv = [field().decode("utf-8", "surrogateescape") for _ in range(int(field()))]
+        self.env = [field() for _ in range(int(field()))]
+        self.stdin = payload[at:]
+        if len(fds) != 4:
+            raise ValueError(f"{len(fds)} file descriptors")
+        self.stdout, self.stderr, self.netns, self.cwd = fds
+
+
+def receive(conn):
+    """The request after b"R", or None when the caller gave up (nothing was started)."""
+    fd_size = 4 * struct.calcsize("i")
+    try:
+        data, ancdata, flags, _ = conn.recvmsg(8, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        return None
+    fds = []
+    for level, kind, blob in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += list(struct.unpack(f"{len(blob) // 4}i", blob[:len(blob) // 4 * 4]))
+    try:
+        if not data or flags & socket.MSG_CTRUNC:
+            return None
+        while len(data) < 8:
+            more = conn.recv(8 - len(data))
+            if not more:
+                return None
+            data += more
+        size = int.from_bytes(data, "big")
+        if size > handoff.MAX_REQUEST:
+            return None
+        payload = bytearray()
+        while len(payload) < size:
+            more = conn.recv(min(size - len(payload), 1 << 20))
+            if not more:
+                return None
+            payload += more
+        request = Request(bytes(payload), fds)
+        fds = []
+        return request
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def become(request):
+    """Take on the caller's context, as an exec'd plugin would have it."""
+    from cni import netns
+    mine, theirs = os.stat(netns.SELF), os.fstat(request.netns)
+    if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+        netns.setns(request.netns)
+    os.fchdir(request.cwd)
+    os.umask(request.umask)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(request.stdout, 1)
+    os.dup2(request.stderr, 2)
+    for fd in (null, request.stdout, request.stderr, request.netns, request.cwd):
+        os.close(fd)
+    os.environb.clear()
+    for entry in request.env:
+        key, _, value = entry.partition(b"=")
+        if key:
+            os.environb[key] = value
+    os.environ["UNDERLAY_AGENT"] = "0"   # a plugin this one execs runs in-process: no slot to wait for
+    sys.argv = request.argv
+    sys.stdin = io.TextIOWrapper(io.BytesIO(request.stdin), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", write_through=True)
+    handoff.status = "served by underlayd"
+
+
+def run_plugin(name):
+    module = PLUGINS.get(name)
+    if module is None:
+        sys.stderr.write(f"underlayd: plugin {name!r} is not part of this build\n")
+        return 2
+    try:
+        sys.modules[module].main()
+    except SystemExit as e:
+        code = e.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code & 0xff
+        sys.stderr.write(f"{code}\n")
+        return 1
+    except BaseException as e:   # the contract never lets one out; say so if it happens
+        sys.stderr.write(f"underlayd: {name}: {type(e).__name__}: {e}\n")
+        return 1
+    return 0
+
+
+def exit_with_caller(conn):
+    """Die (SIGIO, whose default is to terminate) the moment the caller goes away, as an exec'd
+    plugin dies when the runtime kills it: no work continues that the runtime has given up on."""
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, fcntl.fcntl(conn.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
+    if select.select([conn], [], [], 0)[0]:
+        os._exit(0)   # gone already (or speaking out of turn): nothing started
+
+
+def serve(conn, report):
+    """In a worker: the caller's invocation, its exit code sent back; then exit."""
+    conn.setblocking(True)
+    conn.settimeout(REQUEST_WAIT)
+    try:
+        conn.sendall(handoff.READY)
+    except OSError:
+        os._exit(0)
+    request = receive(conn)
+    if request is None:
+        os._exit(0)   # the caller gave up before sending: nothing was done
+    started = time.monotonic()
+    conn.settimeout(None)
+    exit_with_caller(conn)
+    become(request)
+    code = run_plugin(request.plugin)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    flags = fcntl.fcntl(conn.fileno(), fcntl.F_GETFL)
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, flags & ~os.O_ASYNC)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)   # the runtime sees EOF on its pipes as soon as the caller exits
+    os.dup2(null, 2)
+    try:
+        conn.sendall(handoff.EXIT + b"%d" % code)
+    except OSError:
+        pass
+    verb = os.environ.get("CNI_COMMAND", "")[:16].replace(" ", "_") or "-"
+    report(f"D {os.getpid()} {request.plugin} {verb} {code} {time.monotonic() - started:.6f}")
+    os._exit(0)
+
+
+def spare(listener, lifeline, report):
+    """A worker forked ahead of requests: waits for a connection, serves it, exits.
+    It exits too when the agent is gone (its lifeline pipe closes)."""
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    poller.register(lifeline, select.POLLIN)
+    while True:
+        events = dict(poller.poll())
+        if lifeline in events:
+            os._exit(0)
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            continue   # another spare took it
+        pid, uid = peer_uid(conn)
+        if uid != 0:
+            log(f"refused a connection from pid {pid} (uid {uid}): only root is served")
+            try:
+                conn.send(handoff.REFUSED + b"only root is served")
+            except OSError:
+                pass
+            conn.close()
+            continue
+        report(f"B {os.getpid()}")
+        listener.close()
+        os.close(lifeline)
+        serve(conn, report)
+
+
+# --------------------------------------------------------------------------
+# The agent's own process: keeps spares forked, reaps workers, counts.
+
+class Agent:
+    def __init__(self, options):
+        self.options = options
+        self.idle, self.busy = set(), set()
+        self.served = {}       # (plugin, verb, exit code) -> [count, seconds]
+        self.stopping = False
+
+    def start(self):
+        preload()
+        self.listener = bind(self.options.socket, self.options.queue)
+        self.inode = os.stat(self.options.socket).st_ino
+        self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)   # wakes the loop through the wakeup fd
+        self.buffer = b""
+        log(f"serving on {self.options.socket} (pid {os.getpid()}, workers {self.options.workers}, "
+            f"spares {self.options.spares}, queue {self.options.queue})")
+
+    def stop(self, *_):
+        self.stopping = True
+
+    def report(self, line):
+        os.write(self.status_w, line.encode() + b"\n")   # < PIPE_BUF: written whole
+
+    def fork_spare(self):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+                signal.set_wakeup_fd(-1)
+                for fd in (self.status_r, self.lifeline_w, self.wake_r, self.wake_w):
+                    os.close(fd)
+                spare(self.listener, self.lifeline_r, self.report)
+            finally:
+                os._exit(1)
+        self.idle.add(pid)
+
+    def top_up(self):
+        while not self.stopping and len(self.idle) < self.options.spares and \
+                len(self.idle) + len(self.busy) < self.options.workers:
+            self.fork_spare()
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.busy and os.WIFSIGNALED(status):
+                log(f"worker {pid} was killed by signal {os.WTERMSIG(status)} mid-request")
+            self.idle.discard(pid)
+            self.busy.discard(pid)
+
+    def read_reports(self):
+        try:
+            self.buffer += os.read(self.status_r, 65536)
+        except BlockingIOError:
+            return
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            kind, pid, *rest = line.decode(errors="replace").split(" ")
+            pid = int(pid)
+            if kind == "B":
+                self.idle.discard(pid)
+                self.busy.add(pid)
+            elif kind == "D":
+                plugin, verb, code, seconds = rest
+                entry = self.served.setdefault((plugin, verb, int(code)), [0, 0.0])
+                entry[0] += 1
+                entry[1] += float(seconds)
+                log(f"served {plugin} {verb} exit {code} in {float(seconds) * 1000:.1f} ms (worker {pid})")
+
+    def loop(self):
+        poller = select.poll()
+        poller.register(self.status_r, select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        while not self.stopping:
+            self.reap()
+            self.top_up()
+            for fd, _ in poller.poll(1000):
+                if fd == self.wake_r:
+                    try:
+                        os.read(self.wake_r, 512)
+                    except BlockingIOError:
+                        pass
+            self.read_reports()
+        self.shutdown()
+
+    def shutdown(self):
+        """Stop accepting, remove our socket, let the invocations in flight finish."""
+        try:
+            if os.stat(self.options.socket).st_ino == self.inode:
+                os.unlink(self.options.socket)
+        except FileNotFoundError:
+            pass
+        self.listener.close()
+        os.close(self.lifeline_w)    # idle spares exit
+        deadline = time.monotonic() + DRAIN_WAIT
+        while self.busy or self.idle:
+            self.reap()
+            self.read_reports()
+            if time.monotonic() > deadline:
+                log(f"{len(self.busy)} invocations still running at exit")
+                break
+            time.sleep(0.02)
+        self.read_reports()
+        log("stopped")
+
+
+def main(argv=None):
+    try:
+        options = Options(sys.argv[1:] if argv is None else argv)
+    except Usage as e:
+        sys.stderr.write((f"underlayd: {e}\n" if e.args[0] else "") + USAGE)
+        sys.exit(2 if e.args[0] else 0)
+    agent = Agent(options)
+    agent.start()
+    agent.loop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
