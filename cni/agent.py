@@ -406,7 +406,10 @@ class Agent:
         self.stopping = True
 
     def report(self, line):
-        os.write(self.status_w, line.encode() + b"\n")   # < PIPE_BUF: written whole
+        try:
+            os.write(self.status_w, line.encode() + b"\n")   # < PIPE_BUF: written whole
+        except OSError:
+            pass   # the agent is gone (killed): its worker still finishes the invocation
 
     def fork_spare(self):
         pid = os.fork()

@@ -35,7 +35,7 @@ class Agent:
         self.own_directory = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="underlay-agent-")
         self.socket = os.path.join(self.directory, "underlay.sock")
-        self.log_path = os.path.join(self.directory, "agent.log")
+        self.log_path = self.directory.rstrip("/") + ".log"   # beside: the agent makes the directory
         self.args = list(args)
         self.proc = None
         self.start()
@@ -45,7 +45,8 @@ class Agent:
         env.pop("UNDERLAY_KILL_AT", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(agent_argv() + ["--socket", self.socket] + self.args, env=env,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/")
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
+                                         start_new_session=True)   # its own group: a test may stop it whole
         deadline = time.monotonic() + 30
         while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -90,6 +91,10 @@ class Agent:
         except FileNotFoundError:
             return []
 
+    def signal_group(self, sig):
+        """Send `sig` to the agent and every worker it forked (one process group)."""
+        os.killpg(self.proc.pid, sig)
+
     def kill(self):
         """SIGKILL the agent's own process (its workers live on, spares exit)."""
         if self.proc.poll() is None:
@@ -109,3 +114,7 @@ class Agent:
         self.stop()
         if self.own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
+            try:
+                os.unlink(self.log_path)
+            except FileNotFoundError:
+                pass
