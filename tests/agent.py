@@ -31,12 +31,13 @@ def agent_argv():
 class Agent:
     """One underlayd process; `socket` is what UNDERLAY_SOCKET names for the plugins."""
 
-    def __init__(self, *args, directory=None):
+    def __init__(self, *args, directory=None, command=None):
         self.own_directory = directory is None
         self.directory = directory or tempfile.mkdtemp(prefix="underlay-agent-")
         self.socket = os.path.join(self.directory, "underlay.sock")
         self.log_path = self.directory.rstrip("/") + ".log"   # beside: the agent makes the directory
         self.args = list(args)
+        self.command = command or agent_argv()
         self.proc = None
         self.start()
 
@@ -44,7 +45,7 @@ class Agent:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop("UNDERLAY_KILL_AT", None)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(agent_argv() + ["--socket", self.socket] + self.args, env=env,
+            self.proc = subprocess.Popen(self.command + ["--socket", self.socket] + self.args, env=env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/",
                                          start_new_session=True)   # its own group: a test may stop it whole
         deadline = time.monotonic() + 30
