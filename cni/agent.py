@@ -49,6 +49,7 @@ DEFAULT_SPARES = 2
 DEFAULT_QUEUE = 256
 REQUEST_WAIT = 10.0      # for the request after b"R": a caller sends it at once
 DRAIN_WAIT = 60.0        # SIGTERM: how long invocations in flight may still take
+TEXTFILE_EVERY = 15.0    # seconds between --textfile writes
 PLUGINS = {}             # name -> module of every plugin served, imported by preload()
 
 
@@ -75,13 +76,14 @@ class Options:
         self.workers = DEFAULT_WORKERS
         self.spares = DEFAULT_SPARES
         self.queue = DEFAULT_QUEUE
+        self.textfile = None
         args = list(argv)
         while args:
             flag = args.pop(0)
             name, eq, value = flag.partition("=")
             if name in ("-h", "--help"):
                 raise Usage(None)
-            if name not in ("--socket", "--metrics", "--workers", "--spares", "--queue"):
+            if name not in ("--socket", "--metrics", "--textfile", "--workers", "--spares", "--queue"):
                 raise Usage(f"unknown option {flag!r}")
             if not eq:
                 if not args:
@@ -96,6 +98,10 @@ class Options:
                 if not colon or not port.isdigit() or int(port) > 65535:
                     raise Usage(f"--metrics: {value!r} is not HOST:PORT")
                 self.metrics = (host.strip("[]") or "0.0.0.0", int(port))
+            elif name == "--textfile":
+                if not value.startswith("/") or not value.endswith(".prom"):
+                    raise Usage("--textfile: must be an absolute path ending in .prom")
+                self.textfile = value
             else:
                 if not value.isdigit() or int(value) < (0 if name == "--spares" else 1):
                     raise Usage(f"{name}: {value!r} is not a positive number")
@@ -107,12 +113,14 @@ class Usage(Exception):
     pass
 
 
-USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--workers N] [--spares N] [--queue N]\n"
+USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PATH] [--workers N] [--spares N]"
+         " [--queue N]\n"
          f"  --socket   the agent's socket (default {handoff.DEFAULT_SOCKET}; plugins read $UNDERLAY_SOCKET)\n"
          f"  --workers  invocations served at once (default {DEFAULT_WORKERS}); more wait in the queue\n"
          f"  --spares   workers forked ahead of requests (default {DEFAULT_SPARES})\n"
          f"  --queue    connections waiting for a worker (default {DEFAULT_QUEUE})\n"
-         "  --metrics  serve Prometheus text at http://HOST:PORT/metrics\n")
+         "  --metrics  serve Prometheus text at http://HOST:PORT/metrics (and /healthz)\n"
+         "  --textfile also write it to PATH.prom every 15 s, for node-exporter's textfile collector\n")
 
 
 def log(message):
@@ -277,10 +285,36 @@ def become(request):
     os.environ["UNDERLAY_AGENT"] = "0"   # a plugin this one execs runs in-process: no slot to wait for
     sys.argv = request.argv
     sys.stdin = io.TextIOWrapper(io.BytesIO(request.stdin), encoding="utf-8")
-    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8")
+    sys.stdout = Recorder(io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8"))
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
                                   errors="backslashreplace", write_through=True)
     handoff.status = "served by underlayd"
+
+
+class Recorder:
+    """sys.stdout for the plugin, keeping the start of what it writes: the CNI error code for metrics."""
+
+    def __init__(self, stream):
+        self.stream, self.head = stream, ""
+
+    def write(self, text):
+        if len(self.head) < 65536:
+            self.head += text[:65536]
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def cni_code(self, exit_code):
+        """0 on success, the error JSON's code, or -1 when there is none."""
+        if exit_code == 0:
+            return 0
+        import json
+        try:
+            code = json.loads(self.head).get("code")
+        except (ValueError, AttributeError):
+            return -1
+        return code if isinstance(code, int) and not isinstance(code, bool) else -1
 
 
 def run_plugin(name):
@@ -323,12 +357,14 @@ def serve(conn, report):
         os._exit(0)
     request = receive(conn)
     if request is None:
+        report(f"A {os.getpid()}")
         os._exit(0)   # the caller gave up before sending: nothing was done
     started = time.monotonic()
     conn.settimeout(None)
     exit_with_caller(conn)
     become(request)
     code = run_plugin(request.plugin)
+    cni_code = sys.stdout.cni_code(code) if isinstance(sys.stdout, Recorder) else -1
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -343,8 +379,9 @@ def serve(conn, report):
         conn.sendall(handoff.EXIT + b"%d" % code)
     except OSError:
         pass
-    verb = os.environ.get("CNI_COMMAND", "")[:16].replace(" ", "_") or "-"
-    report(f"D {os.getpid()} {request.plugin} {verb} {code} {time.monotonic() - started:.6f}")
+    verb = "".join(c for c in os.environ.get("CNI_COMMAND", "")[:16] if c.isalnum()) or "-"
+    plugin = request.plugin if request.plugin in PLUGINS else "unknown"
+    report(f"D {os.getpid()} {plugin} {verb} {code} {cni_code} {time.monotonic() - started:.6f}")
     os._exit(0)
 
 
@@ -365,6 +402,7 @@ def spare(listener, lifeline, report):
         pid, uid = peer_uid(conn)
         if uid != 0:
             log(f"refused a connection from pid {pid} (uid {uid}): only root is served")
+            report(f"N {os.getpid()}")
             try:
                 conn.send(handoff.REFUSED + b"only root is served")
             except OSError:
@@ -378,13 +416,125 @@ def spare(listener, lifeline, report):
 
 
 # --------------------------------------------------------------------------
+# Metrics: Prometheus text, from the agent's counters.
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self):
+        self.started = time.time()
+        self.requests = {}     # (plugin, verb, CNI code) -> count
+        self.latency = {}      # (plugin, verb) -> [count per bucket..., +Inf count, sum]
+        self.killed = 0        # workers that died mid-request (the caller got code 11)
+        self.refused = 0       # non-root peers
+        self.abandoned = 0     # callers that gave up before sending (nothing done)
+
+    def observe(self, plugin, verb, cni_code, seconds):
+        key = (plugin, verb, cni_code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.latency.setdefault((plugin, verb), [0] * (len(BUCKETS) + 1) + [0.0])
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                hist[i] += 1
+        hist[len(BUCKETS)] += 1
+        hist[-1] += seconds
+
+    def render(self, busy, idle, options):
+        out = []
+
+        def family(name, kind, text):
+            out.append(f"# HELP {name} {text}\n# TYPE {name} {kind}\n")
+
+        family("underlay_agent_requests_total", "counter",
+               "CNI invocations served by underlayd, by plugin, verb and CNI result code (0: success)")
+        for (plugin, verb, code), count in sorted(self.requests.items()):
+            out.append(f'underlay_agent_requests_total{{plugin="{plugin}",verb="{verb}",code="{code}"}} {count}\n')
+        family("underlay_agent_request_duration_seconds", "histogram",
+               "time a worker spent on one invocation, from its request to its exit code")
+        for (plugin, verb), hist in sorted(self.latency.items()):
+            labels = f'plugin="{plugin}",verb="{verb}"'
+            for bound, count in zip(BUCKETS, hist):
+                out.append(f'underlay_agent_request_duration_seconds_bucket{{{labels},le="{bound:g}"}} {count}\n')
+            out.append(f'underlay_agent_request_duration_seconds_bucket{{{labels},le="+Inf"}} {hist[len(BUCKETS)]}\n')
+            out.append(f"underlay_agent_request_duration_seconds_sum{{{labels}}} {hist[-1]:.6f}\n")
+            out.append(f"underlay_agent_request_duration_seconds_count{{{labels}}} {hist[len(BUCKETS)]}\n")
+        for name, value, text in (
+                ("underlay_agent_workers_killed_total", self.killed,
+                 "workers that died mid-request (their caller answered code 11; DEL undoes what they did)"),
+                ("underlay_agent_refused_total", self.refused, "connections refused: the peer was not root"),
+                ("underlay_agent_abandoned_total", self.abandoned,
+                 "callers that gave up (UNDERLAY_AGENT_TIMEOUT) before a worker started their request")):
+            family(name, "counter", text)
+            out.append(f"{name} {value}\n")
+        family("underlay_agent_workers", "gauge", "worker processes: busy serving, or idle spares")
+        out.append(f'underlay_agent_workers{{state="busy"}} {busy}\nunderlay_agent_workers{{state="idle"}} {idle}\n')
+        family("underlay_agent_workers_limit", "gauge", "invocations served at once (--workers)")
+        out.append(f"underlay_agent_workers_limit {options.workers}\n")
+        family("underlay_agent_start_time_seconds", "gauge", "when this agent started (Unix time)")
+        out.append(f"underlay_agent_start_time_seconds {self.started:.3f}\n")
+        return "".join(out)
+
+
+def serve_http(conn, body):
+    """In a forked child: answer one HTTP request (GET /metrics or /healthz) and exit."""
+    conn.settimeout(5)
+    request = b""
+    try:
+        while b"\r\n\r\n" not in request and len(request) < 8192:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            request += chunk
+        line = request.split(b"\r\n", 1)[0].split()
+        path = line[1].split(b"?")[0] if len(line) >= 2 and line[0] in (b"GET", b"HEAD") else None
+        if path == b"/metrics":
+            status, payload, kind = "200 OK", body.encode(), "text/plain; version=0.0.4; charset=utf-8"
+        elif path == b"/healthz":
+            status, payload, kind = "200 OK", b"ok\n", "text/plain"
+        else:
+            status, payload, kind = "404 Not Found", b"not found: try /metrics\n", "text/plain"
+        head = (f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(payload)}\r\n"
+                "Connection: close\r\n\r\n").encode()
+        conn.sendall(head + (payload if line and line[0] != b"HEAD" else b""))
+    except (OSError, IndexError):
+        pass
+    os._exit(0)
+
+
+def metrics_listener(address):
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as e:
+        raise SystemExit(f"underlayd: --metrics {host}:{port}: {e.strerror or e}") from None
+    listener.listen(16)
+    listener.setblocking(False)
+    return listener
+
+
+def write_textfile(path, text):
+    """node-exporter's textfile collector: written whole (temporary file, then rename)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, path)
+    except OSError as e:
+        log(f"--textfile {path}: {e.strerror or e}")
+
+
+# --------------------------------------------------------------------------
 # The agent's own process: keeps spares forked, reaps workers, counts.
 
 class Agent:
     def __init__(self, options):
         self.options = options
         self.idle, self.busy = set(), set()
-        self.served = {}       # (plugin, verb, exit code) -> [count, seconds]
+        self.metrics = Metrics()
         self.stopping = False
 
     def start(self):
@@ -399,6 +549,8 @@ class Agent:
             signal.signal(sig, self.stop)
         signal.signal(signal.SIGCHLD, lambda *_: None)   # wakes the loop through the wakeup fd
         self.buffer = b""
+        self.http = metrics_listener(self.options.metrics) if self.options.metrics else None
+        self.textfile_due = 0.0
         log(f"serving on {self.options.socket} (pid {os.getpid()}, workers {self.options.workers}, "
             f"spares {self.options.spares}, queue {self.options.queue})")
 
@@ -439,6 +591,7 @@ class Agent:
             if pid == 0:
                 return
             if pid in self.busy and os.WIFSIGNALED(status):
+                self.metrics.killed += 1
                 log(f"worker {pid} was killed by signal {os.WTERMSIG(status)} mid-request")
             self.idle.discard(pid)
             self.busy.discard(pid)
@@ -456,16 +609,20 @@ class Agent:
                 self.idle.discard(pid)
                 self.busy.add(pid)
             elif kind == "D":
-                plugin, verb, code, seconds = rest
-                entry = self.served.setdefault((plugin, verb, int(code)), [0, 0.0])
-                entry[0] += 1
-                entry[1] += float(seconds)
+                plugin, verb, code, cni_code, seconds = rest
+                self.metrics.observe(plugin, verb, int(cni_code), float(seconds))
                 log(f"served {plugin} {verb} exit {code} in {float(seconds) * 1000:.1f} ms (worker {pid})")
+            elif kind == "N":
+                self.metrics.refused += 1
+            elif kind == "A":
+                self.metrics.abandoned += 1
 
     def loop(self):
         poller = select.poll()
         poller.register(self.status_r, select.POLLIN)
         poller.register(self.wake_r, select.POLLIN)
+        if self.http is not None:
+            poller.register(self.http, select.POLLIN)
         while not self.stopping:
             self.reap()
             self.top_up()
@@ -476,7 +633,31 @@ class Agent:
                     except BlockingIOError:
                         pass
             self.read_reports()
+            if self.http is not None:
+                self.answer_http()
+            if self.options.textfile and time.monotonic() >= self.textfile_due:
+                write_textfile(self.options.textfile, self.render())
+                self.textfile_due = time.monotonic() + TEXTFILE_EVERY
         self.shutdown()
+
+    def render(self):
+        return self.metrics.render(len(self.busy), len(self.idle), self.options)
+
+    def answer_http(self):
+        """Each scrape is answered by a fork holding a snapshot: a slow client never holds up the loop."""
+        try:
+            conn, _ = self.http.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        body = self.render()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                serve_http(conn, body)
+            finally:
+                os._exit(1)
+        conn.close()
 
     def shutdown(self):
         """Stop accepting, remove our socket, let the invocations in flight finish."""
@@ -496,6 +677,8 @@ class Agent:
                 break
             time.sleep(0.02)
         self.read_reports()
+        if self.options.textfile:
+            write_textfile(self.options.textfile, self.render())
         log("stopped")
 
 

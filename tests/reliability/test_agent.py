@@ -341,3 +341,62 @@ def test_a_second_agent_on_the_same_socket_is_refused(agent):
                          text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
     assert out.returncode != 0 and "another agent answers" in out.stderr, out
     assert agent.answers()
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port, path="/metrics"):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return response.status, response.headers.get("Content-Type"), response.read().decode()
+
+
+def samples(text):
+    """{name{labels}: value} of a Prometheus text page; every family has HELP and TYPE."""
+    out, typed = {}, set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+        elif line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            name = key.split("{")[0]
+            assert any(name == t or name.startswith(t + "_") for t in typed), f"{name} has no TYPE"
+            assert name.startswith("underlay_"), name
+            out[key] = float(value)
+    return out
+
+
+def test_metrics_count_requests_by_plugin_verb_and_code(tmp_path, via):
+    port = free_port()
+    textfile = tmp_path / "underlay.prom"
+    agent = Agent("--metrics", f"127.0.0.1:{port}", "--textfile", str(textfile), directory=str(tmp_path / "run"))
+    try:
+        via(agent)
+        conf = host_local_conf(tmp_path)
+        assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x").ok
+        assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x").cni_code == 101   # again: taken
+        assert plugins.run_plugin("host-local", "DEL", conf, netns="/run/netns/x").ok
+        agent.wait_served(3)
+        status, kind, text = scrape(port)
+        assert status == 200 and kind.startswith("text/plain; version=0.0.4")
+        got = samples(text)
+        for key, value in [
+                ('underlay_agent_requests_total{plugin="host-local",verb="ADD",code="0"}', 1),
+                ('underlay_agent_requests_total{plugin="host-local",verb="ADD",code="101"}', 1),
+                ('underlay_agent_requests_total{plugin="host-local",verb="DEL",code="0"}', 1),
+                ('underlay_agent_request_duration_seconds_count{plugin="host-local",verb="ADD"}', 2),
+                ('underlay_agent_request_duration_seconds_bucket{plugin="host-local",verb="ADD",le="+Inf"}', 2),
+                ('underlay_agent_workers_limit', 8), ('underlay_agent_workers_killed_total', 0)]:
+            assert got.get(key) == value, (key, got.get(key), text)
+        assert scrape(port, "/healthz")[2] == "ok\n"
+        agent.stop()
+        assert 'underlay_agent_requests_total{plugin="host-local",verb="DEL",code="0"} 1' in textfile.read_text()
+    finally:
+        agent.close()
