@@ -23,8 +23,11 @@ answering code 11 with nothing done. --spares (default 2) workers are forked
 ahead of requests.
 
 The agent runs in the node's network namespace; a worker enters its caller's
-(the same one, unless a runtime runs plugins elsewhere) and opens pod netns
-paths (/run/netns/..., /proc/PID/ns/net) as the runtime gave them.
+network and mount namespaces (the node's, unless a runtime runs plugins
+elsewhere, or the agent runs in a container) and opens pod netns paths
+(/run/netns/..., /proc/PID/ns/net) as the runtime gave them. A worker never
+imports anything (preload did it all): after entering the caller's mount
+namespace, the agent's own files may not be there.
 SIGTERM stops accepting, removes the socket (callers then work in-process)
 and waits for the invocations in flight.
 """
@@ -153,6 +156,9 @@ def preload():
         netns.setns(fd)               # our own netns: loads ctypes and libc's setns
     finally:
         os.close(fd)
+    global _libc
+    import ctypes
+    _libc = ctypes.CDLL(None, use_errno=True)   # for enter_namespace
     gc.collect()
     gc.freeze()    # out of the collector's sight: a worker's collections do not touch (copy) them
 
@@ -220,14 +226,14 @@ class Request:
         self.argv = [field().decode("utf-8", "surrogateescape") for _ in range(int(field()))]
         self.env = [field() for _ in range(int(field()))]
         self.stdin = payload[at:]
-        if len(fds) != 4:
+        if len(fds) != 5:
             raise ValueError(f"{len(fds)} file descriptors")
-        self.stdout, self.stderr, self.netns, self.cwd = fds
+        self.stdout, self.stderr, self.netns, self.mntns, self.cwd = fds
 
 
 def receive(conn):
     """The request after b"R", or None when the caller gave up (nothing was started)."""
-    fd_size = 4 * struct.calcsize("i")
+    fd_size = 5 * struct.calcsize("i")
     try:
         data, ancdata, flags, _ = conn.recvmsg(8, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC)
     except OSError:
@@ -263,19 +269,42 @@ def receive(conn):
             os.close(fd)
 
 
+CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
+_libc = None
+
+
+def enter_namespace(fd, nstype, own):
+    """setns() into the namespace `fd` unless it is ours already (`own`: our /proc/self/ns file)."""
+    global _libc
+    mine, theirs = os.stat(own), os.fstat(fd)
+    if (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino):
+        return
+    if _libc is None:
+        import ctypes
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, nstype) != 0:
+        import ctypes
+        raise OSError(ctypes.get_errno(), f"setns {own.rsplit('/', 1)[1]}")
+
+
 def become(request):
-    """Take on the caller's context, as an exec'd plugin would have it."""
-    from cni import netns
-    mine, theirs = os.stat(netns.SELF), os.fstat(request.netns)
-    if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
-        netns.setns(request.netns)
-    os.fchdir(request.cwd)
-    os.umask(request.umask)
+    """Take on the caller's context, as an exec'd plugin would have it: its mount and network
+    namespaces (so dataDir, logFile and pod netns paths name what they name for the caller,
+    wherever the agent runs), cwd, umask, fds, environment and argv. Until the fds are taken
+    over nothing is changed that matters: an OSError here means "run it yourself"."""
     null = os.open(os.devnull, os.O_RDWR)
+    try:
+        enter_namespace(request.mntns, CLONE_NEWNS, "/proc/self/ns/mnt")
+        enter_namespace(request.netns, CLONE_NEWNET, "/proc/self/ns/net")
+        os.fchdir(request.cwd)
+        os.umask(request.umask)
+    except OSError:
+        os.close(null)
+        raise
     os.dup2(null, 0)
     os.dup2(request.stdout, 1)
     os.dup2(request.stderr, 2)
-    for fd in (null, request.stdout, request.stderr, request.netns, request.cwd):
+    for fd in (null, request.stdout, request.stderr, request.netns, request.mntns, request.cwd):
         os.close(fd)
     os.environb.clear()
     for entry in request.env:
@@ -361,8 +390,17 @@ def serve(conn, report):
         os._exit(0)   # the caller gave up before sending: nothing was done
     started = time.monotonic()
     conn.settimeout(None)
+    try:
+        become(request)
+    except OSError as e:
+        # nothing done yet: the caller runs the plugin itself
+        log(f"cannot take on the context of caller {peer_uid(conn)[0]}: {e.strerror or e} ({e.filename or ''})")
+        try:
+            conn.sendall(handoff.FALLBACK + f"{e.strerror or e}".encode())
+        except OSError:
+            pass
+        os._exit(0)
     exit_with_caller(conn)
-    become(request)
     code = run_plugin(request.plugin)
     cni_code = sys.stdout.cni_code(code) if isinstance(sys.stdout, Recorder) else -1
     for stream in (sys.stdout, sys.stderr):

@@ -16,11 +16,13 @@ The protocol, one SOCK_STREAM connection per invocation:
   agent -> client  b"R"                      a worker took the connection and will serve it
                    b"N" reason               refused (SO_PEERCRED: not root); run in-process
   client -> agent  8-byte length, payload    argv, environment, umask, stdin (NUL-separated),
-                                             with fds stdout, stderr, netns, cwd (SCM_RIGHTS)
-  agent -> client  b"X" code                 the plugin's exit code
+                                             with fds stdout, stderr, netns, mount ns, cwd (SCM_RIGHTS)
+  agent -> client  b"F" reason               cannot take on the caller's context; run in-process
+                   b"X" code                 the plugin's exit code
 Until the request is sent the worker has started nothing, so the client may
 still give up (code 11) or run the plugin itself; once sent, the worker owns
-the invocation, and dies if this process dies (as an exec'd plugin would).
+the invocation (unless it answers "F" first), and dies if this process dies
+(as an exec'd plugin would).
 
 Bounds: UNDERLAY_AGENT_TIMEOUT (seconds, default 5) for connecting (a full
 queue) and for the "R"; past it the answer is code 11, try again, with nothing
@@ -36,7 +38,7 @@ import time
 DEFAULT_SOCKET = "/run/underlay/underlay.sock"
 DEFAULT_TIMEOUT = 5.0
 PROTOCOL = b"underlay/1"
-READY, REFUSED, EXIT = b"R", b"N", b"X"
+READY, REFUSED, EXIT, FALLBACK = b"R", b"N", b"X", b"F"
 MAX_REQUEST = 64 << 20        # a config is far smaller; the agent refuses more
 
 status = None   # why this process ran the plugin itself, or "served by underlayd" in a worker
@@ -115,6 +117,10 @@ def hand_off(plugin, argv=None, environ=None):
             answer += chunk
         if answer[:1] == EXIT and answer[1:].isdigit():
             return int(answer[1:])
+        if answer[:1] == FALLBACK:
+            status = f"agent at {path} could not serve this context: {answer[1:].decode(errors='replace')}"
+            restore_stdin(stdin)
+            return None
         return failed(plugin, stdin, f"underlayd's worker for this {plugin} request ended without an answer "
                                      "(killed?); what it did is undone by DEL")
     finally:
@@ -133,9 +139,10 @@ def request_payload(plugin, argv, environ, stdin):
 
 def send_request(sock, payload):
     netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    mntns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
     try:
-        fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (1, 2, netns, cwd))
+        fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (1, 2, netns, mntns, cwd))
         header = len(payload).to_bytes(8, "big")
         sent = sock.sendmsg([header, payload], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         view = memoryview(header + payload)[sent:]
@@ -143,6 +150,7 @@ def send_request(sock, payload):
             view = view[sock.send(view):]
     finally:
         os.close(netns)
+        os.close(mntns)
         os.close(cwd)
 
 
