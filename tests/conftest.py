@@ -35,6 +35,8 @@ def plugin_path(request, monkeypatch):
     """"agent": every plugin the test execs hands off to the test agent; "exec": no agent answers.
     A both_paths test fails unless the path it names was really taken."""
     mode = getattr(request, "param", None) or ("agent" if request.config.getoption("--agent") else "exec")
+    if request.node.get_closest_marker("in_process"):
+        mode = "exec"
     checked = hasattr(request, "param")
     agent = request.getfixturevalue("test_agent") if mode == "agent" or checked else None
     before = len(agent.served()) if agent else 0

@@ -400,3 +400,20 @@ def test_metrics_count_requests_by_plugin_verb_and_code(tmp_path, via):
         assert 'underlay_agent_requests_total{plugin="host-local",verb="DEL",code="0"} 1' in textfile.read_text()
     finally:
         agent.close()
+
+
+def test_a_worker_hung_inside_the_lock_is_named_and_killed_with_its_caller(agent, via, node):
+    """As tests/reliability/test_locks.py for an exec'd plugin: the lock's holder named is the worker."""
+    via(agent)
+    conf = node.conf(lockTimeout=1)
+    a, b = node.add_pods(2)
+    stuck = node.start("ADD", conf, "stuck", a, stop_at="add:after-lease")
+    worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="a worker stopped in the lock")
+    out = node.run("ADD", conf, "other", b)
+    assert out.cni_code == 11 and f"held by pid {worker}" in out.json["msg"], out
+    stuck.kill()                               # the runtime's timeout
+    os.kill(worker, signal.SIGCONT)
+    assert stuck.wait().code == -9
+    assert node.run("DEL", conf, "stuck", a).ok
+    assert node.run("ADD", conf, "other", b).ok
+    Audit(node, ["rel"], {("rel", "other", "eth0"): b}).assert_clean()

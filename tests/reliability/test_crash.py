@@ -74,6 +74,7 @@ def test_rebuild_killed_then_redone(node):
     Audit(node, ["rel"], {("rel", "c1", "eth0"): a}).assert_clean()
 
 
+@pytest.mark.in_process   # the plugin's own pid and state; tests/reliability/test_agent.py has the agent's
 def test_random_kills(node):
     """The small run of soak.py's crash scenario: kills at every step in turn and after random delays."""
     figures = CrashRun(node, ops=60, lanes=2, slots_per_lane=4).run()
