@@ -170,6 +170,8 @@ def bind(path, queue):
     """Listen on `path` (mode 0600, its directory made 0700); refuse if another agent answers there."""
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
+    if path == handoff.DEFAULT_SOCKET:
+        os.chmod(directory, 0o700)   # ours alone (a DaemonSet's hostPath makes it 0755)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
