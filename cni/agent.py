@@ -53,6 +53,8 @@ DEFAULT_QUEUE = 256
 REQUEST_WAIT = 10.0      # for the request after b"R": a caller sends it at once
 DRAIN_WAIT = 60.0        # SIGTERM: how long invocations in flight may still take
 TEXTFILE_EVERY = 15.0    # seconds between --textfile writes
+DEFAULT_HEAL_EVERY = 300  # seconds between healing runs (and one at start)
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"   # host-local's default dataDir
 PLUGINS = {}             # name -> module of every plugin served, imported by preload()
 
 
@@ -80,13 +82,16 @@ class Options:
         self.spares = DEFAULT_SPARES
         self.queue = DEFAULT_QUEUE
         self.textfile = None
+        self.data_dirs = []
+        self.heal_every = DEFAULT_HEAL_EVERY
         args = list(argv)
         while args:
             flag = args.pop(0)
             name, eq, value = flag.partition("=")
             if name in ("-h", "--help"):
                 raise Usage(None)
-            if name not in ("--socket", "--metrics", "--textfile", "--workers", "--spares", "--queue"):
+            if name not in ("--socket", "--metrics", "--textfile", "--workers", "--spares", "--queue",
+                            "--data-dir", "--heal-every"):
                 raise Usage(f"unknown option {flag!r}")
             if not eq:
                 if not args:
@@ -101,6 +106,14 @@ class Options:
                 if not colon or not port.isdigit() or int(port) > 65535:
                     raise Usage(f"--metrics: {value!r} is not HOST:PORT")
                 self.metrics = (host.strip("[]") or "0.0.0.0", int(port))
+            elif name == "--data-dir":
+                if not value.startswith("/"):
+                    raise Usage("--data-dir: must be an absolute path")
+                self.data_dirs.append(value)
+            elif name == "--heal-every":
+                if not value.isdigit():
+                    raise Usage(f"--heal-every: {value!r} is not a number of seconds (0: never)")
+                self.heal_every = int(value)
             elif name == "--textfile":
                 if not value.startswith("/") or not value.endswith(".prom"):
                     raise Usage("--textfile: must be an absolute path ending in .prom")
@@ -110,6 +123,7 @@ class Options:
                     raise Usage(f"{name}: {value!r} is not a positive number")
                 setattr(self, name[2:], int(value))
         self.spares = min(self.spares, self.workers)
+        self.data_dirs = self.data_dirs or [DEFAULT_DATA_DIR]
 
 
 class Usage(Exception):
@@ -117,11 +131,13 @@ class Usage(Exception):
 
 
 USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PATH] [--workers N] [--spares N]"
-         " [--queue N]\n"
+         " [--queue N] [--data-dir DIR]... [--heal-every SECONDS]\n"
          f"  --socket   the agent's socket (default {handoff.DEFAULT_SOCKET}; plugins read $UNDERLAY_SOCKET)\n"
          f"  --workers  invocations served at once (default {DEFAULT_WORKERS}); more wait in the queue\n"
          f"  --spares   workers forked ahead of requests (default {DEFAULT_SPARES})\n"
          f"  --queue    connections waiting for a worker (default {DEFAULT_QUEUE})\n"
+         "  --data-dir host-local dataDir to heal (repeatable; default /var/lib/cni/networks)\n"
+         f"  --heal-every  seconds between releases of leases whose netns is gone (default {DEFAULT_HEAL_EVERY}; 0: never)\n"
          "  --metrics  serve Prometheus text at http://HOST:PORT/metrics (and /healthz)\n"
          "  --textfile also write it to PATH.prom every 15 s, for node-exporter's textfile collector\n")
 
@@ -456,6 +472,67 @@ def spare(listener, lifeline, report):
 
 
 # --------------------------------------------------------------------------
+# Healing missed DELs: leases whose pod netns is gone.
+
+def netns_visible(path):
+    """Whether this process could see `path` if it existed: the directory of a
+    named netns is there, and /proc/PID paths are read in the node's PID namespace
+    (kthreadd, PID 2 with no parent, exists only there)."""
+    if path.startswith("/proc/"):
+        try:
+            with open("/proc/2/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            with open("/proc/2/comm") as f:
+                return f.read().strip() == "kthreadd" and fields[1] == "0"
+        except (OSError, IndexError):
+            return False
+    return os.path.isdir(os.path.dirname(path))
+
+
+def heal(data_dirs, report):
+    """In a forked child: release every host-local lease whose recorded netns is certainly
+    gone (never one whose netns exists, nor one we cannot judge), in the node's mount
+    namespace (PID 1's: the agent may run in a container), under each network's lock."""
+    from ipam import store as stores
+    try:
+        fd = os.open("/proc/1/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            enter_namespace(fd, CLONE_NEWNS, "/proc/self/ns/mnt")
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log(f"healing: cannot enter the node's mount namespace ({e.strerror or e}); healing in ours")
+    for data_dir in data_dirs:
+        try:
+            networks = sorted(n for n in os.listdir(data_dir) if not n.startswith("."))
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log(f"healing: {data_dir}: {e.strerror or e}")
+            continue
+        for network in networks:
+            if not os.path.isdir(os.path.join(data_dir, network, stores.INDEX_DIR)):
+                continue   # not a store of ours (or not one yet)
+            try:
+                with stores.DiskStore(data_dir, network) as store:
+                    released = 0
+                    for (cid, ifname), (netns, ips) in store.entries().items():
+                        if not netns or not netns_visible(netns) or not stores.netns_gone(netns):
+                            continue
+                        for ip in ips:
+                            store.release(ip, cid, ifname)
+                        store.forget(cid, ifname)
+                        released += len(ips)
+                        log(f"healing: released {', '.join(ips)} of {cid}/{ifname} in {data_dir}/{network}: "
+                            f"its netns {netns} is gone")
+                    if released:
+                        store.commit()
+                        report(f"H {os.getpid()} {network} {released}")
+            except Exception as e:   # one broken store must not stop the others
+                log(f"healing: {data_dir}/{network}: {getattr(e, 'msg', None) or e}")
+    os._exit(0)
+
+# --------------------------------------------------------------------------
 # Metrics: Prometheus text, from the agent's counters.
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -469,6 +546,8 @@ class Metrics:
         self.killed = 0        # workers that died mid-request (the caller got code 11)
         self.refused = 0       # non-root peers
         self.abandoned = 0     # callers that gave up before sending (nothing done)
+        self.healed = {}       # network -> addresses released by healing
+        self.heal_runs = 0
 
     def observe(self, plugin, verb, cni_code, seconds):
         key = (plugin, verb, cni_code)
@@ -507,6 +586,12 @@ class Metrics:
                  "callers that gave up (UNDERLAY_AGENT_TIMEOUT) before a worker started their request")):
             family(name, "counter", text)
             out.append(f"{name} {value}\n")
+        family("underlay_heal_releases_total", "counter",
+               "addresses released by healing: their lease's pod netns was gone (a missed DEL)")
+        for network, count in sorted(self.healed.items()):
+            out.append(f'underlay_heal_releases_total{{network="{network}"}} {count}\n')
+        family("underlay_heal_runs_total", "counter", "healing runs started")
+        out.append(f"underlay_heal_runs_total {self.heal_runs}\n")
         family("underlay_agent_workers", "gauge", "worker processes: busy serving, or idle spares")
         out.append(f'underlay_agent_workers{{state="busy"}} {busy}\nunderlay_agent_workers{{state="idle"}} {idle}\n')
         family("underlay_agent_workers_limit", "gauge", "invocations served at once (--workers)")
@@ -591,6 +676,8 @@ class Agent:
         self.buffer = b""
         self.http = metrics_listener(self.options.metrics) if self.options.metrics else None
         self.textfile_due = 0.0
+        self.heal_due = 0.0 if self.options.heal_every else float("inf")
+        self.healer = None
         log(f"serving on {self.options.socket} (pid {os.getpid()}, workers {self.options.workers}, "
             f"spares {self.options.spares}, queue {self.options.queue})")
 
@@ -635,6 +722,8 @@ class Agent:
                 log(f"worker {pid} was killed by signal {os.WTERMSIG(status)} mid-request")
             self.idle.discard(pid)
             self.busy.discard(pid)
+            if pid == self.healer:
+                self.healer = None
 
     def read_reports(self):
         try:
@@ -656,6 +745,9 @@ class Agent:
                 self.metrics.refused += 1
             elif kind == "A":
                 self.metrics.abandoned += 1
+            elif kind == "H":
+                network, count = rest
+                self.metrics.healed[network] = self.metrics.healed.get(network, 0) + int(count)
 
     def loop(self):
         poller = select.poll()
@@ -675,10 +767,30 @@ class Agent:
             self.read_reports()
             if self.http is not None:
                 self.answer_http()
+            if time.monotonic() >= self.heal_due:
+                self.start_healing()
             if self.options.textfile and time.monotonic() >= self.textfile_due:
                 write_textfile(self.options.textfile, self.render())
                 self.textfile_due = time.monotonic() + TEXTFILE_EVERY
         self.shutdown()
+
+    def start_healing(self):
+        """One healing run at a time, in a child of its own (it takes store locks, may wait)."""
+        self.heal_due = time.monotonic() + self.options.heal_every
+        if self.healer is not None:
+            return   # the last run is still going
+        self.metrics.heal_runs += 1
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                self.listener.close()
+                heal(self.options.data_dirs, self.report)
+            finally:
+                os._exit(1)
+        self.healer = pid
 
     def render(self):
         return self.metrics.render(len(self.busy), len(self.idle), self.options)

@@ -417,3 +417,29 @@ def test_a_worker_hung_inside_the_lock_is_named_and_killed_with_its_caller(agent
     assert node.run("DEL", conf, "stuck", a).ok
     assert node.run("ADD", conf, "other", b).ok
     Audit(node, ["rel"], {("rel", "other", "eth0"): b}).assert_clean()
+
+
+# -- healing missed DELs ------------------------------------------------------------------
+
+
+def test_healing_releases_the_leases_of_gone_netns_and_only_those(tmp_path, node):
+    conf = node.conf()
+    alive, dead = node.add_pods(2)
+    assert node.run("ADD", conf, "alive", alive).ok
+    assert node.run("ADD", conf, "dead", dead).ok
+    node.remove_pod(dead)                          # its DEL never comes
+    port = free_port()
+    agent = Agent("--data-dir", node.data_dir, "--heal-every", "1", "--metrics", f"127.0.0.1:{port}",
+                  directory=str(tmp_path / "run"))
+    try:
+        wait_for(lambda: "of dead/eth0 in" in agent.log(), what="the healing of dead/eth0")
+        assert "its netns /run/netns/" in agent.log()
+        got = wait_for(lambda: samples(scrape(port)[2]).get('underlay_heal_releases_total{network="rel"}'),
+                       what="the healing counted")
+        assert got == 1
+        time.sleep(1.5)                            # a second run: nothing more to release
+        assert agent.log().count("healing: released") == 1
+        assert samples(scrape(port)[2])["underlay_heal_runs_total"] >= 2
+        Audit(node, ["rel"], {("rel", "alive", "eth0"): alive}).assert_clean()
+    finally:
+        agent.close()
