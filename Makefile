@@ -1,6 +1,8 @@
 # Every target runs in .venv, the checkout's own virtual environment (build/deps.sh makes it).
 PYTHON ?= $(CURDIR)/.venv/bin/python
 PREFIX ?= /opt/cni/bin
+# where `underlay`, the operator's command, goes (on PATH; empty: nowhere)
+BIN_DIR ?= /usr/local/bin
 
 PLUGIN_PREFIX ?=
 FORCE ?= 0
@@ -29,12 +31,13 @@ soak: deps
 build: deps
 	PYTHON=$(PYTHON) build/build.sh
 
-# Installs dist/bin into $(DESTDIR)$(PREFIX) (default /opt/cni/bin); never
-# replaces a file it did not install unless FORCE=1. PLUGIN_PREFIX=underlay-
+# Installs dist/bin into $(DESTDIR)$(PREFIX) (default /opt/cni/bin) and the
+# `underlay` command into $(DESTDIR)$(BIN_DIR); never replaces a file it did
+# not install unless FORCE=1 (and `underlay` never). PLUGIN_PREFIX=underlay-
 # installs underlay-macvlan etc. next to the reference plugins.
 install:
 	build/install.sh --from dist/bin --destdir "$(DESTDIR)" --prefix "$(PREFIX)" \
-		--plugin-prefix "$(PLUGIN_PREFIX)" $(if $(filter 1 yes true,$(FORCE)),--force)
+		--plugin-prefix "$(PLUGIN_PREFIX)" --bin-dir "$(BIN_DIR)" $(if $(filter 1 yes true,$(FORCE)),--force)
 
 uninstall:
 	build/install.sh --destdir "$(DESTDIR)" --prefix "$(PREFIX)" --uninstall

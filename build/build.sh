@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds dist/bin/: one PyInstaller onedir bundle (dist/bin/.underlay/) and the
-# plugin names as symlinks to its executable, then smoke-tests each name.
+# Builds dist/bin/: one PyInstaller onedir bundle (dist/bin/.underlay/), the
+# plugin names as symlinks to its executable and `underlay` (the operator's
+# command) as one more, then smoke-tests each name.
 #
 #   build/build.sh              (what `make build` runs)
 #   PYTHON=python3.11 build/build.sh
@@ -61,5 +62,11 @@ for plugin in $PLUGINS; do
         exit 1
     fi
 done
+if out=$("$OUT/underlay" --version 2>&1) && [[ $out == *"$UNDERLAY_BUILD"* ]]; then
+    echo "build: underlay (operator command) ok"
+else
+    echo "build: underlay --version failed: $out" >&2
+    exit 1
+fi
 [ "$UNDERLAY_IMPORTTIME" = 1 ] || echo "$stamp" > "$ROOT/build/work/bin.stamp"
 echo "build: ${OUT#$ROOT/} ($(du -sh "$OUT/.underlay" | cut -f1), $(( $(date +%s) - start )) s): $UNDERLAY_BUILD"

@@ -63,7 +63,7 @@ def build_info():
 
 def usage(called):
     sys.stderr.write(f"{called}: call me as one of {', '.join(registry.EXECUTABLES)} (a symlink, CNI plugins "
-                     f"optionally prefixed), or as `{BUNDLE_NAME} PLUGIN`\n")
+                     f"optionally prefixed), or as `{BUNDLE_NAME} PLUGIN`; `{BUNDLE_NAME} --help` for the operator's command\n")
     return 2
 
 
@@ -102,8 +102,7 @@ def run(argv):
             raise
         sys.stderr.write(f"{called}: plugin {plugin!r} is not part of this build\n")
         return 2
-    sys.modules[module].main()
-    return 0
+    return sys.modules[module].main() or 0   # the plugins exit themselves; the operator's command returns
 
 
 def list_modules(target):

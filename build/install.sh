@@ -2,23 +2,28 @@
 # Installs underlay's plugins into a CNI bin directory (default /opt/cni/bin).
 #
 #   build/install.sh [--from DIR] [--prefix DIR] [--destdir DIR]
-#                    [--plugin-prefix P] [--force] [--uninstall]
+#                    [--plugin-prefix P] [--bin-dir DIR] [--force] [--uninstall]
 #
-# `make install` runs it with DESTDIR, PREFIX, PLUGIN_PREFIX and FORCE=1; the
-# container image (conf/image) runs the same script against the host's
-# /opt/cni/bin. POSIX sh: it also runs under busybox.
+# `make install` runs it with DESTDIR, PREFIX, PLUGIN_PREFIX, BIN_DIR (default
+# /usr/local/bin) and FORCE=1; the container image (conf/image) runs the same
+# script against the host's /opt/cni/bin, without --bin-dir. POSIX sh: it also
+# runs under busybox.
 #
 # What lands in the directory:
 #   .underlay-<id>/            the onedir bundle (<id>: checksum of its files)
 #   <P>macvlan, <P>ipvlan, ... symlinks to .underlay-<id>/underlay, one per
 #                              plugin built (<P> is --plugin-prefix, default none)
 #   .underlay-manifest         every name this script installed there
+# and, with --bin-dir, the operator's command on PATH:
+#   <bin-dir>/underlay         a symlink to <prefix>/.underlay-<id>/underlay
+#                              (listed in the manifest by its absolute path)
 #
 # Safety rules:
 #   - a name that exists and is not ours (not in the manifest, or no longer a
 #     symlink into one of our bundles) is never replaced without --force: the
 #     reference plugins often live there under the same names. Nothing is
-#     changed unless every name can be installed.
+#     changed unless every name can be installed. <bin-dir>/underlay is not
+#     replaced even with --force: whatever is there is no CNI plugin of ours.
 #   - links are switched atomically (new symlink, then rename over the old), and
 #     the bundle the links pointed to before is kept until the next install, so
 #     a plugin exec'd by a runtime during the upgrade still finds its files.
@@ -28,6 +33,7 @@ FROM=dist/bin
 PREFIX=/opt/cni/bin
 DESTDIR=
 PLUGIN_PREFIX=
+BIN_DIR=
 FORCE=0
 UNINSTALL=0
 
@@ -39,6 +45,7 @@ while [ $# -gt 0 ]; do
         --prefix) PREFIX=$2; shift 2 ;;
         --destdir) DESTDIR=$2; shift 2 ;;
         --plugin-prefix) PLUGIN_PREFIX=$2; shift 2 ;;
+        --bin-dir) BIN_DIR=$2; shift 2 ;;
         --force) FORCE=1; shift ;;
         --uninstall) UNINSTALL=1; shift ;;
         -h|--help) sed -n '2,/^set -eu/p' "$0" | sed 's/^# \{0,1\}//;$d'; exit 0 ;;
@@ -53,23 +60,43 @@ case $PLUGIN_PREFIX in
     *[!A-Za-z0-9._-]*) die "--plugin-prefix may hold only letters, digits, '.', '_' and '-': $PLUGIN_PREFIX" ;;
 esac
 
+case $BIN_DIR in
+    ''|/*) ;;
+    *) die "--bin-dir must be an absolute path: $BIN_DIR" ;;
+esac
+
 TARGET=$DESTDIR$PREFIX
 MANIFEST=$TARGET/.underlay-manifest
 ENTRY=underlay
+TOOL=underlay              # the operator's command: on PATH, never in the CNI bin dir
 
 in_manifest() {
     [ -f "$MANIFEST" ] && grep -qxF "$1" "$MANIFEST"
 }
 
 # A name is ours when we installed it and it is still a symlink into one of
-# our bundles; anything else there belongs to someone else.
+# our bundles; anything else there belongs to someone else. Names starting
+# with / are tool links outside the CNI bin dir (paths without DESTDIR).
 is_ours() {
     in_manifest "$1" || return 1
-    [ -L "$TARGET/$1" ] || return 1
-    case $(readlink "$TARGET/$1") in
-        .underlay-*/$ENTRY) return 0 ;;
+    case $1 in
+        /*) path=$DESTDIR$1; pattern="$PREFIX/.underlay-*/$ENTRY" ;;
+        *) path=$TARGET/$1; pattern=".underlay-*/$ENTRY" ;;
+    esac
+    [ -L "$path" ] || return 1
+    # shellcheck disable=SC2254
+    case $(readlink "$path") in
+        $pattern) return 0 ;;
     esac
     return 1
+}
+
+# Where a manifest name lives.
+installed_path() {
+    case $1 in
+        /*) echo "$DESTDIR$1" ;;
+        *) echo "$TARGET/$1" ;;
+    esac
 }
 
 write_manifest() {
@@ -89,7 +116,7 @@ prune_bundles() {
     for name in $(manifest_names); do
         case $name in .underlay-*) continue ;; esac
         if is_ours "$name"; then
-            referenced="$referenced $(dirname "$(readlink "$TARGET/$name")")"
+            referenced="$referenced $(basename "$(dirname "$(readlink "$(installed_path "$name")")")")"
         fi
     done
     remaining=
@@ -100,7 +127,8 @@ prune_bundles() {
                     *" $name "*) remaining="$remaining $name" ;;
                     *) rm -rf "${TARGET:?}/$name" ;;
                 esac ;;
-            *) [ -e "$TARGET/$name" ] || [ -L "$TARGET/$name" ] && remaining="$remaining $name" ;;
+            *) path=$(installed_path "$name")
+               [ -e "$path" ] || [ -L "$path" ] && remaining="$remaining $name" ;;
         esac
     done
     # shellcheck disable=SC2086
@@ -112,11 +140,12 @@ if [ "$UNINSTALL" = 1 ]; then
     kept=
     for name in $(manifest_names); do
         case $name in .underlay-*) continue ;; esac
+        path=$(installed_path "$name")
         if is_ours "$name"; then
-            rm -f "$TARGET/$name"
-            echo "install: removed $TARGET/$name"
-        elif [ -e "$TARGET/$name" ] || [ -L "$TARGET/$name" ]; then
-            echo "install: left $TARGET/$name alone (no longer ours)"
+            rm -f "$path"
+            echo "install: removed $path"
+        elif [ -e "$path" ] || [ -L "$path" ]; then
+            echo "install: left $path alone (no longer ours)"
         fi
     done
     for name in $(manifest_names); do
@@ -154,6 +183,13 @@ for plugin in $PLUGINS; do
         fi
     fi
 done
+if [ -n "$BIN_DIR" ]; then
+    tool=$BIN_DIR/$TOOL
+    if { [ -e "$DESTDIR$tool" ] || [ -L "$DESTDIR$tool" ]; } && ! is_ours "$tool"; then
+        die "refusing to replace $DESTDIR$tool, which underlay did not install (not even with --force:
+  it is no CNI plugin); remove it, or install with another --bin-dir / BIN_DIR="
+    fi
+fi
 if [ -n "$refused" ]; then
     die "refusing to replace files underlay did not install in $TARGET:$refused
   (install under other names with PLUGIN_PREFIX=underlay- / --plugin-prefix underlay-, or replace them with FORCE=1 / --force)"
@@ -195,5 +231,16 @@ for plugin in $PLUGINS; do
     write_manifest $(manifest_names) "$name"
     echo "install: $TARGET/$name -> $bundle/$ENTRY"
 done
+
+if [ -n "$BIN_DIR" ]; then
+    # absolute, without DESTDIR: where the bundle will be once DESTDIR is the root
+    mkdir -p "$DESTDIR$BIN_DIR"
+    rm -f "$DESTDIR$BIN_DIR/.$TOOL.tmp.$$"
+    ln -s "$PREFIX/$bundle/$ENTRY" "$DESTDIR$BIN_DIR/.$TOOL.tmp.$$"
+    mv -f "$DESTDIR$BIN_DIR/.$TOOL.tmp.$$" "$DESTDIR$tool"
+    # shellcheck disable=SC2046
+    write_manifest $(manifest_names) "$tool"
+    echo "install: $DESTDIR$tool -> $PREFIX/$bundle/$ENTRY"
+fi
 
 prune_bundles "$previous"

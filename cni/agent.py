@@ -493,7 +493,8 @@ def heal(data_dirs, report):
     """In a forked child: release every host-local lease whose recorded netns is certainly
     gone (never one whose netns exists, nor one we cannot judge), in the node's mount
     namespace (PID 1's: the agent may run in a container), under each network's lock."""
-    from ipam import store as stores
+    from ipam import lease_index
+    from ipam.store import DiskStore
     try:
         fd = os.open("/proc/1/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -511,23 +512,21 @@ def heal(data_dirs, report):
             log(f"healing: {data_dir}: {e.strerror or e}")
             continue
         for network in networks:
-            if not os.path.isdir(os.path.join(data_dir, network, stores.INDEX_DIR)):
+            if not os.path.isdir(os.path.join(data_dir, network, lease_index.INDEX_DIR)):
                 continue   # not a store of ours (or not one yet)
             try:
-                with stores.DiskStore(data_dir, network) as store:
-                    released = 0
-                    for (cid, ifname), (netns, ips) in store.entries().items():
-                        if not netns or not netns_visible(netns) or not stores.netns_gone(netns):
+                released = 0
+                with DiskStore(data_dir, network) as store:     # the index is written as the block ends
+                    for (cid, ifname), (netns, ips) in store.index.entries().items():
+                        if not netns or not netns_visible(netns) or not lease_index.netns_gone(netns):
                             continue
                         for ip in ips:
                             store.release(ip, cid, ifname)
-                        store.forget(cid, ifname)
                         released += len(ips)
                         log(f"healing: released {', '.join(ips)} of {cid}/{ifname} in {data_dir}/{network}: "
                             f"its netns {netns} is gone")
-                    if released:
-                        store.commit()
-                        report(f"H {os.getpid()} {network} {released}")
+                if released:
+                    report(f"H {os.getpid()} {network} {released}")
             except Exception as e:   # one broken store must not stop the others
                 log(f"healing: {data_dir}/{network}: {getattr(e, 'msg', None) or e}")
     os._exit(0)

@@ -1,4 +1,4 @@
-"""Allocation policy of host-local, over any store with the DiskStore lease methods.
+"""Allocation policy of host-local, over any store of the protocol in ipam/store.py.
 
 Round-robin from the address after `last_reserved_ip.N`, wrapping, skipping what
 the range blocks (network, broadcast, gateway, aux, excluded); a requested
@@ -42,12 +42,11 @@ def allocate(range_set, store, container_id, ifname, requested=None):
         text = r.text(value)
         if leased is not None and text in leased:
             continue
-        if store.reserve(text, container_id, ifname):
-            store.set_last_reserved(range_set.index, text)
+        if store.reserve(text, container_id, ifname, range_set.index):
             return r, value
         probes += 1
         if leased is None and probes >= PROBES_BEFORE_LISTING:
-            leased = store.lease_names()
+            leased = store.leased()
     raise exhausted(range_set, store)
 
 
@@ -64,28 +63,28 @@ def reserve_requested(range_set, store, container_id, ifname, requested):
         raise CniError(requested.error_code, f"{requested.source}: requested IP {requested.ip} cannot be "
                                              f"handed out: {why}")
     text = r.text(requested.value)
-    if not store.reserve(text, container_id, ifname):
+    # one outside rangeStart..rangeEnd must not move round-robin out of it
+    set_index = range_set.index if r.in_range(requested.value) else None
+    if not store.reserve(text, container_id, ifname, set_index):
         owner = store.owner(text)
         holder = f" to container {owner[0]}" if owner else ""
         raise CniError(ERR_NO_ADDRESS, f"{requested.source}: requested IP {requested.ip} is already "
                                        f"allocated{holder}")
-    if r.in_range(requested.value):  # one outside the range must not move round-robin out of it
-        store.set_last_reserved(range_set.index, text)
     return r, requested.value
 
 
 def exhausted(range_set, store):
-    t = tally(range_set, store.lease_names())
+    t = tally(range_set, store.leased())
     return CniError(ERR_NO_ADDRESS,
                     f"no free address in range set {range_set.index} ({range_set.describe()}): "
                     f"{t['addresses']} addresses, {t['excluded']} excluded, {t['aux']} aux, "
                     f"{t['reserved']} reserved (network, broadcast, gateway), {t['in use']} in use")
 
 
-def tally(range_set, lease_names):
+def tally(range_set, leased):
     """How the addresses of a range set are spent; 'free' is what ADD could still hand out."""
     values = []
-    for name in lease_names:
+    for name in leased:
         try:
             ip = ipaddress.ip_address(name)
         except ValueError:

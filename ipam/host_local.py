@@ -62,7 +62,7 @@ def open_store(request):
         raise CniError(ERR_INVALID_CONFIG, f"ipam.dataDir: {data_dir!r} is not a path")
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
         raise CniError(ERR_INVALID_CONFIG, f"ipam.lockTimeout: {timeout!r} must be a number of seconds in (0, 3600]")
-    return DiskStore(data_dir, request.network, lock_timeout=float(timeout))
+    return DiskStore(data_dir, request.network, lock_timeout=float(timeout), netns=request.netns or None)
 
 
 def check_route(route, field):
@@ -153,6 +153,7 @@ def cmd_add(request):
     requested = assign_requested(conf)
     cid, ifname = request.container_id, request.ifname
     allocated = []
+    failure = None
     with open_store(request) as store:
         existing = store.ips_of(cid, ifname)
         for s in conf.range_sets:
@@ -163,13 +164,14 @@ def cmd_add(request):
         try:
             for s in conf.range_sets:
                 allocated.append(allocator.allocate(s, store, cid, ifname, requested.get(s.index)))
-        except BaseException:
+        except BaseException as e:
             for r, value in allocated:
                 store.release(r.text(value), cid, ifname)
-            store.commit()
-            raise
-        store.record(cid, ifname, existing + [r.text(v) for r, v in allocated], request.netns)
-        store.commit()
+            if not isinstance(e, CniError):
+                raise
+            failure = e   # rolled back: leave the store cleanly (committed), then report
+    if failure is not None:
+        raise failure
 
     ips = []
     for r, value in allocated:
@@ -185,8 +187,6 @@ def cmd_del(request):
     with open_store(request) as store:
         for ip in store.ips_of(cid, ifname):
             store.release(ip, cid, ifname)
-        store.forget(cid, ifname)
-        store.commit()
 
 
 def cmd_check(request):
@@ -225,15 +225,13 @@ def cmd_gc(request):
                 continue
             for ip in ips:
                 store.release(ip, cid, ifname)
-            store.forget(cid, ifname)
-        store.commit()
 
 
 def cmd_status(request):
     conf = IpamConfig(request)
     try:
         with open_store(request) as store:
-            leased = store.lease_names()
+            leased = store.leased()
     except CniError as e:
         raise CniError(contract.ERR_NOT_AVAILABLE, f"host-local store not usable: {e.msg}", e.details) from None
     for s in conf.range_sets:

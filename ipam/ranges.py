@@ -304,7 +304,8 @@ def canonical_range(spec, field, top_exclusions):
             raise config_error(f"{field}.{key}", f"{ip} is outside subnet {subnet}")
         return int(ip)
 
-    gateway = address("gateway", network + 1)
+    # False (never in JSON config: set by cluster-ipam for whereabouts ranges, which have none by default)
+    gateway = None if spec.get("gateway") is False else address("gateway", network + 1)
     start = address("rangeStart", network + 1)
     end = address("rangeEnd", last_in_subnet - 1 if subnet.version == 4 else last_in_subnet)
     if start > end:

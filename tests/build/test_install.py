@@ -72,7 +72,9 @@ def test_make_install_puts_links_to_one_bundle(bundle, destdir, target):
     for plugin in PLUGINS:
         assert os.readlink(target / plugin) == f"{only}/underlay"
         assert version(target / plugin)["underlay"] == bundle.info
-    assert sorted(manifest(target)) == sorted([only, *PLUGINS])
+    assert sorted(manifest(target)) == sorted([only, *PLUGINS, "/usr/local/bin/underlay"])
+    assert not (target / "underlay").exists()                          # the command is not a plugin
+    assert os.readlink(destdir / "usr/local/bin/underlay") == f"{PREFIX}/{only}/underlay"
 
 
 def test_refuses_to_replace_a_foreign_plugin_and_changes_nothing(bundle, destdir, target, foreign_macvlan):
@@ -154,3 +156,53 @@ def test_rejects_prefixes_that_are_not_plain_names(bundle, destdir, prefix):
     out = install("--destdir", str(destdir), "--plugin-prefix", prefix)
     assert out.returncode != 0 and "--plugin-prefix" in out.stderr
     assert not destdir.exists()
+
+
+# -- the operator's command on PATH -----------------------------------------------------
+
+@pytest.fixture
+def root(tmp_path):
+    """A real (DESTDIR-less) install into throw-away directories: the links then work as installed."""
+    return tmp_path / "root"
+
+
+def test_underlay_command_is_installed_on_path_and_runs(bundle, root):
+    prefix, bin_dir = root / "opt/cni/bin", root / "usr/local/bin"
+    out = install("--prefix", str(prefix), "--bin-dir", str(bin_dir))
+    assert out.returncode == 0, out.stderr
+    (only,) = bundles(prefix)
+    assert os.readlink(bin_dir / "underlay") == f"{prefix}/{only}/underlay"
+    proc = subprocess.run([str(bin_dir / "underlay"), "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and bundle.info["build"] in proc.stdout, proc
+    proc = subprocess.run([str(bin_dir / "underlay"), "validate", str(ROOT / "conf/nads/macvlan-vlan.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "0 error(s)" in proc.stdout, proc
+
+
+def test_upgrade_and_uninstall_carry_the_command_along(bundle, rebuilt, root):
+    prefix, bin_dir = root / "opt/cni/bin", root / "bin"
+    args = ["--prefix", str(prefix), "--bin-dir", str(bin_dir)]
+    assert install(*args).returncode == 0
+    (first,) = bundles(prefix)
+    assert install(*args, source=rebuilt).returncode == 0
+    second = (set(bundles(prefix)) - {first}).pop()
+    assert os.readlink(bin_dir / "underlay") == f"{prefix}/{second}/underlay"
+    out = install("--prefix", str(prefix), "--uninstall")
+    assert out.returncode == 0, out.stderr
+    assert not os.path.lexists(bin_dir / "underlay")
+    assert list(prefix.iterdir()) == []
+
+
+def test_never_replaces_someone_elses_underlay_even_with_force(bundle, root):
+    prefix, bin_dir = root / "opt/cni/bin", root / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "underlay").write_text("#!/bin/sh\necho another program\n")
+    out = install("--prefix", str(prefix), "--bin-dir", str(bin_dir), "--force")
+    assert out.returncode != 0 and "refusing to replace" in out.stderr and "underlay" in out.stderr, out
+    assert (bin_dir / "underlay").read_text() == "#!/bin/sh\necho another program\n"
+    assert not prefix.exists() or list(prefix.iterdir()) == []         # nothing installed either
+
+
+def test_bin_dir_must_be_absolute(bundle, destdir):
+    out = install("--destdir", str(destdir), "--bin-dir", "usr/bin")
+    assert out.returncode != 0 and "--bin-dir" in out.stderr

@@ -116,3 +116,18 @@ def test_installed_macvlan_attaches_a_pod(installed, tmp_path):
     finally:
         nsutil.del_netns(pod)
         nsutil.del_netns(host)
+
+
+def test_installed_underlay_command_reads_what_the_installed_plugin_wrote(installed, tmp_path):
+    conf = {"cniVersion": "1.0.0", "name": "wheelnet", "type": "macvlan",
+            "ipam": {"type": "host-local", "dataDir": str(tmp_path / "data"), "ranges": [[{"subnet": "192.0.2.0/29"}]]}}
+    assert run(installed, "underlay-host-local", "ADD", conf, tmp_path, CNI_NETNS="/proc/self/ns/net").returncode == 0
+    env = {"PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([str(installed / "underlay"), "leases", "--data-dir", str(tmp_path / "data"), "-o", "json"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert [(r["address"], r["container"]) for r in json.loads(proc.stdout)] == [("192.0.2.2", "wheel1")]
+    # NAD YAML: PyYAML is one of the package's dependencies
+    proc = subprocess.run([str(installed / "underlay"), "validate", str(ROOT / "conf/nads/macvlan-vlan.yaml")],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+    assert proc.returncode == 0 and "0 error(s)" in proc.stdout, proc.stdout + proc.stderr

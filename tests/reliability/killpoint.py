@@ -48,10 +48,10 @@ POINTS = {
     "add:before-create": ("cni.netlink", "Netlink.create_link", "before", None),
     "add:before-rename": ("cni.netlink", "Netlink.create_link", "after", None),
     "add:after-rename": ("cni.netlink", "Netlink.set_link", "after", _renaming),
-    "add:lease-body": ("ipam.store", "DiskStore._write_tmp", "after", _lease_body),
-    "add:after-lease": ("ipam.store", "DiskStore.reserve", "after", None),
-    "add:after-index": ("ipam.store", "DiskStore.record", "after", None),
-    "add:after-ipam": ("ipam.store", "DiskStore.commit", "after", _caller("cmd_add")),
+    "add:lease-body": ("ipam.lease_files", "LeaseFiles._write_tmp", "after", _lease_body),
+    "add:after-lease": ("ipam.lease_files", "LeaseFiles.reserve", "after", None),
+    "add:after-index": ("ipam.lease_index", "AttachmentIndex.record", "after", None),
+    "add:after-ipam": ("ipam.lease_index", "AttachmentIndex.commit", "after", _caller("flush")),
     "add:before-configure": ("cni.iface", "configure", "before", None),
     "add:after-configure": ("cni.iface", "configure", "after", None),
     "add:before-result": ("cni.iface", "interface_result", "after", None),
@@ -60,14 +60,14 @@ POINTS = {
     "add:rollback-link": ("cni.netlink", "Netlink.delete_link", "before", None),
     "del:before-release": ("ipam.store", "DiskStore.release", "before", None),
     "del:after-release": ("ipam.store", "DiskStore.release", "after", None),
-    "del:after-forget": ("ipam.store", "DiskStore.forget", "after", None),
+    "del:after-forget": ("ipam.lease_index", "AttachmentIndex.forget", "after", None),
     "del:before-link": ("cni.netlink", "Netlink.delete_link", "before", None),
     "del:after-link": ("cni.netlink", "Netlink.delete_link", "after", None),
     "gc:after-release": ("ipam.store", "DiskStore.release", "after", _caller("cmd_gc")),
     # any verb after an earlier kill: the index cleared, the new one not written yet
-    "rebuild": ("ipam.store", "DiskStore.leases", "after", _caller("rebuild_index")),
+    "rebuild": ("ipam.lease_files", "LeaseFiles.leases", "after", _caller("rebuild_index")),
     # the first verb after a reboot: one dead pod's lease released, the others not yet
-    "heal": ("ipam.store", "DiskStore.release", "after", _caller("reclaim_dead_netns")),
+    "heal": ("ipam.lease_files", "LeaseFiles.release", "after", _caller("reclaim_dead_netns")),
 }
 
 FAILURES = {

@@ -115,8 +115,8 @@ def test_holder_is_matched_by_device_and_inode(tmp_path, monkeypatch):
     import fcntl
     import io
 
-    from ipam.store import DiskStore
-    store = DiskStore(str(tmp_path), "net")
+    from ipam.lease_files import LeaseFiles
+    store = LeaseFiles(str(tmp_path), "net")
     store.lock()
     st = os.fstat(store.lock_fd)
     ours = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"

@@ -1,4 +1,4 @@
-"""Allocation policy over a store kept in memory: round-robin, skips, requested IPs, exhaustion."""
+"""Allocation policy over the in-memory store: round-robin, skips, requested IPs, exhaustion."""
 
 import ipaddress
 
@@ -6,36 +6,24 @@ import pytest
 
 from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, CniError
 from ipam import allocator, ranges
+from ipam.memory_store import Leases, MemoryStore
 
 
-class MemoryStore:
-    """The lease methods of DiskStore the allocator uses, in a dict; counts its calls."""
+class CountingStore(MemoryStore):
+    """ipam.memory_store's store, counting the calls a nearly full range must not multiply."""
 
     def __init__(self, leases=(), last=None):
-        self.leases = {ip: ("other", "eth0") for ip in leases}
-        self.last = dict(last or {})
+        super().__init__(Leases({ip: ("other", "eth0") for ip in leases}, last))
         self.reserve_calls = 0
         self.listings = 0
 
-    def last_reserved(self, set_index):
-        return self.last.get(set_index)
-
-    def set_last_reserved(self, set_index, ip):
-        self.last[set_index] = ip
-
-    def reserve(self, ip, container_id, ifname):
+    def reserve(self, ip, container_id, ifname, set_index=None):
         self.reserve_calls += 1
-        if ip in self.leases:
-            return False
-        self.leases[ip] = (container_id, ifname)
-        return True
+        return super().reserve(ip, container_id, ifname, set_index)
 
-    def owner(self, ip):
-        return self.leases.get(ip)
-
-    def lease_names(self):
+    def leased(self):
         self.listings += 1
-        return set(self.leases)
+        return super().leased()
 
 
 def range_set(*specs, **ipam):
@@ -77,7 +65,7 @@ def drain(s, store):
     ("10.9.9.9", [], "10.1.0.2"),                    # the config changed since
 ])
 def test_round_robin(last, leases, expected):
-    store = MemoryStore(leases, {0: last} if last else None)
+    store = CountingStore(leases, {0: last} if last else None)
     assert allocate(range_set(SMALL), store) == expected
     assert store.last[0] == expected
     assert store.leases[expected] == ("c1", "eth0")
@@ -95,11 +83,11 @@ def test_round_robin(last, leases, expected):
     ([SMALL], {"exclude": ["10.1.0.0/29"]}, []),
 ])
 def test_allocate_until_exhausted(specs, ipam, expected):
-    assert drain(range_set(*specs, **ipam), MemoryStore()) == expected
+    assert drain(range_set(*specs, **ipam), CountingStore()) == expected
 
 
 def test_released_address_comes_back_after_wrapping():
-    s, store = range_set(SMALL), MemoryStore()
+    s, store = range_set(SMALL), CountingStore()
     assert drain(s, store) == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"]
     del store.leases["10.1.0.3"]
     assert allocate(s, store) == "10.1.0.3"
@@ -108,7 +96,7 @@ def test_released_address_comes_back_after_wrapping():
 def test_exhaustion_message():
     s = range_set(SMALL, exclude=["10.1.0.2"], auxAddresses={"router": "10.1.0.3", "dns": "10.1.0.7"})
     # a lease on an excluded address (written by the reference plugin, say) is not counted twice
-    store = MemoryStore(["10.1.0.4", "10.1.0.5", "10.1.0.6", "10.1.0.2", "lock", "not-an-ip"])
+    store = CountingStore(["10.1.0.4", "10.1.0.5", "10.1.0.6", "10.1.0.2", "lock", "not-an-ip"])
     with pytest.raises(CniError) as e:
         allocate(s, store)
     assert e.value.code == ERR_NO_ADDRESS
@@ -120,7 +108,7 @@ def test_nearly_full_range_lists_the_directory_once():
     # 4094 leases in a /20: after a few probes the allocator lists the leases instead of probing each.
     s = range_set({"subnet": "10.1.0.0/20"})
     taken = [str(ipaddress.ip_address("10.1.0.2") + i) for i in range(4091)]
-    store = MemoryStore(taken, {0: "10.1.0.1"})
+    store = CountingStore(taken, {0: "10.1.0.1"})
     assert allocate(s, store) == "10.1.15.253"
     assert store.listings == 1
     assert store.reserve_calls <= allocator.PROBES_BEFORE_LISTING + 1
@@ -128,7 +116,7 @@ def test_nearly_full_range_lists_the_directory_once():
 
 @pytest.mark.parametrize("requested", ["10.1.0.5", "10.1.0.2", "10.1.0.6"])
 def test_requested_ip_honoured(requested):
-    store = MemoryStore(last={0: "10.1.0.2"})
+    store = CountingStore(last={0: "10.1.0.2"})
     assert allocate(range_set(SMALL), store, requested) == requested
     assert store.last[0] == requested
 
@@ -146,7 +134,7 @@ def test_requested_ip_honoured(requested):
 def test_requested_ip_refused(requested, why, source, code):
     s = range_set({"subnet": "10.1.0.0/29", "rangeStart": "10.1.0.0", "rangeEnd": "10.1.0.7", "exclude": ["10.1.0.6"]},
                   exclude=["10.1.0.2-10.1.0.3"], auxAddresses={"router": "10.1.0.4"})
-    store = MemoryStore()
+    store = CountingStore()
     with pytest.raises(CniError) as e:
         allocate(s, store, requested, source)
     assert e.value.code == code
@@ -157,7 +145,7 @@ def test_requested_ip_refused(requested, why, source, code):
 def test_requested_ip_outside_range_start_end_but_in_the_subnet_is_honoured():
     # Docker's --ip may lie outside --ip-range, inside --subnet
     s = range_set({"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.10", "rangeEnd": "10.1.0.20"})
-    store = MemoryStore()
+    store = CountingStore()
     assert allocate(s, store, "10.1.0.50") == "10.1.0.50" and "10.1.0.50" in store.leases
     assert store.last == {}  # round-robin stays inside the range
     assert allocate(s, store, cid="c2") == "10.1.0.10"
@@ -166,13 +154,13 @@ def test_requested_ip_outside_range_start_end_but_in_the_subnet_is_honoured():
 def test_requested_ip_outside_the_subnet_is_refused():
     s = range_set({"subnet": "10.1.0.0/24", "rangeStart": "10.1.0.10", "rangeEnd": "10.1.0.20"})
     with pytest.raises(CniError) as e:
-        allocate(s, MemoryStore(), "10.2.0.50")
+        allocate(s, CountingStore(), "10.2.0.50")
     assert e.value.code == ERR_INVALID_CONFIG
     assert "requested IP 10.2.0.50 is outside the subnets of range set 0 (10.1.0.0/24 10.1.0.10-10.1.0.20)" in e.value.msg
 
 
 def test_requested_ip_taken():
-    store = MemoryStore()
+    store = CountingStore()
     allocate(range_set(SMALL), store, "10.1.0.5", cid="first")
     with pytest.raises(CniError) as e:
         allocate(range_set(SMALL), store, "10.1.0.5", cid="second")

@@ -7,6 +7,8 @@ import pytest
 
 from cni.contract import ERR_IO, CniError
 from ipam import allocator, ranges
+from ipam.lease_files import LeaseFiles
+from ipam.lease_index import AttachmentIndex
 from ipam.store import DiskStore
 
 
@@ -28,9 +30,7 @@ def test_change_in_the_same_clock_tick_as_ours_is_noticed(data_dir):
     """A coarse clock gives a change right after ours the same mtime as ours: it must still be seen."""
     with DiskStore(data_dir, "net1") as store:
         assert store.reserve("10.1.0.2", "c1", "eth0")
-        ours = os.fstat(store.dir_fd).st_mtime_ns          # the time of our last change
-        store.record("c1", "eth0", ["10.1.0.2"])
-        store.commit()
+        ours = os.fstat(store.files.dir_fd).st_mtime_ns    # the time of our last change
     # the reference writes a lease in the same tick: the kernel stamps the directory with that same time
     write(os.path.join(net_dir(data_dir), "10.1.0.9"), b"other\r\neth0")
     os.utime(net_dir(data_dir), ns=(ours, ours))
@@ -42,9 +42,7 @@ def test_change_in_the_same_clock_tick_as_ours_is_noticed(data_dir):
 def test_index_trusted_while_nothing_changed(data_dir, monkeypatch):
     with DiskStore(data_dir, "net1") as store:
         assert store.reserve("10.1.0.2", "c1", "eth0")
-        store.record("c1", "eth0", ["10.1.0.2"])
-        store.commit()
-    monkeypatch.setattr(DiskStore, "rebuild_index", lambda self: pytest.fail("rebuilt a current index"))
+    monkeypatch.setattr(AttachmentIndex, "rebuild_index", lambda self: pytest.fail("rebuilt a current index"))
     with DiskStore(data_dir, "net1") as store:
         assert store.ips_of("c1", "eth0") == ["10.1.0.2"]
 
@@ -54,9 +52,7 @@ def test_index_trusted_on_a_filesystem_with_whole_second_times(data_dir, monkeyp
     monkeypatch.setattr(os, "utime", lambda path, ns: real_utime(path, ns=(ns[0], ns[1] // 10**9 * 10**9)))
     with DiskStore(data_dir, "net1") as store:
         assert store.reserve("10.1.0.2", "c1", "eth0")
-        store.record("c1", "eth0", ["10.1.0.2"])
-        store.commit()
-    monkeypatch.setattr(DiskStore, "rebuild_index", lambda self: pytest.fail("rebuilt a current index"))
+    monkeypatch.setattr(AttachmentIndex, "rebuild_index", lambda self: pytest.fail("rebuilt a current index"))
     with DiskStore(data_dir, "net1") as store:
         assert store.ips_of("c1", "eth0") == ["10.1.0.2"]
 
@@ -73,7 +69,6 @@ def test_one_fsync_per_allocation_in_a_nearly_full_range(data_dir, monkeypatch):
         syncs.clear()  # the rebuild does not fsync, but do not count it either way
         r, value = allocator.allocate(s, store, "c1", "eth0")
         assert r.text(value) == "10.1.0.62"
-        store.commit()
     assert len(syncs) == 1
     assert sorted(n for n in os.listdir(net_dir(data_dir)) if n.startswith(".tmp-")) == []
 
@@ -100,7 +95,6 @@ def test_lease_content_never_picks_a_path(data_dir, tmp_path, content):
     with DiskStore(data_dir, "net1") as store:
         assert store.attachments() == {}
         assert not store.reserve("10.1.0.7", "c2", "eth0")    # still taken
-        store.commit()
     written = sorted(os.path.relpath(os.path.join(d, n), tmp_path)
                      for d, dirs, files in os.walk(tmp_path) for n in dirs + files)
     assert written == ["networks", "networks/net1", "networks/net1/.underlay-index",
@@ -131,9 +125,9 @@ def test_del_reads_only_its_own_leases(data_dir, monkeypatch):
     env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "pre7", "CNI_IFNAME": "eth0", "CNI_PATH": "/x"}
     host_local.cmd_del(read_request(dict(env, CNI_CONTAINERID="warm-up"), conf.encode()))   # builds the index
     reads = []
-    real_read = DiskStore._read
-    monkeypatch.setattr(DiskStore, "_read", lambda self, name, dir_fd=None: (reads.append(name),
-                                                                          real_read(self, name, dir_fd))[1])
+    real_read = LeaseFiles._read
+    monkeypatch.setattr(LeaseFiles, "_read", lambda self, name, dir_fd=None: (reads.append(name),
+                                                                           real_read(self, name, dir_fd))[1])
     host_local.cmd_del(read_request(env, conf.encode()))
     assert not os.path.exists(os.path.join(net_dir(data_dir), "10.1.0.9"))
     assert len(os.listdir(net_dir(data_dir))) == 299 + 2              # + lock, .underlay-index

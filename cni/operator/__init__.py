@@ -1,0 +1,431 @@
+"""`underlay`: the operator's command for leases, pools and configs.
+
+Reads host-local's stores under the lock the plugins take and never changes
+them; checks network configs with the plugins' own code. See `underlay --help`
+and the README section "The underlay command".
+"""
+
+import argparse
+import ipaddress
+import json
+import os
+import sys
+
+from cni.operator import hostlocal, output
+from cni.operator.hostlocal import DEFAULT_DATA_DIR, StoreProblem
+
+DEFAULT_CONFIG_DIR = "/etc/cni/net.d"
+CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
+
+# exit codes
+OK, NO, USAGE, STORE, INTERNAL = 0, 1, 2, 3, 4
+
+DESCRIPTION = """\
+The operator's command of underlay's CNI plugins. It reads host-local's lease
+stores under the same lock the plugins take and never changes them; it checks
+network configs with the plugins' own code.
+
+commands:
+  leases     every lease: network, address, container, ifname, pod netns, since
+  who-has    the container holding an address
+  pools      per network and range set: size, excluded, aux, reserved, in use, free
+  validate   check network configs, conflists and NetworkAttachmentDefinition YAML
+  gc         what host-local's GC would release for a valid list, and why (--dry-run)
+  cluster    cluster-ipam's stores (when cluster-ipam is part of this build)
+
+In the built bundle, `underlay PLUGIN` (macvlan, ipvlan, host-local) runs that
+plugin, as a runtime would, for debugging by hand.
+
+exit status: 0 done; 1 a negative answer (validate found errors, who-has found
+nobody); 2 bad usage or input; 3 a store could not be read (locked, missing,
+no permission); 4 an internal error (a bug: please report the message).
+
+Docs: README.md, section "The underlay command".
+"""
+
+
+def seconds(text):
+    """A lock wait as the plugins allow it: (0, 3600] s (0 would make the wait unbounded)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, 3600]")
+    return value
+
+
+def parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-o", "--output", choices=("table", "json"), default="table",
+                        help="a table for people (default) or JSON for scripts")
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--data-dir", metavar="DIR",
+                       help=f"host-local's data directory (default {DEFAULT_DATA_DIR})")
+    store.add_argument("--lock-timeout", metavar="SECONDS", type=seconds, default=hostlocal.DEFAULT_LOCK_TIMEOUT,
+                       help="how long to wait for a store's lock (default %(default)g s, as the plugins)")
+    store.add_argument("--no-trunc", action="store_true", help="full container IDs in tables")
+
+    top = argparse.ArgumentParser(prog="underlay", description=DESCRIPTION,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top.add_argument("--version", action="store_true", help="print underlay's version and build")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("leases", parents=[common, store], help="list leases",
+                       description="Every host-local lease under the data directory.")
+    p.add_argument("--network", action="append", metavar="NAME", help="only this network (repeatable)")
+    p.set_defaults(run=cmd_leases)
+
+    p = sub.add_parser("who-has", parents=[common, store], help="who holds an address",
+                       description="The lease of ADDRESS in every network of the data directory; "
+                                   "exit 1 if nobody holds it.")
+    p.add_argument("address", metavar="ADDRESS")
+    p.set_defaults(run=cmd_who_has)
+
+    p = sub.add_parser("pools", parents=[common, store], help="address use per range set",
+                       description="Per network and range set: addresses in rangeStart..rangeEnd, excluded, "
+                                   "aux, reserved (network, broadcast, gateway), in use and free. The ranges "
+                                   "come from the configs; the leases from the data directory (the config's "
+                                   "ipam.dataDir, unless --data-dir is given).")
+    p.add_argument("--config", nargs="+", action="extend", metavar="FILE",
+                   help=f"configs, conflists or NAD YAML (default: the files of {DEFAULT_CONFIG_DIR})")
+    p.set_defaults(run=cmd_pools)
+
+    p = sub.add_parser("validate", parents=[common], help="check network configs",
+                       description="Check network configs, conflists and NetworkAttachmentDefinition YAML "
+                                   "(several documents) as the plugins would, and across the files: unknown and "
+                                   "near-miss keys, ranges overlapping, aux or excluded addresses outside every "
+                                   "subnet, host-local in a NAD. Exit 1 on an error; warnings alone exit 0.")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(run=cmd_validate)
+
+    p = sub.add_parser("gc", parents=[common, store], help="what a GC would release (--dry-run)",
+                       description="What host-local's GC would release, given the attachments a runtime "
+                                   "says are valid, and why: not in the list, or after a reboot the pod's "
+                                   "netns is gone. Releases nothing: without --dry-run it refuses.")
+    p.add_argument("--dry-run", action="store_true", help="required: show, release nothing")
+    p.add_argument("--network", action="append", metavar="NAME",
+                   help="only this network (repeatable; default: the one --valid-from names, else all)")
+    p.add_argument("--valid", nargs="+", action="extend", default=[], metavar="CID/IFNAME",
+                   help="an attachment to keep")
+    p.add_argument("--valid-from", metavar="FILE",
+                   help="a JSON file (- for stdin): a GC config with cni.dev/valid-attachments "
+                        "(or cni.dev/attachments), or a list of {containerID, ifname}")
+    p.add_argument("--all", action="store_true", help="also list the leases GC keeps")
+    p.set_defaults(run=cmd_gc)
+
+    p = sub.add_parser("cluster", help="cluster-ipam's stores",
+                       description="cluster-ipam's subcommands (ipam/cluster.py); they need it in this build.")
+    csub = p.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND")
+    c = csub.add_parser("leases", parents=[common], help="the leases of a cluster-ipam network")
+    c.add_argument("--config", required=True, metavar="FILE", help="the network's config (cluster-ipam IPAM)")
+    c.set_defaults(run=cmd_cluster_leases)
+    c = csub.add_parser("release-node", parents=[common], help="release every lease a node holds")
+    c.add_argument("node", metavar="NODE")
+    c.add_argument("--config", required=True, metavar="FILE")
+    c.add_argument("--force", action="store_true", help="even if the node still looks alive")
+    c.add_argument("--yes", action="store_true", help="required: this changes the store")
+    c.set_defaults(run=cmd_cluster_release_node)
+    p.set_defaults(run=lambda args: usage_error(p, "name a cluster subcommand"))
+    return top
+
+
+class UsageError(Exception):
+    pass
+
+
+def usage_error(p, message):
+    p.print_usage(sys.stderr)
+    raise UsageError(message)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    top = parser()
+    args = top.parse_args(argv)
+    if args.version:
+        from cni import version_info
+        v = version_info()
+        sys.stdout.write(f"underlay {v['version']} (build {v['build']})\n")
+        return OK
+    if not getattr(args, "run", None):
+        top.print_help(sys.stderr)
+        return USAGE
+    try:
+        return args.run(args)
+    except UsageError as e:
+        sys.stderr.write(f"underlay: {e}\n")
+        return USAGE
+    except StoreProblem as e:
+        sys.stderr.write(f"underlay: {e}\n")
+        return STORE
+    except BrokenPipeError:   # `underlay leases | head`: the reader has had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        return OK
+    except Exception as e:   # never a traceback: say what broke
+        sys.stderr.write(f"underlay: internal error: {type(e).__name__}: {e}\n")
+        return INTERNAL
+
+
+def emit(args, data, columns, rows, empty):
+    if args.output == "json":
+        sys.stdout.write(output.dump(data))
+    elif rows:
+        sys.stdout.write(output.table(columns, rows))
+    else:
+        sys.stdout.write(empty + "\n")
+
+
+# -- leases, who-has --------------------------------------------------------
+
+LEASE_COLUMNS = [("NETWORK", "network"), ("ADDRESS", "address"), ("CONTAINER", "container"),
+                 ("IFNAME", "ifname"), ("NETNS", "netns"), ("SINCE", "since")]
+
+
+def lease_json(lease):
+    return {"network": lease.network, "address": lease.address, "container": lease.container,
+            "ifname": lease.ifname, "netns": lease.netns, "since": output.when(lease.since)}
+
+
+def lease_row(lease, args):
+    return dict(lease_json(lease), container=output.short(lease.container, args.no_trunc))
+
+
+def data_dir(args):
+    return os.path.abspath(args.data_dir or DEFAULT_DATA_DIR)
+
+
+def snapshots(args, names=None):
+    """(snapshots, problems) of the named networks, or of every network in the data dir."""
+    root = data_dir(args)
+    names = names or hostlocal.networks(root)
+    snaps, problems = [], []
+    for name in names:
+        try:
+            snaps.append(hostlocal.read(root, name, args.lock_timeout))
+        except StoreProblem as e:
+            problems.append(str(e))
+    return snaps, problems
+
+
+def report(problems):
+    for problem in problems:
+        sys.stderr.write(f"underlay: {problem}\n")
+    return STORE if problems else OK
+
+
+def cmd_leases(args):
+    snaps, problems = snapshots(args, args.network)
+    leases = [lease for snap in snaps for lease in snap.leases]
+    emit(args, [lease_json(x) for x in leases], LEASE_COLUMNS, [lease_row(x, args) for x in leases],
+         f"no leases in {data_dir(args)}")
+    return report(problems)
+
+
+def cmd_who_has(args):
+    try:
+        wanted = str(ipaddress.ip_address(args.address.split("/", 1)[0]))   # the store's spelling
+    except ValueError:
+        raise UsageError(f"{args.address!r} is not an IP address") from None
+    snaps, problems = snapshots(args)
+    found = [lease for snap in snaps for lease in snap.leases if lease.address == wanted]
+    emit(args, [lease_json(x) for x in found], LEASE_COLUMNS, [lease_row(x, args) for x in found],
+         f"nobody holds {wanted} in {data_dir(args)}")
+    return report(problems) or (OK if found else NO)
+
+
+# -- pools ------------------------------------------------------------------
+
+POOL_COLUMNS = [("NETWORK", "network"), ("SET", "set"), ("RANGES", "ranges"), ("SIZE", "size"),
+                ("EXCLUDED", "excluded"), ("AUX", "aux"), ("RESERVED", "reserved"), ("IN USE", "in_use"),
+                ("FREE", "free")]
+
+
+def config_files(paths):
+    if paths:
+        return paths
+    try:
+        names = sorted(os.listdir(DEFAULT_CONFIG_DIR))
+    except OSError as e:
+        raise UsageError(f"{DEFAULT_CONFIG_DIR}: {e.strerror}; name the configs with --config") from None
+    return [os.path.join(DEFAULT_CONFIG_DIR, n) for n in names if n.endswith(CONFIG_SUFFIXES)]
+
+
+def cmd_pools(args):
+    from ipam import allocator
+    from cni.operator import configs, validate
+    rows, problems = [], []
+    for path in config_files(args.config):
+        networks, bad = configs.load(path)
+        problems += [p.line() for p in bad if p.severity == "error"]
+        for network in networks:
+            for plugin in network.plugins:
+                ipam = plugin.config.get("ipam") if isinstance(plugin.config.get("ipam"), dict) else {}
+                if not validate.is_host_local(ipam.get("type")):
+                    continue
+                try:
+                    sets = validate.check_host_local(plugin.config)
+                except validate.CniError as e:
+                    problems.append(network.problem("error", *validate.split_field(e.msg)).line())
+                    continue
+                root = os.path.abspath(args.data_dir or ipam.get("dataDir") or DEFAULT_DATA_DIR)
+                try:
+                    leased = [x.address for x in hostlocal.read(root, network.name, args.lock_timeout).leases]
+                except StoreProblem as e:
+                    if not os.path.exists(os.path.join(root, network.name)):
+                        leased = []   # no ADD yet on this node: nothing in use
+                    else:
+                        problems.append(str(e))
+                        continue
+                for s in sets:
+                    t = allocator.tally(s, leased)
+                    rows.append({"network": network.name, "file": path, "data_dir": root, "set": s.index,
+                                 "ranges": s.describe(), "size": t["addresses"], "excluded": t["excluded"],
+                                 "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"],
+                                 "free": t["free"]})
+    emit(args, rows, POOL_COLUMNS, rows, "no host-local networks in the configs")
+    return report(problems)
+
+
+# -- validate ---------------------------------------------------------------
+
+def cmd_validate(args):
+    from cni.operator import validate
+    problems = validate.check_files(args.files)
+    errors = sum(p.severity == "error" for p in problems)
+    warnings = len(problems) - errors
+    if args.output == "json":
+        sys.stdout.write(output.dump({"errors": errors, "warnings": warnings,
+                                      "problems": [p.as_json() for p in problems]}))
+    else:
+        for p in problems:
+            sys.stdout.write(p.line() + "\n")
+        sys.stdout.write(f"{len(args.files)} file(s): {errors} error(s), {warnings} warning(s)\n")
+    return NO if errors else OK
+
+
+# -- gc ---------------------------------------------------------------------
+
+GC_COLUMNS = [("NETWORK", "network"), ("ADDRESS", "address"), ("CONTAINER", "container"), ("IFNAME", "ifname"),
+              ("ACTION", "action"), ("WHY", "reason")]
+
+
+def parse_valid(text):
+    container, sep, ifname = text.rpartition("/")
+    if not sep or not container or not ifname:
+        raise UsageError(f"--valid {text!r}: expected CONTAINERID/IFNAME")
+    return container, ifname
+
+
+def read_valid_from(path):
+    """(set of (containerID, ifname), network name or None) of a --valid-from file."""
+    try:
+        if path == "-":
+            data = sys.stdin.read()
+        else:
+            with open(path) as f:
+                data = f.read()
+        document = json.loads(data)
+    except OSError as e:
+        raise UsageError(f"--valid-from {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise UsageError(f"--valid-from {path}: not JSON: {e}") from None
+    name = None
+    if isinstance(document, dict):
+        name = document.get("name") if isinstance(document.get("name"), str) else None
+        # libcni sends both keys; a runtime sending only the older one must not lose everything
+        for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
+            if key in document:
+                document = document[key] if document[key] is not None else []
+                break
+        else:
+            raise UsageError(f"--valid-from {path}: no cni.dev/valid-attachments (or cni.dev/attachments) key")
+    if not isinstance(document, list):
+        raise UsageError(f"--valid-from {path}: the valid attachments must be a list")
+    valid = set()
+    for i, item in enumerate(document):
+        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
+                or not isinstance(item.get("ifname"), str):
+            raise UsageError(f"--valid-from {path}: item {i} must be an object with string containerID and ifname")
+        valid.add((item["containerID"], item["ifname"]))
+    return valid, name
+
+
+def cmd_gc(args):
+    if not args.dry_run:
+        raise UsageError("gc releases nothing itself: run it with --dry-run to see what host-local's GC would "
+                         "release (the runtime's GC, CNI_COMMAND=GC through the plugin, releases)")
+    if not args.valid and args.valid_from is None:
+        raise UsageError("gc --dry-run needs the valid attachments (--valid CID/IFNAME ... or --valid-from FILE): "
+                         "with none, GC releases every lease; say so with --valid-from and an empty list")
+    valid = {parse_valid(v) for v in args.valid}
+    names = args.network
+    if args.valid_from is not None:
+        more, name = read_valid_from(args.valid_from)
+        valid |= more
+        names = names or ([name] if name else None)
+    snaps, problems = snapshots(args, names)
+    verdicts = [v for snap in snaps for v in hostlocal.gc_plan(snap, valid)]
+    shown = [v for v in verdicts if v.release or args.all]
+    data = [dict(lease_json(v.lease), action="release" if v.release else "keep", reason=v.reason)
+            for v in verdicts]
+    rows = [dict(lease_row(v.lease, args), action="release" if v.release else "keep", reason=v.reason)
+            for v in shown]
+    emit(args, data, GC_COLUMNS, rows, "GC would release nothing")
+    if args.output == "table":
+        released = sum(v.release for v in verdicts)
+        sys.stdout.write(f"dry run: GC would release {released} and keep {len(verdicts) - released} "
+                         f"lease(s); nothing was changed\n")
+    return report(problems)
+
+
+# -- cluster (cluster-ipam adds the logic; this is the hook) ------------------
+
+CLUSTER_MODULE = "ipam.cluster"
+
+
+def cluster_module():
+    # by name: a build without ipam/cluster.py still runs every other command
+    # (the bundle carries every module of ipam/, build/underlay.spec own_modules)
+    import importlib
+    try:
+        return importlib.import_module(CLUSTER_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name != CLUSTER_MODULE:
+            raise
+        raise UsageError("cluster-ipam is not part of this build (ipam/cluster.py)") from None
+
+
+def cluster_config(path):
+    from cni.operator import configs
+    networks, problems = configs.load(path)
+    for p in problems:
+        if p.severity == "error":
+            raise UsageError(p.line())
+    for network in networks:
+        for plugin in network.plugins:
+            ipam = plugin.config.get("ipam")
+            if isinstance(ipam, dict) and isinstance(ipam.get("type"), str) and ipam["type"].endswith("cluster-ipam"):
+                return plugin.config
+    raise UsageError(f"{path}: no plugin with ipam type cluster-ipam")
+
+
+def cmd_cluster_leases(args):
+    cluster = cluster_module()
+    leases = list(cluster.leases(cluster_config(args.config)))
+    rows = [dict(x) if isinstance(x, dict) else {"lease": str(x)} for x in leases]
+    columns = [(k.upper(), k) for k in (rows[0] if rows else {})]
+    emit(args, rows, columns, rows, "no leases")
+    return OK
+
+
+def cmd_cluster_release_node(args):
+    if not args.yes:
+        raise UsageError(f"release-node changes the store: add --yes to release every lease of {args.node}")
+    cluster = cluster_module()
+    released = cluster.release_node(cluster_config(args.config), args.node, force=args.force)
+    if args.output == "json":
+        sys.stdout.write(output.dump(released))
+    else:
+        sys.stdout.write(f"released: {released}\n")
+    return OK

@@ -1,0 +1,5 @@
+import sys
+
+from cni.operator import main
+
+sys.exit(main())

@@ -1,0 +1,196 @@
+"""host-local's stores as the operator reads them: read-only, under the plugins' lock.
+
+The one place the operator touches host-local's file store: DiskStore's lock
+and close, its lease files' full scan (ipam/lease_files.py), its index's entries
+and parsing helpers (ipam/lease_index.py).
+
+Read-only means no lease, index or stamp is written or removed: the store's
+own repair of a stale or torn index (a rebuild, which also drops empty lease
+files and a killed writer's temp files, and after a reboot releases leases) is
+never run; the reader falls back to the lease files alone, which are the truth.
+What opening the store may create, as every plugin's open does: the `lock` file
+and an empty `.underlay-index/` in a directory only the reference plugin had
+written. Removing that directory again would race with a plugin that opened
+the store meanwhile (DiskStore opens it before it waits for the lock).
+"""
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+from cni.contract import CniError
+from ipam import lease_files, lease_index
+from ipam import store as disk
+from ipam.host_local import DEFAULT_DATA_DIR, DEFAULT_LOCK_TIMEOUT  # noqa: F401 (re-exported defaults)
+
+
+class StoreProblem(Exception):
+    """A store that could not be read (missing, locked, unreadable); the message names it."""
+
+
+@dataclass
+class Lease:
+    network: str
+    address: str
+    container: str | None      # None: an empty lease file
+    ifname: str | None         # None: an old lease that recorded the container ID only
+    netns: str | None          # recorded by underlay's ADD; None for the reference's leases
+    since: float | None        # the lease file's mtime: when ADD wrote it
+
+
+@dataclass
+class Snapshot:
+    """One network's leases, read in one go under its lock."""
+    network: str
+    path: str
+    leases: list = field(default_factory=list)
+    rebooted: bool = False     # the index was stamped under another boot: the next call heals
+
+
+class _ReadOnlyIndex(lease_index.AttachmentIndex):
+    def rebuild_index(self):
+        # entries() repairs a torn index by rebuilding it: a write we never make
+        raise _IndexUnreadable()
+
+
+class _ReadOnlyStore(disk.DiskStore):
+    Index = _ReadOnlyIndex
+
+
+class _IndexUnreadable(Exception):
+    pass
+
+
+def networks(data_dir):
+    """The names of the network directories in data_dir, sorted."""
+    try:
+        with os.scandir(data_dir) as entries:
+            return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        raise StoreProblem(f"data dir {data_dir} does not exist (no host-local network has run there)") from None
+    except NotADirectoryError:
+        raise StoreProblem(f"data dir {data_dir} is not a directory") from None
+    except PermissionError:
+        raise StoreProblem(f"data dir {data_dir}: permission denied (the plugins run as root)") from None
+
+
+def read(data_dir, network, lock_timeout=DEFAULT_LOCK_TIMEOUT):
+    """A Snapshot of one network's store, read under its lock without changing it."""
+    if not os.path.isabs(data_dir):
+        data_dir = os.path.abspath(data_dir)
+    path = os.path.join(data_dir, network)
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        raise StoreProblem(f"network {network}: no store at {path}") from None
+    except OSError as e:
+        raise StoreProblem(f"network {network}: {path}: {e.strerror}") from None
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise StoreProblem(f"network {network}: {path} is not a directory")
+    index_dir = os.path.join(path, disk.INDEX_DIR)
+    had_index = os.path.isdir(index_dir) and not os.path.islink(index_dir)   # else the one DiskStore makes is empty
+    try:
+        store = _ReadOnlyStore(data_dir, network, lock_timeout=lock_timeout)
+    except CniError as e:
+        raise StoreProblem(f"network {network}: {e.msg}") from None
+    try:
+        try:
+            store.lock()
+        except CniError as e:
+            raise StoreProblem(f"network {network}: {e.msg}") from None
+        return _snapshot(store, network, path, had_index)
+    except (CniError, OSError) as e:
+        raise StoreProblem(f"network {network}: {getattr(e, 'msg', None) or e}") from None
+    finally:
+        store.close()   # drops the lock
+
+
+def _snapshot(store, network, path, had_index):
+    entries = {}
+    if had_index:
+        try:
+            entries = store.index.entries()
+        except _IndexUnreadable:
+            entries = {}   # torn: no netns paths, the leases stand on their own
+    snap = Snapshot(network, path, rebooted=had_index and _rebooted(path))
+    for ip, owner in sorted(store.files.leases().items(), key=lambda item: _sort_key(item[0])):
+        container, ifname = owner if owner else (None, None)
+        netns = None
+        entry = entries.get((container, ifname)) if owner else None
+        if entry and ip in entry[1]:
+            netns = entry[0] or None
+        try:
+            since = os.lstat(os.path.join(path, ip)).st_mtime
+        except OSError:
+            since = None
+        snap.leases.append(Lease(network, ip, container, ifname, netns, since))
+    return snap
+
+
+def _rebooted(path):
+    """As AttachmentIndex.ensure_index decides it: stamped under a boot that is not this one."""
+    try:
+        fd = os.open(os.path.join(path, disk.INDEX_DIR, disk.STAMP), os.O_RDONLY | lease_files.NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    boot = lease_index.parse_stamp(data)[2]
+    now = lease_index.current_boot_id()
+    return bool(boot not in (None, "-") and now and boot != now)
+
+
+def _sort_key(ip):
+    address = ipaddress.ip_address(ip)
+    return address.version, int(address)
+
+
+def netns_gone(path):
+    return lease_index.netns_gone(path)
+
+
+def runtime_owned(lease):
+    """False for a lease no CNI runtime could have written: host-local never releases those."""
+    return lease_index.indexable((lease.container, lease.ifname))
+
+
+@dataclass
+class Verdict:
+    lease: Lease
+    release: bool
+    reason: str
+
+
+def gc_plan(snap, valid):
+    """What host-local's GC would do to each lease of `snap`, given the valid
+    (containerID, ifname) pairs: the healing its first call after a reboot does
+    (AttachmentIndex.ensure_index), then cmd_gc's rule. Releases nothing."""
+    keep_ids = {cid for cid, _ in valid}
+    verdicts = []
+    for lease in snap.leases:
+        if lease.container is None:
+            verdicts.append(Verdict(lease, True, "empty lease file: belongs to nobody"))
+            continue
+        if not runtime_owned(lease):
+            verdicts.append(Verdict(lease, False, "owner is no CNI container ID/ifname: host-local never "
+                                                  "releases it (remove it by hand)"))
+            continue
+        gone = lease.netns is not None and netns_gone(lease.netns)
+        if snap.rebooted and gone:
+            verdicts.append(Verdict(lease, True, f"after a reboot: its netns {lease.netns} is gone"))
+            continue
+        listed = (lease.container, lease.ifname) in valid or (lease.ifname is None and lease.container in keep_ids)
+        if listed:
+            note = f", but its netns {lease.netns} is gone" if gone else ""
+            verdicts.append(Verdict(lease, False, f"in the valid list{note}"))
+            continue
+        if gone:
+            note = f"; its netns {lease.netns} is gone"
+        elif lease.netns is not None:
+            note = f"; its netns {lease.netns} still exists: is the list complete?"
+        else:
+            note = ""
+        verdicts.append(Verdict(lease, True, f"not in the valid list{note}"))
+    return verdicts

@@ -1,0 +1,217 @@
+"""`underlay validate`: schema and meaning of network configs, before a runtime meets them.
+
+Each plugin config is checked the way the plugin's ADD checks it, with the
+plugin's own code (its schema, then its config loader), without touching the
+machine. On top of that, what no single ADD can see:
+  - keys that are not known (a warning: runtimes and chains add their own) or
+    close to a known one (an error: a typo silently ignored);
+  - host-local ranges overlapping across networks: each network has a store of
+    its own, so two of them hand out the same addresses (a warning only when
+    the two networks name different masters or VLANs, which may be separate
+    L2s);
+  - the same network name defined twice with different IPAM: one store, two
+    sets of ranges;
+  - host-local in a NetworkAttachmentDefinition: host-local is per node, so on
+    a shared L2 every node hands out the same addresses.
+"""
+
+import importlib
+import os
+import re
+
+from cni import config as netconf
+from cni import contract, registry
+from cni.contract import CniError
+from cni.operator.configs import load
+
+FIELD = re.compile(r"^([A-Za-z_][\w./-]*(?:\[\d+\])*(?:\.[\w/-]+(?:\[\d+\])*)*)(?::\s*|\s+)(.*)$", re.S)
+
+
+def main_plugin(kind):
+    """Our main plugin a config's type names (exact, or prefixed: underlay-macvlan), or None."""
+    name = registry.plugin_for(kind) if isinstance(kind, str) else None
+    return name if name and registry.EXECUTABLES[name][1] == "main" else None
+
+
+def is_host_local(kind):
+    return isinstance(kind, str) and registry.plugin_for(kind) == "host-local"
+
+
+def split_field(msg):
+    """A plugin's error message -> (field, rest): they start with the field they name."""
+    msg = msg.removeprefix("invalid network config: ")
+    match = FIELD.match(msg)
+    if match and match.group(1) != "config":
+        return match.group(1), match.group(2)
+    return "config", msg.removeprefix("config ")
+
+
+def check_files(paths):
+    """Every Problem of the files at `paths`, in file order, cross-file checks last."""
+    problems, networks = [], []
+    for path in paths:
+        found, more = load(path)
+        problems += more
+        for network in found:
+            problems += check_network(network)
+        networks += found
+    problems += check_across(networks)
+    return problems
+
+
+def check_network(network):
+    problems = []
+
+    def error(field, message, severity="error"):
+        problems.append(network.problem(severity, field, message))
+
+    try:
+        contract.check_network_name(network.name)
+    except CniError as e:
+        error(*split_field(e.msg))
+    for plugin in network.plugins:
+        config = plugin.config
+        kind = config.get("type")
+        if not isinstance(kind, str) or not kind:
+            error(plugin.at("type"), "missing: every plugin config names its plugin")
+            continue
+        main = main_plugin(kind)
+        ipam = config.get("ipam") if isinstance(config.get("ipam"), dict) else {}
+        host_local = is_host_local(ipam.get("type"))
+        for field, message, severity in plugin_problems(config, main, host_local):
+            error(plugin.at(field), message, severity)
+        if host_local and network.nad:
+            error(plugin.at("ipam.type"), "host-local is per node: one NetworkAttachmentDefinition on a shared "
+                                          "L2 hands the same addresses out on every node (use cluster-wide "
+                                          "IPAM)", "warning")
+    return problems
+
+
+def plugin_problems(config, main, host_local):
+    """(field, message, severity) of one plugin config: keys, then the plugin's checks, then IPAM's."""
+    out = [key_problem(*p) for p in key_problems(config, main, host_local)]
+
+    def refused(e):
+        # the plugin refuses a near-miss key itself: already reported, with its field, above
+        if not e.msg.startswith("unknown key "):
+            out.append(split_field(e.msg) + ("error",))
+
+    if main:
+        kind = importlib.import_module(registry.module_of(main)).KIND
+        try:
+            kind.load(contract.Request("ADD", {}, config, b""))
+        except CniError as e:
+            refused(e)
+    if host_local:
+        try:
+            check_host_local(config)
+        except CniError as e:
+            refused(e)
+        resolv = config["ipam"].get("resolvConf")
+        if isinstance(resolv, str) and resolv and not os.path.isfile(resolv):
+            out.append(("ipam.resolvConf", f"{resolv} is no file on this machine: ADD fails on a node "
+                                           "without it", "warning"))
+    return out
+
+
+def check_host_local(config):
+    """host-local's ADD checks of its config, without reading files or taking an address."""
+    from ipam import host_local, ranges
+    netconf.validate("host-local", config)
+    ipam = config["ipam"]
+    runtime = config.get("runtimeConfig") or {}
+    shim = config.get("hostShim")
+    extra_aux = [("hostShim.address", "hostShim", shim.get("address"))] if isinstance(shim, dict) else []
+    sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux)
+    version = config.get("cniVersion", "0.1.0")
+    if contract.version_key(version) < (0, 3, 0):
+        host_local.check_one_set_per_family(sets, version)
+    for i, route in enumerate(ipam.get("routes") or []):
+        host_local.check_route(route, f"ipam.routes[{i}]")
+    return sets
+
+
+def key_problems(config, main, host_local):
+    """(field path, key, suggestion or None) from the config engineer's cni.config.key_problems:
+    the plugin's schema for its own keys, host-local's for the ipam section."""
+    find = getattr(netconf, "key_problems", None)
+    if find is None:
+        return []   # not in this build yet: unknown keys go unreported
+    found = []
+    if main:
+        found += [p for p in find(main, config) if not p[0].startswith("ipam")]
+    if host_local:
+        found += [p for p in find("host-local", config) if p[0].startswith("ipam") or not main]
+    seen, out = set(), []
+    for p in found:
+        if (p[0], p[1]) not in seen:
+            seen.add((p[0], p[1]))
+            out.append(p)
+    return out
+
+
+def key_problem(path, key, suggestion):
+    field = f"{path}.{key}" if path else key
+    if suggestion:
+        return field, f"unknown key {key!r}; did you mean {suggestion!r}? (the plugin refuses it)", "error"
+    return field, f"unknown key {key!r} (kept and ignored by the plugin)", "warning"
+
+
+def check_across(networks):
+    """Problems no single config shows: overlapping host-local ranges, one name defined twice."""
+    problems = []
+    pools = []    # (network, plugin, ipam, sets, parent)
+    for network in networks:
+        for plugin in network.plugins:
+            config = plugin.config
+            ipam = config.get("ipam") if isinstance(config.get("ipam"), dict) else {}
+            if not is_host_local(ipam.get("type")):
+                continue
+            try:
+                sets = check_host_local(config)
+            except CniError:
+                continue   # already reported
+            pools.append((network, plugin, ipam, sets, (config.get("master"), config.get("vlan"))))
+    by_name = {}
+    for network, plugin, ipam, sets, parent in pools:
+        first = by_name.setdefault(network.name, (network, plugin, ipam))
+        if first[0] is not network and first[2] != ipam:
+            problems.append(network.problem("error", plugin.at("ipam"),
+                                            f"network {network.name} is also defined in {place(first[0])} with "
+                                            "other IPAM settings: both share one host-local store"))
+    # one message per network, naming the first network it clashes with: a directory of
+    # alternatives (examples) would otherwise print every pair
+    for i, (b, b_plugin, _, b_sets, b_parent) in enumerate(pools):
+        clashes = []
+        for a, a_plugin, _, a_sets, a_parent in pools[:i]:
+            clash = first_overlap(a_sets, b_sets) if a.name != b.name else None
+            if clash and all(c[0].name != a.name for c in clashes):
+                separate = bool(a_parent[0] and b_parent[0] and a_parent != b_parent)
+                clashes.append((a, a_plugin, clash, separate))
+        if not clashes:
+            continue
+        a, a_plugin, (ra, rb), _ = clashes[0]
+        others = [c[0].name for c in clashes[1:]]
+        separate = all(c[3] for c in clashes)
+        problems.append(b.problem(
+            "warning" if separate else "error", b_plugin.at(rb.field),
+            f"range {rb.describe()} overlaps {ra.describe()} of network {a.name} ({place(a)}, "
+            f"{a_plugin.at(ra.field)})" + (f" and ranges of {len(others)} more ({', '.join(others)})" if others else "")
+            + ": each network has its own store, so both hand out the same addresses"
+            + (" (fine only if their masters are separate L2s)" if separate else "")))
+    return problems
+
+
+def first_overlap(a_sets, b_sets):
+    from ipam import ranges
+    for sa in a_sets:
+        for ra in sa.ranges:
+            for sb in b_sets:
+                for rb in sb.ranges:
+                    if ranges.overlap(ra, rb):
+                        return ra, rb
+    return None
+
+
+def place(network):
+    return network.file + (f" ({network.where})" if network.where else "")

@@ -1,0 +1,485 @@
+"""cluster-ipam: one range shared by every node, leases in etcd, per-node blocks.
+
+host-local's config surface (ranges, rangeStart/rangeEnd, gateway, exclude,
+auxAddresses, requested IPs, routes, resolvConf, lockTimeout, logging) plus
+`etcd`, `node`, `blockSize`, `dataDir`, `sticky`/`stickySeconds`; a config
+written for whereabouts (`range`, `range_start`, `range_end`, `exclude`,
+`gateway`, `ipRanges`) is taken as it is. The store and its transactions are
+ipam/etcd_store.py's, the block grid ipam/blocks.py's.
+
+Allocation, per range set: a requested address (anywhere in the subnets, as
+host-local); else the pod's sticky hold; else round-robin over this node's
+blocks; else a free block claimed for this node; else an address borrowed from
+another node's block; else code 101. A node-local file lock under dataDir
+serialises this node's own operations on a network (ADDs then rarely race each
+other on a block); correctness never depends on it.
+
+Run from a checkout: `python3 -m ipam.cluster` with the CNI_* environment.
+"""
+
+import ipaddress
+import os
+import socket
+import time
+
+from cni import config as netconf
+from cni import contract
+from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_NO_ADDRESS, ERR_NOT_AVAILABLE, CniError
+from ipam import allocator, host_local, ranges
+from ipam.blocks import DEFAULT_BLOCK_SIZE, Grid
+
+DEFAULT_PREFIX = "/underlay/ipam"
+DEFAULT_DATA_DIR = "/var/lib/cni/cluster-ipam"
+DEFAULT_STICKY_SECONDS = 300
+MAX_STICKY_SECONDS = 366 * 86400
+MAX_ATTEMPTS = 1000
+ROLLBACK_BUDGET = 1.0     # seconds a failed ADD may still spend undoing what it took
+
+
+def field_error(field, problem):
+    return CniError(ERR_INVALID_CONFIG, f"{field}: {problem}")
+
+
+# --------------------------------------------------------------------------
+# Config
+
+def whereabouts_range(spec, field, gateway=None):
+    """A whereabouts range ({range, range_start, range_end, exclude}) -> one host-local range."""
+    text = spec.get("range")
+    if not isinstance(text, str) or "/" not in text:
+        raise field_error(f"{field}.range", f"{text!r} is not a CIDR or first-last/prefix")
+    out = {}
+    address, _, plen = text.rpartition("/")
+    first, dash, last = address.partition("-")
+    try:
+        subnet = ipaddress.ip_network(f"{first.strip()}/{plen}", strict=False)
+    except ValueError:
+        raise field_error(f"{field}.range", f"{text!r} is not a CIDR or first-last/prefix") from None
+    out["subnet"] = str(subnet)
+    if dash:
+        out["rangeStart"], out["rangeEnd"] = first.strip(), last.strip()
+    elif ipaddress.ip_address(first.strip()) != subnet.network_address:
+        out["rangeStart"] = first.strip()   # whereabouts: host bits in `range` are where the range starts
+    for ours, theirs in (("rangeStart", "range_start"), ("rangeEnd", "range_end")):
+        if spec.get(theirs) not in (None, ""):
+            out[ours] = spec[theirs]
+    if spec.get("exclude"):
+        out["exclude"] = spec["exclude"]
+    # whereabouts reserves no gateway unless told: its ranges hand out their first address
+    out["gateway"] = gateway if gateway else False
+    return out
+
+
+def with_whereabouts(ipam):
+    """The ipam section with whereabouts' `range`/`ipRanges` turned into host-local range sets."""
+    extra = []
+    if "range" in ipam:
+        extra.append([whereabouts_range({k: ipam.get(k) for k in ("range", "range_start", "range_end")},
+                                        "ipam", ipam.get("gateway"))])
+    for i, spec in enumerate(ipam.get("ipRanges") or []):
+        if not isinstance(spec, dict):
+            raise field_error(f"ipam.ipRanges[{i}]", "must be an object with a range")
+        extra.append([whereabouts_range(spec, f"ipam.ipRanges[{i}]")])
+    if not extra:
+        return ipam
+    out = {k: v for k, v in ipam.items() if k not in ("range", "range_start", "range_end", "ipRanges")}
+    if "range" in ipam:
+        out.pop("gateway", None)   # it went into the range
+    out["ranges"] = list(ipam.get("ranges") or []) + extra
+    return out
+
+
+def block_sizes(value):
+    """blockSize: a prefix length (IPv4; IPv6 blocks then hold as many addresses) or {"ipv4", "ipv6"}."""
+    if value is None:
+        return dict(DEFAULT_BLOCK_SIZE)
+    if isinstance(value, dict):
+        sizes = dict(DEFAULT_BLOCK_SIZE)
+        for version, key, top in ((4, "ipv4", 32), (6, "ipv6", 128)):
+            if key in value:
+                sizes[version] = check_block_size(value[key], f"ipam.blockSize.{key}", top)
+        return sizes
+    v4 = check_block_size(value, "ipam.blockSize", 32)
+    return {4: v4, 6: 128 - (32 - v4)}
+
+
+def check_block_size(value, field, top):
+    if isinstance(value, bool) or not isinstance(value, int) or not top - 24 <= value <= top - 2:
+        raise field_error(field, f"{value!r} must be a prefix length from {top - 24} to {top - 2}")
+    return value
+
+
+def check_node(name, field="ipam.node"):
+    if not isinstance(name, str) or not name or len(name) > 253 or not name.isprintable() or "/" in name \
+            or " " in name:
+        raise field_error(field, f"{name!r} is not a node name (1-253 printable characters, no '/' or space)")
+    return name
+
+
+def pod_of(request):
+    """(namespace, name) of the pod from K8S_POD_*, or None; names that could not be Kubernetes' are ignored."""
+    namespace, name = request.args.get("K8S_POD_NAMESPACE"), request.args.get("K8S_POD_NAME")
+    if not namespace or not name:
+        return None
+    if any(len(x) > 253 or not x.isprintable() or "/" in x or " " in x for x in (namespace, name)):
+        return None
+    return namespace, name
+
+
+class StoreConfig:
+    """What every verb needs: etcd, prefix, node, dataDir, lockTimeout, sticky."""
+
+    def __init__(self, config):
+        ipam = config.get("ipam")
+        if not isinstance(ipam, dict):
+            raise field_error("ipam", "must be an object")
+        self.ipam = ipam
+        if "etcd" not in ipam:
+            raise field_error("ipam.etcd", "is required (endpoints of the etcd cluster)")
+        self.etcd_conf = ipam["etcd"]
+        prefix = self.etcd_conf.get("prefix", DEFAULT_PREFIX) if isinstance(self.etcd_conf, dict) else None
+        if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.isprintable():
+            raise field_error("ipam.etcd.prefix", f"{prefix!r} must be a key prefix starting with '/'")
+        self.prefix = prefix
+        self.node = check_node(ipam["node"]) if ipam.get("node") not in (None, "") else \
+            check_node(socket.gethostname(), "ipam.node (the hostname)")
+        data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
+        if not isinstance(data_dir, str) or not data_dir.startswith("/") or not data_dir.isprintable():
+            raise field_error("ipam.dataDir", f"{data_dir!r} must be an absolute path")
+        self.data_dir = data_dir
+        timeout = ipam.get("lockTimeout", host_local.DEFAULT_LOCK_TIMEOUT)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
+            raise field_error("ipam.lockTimeout", f"{timeout!r} must be a number of seconds in (0, 3600]")
+        self.lock_timeout = float(timeout)
+        sticky = ipam.get("sticky", False)
+        if not isinstance(sticky, bool):
+            raise field_error("ipam.sticky", f"{sticky!r} must be true or false")
+        seconds = ipam.get("stickySeconds", DEFAULT_STICKY_SECONDS)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= MAX_STICKY_SECONDS:
+            raise field_error("ipam.stickySeconds", f"{seconds!r} must be a number of seconds in "
+                                                    f"(0, {MAX_STICKY_SECONDS}]")
+        self.sticky_seconds = float(seconds) if sticky else None
+        self.block_sizes = block_sizes(ipam.get("blockSize"))
+
+    def client(self):
+        from ipam import etcd
+        return etcd.client_from_config(self.etcd_conf, "ipam.etcd")
+
+    def store(self, network, grids=(), pod=None, lock=True):
+        from ipam.etcd_store import EtcdStore
+        from ipam.lease_files import LeaseFiles
+        client = self.client()
+        files = None
+        try:
+            if lock:
+                files = LeaseFiles(self.data_dir, network, self.lock_timeout)
+            return EtcdStore(client, self.prefix, network, self.node, grids, files, pod, self.sticky_seconds)
+        except BaseException:
+            client.close()
+            raise
+
+
+class ClusterConfig(StoreConfig):
+    """Everything ADD, CHECK and STATUS need: the store's part plus host-local's ranges."""
+
+    def __init__(self, request):
+        config = request.config
+        netconf.validate("cluster-ipam", config)
+        super().__init__(config)
+        ipam = with_whereabouts(config["ipam"])
+        runtime = config.get("runtimeConfig") or {}
+        shim = config.get("hostShim")
+        extra_aux = [("hostShim.address", "hostShim", shim.get("address"))] if isinstance(shim, dict) else []
+        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux)
+        if contract.version_key(request.version) < (0, 3, 0):
+            host_local.check_one_set_per_family(self.range_sets, request.version)
+        self.routes = [host_local.check_route(r, f"ipam.routes[{i}]") for i, r in enumerate(ipam.get("routes") or [])]
+        self.requested = host_local.requested_ips(request, runtime)
+        self.dns = host_local.read_resolv_conf(ipam["resolvConf"]) if ipam.get("resolvConf") else {}
+        self.grids = {id(r): Grid(r, self.block_sizes[r.version]) for s in self.range_sets for r in s.ranges}
+
+    def grids_of(self, range_set):
+        return [self.grids[id(r)] for r in range_set.ranges]
+
+    def open_store(self, request):
+        return self.store(request.network, list(self.grids.values()), pod_of(request))
+
+
+# --------------------------------------------------------------------------
+# Allocation policy over blocks
+
+def allocate(range_set, grids, store, container_id, ifname, requested=None, holds=()):
+    """Take one address of range_set; return (Range, int)."""
+    if requested is not None:
+        return allocator.reserve_requested(range_set, store, container_id, ifname, requested)
+    for hold in holds:
+        taken = take_hold(grids, store, hold, container_id, ifname)
+        if taken is not None:
+            return taken
+    last = store.last_reserved(range_set.index)
+    try:
+        last = int(ipaddress.ip_address(last)) if last and ipaddress.ip_address(last).version == \
+            range_set.version else None
+    except ValueError:
+        last = None
+    for _ in range(MAX_ATTEMPTS):
+        found = candidate(grids, store, last, time.time())
+        if found is None:
+            raise allocator.exhausted(range_set, store)
+        grid, block, value = found
+        if store.claim(grid, block, value, container_id, ifname):
+            store.files.set_last_reserved(range_set.index, grid.range.text(value))
+            return grid.range, value
+    raise store.contention(range_set.describe())
+
+
+def take_hold(grids, store, hold, container_id, ifname):
+    """The pod's own sticky address, if it lies in these ranges and is still held for it."""
+    version, value = store.parse(hold.ip)
+    grid = next((g for g in grids if g.range.version == version and g.range.in_subnet(value)), None)
+    if grid is None:
+        return None
+    for _ in range(MAX_ATTEMPTS):
+        outcome = store.claim(grid, store.block(grid, grid.first_of(value)), value, container_id, ifname, hold)
+        if outcome is not None:
+            return (grid.range, value) if outcome else None
+    return None
+
+
+def candidate(grids, store, last, now):
+    """(grid, block, value) to try next: this node's blocks round-robin after `last`, then a
+    free (or orphaned) block, then a borrowed address; None when nothing is left."""
+    node = store.node
+    own = sorted(((g, b) for g in grids for b in store.blocks(g).values() if b.node == node),
+                 key=lambda gb: gb[1].first)
+    for after in ((last, None) if last is not None else (None,)):   # after `last` first, then wrapped
+        for grid, block in own:
+            for value in grid.free_in(block, now, after):
+                if (grid.range.version, value) not in store.foreign:
+                    return grid, block, value
+    for grid in grids:
+        blocks = store.blocks(grid)
+        for first in grid.blocks_from(node):
+            block = blocks.get(first)
+            if block is None or block.node is None:
+                block = store.block(grid, first)
+                value = next((v for v in grid.free_in(block, now) if (grid.range.version, v) not in store.foreign),
+                             None)
+                if value is not None:
+                    return grid, block, value
+    for grid in grids:
+        for block in sorted(store.blocks(grid).values(), key=lambda b: b.first):
+            if block.node not in (node, None):
+                value = next((v for v in grid.free_in(block, now) if (grid.range.version, v) not in store.foreign),
+                             None)
+                if value is not None:
+                    return grid, block, value
+    return None
+
+
+# --------------------------------------------------------------------------
+# Verbs
+
+def cmd_add(request):
+    conf = ClusterConfig(request)
+    requested = host_local.assign_requested(conf)
+    cid, ifname = request.container_id, request.ifname
+    allocated = []
+    with conf.open_store(request) as store:
+        existing = store.ips_of(cid, ifname)
+        for s in conf.range_sets:
+            for ip in existing:
+                if s.subnet_range_of(ipaddress.ip_address(ip)):
+                    raise CniError(ERR_NO_ADDRESS, f"{ip} has been allocated to {cid}/{ifname}, "
+                                                   "duplicate allocation is not allowed")
+        try:
+            pod = pod_of(request)
+            holds = store.holds_of(*pod) if conf.sticky_seconds and pod else []
+            for s in conf.range_sets:
+                allocated.append(allocate(s, conf.grids_of(s), store, cid, ifname, requested.get(s.index), holds))
+        except BaseException:
+            rollback(store, allocated, cid, ifname)
+            raise
+    ips = []
+    for r, value in allocated:
+        ip = {"address": f"{r.text(value)}/{r.subnet.prefixlen}"}
+        if r.gateway is not None:
+            ip["gateway"] = r.text(r.gateway)
+        ips.append(ip)
+    return {"ips": ips, "routes": conf.routes, "dns": conf.dns}
+
+
+def rollback(store, allocated, cid, ifname):
+    """Give back what a failed ADD took, and the claim it was in the middle of if etcd may have
+    applied it. With etcd gone the leases stay (no pod holds them: DEL or GC releases them)."""
+    store.client.request_timeout = min(store.client.request_timeout, ROLLBACK_BUDGET)
+    texts = [r.text(v) for r, v in allocated] + ([store.inflight] if store.inflight else [])
+    for text in texts:
+        try:
+            store.sticky_seconds = None   # an address never handed out is no pod's to keep
+            store.release(text, cid, ifname)
+        except CniError:
+            break
+
+
+def cmd_del(request):
+    conf = StoreConfig(request.config)
+    cid, ifname = request.container_id, request.ifname
+    with conf.store(request.network) as store:
+        for ip in store.ips_of(cid, ifname):
+            store.release(ip, cid, ifname)
+
+
+def cmd_check(request):
+    conf = ClusterConfig(request)
+    prev = request.prev_result()
+    if prev is None:
+        raise CniError(ERR_INVALID_CONFIG, "prevResult: required for CHECK")
+    ours = set()
+    for i, ip in enumerate(prev["ips"]):
+        try:
+            address = ipaddress.ip_interface(ip["address"]).ip
+        except ValueError:
+            raise CniError(ERR_INVALID_CONFIG, f"prevResult.ips[{i}].address: {ip['address']!r} is not "
+                                               "an address/prefix") from None
+        if any(s.subnet_range_of(address) for s in conf.range_sets):
+            ours.add(str(address))
+    cid, ifname = request.container_id, request.ifname
+    with conf.store(request.network, lock=False) as store:
+        leased = set(store.ips_of(cid, ifname))
+        for ip in sorted(ours - leased):
+            raise CniError(ERR_CHECK_FAILED, f"prevResult address {ip} is not leased to {cid}/{ifname}")
+        for ip in sorted(leased - ours):
+            raise CniError(ERR_CHECK_FAILED, f"{ip} is leased to {cid}/{ifname} but missing from prevResult")
+        for ip in sorted(ours):
+            owner = store.owner(ip)
+            if owner is None or owner[0] != cid or owner[1] not in (ifname, None):
+                raise CniError(ERR_CHECK_FAILED, f"prevResult address {ip}: etcd holds no lease of it for "
+                                                 f"{cid}/{ifname} (indexed, but the lease is "
+                                                 f"{'gone' if owner is None else 'another attachment’s'})")
+
+
+def valid_attachments(config):
+    """GC's list: cni.dev/valid-attachments, or cni.dev/attachments when that key is absent."""
+    key = "cni.dev/valid-attachments" if "cni.dev/valid-attachments" in config else "cni.dev/attachments"
+    return {(a["containerID"], a["ifname"]) for a in config.get(key) or []}
+
+
+def cmd_gc(request):
+    # a malformed list must not read as "nothing is valid": that would release every lease
+    netconf.validate("cluster-ipam", request.config)
+    conf = StoreConfig(request.config)
+    keep = valid_attachments(request.config)
+    keep_ids = {cid for cid, _ in keep}
+    with conf.store(request.network) as store:
+        for (cid, ifname), (node, ips) in store.attachment_records().items():
+            if node != conf.node or (cid, ifname) in keep or (ifname is None and cid in keep_ids):
+                continue   # never another node's, nor a live attachment's
+            for ip in ips:
+                store.release(ip, cid, ifname)
+        drop_expired_holds(store)
+
+
+def drop_expired_holds(store):
+    """Sticky holds of this network released by this node whose time is up go back to the pool."""
+    prefix = store.k("sticky", store.network) + "/"
+    now = time.time()
+    for kv in store.client.range(prefix, keys_only=True):
+        ip = kv.key.decode().rsplit("/", 1)[-1]
+        lease = store.read(ip)
+        if lease is not None and lease.expired(now) and lease.doc.get("node") == store.node:
+            store.release_lease(lease, keep_hold=False)
+
+
+def cmd_status(request):
+    conf = ClusterConfig(request)
+    try:
+        with conf.store(request.network, list(conf.grids.values()), lock=False) as store:
+            store.client.status()
+            leased = store.leased()
+    except CniError as e:
+        raise CniError(ERR_NOT_AVAILABLE, f"cluster-ipam: etcd not usable: {e.msg}", e.details) from None
+    for s in conf.range_sets:
+        if allocator.tally(s, leased)["free"] <= 0:
+            raise CniError(ERR_NOT_AVAILABLE, f"range set {s.index} ({s.describe()}) has no free address")
+
+
+VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}
+
+
+# --------------------------------------------------------------------------
+# Operating it: the `underlay` command's functions (cni/operator.py)
+
+def leases(config):
+    """Every lease and sticky hold under the config's etcd prefix, all networks and nodes: a list of
+    dicts {ip, kind ("lease" or "hold"), network, containerID, ifname, node, namespace, pod, time,
+    pool, block, until}, sorted by address."""
+    conf = StoreConfig(config)
+    with conf.store("", lock=False) as store:
+        found = store.all_leases()
+    rows = []
+    for lease in found:
+        row = {key: lease.doc.get(key) for key in LEASE_FIELDS}   # every row the same keys: a table's columns
+        row.update(ip=lease.ip, kind="hold" if lease.hold else "lease")
+        rows.append(row)
+    return sorted(rows, key=lambda r: ipaddress.ip_address(r["ip"]).packed.rjust(16, b"\0"))
+
+
+LEASE_FIELDS = ("ip", "kind", "network", "node", "containerID", "ifname", "namespace", "pod", "time", "until",
+                "pool", "block")
+
+
+def release_node(config, node, force=False):
+    """Release a node that never comes back: its leases (every network) and its blocks.
+
+    Refused (code 50) while the node holds leases, unless `force`: a lease may be a live pod's,
+    and only the operator knows the node is gone. With ipam.sticky in `config`, leases of known
+    pods become holds as a DEL would make them. Blocks left empty are deleted; blocks where other
+    nodes still borrow addresses are orphaned ("node": null) for any node to adopt.
+    Returns {"node", "leases", "blocks_deleted", "blocks_orphaned"}."""
+    from ipam import etcd
+    from ipam.blocks import Block
+    conf = StoreConfig(config)
+    node = check_node(node, "node")
+    with conf.store("", lock=False) as store:
+        live = [lease for lease in store.all_leases() if not lease.hold and lease.doc.get("node") == node]
+        if live and not force:
+            sample = ", ".join(f"{lease.ip} ({lease.doc.get('network')}/{lease.doc.get('containerID')})"
+                               for lease in live[:5])
+            raise CniError(ERR_NOT_AVAILABLE, f"node {node} still holds {len(live)} lease(s): {sample}"
+                                              f"{' ...' if len(live) > 5 else ''}; release them only if the "
+                                              "node is gone for good (force)")
+        owned = node_blocks(store, node)
+        released = sum(1 for lease in live if store.release_lease(lease))
+        orphaned = 0
+        for kv in node_blocks(store, node):   # what the releases left: borrowers' addresses, holds
+            block = Block.decode(0, 0, kv.key.decode(), kv.value, kv.mod_revision)
+            block.node = None
+            op = etcd.delete(block.key) if block.empty else etcd.put(block.key, block.encode())
+            if store.client.txn([etcd.mod_revision_is(block.key, kv.mod_revision)], [op]).succeeded:
+                orphaned += not block.empty
+    return {"node": node, "leases": released, "blocks_deleted": len(owned) - orphaned, "blocks_orphaned": orphaned}
+
+
+def node_blocks(store, node):
+    """The block keys (KVs) owned by `node`, in every pool."""
+    import json
+    found = []
+    for kv in store.client.range(store.k("pools") + "/"):
+        if "/blocks/" in kv.key.decode():
+            try:
+                if json.loads(kv.value).get("node") == node:
+                    found.append(kv)
+            except (ValueError, AttributeError):
+                continue
+    return found
+
+
+def main():
+    from cni import version_info
+    v = version_info()
+    contract.main(VERBS, f"CNI cluster-ipam IPAM plugin (underlay {v['version']}, build {v['build']})", "cluster-ipam")
+
+
+if __name__ == "__main__":
+    main()

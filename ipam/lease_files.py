@@ -1,0 +1,276 @@
+"""host-local's lease files and their lock: the reference plugin's on-disk format.
+
+Under `<dataDir>/<network>/`, exactly as containernetworking/plugins writes it:
+  <ip>                  one file per lease, content "containerID\\r\\nifname"
+                        (old versions wrote the container ID alone)
+  last_reserved_ip.<N>  the last address handed out from range set N
+  lock                  flock'ed for the whole of every operation
+
+Lease files are the truth; the attachment index (ipam/lease_index.py) only ever
+names them.
+
+Everything under the data directory is reached through a directory fd with
+O_NOFOLLOW, so a symlink planted there is refused (directories) or skipped
+(leases) rather than followed. The data directory itself must not be a symlink
+either: whoever can write its parent (a dataDir under /tmp, say) could otherwise
+point the root-run store anywhere. Its parents are resolved as usual.
+"""
+
+import errno
+import fcntl
+import ipaddress
+import os
+import signal
+import stat
+import time
+
+from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_TRY_AGAIN, CniError
+
+TMP_PREFIX = ".tmp-"
+LAST_RESERVED = "last_reserved_ip."
+LOCK = "lock"
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _LockWaitExpired(Exception):
+    pass
+
+
+def _lock_wait_expired(signum, frame):
+    raise _LockWaitExpired()
+
+
+def io_error(what, err):
+    if err.errno == errno.ELOOP:
+        return CniError(ERR_IO, f"{what} is a symlink; refusing to follow it")
+    return CniError(ERR_IO, f"{what}: {os.strerror(err.errno)}")
+
+
+def open_dir(path, dir_fd=None, follow=False):
+    """Open a directory, creating it (0700) if missing; a symlink is refused unless `follow`."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        return os.open(path, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        try:
+            os.mkdir(path, 0o700, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+        return os.open(path, flags, dir_fd=dir_fd)
+    except NotADirectoryError:
+        # O_NOFOLLOW|O_DIRECTORY on a symlink fails with ENOTDIR: say what it is
+        if not follow and stat.S_ISLNK(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP)) from None
+        raise
+
+
+def lease_content(container_id, ifname):
+    return f"{container_id}\r\n{ifname}"
+
+
+def parse_owner(data):
+    """Lease file content -> (containerID, ifname or None); None for an empty file."""
+    text = data.decode(errors="replace").strip()
+    if not text:
+        return None
+    container_id, _, ifname = text.partition("\r\n")
+    return container_id.strip(), (ifname.strip() or None)
+
+
+def looks_like_ip(name):
+    """A cheap filter for listings: may be a lease file name (callers parse what they use)."""
+    return (name[:1].isalnum() and not name.startswith(LAST_RESERVED)
+            and ("." in name or ":" in name) and name != LOCK)
+
+
+def is_ip(name):
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+class LeaseFiles:
+    """The directory of one network: lease files, last_reserved_ip.N and the lock."""
+
+    def __init__(self, data_dir, network, lock_timeout=10.0):
+        if not os.path.isabs(data_dir):
+            raise CniError(ERR_INVALID_CONFIG, f"ipam.dataDir: {data_dir!r} must be an absolute path")
+        self.path = os.path.join(data_dir, network)
+        self.lock_timeout = lock_timeout
+        data_dir = data_dir.rstrip("/") or "/"   # "link/" would resolve the symlink despite O_NOFOLLOW
+        try:
+            os.makedirs(os.path.dirname(data_dir) or "/", 0o755, exist_ok=True)
+            data_fd = open_dir(data_dir)
+        except OSError as e:
+            raise io_error(f"ipam.dataDir {data_dir}", e) from None
+        try:
+            self.dir_fd = open_dir(network, dir_fd=data_fd)
+        except OSError as e:
+            raise io_error(f"ipam.dataDir {self.path}", e) from None
+        finally:
+            os.close(data_fd)
+        self.lock_fd = None
+        self.lease_tmp = None  # (owner, name): one fsync'ed lease body, linked to each address tried
+
+    def close(self):
+        for fd in (self.dir_fd, self.lock_fd):
+            if fd is not None:
+                os.close(fd)
+        self.dir_fd = self.lock_fd = None
+
+    # -- locking ------------------------------------------------------------
+
+    def lock(self):
+        try:
+            self.lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600, dir_fd=self.dir_fd)
+        except OSError as e:
+            raise io_error(f"lock file {self.path}/{LOCK}", e) from None
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        # Wait in the kernel's queue (woken the moment the holder lets go), bounded
+        # by a timer whose signal interrupts the wait.
+        previous = signal.signal(signal.SIGALRM, _lock_wait_expired)
+        signal.setitimer(signal.ITIMER_REAL, self.lock_timeout)
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        except _LockWaitExpired:
+            holder = self.lock_holder()
+            raise CniError(ERR_TRY_AGAIN, f"try again later: {self.path}/{LOCK} is held"
+                           f"{f' by pid {holder}' if holder else ''} for over "
+                           f"{self.lock_timeout:g}s") from None
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def lock_holder(self):
+        st = os.fstat(self.lock_fd)
+        # the kernel's "%02x:%02x:%lu" (fs/locks.c): an inode number alone may be another filesystem's
+        where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        try:
+            with open("/proc/locks") as f:
+                for line in f:
+                    fields = line.split()
+                    if "->" in fields:
+                        continue  # a waiter, not the holder
+                    if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where:
+                        return int(fields[4])
+        except (OSError, ValueError):
+            pass
+        return None
+
+    # -- small file helpers -------------------------------------------------
+
+    def _read(self, name, dir_fd=None):
+        try:
+            fd = os.open(name, os.O_RDONLY | NOFOLLOW, dir_fd=self.dir_fd if dir_fd is None else dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise io_error(f"{self.path}/{name}", e) from None
+        try:
+            return os.read(fd, 65536)
+        finally:
+            os.close(fd)
+
+    def _write_tmp(self, data, dir_fd, sync=False):
+        """A fully written temporary file in dir_fd; returns its name."""
+        name = f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600, dir_fd=dir_fd)
+        try:
+            os.write(fd, data)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return name
+
+    def _replace(self, name, data, dir_fd=None):
+        """Atomically write a whole file: temp file, rename. Not fsync'ed: a torn
+        index, stamp or last_reserved_ip after a power loss only costs a rebuild."""
+        dir_fd = self.dir_fd if dir_fd is None else dir_fd
+        tmp = self._write_tmp(data, dir_fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+    def _unlink(self, name, dir_fd=None):
+        try:
+            os.unlink(name, dir_fd=self.dir_fd if dir_fd is None else dir_fd)
+        except FileNotFoundError:
+            pass
+
+    def drop_debris(self):
+        """Remove temporary files of killed writers (only lock holders write them)."""
+        for name in os.listdir(self.dir_fd):
+            if name.startswith(TMP_PREFIX):
+                self._unlink(name)
+
+    # -- leases -------------------------------------------------------------
+
+    def reserve(self, ip, container_id, ifname):
+        """Create the lease file for ip; False if it exists. Never leaves a partial file."""
+        # The body is written and fsync'ed once under a temporary name, then hard-linked
+        # to each address tried: a lease file is never empty or partial, and a nearly
+        # full range costs one fsync, not one per address probed.
+        owner = (container_id, ifname)
+        if self.lease_tmp is None or self.lease_tmp[0] != owner:
+            self.drop_lease_tmp()
+            body = lease_content(container_id, ifname).encode()
+            self.lease_tmp = (owner, self._write_tmp(body, self.dir_fd, sync=True))
+        try:
+            os.link(self.lease_tmp[1], ip, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd, follow_symlinks=False)
+            return True
+        except FileExistsError:
+            return False
+
+    def drop_lease_tmp(self):
+        if self.lease_tmp is not None:
+            self._unlink(self.lease_tmp[1])
+            self.lease_tmp = None
+
+    def owner(self, ip):
+        """(containerID, ifname or None) of a lease; None if there is none we can read."""
+        try:
+            data = self._read(ip)
+        except CniError:
+            return None  # a symlink or an unreadable file: nobody we could name
+        return None if data is None else parse_owner(data)
+
+    def release(self, ip, container_id, ifname):
+        """Remove the lease of ip if it still belongs to (container_id, ifname)."""
+        owner = self.owner(ip)
+        if owner is not None and owner[0] == container_id and owner[1] in (ifname, None):
+            self._unlink(ip)
+
+    def unlink_lease(self, ip):
+        self._unlink(ip)
+
+    def last_reserved(self, set_index):
+        """The address last handed out from a range set: only a hint, so unreadable is None."""
+        try:
+            data = self._read(f"{LAST_RESERVED}{set_index}")
+        except CniError:
+            return None
+        return data.decode(errors="replace").strip() if data else None
+
+    def set_last_reserved(self, set_index, ip):
+        self._replace(f"{LAST_RESERVED}{set_index}", ip.encode())
+
+    def lease_names(self):
+        """The names of all lease files (listing only, no reads)."""
+        return {name for name in os.listdir(self.dir_fd) if looks_like_ip(name)}
+
+    def leases(self):
+        """Every lease on disk: {ip: (containerID, ifname or None) or None if empty}; a full scan.
+        Only regular files named by an IP count: symlinks and stray files are never read."""
+        result = {}
+        with os.scandir(self.dir_fd) as entries:
+            for entry in entries:
+                if looks_like_ip(entry.name) and entry.is_file(follow_symlinks=False) and is_ip(entry.name):
+                    data = self._read(entry.name)
+                    if data is not None:
+                        result[entry.name] = parse_owner(data)
+        return result

@@ -1,0 +1,67 @@
+"""The built `underlay`: the operator's command in the bundle, beside the plugins."""
+
+import json
+import os
+
+from tests.build.test_bundle import DENY_ALWAYS, denied, host_local_conf
+from tests.build.conftest import ROOT
+from tests.operator import run_underlay
+from tests.plugins import REFERENCE_DIR, run_plugin
+
+
+def underlay(bundle):
+    return [str(bundle.bin_dir / "underlay")]
+
+
+def test_dist_bin_carries_the_command(bundle):
+    assert os.readlink(bundle.bin_dir / "underlay") == ".underlay/underlay"
+    out = run_underlay("--help", argv=underlay(bundle))
+    assert out.code == 0, out
+    for command in ("leases", "who-has", "pools", "validate", "gc", "underlay PLUGIN"):
+        assert command in out.stdout
+    out = run_underlay(argv=underlay(bundle))
+    assert out.code == 2 and "usage: underlay" in out.stderr, out
+    out = run_underlay("--version", argv=underlay(bundle))
+    assert out.code == 0 and bundle.info["build"] in out.stdout, out
+
+
+def test_underlay_plugin_still_runs_the_plugin(bundle, tmp_path):
+    data = tmp_path / "networks"
+    proc = bundle.run(None, {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/uop-b",
+                             "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"},
+                      stdin=host_local_conf(data), argv=[str(bundle.exe), "host-local"])
+    assert proc.returncode == 0, proc
+    assert json.loads(proc.stdout)["ips"][0]["address"] == "10.123.0.2/24"
+
+
+def test_leases_from_the_bundle_on_leases_of_the_bundle_and_the_reference(bundle, tmp_path):
+    data = tmp_path / "networks"
+    conf = json.loads(host_local_conf(data))
+    env = {"container_id": "c1", "netns": "/run/netns/uop-b", "ifname": "eth0"}
+    assert run_plugin("host-local", "ADD", conf, argv=[bundle.path("host-local")], **env).ok
+    assert run_plugin("host-local", "ADD", conf, argv=[os.path.join(REFERENCE_DIR, "host-local")],
+                      container_id="r1", netns="/run/netns/uop-r", ifname="net1").ok
+    listing = tmp_path / "modules"
+    out = bundle.run(None, {"UNDERLAY_LIST_MODULES": str(listing)},
+                     argv=underlay(bundle) + ["leases", "--data-dir", str(data), "-o", "json"])
+    assert out.returncode == 0, out
+    assert [(r["address"], r["container"], r["ifname"], r["netns"]) for r in json.loads(out.stdout)] == [
+        ("10.123.0.2", "c1", "eth0", "/run/netns/uop-b"), ("10.123.0.3", "r1", "net1", None)]
+    # reading leases needs no netlink
+    assert [m for m in listing.read_text().split() if m.startswith("pyroute2")] == []
+
+
+def test_validate_reads_yaml_in_the_bundle(bundle):
+    out = run_underlay("validate", *sorted(str(p) for p in (ROOT / "conf/nads").glob("*.yaml")), "-o", "json",
+                       argv=underlay(bundle))
+    assert out.code == 0, out
+    assert out.json["errors"] == 0 and out.json["warnings"] >= 4     # host-local in a NAD: per node
+
+
+def test_plugins_never_load_the_command(bundle, tmp_path):
+    proc, modules = bundle.modules("host-local", {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1",
+                                                  "CNI_NETNS": "/run/netns/uop-b", "CNI_IFNAME": "eth0",
+                                                  "CNI_PATH": "/nonexistent"},
+                                   stdin=host_local_conf(tmp_path / "networks"), tmp_path=tmp_path)
+    assert proc.returncode == 0, proc
+    assert denied(modules, dict(DENY_ALWAYS, **{"cni.operator": None, "yaml": None})) == []

@@ -1,0 +1,151 @@
+"""ipam.etcd facing endpoints that are not etcd: fake servers on 127.0.0.1, beside a real member."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from cni.contract import ERR_TRY_AGAIN, CniError
+from ipam import etcd
+
+pytestmark = pytest.mark.etcd
+
+ANSWERS = {
+    "not JSON": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+    "JSON without a header": b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{\"a\": 1}\n",
+    "an HTML 502": b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: 11\r\n\r\n<h1>no</h1>",
+    "not HTTP": b"SSH-2.0-OpenSSH_9.2\r\n",
+    "a bad chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "a huge length": b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999\r\n\r\n",
+    "etcd-like JSON with bad fields": b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n"
+                                      b'{"header":{"revision":"x"},"kvs":[1]}   ',
+    "a JSON list, chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n",
+}
+
+
+class FakeServer:
+    """Answers every request with `answer` (bytes), or closes ("close") or never answers ("hang")."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.requests = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        data = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    data += more
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(data) < length:
+                    data += conn.recv(65536)
+                data = data[length:]
+                self.requests += 1
+                if self.answer == "hang":
+                    time.sleep(30)
+                    return
+                if self.answer == "close":
+                    conn.close()
+                    return
+                conn.sendall(self.answer)
+        except OSError:
+            return
+
+    def close(self):
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+@pytest.fixture
+def fake():
+    made = []
+
+    def make(answer):
+        made.append(FakeServer(answer))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for server in made:
+            server.close()
+
+
+@pytest.mark.parametrize("kind", sorted(ANSWERS))
+def test_an_answer_that_is_not_etcds_is_code_11_naming_the_endpoint(fake, kind):
+    server = fake(ANSWERS[kind])
+    for call, args in (("get", ("uet/k",)), ("put", ("uet/k", "v"))):
+        with pytest.raises(CniError) as e:
+            getattr(etcd.Client([server.url], request_timeout=0.5), call)(*args)
+        assert (e.value.code, e.value.msg) == (ERR_TRY_AGAIN, "etcd: no endpoint answered within 0.5s")
+        assert e.value.details.startswith(f"{server.url}: not an etcd answer"), e.value.details
+
+
+@pytest.mark.parametrize("kind", sorted(ANSWERS))
+def test_the_next_endpoint_answers_within_the_same_call(etcd_cluster, fake, kind):
+    server, cluster = fake(ANSWERS[kind]), etcd_cluster()
+    client = etcd.Client([server.url] + cluster.endpoints)
+    assert client.put("uet/k", "v") > 0 and client.get("uet/k").value == b"v"
+    assert server.requests >= 1 and client.status()["endpoint"] == cluster.endpoints[0]
+
+
+def test_a_connection_lost_during_a_write_is_not_resent(etcd_cluster, fake):
+    server, cluster = fake("close"), etcd_cluster()
+    client = etcd.Client([server.url] + cluster.endpoints)
+    with pytest.raises(CniError) as e:
+        client.put("uet/k", "v")
+    assert e.value.code == ERR_TRY_AGAIN
+    assert e.value.msg == f"etcd: {server.url} broke off during a write; it may have been applied"
+    assert cluster.client().get("uet/k") is None                        # not sent to the real member
+    assert client.get("uet/k") is None                                  # a read moves on to it
+
+
+def test_a_member_that_never_answers_holds_the_call_to_its_deadline(fake):
+    server = fake("hang")
+    for call, args in (("get", ("uet/k",)), ("put", ("uet/k", "v"))):
+        start = time.monotonic()
+        with pytest.raises(CniError) as e:
+            getattr(etcd.Client([server.url], request_timeout=1), call)(*args)
+        assert e.value.code == ERR_TRY_AGAIN and e.value.msg == "etcd: no endpoint answered within 1s"
+        assert f"{server.url}: no answer before the deadline" in e.value.details
+        assert 0.95 <= time.monotonic() - start <= 2.5
+
+
+def test_https_to_a_plain_member_is_a_tls_failure(etcd_cluster, tmp_path):
+    cluster = etcd_cluster(members=1, tls=True)                          # for its CA file
+    plain = FakeServer(ANSWERS["not JSON"])
+    try:
+        url = plain.url.replace("http://", "https://")
+        with pytest.raises(CniError) as e:
+            etcd.Client([url], ca_file=cluster.tls.ca, request_timeout=0.5).get("uet/k")
+        assert e.value.code == ERR_TRY_AGAIN and e.value.details.startswith(f"{url}: TLS: "), e.value.details
+    finally:
+        plain.close()
+
+
+def test_nothing_listening_within_the_dial_timeout():
+    # 192.0.2.0/24 (TEST-NET-1) is never routed; the connect times out (or is unreachable at once)
+    start = time.monotonic()
+    with pytest.raises(CniError) as e:
+        etcd.Client(["http://192.0.2.1:2379"], dial_timeout=0.3, request_timeout=1).get("uet/k")
+    assert e.value.code == ERR_TRY_AGAIN and e.value.details.startswith("http://192.0.2.1:2379: ")
+    assert time.monotonic() - start <= 2.5

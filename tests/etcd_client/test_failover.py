@@ -1,0 +1,184 @@
+"""ipam.etcd when members die and come back (real 3-member clusters).
+
+The time bounds asserted here are correctness bounds (a call must give up at
+its deadline, not hang, and must not give up early), with generous margins;
+they say nothing about speed.
+"""
+
+import threading
+import time
+
+import pytest
+
+from cni.contract import ERR_TRY_AGAIN, CniError
+from ipam import etcd
+
+pytestmark = pytest.mark.etcd
+
+MARGIN = 1.5          # seconds a loaded 2-core machine may add to a deadline
+
+
+def first_on(cluster, i, **kw):
+    """A client whose first (and so preferred) endpoint is member i."""
+    endpoints = [cluster.endpoints[i]] + [e for j, e in enumerate(cluster.endpoints) if j != i]
+    return etcd.Client(endpoints, **cluster.client_tls, **kw)
+
+
+def timed_failure(call, *args):
+    start = time.monotonic()
+    with pytest.raises(CniError) as e:
+        call(*args)
+    return e.value, time.monotonic() - start
+
+
+def test_sigkill_of_the_member_last_used_fails_over_within_the_call(etcd_cluster):
+    cluster = etcd_cluster(members=3)
+    victim = (cluster.leader() + 1) % 3                                  # a follower
+    client = first_on(cluster, victim)
+    client.put("uet/before", "1")
+    assert client.status()["endpoint"] == cluster.endpoints[victim]     # the kept connection is to the victim
+    cluster.kill(victim)
+    revision = client.put("uet/after", "2")                             # one call, no exception
+    kv = client.get("uet/after")
+    assert (kv.value, kv.mod_revision, kv.version) == (b"2", revision, 1)  # applied once
+    assert client.status()["endpoint"] != cluster.endpoints[victim]
+    assert client.txn([etcd.absent("uet/claim")], [etcd.put("uet/claim", "pod")]).succeeded
+    cluster.start(victim)                                               # back: served again, no manual step
+    assert [kv.key for kv in first_on(cluster, victim).range("uet/")] == [b"uet/after", b"uet/before", b"uet/claim"]
+
+
+def test_sigkill_of_the_leader_last_used_fails_a_read_over_within_the_call(etcd_cluster):
+    cluster = etcd_cluster(members=3)
+    leader = cluster.leader()
+    client = first_on(cluster, leader, request_timeout=15)
+    client.put("uet/before", "1")
+    cluster.kill(leader)
+    # a follower holds the read until a new leader is elected, then says "leader changed"; retried
+    assert client.get("uet/before").value == b"1"
+    assert client.put("uet/after", "2") > 0
+
+
+def test_a_write_sent_towards_a_dead_leader_is_code_11_and_never_sent_twice(etcd_cluster):
+    # etcd 3.4: a follower that forwards a write to a leader that just died holds it
+    # for 7 s and then cannot say whether it was applied; the client must not resend it.
+    cluster = etcd_cluster(members=3)
+    leader = cluster.leader()
+    client = first_on(cluster, leader, request_timeout=3)
+    client.put("uet/before", "1")
+    cluster.kill(leader)
+    try:
+        client.put("uet/k", "v")
+    except CniError as e:
+        assert e.code == ERR_TRY_AGAIN
+        assert "may have been applied" in e.msg or "may still be applied" in e.details, (e.msg, e.details)
+    client.request_timeout = 15
+    kv = client.get("uet/k")
+    assert kv is None or (kv.value, kv.version) == (b"v", 1)
+    assert client.put("uet/after", "2") > 0                              # the next call goes through
+
+
+def test_sigterm_of_the_leader_fails_over_within_the_call(etcd_cluster):
+    cluster = etcd_cluster(members=3)
+    leader = cluster.leader()
+    client = first_on(cluster, leader)
+    client.put("uet/before", "1")
+    cluster.stop(leader)
+    assert client.txn([etcd.absent("uet/x")], [etcd.put("uet/x", "1")]).succeeded
+
+
+@pytest.mark.parametrize("survivor", ["leader", "follower"])
+def test_two_of_three_down_is_code_11_at_the_request_timeout(etcd_cluster, survivor):
+    cluster = etcd_cluster(members=3)
+    leader = cluster.leader()
+    keep = leader if survivor == "leader" else (leader + 1) % 3
+    client = first_on(cluster, keep, request_timeout=2)
+    client.put("uet/before", "1")
+    for i in range(3):
+        if i != keep:
+            cluster.kill(i)
+    for call, args in ((client.put, ("uet/k", "v")), (client.get, ("uet/before",)),
+                       (client.txn, ([etcd.absent("uet/k")], [etcd.put("uet/k", "v")]))):
+        error, elapsed = timed_failure(call, *args)
+        assert error.code == ERR_TRY_AGAIN
+        assert error.msg == "etcd: no endpoint answered within 2s", error.msg
+        assert all(url in error.details for url in cluster.endpoints), error.details
+        assert 2 - 0.05 <= elapsed <= 2 + MARGIN, (call.__name__, elapsed)
+    # one member back: quorum again, the same client carries on
+    cluster.start(*(i for i in range(3) if i != keep))
+    client.request_timeout = 15
+    assert client.put("uet/k", "v") > 0
+    assert client.get("uet/before").value == b"1"
+
+
+def test_all_members_down_names_every_endpoint_then_recovers(etcd_cluster):
+    cluster = etcd_cluster(members=3)
+    client = cluster.client(request_timeout=1.5)
+    client.put("uet/before", "1")
+    for i in range(3):
+        cluster.kill(i)
+    for call, args in ((client.put, ("uet/k", "v")), (client.range, ("uet/",)), (client.status, ())):
+        error, elapsed = timed_failure(call, *args)
+        assert (error.code, error.msg) == (ERR_TRY_AGAIN, "etcd: no endpoint answered within 1.5s")
+        assert error.details == "; ".join(f"{url}: connection refused" for url in cluster.endpoints)
+        assert 1.5 - 0.05 <= elapsed <= 1.5 + MARGIN, elapsed
+    cluster.start(0, 1, 2)
+    assert client.put("uet/k", "v") > 0                                 # no manual step
+    assert client.get("uet/before").value == b"1"
+
+
+def test_cluster_coming_back_during_a_call_answers_that_call(etcd_cluster):
+    cluster = etcd_cluster(members=3)
+    client = cluster.client(request_timeout=30)
+    client.put("uet/before", "1")
+    for i in range(3):
+        cluster.kill(i)
+    result = {}
+    # the call runs in a thread; members start from this (the main) thread, see tests/etcd.py
+    worker = threading.Thread(target=lambda: result.update(rev=client.put("uet/k", "v")))
+    worker.start()
+    try:
+        cluster.start(0, 1, 2)
+    finally:
+        worker.join(40)
+    assert result.get("rev", 0) > 0
+    assert cluster.client().get("uet/k").value == b"v"
+
+
+def test_tls_with_client_certificates_and_failover(etcd_cluster):
+    cluster = etcd_cluster(members=3, tls=True)
+    follower = (cluster.leader() + 1) % 3
+    client = first_on(cluster, follower)
+    assert client.txn([etcd.absent("uet/a")], [etcd.put("uet/a", "1")]).succeeded
+    assert not client.txn([etcd.absent("uet/a")], [etcd.put("uet/a", "2")]).succeeded
+    cluster.kill(follower)
+    assert client.put("uet/b", "2") > 0
+    assert [kv.value for kv in client.range("uet/")] == [b"1", b"2"]
+    assert etcd.client_from_config(cluster.config()).get("uet/a").value == b"1"
+
+
+@pytest.mark.parametrize("case, why", [
+    ("wrong CA", "TLS: certificate verify failed"),
+    ("no client certificate", "TLS: "),
+    ("client certificate of another CA", "TLS: "),
+])
+def test_tls_refusals_are_code_11_naming_the_endpoint(etcd_cluster, case, why):
+    cluster = etcd_cluster(members=1, tls=True)
+    tls = cluster.tls
+    files = {"wrong CA": dict(cert_file=tls.cert, key_file=tls.key, ca_file=tls.other_ca),
+             "no client certificate": dict(ca_file=tls.ca),
+             "client certificate of another CA": dict(cert_file=tls.other_cert, key_file=tls.other_key,
+                                                      ca_file=tls.ca)}[case]
+    for call, args in (("get", ("uet/k",)), ("put", ("uet/k", "v"))):
+        client = etcd.Client(cluster.endpoints, request_timeout=1, **files)   # fresh: no connection yet
+        error, elapsed = timed_failure(getattr(client, call), *args)
+        assert (error.code, error.msg) == (ERR_TRY_AGAIN, "etcd: no endpoint answered within 1s"), error.msg
+        assert error.details.startswith(f"{cluster.endpoints[0]}: {why}"), error.details
+        assert elapsed <= 1 + MARGIN
+    assert cluster.client().get("uet/k") is None                         # nothing written
+
+
+def test_plain_http_to_a_tls_member_is_code_11(etcd_cluster):
+    cluster = etcd_cluster(members=1, tls=True)
+    url = cluster.endpoints[0].replace("https://", "http://")
+    error, _ = timed_failure(etcd.Client([url], request_timeout=1).get, "uet/k")
+    assert error.code == ERR_TRY_AGAIN and error.details.startswith(f"{url}: ")

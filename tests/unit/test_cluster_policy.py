@@ -1,0 +1,130 @@
+"""cluster-ipam's pure parts: whereabouts configs, block sizes, the block grid and the order addresses are tried."""
+
+import ipaddress
+
+import pytest
+
+from cni.contract import CniError
+from ipam import cluster, ranges
+from ipam.blocks import Block, Grid
+
+
+def one_range(**ipam):
+    [s] = ranges.range_sets(cluster.with_whereabouts(ipam))
+    [r] = s.ranges
+    return r
+
+
+def ip(value):
+    return int(ipaddress.ip_address(value))
+
+
+@pytest.mark.parametrize("ipam, subnet, start, end, gateway", [
+    ({"range": "10.1.0.0/24"}, "10.1.0.0/24", "10.1.0.1", "10.1.0.254", None),
+    ({"range": "10.1.0.0/24", "gateway": "10.1.0.1"}, "10.1.0.0/24", "10.1.0.1", "10.1.0.254", "10.1.0.1"),
+    ({"range": "10.1.0.0/24", "range_start": "10.1.0.10", "range_end": "10.1.0.20"}, "10.1.0.0/24",
+     "10.1.0.10", "10.1.0.20", None),
+    ({"range": "192.168.2.225-192.168.2.230/28"}, "192.168.2.224/28", "192.168.2.225", "192.168.2.230", None),
+    ({"range": "192.168.2.225/28"}, "192.168.2.224/28", "192.168.2.225", "192.168.2.238", None),
+    ({"range": "fd00::/120"}, "fd00::/120", "fd00::1", "fd00::ff", None),
+])
+def test_whereabouts_ranges(ipam, subnet, start, end, gateway):
+    r = one_range(**ipam)
+    assert (str(r.subnet), r.text(r.start), r.text(r.end)) == (subnet, start, end)
+    assert (r.text(r.gateway) if r.gateway is not None else None) == gateway
+
+
+def test_whereabouts_exclude_and_ip_ranges():
+    sets = ranges.range_sets(cluster.with_whereabouts(
+        {"range": "10.1.0.0/24", "exclude": ["10.1.0.0/28"],
+         "ipRanges": [{"range": "fd00::/120", "exclude": ["fd00::/124"]}]}))
+    assert [s.version for s in sets] == [4, 6]
+    assert sets[0].ranges[0].next_available(0) == ip("10.1.0.16")
+    assert sets[1].ranges[0].next_available(0) == ip("fd00::10")
+
+
+@pytest.mark.parametrize("text", ["10.1.0.0", "10.1.0.0/33", "a-b/24", 7])
+def test_whereabouts_bad_range(text):
+    with pytest.raises(CniError) as e:
+        cluster.with_whereabouts({"range": text})
+    assert e.value.code == 7 and e.value.msg.startswith("ipam.range:")
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, {4: 26, 6: 122}), (24, {4: 24, 6: 120}), ({"ipv6": 112}, {4: 26, 6: 112}),
+    ({"ipv4": 28, "ipv6": 124}, {4: 28, 6: 124}),
+])
+def test_block_sizes(value, expected):
+    assert cluster.block_sizes(value) == expected
+
+
+@pytest.mark.parametrize("value", [31, 7, True, "26", {"ipv6": 127}])
+def test_bad_block_sizes(value):
+    with pytest.raises(CniError) as e:
+        cluster.block_sizes(value)
+    assert e.value.code == 7 and "ipam.blockSize" in e.value.msg
+
+
+def test_grid_blocks_start_where_the_node_name_points_and_wrap():
+    grid = Grid(one_range(ranges=[[{"subnet": "10.1.0.0/24"}]]), 26)
+    orders = {node: list(grid.blocks_from(node)) for node in ("n0", "n1", "n2", "n3", "n4")}
+    for order in orders.values():
+        assert sorted(order) == [ip("10.1.0.0"), ip("10.1.0.64"), ip("10.1.0.128"), ip("10.1.0.192")]
+    assert len({order[0] for order in orders.values()}) > 1        # nodes do not all race for one block
+
+
+def test_grid_skips_blocks_with_nothing_to_hand_out():
+    r = one_range(ranges=[[{"subnet": "10.1.0.0/24", "rangeEnd": "10.1.0.150"}]], exclude=["10.1.0.64/26"])
+    assert sorted(Grid(r, 26).blocks_from("n1")) == [ip("10.1.0.0"), ip("10.1.0.128")]
+
+
+def test_a_subnet_smaller_than_a_block_is_one_block():
+    grid = Grid(one_range(ranges=[[{"subnet": "10.1.0.0/27"}]]), 26)
+    assert (grid.prefix, grid.size, list(grid.blocks_from("x"))) == (27, 32, [ip("10.1.0.0")])
+
+
+def test_free_in_skips_used_held_and_blocked_but_not_expired_holds():
+    grid = Grid(one_range(ranges=[[{"subnet": "10.1.0.0/28"}]], exclude=["10.1.0.5"]), 28)
+    block = Block(ip("10.1.0.0"), ip("10.1.0.15"), "k", "n1", used=[2, 3], held={4: 100.0, 6: 50.0})
+    assert [v - block.first for v in grid.free_in(block, now=75.0)] == [6, 7, 8, 9, 10, 11, 12, 13, 14]
+    assert [v - block.first for v in grid.free_in(block, now=75.0, after=ip("10.1.0.9"))] == [10, 11, 12, 13, 14]
+
+
+def test_block_value_round_trip():
+    block = Block(10, 73, "k", "n1", used=[1, 5], held={7: 12.5})
+    again = Block.decode(10, 73, "k", block.encode(), 42)
+    assert (again.node, again.used, again.held, again.revision) == ("n1", {1, 5}, {7: 12.5}, 42)
+    torn = Block.decode(10, 73, "k", b"{not json", 43)
+    assert torn.node == "?" and len(torn.used) == 64                 # unreadable counts as full
+
+
+class Blocks:
+    """The part of EtcdStore that `candidate` reads."""
+
+    def __init__(self, node, blocks):
+        self.node, self.foreign, self._blocks = node, set(), blocks
+
+    def blocks(self, grid):
+        return self._blocks
+
+    def block(self, grid, first):
+        return self._blocks.setdefault(first, Block(first, first + grid.size - 1, f"b{first}"))
+
+
+def test_candidates_own_blocks_round_robin_then_a_free_block_then_borrowing():
+    grid = Grid(one_range(ranges=[[{"subnet": "10.1.0.0/26"}]]), 28)      # 4 blocks of 16
+    mine = Block(ip("10.1.0.16"), ip("10.1.0.31"), "b16", "n1", used=range(0, 16, 2))
+    theirs = Block(ip("10.1.0.32"), ip("10.1.0.47"), "b32", "n2", used=[0])
+    store = Blocks("n1", {mine.first: mine, theirs.first: theirs})
+    pick = cluster.candidate([grid], store, ip("10.1.0.19"), 0)
+    assert pick[2] == ip("10.1.0.21")                                     # after the last one, in my block
+    assert cluster.candidate([grid], store, ip("10.1.0.31"), 0)[2] == ip("10.1.0.17")   # wrapped
+    mine.used = set(range(16))
+    block = cluster.candidate([grid], store, None, 0)[1]
+    assert block.node is None and block.first in (ip("10.1.0.0"), ip("10.1.0.48"))       # a free block
+    for first in (ip("10.1.0.0"), ip("10.1.0.48")):
+        store.block(grid, first).node = "n3"
+        store.block(grid, first).used = set(range(16))
+    assert cluster.candidate([grid], store, None, 0)[1:] == (theirs, ip("10.1.0.33"))     # borrowed
+    theirs.used = set(range(16))
+    assert cluster.candidate([grid], store, None, 0) is None
