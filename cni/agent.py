@@ -17,9 +17,10 @@ no agent does the same work itself.
 
 Only root peers are served (SO_PEERCRED; a refused caller runs the plugin
 itself, with its own privileges). At most --workers invocations run at once
-(default 8); more wait in the socket's listen queue (--queue, default 256)
-and a caller waits at most UNDERLAY_AGENT_TIMEOUT (5 s) for a worker before
-answering code 11 with nothing done. --spares (default 2) workers are forked
+(default 8); more wait in the socket's listen queue (--queue, default 256).
+The agent touches its socket file every 0.25 s: a caller waits while it beats
+(up to 60 s in the queue) and gives up, code 11 with nothing done, once it has
+been silent for UNDERLAY_AGENT_TIMEOUT (5 s). --spares (default 2) workers are forked
 ahead of requests.
 
 The agent runs in the node's network namespace; a worker enters its caller's
@@ -677,6 +678,7 @@ class Agent:
         self.textfile_due = 0.0
         self.heal_due = 0.0 if self.options.heal_every else float("inf")
         self.healer = None
+        self.beaten = 0.0
         log(f"serving on {self.options.socket} (pid {os.getpid()}, workers {self.options.workers}, "
             f"spares {self.options.spares}, queue {self.options.queue})")
 
@@ -757,7 +759,8 @@ class Agent:
         while not self.stopping:
             self.reap()
             self.top_up()
-            for fd, _ in poller.poll(1000):
+            self.heartbeat()
+            for fd, _ in poller.poll(handoff.HEARTBEAT * 1000):
                 if fd == self.wake_r:
                     try:
                         os.read(self.wake_r, 512)
@@ -772,6 +775,16 @@ class Agent:
                 write_textfile(self.options.textfile, self.render())
                 self.textfile_due = time.monotonic() + TEXTFILE_EVERY
         self.shutdown()
+
+    def heartbeat(self):
+        """Touch the socket file: callers waiting in the queue see the agent alive (cni/handoff.py)."""
+        now = time.monotonic()
+        if now - self.beaten >= handoff.HEARTBEAT:
+            self.beaten = now
+            try:
+                os.utime(self.options.socket)
+            except OSError:
+                pass
 
     def start_healing(self):
         """One healing run at a time, in a child of its own (it takes store locks, may wait)."""

@@ -24,9 +24,11 @@ still give up (code 11) or run the plugin itself; once sent, the worker owns
 the invocation (unless it answers "F" first), and dies if this process dies
 (as an exec'd plugin would).
 
-Bounds: UNDERLAY_AGENT_TIMEOUT (seconds, default 5) for connecting (a full
-queue) and for the "R"; past it the answer is code 11, try again, with nothing
-done. UNDERLAY_AGENT=0 never hands off (the agent sets it for its workers, so
+Bounds: UNDERLAY_AGENT_TIMEOUT (seconds, default 5) for connecting to a full
+queue and for the agent's silence while waiting for "R" (its heartbeat is the
+socket file's mtime, touched every 0.25 s); QUEUE_LIMIT (60 s) for waiting in
+a live agent's queue (a burst of pod starts). Past either the answer is code
+11, try again, with nothing done. UNDERLAY_AGENT=0 never hands off (the agent sets it for its workers, so
 a plugin they exec runs in-process and cannot wait for a slot its caller holds).
 """
 
@@ -37,6 +39,8 @@ import time
 
 DEFAULT_SOCKET = "/run/underlay/underlay.sock"
 DEFAULT_TIMEOUT = 5.0
+HEARTBEAT = 0.25      # the agent touches its socket file this often while it runs
+QUEUE_LIMIT = 60.0    # the longest a request waits in a live agent's queue
 PROTOCOL = b"underlay/1"
 READY, REFUSED, EXIT, FALLBACK = b"R", b"N", b"X", b"F"
 MAX_REQUEST = 64 << 20        # a config is far smaller; the agent refuses more
@@ -69,7 +73,6 @@ def hand_off(plugin, argv=None, environ=None):
         return None
     path = socket_path(environ)
     timeout = timeout_of(environ)
-    deadline = time.monotonic() + timeout
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         # a blocking connect to a full listen queue waits, bounded by SO_SNDTIMEO
@@ -79,17 +82,15 @@ def hand_off(plugin, argv=None, environ=None):
         try:
             sock.connect(path)
         except BlockingIOError:
-            return busy(plugin, path, timeout, "its queue stayed full")
+            return busy(plugin, path, timeout, f"its queue stayed full for {timeout:g} s")
         except OSError as e:
             status = f"no agent at {path}: {e.strerror or e}"
             return None
-        sock.settimeout(max(deadline - time.monotonic(), 0.001))
-        try:
-            answer = sock.recv(512)
-        except TimeoutError:
-            return busy(plugin, path, timeout, "no worker took the request")
-        except OSError as e:
-            status = f"agent at {path} went away before serving: {e.strerror or e}"
+        answer = wait_for_worker(sock, path, timeout)
+        if answer is None:
+            return busy(plugin, path, timeout, f"silent for over {timeout:g} s, or {QUEUE_LIMIT:g} s in its queue")
+        if isinstance(answer, OSError):
+            status = f"agent at {path} went away before serving: {answer.strerror or answer}"
             return None
         if answer[:1] == REFUSED:
             status = f"agent at {path} refused: {answer[1:].decode(errors='replace')}"
@@ -127,6 +128,27 @@ def hand_off(plugin, argv=None, environ=None):
         sock.close()
 
 
+def wait_for_worker(sock, path, timeout):
+    """The worker's first answer; None if the agent stayed silent: its heartbeat (the socket
+    file's mtime, touched every HEARTBEAT s) older than `timeout`, or QUEUE_LIMIT s in its queue.
+    A burst of pod starts may queue for long on a busy node; a hung agent is given up on at once."""
+    started = time.monotonic()
+    while True:
+        sock.settimeout(min(timeout, 1.0))
+        try:
+            return sock.recv(512)
+        except TimeoutError:
+            pass
+        except OSError as e:
+            return e
+        try:
+            silent = time.time() - os.stat(path).st_mtime
+        except OSError:
+            silent = float("inf")   # the socket is gone: the agent stopped (a new one has a new queue)
+        if silent > timeout or time.monotonic() - started > QUEUE_LIMIT:
+            return None
+
+
 def request_payload(plugin, argv, environ, stdin):
     mask = os.umask(0)
     os.umask(mask)
@@ -160,8 +182,8 @@ def restore_stdin(data):
 
 
 def busy(plugin, path, timeout, why):
-    return failed(plugin, None, f"underlayd at {path} did not start the request within {timeout:g} s "
-                                f"({why}); nothing was done (UNDERLAY_AGENT_TIMEOUT sets the bound)")
+    return failed(plugin, None, f"underlayd at {path} did not start the request ({why}); nothing was done "
+                                "(UNDERLAY_AGENT_TIMEOUT sets the bound)")
 
 
 def failed(plugin, stdin, msg):

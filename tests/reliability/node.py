@@ -129,11 +129,12 @@ class Node:
 
     # -- running the plugin ---------------------------------------------------------
 
-    def start(self, command, conf, cid="", pod=None, ifname="eth0", kill_at=None, fail_at=None, stop_at=None):
+    def start(self, command, conf, cid="", pod=None, ifname="eth0", kill_at=None, fail_at=None, stop_at=None,
+              env=None):
         """Start macvlan `command` in the host netns; kill_at/stop_at run it under killpoint.py."""
         argv = KILLPOINT if (kill_at or fail_at or stop_at) else plugin_argv("macvlan")
         extra = {"UNDERLAY_KILL_AT": kill_at or stop_at, "UNDERLAY_FAIL_AT": fail_at,
-                 "UNDERLAY_STOP": "1" if stop_at else None}
+                 "UNDERLAY_STOP": "1" if stop_at else None, **(env or {})}
         env = plugin_env(command, container_id=cid, netns=nsutil.netns_path(pod) if pod else "",
                          ifname=ifname if command not in ("GC", "STATUS") else "",
                          extra={k: v for k, v in extra.items() if v})
