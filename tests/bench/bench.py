@@ -57,8 +57,9 @@ RSS_EVERY = 4                  # every 4th iteration measures peak RSS instead o
 # -- one exec -------------------------------------------------------------------------------
 
 class Exec:
-    def __init__(self, seconds, code, stdout, stderr, maxrss_kb):
+    def __init__(self, seconds, code, stdout, stderr, maxrss_kb, cpu_ms=None):
         self.seconds, self.code, self.stdout, self.stderr, self.maxrss_kb = seconds, code, stdout, stderr, maxrss_kb
+        self.cpu_ms = cpu_ms   # user + system of the exec and the children it waited for
 
     @property
     def json(self):
@@ -90,7 +91,7 @@ def reap(proc, stdin, started):
     proc.returncode = os.waitstatus_to_exitcode(status)
     proc.stdout.close()
     proc.stderr.close()
-    return Exec(seconds, proc.returncode, out, err, usage.ru_maxrss)
+    return Exec(seconds, proc.returncode, out, err, usage.ru_maxrss, (usage.ru_utime + usage.ru_stime) * 1000)
 
 
 def run(argv, env, stdin=b"", rss=False):
@@ -134,6 +135,7 @@ class Series:
         self.ms = {impl: [] for impl in impls}
         self.rss = {impl: [] for impl in impls}
         self.failures = {impl: 0 for impl in impls}
+        self.cpu = {impl: [] for impl in impls}
 
     def add(self, impl, *execs):
         """Timed execs add to the times, GNU-time'd ones to the peak RSS."""
@@ -143,6 +145,12 @@ class Series:
             self.rss[impl].append(max(e.maxrss_kb for e in execs))
         if any(e.code != 0 for e in execs):
             self.failures[impl] += 1
+
+    def add_cpu(self, impl, ms):
+        self.cpu[impl].append(ms)
+
+    def cpu_mean(self, impl):
+        return statistics.mean(self.cpu[impl]) if self.cpu[impl] else float("nan")
 
     def median(self, impl):
         return statistics.median(self.ms[impl]) if self.ms[impl] else float("nan")
@@ -453,6 +461,12 @@ class AgentProcess:
                 raise RuntimeError(f"underlayd did not start (see {self.log.name})")
             time.sleep(0.01)
 
+    def children_cpu_ms(self):
+        """CPU of the agent's reaped workers so far (cutime + cstime, clock ticks)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[13]) + int(fields[14])) * 1000 / os.sysconf("SC_CLK_TCK")
+
     def pids(self):
         try:
             with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
@@ -565,20 +579,38 @@ def bench_agent(n, parallel_count, workdir, figures):
                     pod = ns.pod()
                     env = cni_env(impl, "ADD", f"agmv-{i}", netns=f"/run/netns/{pod}")
                     conf = confs[impl]
-                    add = run([plugin(impl, "macvlan")], env, json.dumps(conf).encode())
+
+                    def timed(*args):
+                        # the worker's CPU: the agent's reaped children, read once it has reaped them
+                        before = agent.children_cpu_ms()
+                        e = run(*args)
+                        if impl == "agent":
+                            time.sleep(0.02)
+                        e.agent_cpu_ms = agent.children_cpu_ms() - before
+                        return e
+                    add = timed([plugin(impl, "macvlan")], env, json.dumps(conf).encode())
                     check_conf = dict(conf, prevResult=add.json) if add.code == 0 else conf
-                    check = run([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="CHECK"),
-                                json.dumps(check_conf).encode())
-                    dele = run([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL"), json.dumps(check_conf).encode())
+                    check = timed([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="CHECK"),
+                                  json.dumps(check_conf).encode())
+                    dele = timed([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL"),
+                                 json.dumps(check_conf).encode())
                     for verb, e in (("ADD", add), ("CHECK", check), ("DEL", dele)):
                         if i:
                             rows[verb].add(impl, e)
+                            rows[verb].add_cpu(impl, e.cpu_ms + e.agent_cpu_ms)
                         if e.code != 0 and rows[verb].failures[impl] <= 2:
                             print(f"    {impl} {verb} failed: {(e.stdout or e.stderr).decode(errors='replace')[:300]}")
                     ns.drop(pod)
             for row in rows.values():
                 print_agent_series(row)
                 figures["agent: " + row.label] = row.as_dict()
+            print("CPU per operation (user+system of the exec, its children and, with the agent, the worker;"
+                  " mean ms; load-independent):")
+            for row in rows.values():
+                print(f"  {row.label:<38} agent {row.cpu_mean('agent'):7.1f}  no agent {row.cpu_mean('ours'):7.1f}"
+                      f"  Go {row.cpu_mean('go'):6.1f}  agent/Go {row.cpu_mean('agent') / row.cpu_mean('go'):5.2f}x"
+                      f"  no agent/Go {row.cpu_mean('ours') / row.cpu_mean('go'):5.2f}x", flush=True)
+                figures["agent: " + row.label]["cpu_mean_ms"] = {impl: row.cpu_mean(impl) for impl in AGENT_IMPLS}
 
             for r, impl in enumerate(AGENT_IMPLS):
                 pods = [ns.pod() for _ in range(parallel_count)]
