@@ -51,7 +51,7 @@ from cni import handoff, registry
 DEFAULT_WORKERS = 8
 DEFAULT_SPARES = 2
 DEFAULT_QUEUE = 256
-REQUEST_WAIT = 10.0      # for the request after b"R": a caller sends it at once
+REQUEST_WAIT = 30.0      # for the request after b"R": a caller sends it at once (unless starved of CPU)
 DRAIN_WAIT = 60.0        # SIGTERM: how long invocations in flight may still take
 TEXTFILE_EVERY = 15.0    # seconds between --textfile writes
 DEFAULT_HEAL_EVERY = 300  # seconds between healing runs (and one at start)

@@ -111,11 +111,19 @@ def hand_off(plugin, argv=None, environ=None):
         sock.settimeout(None)
         # from here the worker owns the invocation; this process only waits for it
         answer = b""
-        while True:
-            chunk = sock.recv(64)
-            if not chunk:
-                break
-            answer += chunk
+        try:
+            while True:
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                answer += chunk
+        except ConnectionResetError:
+            # the worker closed with our request unread (it gave up waiting for it): nothing started
+            status = f"agent at {path} dropped the request unread"
+            restore_stdin(stdin)
+            return None
+        except OSError:
+            answer = b""
         if answer[:1] == EXIT and answer[1:].isdigit():
             return int(answer[1:])
         if answer[:1] == FALLBACK:

@@ -467,3 +467,33 @@ def test_a_queued_request_outwaits_the_bound_while_the_agent_is_alive(tmp_path, 
         Audit(node, ["rel"], {("rel", "c1", "eth0"): a, ("rel", "c2", "eth0"): b}).assert_clean()
     finally:
         agent.close()
+
+
+def test_a_worker_dropping_the_request_unread_means_in_process(via, tmp_path):
+    """A worker that said "R" and then closed without reading the request (it gave up waiting for
+    it) started nothing: the plugin does the work itself."""
+    import select
+    import threading
+    path = str(tmp_path / "drop.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def drop():
+        conn, _ = server.accept()
+        conn.sendall(b"R")
+        select.select([conn], [], [], 30)   # the request has arrived: close with it unread (RST)
+        conn.close()
+
+    thread = threading.Thread(target=drop, daemon=True)
+    thread.start()
+    via(path)
+    log = tmp_path / "op.log"
+    try:
+        out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path, log), netns="/run/netns/x")
+    finally:
+        thread.join(30)
+        server.close()
+    assert out.ok, out
+    assert oplog(log)[0]["agent"].endswith("dropped the request unread"), oplog(log)
+    assert len(leases(tmp_path)) == 1
