@@ -735,7 +735,7 @@ class Agent:
         for line in lines:
             kind, pid, *rest = line.decode(errors="replace").split(" ")
             pid = int(pid)
-            if kind == "B":
+            if kind == "B" and pid in self.idle:   # else reaped already: it served and exited meanwhile
                 self.idle.discard(pid)
                 self.busy.add(pid)
             elif kind == "D":
