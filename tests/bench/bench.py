@@ -499,7 +499,8 @@ class AgentProcess:
 
 
 class Sampler:
-    """Peak memory of the agent's process tree while a burst runs (a thread, every 5 ms)."""
+    """Peak memory of the agent's process tree while a burst runs (a thread, every 0.2 s: reading
+    smaps_rollup takes each process's mmap lock, and more often slowed the agent's forks down)."""
 
     def __init__(self, agent):
         import threading
@@ -511,7 +512,7 @@ class Sampler:
             sample = self.agent.memory()
             if sample[0] > self.peak[0]:
                 self.peak = sample
-            self.done.wait(0.005)
+            self.done.wait(0.2)
 
     def __enter__(self):
         self.thread.start()
