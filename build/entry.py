@@ -61,17 +61,20 @@ def build_info():
     return _build
 
 
-def usage(called):
-    sys.stderr.write(f"{called}: call me as one of {', '.join(registry.EXECUTABLES)} (a symlink, CNI plugins "
-                     f"optionally prefixed), or as `{BUNDLE_NAME} PLUGIN`; `{BUNDLE_NAME} --help` for the operator's command\n")
-    return 2
+def usage(called, asked):
+    """Which names we answer to; exit 0 when --help asked for it, 2 for a name we do not know."""
+    text = (f"{called}: call me as one of {', '.join(registry.EXECUTABLES)} (a symlink, CNI plugins "
+            f"optionally prefixed), or as `{BUNDLE_NAME} PLUGIN`; `PLUGIN --help` describes each, "
+            f"`{BUNDLE_NAME} --help` the operator's command\n")
+    (sys.stdout if asked else sys.stderr).write(text)
+    return 0 if asked else 2
 
 
 def run(argv):
     called = os.path.basename(argv[0])
     plugin = program_for(argv)
     if plugin is None:
-        return usage(called)
+        return usage(called, asked=any(a in ("--help", "-h") for a in argv[1:2]))
     build = build_info()
     if build is not None and plugin not in build.PLUGINS:
         sys.stderr.write(f"{called}: plugin {plugin!r} is not part of this build\n")

@@ -12,6 +12,7 @@ Usage: build/gen_validators.py [--check]
 import ast
 import json
 import pathlib
+import pprint
 import sys
 
 import fastjsonschema
@@ -57,7 +58,67 @@ def generate(schema_path):
         or isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "VERSION")]
     entry = next(node.name for node in tree.body if isinstance(node, ast.FunctionDef))
     code = ast.unparse(DropDefinitions().visit(tree))
-    return HEADER.format(name=schema_path.stem) + code + f"\n\nvalidate = {entry}\n"
+    schema = json.loads(schema_path.read_text())   # a fresh copy: compile_to_code rewrites $refs
+    keys, messages = key_places(schema, schema), rule_messages(schema, schema_path.name)
+    return (HEADER.format(name=schema_path.stem) + code + f"\n\nvalidate = {entry}\n"
+            + "\n# The keys known at each place of a config (cni/config.py key_problems): 'keys' where they are\n"
+            + "# checked, 'props' and 'items' to walk on. A place with additionalProperties is free.\n"
+            + f"KEYS = {pprint.pformat(keys, width=120, sort_dicts=True)}\n"
+            + "\n# What a failed rule says in words, by (field path with [] for indices, rule): the schema's\n"
+            + "# patternMessage, formatMessage or notMessage beside the rule.\n"
+            + f"MESSAGES = {pprint.pformat(messages, width=120, sort_dicts=True)}\n")
+
+
+def resolve(schema, node):
+    while isinstance(node, dict) and "$ref" in node:
+        path = node["$ref"].removeprefix("#/").split("/")
+        target = schema
+        for part in path:
+            target = target[part]
+        node = dict(target, **{k: v for k, v in node.items() if k != "$ref"})
+    return node
+
+
+def key_places(schema, node, depth=0):
+    """{"keys": [...], "props": {key: place}, "items": place} for one place of a config, {} when
+    nothing in it is checked. An object lists its keys unless additionalProperties is given:
+    true or a schema means its keys are free (a runtime's, another plugin's, a name map)."""
+    if depth > 32:
+        raise SystemExit("schema nests too deeply (a recursive $ref?)")
+    node = resolve(schema, node)
+    place = {}
+    props = node.get("properties", {})
+    if props and node.get("additionalProperties", False) is False:
+        place["keys"] = sorted(props)
+    children = {k: key_places(schema, v, depth + 1) for k, v in props.items()}
+    if any(children.values()):
+        place["props"] = {k: v for k, v in children.items() if v}
+    if isinstance(node.get("items"), dict):
+        items = key_places(schema, node["items"], depth + 1)
+        if items:
+            place["items"] = items
+    return place
+
+
+def rule_messages(schema, source, node=None, path="data", found=None, depth=0):
+    """{(path, rule): sentence}: every `pattern` and `format` must say in words what it wants
+    (`patternMessage`, `formatMessage`); `notMessage` is optional."""
+    found = {} if found is None else found
+    node = resolve(schema, schema if node is None else node)
+    for rule, required in (("pattern", True), ("format", True), ("not", False)):
+        if rule in node:
+            message = node.get(rule + "Message")
+            if message is None and required:
+                raise SystemExit(f"{source}: {path.removeprefix('data.')}: {rule} without {rule}Message")
+            if message is not None:
+                found[(path, rule)] = message
+    for key, child in node.get("properties", {}).items():
+        rule_messages(schema, source, child, f"{path}.{key}", found, depth + 1)
+    if isinstance(node.get("items"), dict):
+        rule_messages(schema, source, node["items"], f"{path}[]", found, depth + 1)
+    if isinstance(node.get("additionalProperties"), dict):
+        rule_messages(schema, source, node["additionalProperties"], f"{path}.*", found, depth + 1)
+    return found
 
 
 def outputs():

@@ -28,7 +28,7 @@ class Conf:
 
     def __init__(self, request, schema, default_mode):
         config = request.config
-        netconf.validate(schema, config)
+        netconf.validate(schema, config, request)
         self.master = config.get("master") or None
         self.vlan = config.get("vlan")
         self.mode = config.get("mode") or default_mode
@@ -171,6 +171,7 @@ def find_master(kind, conf, where, request):
 
 def add(kind, request):
     conf = kind.load(request)
+    contract.load_ipam_config(request)   # a bad ipam section is refused before the link exists
     undo = []
     pod_fd = open_pod_netns(request)
     host = netlink.Netlink()
@@ -261,7 +262,7 @@ def delete(kind, request):
     """Release IPAM first; then remove the link if the netns and the link are still there,
     and any link of ours an ADD killed between create and rename left under its temporary name."""
     config = request.config
-    netconf.validate(kind.name, config)  # wrong types must not reach paths and link names
+    netconf.validate(kind.name, config, request)  # wrong types must not reach paths and link names
     if contract.ipam_type(config):
         contract.delegate_ipam(request, "DEL")
     if request.netns:
@@ -351,11 +352,10 @@ def status(kind, request):
 
 def gc(kind, request):
     config = request.config
-    netconf.validate(kind.name, config)
+    netconf.validate(kind.name, config, request)
     if contract.ipam_type(config):
         contract.delegate_ipam(request, "GC")
-    valid = {parents.user_key(request.network, a.get("containerID"), a.get("ifname"))
-             for a in config.get("cni.dev/valid-attachments") or [] if isinstance(a, dict)}
+    valid = {parents.user_key(request.network, cid, ifname) for cid, ifname in request.valid_attachments()}
     with netlink.Netlink() as host:
         parents.garbage_collect(host, request.network, valid, config.get("stateDir") or parents.DEFAULT_STATE_DIR)
 

@@ -1,8 +1,9 @@
 """The CNI contract (spec 1.1.0), in one place for every underlay plugin.
 
-Environment per verb, CNI_ARGS, errors, result versions 0.1.0 ... 1.1.0 and
-IPAM delegation. Plugins build results in the newest (1.1.0) form and raise
-CniError; `run` prints what the caller's cniVersion asks for.
+Environment per verb, CNI_ARGS, errors, IPAM delegation and dispatch. Plugins
+build results in the newest (1.1.0) form (cni/results.py) and raise CniError;
+`run` prints what the caller's cniVersion asks for and, with `logFile`, writes
+the operation log (cni/oplog.py).
 
 Start-up cost matters (every pod attach pays it), so this module imports only
 what the VERSION path needs; the rest is imported where it is used.
@@ -43,6 +44,10 @@ KNOWN_ARGS = frozenset({
     "IgnoreUnknown", "IP", "MAC",
     "K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID",
 })
+
+# GC's list of attachments to keep, under the spec's name and libcni 1.2.0's (Request.valid_attachments).
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+OLD_VALID_ATTACHMENTS = "cni.dev/attachments"
 
 # Which CNI_* variables each verb requires (spec 1.1.0 section "Parameters").
 REQUIRED_ENV = {
@@ -92,16 +97,41 @@ class Request:
         self.stdin = stdin
         self.version = config.get("cniVersion", "0.1.0")
         self.args = parse_cni_args(env.get("CNI_ARGS", ""))
+        self.warnings = []   # what a config check found and let pass: stderr and the log
+        self.ipam_config = None   # an in-process IPAM's config, loaded early (load_ipam_config)
 
     @property
     def network(self):
         return self.config["name"]
+
+    def valid_attachments(self):
+        """GC: the attachments to keep, as a set of (containerID, ifname).
+
+        Spec 1.1.0 names the list `cni.dev/valid-attachments`; libcni 1.2.0 sent it as
+        `cni.dev/attachments` and later sends both (containernetworking/cni #1101), so the
+        newer name counts when it is there (and not null), else the older one. A malformed
+        list is refused (code 7): read as "nothing is valid", it would release everything."""
+        key = VALID_ATTACHMENTS
+        if self.config.get(key) is None and self.config.get(OLD_VALID_ATTACHMENTS) is not None:
+            key = OLD_VALID_ATTACHMENTS
+        listed = self.config.get(key)
+        if listed is None:
+            return set()
+        if not isinstance(listed, list):
+            raise CniError(ERR_INVALID_CONFIG, f"{key}: must be a list of {{containerID, ifname}} objects")
+        valid = set()
+        for i, a in enumerate(listed):
+            if not (isinstance(a, dict) and isinstance(a.get("containerID"), str) and isinstance(a.get("ifname"), str)):
+                raise CniError(ERR_INVALID_CONFIG, f"{key}[{i}]: must be an object with string containerID and ifname")
+            valid.add((a["containerID"], a["ifname"]))
+        return valid
 
     def prev_result(self):
         """prevResult in the newest form, or None."""
         prev = self.config.get("prevResult")
         if prev is None:
             return None
+        from cni.results import upconvert_result
         return upconvert_result(prev, self.version, "prevResult")
 
 
@@ -234,11 +264,32 @@ def negotiate_version(config):
     return version
 
 
+def command_hint(command):
+    """The verb a wrong CNI_COMMAND most likely meant: `add`, `Del`, `DELETE`, `CHEK`."""
+    from cni.spelling import near_miss
+    upper = command.upper() if isinstance(command, str) else ""
+    for verb in REQUIRED_ENV:
+        if upper == verb or len(upper) >= 3 and (upper.startswith(verb) or verb.startswith(upper)):
+            return verb
+    return near_miss(upper, REQUIRED_ENV) if len(upper) >= 3 else None
+
+
+def known_version(stdin):
+    """The cniVersion an error answers in when read_request failed: the config's, if it
+    decodes and names one we speak; else the newest."""
+    try:
+        return negotiate_version(decode_config(stdin))
+    except (CniError, TypeError):
+        return CURRENT_VERSION
+
+
 def read_request(env, stdin_bytes):
     """Validate the environment and stdin for the verb in CNI_COMMAND."""
     command = env.get("CNI_COMMAND", "")
     if command not in REQUIRED_ENV:
-        raise CniError(ERR_INVALID_ENV, f"CNI_COMMAND: unknown command {command!r}")
+        hint = command_hint(command)
+        raise CniError(ERR_INVALID_ENV, f"CNI_COMMAND: unknown command {command!r}" +
+                       (f"; did you mean {hint!r}?" if hint else f" (one of {', '.join(REQUIRED_ENV)})"))
     missing = [name for name in REQUIRED_ENV[command] if not env.get(name)]
     if missing:
         raise CniError(ERR_INVALID_ENV, f"required environment variables [{','.join(missing)}] missing")
@@ -257,140 +308,6 @@ def read_request(env, stdin_bytes):
 
 
 # --------------------------------------------------------------------------
-# Results. A plugin builds the 1.1.0 form:
-#   {"interfaces": [{"name","mac","mtu","sandbox"}], "ips": [{"address","gateway","interface"}],
-#    "routes": [{"dst","gw","mtu","advmss","priority","table","scope"}], "dns": {...}}
-
-ROUTE_FIELDS_1_0 = ("dst", "gw")
-INTERFACE_FIELDS_1_0 = ("name", "mac", "sandbox")
-
-
-def ip_version(address):
-    return "6" if ":" in address else "4"
-
-
-def convert_result(result, version):
-    """Newest-form result -> the JSON object for `version`."""
-    key = version_key(version)
-    if key < (0, 3, 0):
-        return _to_020(result, version)
-    out = {"cniVersion": version}
-    interfaces = result.get("interfaces") or []
-    routes = result.get("routes") or []
-    ips = [dict(ip) for ip in result.get("ips") or []]
-    if key < (1, 1, 0):
-        interfaces = [{k: v for k, v in i.items() if k in INTERFACE_FIELDS_1_0} for i in interfaces]
-        routes = [{k: v for k, v in r.items() if k in ROUTE_FIELDS_1_0} for r in routes]
-    if key < (1, 0, 0):
-        for ip in ips:
-            ip["version"] = ip_version(ip["address"])
-    if interfaces:
-        out["interfaces"] = interfaces
-    if ips:
-        out["ips"] = ips
-    if routes:
-        out["routes"] = routes
-    out["dns"] = result.get("dns") or {}
-    return out
-
-
-def _to_020(result, version):
-    out = {"cniVersion": version}
-    for ip in result.get("ips") or []:
-        family = "ip" + ip_version(ip["address"])
-        if family in out:
-            continue  # 0.2.0 carries one address per family
-        entry = {"ip": ip["address"]}
-        if ip.get("gateway"):
-            entry["gateway"] = ip["gateway"]
-        routes = [{k: r[k] for k in ROUTE_FIELDS_1_0 if k in r}
-                  for r in result.get("routes") or [] if ip_version(r["dst"]) == family[2]]
-        if routes:
-            entry["routes"] = routes
-        out[family] = entry
-    out["dns"] = result.get("dns") or {}
-    return out
-
-
-def upconvert_result(result, version, field="result"):
-    """A result in `version`'s form (prevResult, an exec'd IPAM's output) -> newest form."""
-    if not isinstance(result, dict):
-        raise CniError(ERR_DECODE, f"{field} must be a JSON object")
-    try:
-        if version_key(version) < (0, 3, 0):
-            ips, routes = [], []
-            for family in ("ip4", "ip6"):
-                entry = result.get(family)
-                if entry is None:
-                    continue
-                ip = {"address": entry["ip"]}
-                if entry.get("gateway"):
-                    ip["gateway"] = entry["gateway"]
-                ips.append(ip)
-                routes.extend(dict(r) for r in entry.get("routes") or [])
-            return check_result_values({"ips": ips, "routes": routes, "dns": dict(result.get("dns") or {})}, field)
-        ips = []
-        for ip in result.get("ips") or []:
-            ip = {k: v for k, v in ip.items() if k != "version"}
-            if not isinstance(ip.get("address"), str):
-                raise CniError(ERR_DECODE, f"{field}.ips[].address must be a string")
-            ips.append(ip)
-        return check_result_values({
-            "interfaces": [dict(i) for i in result.get("interfaces") or []],
-            "ips": ips,
-            "routes": [dict(r) for r in result.get("routes") or []],
-            "dns": dict(result.get("dns") or {}),
-        }, field)
-    except CniError:
-        raise
-    except (TypeError, KeyError, ValueError, AttributeError) as e:
-        raise CniError(ERR_DECODE, f"{field} is malformed: {type(e).__name__}: {e}") from None
-
-
-ROUTE_INTS = ("mtu", "advmss", "priority", "table", "scope")
-
-
-def check_result_values(result, field):
-    """A result from outside (prevResult, an exec'd IPAM) is applied to interfaces and routes
-    as it is: every address, gateway and route is checked first (code 7 naming it)."""
-    import ipaddress
-
-    def bad(where, value, what):
-        return CniError(ERR_INVALID_CONFIG, f"{field}.{where}: {value!r} is not {what}")
-
-    def check(parse, where, value, what):
-        try:
-            if not isinstance(value, str):
-                raise ValueError
-            parse(value)
-        except ValueError:
-            raise bad(where, value, what) from None
-
-    def natural(where, value):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise bad(where, value, "a non-negative integer")
-
-    for i, ip in enumerate(result["ips"]):
-        check(ipaddress.ip_interface, f"ips[{i}].address", ip["address"], "an address/prefix")
-        if ip.get("gateway") not in (None, ""):
-            check(ipaddress.ip_address, f"ips[{i}].gateway", ip["gateway"], "an IP address")
-        if "interface" in ip:
-            natural(f"ips[{i}].interface", ip["interface"])
-    for i, route in enumerate(result["routes"]):
-        check(lambda v: ipaddress.ip_network(v, strict=False), f"routes[{i}].dst", route.get("dst"), "a CIDR")
-        if route.get("gw") not in (None, ""):
-            check(ipaddress.ip_address, f"routes[{i}].gw", route["gw"], "an IP address")
-        for key in ROUTE_INTS:
-            if route.get(key) is not None:
-                natural(f"routes[{i}].{key}", route[key])
-    for i, interface in enumerate(result.get("interfaces", [])):
-        for key in ("name", "mac", "sandbox"):
-            if interface.get(key) is not None and not isinstance(interface[key], str):
-                raise bad(f"interfaces[{i}].{key}", interface[key], "a string")
-    return result
-
-
-# --------------------------------------------------------------------------
 # IPAM delegation.
 
 def ipam_type(config):
@@ -405,6 +322,17 @@ def ipam_type(config):
     return kind
 
 
+def load_ipam_config(request):
+    """An in-process IPAM's config, loaded and checked now: a main plugin calls this before it
+    changes anything, so a bad ipam section costs no link to undo. delegate_ipam hands it on."""
+    from cni import registry
+    module = registry.in_process_ipam(ipam_type(request.config))
+    if module is not None:
+        import importlib
+        load = getattr(importlib.import_module(module), "load_config", None)   # an IPAM may have none
+        request.ipam_config = load(request) if load else None
+
+
 def delegate_ipam(request, command):
     """Run the IPAM plugin's `command`; return its result (newest form) for ADD."""
     from cni import registry
@@ -415,6 +343,8 @@ def delegate_ipam(request, command):
         verbs = importlib.import_module(module).VERBS
         sub = Request(command, dict(request.env, CNI_COMMAND=command), request.config, request.stdin)
         sub.version = request.version
+        sub.warnings = request.warnings
+        sub.ipam_config = request.ipam_config if command == request.command else None
         return verbs[command](sub)
     return exec_plugin(kind, request, command)
 
@@ -446,10 +376,19 @@ def exec_plugin(name, request, command):
                            (out or proc.stderr).decode(errors="replace")[-2000:]) from None
     if command != "ADD":
         return None
+    from cni.results import upconvert_result
     try:
-        return upconvert_result(json.loads(out), request.version, f"{name} result")
-    except ValueError as e:
-        raise CniError(ERR_DECODE, f"IPAM plugin {name!r} printed no valid result: {e}") from None
+        try:
+            return upconvert_result(json.loads(out), request.version, f"{name} result")
+        except ValueError as e:
+            raise CniError(ERR_DECODE, f"IPAM plugin {name!r} printed no valid result: {e}") from None
+    except CniError:
+        # it has taken addresses we will never use (nor the caller's undo, which needs a result)
+        try:
+            exec_plugin(name, request, "DEL")
+        except CniError:
+            pass  # the refusal is the error that matters
+        raise
 
 
 # --------------------------------------------------------------------------
@@ -459,16 +398,48 @@ def error_json(error, version):
     return {"cniVersion": version, "code": error.code, "msg": error.msg, "details": error.details}
 
 
-def run(verbs, about, env=None, stdin=None, stdout=None, stderr=None):
+USAGE = """\
+{about}
+
+A CNI plugin: a container runtime runs it with the network config (JSON) on
+stdin and the CNI_* variables below; it prints the result, or an error
+{{"code", "msg"}}, as JSON on stdout.
+
+CNI_COMMAND      the verb: {verbs}
+CNI_CONTAINERID  the container's ID (ADD, CHECK, DEL)
+CNI_NETNS        path of the container's network namespace (ADD, CHECK; DEL when it still exists)
+CNI_IFNAME       the interface name in the container (ADD, CHECK, DEL)
+CNI_PATH         directories of the other CNI plugins, ':'-separated (ADD, CHECK, DEL, GC)
+CNI_ARGS         optional KEY=VALUE;...: IP=, MAC=, K8S_POD_*; IgnoreUnknown=1 for other keys
+
+CNI protocol versions supported: {versions}
+Example: CNI_COMMAND=VERSION {program}
+
+Documentation: README.md and docs/ in the underlay source tree; every config
+key is described in conf/schema/*.json there.
+"""
+
+
+def usage(verbs, about, program):
+    names = [v for v in REQUIRED_ENV if v in verbs or v == "VERSION"]
+    return USAGE.format(about=about, verbs=", ".join(names), versions=", ".join(SUPPORTED_VERSIONS),
+                        program=program)
+
+
+def run(verbs, about, env=None, stdin=None, stdout=None, stderr=None, argv=(), program="PLUGIN"):
     """Run one invocation; return the process exit code.
 
     verbs maps "ADD", "DEL", "CHECK", "STATUS", "GC" to functions taking a
     Request; ADD returns a newest-form result. With `logFile` in the config,
-    one line per invocation is appended there (see log_operation).
+    one line per invocation is appended there (cni/oplog.py). `argv` (the
+    command line, never used by runtimes) only asks for --help / -h.
     """
     env = os.environ if env is None else env
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
+    if "--help" in argv or "-h" in argv:
+        stdout.write(usage(verbs, about, program))
+        return 0
     command = env.get("CNI_COMMAND", "")
     if not command:
         stderr.write(f"{about}\nCNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n")
@@ -490,10 +461,13 @@ def run(verbs, about, env=None, stdin=None, stdout=None, stderr=None):
             raise CniError(ERR_INVALID_ENV, f"CNI_COMMAND: {command} is not supported by this plugin")
         result = verb(request)
         if command == "ADD":
+            from cni.results import convert_result
             stdout.write(json.dumps(convert_result(result, version)) + "\n")
         return 0
     except CniError as e:
         error = e
+        if request is None:
+            version = known_version(stdin)
     except Exception as e:  # never a bare traceback: the runtime only reads stdout
         import traceback
         where = traceback.extract_tb(e.__traceback__)[-1]
@@ -502,110 +476,39 @@ def run(verbs, about, env=None, stdin=None, stdout=None, stderr=None):
     finally:
         if error is not None:
             stdout.write(json.dumps(error_json(error, version)) + "\n")
-        config = request.config if request is not None else peek_config(stdin)
-        if config is not None and config.get("logFile"):
-            log_operation(config, about, env, request, result, error, stdout, stderr)
+        warnings = request.warnings if request is not None else []
+        for warning in warnings[:MAX_WARNINGS]:
+            stderr.write(f"{plugin_name(about)}: warning: {warning}\n")
+        if len(warnings) > MAX_WARNINGS:
+            stderr.write(f"{plugin_name(about)}: warning: and {len(warnings) - MAX_WARNINGS} more\n")
+        if request is not None and request.config.get("logFile") or request is None and has_log_file(stdin):
+            from cni import oplog
+            config = request.config if request is not None else oplog.peek_config(stdin)
+            if config is not None and config.get("logFile"):
+                oplog.log_operation(config, about, env, request, result, error, stdout, stderr)
     return 1
 
 
-# --------------------------------------------------------------------------
-# The operation log: `logFile` and `logLevel` in the network config.
-#
-# One JSON object per line, appended after the answer is on stdout, with a
-# fixed set of fields: never the config or the environment as a whole (a
-# config may carry credentials of other plugins in a chain). Strings are
-# clipped and JSON-escaped, so hostile values can neither forge lines nor
-# grow the file without bound. Nothing here is imported or run unless
-# logFile is set, and no failure here changes the operation's answer.
-
-LOG_LEVELS = ("error", "info", "debug")
-LOG_MAGIC = b'{"time": '   # every line starts so: we append only to files that look like ours
-LOG_CLIP = 500
+MAX_WARNINGS = 20   # a config with thousands of unknown keys gets a few lines, not thousands
 
 
-def peek_config(stdin):
-    """The decoded config for the log when read_request failed before decoding it; else None."""
-    if not isinstance(stdin, (bytes, str)) or b"logFile" not in (stdin if isinstance(stdin, bytes) else b""):
-        return None
-    try:
-        return decode_config(stdin)
-    except CniError:
-        return None
+def plugin_name(about):
+    """'macvlan' from the about line 'CNI macvlan plugin (underlay ...)'."""
+    return about.split()[1] if about.startswith("CNI ") and len(about.split()) > 1 else about
 
 
-def clip(value):
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= LOG_CLIP else text[:LOG_CLIP] + f"...({len(text)} chars)"
+def has_log_file(stdin):
+    """Cheap test before importing the log: could this undecoded stdin name a logFile?"""
+    return isinstance(stdin, bytes) and b"logFile" in stdin
 
 
-def log_operation(config, about, env, request, result, error, stdout, stderr):
-    path, level = config.get("logFile"), config.get("logLevel", "info")
-    level = LOG_LEVELS.index(level) if level in LOG_LEVELS else 1
-    if error is None and level < 1:
-        return
-    try:
-        import time
-        now = time.time()
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
-            "plugin": about.split()[1] if about.startswith("CNI ") else about,
-            "pid": os.getpid(),
-            "command": clip(env.get("CNI_COMMAND", "")),
-            "network": clip(config.get("name", "")),
-            "containerID": clip(env.get("CNI_CONTAINERID", "")),
-            "ifname": clip(env.get("CNI_IFNAME", "")),
-        }
-        args = request.args if request is not None else {}
-        if args.get("K8S_POD_NAME"):
-            entry["pod"] = clip(f"{args.get('K8S_POD_NAMESPACE', '')}/{args['K8S_POD_NAME']}")
-        if level >= 2:
-            entry["netns"] = clip(env.get("CNI_NETNS", ""))
-            entry["cniVersion"] = clip(config.get("cniVersion", ""))
-            handoff = sys.modules.get("cni.handoff")
-            if handoff is not None and handoff.status:
-                entry["agent"] = clip(handoff.status)   # served by underlayd, or why not
-        if error is None:
-            entry["result"] = "ok"
-            if isinstance(result, dict):
-                entry["ips"] = [clip(ip.get("address")) for ip in result.get("ips") or []]
-        else:
-            entry.update(result="error", code=error.code, msg=clip(error.msg))
-            if level >= 2 and error.details:
-                entry["details"] = clip(error.details)
-        line = json.dumps(entry) + "\n"
-        append_log(path, line.encode(), stdout)
-    except Exception as e:
-        try:
-            stderr.write(f"underlay: logFile {clip(path)!r}: {clip(getattr(e, 'strerror', None) or str(e))}; "
-                         "not logged\n")
-        except Exception:
-            pass
-
-
-def append_log(path, data, stdout):
-    """Append to `path`: a regular file, not a symlink, not stdout, and new, empty or ours."""
-    import errno
-    import stat
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise ValueError("must be an absolute path")
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY |
-                 os.O_CLOEXEC, 0o600)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        try:
-            out = os.fstat(stdout.fileno())
-            same = (out.st_dev, out.st_ino) == (st.st_dev, st.st_ino)
-        except (AttributeError, ValueError, OSError):
-            same = False  # no file behind stdout (an in-process caller's buffer)
-        if same:
-            raise OSError(errno.EINVAL, "is the plugin's stdout, which carries the result")
-        if st.st_size and os.pread(fd, len(LOG_MAGIC), 0) != LOG_MAGIC:
-            raise OSError(errno.EINVAL, "exists and is not an underlay log; refusing to append to it")
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+def program_name():
+    """How the user called us, for --help: `macvlan`, or `python3 -m cni.macvlan` from source."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "PLUGIN"
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if name.endswith(".py") and spec is not None:
+        return f"python3 -m {spec.name}"
+    return name
 
 
 def main(verbs, about, plugin=None):
@@ -615,4 +518,4 @@ def main(verbs, about, plugin=None):
         code = handoff.hand_off(plugin)
         if code is not None:
             sys.exit(code)
-    sys.exit(run(verbs, about))
+    sys.exit(run(verbs, about, argv=sys.argv[1:], program=program_name()))

@@ -64,8 +64,8 @@ def hand_off(plugin, argv=None, environ=None):
     """The agent's exit code for this invocation, or None: run the plugin in this process."""
     global status
     environ = os.environ if environ is None else environ
-    if environ.get("CNI_COMMAND", "") in ("", "VERSION"):
-        return None   # the about line and VERSION are static: never worth a round trip
+    if environ.get("CNI_COMMAND", "") in ("", "VERSION") or "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        return None   # the about line, VERSION and --help are static: never worth a round trip
     if status is not None:
         return None   # decided already (the bundle's entry asks before the plugin's main does)
     if environ.get("UNDERLAY_AGENT") == "0":

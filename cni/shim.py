@@ -17,6 +17,7 @@ that subnet on the master, give the pod range instead (see the README).
 import ipaddress
 
 from cni import netlink, parents
+from cni.config import parse_cidr
 from cni.contract import ERR_INVALID_CONFIG, ERR_LINK, CniError
 
 
@@ -33,10 +34,7 @@ def settings(config):
         raise CniError(ERR_INVALID_CONFIG, f"hostShim.address: {shim['address']!r} is not an IP address") from None
     routes = []
     for i, route in enumerate(shim.get("routes") or []):
-        try:
-            routes.append(ipaddress.ip_network(route, strict=False))
-        except ValueError:
-            raise CniError(ERR_INVALID_CONFIG, f"hostShim.routes[{i}]: {route!r} is not a CIDR") from None
+        routes.append(parse_cidr(route, f"hostShim.routes[{i}]"))
     return shim["name"], address, routes
 
 

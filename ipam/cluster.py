@@ -184,7 +184,7 @@ class ClusterConfig(StoreConfig):
 
     def __init__(self, request):
         config = request.config
-        netconf.validate("cluster-ipam", config)
+        netconf.validate("cluster-ipam", config, request)
         super().__init__(config)
         ipam = with_whereabouts(config["ipam"])
         runtime = config.get("runtimeConfig") or {}
@@ -359,17 +359,11 @@ def cmd_check(request):
                                                  f"{'gone' if owner is None else 'another attachment’s'})")
 
 
-def valid_attachments(config):
-    """GC's list: cni.dev/valid-attachments, or cni.dev/attachments when that key is absent."""
-    key = "cni.dev/valid-attachments" if "cni.dev/valid-attachments" in config else "cni.dev/attachments"
-    return {(a["containerID"], a["ifname"]) for a in config.get(key) or []}
-
-
 def cmd_gc(request):
     # a malformed list must not read as "nothing is valid": that would release every lease
-    netconf.validate("cluster-ipam", request.config)
+    netconf.validate("cluster-ipam", request.config, request)
     conf = StoreConfig(request.config)
-    keep = valid_attachments(request.config)
+    keep = request.valid_attachments()
     keep_ids = {cid for cid, _ in keep}
     with conf.store(request.network) as store:
         for (cid, ifname), (node, ips) in store.attachment_records().items():

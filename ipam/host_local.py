@@ -23,7 +23,7 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 class IpamConfig:
     def __init__(self, request):
         config = request.config
-        netconf.validate("host-local", config)
+        netconf.validate("host-local", config, request)
         self.ipam = ipam = config["ipam"]
         runtime = config.get("runtimeConfig") or {}
         # the node's hostShim address (cni/shim.py) is never given to a pod
@@ -36,6 +36,11 @@ class IpamConfig:
         self.requested = requested_ips(request, runtime)
         # read now: a missing file must fail before an address is taken, not after
         self.dns = read_resolv_conf(ipam["resolvConf"]) if ipam.get("resolvConf") else {}
+
+
+def load_config(request):
+    """The config, checked: for a main plugin to load before it changes anything."""
+    return IpamConfig(request)
 
 
 def check_one_set_per_family(range_sets, version):
@@ -66,10 +71,7 @@ def open_store(request):
 
 
 def check_route(route, field):
-    try:
-        ipaddress.ip_network(route["dst"], strict=False)
-    except ValueError:
-        raise CniError(ERR_INVALID_CONFIG, f"{field}.dst: {route['dst']!r} is not a CIDR") from None
+    netconf.parse_cidr(route["dst"], f"{field}.dst")
     if route.get("gw"):
         ranges.parse_ip(route["gw"], f"{field}.gw")
     return dict(route)
@@ -149,7 +151,7 @@ def read_resolv_conf(path):
 # Verbs
 
 def cmd_add(request):
-    conf = IpamConfig(request)
+    conf = request.ipam_config or IpamConfig(request)
     requested = assign_requested(conf)
     cid, ifname = request.container_id, request.ifname
     allocated = []
@@ -190,7 +192,7 @@ def cmd_del(request):
 
 
 def cmd_check(request):
-    conf = IpamConfig(request)
+    conf = request.ipam_config or IpamConfig(request)
     prev = request.prev_result()
     if prev is None:
         raise CniError(ERR_INVALID_CONFIG, "prevResult: required for CHECK")
@@ -215,9 +217,8 @@ def cmd_check(request):
 
 def cmd_gc(request):
     # a malformed list must not read as "nothing is valid": that would release every lease
-    netconf.validate("host-local", request.config)
-    valid = request.config.get("cni.dev/valid-attachments") or []
-    keep = {(a["containerID"], a["ifname"]) for a in valid}
+    netconf.validate("host-local", request.config, request)
+    keep = request.valid_attachments()
     keep_ids = {cid for cid, _ in keep}
     with open_store(request) as store:
         for (cid, ifname), ips in store.attachments().items():
@@ -228,7 +229,7 @@ def cmd_gc(request):
 
 
 def cmd_status(request):
-    conf = IpamConfig(request)
+    conf = request.ipam_config or IpamConfig(request)
     try:
         with open_store(request) as store:
             leased = store.leased()

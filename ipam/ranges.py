@@ -10,6 +10,7 @@ address: a /8 with 100 000 exclusions costs a sort, not a loop.
 import bisect
 import ipaddress
 
+from cni.config import parse_cidr
 from cni.contract import ERR_INVALID_CONFIG, CniError
 
 
@@ -27,16 +28,7 @@ def parse_ip(text, field):
 
 
 def parse_subnet(text, field):
-    if not isinstance(text, str) or "/" not in text:
-        raise config_error(field, f"{text!r} is not a CIDR subnet (address/prefix)")
-    try:
-        return ipaddress.ip_network(text, strict=True)
-    except ValueError as e:
-        if "host bits set" in str(e):
-            network = ipaddress.ip_network(text, strict=False)
-            raise config_error(field, f"{text} has host bits set; for a /{network.prefixlen} "
-                                      f"the network address is {network.network_address}") from None
-        raise config_error(field, f"{text!r} is not a valid CIDR subnet") from None
+    return parse_cidr(text, field)
 
 
 # inet_pton parses an address in ~0.15 us where ipaddress takes ~1.5 us: what makes 100 000
@@ -97,11 +89,9 @@ def parse_exclusion(text, field, index=None):
         bits = {4: 32, 6: 128}.get(fast and fast[0])
         if fast is not None and int(plen) <= bits:
             host = (1 << (bits - int(plen))) - 1
-            return fast[0], fast[1] & ~host, fast[1] | host
-        try:
-            network = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise config_error(field, f"{text!r} is not a valid CIDR") from None
+            if not fast[1] & host:
+                return fast[0], fast[1], fast[1] | host
+        network = parse_cidr(text, field)   # the slow way, and every refusal (host bits) from one rule
         return network.version, int(network.network_address), int(network.broadcast_address)
     version, value = address_value(text, field)
     return version, value, value

@@ -624,3 +624,60 @@ def validate_https___underlay_invalid_schema_cluster_ipam_json__definitions_rang
     return data
 
 validate = validate_https___underlay_invalid_schema_cluster_ipam_json
+
+# The keys known at each place of a config (cni/config.py key_problems): 'keys' where they are
+# checked, 'props' and 'items' to walk on. A place with additionalProperties is free.
+KEYS = {'props': {'ipam': {'keys': ['auxAddresses',
+                             'blockSize',
+                             'dataDir',
+                             'etcd',
+                             'exclude',
+                             'gateway',
+                             'ipRanges',
+                             'lockTimeout',
+                             'node',
+                             'range',
+                             'rangeEnd',
+                             'rangeStart',
+                             'range_end',
+                             'range_start',
+                             'ranges',
+                             'resolvConf',
+                             'routes',
+                             'sticky',
+                             'stickySeconds',
+                             'subnet',
+                             'type'],
+                    'props': {'etcd': {'keys': ['certFile',
+                                                'dialTimeout',
+                                                'endpoints',
+                                                'keyFile',
+                                                'prefix',
+                                                'requestTimeout',
+                                                'trustedCAFile']},
+                              'ipRanges': {'items': {'keys': ['exclude', 'range', 'range_end', 'range_start']}},
+                              'ranges': {'items': {'items': {'keys': ['exclude',
+                                                                      'gateway',
+                                                                      'rangeEnd',
+                                                                      'rangeStart',
+                                                                      'subnet']}}},
+                              'routes': {'items': {'keys': ['advmss',
+                                                            'dst',
+                                                            'gw',
+                                                            'mtu',
+                                                            'priority',
+                                                            'scope',
+                                                            'table']}}}},
+           'runtimeConfig': {'props': {'ipRanges': {'items': {'items': {'keys': ['exclude',
+                                                                                 'gateway',
+                                                                                 'rangeEnd',
+                                                                                 'rangeStart',
+                                                                                 'subnet']}}}}}}}
+
+# What a failed rule says in words, by (field path with [] for indices, rule): the schema's
+# patternMessage, formatMessage or notMessage beside the rule.
+MESSAGES = {('data.ipam.dataDir', 'pattern'): "must be an absolute path (starting with '/') without control characters",
+ ('data.ipam.etcd.endpoints[]', 'pattern'): 'must be an http:// or https:// URL',
+ ('data.ipam.etcd.prefix', 'pattern'): "must start with '/'",
+ ('data.ipam.node', 'pattern'): "must be a node name: no '/', space or control characters",
+ ('data.logFile', 'pattern'): "must be an absolute path (starting with '/') without control characters"}

@@ -133,30 +133,11 @@ def validate_https___underlay_invalid_schema_host_local_json(data, custom_format
         if 'cni.dev/valid-attachments' in data_keys:
             data_keys.remove('cni.dev/valid-attachments')
             data__cnidevvalidattachments = data['cni.dev/valid-attachments']
-            if not isinstance(data__cnidevvalidattachments, (list, tuple, NoneType)):
-                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cni.dev/valid-attachments must be array or null', value=data__cnidevvalidattachments, name='' + (name_prefix or 'data') + '.cni.dev/valid-attachments', rule='type')
-            data__cnidevvalidattachments_is_list = isinstance(data__cnidevvalidattachments, (list, tuple))
-            if data__cnidevvalidattachments_is_list:
-                data__cnidevvalidattachments_len = len(data__cnidevvalidattachments)
-                for data__cnidevvalidattachments_x, data__cnidevvalidattachments_item in enumerate(data__cnidevvalidattachments):
-                    if not isinstance(data__cnidevvalidattachments_item, dict):
-                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cni.dev/valid-attachments[{data__cnidevvalidattachments_x}]'.format(**locals()) + ' must be object', value=data__cnidevvalidattachments_item, name='' + (name_prefix or 'data') + '.cni.dev/valid-attachments[{data__cnidevvalidattachments_x}]'.format(**locals()) + '', rule='type')
-                    data__cnidevvalidattachments_item_is_dict = isinstance(data__cnidevvalidattachments_item, dict)
-                    if data__cnidevvalidattachments_item_is_dict:
-                        data__cnidevvalidattachments_item__missing_keys = set(['containerID', 'ifname']) - data__cnidevvalidattachments_item.keys()
-                        if data__cnidevvalidattachments_item__missing_keys:
-                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cni.dev/valid-attachments[{data__cnidevvalidattachments_x}]'.format(**locals()) + ' must contain ' + (str(sorted(data__cnidevvalidattachments_item__missing_keys)) + ' properties'), value=data__cnidevvalidattachments_item, name='' + (name_prefix or 'data') + '.cni.dev/valid-attachments[{data__cnidevvalidattachments_x}]'.format(**locals()) + '', rule='required')
-                        data__cnidevvalidattachments_item_keys = set(data__cnidevvalidattachments_item.keys())
-                        if 'containerID' in data__cnidevvalidattachments_item_keys:
-                            data__cnidevvalidattachments_item_keys.remove('containerID')
-                            data__cnidevvalidattachments_item__containerID = data__cnidevvalidattachments_item['containerID']
-                            if not isinstance(data__cnidevvalidattachments_item__containerID, str):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cni.dev/valid-attachments[{data__cnidevvalidattachments_x}].containerID'.format(**locals()) + ' must be string', value=data__cnidevvalidattachments_item__containerID, name='' + (name_prefix or 'data') + '.cni.dev/valid-attachments[{data__cnidevvalidattachments_x}].containerID'.format(**locals()) + '', rule='type')
-                        if 'ifname' in data__cnidevvalidattachments_item_keys:
-                            data__cnidevvalidattachments_item_keys.remove('ifname')
-                            data__cnidevvalidattachments_item__ifname = data__cnidevvalidattachments_item['ifname']
-                            if not isinstance(data__cnidevvalidattachments_item__ifname, str):
-                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.cni.dev/valid-attachments[{data__cnidevvalidattachments_x}].ifname'.format(**locals()) + ' must be string', value=data__cnidevvalidattachments_item__ifname, name='' + (name_prefix or 'data') + '.cni.dev/valid-attachments[{data__cnidevvalidattachments_x}].ifname'.format(**locals()) + '', rule='type')
+            validate_https___underlay_invalid_schema_host_local_json__definitions_attachments(data__cnidevvalidattachments, custom_formats, (name_prefix or 'data') + '.cni.dev/valid-attachments')
+        if 'cni.dev/attachments' in data_keys:
+            data_keys.remove('cni.dev/attachments')
+            data__cnidevattachments = data['cni.dev/attachments']
+            validate_https___underlay_invalid_schema_host_local_json__definitions_attachments(data__cnidevattachments, custom_formats, (name_prefix or 'data') + '.cni.dev/attachments')
         if 'ipam' in data_keys:
             data_keys.remove('ipam')
             data__ipam = data['ipam']
@@ -334,6 +315,33 @@ def validate_https___underlay_invalid_schema_host_local_json__definitions_route(
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.scope must be smaller than or equal to 255', value=data__scope, name='' + (name_prefix or 'data') + '.scope', rule='maximum')
     return data
 
+def validate_https___underlay_invalid_schema_host_local_json__definitions_attachments(data, custom_formats={}, name_prefix=None):
+    if not isinstance(data, (list, tuple, NoneType)):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be array or null', value=data, name='' + (name_prefix or 'data') + '', rule='type')
+    data_is_list = isinstance(data, (list, tuple))
+    if data_is_list:
+        data_len = len(data)
+        for data_x, data_item in enumerate(data):
+            if not isinstance(data_item, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '[{data_x}]'.format(**locals()) + ' must be object', value=data_item, name='' + (name_prefix or 'data') + '[{data_x}]'.format(**locals()) + '', rule='type')
+            data_item_is_dict = isinstance(data_item, dict)
+            if data_item_is_dict:
+                data_item__missing_keys = set(['containerID', 'ifname']) - data_item.keys()
+                if data_item__missing_keys:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '[{data_x}]'.format(**locals()) + ' must contain ' + (str(sorted(data_item__missing_keys)) + ' properties'), value=data_item, name='' + (name_prefix or 'data') + '[{data_x}]'.format(**locals()) + '', rule='required')
+                data_item_keys = set(data_item.keys())
+                if 'containerID' in data_item_keys:
+                    data_item_keys.remove('containerID')
+                    data_item__containerID = data_item['containerID']
+                    if not isinstance(data_item__containerID, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '[{data_x}].containerID'.format(**locals()) + ' must be string', value=data_item__containerID, name='' + (name_prefix or 'data') + '[{data_x}].containerID'.format(**locals()) + '', rule='type')
+                if 'ifname' in data_item_keys:
+                    data_item_keys.remove('ifname')
+                    data_item__ifname = data_item['ifname']
+                    if not isinstance(data_item__ifname, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '[{data_x}].ifname'.format(**locals()) + ' must be string', value=data_item__ifname, name='' + (name_prefix or 'data') + '[{data_x}].ifname'.format(**locals()) + '', rule='type')
+    return data
+
 def validate_https___underlay_invalid_schema_host_local_json__definitions_rangeset(data, custom_formats={}, name_prefix=None):
     if not isinstance(data, (list, tuple)):
         raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be array', value=data, name='' + (name_prefix or 'data') + '', rule='type')
@@ -384,3 +392,40 @@ def validate_https___underlay_invalid_schema_host_local_json__definitions_range(
     return data
 
 validate = validate_https___underlay_invalid_schema_host_local_json
+
+# The keys known at each place of a config (cni/config.py key_problems): 'keys' where they are
+# checked, 'props' and 'items' to walk on. A place with additionalProperties is free.
+KEYS = {'props': {'ipam': {'keys': ['auxAddresses',
+                             'dataDir',
+                             'exclude',
+                             'gateway',
+                             'lockTimeout',
+                             'rangeEnd',
+                             'rangeStart',
+                             'ranges',
+                             'resolvConf',
+                             'routes',
+                             'subnet',
+                             'type'],
+                    'props': {'ranges': {'items': {'items': {'keys': ['exclude',
+                                                                      'gateway',
+                                                                      'rangeEnd',
+                                                                      'rangeStart',
+                                                                      'subnet']}}},
+                              'routes': {'items': {'keys': ['advmss',
+                                                            'dst',
+                                                            'gw',
+                                                            'mtu',
+                                                            'priority',
+                                                            'scope',
+                                                            'table']}}}},
+           'runtimeConfig': {'props': {'ipRanges': {'items': {'items': {'keys': ['exclude',
+                                                                                 'gateway',
+                                                                                 'rangeEnd',
+                                                                                 'rangeStart',
+                                                                                 'subnet']}}}}}}}
+
+# What a failed rule says in words, by (field path with [] for indices, rule): the schema's
+# patternMessage, formatMessage or notMessage beside the rule.
+MESSAGES = {('data.ipam.dataDir', 'pattern'): "must be an absolute path (starting with '/') without control characters",
+ ('data.logFile', 'pattern'): "must be an absolute path (starting with '/') without control characters"}

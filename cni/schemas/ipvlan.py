@@ -302,6 +302,78 @@ def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}
                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.logLevel must be string', value=data__logLevel, name='' + (name_prefix or 'data') + '.logLevel', rule='type')
             if not (isinstance(data__logLevel, str) and data__logLevel == 'error' or (isinstance(data__logLevel, str) and data__logLevel == 'info') or (isinstance(data__logLevel, str) and data__logLevel == 'debug')):
                 raise JsonSchemaValueException('' + (name_prefix or 'data') + ".logLevel must be one of ['error', 'info', 'debug']", value=data__logLevel, name='' + (name_prefix or 'data') + '.logLevel', rule='enum')
+        if 'cni.dev/valid-attachments' in data_keys:
+            data_keys.remove('cni.dev/valid-attachments')
+            data__cnidevvalidattachments = data['cni.dev/valid-attachments']
+            validate_https___underlay_invalid_schema_ipvlan_json__definitions_attachments(data__cnidevvalidattachments, custom_formats, (name_prefix or 'data') + '.cni.dev/valid-attachments')
+        if 'cni.dev/attachments' in data_keys:
+            data_keys.remove('cni.dev/attachments')
+            data__cnidevattachments = data['cni.dev/attachments']
+            validate_https___underlay_invalid_schema_ipvlan_json__definitions_attachments(data__cnidevattachments, custom_formats, (name_prefix or 'data') + '.cni.dev/attachments')
+    return data
+
+def validate_https___underlay_invalid_schema_ipvlan_json__definitions_attachments(data, custom_formats={}, name_prefix=None):
+    if not isinstance(data, (list, tuple, NoneType)):
+        raise JsonSchemaValueException('' + (name_prefix or 'data') + ' must be array or null', value=data, name='' + (name_prefix or 'data') + '', rule='type')
+    data_is_list = isinstance(data, (list, tuple))
+    if data_is_list:
+        data_len = len(data)
+        for data_x, data_item in enumerate(data):
+            if not isinstance(data_item, dict):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '[{data_x}]'.format(**locals()) + ' must be object', value=data_item, name='' + (name_prefix or 'data') + '[{data_x}]'.format(**locals()) + '', rule='type')
+            data_item_is_dict = isinstance(data_item, dict)
+            if data_item_is_dict:
+                data_item__missing_keys = set(['containerID', 'ifname']) - data_item.keys()
+                if data_item__missing_keys:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '[{data_x}]'.format(**locals()) + ' must contain ' + (str(sorted(data_item__missing_keys)) + ' properties'), value=data_item, name='' + (name_prefix or 'data') + '[{data_x}]'.format(**locals()) + '', rule='required')
+                data_item_keys = set(data_item.keys())
+                if 'containerID' in data_item_keys:
+                    data_item_keys.remove('containerID')
+                    data_item__containerID = data_item['containerID']
+                    if not isinstance(data_item__containerID, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '[{data_x}].containerID'.format(**locals()) + ' must be string', value=data_item__containerID, name='' + (name_prefix or 'data') + '[{data_x}].containerID'.format(**locals()) + '', rule='type')
+                if 'ifname' in data_item_keys:
+                    data_item_keys.remove('ifname')
+                    data_item__ifname = data_item['ifname']
+                    if not isinstance(data_item__ifname, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '[{data_x}].ifname'.format(**locals()) + ' must be string', value=data_item__ifname, name='' + (name_prefix or 'data') + '[{data_x}].ifname'.format(**locals()) + '', rule='type')
     return data
 
 validate = validate_https___underlay_invalid_schema_ipvlan_json
+
+# The keys known at each place of a config (cni/config.py key_problems): 'keys' where they are
+# checked, 'props' and 'items' to walk on. A place with additionalProperties is free.
+KEYS = {'keys': ['args',
+          'capabilities',
+          'cni.dev/attachments',
+          'cni.dev/valid-attachments',
+          'cniVersion',
+          'cniVersions',
+          'dns',
+          'flag',
+          'hostShim',
+          'internal',
+          'ipam',
+          'linkInContainer',
+          'logFile',
+          'logLevel',
+          'mac',
+          'master',
+          'mode',
+          'mtu',
+          'name',
+          'prevResult',
+          'runtimeConfig',
+          'stateDir',
+          'type',
+          'vlan'],
+ 'props': {'dns': {'keys': ['domain', 'nameservers', 'options', 'search']},
+           'hostShim': {'keys': ['address', 'name', 'routes']}}}
+
+# What a failed rule says in words, by (field path with [] for indices, rule): the schema's
+# patternMessage, formatMessage or notMessage beside the rule.
+MESSAGES = {('data.hostShim.name', 'pattern'): "must be an interface name: no '/', ':', whitespace or control characters",
+ ('data.logFile', 'pattern'): "must be an absolute path (starting with '/') without control characters",
+ ('data.master', 'not'): "may not be '.' or '..'",
+ ('data.master', 'pattern'): "must be an interface name: no '/', ':', whitespace or control characters",
+ ('data.stateDir', 'pattern'): "must be an absolute path (starting with '/') without control characters"}

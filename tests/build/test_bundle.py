@@ -198,6 +198,26 @@ def test_the_thin_path_imports_only_what_connecting_needs(bundle, tmp_path):
         agent.close()
 
 
+@pytest.mark.parametrize("plugin", PLUGINS)
+def test_help_prints_usage_and_imports_nothing_denied(bundle, tmp_path, plugin):
+    proc, modules = bundle.modules(plugin, {"CNI_COMMAND": "ADD"}, b"", tmp_path, argv=[bundle.path(plugin), "--help"])
+    assert proc.returncode == 0 and proc.stderr == b"", proc
+    text = proc.stdout.decode()
+    assert text.startswith(f"CNI {plugin} ") and "CNI_CONTAINERID" in text and "README.md and docs/" in text
+    assert f"Example: CNI_COMMAND=VERSION {plugin}" in text
+    deny = DENY_HOST_LOCAL if plugin == "host-local" else DENY_ALWAYS
+    assert denied(modules, deny) == []
+    proc = bundle.run(None, {}, argv=[str(bundle.exe), plugin, "-h"])
+    assert proc.returncode == 0 and proc.stdout.decode().startswith(f"CNI {plugin} "), proc
+
+
+def test_help_under_a_name_we_do_not_know_lists_the_names(bundle, tmp_path):
+    os.symlink(bundle.exe, tmp_path / "ucf-unknown")
+    for flag in ("--help", "-h"):
+        proc = bundle.run(None, {}, argv=[str(tmp_path / "ucf-unknown"), flag])
+        assert proc.returncode == 0 and b"call me as one of macvlan, ipvlan, host-local" in proc.stdout, proc
+
+
 # -- host-local through the executable --------------------------------------------------
 
 def test_host_local_add_check_del(bundle, tmp_path):

@@ -144,7 +144,7 @@ def reference(text):
             a, b = ipaddress.ip_address(a.strip()), ipaddress.ip_address(b.strip())
             return "error" if a.version != b.version or int(b) < int(a) else (a.version, int(a), int(b))
         if "/" in text:
-            n = ipaddress.ip_network(text, strict=False)
+            n = ipaddress.ip_network(text, strict=True)
             return n.version, int(n.network_address), int(n.broadcast_address)
         a = ipaddress.ip_address(text)
         return a.version, int(a), int(a)

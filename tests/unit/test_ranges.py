@@ -190,7 +190,6 @@ def test_runtime_ranges_are_checked_too():
 @pytest.mark.parametrize("subnet, exclude, expected", [
     ("10.1.0.0/29", ["10.1.0.3"], ["10.1.0.2", "10.1.0.4", "10.1.0.5", "10.1.0.6"]),
     ("10.1.0.0/29", ["10.1.0.4/30"], ["10.1.0.2", "10.1.0.3"]),
-    ("10.1.0.0/29", ["10.1.0.5/30"], ["10.1.0.2", "10.1.0.3"]),       # host bits: the /30 holding .5
     ("10.1.0.0/29", ["10.1.0.3-10.1.0.5"], ["10.1.0.2", "10.1.0.6"]),
     ("10.1.0.0/29", [" 10.1.0.3 - 10.1.0.5 "], ["10.1.0.2", "10.1.0.6"]),
     ("10.1.0.0/29", ["10.1.0.3-10.1.0.3"], ["10.1.0.2", "10.1.0.4", "10.1.0.5", "10.1.0.6"]),
@@ -253,6 +252,10 @@ def test_why_refused_names_the_rule():
     (["10.1.0.5-"], ["exclude[0]", "not a valid IP address"]),
     (["banana"], ["exclude[0]", "not a valid IP address"]),
     (["10.1.0.0/33"], ["exclude[0]", "not a valid CIDR"]),
+    # one rule with subnets: host bits are refused, never taken as the network holding them
+    (["10.1.0.5/30"], ["exclude[0]: 10.1.0.5/30 has host bits set", "network address is 10.1.0.4 (10.1.0.4/30)"]),
+    (["10.1.0.4/30", "10.1.0.101/30"], ["exclude[1]: 10.1.0.101/30 has host bits set", "10.1.0.100"]),
+    (["fd00::5/126"], ["exclude[0]", "host bits set", "fd00::4/126"]),
     ([5], ["exclude[0]", "not an address, CIDR or first-last range"]),
     (["10.1.0.5", "10.9.0.0/24"], ["exclude[1]", "outside"]),
     (["fd00::5"], ["exclude[0]", "outside"]),
@@ -342,3 +345,13 @@ def test_candidates_round_robin_across_ranges():
     assert after == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.2.0.2", "10.2.0.3"]
     # a last_reserved no range holds (config changed): start from the beginning
     assert [r.text(v) for r, v in s.candidates(ipaddress.ip_address("10.9.0.1"))] == order
+
+
+def test_host_bits_are_refused_in_a_long_list_too():
+    """Past FAST_PARSING_FROM exclusions take the inet_pton path: the same rule holds there."""
+    exclude = [f"10.1.{i // 64}.{i % 64 * 4}/30" for i in range(ranges.FAST_PARSING_FROM + 10)]
+    assert len(one({"subnet": "10.1.0.0/16", "exclude": exclude}).exclusions) == len(exclude)
+    exclude[70] = "10.1.1.25/30"
+    msg = refused({"ranges": [[{"subnet": "10.1.0.0/16", "exclude": exclude}]]})
+    assert msg == ("ipam.ranges[0][0].exclude[70]: 10.1.1.25/30 has host bits set; for a /30 the network "
+                   "address is 10.1.1.24 (10.1.1.24/30)")

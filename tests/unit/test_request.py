@@ -209,3 +209,39 @@ def test_cni_version_wins_over_list():
 def test_cni_versions_list_without_ours(versions):
     e = refused(env("ADD"), json.dumps({"cniVersions": versions, "name": "net1"}).encode())
     assert e.code == ERR_INCOMPATIBLE_VERSION
+
+
+# -- GC's valid attachments under either name (containernetworking/cni #1101) --------------
+
+A = [{"containerID": "a", "ifname": "eth0"}]
+B = [{"containerID": "b", "ifname": "net1"}, {"containerID": "b", "ifname": "net2"}]
+NEW, OLD = "cni.dev/valid-attachments", "cni.dev/attachments"
+
+
+@pytest.mark.parametrize("keys, valid", [
+    ({NEW: A}, {("a", "eth0")}),
+    ({OLD: B}, {("b", "net1"), ("b", "net2")}),     # a runtime sending only the older name
+    ({NEW: A, OLD: B}, {("a", "eth0")}),            # both: the spec's name counts
+    ({NEW: None, OLD: B}, {("b", "net1"), ("b", "net2")}),
+    ({NEW: [], OLD: B}, set()),                     # an empty list is an answer: nothing to keep
+    ({NEW: None}, set()),
+    ({OLD: None}, set()),
+    ({}, set()),
+])
+def test_valid_attachments(keys, valid):
+    request = read_request(env("GC"), conf(**keys))
+    assert request.valid_attachments() == valid
+
+
+@pytest.mark.parametrize("keys, field", [
+    ({NEW: {"containerID": "a"}}, NEW),
+    ({OLD: "a"}, OLD),
+    ({OLD: [{"containerID": "a"}]}, OLD + "[0]"),
+    ({NEW: None, OLD: [{"containerID": "a", "ifname": 5}]}, OLD + "[0]"),
+    ({NEW: A + ["a"]}, NEW + "[1]"),
+])
+def test_malformed_valid_attachments_are_refused(keys, field):
+    request = read_request(env("GC"), conf(**keys))
+    with pytest.raises(CniError) as e:
+        request.valid_attachments()
+    assert e.value.code == ERR_INVALID_CONFIG and e.value.msg.startswith(field + ": ")

@@ -4,7 +4,8 @@ import copy
 
 import pytest
 
-from cni.contract import ERR_DECODE, SUPPORTED_VERSIONS, CniError, convert_result, upconvert_result
+from cni.contract import ERR_DECODE, SUPPORTED_VERSIONS, CniError
+from cni.results import convert_result, upconvert_result
 
 DNS = {"nameservers": ["10.1.0.53"], "domain": "example.test", "search": ["a.test"], "options": ["ndots:2"]}
 
@@ -143,3 +144,25 @@ def test_upconvert_malformed(version, prev):
         upconvert_result(prev, version, "prevResult")
     assert e.value.code == ERR_DECODE
     assert "prevResult" in e.value.msg
+
+
+# -- every prefix carries its length: libcni refuses a result without one ---------------
+
+@pytest.mark.parametrize("version, prev, fragments", [
+    ("1.0.0", {"ips": [{"address": "10.0.0.5/24"}], "routes": [{"dst": "10.9.0.0"}]},
+     ["prevResult.routes[0].dst: '10.9.0.0' is not a CIDR: the prefix length is missing", "10.9.0.0/32"]),
+    ("1.0.0", {"ips": [{"address": "fd00::5/64"}], "routes": [{"dst": "::/0"}, {"dst": "fd00:9::"}]},
+     ["prevResult.routes[1].dst", "fd00:9::/128"]),
+    ("1.0.0", {"ips": [{"address": "10.0.0.5/24"}], "routes": [{"dst": "10.9.0.1/16"}]},
+     ["prevResult.routes[0].dst: 10.9.0.1/16 has host bits set", "network address is 10.9.0.0 (10.9.0.0/16)"]),
+    ("0.2.0", {"ip4": {"ip": "10.0.0.5/24", "routes": [{"dst": "10.9.0.0"}]}}, ["prevResult.routes[0].dst"]),
+    ("1.0.0", {"ips": [{"address": "10.0.0.5"}]}, ["prevResult.ips[0].address", "no prefix length"]),
+    ("1.0.0", {"ips": [{"address": "10.0.0.5/24"}], "routes": [{"dst": "banana/8"}]},
+     ["prevResult.routes[0].dst: 'banana/8' is not a valid CIDR"]),
+])
+def test_a_route_or_address_without_prefix_is_refused(version, prev, fragments):
+    with pytest.raises(CniError) as e:
+        upconvert_result(prev, version, "prevResult")
+    assert e.value.code == 7
+    for fragment in fragments:
+        assert fragment in e.value.msg

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cni import contract
+from cni import contract, results
 from cni.contract import CniError
 
 ENV = {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/p1", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
@@ -78,7 +78,7 @@ def test_version(stdin):
 def test_add_prints_the_callers_version(version):
     code, out, err, plugin = run("ADD", {"cniVersion": version, "name": "net1"})
     assert code == 0 and err == ""
-    assert json.loads(out) == contract.convert_result(RESULT, version)
+    assert json.loads(out) == results.convert_result(RESULT, version)
     assert [name for name, _ in plugin.calls] == ["ADD"]
 
 
@@ -131,3 +131,82 @@ def test_unexpected_exception_is_error_999(exception):
     assert error["cniVersion"] == "0.4.0"
     assert f"{type(exception).__name__}: {exception}" in error["details"]
     assert "Traceback" not in out
+
+
+# -- --help, near-miss verbs, the version an error answers in ----------------------------
+
+@pytest.mark.parametrize("argv", [["--help"], ["-h"], ["x", "--help"]])
+def test_help_prints_usage_on_stdout_and_exits_0(argv):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = contract.run(Plugin().verbs(("ADD", "DEL")), "CNI test plugin", env={"CNI_COMMAND": "ADD"},
+                        stdin=b"", stdout=stdout, stderr=stderr, argv=argv, program="testplugin")
+    text = stdout.getvalue()
+    assert code == 0 and stderr.getvalue() == ""
+    assert text.startswith("CNI test plugin\n")
+    assert "CNI_COMMAND      the verb: ADD, DEL, VERSION\n" in text   # the verbs this plugin has
+    for variable in ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH", "CNI_ARGS"):
+        assert f"\n{variable} " in text
+    assert "README.md and docs/" in text and "conf/schema" in text
+    assert "Example: CNI_COMMAND=VERSION testplugin" in text
+    assert "0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0" in text
+
+
+def test_without_help_argv_is_ignored():
+    stdout = io.StringIO()
+    contract.run(Plugin().verbs(), "CNI test plugin", env=dict(ENV, CNI_COMMAND="DEL"),
+                 stdin=b'{"cniVersion": "1.0.0", "name": "n"}', stdout=stdout, stderr=io.StringIO(),
+                 argv=["--verbose"])
+    assert stdout.getvalue() == ""
+
+
+@pytest.mark.parametrize("command, hint", [
+    ("add", "ADD"), ("Add", "ADD"), ("ADDD", "ADD"), ("del", "DEL"), ("DELETE", "DEL"), ("delete", "DEL"),
+    ("check", "CHECK"), ("CHEK", "CHECK"), ("status", "STATUS"), ("STAUTS", "STATUS"), ("gc", "GC"),
+    ("version", "VERSION"), ("VERISON", "VERSION"),
+])
+def test_a_near_miss_verb_gets_a_hint(command, hint):
+    code, out, _, plugin = run(command)
+    assert code != 0 and not plugin.calls
+    error = error_of(out)
+    assert error["code"] == contract.ERR_INVALID_ENV
+    assert error["msg"] == f"CNI_COMMAND: unknown command {command!r}; did you mean {hint!r}?"
+
+
+@pytest.mark.parametrize("command", ["FOO", "X", "ad", "RUN", "DROP"])
+def test_an_unknown_verb_lists_the_verbs(command):
+    error = error_of(run(command)[1])
+    assert error["code"] == contract.ERR_INVALID_ENV and "did you mean" not in error["msg"]
+    assert error["msg"].endswith("(one of ADD, CHECK, DEL, GC, STATUS, VERSION)")
+
+
+@pytest.mark.parametrize("command, env, stdin, version", [
+    ("add", {}, b'{"cniVersion": "0.3.1", "name": "n"}', "0.3.1"),                  # before decoding
+    ("ADD", {"CNI_IFNAME": ""}, b'{"cniVersion": "0.4.0", "name": "n"}', "0.4.0"),  # env missing
+    ("ADD", {}, b'{"cniVersion": "1.0.0", "name": "a/b"}', "1.0.0"),               # name
+    ("ADD", {"CNI_IFNAME": "a/b"}, b'{"cniVersion": "0.2.0", "name": "n"}', "0.2.0"),
+    ("ADD", {"CNI_CONTAINERID": "-x"}, b'{"cniVersion": "0.1.0", "name": "n"}', "0.1.0"),
+    ("CHECK", {}, b'{"cniVersion": "0.3.1", "name": "n"}', "0.3.1"),                # verb too new
+    ("ADD", {}, b'{"cniVersions": ["0.3.1", "0.4.0"], "name": "a b"}', "0.4.0"),
+    ("ADD", {"CNI_ARGS": "FOO=1"}, b'{"name": "n"}', "0.1.0"),                      # no version is 0.1.0
+    # not known: the newest
+    ("ADD", {}, b'{"cniVersion": "7.0.0", "name": "n"}', "1.1.0"),
+    ("ADD", {}, b'{"cniVersion": 1, "name": "n"}', "1.1.0"),
+    ("ADD", {}, b'{not json', "1.1.0"),
+])
+def test_an_error_answers_in_the_configs_version(command, env, stdin, version):
+    exit_code, out, _, plugin = run(command, stdin, **env)
+    assert exit_code != 0 and not plugin.calls
+    assert error_of(out)["cniVersion"] == version
+
+
+def test_warnings_go_to_stderr_after_the_answer_clipped_to_a_few_lines():
+    def add(request):
+        request.warnings.extend(f"unknown key 'k{i}' in ipam is not used" for i in range(25))
+        return RESULT
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = contract.run({"ADD": add}, "CNI test plugin", env=dict(ENV, CNI_COMMAND="ADD"),
+                        stdin=b'{"cniVersion": "1.0.0", "name": "n"}', stdout=stdout, stderr=stderr)
+    assert code == 0 and json.loads(stdout.getvalue())["ips"]
+    lines = stderr.getvalue().splitlines()
+    assert lines[0] == "test: warning: unknown key 'k0' in ipam is not used"
+    assert len(lines) == 21 and lines[-1] == "test: warning: and 5 more"

@@ -148,3 +148,85 @@ def test_agreement_on_mutations(path):
                 examples.append(json.dumps(config)[:300])
     assert checked > 1000
     assert disagreements == 0, examples[:5]
+
+
+# -- errors speak in words: every pattern (and format) has a sentence --------------------------
+
+SCHEMAS = sorted((ROOT / "conf" / "schema").glob("*.json"))
+MINIMAL = {"host-local": {"name": "n", "ipam": {"type": "host-local"}}, "macvlan": {"name": "n"},
+           "ipvlan": {"name": "n"},
+           "cluster-ipam": {"name": "n", "ipam": {"type": "cluster-ipam", "etcd": {"endpoints": ["http://e:2379"]}}}}
+# values to try against a rule: the first one it refuses is used
+CANDIDATES = ["relative/path", "a/b", "a b", "x\x01y", "", ".", ".."]
+
+
+def schema_rules(node, path="data"):
+    """(path, rule, value of the rule) of every pattern, format and not in a raw schema."""
+    if not isinstance(node, dict):
+        return
+    for rule in ("pattern", "format", "not"):
+        if rule in node:
+            yield path, rule, node[rule], node
+    for key, child in node.get("properties", {}).items():
+        yield from schema_rules(child, f"{path}.{key}")
+    for key, child in node.get("definitions", {}).items():
+        yield from schema_rules(child, f"definitions.{key}")
+    if isinstance(node.get("items"), dict):
+        yield from schema_rules(node["items"], f"{path}[]")
+
+
+@pytest.mark.parametrize("schema_path", SCHEMAS, ids=lambda p: p.stem)
+def test_every_pattern_and_format_has_a_sentence(schema_path):
+    rules = list(schema_rules(json.loads(schema_path.read_text())))
+    assert any(rule == "pattern" for _, rule, _, _ in rules)   # the walk finds them at all
+    for path, rule, _, node in rules:
+        if rule in ("pattern", "format"):
+            message = node.get(rule + "Message")
+            assert message and "^" not in message and "\\" not in message, (path, rule)
+
+
+def violating(schema, path, rule, pattern):
+    import re
+    config = copy.deepcopy(MINIMAL[schema])
+    keys = path.split(".")[1:]
+    node = config
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    if rule == "pattern":
+        value = next(v for v in CANDIDATES if v and not re.search(pattern, v))
+    else:
+        value = "."
+    last = keys[-1]
+    if last.endswith("[]"):   # an array of such values: one bad item after a good one
+        good = next(v for v in node[last[:-2]] if re.search(pattern, v)) if node.get(last[:-2]) else value
+        node[last[:-2]] = [good, value]
+    else:
+        node[last] = value
+    if keys[0] == "hostShim":
+        node.setdefault("address", "10.1.0.250")
+        node.setdefault("name", "shim0")
+    return config, value
+
+
+@pytest.mark.parametrize("schema_path", SCHEMAS, ids=lambda p: p.stem)
+def test_a_pattern_failure_is_a_sentence(schema_path):
+    schema = schema_path.stem
+    module = netconf.schema_module(schema)
+    raw = {(path, rule): value for path, rule, value, _ in schema_rules(json.loads(schema_path.read_text()))}
+    assert set(module.MESSAGES) == {k for k in raw if k[1] in ("pattern", "format")} | \
+        {k for k in module.MESSAGES if k[1] == "not"}
+    for (path, rule), sentence in module.MESSAGES.items():
+        assert path.count("[]") <= int(path.endswith("[]")), "extend violating() for arrays inside arrays"
+        config, value = violating(schema, path, rule, raw[(path, rule)])
+        with pytest.raises(CniError) as e:
+            netconf.validate(schema, config)
+        field = path.removeprefix("data.").replace("[]", "[1]")
+        assert e.value.msg == f"invalid network config: {field} {sentence}; got {value!r}", (path, rule)
+        assert "pattern" not in e.value.msg and "^" not in e.value.msg
+
+
+def test_the_log_file_message_of_the_issue():
+    with pytest.raises(CniError) as e:
+        netconf.validate("macvlan", {"name": "n", "logFile": "ops.log"})
+    assert e.value.msg == ("invalid network config: logFile must be an absolute path (starting with '/') without "
+                           "control characters; got 'ops.log'")
