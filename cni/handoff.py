@@ -71,6 +71,16 @@ def hand_off(plugin, argv=None, environ=None):
     if environ.get("UNDERLAY_AGENT") == "0":
         status = "agent disabled (UNDERLAY_AGENT=0)"
         return None
+    # read first: a worker is taken only by a caller ready to send (a runtime writes stdin at once)
+    stdin = sys.stdin.buffer.read() if sys.stdin is not None else b""
+    code = ask(plugin, argv or sys.argv, environ, stdin)
+    if code is None:
+        restore_stdin(stdin)   # the plugin reads it here, as it would have
+    return code
+
+
+def ask(plugin, argv, environ, stdin):
+    global status
     path = socket_path(environ)
     timeout = timeout_of(environ)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
@@ -82,13 +92,13 @@ def hand_off(plugin, argv=None, environ=None):
         try:
             sock.connect(path)
         except BlockingIOError:
-            return busy(plugin, path, timeout, f"its queue stayed full for {timeout:g} s")
+            return busy(plugin, stdin, path, timeout, f"its queue stayed full for {timeout:g} s")
         except OSError as e:
             status = f"no agent at {path}: {e.strerror or e}"
             return None
         answer = wait_for_worker(sock, path, timeout)
         if answer is None:
-            return busy(plugin, path, timeout, f"silent for over {timeout:g} s, or {QUEUE_LIMIT:g} s in its queue")
+            return busy(plugin, stdin, path, timeout, f"silent for over {timeout:g} s, or {QUEUE_LIMIT:g} s in its queue")
         if isinstance(answer, OSError):
             status = f"agent at {path} went away before serving: {answer.strerror or answer}"
             return None
@@ -99,14 +109,12 @@ def hand_off(plugin, argv=None, environ=None):
             status = f"agent at {path} answered {answer[:40]!r}" if answer else \
                 f"agent at {path} closed the connection before serving"
             return None
-        stdin = sys.stdin.buffer.read() if sys.stdin is not None else b""
-        payload = request_payload(plugin, argv or sys.argv, environ, stdin)
+        payload = request_payload(plugin, argv, environ, stdin)
         try:
             send_request(sock, payload)
         except OSError as e:
             # the worker has not got the request, so nothing has started: do it here
             status = f"agent at {path}: sending the request failed: {e.strerror or e}"
-            restore_stdin(stdin)
             return None
         sock.settimeout(None)
         # from here the worker owns the invocation; this process only waits for it
@@ -120,7 +128,6 @@ def hand_off(plugin, argv=None, environ=None):
         except ConnectionResetError:
             # the worker closed with our request unread (it gave up waiting for it): nothing started
             status = f"agent at {path} dropped the request unread"
-            restore_stdin(stdin)
             return None
         except OSError:
             answer = b""
@@ -128,7 +135,6 @@ def hand_off(plugin, argv=None, environ=None):
             return int(answer[1:])
         if answer[:1] == FALLBACK:
             status = f"agent at {path} could not serve this context: {answer[1:].decode(errors='replace')}"
-            restore_stdin(stdin)
             return None
         return failed(plugin, stdin, f"underlayd's worker for this {plugin} request ended without an answer "
                                      "(killed?); what it did is undone by DEL")
@@ -189,8 +195,8 @@ def restore_stdin(data):
     sys.stdin = io.TextIOWrapper(io.BytesIO(data))
 
 
-def busy(plugin, path, timeout, why):
-    return failed(plugin, None, f"underlayd at {path} did not start the request ({why}); nothing was done "
+def busy(plugin, stdin, path, timeout, why):
+    return failed(plugin, stdin, f"underlayd at {path} did not start the request ({why}); nothing was done "
                                 "(UNDERLAY_AGENT_TIMEOUT sets the bound)")
 
 

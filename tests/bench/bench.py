@@ -74,8 +74,7 @@ def spawn(argv, env, stdin=b""):
                             bufsize=0)
 
 
-def reap(proc, stdin, started):
-    """Feed stdin, read both pipes, wait4() for the exit and the peak RSS."""
+def feed(proc, stdin):
     try:
         proc.stdin.write(stdin)
     except BrokenPipeError:
@@ -84,6 +83,12 @@ def reap(proc, stdin, started):
         proc.stdin.close()
     except BrokenPipeError:     # VERSION never reads its stdin
         pass
+
+
+def reap(proc, stdin, started):
+    """Feed stdin (None: fed already), read both pipes, wait4() for the exit and the peak RSS."""
+    if stdin is not None:
+        feed(proc, stdin)
     out = proc.stdout.read()
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -280,7 +285,9 @@ def parallel(argvs_envs, stdin):
     """Start every exec at once; (wall seconds, [Exec])."""
     started = time.perf_counter()
     procs = [(spawn(argv, env), time.perf_counter()) for argv, env in argvs_envs]
-    execs = [reap(proc, stdin, t) for proc, t in procs]
+    for proc, _ in procs:     # at once, as a runtime does (a config fits the pipe buffer)
+        feed(proc, stdin)
+    execs = [reap(proc, None, t) for proc, t in procs]
     return time.perf_counter() - started, execs
 
 
