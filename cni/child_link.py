@@ -11,6 +11,7 @@ A plugin module supplies a `Kind`: its schema, its config and the link
 attributes that make it a macvlan or an ipvlan.
 """
 
+import contextlib
 import errno
 import os
 import re
@@ -24,11 +25,16 @@ MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
 class Conf:
-    """The settings both kinds have, checked before anything is changed."""
+    """The settings both kinds have, read in one place: what DEL, GC and STATUS derive
+    (the state dir, the parent's name, the shim) is what ADD derived.
 
-    def __init__(self, request, schema, default_mode):
+    strict (ADD, CHECK): every rule is checked before anything is changed.
+    lenient (DEL, GC, STATUS): the schema's types only, so a config ADD would refuse can
+    still be taken apart; a parent name that cannot be derived is None."""
+
+    def __init__(self, request, schema, default_mode, strict=True):
         config = request.config
-        netconf.validate(schema, config, request)
+        netconf.validate(schema, config, request)  # wrong types must not reach paths and link names
         self.master = config.get("master") or None
         self.vlan = config.get("vlan")
         self.mode = config.get("mode") or default_mode
@@ -38,8 +44,18 @@ class Conf:
         self.ipam_type = contract.ipam_type(config)
         self.dns = config.get("dns") or {}
         self.internal = bool(config.get("internal"))
-        self.shim = shim.settings(config)
-        self.prev = request.prev_result() if request.command in ("ADD", "CHECK") else None
+        self.shim = shim.settings(config, strict)
+        self.prev = request.prev_result() if strict else None
+        if strict:
+            self.check_combinations(config)
+        try:
+            self.parent = self.parent_name(request.network)
+        except CniError:
+            if strict:
+                raise
+            self.parent = None
+
+    def check_combinations(self, config):
         if self.vlan is not None and self.link_in_container:
             raise CniError(ERR_INVALID_CONFIG, "vlan: cannot be combined with linkInContainer")
         if self.internal:
@@ -53,7 +69,7 @@ class Conf:
         """No IPAM of our own: apply the addresses a previous plugin in the chain got."""
         return self.ipam_type is None and bool(self.prev and self.prev.get("ips"))
 
-    def parent(self, network):
+    def parent_name(self, network):
         """The parent's name as configured (None: chained, or the default-route interface)."""
         if self.internal:
             return parents.internal_name(network)
@@ -75,7 +91,8 @@ class Kind:
     name = None
     schema = None
 
-    def load(self, request):
+    def load(self, request, strict=True):
+        """The plugin's Conf: strict for ADD and CHECK, lenient for DEL, GC and STATUS."""
         raise NotImplementedError
 
     def link_data(self, conf):
@@ -152,99 +169,111 @@ def delete_quietly(nl, index):
         pass
 
 
-def find_master(kind, conf, where, request):
-    """(master Link, undo or None): configured, made on demand, chained, or the default route's."""
+def quietly(step):
+    """An undo step: best effort, since the error being reported is the one that matters."""
+    def run():
+        try:
+            step()
+        except Exception:
+            pass
+    return run
+
+
+def find_master(kind, conf, where, request, undo):
+    """The master Link: configured, made on demand (its release registered in `undo`),
+    chained, or the default route's."""
     if conf.internal or conf.master or conf.vlan is not None:
         master, managed = parents.acquire_parent(where, conf, request)
-        if not managed:
-            return master, None
-        user = parents.user_key(request.network, request.container_id, request.ifname)
-        return master, lambda: parents.release(where, master.name, user, conf.state_dir)
+        if managed:
+            user = parents.user_key(request.network, request.container_id, request.ifname)
+            undo.callback(quietly(lambda: parents.release(where, master.name, user, conf.state_dir)))
+        return master
     name = kind.parent_for_chain(conf)
     if name is not None:
         master = where.find_link(name)
         if master is None:
             raise CniError(ERR_INVALID_CONFIG, f"master: prevResult's interface {name!r} does not exist")
-        return master, None
-    return parents.default_route_master(where), None
+        return master
+    return parents.default_route_master(where)
+
+
+def create_child(kind, conf, where, pod, pod_fd, master, request, undo):
+    """The child, made in the pod under a temporary name and renamed to CNI_IFNAME there."""
+    temp = temporary_name(request.ifname)
+    try:
+        where.create_link(temp, kind.name, parent_index=master.index, mtu=conf.mtu or None,
+                          mac=kind.mac(conf), data=kind.link_data(conf),
+                          netns_fd=None if conf.link_in_container else pod_fd)
+    except netlink.NetlinkError as e:
+        raise kind.create_error(e, conf, master) from None
+    link = pod.link(temp)
+    undo.callback(quietly(lambda: delete_quietly(pod, link.index)))
+    try:
+        pod.set_link(link.index, name=request.ifname)
+    except netlink.NetlinkError as e:
+        raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME: cannot rename {temp} to {request.ifname}: "
+                                        f"{os.strerror(e.errno)}") from None
+    return link
+
+
+def addresses(kind, conf, request, undo):
+    """The IPAM result (its DEL registered in `undo`), prevResult's in a chain, or none (ipam {})."""
+    if conf.ipam_type:
+        result = contract.delegate_ipam(request, "ADD")
+        undo.callback(quietly(lambda: contract.delegate_ipam(request, "DEL")))
+        if not result.get("ips"):
+            raise CniError(ERR_INVALID_CONFIG, f"ipam: {conf.ipam_type} returned no IP addresses")
+    elif conf.chained:
+        result = {"ips": [dict(ip) for ip in conf.prev["ips"]], "routes": conf.prev.get("routes") or [],
+                  "dns": conf.prev.get("dns") or {}}
+    else:
+        result = {"ips": [], "routes": [], "dns": {}}
+    if kind.device_routes(conf):
+        for ip in result["ips"]:
+            ip.pop("gateway", None)
+        result["routes"] = device_default_routes(result)
+    return result
 
 
 def add(kind, request):
+    """Load, open the netns, find the master, create the child, get addresses, apply them,
+    add the shim, answer. `resources` close whatever happens; `undo` runs only on failure."""
     conf = kind.load(request)
     contract.load_ipam_config(request)   # a bad ipam section is refused before the link exists
-    undo = []
-    pod_fd = open_pod_netns(request)
-    host = netlink.Netlink()
     try:
-        pod = pod_socket(pod_fd)
-        undo.append(pod.close)
-        if pod.find_link(request.ifname):
-            raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME: {request.ifname} already exists in {request.netns}")
+        with contextlib.ExitStack() as resources, contextlib.ExitStack() as undo:
+            pod_fd = open_pod_netns(request)
+            resources.callback(os.close, pod_fd)
+            host = resources.enter_context(netlink.Netlink())
+            pod = resources.enter_context(pod_socket(pod_fd))
+            if pod.find_link(request.ifname):
+                raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME: {request.ifname} already exists in {request.netns}")
 
-        where = pod if conf.link_in_container else host
-        master, release_parent = find_master(kind, conf, where, request)
-        if release_parent:
-            undo.append(release_parent)
-        if conf.mtu and conf.mtu > master.mtu:
-            raise CniError(ERR_INVALID_CONFIG, f"mtu: {conf.mtu} is larger than master {master.name}'s MTU {master.mtu}")
+            where = pod if conf.link_in_container else host
+            master = find_master(kind, conf, where, request, undo)
+            if conf.mtu and conf.mtu > master.mtu:
+                raise CniError(ERR_INVALID_CONFIG, f"mtu: {conf.mtu} is larger than master {master.name}'s "
+                                                   f"MTU {master.mtu}")
+            link = create_child(kind, conf, where, pod, pod_fd, master, request, undo)
+            result = addresses(kind, conf, request, undo)
+            with netns.entered(pod_fd):
+                if result["ips"]:
+                    iface.configure(pod, link, request.ifname, result, device_default=kind.device_routes(conf))
+                else:
+                    iface.prepare(request.ifname, False)
+                    pod.set_link(link.index, up=True)  # ipam {}: an L2-only attachment
+            if conf.shim:
+                undo.callback(quietly(shim.ensure(host, kind, conf, master, request, result)))
 
-        temp = temporary_name(request.ifname)
-        try:
-            where.create_link(temp, kind.name, parent_index=master.index, mtu=conf.mtu or None,
-                              mac=kind.mac(conf), data=kind.link_data(conf),
-                              netns_fd=None if conf.link_in_container else pod_fd)
-        except netlink.NetlinkError as e:
-            raise kind.create_error(e, conf, master) from None
-        link = pod.link(temp)
-        undo.append(lambda: delete_quietly(pod, link.index))
-        try:
-            pod.set_link(link.index, name=request.ifname)
-        except netlink.NetlinkError as e:
-            raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME: cannot rename {temp} to {request.ifname}: "
-                                            f"{os.strerror(e.errno)}") from None
-
-        if conf.ipam_type:
-            result = contract.delegate_ipam(request, "ADD")
-            undo.append(lambda: contract.delegate_ipam(request, "DEL"))
-            if not result.get("ips"):
-                raise CniError(ERR_INVALID_CONFIG, f"ipam: {conf.ipam_type} returned no IP addresses")
-        elif conf.chained:
-            result = {"ips": [dict(ip) for ip in conf.prev["ips"]], "routes": conf.prev.get("routes") or [],
-                      "dns": conf.prev.get("dns") or {}}
-        else:
-            result = {"ips": [], "routes": [], "dns": {}}
-        if kind.device_routes(conf):
+            result["interfaces"] = [iface.interface_result(pod.link(index=link.index), request.netns)]
             for ip in result["ips"]:
-                ip.pop("gateway", None)
-            result["routes"] = device_default_routes(result)
-
-        with netns.entered(pod_fd):
-            if result["ips"]:
-                iface.configure(pod, link, request.ifname, result, device_default=kind.device_routes(conf))
-            else:
-                iface.prepare(request.ifname, False)
-                pod.set_link(link.index, up=True)  # ipam {}: an L2-only attachment
-        if conf.shim:
-            undo.append(shim.ensure(host, kind, conf, master, request, result))
-        link = pod.link(index=link.index)
-        result["interfaces"] = [iface.interface_result(link, request.netns)]
-        for ip in result["ips"]:
-            ip["interface"] = 0
-        if conf.dns:
-            result["dns"] = conf.dns
-        undo.clear()
-        pod.close()
-        return result
+                ip["interface"] = 0
+            if conf.dns:
+                result["dns"] = conf.dns
+            undo.pop_all()  # success: keep everything
+            return result
     except netlink.NetlinkError as e:
         raise CniError(ERR_LINK, str(e)) from None
-    finally:
-        for step in reversed(undo):
-            try:
-                step()
-            except Exception:
-                pass  # best effort: the error being reported is the one that matters
-        host.close()
-        os.close(pod_fd)
 
 
 def device_default_routes(result):
@@ -261,9 +290,8 @@ def device_default_routes(result):
 def delete(kind, request):
     """Release IPAM first; then remove the link if the netns and the link are still there,
     and any link of ours an ADD killed between create and rename left under its temporary name."""
-    config = request.config
-    netconf.validate(kind.name, config, request)  # wrong types must not reach paths and link names
-    if contract.ipam_type(config):
+    conf = kind.load(request, strict=False)
+    if conf.ipam_type:
         contract.delegate_ipam(request, "DEL")
     if request.netns:
         try:
@@ -279,13 +307,14 @@ def delete(kind, request):
                             delete_quietly(pod, link.index)
             finally:
                 os.close(pod_fd)
-    if config.get("linkInContainer"):
+    if conf.link_in_container:
         return
-    state_dir = config.get("stateDir") or parents.DEFAULT_STATE_DIR
     user = parents.user_key(request.network, request.container_id, request.ifname)
     with netlink.Netlink() as host:
-        shim.release(host, config, request, state_dir)
-        parents.release(host, parents.managed_parent_name(config, request.network), user, state_dir)
+        if conf.shim:
+            shim.release(host, conf.shim.name, user, conf.state_dir)
+        if conf.parent:
+            parents.release(host, conf.parent, user, conf.state_dir)
 
 
 def check(kind, request):
@@ -312,7 +341,7 @@ def check(kind, request):
                 raise iface.check_error(f"interface {request.ifname} is a {link.kind}, not a {kind.name}")
             kind.check_link(link, conf)
             where = pod if conf.link_in_container else host
-            name = conf.parent(request.network) or kind.parent_for_chain(conf)
+            name = conf.parent or kind.parent_for_chain(conf)
             master = where.find_link(name) if name else parents.default_route_master(where)
             if master is None:
                 raise iface.check_error(f"master {name} is missing")
@@ -321,6 +350,8 @@ def check(kind, request):
             if expected.get("mac") and expected["mac"].lower() != (link.mac or "").lower():
                 raise iface.check_error(f"interface {request.ifname}: MAC {link.mac}, prevResult says {expected['mac']}")
             iface.check_addresses_and_routes(pod, link, prev, ours[0])
+            if conf.shim:
+                shim.check(host, conf, master, request, prev)
     finally:
         os.close(pod_fd)
 
@@ -328,9 +359,9 @@ def check(kind, request):
 def status(kind, request):
     """0 if an ADD could succeed: the kernel has the link kinds, the master is there, IPAM is ready."""
     from cni import kernel  # STATUS only: keeps ctypes off the ADD path
-    conf = kind.load(request)
+    conf = kind.load(request, strict=False)
     needed = [kind.name] + (["dummy"] if conf.internal else [])
-    name = conf.parent(request.network)
+    name = conf.parent
     if name and not conf.link_in_container:
         with netlink.Netlink() as host:
             missing = host.find_link(name) is None
@@ -351,13 +382,12 @@ def status(kind, request):
 
 
 def gc(kind, request):
-    config = request.config
-    netconf.validate(kind.name, config, request)
-    if contract.ipam_type(config):
+    conf = kind.load(request, strict=False)
+    if conf.ipam_type:
         contract.delegate_ipam(request, "GC")
     valid = {parents.user_key(request.network, cid, ifname) for cid, ifname in request.valid_attachments()}
     with netlink.Netlink() as host:
-        parents.garbage_collect(host, request.network, valid, config.get("stateDir") or parents.DEFAULT_STATE_DIR)
+        shim.garbage_collect(host, request.network, valid, conf.state_dir)
 
 
 def verbs(kind):

@@ -72,6 +72,10 @@ class CniError(Exception):
         self.details = details
 
 
+def config_error(field, problem):
+    return CniError(ERR_INVALID_CONFIG, f"{field}: {problem}")
+
+
 def version_key(version, field="cniVersion"):
     try:
         major, minor, patch = (int(p) for p in version.split("."))

@@ -72,8 +72,12 @@ def check_addresses_and_routes(nl, link, prev, our_index):
             raise check_error(f"address {ip['address']} of prevResult is missing from {link.name}")
         if flags & netlink.IFA_F_DADFAILED:
             raise check_error(f"address {ip['address']} on {link.name} failed duplicate address detection")
-    routes = nl.routes()
-    for route in prev.get("routes") or []:
+    wanted = prev.get("routes") or []
+    # only the families prevResult has routes in (a dst of one family never matches the other)
+    families = sorted({netlink.family_of(str(ipaddress.ip_network(r["dst"], strict=False).network_address))
+                       for r in wanted})
+    routes = [r for family in families for r in nl.routes(family)]
+    for route in wanted:
         dst = str(ipaddress.ip_network(route["dst"], strict=False))
         gw = route.get("gw")
         if not any(r["dst"] == dst and (not gw or r["gw"] == gw) for r in routes):

@@ -16,13 +16,13 @@ from cni.contract import ERR_INVALID_CONFIG, ERR_UNSUPPORTED_FIELD, CniError
 
 
 class Conf(child_link.Conf):
-    def __init__(self, request):
-        super().__init__(request, "ipvlan", "l2")
+    def __init__(self, request, strict=True):
+        super().__init__(request, "ipvlan", "l2", strict)
         self.flag = request.config.get("flag") or "bridge"
         runtime = request.config.get("runtimeConfig") or {}
         for field, value in (("mac", request.config.get("mac")), ("runtimeConfig.mac", runtime.get("mac")),
                              ("CNI_ARGS MAC", request.args.get("MAC"))):
-            if value:
+            if strict and value:
                 raise CniError(ERR_UNSUPPORTED_FIELD, f"{field}: ipvlan children share the master's MAC "
                                                       "address; a MAC cannot be set")
 
@@ -31,8 +31,8 @@ class Ipvlan(child_link.Kind):
     name = "ipvlan"
     other = "macvlan"
 
-    def load(self, request):
-        return Conf(request)
+    def load(self, request, strict=True):
+        return Conf(request, strict)
 
     def link_data(self, conf):
         return {"IFLA_IPVLAN_MODE": netlink.IPVLAN_MODES[conf.mode],

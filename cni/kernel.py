@@ -11,17 +11,9 @@ import errno
 import json
 import os
 
-from cni import netlink, netns
+from cni import files, netlink, netns
 
 CACHE = "kernel-support.json"
-
-
-def boot_id():
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def probe(kind):
@@ -53,7 +45,7 @@ def probe(kind):
 def unsupported(kind, state_dir):
     """None if the running kernel supports `kind`, else why not (cached per boot)."""
     path = os.path.join(state_dir, CACHE)
-    boot = boot_id()
+    boot = files.boot_id()
     cache = {}
     try:
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)) as f:
@@ -68,15 +60,7 @@ def unsupported(kind, state_dir):
     cache = {"boot_id": boot, "kinds": dict(cache.get("kinds", {}), **{kind: reason})}
     try:
         os.makedirs(state_dir, 0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}"
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(cache, f)
-        os.rename(tmp, path)
+        files.replace(path, json.dumps(cache).encode())
     except OSError:
         pass  # no cache: the next STATUS probes again
     return reason

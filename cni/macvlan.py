@@ -10,24 +10,33 @@ Run from a checkout: `python3 -m cni.macvlan` with the CNI_* environment.
 import errno
 
 from cni import child_link, iface, netlink
-from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, CniError
+from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_UNSUPPORTED_FIELD, CniError
+
+ARPHRD_ETHER = 1
 
 
 class Conf(child_link.Conf):
-    def __init__(self, request):
-        super().__init__(request, "macvlan", "bridge")
+    def __init__(self, request, strict=True):
+        super().__init__(request, "macvlan", "bridge", strict)
         self.bcqueuelen = request.config.get("bcqueuelen")
-        self.mac = self._mac(request)
+        self.mac = self._mac(request) if strict else None
+        if strict and self.mode == "passthru" and self.shim:
+            raise CniError(ERR_INVALID_CONFIG, "hostShim: cannot be used with mode passthru: passthru takes "
+                                               "the master for one attachment, leaving none for the shim")
 
-    @staticmethod
-    def _mac(request):
+    def _mac(self, request):
         """MAC priority: runtimeConfig.mac > CNI_ARGS MAC= > mac."""
         runtime = request.config.get("runtimeConfig") or {}
         for field, value, code in (("runtimeConfig.mac", runtime.get("mac"), ERR_INVALID_CONFIG),
                                    ("CNI_ARGS MAC", request.args.get("MAC"), ERR_INVALID_ENV),
                                    ("mac", request.config.get("mac"), ERR_INVALID_CONFIG)):
-            if value:
-                return child_link.check_mac(value, field, code)
+            if not value:
+                continue
+            if self.mode == "passthru":
+                # the kernel would pass the new MAC on to the master itself, and no DEL undoes that
+                raise CniError(ERR_UNSUPPORTED_FIELD, f"{field}: a passthru macvlan has the master's MAC "
+                                                      "address; a MAC cannot be set (it would change the master's)")
+            return child_link.check_mac(value, field, code)
         return None
 
 
@@ -35,8 +44,8 @@ class Macvlan(child_link.Kind):
     name = "macvlan"
     other = "ipvlan"
 
-    def load(self, request):
-        return Conf(request)
+    def load(self, request, strict=True):
+        return Conf(request, strict)
 
     def link_data(self, conf):
         data = {"IFLA_MACVLAN_MODE": netlink.MACVLAN_MODES[conf.mode]}
@@ -57,9 +66,14 @@ class Macvlan(child_link.Kind):
             raise iface.check_error(f"interface {link.name}: mode {names.get(mode, mode)}, config says {conf.mode}")
 
     def create_error(self, error, conf, master):
-        if conf.mode == "passthru" and error.errno in (errno.EBUSY, errno.EINVAL):
-            return CniError(ERR_LINK, f"master {master.name}: passthru takes the master for one attachment "
-                                      f"and it already has a macvlan child ({error})")
+        # With the MTU checked and an Ethernet master, EINVAL is the kernel's "one passthru child
+        # per master" rule (macvlan_common_newlink), whichever side came first.
+        if error.errno == errno.EINVAL and master.type == ARPHRD_ETHER:
+            if conf.mode == "passthru":
+                return CniError(ERR_LINK, f"master {master.name}: passthru takes the master for one attachment "
+                                          "and it already has a macvlan child (passthru or not)")
+            return CniError(ERR_LINK, f"master {master.name}: held by a passthru macvlan, which takes the master "
+                                      f"for one attachment; a {conf.mode} macvlan cannot share it")
         return super().create_error(error, conf, master)
 
 KIND = Macvlan()

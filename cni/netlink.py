@@ -1,9 +1,14 @@
-"""Netlink for underlay: the only module that uses pyroute2.
+"""Netlink for underlay: the one module that speaks rtnetlink.
 
-pyroute2 encodes and decodes the rtnetlink messages; the socket is a plain
-NETLINK_ROUTE socket. `import pyroute2` pulls in every subsystem (~120 ms on
-each exec), so its package __init__ is bypassed: a bare package module takes
-its place and only the message classes are imported (~15 ms).
+The few messages the plugins need (links, addresses, routes) are packed and
+parsed here with struct on a plain NETLINK_ROUTE socket. pyroute2 did this
+before, but its message classes cost ~18 ms to import on every exec and, warm,
+built ~220 message objects for one ADD (whole link messages with their stats
+and per-family settings decoded to read five fields). Now a request is the
+bytes it needs, a reply is parsed for the attributes we read and nothing else,
+and link queries ask the kernel to leave the statistics out (IFLA_EXT_MASK).
+tests/namespaces/test_netlink_codec.py checks the parsers against pyroute2's
+full decode of the same kernel bytes.
 
 Kernel errors become NetlinkError with the errno; a missing link is
 LinkNotFound, so "already gone" is easy to accept where the spec wants it.
@@ -13,81 +18,53 @@ import errno
 import os
 import socket
 import struct
-import sys
-import types
-
-
-def _import_message_classes():
-    if "pyroute2" not in sys.modules:
-        import importlib.util
-        spec = importlib.util.find_spec("pyroute2")
-        package = types.ModuleType("pyroute2")
-        package.__path__ = list(spec.submodule_search_locations)
-        package.__file__ = spec.origin
-        sys.modules["pyroute2"] = package
-    from pyroute2.netlink import nla
-    from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-    from pyroute2.netlink.rtnl.rtmsg import rtmsg
-    return nla, ifinfmsg, ifaddrmsg, rtmsg
-
-
-nla, ifinfmsg, ifaddrmsg, rtmsg = _import_message_classes()
-
-
-class macvlan_data(nla):
-    """IFLA_INFO_DATA of macvlan, with the attributes pyroute2 lacks (bcqueuelen)."""
-    prefix = "IFLA_"
-    nla_map = (
-        ("IFLA_MACVLAN_UNSPEC", "none"),
-        ("IFLA_MACVLAN_MODE", "uint32"),
-        ("IFLA_MACVLAN_FLAGS", "uint16"),
-        ("IFLA_MACVLAN_MACADDR_MODE", "uint32"),
-        ("IFLA_MACVLAN_MACADDR", "l2addr"),
-        ("IFLA_MACVLAN_MACADDR_DATA", "hex"),
-        ("IFLA_MACVLAN_MACADDR_COUNT", "uint32"),
-        ("IFLA_MACVLAN_BC_QUEUE_LEN", "uint32"),
-        ("IFLA_MACVLAN_BC_QUEUE_LEN_USED", "uint32"),
-        ("IFLA_MACVLAN_BC_CUTOFF", "int32"),
-    )
-
-
-class ipvlan_data(nla):
-    """IFLA_INFO_DATA of ipvlan, with IFLA_IPVLAN_FLAGS (bridge/private/vepa)."""
-    prefix = "IFLA_"
-    nla_map = (
-        ("IFLA_IPVLAN_UNSPEC", "none"),
-        ("IFLA_IPVLAN_MODE", "uint16"),
-        ("IFLA_IPVLAN_FLAGS", "uint16"),
-    )
-
-
-class vlan_data(nla):
-    prefix = "IFLA_"
-    nla_map = (
-        ("IFLA_VLAN_UNSPEC", "none"),
-        ("IFLA_VLAN_ID", "uint16"),
-    )
-
-
-ifinfmsg.ifinfo.data_map.update(macvlan=macvlan_data, ipvlan=ipvlan_data, vlan=vlan_data)
 
 MACVLAN_MODES = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8}
 IPVLAN_MODES = {"l2": 0, "l3": 1, "l3s": 2}
 IPVLAN_FLAGS = {"bridge": 0, "private": 1, "vepa": 2}
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
-RTM_NEWADDR, RTM_GETADDR = 20, 22
-RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x800, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 0x1
 IFA_F_NODAD, IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x2, 0x4, 0x8, 0x40
 RT_TABLE_MAIN = 254
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTPROT_BOOT, RTPROT_STATIC = 3, 4
 RTN_UNICAST = 1
 RTAX_MTU, RTAX_ADVMSS = 2, 8
+RTEXT_FILTER_SKIP_STATS = 1 << 3
+
+# attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h, veth.h)
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_TXQLEN = 1, 3, 4, 5, 13
+IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_LINK_NETNSID = 18, 28, 29, 37
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+VETH_INFO_PEER = 1
+IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 7, 8, 15
+NLA_TYPE_MASK = 0x3FFF   # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+
+HEADER = struct.Struct("=IHHII")        # nlmsghdr: length, type, flags, seq, pid
+IFINFO = struct.Struct("=BxHiII")       # ifinfomsg: family, type, index, flags, change
+IFADDR = struct.Struct("=BBBBI")        # ifaddrmsg: family, prefixlen, flags, scope, index
+RTMSG = struct.Struct("=BBBBBBBBI")     # rtmsg: family, dst_len, src_len, tos, table, proto, scope, type, flags
+NLA = struct.Struct("=HH")
+U32, U16, S32 = struct.Struct("=I"), struct.Struct("=H"), struct.Struct("=i")
+
+# IFLA_INFO_DATA per link kind: attribute name -> (number, struct format). Integer
+# attributes only; Link.data holds these, by name.
+LINK_DATA = {
+    "macvlan": {"IFLA_MACVLAN_MODE": (1, "I"), "IFLA_MACVLAN_FLAGS": (2, "H"),
+                "IFLA_MACVLAN_MACADDR_MODE": (3, "I"), "IFLA_MACVLAN_MACADDR_COUNT": (6, "I"),
+                "IFLA_MACVLAN_BC_QUEUE_LEN": (7, "I"), "IFLA_MACVLAN_BC_QUEUE_LEN_USED": (8, "I"),
+                "IFLA_MACVLAN_BC_CUTOFF": (9, "i")},
+    "ipvlan": {"IFLA_IPVLAN_MODE": (1, "H"), "IFLA_IPVLAN_FLAGS": (2, "H")},
+    "vlan": {"IFLA_VLAN_ID": (1, "H")},
+}
+LINK_DATA_BY_NUMBER = {kind: {number: (name, struct.Struct("=" + fmt)) for name, (number, fmt) in table.items()}
+                       for kind, table in LINK_DATA.items()}
 
 
 class NetlinkError(Exception):
@@ -102,29 +79,139 @@ class LinkNotFound(NetlinkError):
         super().__init__(errno.ENODEV, what)
 
 
-class Link:
-    """What we read back about a link."""
+# -- attributes ------------------------------------------------------------------
 
-    def __init__(self, msg):
-        self.index = msg["index"]
-        self.flags = msg["flags"]
-        self.name = msg.get_attr("IFLA_IFNAME")
-        self.mtu = msg.get_attr("IFLA_MTU")
-        self.mac = msg.get_attr("IFLA_ADDRESS")
-        self.parent_index = msg.get_attr("IFLA_LINK")
-        self.parent_netnsid = msg.get_attr("IFLA_LINK_NETNSID")
-        info = msg.get_attr("IFLA_LINKINFO")
-        self.kind = info.get_attr("IFLA_INFO_KIND") if info else None
-        data = info.get_attr("IFLA_INFO_DATA") if info else None
-        self.data = dict(data["attrs"]) if data is not None and hasattr(data, "get_attr") else {}
+def nla(kind, payload):
+    """One attribute, padded to 4 bytes."""
+    length = NLA.size + len(payload)
+    return NLA.pack(length, kind) + payload + b"\0" * (-length & 3)
+
+
+def nla_u32(kind, value):
+    return nla(kind, U32.pack(value))
+
+
+def nla_str(kind, text):
+    return nla(kind, text.encode() + b"\0")
+
+
+def nla_ip(kind, address):
+    return nla(kind, socket.inet_pton(family_of(address), address))
+
+
+def nla_mac(kind, mac):
+    return nla(kind, bytes(int(part, 16) for part in mac.split(":")))
+
+
+def parse_attrs(data, offset=0, end=None):
+    """{attribute number: payload} of the attributes in data[offset:end] (the last of a repeated one wins)."""
+    end = len(data) if end is None else end
+    attrs = {}
+    while offset + NLA.size <= end:
+        length, kind = NLA.unpack_from(data, offset)
+        if length < NLA.size:
+            break
+        attrs[kind & NLA_TYPE_MASK] = data[offset + NLA.size:offset + length]
+        offset += (length + 3) & ~3
+    return attrs
+
+
+def asciiz(payload):
+    return bytes(payload).split(b"\0", 1)[0].decode(errors="replace")
+
+
+def mac_text(payload):
+    return ":".join(f"{b:02x}" for b in payload)
+
+
+def ip_text(payload):
+    return socket.inet_ntop(socket.AF_INET6 if len(payload) == 16 else socket.AF_INET, bytes(payload))
+
+
+def u32_of(attrs, kind):
+    payload = attrs.get(kind)
+    return None if payload is None else U32.unpack_from(payload)[0]
+
+
+# -- what we read back -------------------------------------------------------------
+
+class Link:
+    """What we read back about a link: parsed from an RTM_NEWLINK message, attributes past
+    the nlmsghdr and ifinfomsg. `data` holds the kind's integer IFLA_INFO_DATA by name."""
+
+    def __init__(self, message):
+        _family, self.type, self.index, self.flags, _change = IFINFO.unpack_from(message, HEADER.size)  # type: ARPHRD_*
+        attrs = parse_attrs(message, HEADER.size + IFINFO.size)
+        name = attrs.get(IFLA_IFNAME)
+        self.name = None if name is None else asciiz(name)
+        self.mtu = u32_of(attrs, IFLA_MTU)
+        mac = attrs.get(IFLA_ADDRESS)
+        self.mac = None if mac is None else mac_text(mac)
+        self.parent_index = u32_of(attrs, IFLA_LINK)
+        netnsid = attrs.get(IFLA_LINK_NETNSID)
+        self.parent_netnsid = None if netnsid is None else S32.unpack_from(netnsid)[0]
+        self.kind = None
+        self.data = {}
+        info = attrs.get(IFLA_LINKINFO)
+        if info is not None:
+            info = parse_attrs(info)
+            if IFLA_INFO_KIND in info:
+                self.kind = asciiz(info[IFLA_INFO_KIND])
+            table = LINK_DATA_BY_NUMBER.get(self.kind)
+            if table and IFLA_INFO_DATA in info:
+                for number, payload in parse_attrs(info[IFLA_INFO_DATA]).items():
+                    if number in table and len(payload) >= table[number][1].size:
+                        name, fmt = table[number]
+                        self.data[name] = fmt.unpack_from(payload)[0]
 
     @property
     def up(self):
         return bool(self.flags & IFF_UP)
 
 
+def parse_address(message):
+    """(index, address, prefixlen, flags) of an RTM_NEWADDR message; flags from IFA_FLAGS when present."""
+    _family, prefixlen, flags, _scope, index = IFADDR.unpack_from(message, HEADER.size)
+    attrs = parse_attrs(message, HEADER.size + IFADDR.size)
+    payload = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+    extended = u32_of(attrs, IFA_FLAGS)
+    return index, None if payload is None else ip_text(payload), prefixlen, flags if extended is None else extended
+
+
+def parse_route(message):
+    """The route of an RTM_NEWROUTE message as routes() gives it."""
+    family, dst_len, _src, _tos, table, _proto, scope, _type, _flags = RTMSG.unpack_from(message, HEADER.size)
+    attrs = parse_attrs(message, HEADER.size + RTMSG.size)
+    dst = attrs.get(RTA_DST)
+    gw = attrs.get(RTA_GATEWAY)
+    return {
+        "dst": f"{ip_text(dst) if dst is not None else ('::' if family == socket.AF_INET6 else '0.0.0.0')}"
+               f"/{dst_len}",
+        "gw": None if gw is None else ip_text(gw),
+        "oif": u32_of(attrs, RTA_OIF),
+        "priority": u32_of(attrs, RTA_PRIORITY),
+        "table": u32_of(attrs, RTA_TABLE) or table,
+        "scope": scope,
+    }
+
+
 def family_of(address):
     return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def link_data(kind, data):
+    """IFLA_INFO_DATA payload from {attribute name: value}."""
+    if kind == "veth":   # {"VETH_INFO_PEER": {"attrs": [("IFLA_IFNAME", name)]}}
+        peer = dict(data["VETH_INFO_PEER"]["attrs"])
+        return nla(VETH_INFO_PEER, IFINFO.pack(0, 0, 0, 0, 0) + nla_str(IFLA_IFNAME, peer["IFLA_IFNAME"]))
+    table = LINK_DATA.get(kind, {})
+    out = b""
+    for name, value in data.items():
+        if name not in table:
+            raise ValueError(f"no encoding for {kind} attribute {name}")
+        number, fmt = table[name]
+        out += nla(number, struct.pack("=" + fmt, value))
+    return out
 
 
 class Netlink:
@@ -148,65 +235,63 @@ class Netlink:
 
     # -- transport ------------------------------------------------------------
 
-    def _send(self, msg, msg_type, flags):
+    def _send(self, msg_type, flags, body):
+        """One request: nlmsghdr + body (the fixed header and its attributes)."""
         self.seq += 1
-        msg["header"]["type"] = msg_type
-        msg["header"]["flags"] = NLM_F_REQUEST | flags
-        msg["header"]["sequence_number"] = self.seq
-        msg.encode()
-        self.sock.send(msg.data)
+        self.sock.send(HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, self.seq, 0) + body)
         return self.seq
 
-    def _replies(self, seq, cls, what):
-        """Yield decoded replies to `seq` until ACK or DONE; raise on a kernel error."""
+    def _replies(self, seq, what):
+        """Yield the raw reply messages to `seq` until ACK or DONE; raise on a kernel error."""
         while True:
             data = self.sock.recv(1 << 20)
             offset = 0
-            while offset < len(data):
-                length, kind, _flags, rseq, _pid = struct.unpack_from("=IHHII", data, offset)
-                chunk = data[offset:offset + length]
-                offset += length
+            while offset + HEADER.size <= len(data):
+                length, kind, _flags, rseq, _pid = HEADER.unpack_from(data, offset)
+                if length < HEADER.size:
+                    break
+                start = offset
+                offset += (length + 3) & ~3
                 if rseq != seq:
                     continue
                 if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", chunk, 16)[0]
+                    code = -S32.unpack_from(data, start + HEADER.size)[0]
                     if code:
                         raise NetlinkError(code, what)
                     return
                 if kind == NLMSG_DONE:
                     return
-                msg = cls(chunk)
-                msg.decode()
-                yield msg
+                yield memoryview(data)[start:start + length]
 
-    def request(self, msg, msg_type, flags, what):
+    def request(self, msg_type, flags, body, what):
         """Send a change; wait for its ACK."""
-        seq = self._send(msg, msg_type, flags | NLM_F_ACK)
-        for _ in self._replies(seq, type(msg), what):
+        seq = self._send(msg_type, flags | NLM_F_ACK, body)
+        for _ in self._replies(seq, what):
             pass
 
-    def dump(self, msg, msg_type, what):
-        seq = self._send(msg, msg_type, NLM_F_DUMP)
-        return list(self._replies(seq, type(msg), what))
+    def dump(self, msg_type, body, what):
+        seq = self._send(msg_type, NLM_F_DUMP, body)
+        return list(self._replies(seq, what))
 
     # -- links ----------------------------------------------------------------
 
     def link(self, name=None, index=None):
         """The link by name or index; LinkNotFound if there is none."""
-        msg = ifinfmsg()
-        msg["index"] = index or 0
+        body = IFINFO.pack(0, 0, index or 0, 0, 0) + nla_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
         if name is not None:
-            msg["attrs"] = [("IFLA_IFNAME", name)]
+            body += nla_str(IFLA_IFNAME, name)
         what = f"link {name if name is not None else index}"
         try:
-            # a plain GET gets one reply; with ACK requested, an ACK follows it
-            seq = self._send(msg, RTM_GETLINK, NLM_F_ACK)
-            replies = list(self._replies(seq, ifinfmsg, what))
+            # a plain GET gets one reply, or an error
+            seq = self._send(RTM_GETLINK, 0, body)
+            reply = next(self._replies(seq, what), None)
         except NetlinkError as e:
             if e.errno in (errno.ENODEV, errno.ENOENT):
                 raise LinkNotFound(what) from None
             raise
-        return Link(replies[0])
+        if reply is None:
+            raise LinkNotFound(what)
+        return Link(reply)
 
     def find_link(self, name):
         try:
@@ -215,50 +300,43 @@ class Netlink:
             return None
 
     def links(self):
-        return [Link(m) for m in self.dump(ifinfmsg(), RTM_GETLINK, "listing links")]
+        body = IFINFO.pack(0, 0, 0, 0, 0) + nla_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+        return [Link(m) for m in self.dump(RTM_GETLINK, body, "listing links")]
 
     def create_link(self, name, kind, parent_index=None, netns_fd=None, mtu=None, mac=None,
                     data=None, txqueuelen=None):
-        msg = ifinfmsg()
-        attrs = [("IFLA_IFNAME", name)]
+        attrs = nla_str(IFLA_IFNAME, name)
         if parent_index:
-            attrs.append(("IFLA_LINK", parent_index))
+            attrs += nla_u32(IFLA_LINK, parent_index)
         if netns_fd is not None:
-            attrs.append(("IFLA_NET_NS_FD", netns_fd))
+            attrs += nla_u32(IFLA_NET_NS_FD, netns_fd)
         if mtu:
-            attrs.append(("IFLA_MTU", mtu))
+            attrs += nla_u32(IFLA_MTU, mtu)
         if mac:
-            attrs.append(("IFLA_ADDRESS", mac))
+            attrs += nla_mac(IFLA_ADDRESS, mac)
         if txqueuelen is not None:
-            attrs.append(("IFLA_TXQLEN", txqueuelen))
-        info = [("IFLA_INFO_KIND", kind)]
+            attrs += nla_u32(IFLA_TXQLEN, txqueuelen)
+        info = nla_str(IFLA_INFO_KIND, kind)
         if data:
-            info.append(("IFLA_INFO_DATA", {"attrs": list(data.items())}))
-        attrs.append(("IFLA_LINKINFO", {"attrs": info}))
-        msg["attrs"] = attrs
-        self.request(msg, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, f"creating {kind} link {name}")
+            info += nla(IFLA_INFO_DATA, link_data(kind, data))
+        attrs += nla(IFLA_LINKINFO, info)
+        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, IFINFO.pack(0, 0, 0, 0, 0) + attrs,
+                     f"creating {kind} link {name}")
 
     def set_link(self, index, name=None, up=None, mtu=None, mac=None):
-        msg = ifinfmsg()
-        msg["index"] = index
-        attrs = []
+        attrs = b""
         if name is not None:
-            attrs.append(("IFLA_IFNAME", name))
+            attrs += nla_str(IFLA_IFNAME, name)
         if mtu:
-            attrs.append(("IFLA_MTU", mtu))
+            attrs += nla_u32(IFLA_MTU, mtu)
         if mac:
-            attrs.append(("IFLA_ADDRESS", mac))
-        msg["attrs"] = attrs
-        if up is not None:
-            msg["flags"] = IFF_UP if up else 0
-            msg["change"] = IFF_UP
-        self.request(msg, RTM_NEWLINK, 0, f"changing link {name or index}")
+            attrs += nla_mac(IFLA_ADDRESS, mac)
+        flags, change = (IFF_UP if up else 0, IFF_UP) if up is not None else (0, 0)
+        self.request(RTM_NEWLINK, 0, IFINFO.pack(0, 0, index, flags, change) + attrs, f"changing link {name or index}")
 
     def delete_link(self, index, what=None):
-        msg = ifinfmsg()
-        msg["index"] = index
         try:
-            self.request(msg, RTM_DELLINK, 0, f"deleting link {what or index}")
+            self.request(RTM_DELLINK, 0, IFINFO.pack(0, 0, index, 0, 0), f"deleting link {what or index}")
         except NetlinkError as e:
             if e.errno in (errno.ENODEV, errno.ENOENT):
                 raise LinkNotFound(what or str(index)) from None
@@ -267,79 +345,84 @@ class Netlink:
     # -- addresses -------------------------------------------------------------
 
     def add_address(self, index, address, prefixlen, flags=0):
-        msg = ifaddrmsg()
-        msg["family"] = family_of(address)
-        msg["prefixlen"] = prefixlen
-        msg["index"] = index
-        msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address), ("IFA_FLAGS", flags)]
-        if msg["family"] == socket.AF_INET:
-            msg["attrs"].append(("IFA_BROADCAST", broadcast(address, prefixlen)))
-        self.request(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, f"adding address {address}/{prefixlen}")
+        family = family_of(address)
+        attrs = nla_ip(IFA_LOCAL, address) + nla_ip(IFA_ADDRESS, address) + nla_u32(IFA_FLAGS, flags)
+        if family == socket.AF_INET:
+            attrs += nla_ip(IFA_BROADCAST, broadcast(address, prefixlen))
+        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, IFADDR.pack(family, prefixlen, 0, 0, index) + attrs,
+                     f"adding address {address}/{prefixlen}")
+
+    def delete_address(self, index, address, prefixlen):
+        """Remove an address; one already gone is no error."""
+        attrs = nla_ip(IFA_LOCAL, address) + nla_ip(IFA_ADDRESS, address)
+        try:
+            self.request(RTM_DELADDR, 0, IFADDR.pack(family_of(address), prefixlen, 0, 0, index) + attrs,
+                         f"removing address {address}/{prefixlen}")
+        except NetlinkError as e:
+            if e.errno not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
+                raise
 
     def addresses(self, index):
         """[(address, prefixlen, flags)] of a link."""
         out = []
-        for m in self.dump(ifaddrmsg(), RTM_GETADDR, "listing addresses"):
-            if m["index"] != index:
-                continue
-            address = m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")
-            flags = m.get_attr("IFA_FLAGS")
-            out.append((address, m["prefixlen"], m["flags"] if flags is None else flags))
+        for m in self.dump(RTM_GETADDR, IFADDR.pack(0, 0, 0, 0, 0), "listing addresses"):
+            link, address, prefixlen, flags = parse_address(m)
+            if link == index:
+                out.append((address, prefixlen, flags))
         return out
 
     # -- routes ----------------------------------------------------------------
 
     def add_route(self, dst, index, gw=None, priority=None, table=None, scope=None, mtu=None, advmss=None,
-                  exclusive=False):
-        """Add a route; dst is 'a.b.c.d/n' or 'x::/n'. exclusive: EEXIST if any route to dst exists."""
+                  exclusive=False, src=None):
+        """Add a route; dst is 'a.b.c.d/n' or 'x::/n'. exclusive: EEXIST if any route to dst exists.
+        src: the source address the node uses on it (RTA_PREFSRC)."""
         address, _, plen = dst.partition("/")
-        msg = rtmsg()
-        msg["family"] = family_of(address)
-        msg["dst_len"] = int(plen)
-        msg["table"] = table if table is not None and table < 256 else RT_TABLE_MAIN
-        msg["proto"] = RTPROT_BOOT
-        msg["type"] = RTN_UNICAST
-        msg["scope"] = scope if scope is not None else (RT_SCOPE_UNIVERSE if gw else RT_SCOPE_LINK)
-        attrs = [("RTA_OIF", index)]
+        family = family_of(address)
+        header = RTMSG.pack(family, int(plen), 0, 0, table if table is not None and table < 256 else RT_TABLE_MAIN,
+                            RTPROT_BOOT, scope if scope is not None else (RT_SCOPE_UNIVERSE if gw else RT_SCOPE_LINK),
+                            RTN_UNICAST, 0)
+        attrs = nla_u32(RTA_OIF, index)
         if int(plen):
-            attrs.append(("RTA_DST", address))
+            attrs += nla_ip(RTA_DST, address)
         if gw:
-            attrs.append(("RTA_GATEWAY", gw))
+            attrs += nla_ip(RTA_GATEWAY, gw)
+        if src:
+            attrs += nla_ip(RTA_PREFSRC, src)
         if priority is not None:
-            attrs.append(("RTA_PRIORITY", priority))
+            attrs += nla_u32(RTA_PRIORITY, priority)
         if table is not None:
-            attrs.append(("RTA_TABLE", table))
-        metrics = []
+            attrs += nla_u32(RTA_TABLE, table)
+        metrics = b""
         if mtu:
-            metrics.append(("RTAX_MTU", mtu))
+            metrics += nla_u32(RTAX_MTU, mtu)
         if advmss:
-            metrics.append(("RTAX_ADVMSS", advmss))
+            metrics += nla_u32(RTAX_ADVMSS, advmss)
         if metrics:
-            attrs.append(("RTA_METRICS", {"attrs": metrics}))
-        msg["attrs"] = attrs
+            attrs += nla(RTA_METRICS, metrics)
         # APPEND, as the reference's RouteAddEcmp: a secondary network may add a default
         # route next to the primary one; an identical route is still EEXIST
-        self.request(msg, RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_EXCL if exclusive else NLM_F_APPEND),
+        self.request(RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_EXCL if exclusive else NLM_F_APPEND), header + attrs,
                      f"adding route {dst} via {gw or 'link'}")
+
+    def delete_route(self, dst, index):
+        """Remove the main-table route to dst out of link `index`; one already gone is no error."""
+        address, _, plen = dst.partition("/")
+        # scope NOWHERE matches any scope: IPv4 would otherwise match it exactly
+        header = RTMSG.pack(family_of(address), int(plen), 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+        attrs = nla_u32(RTA_OIF, index) + (nla_ip(RTA_DST, address) if int(plen) else b"")
+        try:
+            self.request(RTM_DELROUTE, 0, header + attrs, f"removing route {dst}")
+        except NetlinkError as e:
+            if e.errno not in (errno.ESRCH, errno.ENODEV, errno.ENOENT):
+                raise
 
     def routes(self, family=None):
         """[{dst, gw, oif, priority, table, scope}] of every table, dst as 'addr/len'."""
         out = []
         for fam in ([family] if family else [socket.AF_INET, socket.AF_INET6]):
-            msg = rtmsg()
-            msg["family"] = fam
-            for m in self.dump(msg, RTM_GETROUTE, "listing routes"):
-                dst = m.get_attr("RTA_DST")
-                if dst is None:
-                    dst = "0.0.0.0" if fam == socket.AF_INET else "::"
-                out.append({
-                    "dst": f"{dst}/{m['dst_len']}",
-                    "gw": m.get_attr("RTA_GATEWAY"),
-                    "oif": m.get_attr("RTA_OIF"),
-                    "priority": m.get_attr("RTA_PRIORITY"),
-                    "table": m.get_attr("RTA_TABLE") or m["table"],
-                    "scope": m["scope"],
-                })
+            body = RTMSG.pack(fam, 0, 0, 0, 0, 0, 0, 0, 0)
+            out.extend(parse_route(m) for m in self.dump(RTM_GETROUTE, body, "listing routes"))
         return out
 
     def default_route_link(self):

@@ -19,28 +19,27 @@ GC drop users that no longer exist. Records are per "host" network namespace
 """
 
 import errno
-import fcntl
 import json
 import os
 import re
 import zlib
 
-from cni import netlink
-from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_LINK, CniError
+from cni import files, locks, netlink
+from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_LINK, CniError, check_ifname, config_error
 
 DEFAULT_STATE_DIR = "/var/lib/cni/underlay"
+LOCK_TIMEOUT = 10.0   # seconds, as the lease store's default lockTimeout
 VLAN_NAME = re.compile(r"^(?P<base>.+)\.(?P<vid>[0-9]+)$")
 
 
-def config_error(field, problem):
-    return CniError(ERR_INVALID_CONFIG, f"{field}: {problem}")
-
-
 def valid_link_name(name):
-    """The kernel's rule for an interface name (dev_valid_name): it also keeps a
+    """The interface-name rule of CNI_IFNAME (the kernel's dev_valid_name): it also keeps a
     record path under the state dir from pointing anywhere else."""
-    return (isinstance(name, str) and 0 < len(name.encode(errors="surrogatepass")) <= 15
-            and name not in (".", "..") and not any(c in name for c in "/:\0") and not any(c.isspace() for c in name))
+    try:
+        check_ifname(name)
+    except (CniError, TypeError):
+        return False
+    return isinstance(name, str)
 
 
 def user_key(network, container_id, ifname):
@@ -85,17 +84,23 @@ def default_route_master(nl):
 
 
 class Records:
-    """The links underlay created in this netns and their users; a lock held throughout."""
+    """The links underlay created in this netns and their users; a lock held throughout,
+    waited for at most `timeout` seconds (then code 11 naming the holder's PID)."""
 
-    def __init__(self, state_dir):
+    def __init__(self, state_dir, timeout=LOCK_TIMEOUT):
         self.state_dir = state_dir
+        self.timeout = timeout
         self.lock_fd = None
 
     def __enter__(self):
         os.makedirs(self.state_dir, 0o700, exist_ok=True)
-        self.lock_fd = os.open(os.path.join(self.state_dir, "links.lock"),
-                               os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        path = os.path.join(self.state_dir, "links.lock")
+        self.lock_fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            locks.lock(self.lock_fd, self.timeout, path)
+        except BaseException:
+            os.close(self.lock_fd)
+            raise
         own = os.stat("/proc/self/ns/net")
         self.dir = os.path.join(self.state_dir, "links", f"{own.st_dev}-{own.st_ino}")
         for path in (os.path.dirname(self.dir), self.dir):   # makedirs gives parents 0777 & ~umask
@@ -130,15 +135,7 @@ class Records:
             return {"kind": None, "network": None, "users": set()}  # torn: still ours
 
     def save(self, name, record):
-        tmp = f"{self._path(name)}.{os.getpid()}.tmp"
-        try:
-            os.unlink(tmp)   # a leftover of a killed process with our PID
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(dict(record, users=sorted(record["users"])), f)
-        os.rename(tmp, self._path(name))
+        files.replace(self._path(name), json.dumps(dict(record, users=sorted(record["users"]))).encode())
 
     def forget(self, name):
         try:
@@ -183,8 +180,10 @@ def acquire(nl, name, user, network, state_dir, kind, create):
     return link, True
 
 
-def release(nl, name, user, state_dir):
-    """Drop `user` of a link we created; remove the link with its last user."""
+def release(nl, name, user, state_dir, withdraw=None):
+    """Drop `user` of a link we created; remove the link with its last user.
+    withdraw(nl, name, record, dropped_users), when given, undoes what those users
+    added to a link that stays (a shim's addresses and routes)."""
     if not valid_link_name(name) or not os.path.isdir(state_dir):
         return  # no link of ours can have a name the kernel refuses
     with Records(state_dir) as records:
@@ -193,6 +192,8 @@ def release(nl, name, user, state_dir):
             return
         record["users"].discard(user)
         if record["users"]:
+            if withdraw:
+                withdraw(nl, name, record, {user})
             records.save(name, record)
         else:
             remove(nl, records, name)
@@ -208,7 +209,7 @@ def remove(nl, records, name):
     records.forget(name)
 
 
-def garbage_collect(nl, network, valid_users, state_dir):
+def garbage_collect(nl, network, valid_users, state_dir, withdraw=None):
     """GC: forget users of `network` not in valid_users; remove links left unused."""
     if not os.path.isdir(state_dir):
         return
@@ -219,7 +220,10 @@ def garbage_collect(nl, network, valid_users, state_dir):
             kept = {u for u in record["users"] if not u.startswith(prefix) or u in valid_users}
             if kept:
                 if kept != record["users"]:
-                    records.save(name, dict(record, users=kept))
+                    dropped, record["users"] = record["users"] - kept, kept
+                    if withdraw:
+                        withdraw(nl, name, record, dropped)
+                    records.save(name, record)
             else:
                 remove(nl, records, name)
 
@@ -235,16 +239,16 @@ def acquire_parent(nl, conf, request):
                        lambda: nl.create_link(name, "dummy"))
     name, spec = parent_name(conf.master, conf.vlan)
     if spec is None:
-        exists = nl.find_link(name) is not None
+        found = nl.find_link(name)
         try:
             spec = vlan_of(name)  # an existing eth0.50 may still be one we made: its users count
         except CniError:
-            if not exists:
+            if found is None:
                 raise
         if spec is None:
-            if not exists:
+            if found is None:
                 raise config_error("master", f"{name!r} does not exist")
-            return nl.link(name), False
+            return found, False
     base_name, vid = spec
 
     def create():
@@ -254,16 +258,3 @@ def acquire_parent(nl, conf, request):
         nl.create_link(name, "vlan", parent_index=base.index, data={"IFLA_VLAN_ID": vid})
 
     return acquire(nl, name, user, request.network, conf.state_dir, "vlan", create)
-
-
-def managed_parent_name(config, network):
-    """The name of the parent underlay may have created for this config, or None."""
-    if config.get("internal"):
-        return internal_name(network)
-    master, vlan = config.get("master") or None, config.get("vlan")
-    if master is None:
-        return None
-    try:
-        return parent_name(master, vlan)[0]
-    except CniError:
-        return None

@@ -24,8 +24,8 @@ import time
 
 from cni import config as netconf
 from cni import contract
-from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_NO_ADDRESS, ERR_NOT_AVAILABLE, CniError
-from ipam import allocator, host_local, ranges
+from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_NOT_AVAILABLE, CniError
+from ipam import allocator, verbs
 from ipam.blocks import DEFAULT_BLOCK_SIZE, Grid
 
 DEFAULT_PREFIX = "/underlay/ipam"
@@ -147,10 +147,7 @@ class StoreConfig:
         if not isinstance(data_dir, str) or not data_dir.startswith("/") or not data_dir.isprintable():
             raise field_error("ipam.dataDir", f"{data_dir!r} must be an absolute path")
         self.data_dir = data_dir
-        timeout = ipam.get("lockTimeout", host_local.DEFAULT_LOCK_TIMEOUT)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
-            raise field_error("ipam.lockTimeout", f"{timeout!r} must be a number of seconds in (0, 3600]")
-        self.lock_timeout = float(timeout)
+        self.lock_timeout = verbs.lock_timeout(ipam)
         sticky = ipam.get("sticky", False)
         if not isinstance(sticky, bool):
             raise field_error("ipam.sticky", f"{sticky!r} must be true or false")
@@ -179,23 +176,14 @@ class StoreConfig:
             raise
 
 
-class ClusterConfig(StoreConfig):
+class ClusterConfig(StoreConfig, verbs.IpamConfig):
     """Everything ADD, CHECK and STATUS need: the store's part plus host-local's ranges."""
 
     def __init__(self, request):
         config = request.config
         netconf.validate("cluster-ipam", config, request)
-        super().__init__(config)
-        ipam = with_whereabouts(config["ipam"])
-        runtime = config.get("runtimeConfig") or {}
-        shim = config.get("hostShim")
-        extra_aux = [("hostShim.address", "hostShim", shim.get("address"))] if isinstance(shim, dict) else []
-        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux)
-        if contract.version_key(request.version) < (0, 3, 0):
-            host_local.check_one_set_per_family(self.range_sets, request.version)
-        self.routes = [host_local.check_route(r, f"ipam.routes[{i}]") for i, r in enumerate(ipam.get("routes") or [])]
-        self.requested = host_local.requested_ips(request, runtime)
-        self.dns = host_local.read_resolv_conf(ipam["resolvConf"]) if ipam.get("resolvConf") else {}
+        StoreConfig.__init__(self, config)
+        verbs.IpamConfig.__init__(self, request, with_whereabouts(config["ipam"]))
         self.grids = {id(r): Grid(r, self.block_sizes[r.version]) for s in self.range_sets for r in s.ranges}
 
     def grids_of(self, range_set):
@@ -280,18 +268,18 @@ def candidate(grids, store, last, now):
 # --------------------------------------------------------------------------
 # Verbs
 
+def load_config(request):
+    """The config, checked: for a main plugin to load before it changes anything (as host-local's)."""
+    return ClusterConfig(request)
+
+
 def cmd_add(request):
-    conf = ClusterConfig(request)
-    requested = host_local.assign_requested(conf)
+    conf = request.ipam_config or ClusterConfig(request)
+    requested = verbs.assign_requested(conf)
     cid, ifname = request.container_id, request.ifname
     allocated = []
     with conf.open_store(request) as store:
-        existing = store.ips_of(cid, ifname)
-        for s in conf.range_sets:
-            for ip in existing:
-                if s.subnet_range_of(ipaddress.ip_address(ip)):
-                    raise CniError(ERR_NO_ADDRESS, f"{ip} has been allocated to {cid}/{ifname}, "
-                                                   "duplicate allocation is not allowed")
+        verbs.refuse_duplicate(conf, store.ips_of(cid, ifname), cid, ifname)
         try:
             pod = pod_of(request)
             holds = store.holds_of(*pod) if conf.sticky_seconds and pod else []
@@ -300,13 +288,7 @@ def cmd_add(request):
         except BaseException:
             rollback(store, allocated, cid, ifname)
             raise
-    ips = []
-    for r, value in allocated:
-        ip = {"address": f"{r.text(value)}/{r.subnet.prefixlen}"}
-        if r.gateway is not None:
-            ip["gateway"] = r.text(r.gateway)
-        ips.append(ip)
-    return {"ips": ips, "routes": conf.routes, "dns": conf.dns}
+    return verbs.add_result(conf, allocated)
 
 
 def rollback(store, allocated, cid, ifname):
@@ -331,26 +313,11 @@ def cmd_del(request):
 
 
 def cmd_check(request):
-    conf = ClusterConfig(request)
-    prev = request.prev_result()
-    if prev is None:
-        raise CniError(ERR_INVALID_CONFIG, "prevResult: required for CHECK")
-    ours = set()
-    for i, ip in enumerate(prev["ips"]):
-        try:
-            address = ipaddress.ip_interface(ip["address"]).ip
-        except ValueError:
-            raise CniError(ERR_INVALID_CONFIG, f"prevResult.ips[{i}].address: {ip['address']!r} is not "
-                                               "an address/prefix") from None
-        if any(s.subnet_range_of(address) for s in conf.range_sets):
-            ours.add(str(address))
+    conf = request.ipam_config or ClusterConfig(request)
+    ours = verbs.prev_addresses(request, conf)
     cid, ifname = request.container_id, request.ifname
     with conf.store(request.network, lock=False) as store:
-        leased = set(store.ips_of(cid, ifname))
-        for ip in sorted(ours - leased):
-            raise CniError(ERR_CHECK_FAILED, f"prevResult address {ip} is not leased to {cid}/{ifname}")
-        for ip in sorted(leased - ours):
-            raise CniError(ERR_CHECK_FAILED, f"{ip} is leased to {cid}/{ifname} but missing from prevResult")
+        verbs.check_leased(ours, set(store.ips_of(cid, ifname)), cid, ifname)
         for ip in sorted(ours):
             owner = store.owner(ip)
             if owner is None or owner[0] != cid or owner[1] not in (ifname, None):
@@ -363,11 +330,10 @@ def cmd_gc(request):
     # a malformed list must not read as "nothing is valid": that would release every lease
     netconf.validate("cluster-ipam", request.config, request)
     conf = StoreConfig(request.config)
-    keep = request.valid_attachments()
-    keep_ids = {cid for cid, _ in keep}
+    valid = verbs.ValidAttachments(request.valid_attachments())
     with conf.store(request.network) as store:
         for (cid, ifname), (node, ips) in store.attachment_records().items():
-            if node != conf.node or (cid, ifname) in keep or (ifname is None and cid in keep_ids):
+            if node != conf.node or valid.keeps(cid, ifname):
                 continue   # never another node's, nor a live attachment's
             for ip in ips:
                 store.release(ip, cid, ifname)
@@ -386,16 +352,14 @@ def drop_expired_holds(store):
 
 
 def cmd_status(request):
-    conf = ClusterConfig(request)
+    conf = request.ipam_config or ClusterConfig(request)
     try:
         with conf.store(request.network, list(conf.grids.values()), lock=False) as store:
             store.client.status()
             leased = store.leased()
     except CniError as e:
         raise CniError(ERR_NOT_AVAILABLE, f"cluster-ipam: etcd not usable: {e.msg}", e.details) from None
-    for s in conf.range_sets:
-        if allocator.tally(s, leased)["free"] <= 0:
-            raise CniError(ERR_NOT_AVAILABLE, f"range set {s.index} ({s.describe()}) has no free address")
+    verbs.check_free(conf, leased)
 
 
 VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}
@@ -407,20 +371,82 @@ VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STAT
 def leases(config):
     """Every lease and sticky hold under the config's etcd prefix, all networks and nodes: a list of
     dicts {ip, kind ("lease" or "hold"), network, containerID, ifname, node, namespace, pod, time,
-    pool, block, until}, sorted by address."""
+    released, until, pool, block}, sorted by address. Reads only."""
     conf = StoreConfig(config)
     with conf.store("", lock=False) as store:
         found = store.all_leases()
+    return sorted((lease_row(x) for x in found), key=lambda r: ip_key(r["ip"]))
+
+
+def who_has(config, address):
+    """The row (as leases()) of the lease or hold of one address, any network; None if free. Reads only."""
+    text = str(ipaddress.ip_address(address))
+    conf = StoreConfig(config)
+    with conf.store("", lock=False) as store:
+        lease = store.read(text)
+    return None if lease is None else lease_row(lease)
+
+
+LEASE_FIELDS = ("ip", "kind", "network", "node", "containerID", "ifname", "namespace", "pod", "time", "released",
+                "until", "pool", "block")
+
+
+def lease_row(lease):
+    row = {key: lease.doc.get(key) for key in LEASE_FIELDS}   # every row the same keys: a table's columns
+    row.update(ip=lease.ip, kind="hold" if lease.hold else "lease")
+    return row
+
+
+def ip_key(text):
+    return ipaddress.ip_address(text).packed.rjust(16, b"\0")
+
+
+def pools(config):
+    """Per range set of the config's network: the tally ADD works with (size, excluded, aux, reserved,
+    in use, free) from the address keys of its subnets (every network's: pools are keyed by subnet),
+    plus its blocks per node, borrowed addresses (leased by a node other than the block's owner) and
+    sticky holds still running. Reads only (no pool config is written, unlike an ADD's first read).
+    A list of dicts {set, ranges, size, excluded, aux, reserved, in_use, free, held, blocks, borrowed,
+    nodes: [{node, blocks, leases, borrowed}]}; node None: blocks orphaned by release-node."""
+    request = contract.Request("STATUS", {}, config, b"")
+    conf = ClusterConfig(request)
+    now = time.time()
+    with conf.store(request.network, list(conf.grids.values()), lock=False) as store:
+        found = [x for x in store.all_leases() if not x.expired(now)]
+        by_pool = {}
+        for grid in conf.grids.values():
+            by_pool.setdefault(str(grid.range.subnet), (grid, store.read_pool(grid)[0]))
     rows = []
-    for lease in found:
-        row = {key: lease.doc.get(key) for key in LEASE_FIELDS}   # every row the same keys: a table's columns
-        row.update(ip=lease.ip, kind="hold" if lease.hold else "lease")
-        rows.append(row)
-    return sorted(rows, key=lambda r: ipaddress.ip_address(r["ip"]).packed.rjust(16, b"\0"))
+    for s in conf.range_sets:
+        subnets = {str(r.subnet) for r in s.ranges}
+        mine = [x for x in found if s.subnet_range_of(ipaddress.ip_address(x.ip))]
+        t = allocator.tally(s, [x.ip for x in mine])
+        nodes = {}
 
+        def node_row(name):
+            return nodes.setdefault(name, {"node": name, "blocks": 0, "leases": 0, "borrowed": 0})
 
-LEASE_FIELDS = ("ip", "kind", "network", "node", "containerID", "ifname", "namespace", "pod", "time", "until",
-                "pool", "block")
+        owners = {}
+        for subnet in sorted(subnets):
+            grid, blocks = by_pool[subnet]
+            for block in blocks.values():
+                node_row(block.node)["blocks"] += 1
+                owners[(subnet, grid.key(block.first))] = block.node
+        held = 0
+        for x in mine:
+            if x.hold:
+                held += 1
+                continue
+            row = node_row(x.doc.get("node"))
+            row["leases"] += 1
+            owner = owners.get((x.doc.get("pool"), x.doc.get("block")))
+            row["borrowed"] += owner != x.doc.get("node")
+        listed = sorted(nodes.values(), key=lambda n: (n["node"] is None, str(n["node"])))
+        rows.append({"set": s.index, "ranges": s.describe(), "size": t["addresses"], "excluded": t["excluded"],
+                     "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"], "free": t["free"],
+                     "held": held, "blocks": sum(n["blocks"] for n in listed),
+                     "borrowed": sum(n["borrowed"] for n in listed), "nodes": listed})
+    return rows
 
 
 def release_node(config, node, force=False):

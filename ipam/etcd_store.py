@@ -186,22 +186,28 @@ class EtcdStore:
         """{first: Block} of the grid's pool, read once per operation and kept current by our txns."""
         subnet = str(grid.range.subnet)
         if subnet not in self.pools:
-            prefix = self.pool_prefix(grid)
-            found, config = {}, None
-            for kv in self.client.range(prefix):
-                name = kv.key.decode()[len(prefix):]
-                if name == "config":
-                    config = kv.value
-                elif name.startswith("blocks/"):
-                    try:
-                        first = int(ipaddress.ip_network(name[len("blocks/"):]).network_address)
-                    except ValueError:
-                        continue
-                    found[first] = Block.decode(first, first + grid.size - 1, kv.key.decode(), kv.value,
-                                                kv.mod_revision)
+            found, config = self.read_pool(grid)
             self.check_pool(grid, config)
             self.pools[subnet] = found
         return self.pools[subnet]
+
+    def read_pool(self, grid):
+        """({first: Block}, the pool's config value or None) as etcd has them; writes nothing."""
+        prefix = self.pool_prefix(grid)
+        found, config = {}, None
+        for kv in self.client.range(prefix):
+            name = kv.key.decode()[len(prefix):]
+            if name == "config":
+                config = kv.value
+            elif name.startswith("blocks/"):
+                try:
+                    net = ipaddress.ip_network(name[len("blocks/"):])
+                except ValueError:
+                    continue
+                first = int(net.network_address)
+                found[first] = Block.decode(first, int(net.broadcast_address), kv.key.decode(), kv.value,
+                                            kv.mod_revision)
+        return found, config
 
     def check_pool(self, grid, config):
         """The pool's block size is fixed by its first user; a network asking for another is refused."""

@@ -17,27 +17,16 @@ point the root-run store anywhere. Its parents are resolved as usual.
 """
 
 import errno
-import fcntl
 import ipaddress
 import os
-import signal
 import stat
-import time
 
-from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_TRY_AGAIN, CniError
+from cni import files, locks
+from cni.contract import ERR_INVALID_CONFIG, ERR_IO, CniError
+from cni.files import NOFOLLOW
 
-TMP_PREFIX = ".tmp-"
 LAST_RESERVED = "last_reserved_ip."
 LOCK = "lock"
-NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class _LockWaitExpired(Exception):
-    pass
-
-
-def _lock_wait_expired(signum, frame):
-    raise _LockWaitExpired()
 
 
 def io_error(what, err):
@@ -127,41 +116,10 @@ class LeaseFiles:
             self.lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600, dir_fd=self.dir_fd)
         except OSError as e:
             raise io_error(f"lock file {self.path}/{LOCK}", e) from None
-        try:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        # Wait in the kernel's queue (woken the moment the holder lets go), bounded
-        # by a timer whose signal interrupts the wait.
-        previous = signal.signal(signal.SIGALRM, _lock_wait_expired)
-        signal.setitimer(signal.ITIMER_REAL, self.lock_timeout)
-        try:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
-        except _LockWaitExpired:
-            holder = self.lock_holder()
-            raise CniError(ERR_TRY_AGAIN, f"try again later: {self.path}/{LOCK} is held"
-                           f"{f' by pid {holder}' if holder else ''} for over "
-                           f"{self.lock_timeout:g}s") from None
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+        locks.lock(self.lock_fd, self.lock_timeout, f"{self.path}/{LOCK}")
 
     def lock_holder(self):
-        st = os.fstat(self.lock_fd)
-        # the kernel's "%02x:%02x:%lu" (fs/locks.c): an inode number alone may be another filesystem's
-        where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-        try:
-            with open("/proc/locks") as f:
-                for line in f:
-                    fields = line.split()
-                    if "->" in fields:
-                        continue  # a waiter, not the holder
-                    if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == where:
-                        return int(fields[4])
-        except (OSError, ValueError):
-            pass
-        return None
+        return locks.holder_pid(self.lock_fd)
 
     # -- small file helpers -------------------------------------------------
 
@@ -177,36 +135,11 @@ class LeaseFiles:
         finally:
             os.close(fd)
 
-    def _write_tmp(self, data, dir_fd, sync=False):
-        """A fully written temporary file in dir_fd; returns its name."""
-        name = f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600, dir_fd=dir_fd)
-        try:
-            os.write(fd, data)
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        return name
-
-    def _replace(self, name, data, dir_fd=None):
-        """Atomically write a whole file: temp file, rename. Not fsync'ed: a torn
-        index, stamp or last_reserved_ip after a power loss only costs a rebuild."""
-        dir_fd = self.dir_fd if dir_fd is None else dir_fd
-        tmp = self._write_tmp(data, dir_fd)
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-
-    def _unlink(self, name, dir_fd=None):
-        try:
-            os.unlink(name, dir_fd=self.dir_fd if dir_fd is None else dir_fd)
-        except FileNotFoundError:
-            pass
-
     def drop_debris(self):
         """Remove temporary files of killed writers (only lock holders write them)."""
         for name in os.listdir(self.dir_fd):
-            if name.startswith(TMP_PREFIX):
-                self._unlink(name)
+            if name.startswith(files.TMP_PREFIX):
+                files.remove(name, self.dir_fd)
 
     # -- leases -------------------------------------------------------------
 
@@ -219,7 +152,7 @@ class LeaseFiles:
         if self.lease_tmp is None or self.lease_tmp[0] != owner:
             self.drop_lease_tmp()
             body = lease_content(container_id, ifname).encode()
-            self.lease_tmp = (owner, self._write_tmp(body, self.dir_fd, sync=True))
+            self.lease_tmp = (owner, files.write_temp(body, self.dir_fd, sync=True))
         try:
             os.link(self.lease_tmp[1], ip, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd, follow_symlinks=False)
             return True
@@ -228,7 +161,7 @@ class LeaseFiles:
 
     def drop_lease_tmp(self):
         if self.lease_tmp is not None:
-            self._unlink(self.lease_tmp[1])
+            files.remove(self.lease_tmp[1], self.dir_fd)
             self.lease_tmp = None
 
     def owner(self, ip):
@@ -243,10 +176,10 @@ class LeaseFiles:
         """Remove the lease of ip if it still belongs to (container_id, ifname)."""
         owner = self.owner(ip)
         if owner is not None and owner[0] == container_id and owner[1] in (ifname, None):
-            self._unlink(ip)
+            files.remove(ip, self.dir_fd)
 
     def unlink_lease(self, ip):
-        self._unlink(ip)
+        files.remove(ip, self.dir_fd)
 
     def last_reserved(self, set_index):
         """The address last handed out from a range set: only a hint, so unreadable is None."""
@@ -257,7 +190,8 @@ class LeaseFiles:
         return data.decode(errors="replace").strip() if data else None
 
     def set_last_reserved(self, set_index, ip):
-        self._replace(f"{LAST_RESERVED}{set_index}", ip.encode())
+        # not fsync'ed: a torn last_reserved_ip after a power loss only moves round-robin
+        files.replace(f"{LAST_RESERVED}{set_index}", ip.encode(), self.dir_fd)
 
     def lease_names(self):
         """The names of all lease files (listing only, no reads)."""

@@ -25,12 +25,12 @@ import os
 import re
 
 from cni.contract import CniError, check_container_id, check_ifname
+from cni.files import boot_id, remove, replace
 from ipam.lease_files import NOFOLLOW, is_ip, io_error, open_dir
 
 INDEX_DIR = ".underlay-index"
 STAMP = ".stamp"
 INDEX_FORMAT = "2"
-BOOT_ID = "/proc/sys/kernel/random/boot_id"
 BOOT_ID_FORM = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -50,14 +50,6 @@ def parse_index(name, data):
     if len(lines) < 4 or index_name(lines[0], lines[1] or None) != name or not all(map(is_ip, lines[3:])):
         return None
     return lines[0], lines[1] or None, lines[2], lines[3:]
-
-
-def current_boot_id():
-    try:
-        with open(BOOT_ID) as f:
-            return f.read().strip()
-    except OSError:
-        return ""  # no /proc: reboots go unnoticed, GC still heals
 
 
 def parse_stamp(data):
@@ -141,13 +133,13 @@ class AttachmentIndex:
         name = index_name(container_id, ifname)
         if ips:
             netns = netns if netns and netns.startswith("/") and "\r" not in netns and "\n" not in netns else None
-            self.files._replace(name, index_content(container_id, ifname, ips, netns), self.index_fd)
+            replace(name, index_content(container_id, ifname, ips, netns), self.index_fd)
         else:
-            self.files._unlink(name, self.index_fd)
+            remove(name, self.index_fd)
 
     def forget(self, container_id, ifname):
         """Drop the index entry of exactly (container_id, ifname or None)."""
-        self.files._unlink(index_name(container_id, ifname), self.index_fd)
+        remove(index_name(container_id, ifname), self.index_fd)
 
     def entries(self):
         """{(containerID, ifname or None): (netns, [ip, ...])} from the index."""
@@ -173,10 +165,10 @@ class AttachmentIndex:
         os.utime(dir_fd, ns=(st.st_atime_ns, st.st_mtime_ns - 1))
         # stamp what the filesystem stored: one with coarser times rounds down further
         stamp = f"{INDEX_FORMAT} {os.fstat(dir_fd).st_mtime_ns} {self.boot_id or '-'}"
-        self.files._replace(STAMP, stamp.encode(), self.index_fd)
+        replace(STAMP, stamp.encode(), self.index_fd)
 
     def ensure_index(self):
-        now = current_boot_id()
+        now = boot_id()
         _, mtime, boot = parse_stamp(self.files._read(STAMP, self.index_fd))
         if mtime == str(os.fstat(self.files.dir_fd).st_mtime_ns) and boot == (now or "-"):
             self.boot_id = now
@@ -213,7 +205,7 @@ class AttachmentIndex:
             except (CniError, OSError):
                 old[name] = None  # a symlink or a directory planted here
             if old[name] is None:
-                files._unlink(name, self.index_fd)
+                remove(name, self.index_fd)
         owners = {}
         for ip, owner in files.leases().items():
             if owner is None:
@@ -234,5 +226,5 @@ class AttachmentIndex:
             finally:
                 os.close(fd)
         for name in old:
-            files._unlink(name, self.index_fd)  # no lease left for it
+            remove(name, self.index_fd)  # no lease left for it
         self.commit()

@@ -11,11 +11,7 @@ import bisect
 import ipaddress
 
 from cni.config import parse_cidr
-from cni.contract import ERR_INVALID_CONFIG, CniError
-
-
-def config_error(field, problem):
-    return CniError(ERR_INVALID_CONFIG, f"{field}: {problem}")
+from cni.contract import CniError, config_error
 
 
 def parse_ip(text, field):
@@ -359,6 +355,14 @@ def check_overlaps(sets):
 
 MAX_RANGE_SETS = 64   # as the schemas say
 MAX_RANGES = 4096
+
+
+def host_shim_aux(config):
+    """The aux entries of a network's hostShim (cni/shim.py): one address, or one per family,
+    never given to a pod."""
+    shim = config.get("hostShim")
+    addresses = shim.get("address") if isinstance(shim, dict) else []
+    return [("hostShim.address", "hostShim", a) for a in (addresses if isinstance(addresses, list) else [addresses])]
 
 
 def range_sets(ipam, runtime_ranges=None, extra_aux=()):

@@ -9,11 +9,12 @@ import os
 import subprocess
 
 _counter = itertools.count()
+PREFIX = os.environ.get("UNDERLAY_TEST_PREFIX", "")  # one engineer's names apart from another's
 
 
 def unique(prefix):
     """A short unique name (fits IFNAMSIZ) for this process: prefix + pid + counter."""
-    return f"{prefix}{os.getpid() % 100000:x}{next(_counter):x}"[:15]
+    return f"{PREFIX}{prefix}{os.getpid() % 100000:x}{next(_counter):x}"[-15:]
 
 
 def sh(*argv, ns=None, check=True):

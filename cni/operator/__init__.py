@@ -1,7 +1,8 @@
 """`underlay`: the operator's command for leases, pools and configs.
 
-Reads host-local's stores under the lock the plugins take and never changes
-them; checks network configs with the plugins' own code. See `underlay --help`
+Reads host-local's stores under the lock the plugins take and cluster-ipam's
+in etcd, and never changes them (but for `cluster release-node --yes`); checks
+network configs with the plugins' own code. See `underlay --help`
 and the README section "The underlay command".
 """
 
@@ -11,8 +12,11 @@ import json
 import os
 import sys
 
-from cni.operator import hostlocal, output
+from cni import contract
+from cni.contract import OLD_VALID_ATTACHMENTS, VALID_ATTACHMENTS, CniError
+from cni.operator import cluster, hostlocal, output
 from cni.operator.hostlocal import DEFAULT_DATA_DIR, StoreProblem
+from cni.operator.output import UsageError
 
 DEFAULT_CONFIG_DIR = "/etc/cni/net.d"
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
@@ -22,8 +26,9 @@ OK, NO, USAGE, STORE, INTERNAL = 0, 1, 2, 3, 4
 
 DESCRIPTION = """\
 The operator's command of underlay's CNI plugins. It reads host-local's lease
-stores under the same lock the plugins take and never changes them; it checks
-network configs with the plugins' own code.
+stores under the same lock the plugins take, and cluster-ipam's in etcd, and
+never changes them (but for `cluster release-node --yes`); it checks network
+configs with the plugins' own code.
 
 commands:
   leases     every lease: network, address, container, ifname, pod netns, since
@@ -31,14 +36,15 @@ commands:
   pools      per network and range set: size, excluded, aux, reserved, in use, free
   validate   check network configs, conflists and NetworkAttachmentDefinition YAML
   gc         what host-local's GC would release for a valid list, and why (--dry-run)
-  cluster    cluster-ipam's stores (when cluster-ipam is part of this build)
+  cluster    cluster-ipam's store in etcd: leases, who-has, pools, release-node
 
 In the built bundle, `underlay PLUGIN` (macvlan, ipvlan, host-local) runs that
 plugin, as a runtime would, for debugging by hand.
 
 exit status: 0 done; 1 a negative answer (validate found errors, who-has found
-nobody); 2 bad usage or input; 3 a store could not be read (locked, missing,
-no permission); 4 an internal error (a bug: please report the message).
+nobody, release-node refused: the node still holds leases); 2 bad usage or
+input (a bad config); 3 a store could not be read (locked, missing, no
+permission, etcd unreachable); 4 an internal error (a bug: please report it).
 
 Docs: README.md, section "The underlay command".
 """
@@ -114,24 +120,9 @@ def parser():
     p.add_argument("--all", action="store_true", help="also list the leases GC keeps")
     p.set_defaults(run=cmd_gc)
 
-    p = sub.add_parser("cluster", help="cluster-ipam's stores",
-                       description="cluster-ipam's subcommands (ipam/cluster.py); they need it in this build.")
-    csub = p.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND")
-    c = csub.add_parser("leases", parents=[common], help="the leases of a cluster-ipam network")
-    c.add_argument("--config", required=True, metavar="FILE", help="the network's config (cluster-ipam IPAM)")
-    c.set_defaults(run=cmd_cluster_leases)
-    c = csub.add_parser("release-node", parents=[common], help="release every lease a node holds")
-    c.add_argument("node", metavar="NODE")
-    c.add_argument("--config", required=True, metavar="FILE")
-    c.add_argument("--force", action="store_true", help="even if the node still looks alive")
-    c.add_argument("--yes", action="store_true", help="required: this changes the store")
-    c.set_defaults(run=cmd_cluster_release_node)
+    p = cluster.add_parsers(sub, common)
     p.set_defaults(run=lambda args: usage_error(p, "name a cluster subcommand"))
     return top
-
-
-class UsageError(Exception):
-    pass
 
 
 def usage_error(p, message):
@@ -165,15 +156,6 @@ def main(argv=None):
     except Exception as e:   # never a traceback: say what broke
         sys.stderr.write(f"underlay: internal error: {type(e).__name__}: {e}\n")
         return INTERNAL
-
-
-def emit(args, data, columns, rows, empty):
-    if args.output == "json":
-        sys.stdout.write(output.dump(data))
-    elif rows:
-        sys.stdout.write(output.table(columns, rows))
-    else:
-        sys.stdout.write(empty + "\n")
 
 
 # -- leases, who-has --------------------------------------------------------
@@ -217,7 +199,7 @@ def report(problems):
 def cmd_leases(args):
     snaps, problems = snapshots(args, args.network)
     leases = [lease for snap in snaps for lease in snap.leases]
-    emit(args, [lease_json(x) for x in leases], LEASE_COLUMNS, [lease_row(x, args) for x in leases],
+    output.emit(args, [lease_json(x) for x in leases], LEASE_COLUMNS, [lease_row(x, args) for x in leases],
          f"no leases in {data_dir(args)}")
     return report(problems)
 
@@ -229,7 +211,7 @@ def cmd_who_has(args):
         raise UsageError(f"{args.address!r} is not an IP address") from None
     snaps, problems = snapshots(args)
     found = [lease for snap in snaps for lease in snap.leases if lease.address == wanted]
-    emit(args, [lease_json(x) for x in found], LEASE_COLUMNS, [lease_row(x, args) for x in found],
+    output.emit(args, [lease_json(x) for x in found], LEASE_COLUMNS, [lease_row(x, args) for x in found],
          f"nobody holds {wanted} in {data_dir(args)}")
     return report(problems) or (OK if found else NO)
 
@@ -283,7 +265,7 @@ def cmd_pools(args):
                                  "ranges": s.describe(), "size": t["addresses"], "excluded": t["excluded"],
                                  "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"],
                                  "free": t["free"]})
-    emit(args, rows, POOL_COLUMNS, rows, "no host-local networks in the configs")
+    output.emit(args, rows, POOL_COLUMNS, rows, "no host-local networks in the configs")
     return report(problems)
 
 
@@ -333,22 +315,16 @@ def read_valid_from(path):
     name = None
     if isinstance(document, dict):
         name = document.get("name") if isinstance(document.get("name"), str) else None
-        # libcni sends both keys; a runtime sending only the older one must not lose everything
-        for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
-            if key in document:
-                document = document[key] if document[key] is not None else []
-                break
-        else:
-            raise UsageError(f"--valid-from {path}: no cni.dev/valid-attachments (or cni.dev/attachments) key")
-    if not isinstance(document, list):
+        if VALID_ATTACHMENTS not in document and OLD_VALID_ATTACHMENTS not in document:
+            raise UsageError(f"--valid-from {path}: no {VALID_ATTACHMENTS} (or {OLD_VALID_ATTACHMENTS}) key")
+    elif isinstance(document, list):
+        document = {VALID_ATTACHMENTS: document}
+    else:
         raise UsageError(f"--valid-from {path}: the valid attachments must be a list")
-    valid = set()
-    for i, item in enumerate(document):
-        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str) \
-                or not isinstance(item.get("ifname"), str):
-            raise UsageError(f"--valid-from {path}: item {i} must be an object with string containerID and ifname")
-        valid.add((item["containerID"], item["ifname"]))
-    return valid, name
+    try:   # the plugins' own rule: which key counts, and what a valid list is
+        return contract.Request("GC", {}, document, b"").valid_attachments(), name
+    except CniError as e:
+        raise UsageError(f"--valid-from {path}: {e.msg}") from None
 
 
 def cmd_gc(args):
@@ -371,61 +347,9 @@ def cmd_gc(args):
             for v in verdicts]
     rows = [dict(lease_row(v.lease, args), action="release" if v.release else "keep", reason=v.reason)
             for v in shown]
-    emit(args, data, GC_COLUMNS, rows, "GC would release nothing")
+    output.emit(args, data, GC_COLUMNS, rows, "GC would release nothing")
     if args.output == "table":
         released = sum(v.release for v in verdicts)
         sys.stdout.write(f"dry run: GC would release {released} and keep {len(verdicts) - released} "
                          f"lease(s); nothing was changed\n")
     return report(problems)
-
-
-# -- cluster (cluster-ipam adds the logic; this is the hook) ------------------
-
-CLUSTER_MODULE = "ipam.cluster"
-
-
-def cluster_module():
-    # by name: a build without ipam/cluster.py still runs every other command
-    # (the bundle carries every module of ipam/, build/underlay.spec own_modules)
-    import importlib
-    try:
-        return importlib.import_module(CLUSTER_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != CLUSTER_MODULE:
-            raise
-        raise UsageError("cluster-ipam is not part of this build (ipam/cluster.py)") from None
-
-
-def cluster_config(path):
-    from cni.operator import configs
-    networks, problems = configs.load(path)
-    for p in problems:
-        if p.severity == "error":
-            raise UsageError(p.line())
-    for network in networks:
-        for plugin in network.plugins:
-            ipam = plugin.config.get("ipam")
-            if isinstance(ipam, dict) and isinstance(ipam.get("type"), str) and ipam["type"].endswith("cluster-ipam"):
-                return plugin.config
-    raise UsageError(f"{path}: no plugin with ipam type cluster-ipam")
-
-
-def cmd_cluster_leases(args):
-    cluster = cluster_module()
-    leases = list(cluster.leases(cluster_config(args.config)))
-    rows = [dict(x) if isinstance(x, dict) else {"lease": str(x)} for x in leases]
-    columns = [(k.upper(), k) for k in (rows[0] if rows else {})]
-    emit(args, rows, columns, rows, "no leases")
-    return OK
-
-
-def cmd_cluster_release_node(args):
-    if not args.yes:
-        raise UsageError(f"release-node changes the store: add --yes to release every lease of {args.node}")
-    cluster = cluster_module()
-    released = cluster.release_node(cluster_config(args.config), args.node, force=args.force)
-    if args.output == "json":
-        sys.stdout.write(output.dump(released))
-    else:
-        sys.stdout.write(f"released: {released}\n")
-    return OK

@@ -18,8 +18,9 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
+from cni import files
 from cni.contract import CniError
-from ipam import lease_files, lease_index
+from ipam import lease_files, lease_index, verbs
 from ipam import store as disk
 from ipam.host_local import DEFAULT_DATA_DIR, DEFAULT_LOCK_TIMEOUT  # noqa: F401 (re-exported defaults)
 
@@ -138,7 +139,7 @@ def _rebooted(path):
     finally:
         os.close(fd)
     boot = lease_index.parse_stamp(data)[2]
-    now = lease_index.current_boot_id()
+    now = files.boot_id()
     return bool(boot not in (None, "-") and now and boot != now)
 
 
@@ -167,7 +168,7 @@ def gc_plan(snap, valid):
     """What host-local's GC would do to each lease of `snap`, given the valid
     (containerID, ifname) pairs: the healing its first call after a reboot does
     (AttachmentIndex.ensure_index), then cmd_gc's rule. Releases nothing."""
-    keep_ids = {cid for cid, _ in valid}
+    valid = verbs.ValidAttachments(valid)
     verdicts = []
     for lease in snap.leases:
         if lease.container is None:
@@ -181,8 +182,7 @@ def gc_plan(snap, valid):
         if snap.rebooted and gone:
             verdicts.append(Verdict(lease, True, f"after a reboot: its netns {lease.netns} is gone"))
             continue
-        listed = (lease.container, lease.ifname) in valid or (lease.ifname is None and lease.container in keep_ids)
-        if listed:
+        if valid.keeps(lease.container, lease.ifname):
             note = f", but its netns {lease.netns} is gone" if gone else ""
             verdicts.append(Verdict(lease, False, f"in the valid list{note}"))
             continue

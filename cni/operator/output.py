@@ -1,7 +1,12 @@
 """Tables for people, JSON for scripts."""
 
 import json
+import sys
 import time
+
+
+class UsageError(Exception):
+    """Bad usage or input: the command says so and exits 2."""
 
 
 def when(epoch):
@@ -37,3 +42,13 @@ def printable(text):
 
 def dump(data):
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
+def emit(args, data, columns, rows, empty):
+    """`data` as JSON with -o json, else `rows` as a table, or the line `empty` when there are none."""
+    if args.output == "json":
+        sys.stdout.write(dump(data))
+    elif rows:
+        sys.stdout.write(table(columns, rows))
+    else:
+        sys.stdout.write(empty + "\n")

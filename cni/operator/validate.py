@@ -120,9 +120,7 @@ def check_host_local(config):
     netconf.validate("host-local", config)
     ipam = config["ipam"]
     runtime = config.get("runtimeConfig") or {}
-    shim = config.get("hostShim")
-    extra_aux = [("hostShim.address", "hostShim", shim.get("address"))] if isinstance(shim, dict) else []
-    sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux)
+    sets = ranges.range_sets(ipam, runtime.get("ipRanges"), ranges.host_shim_aux(config))
     version = config.get("cniVersion", "0.1.0")
     if contract.version_key(version) < (0, 3, 0):
         host_local.check_one_set_per_family(sets, version)

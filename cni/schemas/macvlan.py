@@ -277,8 +277,18 @@ def validate_https___underlay_invalid_schema_macvlan_json(data, custom_formats={
                 if 'address' in data__hostShim_keys:
                     data__hostShim_keys.remove('address')
                     data__hostShim__address = data__hostShim['address']
-                    if not isinstance(data__hostShim__address, str):
-                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.address must be string', value=data__hostShim__address, name='' + (name_prefix or 'data') + '.hostShim.address', rule='type')
+                    if not isinstance(data__hostShim__address, (str, list, tuple)):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.address must be string or array', value=data__hostShim__address, name='' + (name_prefix or 'data') + '.hostShim.address', rule='type')
+                    data__hostShim__address_is_list = isinstance(data__hostShim__address, (list, tuple))
+                    if data__hostShim__address_is_list:
+                        data__hostShim__address_len = len(data__hostShim__address)
+                        if data__hostShim__address_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.address must contain at least 1 items', value=data__hostShim__address, name='' + (name_prefix or 'data') + '.hostShim.address', rule='minItems')
+                        if data__hostShim__address_len > 2:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.address must contain less than or equal to 2 items', value=data__hostShim__address, name='' + (name_prefix or 'data') + '.hostShim.address', rule='maxItems')
+                        for data__hostShim__address_x, data__hostShim__address_item in enumerate(data__hostShim__address):
+                            if not isinstance(data__hostShim__address_item, str):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.address[{data__hostShim__address_x}]'.format(**locals()) + ' must be string', value=data__hostShim__address_item, name='' + (name_prefix or 'data') + '.hostShim.address[{data__hostShim__address_x}]'.format(**locals()) + '', rule='type')
                 if 'routes' in data__hostShim_keys:
                     data__hostShim_keys.remove('routes')
                     data__hostShim__routes = data__hostShim['routes']

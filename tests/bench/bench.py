@@ -24,6 +24,9 @@ Sections:
             ADD+DEL, macvlan ADD/CHECK/DEL, 64 parallel macvlan ADDs and DELs;
             the agent's memory idle and under the burst (PSS and RSS of the
             agent and its workers); the thin exec against a bare interpreter
+  cluster   cluster-ipam (tests/bench/cluster_bench.py): whole-exec ADD vs
+            host-local, 1 000 pods over 10 simulated nodes on 3 etcd members;
+            not in the default set (it starts etcd): --sections cluster
 Peak RSS per exec comes from GNU time (`/usr/bin/time -f %M`) on extra,
 untimed runs: wait4() on a child forked from this Python process would report
 this process's own RSS (the child holds it until exec).
@@ -666,6 +669,18 @@ def main():
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     sections = args.sections.split(",")
+    if "cluster" in sections:
+        import cluster_bench                # beside this script; from dist/bin when built, else from source
+        cluster = {}
+        cluster_bench.run(args.iterations, 1000, 10, cluster)
+        sections.remove("cluster")
+        if not sections:
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"cluster": cluster}, f, indent=2)
+            return
+    else:
+        cluster = {}
 
     if not os.access(TIME, os.X_OK):
         sys.exit(f"bench: {TIME} is missing (apt-get install time)")
@@ -679,7 +694,7 @@ def main():
     if ("macvlan" in sections or "agent" in sections) and os.geteuid() != 0:
         sys.exit("bench: the macvlan section needs root (network namespaces); or pass --sections")
 
-    figures = {"setup": describe()}
+    figures = {"setup": describe(), **({"cluster": cluster} if cluster else {})}
     print("times in ms (median, p90 of the exec as a runtime sees it); RSS: median peak per exec\n")
     print(HEADER)
     workdir = tempfile.mkdtemp(prefix="underlay-bench-")

@@ -65,3 +65,42 @@ def test_plugins_never_load_the_command(bundle, tmp_path):
                                    stdin=host_local_conf(tmp_path / "networks"), tmp_path=tmp_path)
     assert proc.returncode == 0, proc
     assert denied(modules, dict(DENY_ALWAYS, **{"cni.operator": None, "yaml": None})) == []
+
+
+def test_cluster_commands_in_the_bundle(bundle, etcd_cluster, tmp_path):
+    """`underlay cluster ...` from the bundle, on leases the bundle's cluster-ipam made from two nodes."""
+    etcd = etcd_cluster(members=1)
+
+    def conf(node, name="net1"):
+        return {"cniVersion": "1.0.0", "name": name, "type": "macvlan",
+                "ipam": {"type": "cluster-ipam", "node": node, "dataDir": str(tmp_path / node), "blockSize": 29,
+                         "ranges": [[{"subnet": "10.83.0.0/28"}]], "etcd": etcd.config(prefix="/uop-bundle")}}
+
+    got = {}
+    for node, cid in (("n1", "c1"), ("n1", "c2"), ("n2", "c3")):
+        out = run_plugin("cluster-ipam", "ADD", conf(node), argv=[bundle.path("cluster-ipam")], container_id=cid,
+                         netns="/run/netns/uop-none", ifname="eth0", args="K8S_POD_NAMESPACE=ns;K8S_POD_NAME=" + cid)
+        assert out.ok, out
+        got[cid] = out.json["ips"][0]["address"].split("/")[0]
+    path = tmp_path / "net1.conf"
+    path.write_text(json.dumps(conf("n2")))
+    cmd = ["cluster"]
+    out = run_underlay(*cmd, "leases", "--config", path, "-o", "json", argv=underlay(bundle))
+    assert out.code == 0, out
+    assert sorted((r["address"], r["node"], r["container"], r["pod"]) for r in out.json) == sorted(
+        (got[c], n, c, c) for n, c in (("n1", "c1"), ("n1", "c2"), ("n2", "c3")))
+    out = run_underlay(*cmd, "who-has", got["c3"], "--config", path, "-o", "json", argv=underlay(bundle))
+    assert out.code == 0 and out.json[0]["container"] == "c3", out
+    out = run_underlay(*cmd, "pools", "--config", path, "-o", "json", argv=underlay(bundle))
+    assert out.code == 0, out
+    assert (out.json[0]["in_use"], out.json[0]["free"], out.json[0]["blocks"]) == (3, 10, 2), out
+    out = run_underlay(*cmd, "release-node", "n1", "--config", path, "--yes", argv=underlay(bundle))
+    assert out.code == 1 and "node n1 still holds 2 lease(s)" in out.stderr, out
+    out = run_underlay(*cmd, "release-node", "n1", "--config", path, "--yes", "--force", "-o", "json",
+                       argv=underlay(bundle))
+    assert out.code == 0 and out.json["leases"] == 2, out
+    out = run_underlay(*cmd, "leases", "--config", path, "-o", "json", argv=underlay(bundle))
+    assert [r["container"] for r in out.json] == ["c3"], out
+    etcd.stop(0)
+    out = run_underlay(*cmd, "leases", "--config", path, argv=underlay(bundle))
+    assert out.code == 3 and "etcd: no endpoint answered" in out.stderr, out

@@ -18,6 +18,7 @@ from tests.plugins import Outcome
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "conf" / "examples"
+DOCKER = ROOT / "conf" / "docker"
 NADS = ROOT / "conf" / "nads"
 SCHEMAS = ROOT / "conf" / "schema"
 DRIVER_SRC = pathlib.Path(__file__).resolve().parent / "cnitool"
@@ -34,8 +35,23 @@ def version_key(version):
 # Conflists
 
 def load_example(name):
-    with open(EXAMPLES / name) as f:
+    """A conflist of conf/examples, or of another directory when given as "docker/<file>"."""
+    path = DOCKER / name.split("/", 1)[1] if name.startswith("docker/") else EXAMPLES / name
+    with open(path) as f:
         return json.load(f)
+
+
+def kernel_needs(conflist):
+    """The kernel features (tests/vm) attaching this conflist needs beyond macvlan."""
+    ours = conflist["plugins"][0]
+    needs = set()
+    if ours["type"] == "ipvlan":
+        needs.add("ipvlan")
+    if "vlan" in ours or "." in ours.get("master", ""):
+        needs.add("8021q")
+    if ours.get("internal"):
+        needs.add("dummy")
+    return sorted(needs)
 
 
 def load_nad(name):
@@ -57,7 +73,8 @@ def localize(conflist, master, data_dir, state_dir=None, name=None):
         conflist["name"] = name
     for plugin in conflist["plugins"]:
         if "master" in plugin:
-            plugin["master"] = master
+            _, dot, vid = plugin["master"].rpartition(".")
+            plugin["master"] = f"{master}.{vid}" if dot and vid.isdigit() else master  # keep an 802.1q parent
         if plugin.get("type") in OUR_PLUGINS and state_dir:
             plugin["stateDir"] = state_dir
         if plugin.get("type") == "tuning" and state_dir:

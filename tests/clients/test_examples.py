@@ -16,6 +16,9 @@ from tests.clients import libcni
 from tests.clients.libcni import version_key
 
 EXAMPLE_NAMES = sorted(p.name for p in libcni.EXAMPLES.glob("*.conflist"))
+DOCKER_NAMES = sorted(f"docker/{p.name}" for p in libcni.DOCKER.glob("*.conflist"))
+SHIPPED = [pytest.param(name, marks=pytest.mark.kernel(*needs)) if needs else name
+           for name in EXAMPLE_NAMES + DOCKER_NAMES for needs in [libcni.kernel_needs(libcni.load_example(name))]]
 
 
 def routes(ns):
@@ -31,8 +34,9 @@ def assert_attached(result, ns, conflist, data_dir, cid, ifname="eth0"):
     assert iface["name"] == ifname and iface["sandbox"] == nsutil.netns_path(ns)
     link = nsutil.link_json(ns, ifname)
     assert link["address"] == iface["mac"]
-    assert link["linkinfo"]["info_kind"] == "macvlan"
-    assert link["linkinfo"]["info_data"]["mode"] == ours.get("mode", "bridge")
+    assert link["linkinfo"]["info_kind"] == ours["type"]
+    default_mode = {"macvlan": "bridge", "ipvlan": "l2"}[ours["type"]]
+    assert link["linkinfo"]["info_data"]["mode"] == ours.get("mode", default_mode)
     assert "UP" in link["flags"]
     tuning = next((p for p in chained if p["type"] == "tuning"), {})
     mtu = tuning.get("mtu") or ours.get("mtu")
@@ -69,7 +73,8 @@ def test_examples_cover_the_documented_shapes():
     versions = {c.get("cniVersion") for c in examples.values()}
     assert {"0.3.1", "0.4.0", "1.0.0", "1.1.0"} <= versions
     plugins = [p for c in examples.values() for p in c["plugins"]]
-    assert any("cniVersions" in c and "cniVersion" not in c for c in examples.values())
+    # cniVersions beside a cniVersion old libcni runs (libcni before 1.2 ignores cniVersions)
+    assert any("cniVersions" in c and c.get("cniVersion") == "1.0.0" for c in examples.values())
     assert any(p.get("ipam") == {} for p in plugins)
     assert any(len(c["plugins"]) > 1 and c["plugins"][-1]["type"] == "tuning" for c in examples.values())
     assert any(len(p.get("ipam", {}).get("ranges", [])) == 2 for p in plugins)
@@ -87,11 +92,18 @@ def test_example_matches_schema(example):
     assert used, f"{example}: nothing of ours to validate"
 
 
+@pytest.mark.parametrize("example", DOCKER_NAMES)
+def test_docker_example_runs_on_debian_12s_libcni(example):
+    """docs/clients.md: write 1.0.0, the highest Debian 12's libcni 1.1.2 reads."""
+    assert libcni.load_example(example)["cniVersion"] == "1.0.0"
+
+
 @pytest.mark.root
 @pytest.mark.clients
-@pytest.mark.parametrize("example", EXAMPLE_NAMES)
-def test_example_through_libcni(example, driver, master, pod_ns, data_dir, state_dir):
+@pytest.mark.parametrize("example", SHIPPED)
+def test_example_through_libcni(example, driver, host_ns, master, pod_ns, data_dir, state_dir):
     conflist = libcni.localize(libcni.load_example(example), master, data_dir, state_dir)
+    node_links = sorted(nsutil.links(host_ns))
     net = driver.install(conflist)
     version = driver.version_of(net)
     ns = pod_ns()
@@ -126,6 +138,7 @@ def test_example_through_libcni(example, driver, master, pod_ns, data_dir, state
     assert driver.cached(net) == {}
     again = driver.delete(net, netns, container_id=cid)
     assert again.ok, f"DEL must be idempotent: {again}"
+    assert sorted(nsutil.links(host_ns)) == node_links, "a parent made for the example outlived its DEL"
 
 
 def libcni_cannot_read(driver, net, version, ns, data_dir, cid):

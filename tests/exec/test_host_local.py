@@ -332,6 +332,24 @@ def test_gc_with_no_valid_attachments_releases_all(hl, valid):
     assert hl.leases() == {}
 
 
+def test_gc_reads_the_older_key_when_valid_attachments_is_absent(hl):
+    """libcni sends both cni.dev/valid-attachments and cni.dev/attachments (containernetworking/cni #1101):
+    a runtime sending only the older name keeps what it lists, as cluster-ipam and `underlay gc` read it."""
+    conf = hl.config(V4, version="1.1.0")
+    for cid in ("keep", "drop"):
+        assert hl.add(conf, cid).ok
+    assert hl.run("GC", dict(conf, **{"cni.dev/attachments": [{"containerID": "keep", "ifname": "eth0"}]})).ok
+    assert list(hl.leases().values()) == [b"keep\r\neth0"]
+    # both keys: the newer one rules, an empty list included
+    both = {"cni.dev/valid-attachments": [], "cni.dev/attachments": [{"containerID": "keep", "ifname": "eth0"}]}
+    assert hl.run("GC", dict(conf, **both)).ok
+    assert hl.leases() == {}
+    assert hl.add(conf, "keep").ok
+    error(hl.run("GC", dict(conf, **{"cni.dev/attachments": [{"containerID": "keep"}]})), 7,
+          "cni.dev/attachments[0]")
+    assert len(hl.leases()) == 1
+
+
 def test_gc_needs_110(hl):
     error(hl.run("GC", hl.config(V4, version="1.0.0")), 1, "GC")
 

@@ -386,7 +386,7 @@ def test_cluster_hook(tmp_path):
         out = run_underlay("cluster", "leases", "--config", conf)
         assert out.code == 2 and "cluster-ipam is not part of this build" in out.stderr, out
     else:
-        from cni.operator import cluster_module
+        from cni.operator.cluster import cluster_module
         assert cluster_module() is cluster
         assert callable(cluster.leases) and callable(cluster.release_node)
 

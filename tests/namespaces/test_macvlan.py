@@ -110,6 +110,46 @@ def test_passthru_inherits_parent_mac_and_allows_one_attachment(host_ns, master,
     assert len(leases(data_dir)) == 1
 
 
+@pytest.mark.parametrize("source,field,code", [
+    ("mac", "mac", 2), ("args", "CNI_ARGS MAC", 2), ("runtime", "runtimeConfig.mac", 2)])
+def test_passthru_refuses_a_requested_mac_naming_its_source(host_ns, master, pod_ns, data_dir, source, field,
+                                                            code):
+    """The kernel would hand the MAC on to the master itself: refused as ipvlan refuses it."""
+    mac = "02:00:00:00:00:07"
+    extra, args = {"mode": "passthru"}, ""
+    if source == "mac":
+        extra["mac"] = mac
+    elif source == "args":
+        args = f"MAC={mac}"
+    else:
+        extra.update(capabilities={"mac": True}, runtimeConfig={"mac": mac})
+    before = ns.link_json(host_ns, master)["address"]
+    pod = pod_ns()
+    out = plugin("ADD", conf(master, data_dir, **extra), host_ns, pod, args=args)
+    assert out.cni_code == code and out.json["msg"].startswith(f"{field}: ") and "passthru" in out.json["msg"], out
+    assert ns.links(pod) == ["lo"] and leases(data_dir) == []
+    assert ns.link_json(host_ns, master)["address"] == before
+
+
+@pytest.mark.parametrize("first,second", [("passthru", "bridge"), ("passthru", "private"), ("bridge", "passthru")])
+def test_passthru_and_other_modes_on_one_master_say_so(host_ns, master, pod_ns, data_dir, first, second):
+    a, b = pod_ns(), pod_ns()
+    add(conf(master, data_dir, mode=first), host_ns, a, "ca")
+    out = plugin("ADD", conf(master, data_dir, mode=second), host_ns, b, "cb")
+    assert out.cni_code == 102 and master in out.json["msg"], out
+    words = "held by a passthru macvlan" if first == "passthru" else "already has a macvlan child"
+    assert words in out.json["msg"] and "Invalid argument" not in out.json["msg"], out
+    assert ns.links(b) == ["lo"] and len(leases(data_dir)) == 1
+
+
+def test_passthru_with_a_host_shim_is_refused_up_front(host_ns, master, pod_ns, data_dir):
+    c = conf(master, data_dir, mode="passthru", hostShim={"name": ns.unique("shim"), "address": "10.20.0.250"})
+    pod = pod_ns()
+    out = plugin("ADD", c, host_ns, pod)
+    assert out.cni_code == 7 and "hostShim" in out.json["msg"] and "passthru" in out.json["msg"], out
+    assert ns.links(pod) == ["lo"] and leases(data_dir) == []
+
+
 # -- master selection -------------------------------------------------------------
 
 def test_default_route_interface_is_the_master(host_ns, master, pod_ns, data_dir):

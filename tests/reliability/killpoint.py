@@ -48,7 +48,7 @@ POINTS = {
     "add:before-create": ("cni.netlink", "Netlink.create_link", "before", None),
     "add:before-rename": ("cni.netlink", "Netlink.create_link", "after", None),
     "add:after-rename": ("cni.netlink", "Netlink.set_link", "after", _renaming),
-    "add:lease-body": ("ipam.lease_files", "LeaseFiles._write_tmp", "after", _lease_body),
+    "add:lease-body": ("cni.files", "write_temp", "after", _lease_body),
     "add:after-lease": ("ipam.lease_files", "LeaseFiles.reserve", "after", None),
     "add:after-index": ("ipam.lease_index", "AttachmentIndex.record", "after", None),
     "add:after-ipam": ("ipam.lease_index", "AttachmentIndex.commit", "after", _caller("flush")),

@@ -63,6 +63,9 @@ def test_parse_valid_refuses(text):
     ({"cni.dev/attachments": [{"containerID": "c", "ifname": "e"}]}, {("c", "e")}, None),   # the older key
     ({"cni.dev/valid-attachments": [], "cni.dev/attachments": [{"containerID": "c", "ifname": "e"}]}, set(), None),
     ({"cni.dev/valid-attachments": None}, set(), None),          # libcni's "none"
+    # null is no list: the older key counts then, as the plugins' GC reads it (Request.valid_attachments)
+    ({"cni.dev/valid-attachments": None, "cni.dev/attachments": [{"containerID": "c", "ifname": "e"}]},
+     {("c", "e")}, None),
     ([{"containerID": "c", "ifname": "e"}], {("c", "e")}, None),
 ])
 def test_read_valid_from(tmp_path, document, valid, name):
@@ -74,8 +77,10 @@ def test_read_valid_from(tmp_path, document, valid, name):
 @pytest.mark.parametrize("document, problem", [
     ({"name": "n"}, "no cni.dev/valid-attachments"),
     ({"cni.dev/valid-attachments": {"containerID": "c"}}, "must be a list"),
-    ([{"containerID": "c"}], "item 0"),
-    (["c/eth0"], "item 0"),
+    ([{"containerID": "c"}], r"valid-attachments\[0\]: must be an object"),
+    (["c/eth0"], r"valid-attachments\[0\]"),
+    ({"cni.dev/attachments": [{"ifname": "e"}]}, r"cni.dev/attachments\[0\]"),
+    ("c/eth0", "must be a list"),
 ])
 def test_read_valid_from_refuses(tmp_path, document, problem):
     path = tmp_path / "gc.json"

@@ -1,0 +1,59 @@
+"""Small file helpers written once: the boot ID and whole-file atomic writes.
+
+Used by the lease store (ipam/lease_files.py, ipam/lease_index.py), the
+kernel probe's cache (cni/kernel.py) and the parents' records (cni/parents.py).
+"""
+
+import os
+import time
+
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+TMP_PREFIX = ".tmp-"      # a temporary file's name starts so: a killed writer's leftover is recognisable
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def boot_id():
+    """This boot's ID; "" where /proc does not say (reboots then go unnoticed)."""
+    try:
+        with open(BOOT_ID) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def write_temp(data, dir_fd=None, directory="", sync=False):
+    """A fully written new file (0600, never through a symlink) in `directory` (relative to dir_fd
+    if given); returns its path. `sync`: fsync'ed, for a body others will hard-link."""
+    path = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        remove(path, dir_fd)
+        raise
+    os.close(fd)
+    return path
+
+
+def replace(path, data, dir_fd=None, sync=False):
+    """Write a whole file atomically: a temporary file beside it, renamed over `path`. Readers see
+    the old content or the new, never a part. Not fsync'ed unless `sync`."""
+    tmp = write_temp(data, dir_fd, os.path.dirname(path), sync)
+    try:
+        os.rename(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        remove(tmp, dir_fd)
+        raise
+
+
+def remove(path, dir_fd=None):
+    """Unlink a file; one already gone is fine."""
+    try:
+        os.unlink(path, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,192 @@
+"""`underlay cluster ...`: cluster-ipam's etcd store as the operator reads it, and the dead-node command.
+
+The store's logic is ipam/cluster.py's (leases, who_has, pools, release_node);
+this module parses, maps cluster-ipam's errors onto the command's exit codes
+and prints. ipam/cluster.py is imported by name so that a build without it
+still runs every other command.
+"""
+
+import importlib
+import ipaddress
+import sys
+
+from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NOT_AVAILABLE, CniError
+from cni.operator import output
+from cni.operator.output import UsageError
+from cni.operator.hostlocal import StoreProblem
+
+CLUSTER_MODULE = "ipam.cluster"
+
+
+class Refused(Exception):
+    """A negative answer with a reason: exit 1."""
+
+
+def add_parsers(sub, common):
+    p = sub.add_parser("cluster", help="cluster-ipam's etcd store",
+                       description="cluster-ipam's store in etcd: its leases, who holds an address, its pools, "
+                                   "and releasing a node that never comes back. --config names a network config "
+                                   "(config, conflist or NAD YAML) whose ipam is cluster-ipam: its ipam.etcd "
+                                   "says where etcd is. Reads only, except release-node --yes.")
+    csub = p.add_subparsers(dest="cluster_command", metavar="SUBCOMMAND")
+    config = dict(required=True, metavar="FILE", help="a network config with cluster-ipam as its ipam")
+
+    c = csub.add_parser("leases", parents=[common], help="leases and sticky holds in etcd",
+                        description="Every lease (and sticky hold) under the config's etcd prefix: network, "
+                                    "address, node, kind, container, ifname, pod, since.")
+    c.add_argument("--config", **config)
+    c.add_argument("--node", action="append", metavar="NODE", help="only this node's (repeatable)")
+    c.add_argument("--network", action="append", metavar="NAME", help="only this network's (repeatable)")
+    c.add_argument("--no-trunc", action="store_true", help="full container IDs in tables")
+    c.set_defaults(run=cmd_leases)
+
+    c = csub.add_parser("who-has", parents=[common], help="who holds an address",
+                        description="The lease or sticky hold of ADDRESS in etcd (any network); exit 1 if "
+                                    "nobody holds it.")
+    c.add_argument("address", metavar="ADDRESS")
+    c.add_argument("--config", **config)
+    c.add_argument("--no-trunc", action="store_true", help="full container IDs in tables")
+    c.set_defaults(run=cmd_who_has)
+
+    c = csub.add_parser("pools", parents=[common], help="address use per range set, blocks per node",
+                        description="Per range set of the config's network: addresses in rangeStart..rangeEnd, "
+                                    "excluded, aux, reserved (network, broadcast, gateway), in use (every "
+                                    "network's leases and holds in its subnets), free, sticky holds; then per "
+                                    "node: blocks owned, leases, and how many of those are borrowed from "
+                                    "another node's block.")
+    c.add_argument("--config", **config)
+    c.set_defaults(run=cmd_pools)
+
+    c = csub.add_parser("release-node", parents=[common], help="release a node that never comes back",
+                        description="Release every lease (every network) and block a node holds. Refused "
+                                    "(exit 1) while it still holds leases unless --force: only the operator "
+                                    "knows the node is gone for good. Blocks where other nodes still borrow "
+                                    "addresses are orphaned for any node to adopt.")
+    c.add_argument("node", metavar="NODE")
+    c.add_argument("--config", **config)
+    c.add_argument("--force", action="store_true", help="even while the node still holds leases")
+    c.add_argument("--yes", action="store_true", help="required: this changes the store")
+    c.set_defaults(run=cmd_release_node)
+    return p
+
+
+def cluster_module():
+    # by name: a build without ipam/cluster.py still runs every other command
+    # (the bundle carries every module of ipam/, build/underlay.spec own_modules)
+    try:
+        return importlib.import_module(CLUSTER_MODULE)
+    except ModuleNotFoundError as e:
+        if e.name != CLUSTER_MODULE:
+            raise
+        raise UsageError("cluster-ipam is not part of this build (ipam/cluster.py)") from None
+
+
+def cluster_config(path):
+    """The first plugin config of `path` whose ipam is cluster-ipam."""
+    from cni.operator import configs
+    networks, problems = configs.load(path)
+    for p in problems:
+        if p.severity == "error":
+            raise UsageError(p.line())
+    for network in networks:
+        for plugin in network.plugins:
+            ipam = plugin.config.get("ipam")
+            if isinstance(ipam, dict) and isinstance(ipam.get("type"), str) and ipam["type"].endswith("cluster-ipam"):
+                return plugin.config
+    raise UsageError(f"{path}: no plugin with ipam type cluster-ipam")
+
+
+def call(args, name, *params, **kw):
+    """ipam.cluster.<name>(config, ...), cluster-ipam's errors turned into the command's exit codes:
+    a bad config is bad input (2); etcd unreachable or refusing (11, 5) a store not read (3)."""
+    cluster = cluster_module()
+    config = cluster_config(args.config)
+    try:
+        return getattr(cluster, name)(config, *params, **kw)
+    except CniError as e:
+        if e.code in (ERR_INVALID_CONFIG, ERR_INVALID_ENV):
+            raise UsageError(f"{args.config}: {e.msg}") from None
+        if e.code == ERR_NOT_AVAILABLE and name == "release_node":
+            raise Refused(e.msg) from None
+        raise StoreProblem(f"{args.config}: {e.msg}" + (f" ({e.details})" if e.details else "")) from None
+
+
+# -- leases, who-has --------------------------------------------------------
+
+LEASE_COLUMNS = [("NETWORK", "network"), ("ADDRESS", "address"), ("NODE", "node"), ("KIND", "kind"),
+                 ("CONTAINER", "container"), ("IFNAME", "ifname"), ("POD", "pod"), ("SINCE", "since")]
+
+
+def lease_json(row):
+    """A row of ipam.cluster.leases() as the command shows it (the host-local listing's names)."""
+    return {"network": row["network"], "address": row["ip"], "node": row["node"], "kind": row["kind"],
+            "container": row["containerID"], "ifname": row["ifname"], "namespace": row["namespace"],
+            "pod": row["pod"], "since": row["time"] if row["kind"] == "lease" else row["released"],
+            "until": output.when(row["until"]) if isinstance(row["until"], (int, float)) else None,
+            "pool": row["pool"], "block": row["block"]}
+
+
+def lease_table_row(lease, args):
+    pod = f"{lease['namespace']}/{lease['pod']}" if lease["namespace"] and lease["pod"] else None
+    return dict(lease, container=output.short(lease["container"], args.no_trunc) if lease["container"] else None,
+                pod=pod)
+
+
+def cmd_leases(args):
+    found = [lease_json(r) for r in call(args, "leases")]
+    found = [x for x in found if (not args.node or x["node"] in args.node)
+             and (not args.network or x["network"] in args.network)]
+    output.emit(args, found, LEASE_COLUMNS, [lease_table_row(x, args) for x in found], "no leases")
+    return 0
+
+
+def cmd_who_has(args):
+    try:
+        wanted = str(ipaddress.ip_address(args.address.split("/", 1)[0]))
+    except ValueError:
+        raise UsageError(f"{args.address!r} is not an IP address") from None
+    row = call(args, "who_has", wanted)
+    found = [lease_json(row)] if row else []
+    output.emit(args, found, LEASE_COLUMNS, [lease_table_row(x, args) for x in found], f"nobody holds {wanted}")
+    return 0 if found else 1
+
+
+# -- pools ------------------------------------------------------------------
+
+POOL_COLUMNS = [("SET", "set"), ("RANGES", "ranges"), ("SIZE", "size"), ("EXCLUDED", "excluded"), ("AUX", "aux"),
+                ("RESERVED", "reserved"), ("IN USE", "in_use"), ("FREE", "free"), ("HELD", "held"),
+                ("BLOCKS", "blocks"), ("BORROWED", "borrowed")]
+NODE_COLUMNS = [("SET", "set"), ("NODE", "node"), ("BLOCKS", "blocks"), ("LEASES", "leases"),
+                ("BORROWED", "borrowed")]
+
+
+def cmd_pools(args):
+    sets = call(args, "pools")
+    if args.output == "json":
+        sys.stdout.write(output.dump(sets))
+        return 0
+    sys.stdout.write(output.table(POOL_COLUMNS, sets))
+    nodes = [dict(n, set=s["set"], node=n["node"] if n["node"] is not None else "(orphaned)")
+             for s in sets for n in s["nodes"]]
+    sys.stdout.write("\n" + (output.table(NODE_COLUMNS, nodes) if nodes else "no blocks claimed yet\n"))
+    return 0
+
+
+# -- release-node -----------------------------------------------------------
+
+def cmd_release_node(args):
+    if not args.yes:
+        raise UsageError(f"release-node changes the store: add --yes to release every lease and block of "
+                         f"{args.node}")
+    try:
+        released = call(args, "release_node", args.node, force=args.force)
+    except Refused as e:
+        sys.stderr.write(f"underlay: refused: {e}\n")
+        return 1
+    if args.output == "json":
+        sys.stdout.write(output.dump(released))
+    else:
+        sys.stdout.write(f"released node {released['node']}: {released['leases']} lease(s), "
+                         f"{released['blocks_deleted']} block(s) returned to the pool, "
+                         f"{released['blocks_orphaned']} orphaned (other nodes still borrow in them)\n")
+    return 0

@@ -1,0 +1,214 @@
+"""`underlay cluster ...` on leases made by real cluster-ipam ADDs from several simulated nodes.
+
+From the checkout by default; the built command with UNDERLAY_BIN_DIR=dist/bin
+(tests/build/test_operator.py runs the bundle's too).
+"""
+
+import ipaddress
+import json
+import time
+
+import pytest
+
+from tests.cluster.conftest import addresses
+from tests.operator import run_underlay
+from tests.plugins import run_plugin
+
+# a /27 cut into /29 blocks: .1 the gateway, .20 excluded, .25 aux; 27 addresses to hand out
+NET1 = {"subnet": "10.80.0.0/27"}
+NET1_IPAM = dict(blockSize=29, exclude=["10.80.0.20/32"], auxAddresses={"router": "10.80.0.25"}, sticky=True)
+
+
+def write(tmp_path, conf, name="net.conf"):
+    path = tmp_path / name
+    path.write_text(json.dumps(conf))
+    return path
+
+
+def revision(cl):
+    return int(cl.client.status()["header"]["revision"])
+
+
+@pytest.fixture
+def nodes(cl):
+    """Three nodes' configs of net1 (sticky) and one of net2; leases from each node, one borrowed, one hold."""
+    n = {name: cl.conf(NET1, node=name, **NET1_IPAM) for name in ("n1", "n2", "n3")}
+    n["net2"] = cl.conf("10.81.0.0/24", node="n3", name="net2")
+    got = {}
+    got["c1"] = addresses(cl.add(n["n1"], "c1" * 20, pod=("ns1", "web-0")))[0]
+    got["c2"] = addresses(cl.add(n["n1"], "c2"))[0]
+    got["c3"] = addresses(cl.add(n["n2"], "c3", pod=("ns1", "web-1")))[0]
+    # n3 asks for an address in n1's block: borrowed
+    n1_block = ipaddress.ip_network(cl.leases()[got["c1"]]["block"])
+    inside = str(n1_block[5])
+    assert addresses(cl.run("ADD", dict(n["n3"], runtimeConfig={"ips": [inside]}), "c4")) == [inside]
+    got["c4"] = inside
+    got["c5"] = addresses(cl.add(n["net2"], "c5"))[0]
+    # web-1 goes away: its address is held for it (sticky)
+    assert cl.delete(n["n2"], "c3").ok
+    got["hold"] = got.pop("c3")
+    return n, got
+
+
+def test_leases_who_has_and_pools_read_etcd_and_write_nothing(cl, nodes, tmp_path):
+    n, got = nodes
+    conf = write(tmp_path, n["n1"])
+    before = revision(cl)
+
+    out = run_underlay("cluster", "leases", "--config", conf, "-o", "json")
+    assert out.code == 0, out
+    rows = {r["address"]: r for r in out.json}
+    etcd = cl.leases()
+    assert set(rows) == set(etcd) == set(got.values())
+    for address, record in etcd.items():
+        row = rows[address]
+        assert row["network"] == record["network"] and row["node"] == record["node"]
+        assert row["container"] == record.get("containerID") and row["ifname"] == record.get("ifname")
+        assert row["kind"] == ("hold" if record.get("sticky") else "lease")
+    c1 = rows[got["c1"]]
+    assert (c1["container"], c1["namespace"], c1["pod"], c1["node"]) == ("c1" * 20, "ns1", "web-0", "n1")
+    assert abs(time.mktime(time.strptime(c1["since"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(time.gmtime())) < 120
+    hold = rows[got["hold"]]
+    assert (hold["kind"], hold["container"], hold["namespace"], hold["pod"]) == ("hold", None, "ns1", "web-1")
+    assert hold["until"] > hold["since"]
+    assert [r["address"] for r in out.json] == sorted(rows, key=lambda a: int(ipaddress.ip_address(a)))
+
+    out = run_underlay("cluster", "leases", "--config", conf, "--node", "n3", "-o", "json")
+    assert sorted(r["address"] for r in out.json) == sorted([got["c4"], got["c5"]]), out
+    out = run_underlay("cluster", "leases", "--config", conf, "--network", "net2", "--node", "n3", "-o", "json")
+    assert [r["address"] for r in out.json] == [got["c5"]], out
+    out = run_underlay("cluster", "leases", "--config", conf, "--node", "nobody")
+    assert out.code == 0 and out.stdout == "no leases\n", out
+
+    out = run_underlay("cluster", "leases", "--config", conf)
+    assert out.code == 0, out
+    header, *lines = out.stdout.splitlines()
+    assert header.split() == ["NETWORK", "ADDRESS", "NODE", "KIND", "CONTAINER", "IFNAME", "POD", "SINCE"]
+    line = next(x for x in lines if x.split()[1] == got["c1"])
+    assert line.split()[:7] == ["net1", got["c1"], "n1", "lease", ("c1" * 20)[:12], "eth0", "ns1/web-0"]
+    assert "c1" * 20 in run_underlay("cluster", "leases", "--config", conf, "--no-trunc").stdout
+
+    out = run_underlay("cluster", "who-has", got["c4"], "--config", conf, "-o", "json")
+    assert out.code == 0 and [(r["node"], r["container"]) for r in out.json] == [("n3", "c4")], out
+    out = run_underlay("cluster", "who-has", got["hold"] + "/27", "--config", conf)
+    assert out.code == 0 and "hold" in out.stdout and "ns1/web-1" in out.stdout, out
+    out = run_underlay("cluster", "who-has", "10.80.0.30", "--config", conf)
+    assert out.code == 1 and out.stdout == "nobody holds 10.80.0.30\n", out
+    out = run_underlay("cluster", "who-has", "10.80.0.300", "--config", conf)
+    assert out.code == 2 and "not an IP address" in out.stderr, out
+
+    out = run_underlay("cluster", "pools", "--config", conf, "-o", "json")
+    assert out.code == 0, out
+    [pool] = out.json
+    assert pool["ranges"] == "10.80.0.0/27 10.80.0.1-10.80.0.30"
+    assert (pool["size"], pool["excluded"], pool["aux"]) == (30, 1, 1)
+    assert pool["in_use"] == 4 and pool["held"] == 1 and pool["borrowed"] == 1    # c1 c2 c4, and the hold
+    assert pool["size"] == pool["excluded"] + pool["aux"] + pool["reserved"] + pool["in_use"] + pool["free"]
+    by_node = {x["node"]: x for x in pool["nodes"]}
+    assert by_node["n1"] == {"node": "n1", "blocks": 1, "leases": 2, "borrowed": 0}
+    assert by_node["n2"] == {"node": "n2", "blocks": 1, "leases": 0, "borrowed": 0}   # its block keeps the hold
+    assert by_node["n3"] == {"node": "n3", "blocks": 0, "leases": 1, "borrowed": 1}
+    assert pool["blocks"] == 2
+    out = run_underlay("cluster", "pools", "--config", conf)
+    assert out.code == 0, out
+    assert out.stdout.splitlines()[0].split() == ["SET", "RANGES", "SIZE", "EXCLUDED", "AUX", "RESERVED", "IN",
+                                                  "USE", "FREE", "HELD", "BLOCKS", "BORROWED"]
+    assert "NODE" in out.stdout and "n3" in out.stdout
+
+    # a network nobody has allocated in yet: read, and its pool's config is not written
+    fresh = write(tmp_path, cl.conf("10.82.0.0/28", name="net3", node="n1"), "net3.conf")
+    out = run_underlay("cluster", "pools", "--config", fresh, "-o", "json")
+    assert out.code == 0 and (out.json[0]["in_use"], out.json[0]["free"], out.json[0]["nodes"]) == (0, 13, []), out
+    assert "no blocks claimed yet" in run_underlay("cluster", "pools", "--config", fresh).stdout
+
+    assert revision(cl) == before            # nothing above wrote to etcd
+
+    # free is what ADDs can still hand out: fill it from the three nodes; then 101
+    free = pool["free"]
+    taken = [addresses(cl.add(n[f"n{1 + i % 3}"], f"f{i}"))[0] for i in range(free)]
+    assert not set(taken) & (set(got.values()) | {"10.80.0.1", "10.80.0.20", "10.80.0.25"})
+    assert not cl.add(n["n2"], "one-more").ok
+    after = run_underlay("cluster", "pools", "--config", conf, "-o", "json").json[0]
+    assert (after["free"], after["in_use"]) == (0, 4 + free)
+
+
+def test_release_node_refuses_while_the_node_holds_leases_then_forced(cl, nodes, tmp_path):
+    n, got = nodes
+    conf = write(tmp_path, n["n2"])
+    out = run_underlay("cluster", "release-node", "n1", "--config", conf)
+    assert out.code == 2 and "--yes" in out.stderr, out
+    before = revision(cl)
+    out = run_underlay("cluster", "release-node", "n1", "--config", conf, "--yes")
+    assert out.code == 1, out
+    assert "refused: node n1 still holds 2 lease(s)" in out.stderr and got["c1"] in out.stderr, out
+    assert revision(cl) == before and len(cl.leases()) == 5
+
+    out = run_underlay("cluster", "release-node", "n1", "--config", conf, "--yes", "--force", "-o", "json")
+    assert out.code == 0, out
+    # n1's block keeps n3's borrowed address: orphaned, not deleted
+    assert out.json == {"node": "n1", "leases": 2, "blocks_deleted": 0, "blocks_orphaned": 1}
+    left = run_underlay("cluster", "leases", "--config", conf, "-o", "json").json
+    # the config is sticky: web-0's lease became a hold for it, as its DEL would have made it; c2 (no pod) went
+    assert sorted((r["kind"], r["pod"], r["container"]) for r in left) == [
+        ("hold", "web-0", None), ("hold", "web-1", None), ("lease", None, "c4"), ("lease", None, "c5")]
+    pool = run_underlay("cluster", "pools", "--config", conf, "-o", "json").json[0]
+    assert {x["node"]: x["blocks"] for x in pool["nodes"]} == {"n2": 1, "n3": 0, None: 1}
+    assert "(orphaned)" in run_underlay("cluster", "pools", "--config", conf).stdout
+
+    # nothing left on n1: no refusal; a table says what was done
+    out = run_underlay("cluster", "release-node", "n1", "--config", conf, "--yes")
+    assert out.code == 0 and out.stdout.startswith("released node n1: 0 lease(s)"), out
+    # n3 is alive: the live pods of every network are named
+    out = run_underlay("cluster", "release-node", "n3", "--config", conf, "--yes")
+    assert out.code == 1 and "node n3 still holds 2 lease(s)" in out.stderr and "net2/c5" in out.stderr, out
+
+
+def test_etcd_unreachable_bad_configs_and_wrong_files(cl, tmp_path):
+    dead = cl.conf(NET1, etcd={"endpoints": ["http://127.0.0.1:9"], "requestTimeout": 1, "dialTimeout": 0.5})
+    conf = write(tmp_path, dead)
+    for args in (["leases"], ["who-has", "10.80.0.2"], ["pools"], ["release-node", "n1", "--yes"]):
+        start = time.monotonic()
+        out = run_underlay("cluster", *args, "--config", conf)
+        assert out.code == 3, (args, out)
+        assert f"underlay: {conf}: etcd: no endpoint answered within 1s" in out.stderr, (args, out)
+        assert time.monotonic() - start < 1 + 5, args     # the bound, plus starting the interpreter
+
+    bad = cl.conf(NET1)
+    bad["ipam"]["etcd"] = {"endpoints": ["ftp://127.0.0.1:2379"]}
+    out = run_underlay("cluster", "leases", "--config", write(tmp_path, bad, "bad.conf"))
+    assert out.code == 2 and "ipam.etcd.endpoints" in out.stderr and "bad.conf" in out.stderr, out
+    bad = cl.conf(NET1, blockSize=40)
+    out = run_underlay("cluster", "pools", "--config", write(tmp_path, bad, "bad2.conf"))
+    assert out.code == 2 and "ipam.blockSize" in out.stderr, out
+
+    host_local = {"cniVersion": "1.0.0", "name": "hl", "type": "macvlan", "ipam": {"type": "host-local"}}
+    out = run_underlay("cluster", "leases", "--config", write(tmp_path, host_local, "hl.conf"))
+    assert out.code == 2 and "no plugin with ipam type cluster-ipam" in out.stderr, out
+    out = run_underlay("cluster", "leases", "--config", tmp_path / "missing.conf")
+    assert out.code == 2 and "missing.conf" in out.stderr, out
+    out = run_underlay("cluster")
+    assert out.code == 2 and "name a cluster subcommand" in out.stderr, out
+
+
+def test_tls_etcd_with_client_certificates(etcd_cluster, tmp_path):
+    etcd = etcd_cluster(members=1, tls=True)
+
+    def conf(**tls):
+        return {"cniVersion": "1.0.0", "name": "net1", "type": "macvlan",
+                "ipam": {"type": "cluster-ipam", "node": "n1", "dataDir": str(tmp_path / "n1"),
+                         "ranges": [[{"subnet": "10.84.0.0/28"}]],
+                         "etcd": etcd.config(prefix="/uhs-tls", requestTimeout=2, **tls)}}
+
+    assert run_plugin("cluster-ipam", "ADD", conf(), container_id="c1", netns="/run/netns/uhs-none",
+                      ifname="eth0").ok
+    out = run_underlay("cluster", "leases", "--config", write(tmp_path, conf()), "-o", "json")
+    assert out.code == 0 and [r["container"] for r in out.json] == ["c1"], out
+    # a client certificate of another CA: refused by etcd, a store not read
+    other = conf(certFile=etcd.tls.other_cert, keyFile=etcd.tls.other_key)
+    out = run_underlay("cluster", "leases", "--config", write(tmp_path, other, "other.conf"))
+    assert out.code == 3 and "other.conf: etcd:" in out.stderr, out
+    # a CA file that is not one: a bad config, named
+    bad = conf(trustedCAFile=str(tmp_path / "other.conf"))
+    out = run_underlay("cluster", "pools", "--config", write(tmp_path, bad, "bad.conf"))
+    assert out.code == 2 and "ipam.etcd.trustedCAFile" in out.stderr, out
+

@@ -1,0 +1,321 @@
+"""cluster-ipam when etcd fails: members killed (one, the leader, two, all), mid-run of parallel ADDs,
+answers lost after a write went out, TLS with client certificates. Real etcd members (tests/etcd.py),
+cluster-ipam exec'd as a runtime does; where a link is involved, our macvlan in real namespaces.
+
+What every test holds it to: code 11 within `requestTimeout` when etcd cannot serve, nothing
+half-done (no lease or block in etcd, nothing in dataDir that claims an address, no link), the
+same ADD moving to another endpoint when one member is gone, and once etcd is back, ADDs working
+with no manual step; never an address handed out twice, never one lost.
+"""
+
+import ipaddress
+import json
+import signal
+import time
+
+import pytest
+
+from tests import netns as ns
+from tests.cluster.conftest import addresses, error
+from tests.cluster_ipam.conftest import dir_snapshot, start_nodes, wait_nodes
+from tests.cluster_ipam.proxy import FaultProxy, is_claim, is_release
+from tests.plugins import run_on_node
+
+pytestmark = pytest.mark.etcd
+
+SUBNET = "10.80.0.0/24"
+# The bound is requestTimeout; SLACK is starting the interpreter on this loaded 2-core machine.
+SLACK = 2.5
+
+
+def timed(fn, *args, **kw):
+    start = time.monotonic()
+    out = fn(*args, **kw)
+    return out, time.monotonic() - start
+
+
+def only_config(cl, *subnets):
+    """The keys of a range nobody holds anything in: each pool's config alone."""
+    return {f"pools/{s}/config" for s in subnets or (SUBNET,)}
+
+
+def no_address_claimed(snapshot):
+    """dataDir holds the node lock and the last-reserved cache, never a lease: assert no file claims one."""
+    for name in snapshot:
+        leaf = name.rsplit("/", 1)[-1]
+        assert leaf == "lock" or leaf.startswith("last_reserved_ip."), f"dataDir has {name}"
+
+
+# --------------------------------------------------------------------------
+# etcd unreachable
+
+def test_unreachable_and_silent_endpoints_are_code_11_within_request_timeout(make_cl, silent_endpoint, tmp_path):
+    cl = make_cl(1)
+    # a refused port, an unroutable address, and a listener that accepts and never answers
+    for endpoints in (["http://127.0.0.1:9", "http://192.0.2.1:2379"], [silent_endpoint]):
+        conf = cl.conf(SUBNET, etcd={"endpoints": endpoints, "prefix": cl.prefix, "requestTimeout": 2,
+                                     "dialTimeout": 0.5})
+        out, took = timed(cl.add, conf, "c1")
+        error(out, 11, "within 2s")
+        assert took < 2 + SLACK, took
+        no_address_claimed(dir_snapshot(cl.data_dir("n1")))
+    assert cl.keys() == {}
+
+
+@pytest.mark.root
+def test_our_macvlan_with_etcd_unreachable_is_11_and_leaves_no_link_no_lease(host_ns, master, pod_ns, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()                      # nothing to exec: cluster-ipam runs in-process
+    data_dir = tmp_path / "n1"
+    conf = {"cniVersion": "1.1.0", "name": "ucimv", "type": "macvlan", "master": master,
+            "ipam": {"type": "cluster-ipam", "node": "n1", "dataDir": str(data_dir),
+                     "etcd": {"endpoints": ["http://127.0.0.1:9", "http://192.0.2.1:2379"],
+                              "requestTimeout": 2, "dialTimeout": 0.5},
+                     "ranges": [[{"subnet": "10.81.0.0/24"}]]}}
+    pod = pod_ns()
+    host_links = sorted(ns.links(host_ns))
+    out, took = timed(run_on_node, "macvlan", "ADD", conf, host_ns, pod, cid="c1", path=str(empty))
+    assert out.cni_code == 11 and "no endpoint answered within 2s" in out.json["msg"], out
+    assert took < 2 + SLACK, took
+    assert ns.links(pod) == ["lo"]
+    assert sorted(ns.links(host_ns)) == host_links
+    no_address_claimed(dir_snapshot(data_dir))
+    # DEL must ask etcd what the attachment holds: 11 too, and the runtime repeats it later
+    gone = run_on_node("macvlan", "DEL", conf, host_ns, pod, cid="c1", path=str(empty))
+    assert gone.cni_code == 11, gone
+    assert ns.links(pod) == ["lo"]
+
+
+# --------------------------------------------------------------------------
+# One member of three killed
+
+@pytest.mark.parametrize("victim", ["leader", "follower"])
+def test_one_member_sigkilled_the_same_add_moves_to_another_endpoint(make_cl, victim):
+    cl = make_cl(3)
+    leader = cl.etcd.leader()
+    i = leader if victim == "leader" else (leader + 1) % 3
+    first = [cl.etcd.endpoints[i]] + [e for j, e in enumerate(cl.etcd.endpoints) if j != i]
+    conf = cl.conf(SUBNET, etcd=cl.etcd_conf(endpoints=first, requestTimeout=10))
+    before = addresses(cl.add(conf, "before"))
+    cl.etcd.kill(i)                                  # the dead member is the first endpoint of every exec
+    during = addresses(cl.add(conf, "during"))       # one ADD: it must move on by itself
+    assert during != before
+    out = cl.add(conf, "during")                     # (the same attachment twice is refused, as host-local)
+    error(out, 101, "duplicate allocation is not allowed")
+    assert cl.run("CHECK", dict(conf, prevResult={"cniVersion": "1.1.0", "ips": [
+        {"address": f"{during[0]}/24", "gateway": "10.80.0.1"}]}), "during").ok
+    assert cl.delete(conf, "before").ok
+    cl.etcd.start(i)
+    assert sorted(cl.leases()) == during
+    assert cl.delete(conf, "during").ok
+    assert set(cl.keys()) == only_config(cl)
+
+
+def test_leader_sigkilled_mid_run_of_8_nodes_parallel_adds(make_cl, tmp_path):
+    """8 simulated nodes x 40 ADDs, the leader SIGKILLed a third of the way in. An ADD caught by the
+    kill may answer 11 (a write that may have been applied is never re-sent): the simulated
+    runtime then DELs and retries, as kubelet does. 0 duplicates, no lease but the successful
+    ADDs', then all DELs and the range is whole."""
+    nodes, per_node = 8, 40
+    subnet, exclude, aux = "10.82.0.0/22", ["10.82.1.0/28"], {"router": "10.82.2.1"}
+    cl = make_cl(3)
+    eps = cl.etcd.endpoints
+    confs = {f"n{i}": cl.conf(subnet, node=f"n{i}", exclude=exclude, auxAddresses=aux, blockSize=27,
+                              etcd=cl.etcd_conf(endpoints=eps[i % 3:] + eps[:i % 3], requestTimeout=5))
+             for i in range(nodes)}
+    progress = tmp_path / "progress"
+    progress.touch()
+    procs = start_nodes(confs, "ADD", per_node, tmp_path, progress)
+    deadline = time.monotonic() + 60
+    while progress.stat().st_size < nodes * per_node // 3:
+        assert time.monotonic() < deadline and all(p.poll() is None for p, _ in procs.values()), \
+            "the simulated nodes stopped before a third of their ADDs"
+        time.sleep(0.01)
+    leader = cl.etcd.leader()
+    cl.etcd.kill(leader)
+    killed_at = progress.stat().st_size
+    added = wait_nodes(procs)
+    assert killed_at < nodes * per_node, "the kill came after the run"
+
+    got = []
+    for node, run in added.items():
+        for r in run["results"]:
+            assert r["code"] == 0, (node, r)
+            got += [ip["address"].split("/")[0] for ip in json.loads(r["out"])["ips"]]
+    assert len(got) == nodes * per_node
+    assert len(set(got)) == len(got), "duplicate addresses"
+    net = ipaddress.ip_network(subnet)
+    assert not [ip for ip in got if ipaddress.ip_address(ip) in ipaddress.ip_network(exclude[0])
+                or ip in aux.values() or ipaddress.ip_address(ip) in (net.network_address + 1,
+                                                                     net.broadcast_address)]
+    assert sorted(cl.leases()) == sorted(got), "a lease in etcd that no successful ADD handed out"
+    retried = [f for run in added.values() for f in run["failed"]]
+    print(f"\nleader {leader} SIGKILLed after {killed_at}/{nodes * per_node} ADDs; "
+          f"{len(retried)} answers were 11 and retried: {sorted({f['msg'][:70] for f in retried})}")
+
+    deleted = wait_nodes(start_nodes(confs, "DEL", per_node, tmp_path))
+    assert all(r["code"] == 0 for run in deleted.values() for r in run["results"])
+    cl.etcd.start(leader)
+    assert set(cl.keys()) == only_config(cl, subnet)
+
+
+# --------------------------------------------------------------------------
+# Two members of three down
+
+def test_two_members_down_is_11_within_the_bound_nothing_half_done_then_back_with_no_manual_step(make_cl):
+    cl = make_cl(3)
+    conf = cl.conf(SUBNET, etcd=cl.etcd_conf(requestTimeout=2, dialTimeout=0.5))
+    [kept] = addresses(cl.add(conf, "c1"))
+    keys_before = cl.keys()
+    files_before = dir_snapshot(cl.data_dir("n1"))
+    leader = cl.etcd.leader()
+    down = [leader, (leader + 1) % 3]
+    for i in down:
+        cl.etcd.kill(i)
+    out, took = timed(cl.add, conf, "c2")
+    error(out, 11, "no endpoint answered within 2s")
+    assert took < 2 + SLACK, took
+    out, took = timed(cl.delete, conf, "c1")        # a DEL cannot release either, and must not half-release
+    error(out, 11)
+    assert took < 2 + SLACK, took
+    assert dir_snapshot(cl.data_dir("n1")) == files_before
+    cl.etcd.start(*down)
+    assert cl.keys() == keys_before                 # no lease, attachment or block changed
+    [again] = addresses(cl.add(conf, "c2"))         # the same config, nothing done by hand
+    assert again != kept
+    assert cl.delete(conf, "c1").ok and cl.delete(conf, "c2").ok
+    assert set(cl.keys()) == only_config(cl)
+
+
+# --------------------------------------------------------------------------
+# A write whose answer was lost: etcd applied it, the client could not know
+
+@pytest.fixture
+def lossy(make_cl):
+    """(Cluster on one member, FaultProxy in front of it, a config going through the proxy)."""
+    cl = make_cl(1)
+    with FaultProxy(cl.etcd.endpoints[0]) as proxy:
+        yield cl, proxy, cl.conf(SUBNET, etcd=cl.etcd_conf(endpoints=[proxy.url], requestTimeout=2,
+                                                           dialTimeout=0.5))
+
+
+def test_lost_claim_answer_the_add_recognises_its_own_claim(lossy):
+    """etcd applied the claim, its answer never came: the same ADD reads the outcome and succeeds
+    with that one address, nothing taken twice."""
+    cl, proxy, conf = lossy
+    proxy.lose_answer(is_claim)
+    [ip] = addresses(cl.add(conf, "c1"))
+    assert len(proxy.lost) == 1                                   # the claim did go out, once
+    lease = cl.leases()
+    assert list(lease) == [ip] and lease[ip]["containerID"] == "c1"
+    [block] = [v for k, v in cl.keys("pools/").items() if "/blocks/" in k]
+    assert len(block["used"]) == 1
+    assert cl.delete(conf, "c1").ok
+    assert set(cl.keys()) == only_config(cl)
+
+
+def test_lost_claim_answer_with_etcd_gone_the_lease_is_never_handed_out_again_and_del_or_gc_frees_it(lossy):
+    cl, proxy, conf = lossy
+    for cid in ("c1", "c2"):
+        proxy.lose_answer(is_claim, then_refuse=True)    # etcd gone right after: no read of the outcome,
+        error(cl.add(conf, cid), 11, "no endpoint answered")   # no rollback either
+        proxy.refuse = False
+    left = cl.leases()
+    assert sorted(v["containerID"] for v in left.values()) == ["c1", "c2"]   # kept: its ADD failed, not etcd
+    # nobody else gets those addresses meanwhile
+    others = [addresses(cl.add(conf, f"o{n}"))[0] for n in range(5)]
+    assert not set(others) & set(left)
+    # the runtime's DEL of the failed attachment frees it ...
+    assert cl.delete(conf, "c1").ok
+    # ... and a node's GC frees one whose DEL never came
+    gc = dict(conf, **{"cni.dev/valid-attachments": [{"containerID": f"o{n}", "ifname": "eth0"} for n in range(5)]})
+    assert cl.run("GC", gc, cid=None).ok
+    assert sorted(cl.leases()) == sorted(others)
+    for n in range(5):
+        assert cl.delete(conf, f"o{n}").ok
+    assert set(cl.keys()) == only_config(cl)
+
+
+def test_retried_add_after_a_lost_claim_answer_recognises_its_own_lease(lossy):
+    """A runtime retries an ADD answered 11 ("try again later") as it was. When the claim was applied
+    but its answer lost and the rollback could not reach etcd, that lease is the attachment's own:
+    the retry must succeed (giving it, or another address with it released), not refuse forever."""
+    cl, proxy, conf = lossy
+    proxy.lose_answer(is_claim, then_refuse=True)
+    error(cl.add(conf, "c1"), 11, "no endpoint answered")
+    proxy.refuse = False
+    [left] = cl.leases()
+    out = cl.add(conf, "c1")
+    assert out.ok, f"the retried ADD of c1 (its own lease {left} left by the lost claim) failed: {out}"
+    assert set(cl.leases()) == set(addresses(out))                # exactly one lease: nothing leaked
+    assert cl.delete(conf, "c1").ok
+    assert set(cl.keys()) == only_config(cl)
+
+
+def test_lost_release_answer_the_del_recognises_its_own_release(lossy):
+    cl, proxy, conf = lossy
+    [ip] = addresses(cl.add(conf, "c1"))
+    proxy.lose_answer(is_release)
+    assert cl.delete(conf, "c1").ok
+    assert len(proxy.lost) == 1
+    assert set(cl.keys()) == only_config(cl)
+    asked = dict(conf, args={"cni": {"ips": [ip]}})
+    assert addresses(cl.add(asked, "c2")) == [ip]                 # the address is free for anyone
+    assert cl.delete(conf, "c2").ok
+
+
+def test_lost_release_answer_with_etcd_gone_the_retried_del_finishes(lossy):
+    cl, proxy, conf = lossy
+    [ip] = addresses(cl.add(conf, "c1"))
+    proxy.lose_answer(is_release, then_refuse=True)
+    error(cl.delete(conf, "c1"), 11)
+    proxy.refuse = False
+    assert cl.leases() == {}                                      # etcd did release it
+    assert cl.delete(conf, "c1").ok                               # the runtime's retry
+    assert set(cl.keys()) == only_config(cl)
+
+
+# --------------------------------------------------------------------------
+# TLS with client certificates
+
+def test_tls_with_client_certificates(make_cl):
+    cl = make_cl(1, tls=True)
+    tls = cl.etcd.tls
+    conf = cl.conf(SUBNET)                                        # certFile, keyFile, trustedCAFile
+    assert all(conf["ipam"]["etcd"][k] for k in ("certFile", "keyFile", "trustedCAFile"))
+    assert conf["ipam"]["etcd"]["endpoints"][0].startswith("https://")
+    out = cl.add(conf, "c1", pod=("ns1", "p1"))
+    [ip] = addresses(out)
+    assert cl.leases()[ip]["pod"] == "p1"
+    assert cl.run("CHECK", dict(conf, prevResult=out.json), "c1").ok
+    assert cl.run("STATUS", conf, cid=None).ok
+    bad = {"a CA that did not sign etcd's certificate": {"trustedCAFile": tls.other_ca},
+           "a client certificate of another CA": {"certFile": tls.other_cert, "keyFile": tls.other_key},
+           "no client certificate": {"certFile": None, "keyFile": None}}
+    for why, change in bad.items():
+        etcd = {k: v for k, v in dict(cl.etcd_conf(requestTimeout=2), **change).items() if v is not None}
+        out, took = timed(cl.add, dict(conf, ipam=dict(conf["ipam"], etcd=etcd)), "c2")
+        assert out.cni_code == 11 and "TLS" in out.json["details"], (why, out)
+        assert took < 2 + SLACK, (why, took)
+    assert sorted(cl.leases()) == [ip]
+    assert cl.delete(conf, "c1").ok
+    assert set(cl.keys()) == only_config(cl)
+
+
+def test_a_stopped_member_first_in_the_list_does_not_hold_every_add(make_cl):
+    """A member that still accepts connections but does not answer (SIGSTOP: a frozen VM, a stalled
+    process) is one member lost, like a killed one: the other two serve, so an ADD whose config
+    names the frozen member first must still succeed within requestTimeout."""
+    cl = make_cl(3)
+    conf = cl.conf(SUBNET, etcd=cl.etcd_conf(requestTimeout=4, dialTimeout=0.5))
+    victim = (cl.etcd.leader() + 1) % 3                        # a follower: no election involved
+    order = [cl.etcd.endpoints[victim]] + [e for j, e in enumerate(cl.etcd.endpoints) if j != victim]
+    conf["ipam"]["etcd"]["endpoints"] = order
+    proc = cl.etcd.members[victim].proc
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        out, took = timed(cl.add, conf, "c1")
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert out.ok, f"one frozen member (of 3, first in the list) failed the ADD after {took:.1f}s: {out}"
+    assert cl.delete(conf, "c1").ok

@@ -1,0 +1,49 @@
+"""cni/files.py: the boot ID and the atomic whole-file write (no root needed)."""
+
+import os
+
+import pytest
+
+from cni import files
+
+
+def test_boot_id_is_this_boots_and_empty_without_proc(monkeypatch, tmp_path):
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        assert files.boot_id() == f.read().strip() != ""
+    monkeypatch.setattr(files, "BOOT_ID", str(tmp_path / "missing"))
+    assert files.boot_id() == ""
+
+
+def test_replace_writes_the_whole_file_0600_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "record.json"
+    path.write_text("old")
+    files.replace(str(path), b"new content")
+    assert path.read_bytes() == b"new content"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == ["record.json"]
+
+
+def test_replace_relative_to_a_directory_fd(tmp_path):
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        files.replace("stamp", b"1", fd)
+        files.replace("stamp", b"2", fd, sync=True)
+    finally:
+        os.close(fd)
+    assert os.listdir(tmp_path) == ["stamp"] and (tmp_path / "stamp").read_bytes() == b"2"
+
+
+def test_a_failed_rename_removes_the_temp_and_keeps_the_old_file(tmp_path):
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "inside").write_text("x")      # rename over a non-empty directory fails
+    with pytest.raises(OSError):
+        files.replace(str(tmp_path / "dir"), b"data")
+    assert sorted(os.listdir(tmp_path)) == ["dir"]
+
+
+def test_write_temp_names_its_files_as_debris_is_recognised(tmp_path):
+    name = files.write_temp(b"body", directory=str(tmp_path), sync=True)
+    assert os.path.basename(name).startswith(files.TMP_PREFIX) and open(name, "rb").read() == b"body"
+    files.remove(name)
+    files.remove(name)                                   # gone already: fine
+    assert os.listdir(tmp_path) == []
