@@ -15,10 +15,20 @@ import time
 
 from ipam.store import DiskStore
 from tests import netns as nsutil
+from tests import plugins
 from tests.plugins import Outcome, plugin_argv, plugin_env
 
 KILLPOINT = [sys.executable, "-m", "tests.reliability.killpoint", "cni.macvlan"]
 TEMP_LINK = re.compile(r"^ul[0-9a-f]{10}$")
+
+
+def assert_killed(out, point=""):
+    """A run killed at a point: SIGKILL of the exec'd plugin, or, through underlayd, of its worker."""
+    if plugins.AGENT_SOCKET:
+        # the worker serving it was killed there; the plugin executable answers for it
+        assert out.cni_code == 11 and "ended without an answer" in out.json["msg"], f"{point} not reached: {out}"
+    else:
+        assert out.code == -9, f"{point} was not reached: {out}"
 
 
 class Call:
