@@ -245,14 +245,14 @@ class Request:
         self.argv = [field().decode("utf-8", "surrogateescape") for _ in range(int(field()))]
         self.env = [field() for _ in range(int(field()))]
         self.stdin = payload[at:]
-        if len(fds) != 5:
+        if len(fds) != 6:
             raise ValueError(f"{len(fds)} file descriptors")
-        self.stdout, self.stderr, self.netns, self.mntns, self.cwd = fds
+        self.stdout, self.stderr, self.netns, self.mntns, self.root, self.cwd = fds
 
 
 def receive(conn):
     """The request after b"R", or None when the caller gave up (nothing was started)."""
-    fd_size = 5 * struct.calcsize("i")
+    fd_size = 6 * struct.calcsize("i")
     try:
         data, ancdata, flags, _ = conn.recvmsg(8, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC)
     except OSError:
@@ -315,6 +315,8 @@ def become(request):
     try:
         enter_namespace(request.mntns, CLONE_NEWNS, "/proc/self/ns/mnt")
         enter_namespace(request.netns, CLONE_NEWNET, "/proc/self/ns/net")
+        os.fchdir(request.root)   # the caller's root, which a chroot may make other than its namespace's
+        os.chroot(".")
         os.fchdir(request.cwd)
         os.umask(request.umask)
     except OSError:
@@ -323,7 +325,7 @@ def become(request):
     os.dup2(null, 0)
     os.dup2(request.stdout, 1)
     os.dup2(request.stderr, 2)
-    for fd in (null, request.stdout, request.stderr, request.netns, request.mntns, request.cwd):
+    for fd in (null, request.stdout, request.stderr, request.netns, request.mntns, request.root, request.cwd):
         os.close(fd)
     os.environb.clear()
     for entry in request.env:

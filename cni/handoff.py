@@ -16,7 +16,7 @@ The protocol, one SOCK_STREAM connection per invocation:
   agent -> client  b"R"                      a worker took the connection and will serve it
                    b"N" reason               refused (SO_PEERCRED: not root); run in-process
   client -> agent  8-byte length, payload    argv, environment, umask, stdin (NUL-separated),
-                                             with fds stdout, stderr, netns, mount ns, cwd (SCM_RIGHTS)
+                                             with fds stdout, stderr, netns, mount ns, root, cwd (SCM_RIGHTS)
   agent -> client  b"F" reason               cannot take on the caller's context; run in-process
                    b"X" code                 the plugin's exit code
 Until the request is sent the worker has started nothing, so the client may
@@ -176,9 +176,10 @@ def request_payload(plugin, argv, environ, stdin):
 def send_request(sock, payload):
     netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     mntns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    root = os.open("/", os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
     cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
     try:
-        fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (1, 2, netns, mntns, cwd))
+        fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (1, 2, netns, mntns, root, cwd))
         header = len(payload).to_bytes(8, "big")
         sent = sock.sendmsg([header, payload], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         view = memoryview(header + payload)[sent:]
@@ -187,6 +188,7 @@ def send_request(sock, payload):
     finally:
         os.close(netns)
         os.close(mntns)
+        os.close(root)
         os.close(cwd)
 
 
