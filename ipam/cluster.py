@@ -64,9 +64,26 @@ def whereabouts_range(spec, field, gateway=None):
         if spec.get(theirs) not in (None, ""):
             out[ours] = spec[theirs]
     if spec.get("exclude"):
-        out["exclude"] = spec["exclude"]
+        out["exclude"] = whereabouts_exclude(spec["exclude"])
     # whereabouts reserves no gateway unless told: its ranges hand out their first address
     out["gateway"] = gateway if gateway else False
+    return out
+
+
+def whereabouts_exclude(entries):
+    """whereabouts' exclude: CIDRs whose host bits it masks (its README excludes "192.168.2.229/30",
+    .228-.231). Only for whereabouts' keys: host-local's and our own `ranges` refuse host bits
+    (issue 11). Anything else is left for the usual checks to refuse, naming the field."""
+    if not isinstance(entries, list):
+        return entries
+    out = []
+    for entry in entries:
+        if isinstance(entry, str) and "/" in entry and "-" not in entry:
+            try:
+                entry = str(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                pass
+        out.append(entry)
     return out
 
 
@@ -85,6 +102,8 @@ def with_whereabouts(ipam):
     out = {k: v for k, v in ipam.items() if k not in ("range", "range_start", "range_end", "ipRanges")}
     if "range" in ipam:
         out.pop("gateway", None)   # it went into the range
+        if "exclude" in ipam:
+            out["exclude"] = whereabouts_exclude(ipam["exclude"])
     out["ranges"] = list(ipam.get("ranges") or []) + extra
     return out
 
@@ -279,12 +298,21 @@ def cmd_add(request):
     cid, ifname = request.container_id, request.ifname
     allocated = []
     with conf.open_store(request) as store:
-        verbs.refuse_duplicate(conf, store.ips_of(cid, ifname), cid, ifname)
+        # An attachment whose ADD succeeded gets no second address (host-local's rule). Leases still
+        # pending are an earlier ADD of this very attachment on this node that never answered success
+        # (its claim's answer lost, then etcd gone before read-back and rollback): the runtime retries
+        # such an ADD, so they are released here and this ADD allocates afresh. With sticky they
+        # become the pod's holds, which it takes back just below: the same addresses.
+        pending, done = store.pending_and_done(cid, ifname)
+        verbs.refuse_duplicate(conf, done, cid, ifname)
+        for ip in pending:
+            store.release(ip, cid, ifname)
         try:
             pod = pod_of(request)
             holds = store.holds_of(*pod) if conf.sticky_seconds and pod else []
             for s in conf.range_sets:
                 allocated.append(allocate(s, conf.grids_of(s), store, cid, ifname, requested.get(s.index), holds))
+            store.complete(cid, ifname, [r.text(v) for r, v in allocated])
         except BaseException:
             rollback(store, allocated, cid, ifname)
             raise

@@ -58,7 +58,12 @@ writes after the election succeed. A follower's death, or the leader's SIGTERM
 A refusal etcd means (bad request, too many txn ops, database space exceeded,
 ...) raises code 5 naming the endpoint and etcd's message, without trying
 further endpoints. A member that accepts connections but never answers (stopped,
-not dead) holds the call until its deadline; endpoints after it are not tried.
+not dead) costs a read its share of the call: with several endpoints, a read's
+answer must start within max(dial_timeout, request_timeout / endpoints) of the
+attempt, else the next endpoint is tried (the body then has until the deadline).
+A write waits for its answer until the deadline, since it is never re-sent: a
+stopped member first in the list is left by the reads that precede every write
+of an ADD, and the client keeps to the endpoint that answered last.
 
 A Client is not thread-safe; make one per process (or per thread).
 """
@@ -277,11 +282,13 @@ class _Endpoint:
             raise _Unsent(f"TLS: {_why(e)}") from None
         self.sock, self.reader = sock, sock.makefile("rb")
 
-    def exchange(self, path, body, deadline, dial_timeout, tls):
-        """POST body to path; returns (status, answer bytes)."""
+    def exchange(self, path, body, deadline, dial_timeout, tls, first_byte_by=None):
+        """POST body to path; returns (status, answer bytes). `first_byte_by`: the answer must start by
+        then (a monotonic time before `deadline`), else _Broken; the rest of it has until `deadline`."""
         if self.sock is not None and select.select([self.sock], [], [], 0)[0]:
             self.close()                            # closed by etcd (or a restart) while idle
         fresh = self.sock is None
+        started = time.monotonic()
         if fresh:
             self._connect(max(0.001, min(dial_timeout, deadline - time.monotonic())), tls)
         head = (b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
@@ -290,7 +297,13 @@ class _Endpoint:
         try:
             self._settimeout(deadline)
             self.sock.sendall(head + body)
-            status_line = self._line(deadline)
+            try:
+                status_line = self._line(min(deadline, first_byte_by or deadline))
+            except socket.timeout:
+                if first_byte_by is None or first_byte_by >= deadline:
+                    raise
+                self.close()
+                raise _Broken(f"no answer within {first_byte_by - started:.3g}s") from None
             answered = True
             status, answer, keep = self._read_answer(status_line, deadline)
         except _NotEtcd:
@@ -489,13 +502,18 @@ class Client:
         why = {}
         pause = 0.05
         n = len(self.endpoints)
+        # A read's answer must start within its endpoint's share of the call, so that a member that
+        # accepts but never answers (stopped) costs a share, not the call. A write keeps the whole
+        # deadline: once sent it is never sent elsewhere, and a slow answer beats an unknown outcome.
+        share = None if write or n == 1 else max(self.dial_timeout, self.request_timeout / n)
         while True:
             for i in [(self._last + k) % n for k in range(n)]:
                 if time.monotonic() >= deadline:
                     break
                 ep = self.endpoints[i]
                 try:
-                    status, answer = ep.exchange(path, body, deadline, self.dial_timeout, self._tls)
+                    first_byte_by = None if share is None else time.monotonic() + share
+                    status, answer = ep.exchange(path, body, deadline, self.dial_timeout, self._tls, first_byte_by)
                     doc = _decode(answer)
                 except _Unsent as e:
                     why[ep.url] = str(e)

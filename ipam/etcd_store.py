@@ -8,8 +8,17 @@ Keys under the prefix (default /underlay/ipam):
                                              pod, until, pool, block}
     pools/<subnet>/config                   {"blockSize": prefix}, fixed by the pool's first user
     pools/<subnet>/blocks/<block>           the block (ipam/blocks.py): owner, used and held offsets
-    attachments/<network>/<cid>@<ifname>/<ip>   {"node": ...}: DEL, CHECK and GC read one prefix
+    attachments/<network>/<cid>@<ifname>/<ip>   {"node": ..., "pending": true} from the claim until its
+                                            ADD completes, then {"node": ...}: DEL, CHECK and GC read
+                                            one prefix
     sticky/<network>/<namespace>/<pod>/<ip>     the hold again, found by the pod's name
+
+A claim marks its attachment record pending; the ADD clears the mark (one more
+transaction, `complete`) once every range set has its address. A lease still
+pending belongs to an ADD that never answered success (its claim's answer lost,
+etcd gone before the read-back and the rollback): the runtime's retry of that
+ADD recognises it as its own and releases it, where a second ADD of an
+attachment that succeeded is refused as host-local refuses it.
 
 Address keys are global, not per pool: two networks whose subnets overlap can
 never hand out one address twice. Every claim is ONE transaction: the address
@@ -150,6 +159,43 @@ class EtcdStore:
         prefix = self.k_attachment(container_id, ifname)
         return [kv.key.decode()[len(prefix):] for kv in self.client.range(prefix, keys_only=True)]
 
+    def pending_and_done(self, container_id, ifname):
+        """([ip], [ip]) of the attachment: leases of an ADD of this node that never completed, and the rest."""
+        prefix = self.k_attachment(container_id, ifname)
+        pending, done = [], []
+        for kv in self.client.range(prefix):
+            try:
+                doc = json.loads(kv.value)
+            except ValueError:
+                doc = None
+            mine = isinstance(doc, dict) and doc.get("pending") is True and doc.get("node") == self.node
+            (pending if mine else done).append(kv.key.decode()[len(prefix):])
+        return pending, done
+
+    def attachment_value(self, pending):
+        doc = {"node": self.node, "pending": True} if pending else {"node": self.node}
+        return json.dumps(doc)
+
+    def complete(self, container_id, ifname, texts):
+        """The ADD succeeded: clear the pending mark of its leases, in one transaction; code 11 if etcd
+        could not say it did (the ADD then fails, and its retry finds the leases still pending)."""
+        if not texts:
+            return
+        keys = [self.k_attachment(container_id, ifname, text) for text in texts]
+        pending, done = self.attachment_value(True), self.attachment_value(False)
+        try:
+            if self.client.txn([etcd.value_is(key, pending) for key in keys],
+                               [etcd.put(key, done) for key in keys]).succeeded:
+                return
+        except CniError as e:
+            if not maybe_applied(e):
+                raise
+            current = self.client.txn([], [etcd.get(key) for key in keys]).responses
+            if all(kvs and kvs[0].value == done.encode() for kvs in current):
+                return
+        raise CniError(ERR_TRY_AGAIN, f"try again later: the leases {', '.join(texts)} of {container_id}/{ifname} "
+                                      "changed before the ADD completed")
+
     def attachments(self):
         return {owner: ips for owner, (_, ips) in self.attachment_records().items()}
 
@@ -287,7 +333,7 @@ class EtcdStore:
                     block.used | {offset}, {o: t for o, t in block.held.items() if o != offset})
         lease = self.lease_value(grid, block, container_id, ifname)
         success = [etcd.put(ip_key, lease),
-                   etcd.put(self.k_attachment(container_id, ifname, text), json.dumps({"node": self.node})),
+                   etcd.put(self.k_attachment(container_id, ifname, text), self.attachment_value(True)),
                    etcd.put(block.key, new.encode())]
         if hold is not None:
             success.append(etcd.delete(self.k_sticky(hold.doc.get("network", ""), hold.doc.get("namespace", ""),

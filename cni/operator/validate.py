@@ -2,7 +2,8 @@
 
 Each plugin config is checked the way the plugin's ADD checks it, with the
 plugin's own code (its schema, then its config loader), without touching the
-machine. On top of that, what no single ADD can see:
+machine (cluster-ipam: its schema and loader, no etcd contact). On top of
+that, what no single ADD can see:
   - keys that are not known (a warning: runtimes and chains add their own) or
     close to a known one (an error: a typo silently ignored);
   - host-local ranges overlapping across networks: each network has a store of
@@ -35,6 +36,10 @@ def main_plugin(kind):
 
 def is_host_local(kind):
     return isinstance(kind, str) and registry.plugin_for(kind) == "host-local"
+
+
+def is_cluster_ipam(kind):
+    return isinstance(kind, str) and registry.plugin_for(kind) == "cluster-ipam"
 
 
 def split_field(msg):
@@ -78,7 +83,7 @@ def check_network(network):
         main = main_plugin(kind)
         ipam = config.get("ipam") if isinstance(config.get("ipam"), dict) else {}
         host_local = is_host_local(ipam.get("type"))
-        for field, message, severity in plugin_problems(config, main, host_local):
+        for field, message, severity in plugin_problems(config, main, host_local, is_cluster_ipam(ipam.get("type"))):
             error(plugin.at(field), message, severity)
         if host_local and network.nad:
             error(plugin.at("ipam.type"), "host-local is per node: one NetworkAttachmentDefinition on a shared "
@@ -87,9 +92,9 @@ def check_network(network):
     return problems
 
 
-def plugin_problems(config, main, host_local):
+def plugin_problems(config, main, host_local, cluster_ipam=False):
     """(field, message, severity) of one plugin config: keys, then the plugin's checks, then IPAM's."""
-    out = [key_problem(*p) for p in key_problems(config, main, host_local)]
+    out = [key_problem(*p) for p in key_problems(config, main, host_local, cluster_ipam)]
 
     def refused(e):
         # the plugin refuses a near-miss key itself: already reported, with its field, above
@@ -107,11 +112,35 @@ def plugin_problems(config, main, host_local):
             check_host_local(config)
         except CniError as e:
             refused(e)
+    if cluster_ipam:
+        try:
+            check_cluster_ipam(config)
+        except CniError as e:
+            refused(e)
+    if host_local or cluster_ipam:
         resolv = config["ipam"].get("resolvConf")
         if isinstance(resolv, str) and resolv and not os.path.isfile(resolv):
             out.append(("ipam.resolvConf", f"{resolv} is no file on this machine: ADD fails on a node "
                                            "without it", "warning"))
     return out
+
+
+def check_cluster_ipam(config):
+    """cluster-ipam's ADD checks of its config (schema, then its loader: ranges, whereabouts' keys,
+    blockSize, etcd's endpoints and timeouts), without contacting etcd or reading files: resolvConf
+    and the etcd certificates are a node's files (resolvConf is warned of above)."""
+    from ipam import cluster, etcd
+    ipam = {k: v for k, v in config["ipam"].items() if k != "resolvConf"}
+    config = dict(config, ipam=ipam)
+    cluster.ClusterConfig(contract.Request("ADD", {}, config, b""))
+    conf = ipam.get("etcd")
+    if isinstance(conf, dict):
+        files = ("certFile", "keyFile", "trustedCAFile")
+        plain = {k: v for k, v in conf.items() if k not in files}
+        if isinstance(plain.get("endpoints"), list):   # no TLS context: that would read the files
+            plain["endpoints"] = [e.replace("https://", "http://", 1) if isinstance(e, str) else e
+                                  for e in plain["endpoints"]]
+        etcd.client_from_config(plain, "ipam.etcd").close()
 
 
 def check_host_local(config):
@@ -129,7 +158,7 @@ def check_host_local(config):
     return sets
 
 
-def key_problems(config, main, host_local):
+def key_problems(config, main, host_local, cluster_ipam=False):
     """(field path, key, suggestion or None) from the config engineer's cni.config.key_problems:
     the plugin's schema for its own keys, host-local's for the ipam section."""
     find = getattr(netconf, "key_problems", None)
@@ -140,6 +169,8 @@ def key_problems(config, main, host_local):
         found += [p for p in find(main, config) if not p[0].startswith("ipam")]
     if host_local:
         found += [p for p in find("host-local", config) if p[0].startswith("ipam") or not main]
+    if cluster_ipam:
+        found += [p for p in find("cluster-ipam", config) if p[0].startswith("ipam") or not main]
     seen, out = set(), []
     for p in found:
         if (p[0], p[1]) not in seen:

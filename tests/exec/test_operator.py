@@ -8,11 +8,15 @@ import subprocess
 import sys
 import uuid
 
+import pathlib
+
 import pytest
 
 from ipam.store import INDEX_DIR, STAMP
 from tests import netns as nsutil
 from tests.operator import run_underlay, tree
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 V4 = "10.1.0.0/24"
 V6 = "fd00:1::/64"
@@ -272,6 +276,47 @@ def test_validate_finds_ranges_overlapping_across_files(tmp_path):
     # the same network twice (a conflist and its NAD) is one store, not an overlap
     out = run_underlay("validate", a, a)
     assert out.code == 0, out
+
+
+CLUSTER_NAD = """\
+apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata: {{name: {name}, namespace: pods}}
+spec:
+  config: '{{"cniVersion": "1.0.0", "type": "macvlan", "master": "eth1",
+            "ipam": {ipam}}}'
+"""
+
+
+def test_validate_checks_a_cluster_ipam_section_without_etcd(tmp_path):
+    """cluster-ipam's schema and loader, as its ADD checks them; etcd is never asked (an address nobody
+    serves: a contact would be an error or a long wait) and its certificate files need not exist here."""
+    etcd = {"endpoints": ["https://192.0.2.1:2379"], "certFile": "/nonexistent/c.crt",
+            "keyFile": "/nonexistent/c.key", "trustedCAFile": "/nonexistent/ca.crt", "requestTimeout": 1}
+    cases = {
+        "size": ({"blockSize": 99, "ranges": [[{"subnet": "10.9.0.0/24"}]]}, "ipam.blockSize"),
+        "bits": ({"ranges": [[{"subnet": "10.8.0.0/24", "exclude": ["10.8.0.1/30"]}]]},
+                 "ipam.ranges[0][0].exclude[0]"),
+        "timeout": ({"ranges": [[{"subnet": "10.7.0.0/24"}]], "etcd": dict(etcd, dialTimeout=0)},
+                    "ipam.etcd.dialTimeout"),
+        "node": ({"ranges": [[{"subnet": "10.6.0.0/24"}]], "node": "a/b"}, "ipam.node"),
+    }
+    files = {}
+    for name, (ipam, _) in cases.items():
+        ipam = dict({"type": "cluster-ipam", "etcd": etcd}, **ipam)
+        files[name] = write(tmp_path, f"{name}.yaml", CLUSTER_NAD.format(name=name, ipam=json.dumps(ipam)))
+    whereabouts = {"type": "cluster-ipam", "etcd": etcd, "range": "192.168.2.225/28",
+                   "exclude": ["192.168.2.229/30", "192.168.2.236/32"]}
+    clean = write(tmp_path, "clean.yaml", CLUSTER_NAD.format(name="clean", ipam=json.dumps(whereabouts)))
+    out = run_underlay("validate", clean, *files.values(), "-o", "json")
+    assert out.code == 1, out
+    found = {p["network"]: (p["field"], p["severity"]) for p in out.json["problems"]}
+    assert found == {name: (field, "error") for name, (_, field) in cases.items()}, out.json
+    assert out.json["errors"] == len(cases) and out.json["warnings"] == 0
+    shipped = sorted(str(p) for p in (ROOT / "conf" / "nads").glob("cluster-*.yaml"))
+    assert shipped, "no cluster-ipam NAD examples found"
+    out = run_underlay("validate", clean, *shipped)
+    assert out.code == 0 and out.stdout == f"{len(shipped) + 1} file(s): 0 error(s), 0 warning(s)\n", out
 
 
 def test_validate_unreadable_and_malformed_files(tmp_path):

@@ -43,6 +43,27 @@ def test_whereabouts_exclude_and_ip_ranges():
     assert sets[1].ranges[0].next_available(0) == ip("fd00::10")
 
 
+def test_whereabouts_exclude_host_bits_are_masked_as_whereabouts_does():
+    """whereabouts' README: exclude "192.168.2.229/30" means .228-.231 (in `range` configs and ipRanges)."""
+    sets = ranges.range_sets(cluster.with_whereabouts(
+        {"range": "192.168.2.225/28", "exclude": ["192.168.2.229/30", "192.168.2.236/32"],
+         "ipRanges": [{"range": "10.1.0.0/24", "exclude": ["10.1.0.1/31"]}]}))
+    r = sets[0].ranges[0]
+    assert [r.text(v) for v in (r.next_available(ip("192.168.2.228")), r.next_available(ip("192.168.2.236")))] \
+        == ["192.168.2.232", "192.168.2.237"]
+    assert sets[1].ranges[0].next_available(0) == ip("10.1.0.2")
+
+
+@pytest.mark.parametrize("ipam", [
+    {"ranges": [[{"subnet": "192.168.2.224/28"}]], "exclude": ["192.168.2.229/30"]},
+    {"ranges": [[{"subnet": "192.168.2.224/28", "exclude": ["192.168.2.229/30"]}]]},
+])
+def test_own_ranges_still_refuse_exclude_host_bits(ipam):
+    with pytest.raises(CniError) as e:
+        ranges.range_sets(cluster.with_whereabouts(ipam))
+    assert e.value.code == 7 and "host bits" in e.value.msg and "exclude" in e.value.msg
+
+
 @pytest.mark.parametrize("text", ["10.1.0.0", "10.1.0.0/33", "a-b/24", 7])
 def test_whereabouts_bad_range(text):
     with pytest.raises(CniError) as e:

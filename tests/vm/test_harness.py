@@ -247,3 +247,38 @@ def test_macvlan_link(netns):
     sh("ip", "-n", netns, "link", "add", mv, "link", parent, "type", "macvlan", "mode", "bridge")
     assert "macvlan mode bridge" in sh("ip", "-n", netns, "-d", "link", "show", mv)
 
+
+
+@needs_host
+def test_a_boot_that_never_reaches_the_command_is_retried_once(monkeypatch, tmp_path):
+    """A stand-in VM that never starts the command: booted twice, then BootStalled; nothing left."""
+    kernel = harness.prepare("qemu")
+    launches = []
+
+    def stalled(kernel, rundir, shares):
+        launches.append(rundir)
+        return ["sleep", "600"]
+
+    monkeypatch.setattr(harness, "qemu_argv", stalled)
+    monkeypatch.setattr(harness, "BOOT_TIMEOUT", 0.5)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(harness.BootStalled, match="did not reach the command"):
+        harness.run_in_vm(["true"], timeout=60, kernel=kernel)
+    assert len(launches) == harness.BOOT_ATTEMPTS == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_host
+def test_a_stalled_first_boot_then_a_good_one_runs_the_command(monkeypatch):
+    kernel = harness.prepare("qemu")
+    real_wait, calls = harness._wait, []
+
+    def first_stalls(launch, rundir, timeout, stream):
+        calls.append(rundir)
+        if len(calls) == 1:
+            raise harness.BootStalled("stalled")
+        return real_wait(launch, rundir, timeout, stream)
+
+    monkeypatch.setattr(harness, "_wait", first_stalls)
+    code, output = harness.run_in_vm(["sh", "-c", "echo second boot"], timeout=300, kernel=kernel)
+    assert (code, output.strip(), len(calls)) == (0, "second boot", 2)
