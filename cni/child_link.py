@@ -403,4 +403,4 @@ def verbs(kind):
 def main(kind):
     from cni import version_info
     v = version_info()
-    contract.main(verbs(kind), f"CNI {kind.name} plugin (underlay {v['version']}, build {v['build']})")
+    contract.main(verbs(kind), f"CNI {kind.name} plugin (underlay {v['version']}, build {v['build']})", kind.name)

@@ -515,5 +515,11 @@ def program_name():
     return name
 
 
-def main(verbs, about):
+def main(verbs, about, plugin=None):
+    """The executable's main: hands the invocation to underlayd when it answers (cni/handoff.py)."""
+    if plugin is not None:
+        from cni import handoff
+        code = handoff.hand_off(plugin)
+        if code is not None:
+            sys.exit(code)
     sys.exit(run(verbs, about, argv=sys.argv[1:], program=program_name()))

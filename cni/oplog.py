@@ -10,6 +10,7 @@ logFile is set, and no failure here changes the operation's answer.
 
 import json
 import os
+import sys
 
 from cni.contract import MAX_WARNINGS, CniError, decode_config, plugin_name
 
@@ -54,6 +55,9 @@ def log_operation(config, about, env, request, result, error, stdout, stderr):
         if level >= 2:
             entry["netns"] = clip(env.get("CNI_NETNS", ""))
             entry["cniVersion"] = clip(config.get("cniVersion", ""))
+            handoff = sys.modules.get("cni.handoff")
+            if handoff is not None and handoff.status:
+                entry["agent"] = clip(handoff.status)   # served by underlayd, or why not
         if request is not None and request.warnings:
             entry["warnings"] = [clip(w) for w in request.warnings[:MAX_WARNINGS]]
         if error is None:

@@ -526,7 +526,7 @@ def node_blocks(store, node):
 def main():
     from cni import version_info
     v = version_info()
-    contract.main(VERBS, f"CNI cluster-ipam IPAM plugin (underlay {v['version']}, build {v['build']})")
+    contract.main(VERBS, f"CNI cluster-ipam IPAM plugin (underlay {v['version']}, build {v['build']})", "cluster-ipam")
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STAT
 def main():
     from cni import version_info
     v = version_info()
-    contract.main(VERBS, f"CNI host-local IPAM plugin (underlay {v['version']}, build {v['build']})")
+    contract.main(VERBS, f"CNI host-local IPAM plugin (underlay {v['version']}, build {v['build']})", "host-local")
 
 
 if __name__ == "__main__":

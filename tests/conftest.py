@@ -5,6 +5,48 @@ import os
 import pytest
 
 from tests import netns as nsutil
+from tests import plugins
+
+
+def pytest_addoption(parser):
+    parser.addoption("--agent", action="store_true", default=os.environ.get("UNDERLAY_TEST_AGENT") == "1",
+                     help="run every plugin the tests exec through underlayd (also UNDERLAY_TEST_AGENT=1)")
+
+
+def pytest_generate_tests(metafunc):
+    # both_paths: the test runs twice, exec'd plugins working in-process and handing off to underlayd
+    if metafunc.definition.get_closest_marker("both_paths") and not metafunc.config.getoption("--agent"):
+        metafunc.parametrize("plugin_path", ["exec", "agent"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def test_agent():
+    """underlayd on a socket of its own for the session (each xdist worker has its own)."""
+    from tests.agent import Agent
+    agent = Agent()
+    try:
+        yield agent
+    finally:
+        agent.close()
+
+
+@pytest.fixture(autouse=True)
+def plugin_path(request, monkeypatch):
+    """"agent": every plugin the test execs hands off to the test agent; "exec": no agent answers.
+    A both_paths test fails unless the path it names was really taken."""
+    mode = getattr(request, "param", None) or ("agent" if request.config.getoption("--agent") else "exec")
+    if request.node.get_closest_marker("in_process"):
+        mode = "exec"
+    checked = hasattr(request, "param")
+    agent = request.getfixturevalue("test_agent") if mode == "agent" or checked else None
+    before = len(agent.served()) if agent else 0
+    if mode == "agent":
+        monkeypatch.setattr(plugins, "AGENT_SOCKET", agent.socket)
+    yield mode
+    if checked and mode == "agent":
+        assert len(agent.wait_served(before + 1)) > before, "no plugin run of this test went through underlayd"
+    elif checked:
+        assert len(agent.served()) == before, "a plugin run of this exec-path test went through underlayd"
 
 
 def pytest_collection_modifyitems(config, items):

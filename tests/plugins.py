@@ -15,6 +15,10 @@ from cni import registry
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REFERENCE_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
+# UNDERLAY_SOCKET for every plugin run: the test agent's socket while a test runs
+# through underlayd (tests/conftest.py plugin_path), else a path where no agent is
+NO_AGENT = "/nonexistent/underlay-tests-no-agent.sock"
+AGENT_SOCKET = None
 
 
 def plugin_argv(name):
@@ -34,6 +38,7 @@ def plugin_env(command, container_id="ctr1", netns="", ifname="eth0", args="", p
         "CNI_IFNAME": ifname,
         "CNI_ARGS": args,
         "CNI_PATH": path or f"{ROOT}/tests/bin:{REFERENCE_DIR}",
+        "UNDERLAY_SOCKET": AGENT_SOCKET or NO_AGENT,
     }
     for key, value in (extra or {}).items():
         if value is None:

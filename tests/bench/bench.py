@@ -19,6 +19,11 @@ Sections:
             leases, pre-populated in the reference on-disk format
   parallel  64 host-local ADDs in parallel on one data dir: wall time,
             failures, duplicate addresses
+  agent     ours through underlayd (dist/bin/underlayd on a socket of its
+            own), ours without it, and Go, alternately in one loop: host-local
+            ADD+DEL, macvlan ADD/CHECK/DEL, 64 parallel macvlan ADDs and DELs;
+            the agent's memory idle and under the burst (PSS and RSS of the
+            agent and its workers); the thin exec against a bare interpreter
   cluster   cluster-ipam (tests/bench/cluster_bench.py): whole-exec ADD vs
             host-local, 1 000 pods over 10 simulated nodes on 3 etcd members;
             not in the default set (it starts etcd): --sections cluster
@@ -55,8 +60,9 @@ RSS_EVERY = 4                  # every 4th iteration measures peak RSS instead o
 # -- one exec -------------------------------------------------------------------------------
 
 class Exec:
-    def __init__(self, seconds, code, stdout, stderr, maxrss_kb):
+    def __init__(self, seconds, code, stdout, stderr, maxrss_kb, cpu_ms=None):
         self.seconds, self.code, self.stdout, self.stderr, self.maxrss_kb = seconds, code, stdout, stderr, maxrss_kb
+        self.cpu_ms = cpu_ms   # user + system of the exec and the children it waited for
 
     @property
     def json(self):
@@ -71,8 +77,7 @@ def spawn(argv, env, stdin=b""):
                             bufsize=0)
 
 
-def reap(proc, stdin, started):
-    """Feed stdin, read both pipes, wait4() for the exit and the peak RSS."""
+def feed(proc, stdin):
     try:
         proc.stdin.write(stdin)
     except BrokenPipeError:
@@ -81,6 +86,12 @@ def reap(proc, stdin, started):
         proc.stdin.close()
     except BrokenPipeError:     # VERSION never reads its stdin
         pass
+
+
+def reap(proc, stdin, started):
+    """Feed stdin (None: fed already), read both pipes, wait4() for the exit and the peak RSS."""
+    if stdin is not None:
+        feed(proc, stdin)
     out = proc.stdout.read()
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -88,7 +99,7 @@ def reap(proc, stdin, started):
     proc.returncode = os.waitstatus_to_exitcode(status)
     proc.stdout.close()
     proc.stderr.close()
-    return Exec(seconds, proc.returncode, out, err, usage.ru_maxrss)
+    return Exec(seconds, proc.returncode, out, err, usage.ru_maxrss, (usage.ru_utime + usage.ru_stime) * 1000)
 
 
 def run(argv, env, stdin=b"", rss=False):
@@ -105,12 +116,20 @@ def run(argv, env, stdin=b"", rss=False):
 
 
 def plugin(impl, name):
-    return os.path.join(OURS if impl == "ours" else GO, name)
+    return os.path.join(GO if impl == "go" else OURS, name)
+
+
+NO_AGENT = "/nonexistent/underlay-bench-no-agent.sock"
+AGENT_SOCKET = None   # set by the agent section while it runs
 
 
 def cni_env(impl, command, cid="bench", netns="/var/run/netns/bench-none", ifname="eth0"):
-    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
-            "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": OURS if impl == "ours" else GO}
+    """impl "agent" is ours handing off to the bench's underlayd; "ours" finds no agent."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
+           "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": GO if impl == "go" else OURS}
+    if impl != "go":
+        env["UNDERLAY_SOCKET"] = AGENT_SOCKET if impl == "agent" else NO_AGENT
+    return env
 
 
 # -- figures --------------------------------------------------------------------------------
@@ -118,11 +137,13 @@ def cni_env(impl, command, cid="bench", netns="/var/run/netns/bench-none", ifnam
 class Series:
     """Timings (ms) and peak RSS (KiB) of one operation, per implementation."""
 
-    def __init__(self, label):
+    def __init__(self, label, impls=IMPLS):
         self.label = label
-        self.ms = {impl: [] for impl in IMPLS}
-        self.rss = {impl: [] for impl in IMPLS}
-        self.failures = {impl: 0 for impl in IMPLS}
+        self.impls = impls
+        self.ms = {impl: [] for impl in impls}
+        self.rss = {impl: [] for impl in impls}
+        self.failures = {impl: 0 for impl in impls}
+        self.cpu = {impl: [] for impl in impls}
 
     def add(self, impl, *execs):
         """Timed execs add to the times, GNU-time'd ones to the peak RSS."""
@@ -133,6 +154,12 @@ class Series:
         if any(e.code != 0 for e in execs):
             self.failures[impl] += 1
 
+    def add_cpu(self, impl, ms):
+        self.cpu[impl].append(ms)
+
+    def cpu_mean(self, impl):
+        return statistics.mean(self.cpu[impl]) if self.cpu[impl] else float("nan")
+
     def median(self, impl):
         return statistics.median(self.ms[impl]) if self.ms[impl] else float("nan")
 
@@ -140,15 +167,15 @@ class Series:
         values = sorted(self.ms[impl])
         return values[min(len(values) - 1, int(round(0.9 * (len(values) - 1))))] if values else float("nan")
 
-    def ratio(self):
-        return self.median("ours") / self.median("go")
+    def ratio(self, impl="ours"):
+        return self.median(impl) / self.median("go")
 
     def as_dict(self):
         return {impl: {"median_ms": self.median(impl), "p90_ms": self.p90(impl), "n": len(self.ms[impl]),
                        "failures": self.failures[impl],
                        "peak_rss_kib_median": statistics.median(self.rss[impl]) if self.rss[impl] else None,
                        "peak_rss_kib_max": max(self.rss[impl]) if self.rss[impl] else None}
-                for impl in IMPLS} | {"ratio_ours_go": self.ratio()}
+                for impl in self.impls} | {f"ratio_{impl}_go": self.ratio(impl) for impl in self.impls if impl != "go"}
 
 
 HEADER = (f"{'operation':<40} {'ours med':>9} {'p90':>7} {'Go med':>8} {'p90':>7} {'ours/Go':>8}"
@@ -261,7 +288,9 @@ def parallel(argvs_envs, stdin):
     """Start every exec at once; (wall seconds, [Exec])."""
     started = time.perf_counter()
     procs = [(spawn(argv, env), time.perf_counter()) for argv, env in argvs_envs]
-    execs = [reap(proc, stdin, t) for proc, t in procs]
+    for proc, _ in procs:     # at once, as a runtime does (a config fits the pipe buffer)
+        feed(proc, stdin)
+    execs = [reap(proc, None, t) for proc, t in procs]
     return time.perf_counter() - started, execs
 
 
@@ -408,6 +437,214 @@ def bench_macvlan(n, parallel_count, workdir, figures):
                 ns.drop(pod)
 
 
+# -- through underlayd ------------------------------------------------------------------------
+
+AGENT_IMPLS = ("agent", "ours", "go")
+AGENT_HEADER = (f"{'operation':<40} {'agent':>8} {'p90':>7} {'no agent':>9} {'Go':>8} {'agent/Go':>9}"
+                f" {'no agent/Go':>12}  failures")
+
+
+def rotate(impls, i):
+    k = i % len(impls)
+    return impls[k:] + impls[:k]
+
+
+def print_agent_series(series):
+    fails = "" if not any(series.failures.values()) else \
+        ", ".join(f"{impl} {count}" for impl, count in series.failures.items())
+    print(f"{series.label:<40} {series.median('agent'):>8.2f} {series.p90('agent'):>7.2f}"
+          f" {series.median('ours'):>9.2f} {series.median('go'):>8.2f} {series.ratio('agent'):>8.2f}x"
+          f" {series.ratio('ours'):>11.2f}x  {fails}", flush=True)
+
+
+class AgentProcess:
+    """dist/bin/underlayd on a socket of its own; its memory with its workers."""
+
+    def __init__(self, workdir):
+        self.socket = os.path.join(workdir, "run", "underlay.sock")
+        self.log = open(os.path.join(workdir, "underlayd.log"), "wb")
+        self.proc = subprocess.Popen([plugin("ours", "underlayd"), "--socket", self.socket],
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"underlayd did not start (see {self.log.name})")
+            time.sleep(0.01)
+
+    def children_cpu_ms(self):
+        """CPU of the agent's reaped workers so far (cutime + cstime, clock ticks)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[13]) + int(fields[14])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+    def pids(self):
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                return [self.proc.pid] + [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            return [self.proc.pid]
+
+    def memory(self):
+        """(PSS KiB, RSS KiB, processes) of the agent and its workers."""
+        pss = rss = count = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    fields = dict(line.split()[:2] for line in f if line.split()[0] in ("Pss:", "Rss:"))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            pss += int(fields.get("Pss:", 0))
+            rss += int(fields.get("Rss:", 0))
+            count += 1
+        return pss, rss, count
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+class Sampler:
+    """Peak memory of the agent's process tree while a burst runs (a thread, every 0.2 s: reading
+    smaps_rollup takes each process's mmap lock, and more often slowed the agent's forks down)."""
+
+    def __init__(self, agent):
+        import threading
+        self.agent, self.peak, self.done = agent, (0, 0, 0), threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        while not self.done.is_set():
+            sample = self.agent.memory()
+            if sample[0] > self.peak[0]:
+                self.peak = sample
+            self.done.wait(0.2)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+
+
+def print_memory(label, sample, figures):
+    pss, rss, count = sample
+    print(f"{label:<40} PSS {pss / 1024:6.1f} MiB, RSS {rss / 1024:6.1f} MiB, {count} processes", flush=True)
+    figures[label] = {"pss_kib": pss, "rss_kib": rss, "processes": count}
+
+
+def bench_thin(n, figures):
+    """What the thin exec costs against doing nothing: a bare interpreter, the frozen VERSION,
+    a hand-off whose worker has nothing to do (stdin fails to decode), and that without the agent."""
+    rows = {
+        "python3 -I -S -c pass": (["/usr/bin/python3", "-I", "-S", "-c", "pass"], {}, b""),
+        "ours VERSION (frozen, nothing imported)": ([plugin("ours", "host-local")], cni_env("ours", "VERSION"), b""),
+        "thin hand-off, worker does ~nothing": ([plugin("ours", "host-local")], cni_env("agent", "ADD"), b"{"),
+        "  the same without the agent": ([plugin("ours", "host-local")], cni_env("ours", "ADD"), b"{"),
+        "Go host-local, the same": ([plugin("go", "host-local")], cni_env("go", "ADD"), b"{"),
+    }
+    ms = {label: [] for label in rows}
+    for i in range(n):
+        for label in rotate(list(rows), i):
+            argv, env, stdin = rows[label]
+            ms[label].append(run(argv, env, stdin).seconds * 1000)
+    for label, values in ms.items():
+        print(f"{label:<40} {statistics.median(values):>8.2f} ms", flush=True)
+        figures[label] = {"median_ms": statistics.median(values), "n": len(values)}
+
+
+def bench_agent(n, parallel_count, workdir, figures):
+    global AGENT_SOCKET
+    agent = AgentProcess(workdir)
+    AGENT_SOCKET = agent.socket
+    try:
+        time.sleep(0.5)
+        print_memory("underlayd idle (agent + spares)", agent.memory(), figures)
+        bench_thin(n, figures)
+        print()
+        print(AGENT_HEADER)
+        subnet = ipaddress.ip_network("10.202.0.0/16")
+        confs = {impl: host_local_conf(os.path.join(workdir, f"agent-hl-{impl}"), subnet) for impl in AGENT_IMPLS}
+        rows = {verb: Series(f"host-local {verb}", AGENT_IMPLS) for verb in ("ADD", "DEL")}
+        for i in range(n):
+            for impl in rotate(AGENT_IMPLS, i):
+                for verb in ("ADD", "DEL"):
+                    rows[verb].add(impl, run([plugin(impl, "host-local")], cni_env(impl, verb, f"ag-{i}"), confs[impl]))
+        for row in rows.values():
+            print_agent_series(row)
+            figures["agent: " + row.label] = row.as_dict()
+
+        subnets = {"agent": "10.212.0.0/16", "ours": "10.213.0.0/16", "go": "10.214.0.0/16"}
+        with Namespaces() as ns:
+            confs = {impl: macvlan_conf(impl, ns.master, os.path.join(workdir, f"agent-mv-{impl}"),
+                                        ipaddress.ip_network(subnets[impl])) for impl in AGENT_IMPLS}
+            rows = {verb: Series(f"macvlan+host-local {verb}", AGENT_IMPLS) for verb in ("ADD", "CHECK", "DEL")}
+            for i in range(n + 1):     # iteration 0 warms caches, not counted
+                for impl in rotate(AGENT_IMPLS, i):
+                    pod = ns.pod()
+                    env = cni_env(impl, "ADD", f"agmv-{i}", netns=f"/run/netns/{pod}")
+                    conf = confs[impl]
+
+                    def timed(*args):
+                        # the worker's CPU: the agent's reaped children, read once it has reaped them
+                        before = agent.children_cpu_ms()
+                        e = run(*args)
+                        if impl == "agent":
+                            time.sleep(0.02)
+                        e.agent_cpu_ms = agent.children_cpu_ms() - before
+                        return e
+                    add = timed([plugin(impl, "macvlan")], env, json.dumps(conf).encode())
+                    check_conf = dict(conf, prevResult=add.json) if add.code == 0 else conf
+                    check = timed([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="CHECK"),
+                                  json.dumps(check_conf).encode())
+                    dele = timed([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL"),
+                                 json.dumps(check_conf).encode())
+                    for verb, e in (("ADD", add), ("CHECK", check), ("DEL", dele)):
+                        if i:
+                            rows[verb].add(impl, e)
+                            rows[verb].add_cpu(impl, e.cpu_ms + e.agent_cpu_ms)
+                        if e.code != 0 and rows[verb].failures[impl] <= 2:
+                            print(f"    {impl} {verb} failed: {(e.stdout or e.stderr).decode(errors='replace')[:300]}")
+                    ns.drop(pod)
+            for row in rows.values():
+                print_agent_series(row)
+                figures["agent: " + row.label] = row.as_dict()
+            print("CPU per operation (user+system of the exec, its children and, with the agent, the worker;"
+                  " mean ms; load-independent):")
+            for row in rows.values():
+                print(f"  {row.label:<38} agent {row.cpu_mean('agent'):7.1f}  no agent {row.cpu_mean('ours'):7.1f}"
+                      f"  Go {row.cpu_mean('go'):6.1f}  agent/Go {row.cpu_mean('agent') / row.cpu_mean('go'):5.2f}x"
+                      f"  no agent/Go {row.cpu_mean('ours') / row.cpu_mean('go'):5.2f}x", flush=True)
+                figures["agent: " + row.label]["cpu_mean_ms"] = {impl: row.cpu_mean(impl) for impl in AGENT_IMPLS}
+
+            for r, impl in enumerate(AGENT_IMPLS):
+                pods = [ns.pod() for _ in range(parallel_count)]
+                conf = json.dumps(dict(confs[impl], name=f"agentpar-{impl}")).encode()
+                jobs = [([plugin(impl, "macvlan")], cni_env(impl, "ADD", f"agpar-{k}", netns=f"/run/netns/{pod}"))
+                        for k, pod in enumerate(pods)]
+                with Sampler(agent) as sampler:
+                    wall, execs = parallel(jobs, conf)
+                parallel_report(f"{parallel_count} parallel macvlan ADDs", impl, wall, execs, figures)
+                if impl == "agent":
+                    print_memory(f"underlayd peak during {parallel_count} ADDs", sampler.peak, figures)
+                jobs = [([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL")) for _, env in jobs]
+                wall, execs = parallel(jobs, conf)
+                parallel_report(f"  then {parallel_count} parallel DELs", impl, wall, execs, figures)
+                for pod in pods:
+                    ns.drop(pod)
+        time.sleep(0.5)
+        print_memory("underlayd idle after the bursts", agent.memory(), figures)
+    finally:
+        AGENT_SOCKET = None
+        agent.stop()
+
+
 # -- main -----------------------------------------------------------------------------------
 
 def describe():
@@ -423,7 +660,7 @@ def describe():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="version,macvlan,leases,parallel")
+    parser.add_argument("--sections", default="version,macvlan,leases,parallel,agent")
     parser.add_argument("--iterations", type=int, default=40, help="per measured operation (default 40)")
     parser.add_argument("--lease-iterations", type=int, default=20)
     parser.add_argument("--leases", default=",".join(map(str, LEASE_COUNTS)))
@@ -452,7 +689,9 @@ def main():
             if not os.access(plugin(impl, name), os.X_OK):
                 sys.exit(f"bench: {plugin(impl, name)} is missing "
                          f"({'make build' if impl == 'ours' else 'apt-get install containernetworking-plugins'})")
-    if "macvlan" in sections and os.geteuid() != 0:
+    if "agent" in sections and not os.access(plugin("ours", "underlayd"), os.X_OK):
+        sys.exit(f"bench: {plugin('ours', 'underlayd')} is missing (make build)")
+    if ("macvlan" in sections or "agent" in sections) and os.geteuid() != 0:
         sys.exit("bench: the macvlan section needs root (network namespaces); or pass --sections")
 
     figures = {"setup": describe(), **({"cluster": cluster} if cluster else {})}
@@ -468,6 +707,9 @@ def main():
             bench_leases(args.lease_iterations, [int(c) for c in args.leases.split(",")], workdir, figures)
         if "parallel" in sections:
             bench_parallel(args.rounds, args.parallel, workdir, figures)
+        if "agent" in sections:
+            print("\nthe same plugins through underlayd (agent), without it (no agent) and Go, in one loop")
+            bench_agent(args.iterations, args.parallel, workdir, figures)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:

@@ -154,6 +154,23 @@ def test_about_line_names_build(bundle, plugin):
     assert bundle.info["build"] in proc.stderr.decode()
 
 
+def test_the_thin_path_imports_only_what_connecting_needs(bundle, tmp_path):
+    """Handed to the bundle's underlayd, an ADD imports VERSION's modules plus _socket and cni.handoff."""
+    from tests.agent import Agent
+    agent = Agent(command=[str(bundle.path("underlayd"))])
+    try:
+        conf = host_local_conf(tmp_path / "networks")
+        env = dict(cni_env("ADD"), UNDERLAY_SOCKET=agent.socket)
+        proc, thin = bundle.modules("host-local", env, conf, tmp_path)
+        assert proc.returncode == 0, proc
+        assert json.loads(proc.stdout)["ips"][0]["address"] == "10.123.0.2/24"
+        assert [s[:3] for s in agent.wait_served(1)] == [("host-local", "ADD", 0)]
+        _, version = bundle.modules("host-local", {"CNI_COMMAND": "VERSION"}, b"", tmp_path)
+        assert sorted(set(thin) - set(version)) == ["_socket", "cni.handoff"]
+    finally:
+        agent.close()
+
+
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_help_prints_usage_and_imports_nothing_denied(bundle, tmp_path, plugin):
     proc, modules = bundle.modules(plugin, {"CNI_COMMAND": "ADD"}, b"", tmp_path, argv=[bundle.path(plugin), "--help"])

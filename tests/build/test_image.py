@@ -146,8 +146,23 @@ def test_daemonset_mounts_hosts_cni_bin_dir_where_the_installer_writes(daemonset
     assert env["CNI_BIN_DIR"] == mount["mountPath"]
     assert re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]*|", env["PLUGIN_PREFIX"])   # as build/install.sh accepts
     assert env["FORCE"] == "0"          # never replace the reference plugins by default
-    for container in pod["containers"]:
-        assert not container.get("volumeMounts"), "only the installer touches the host"
+
+
+def test_daemonset_runs_underlayd_with_what_it_needs(daemonset):
+    pod = daemonset["spec"]["template"]["spec"]
+    (agent,) = pod["containers"]
+    assert agent["command"] == ["/underlay/bin/underlayd"]
+    args = agent["args"]
+    assert args[args.index("--socket") + 1] == "/run/underlay/underlay.sock"   # the plugins' default
+    port = int(args[args.index("--metrics") + 1].rsplit(":", 1)[1])
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    volumes = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
+    for path in ("/run/underlay", "/run/netns", "/var/lib/cni", "/opt/cni/bin"):
+        assert volumes[mounts[path]["name"]] == path, path
+    assert mounts["/run/netns"]["mountPropagation"] == "HostToContainer"
+    assert mounts["/opt/cni/bin"]["readOnly"] is True
+    assert pod["hostPID"] is True and pod["hostNetwork"] is True
 
 
 def test_daemonset_image_is_pinned_to_this_version(daemonset):
@@ -161,12 +176,14 @@ def test_daemonset_image_is_pinned_to_this_version(daemonset):
 
 def test_daemonset_security_context_is_minimal(daemonset):
     pod = daemonset["spec"]["template"]["spec"]
-    for container in pod["initContainers"] + pod["containers"]:
+    for container in pod["initContainers"]:
         sc = container["securityContext"]
         assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
         assert sc["readOnlyRootFilesystem"] is True
         assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add")
-    assert pod["containers"][0]["securityContext"]["runAsNonRoot"] is True
+    # underlayd does what an exec'd plugin does as root (setns, links): privileged, read-only root
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["privileged"] is True and sc["readOnlyRootFilesystem"] is True
     assert pod["automountServiceAccountToken"] is False
 
 

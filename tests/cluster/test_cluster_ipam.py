@@ -14,6 +14,7 @@ V6 = {"subnet": "fd30::/120"}
 POD = ("ns1", "web-0")
 
 
+@pytest.mark.both_paths
 def test_add_records_the_lease_and_del_returns_everything(cl):
     conf = cl.conf([V4], [V6])
     out = cl.add(conf, "c1", pod=POD)
@@ -104,6 +105,7 @@ def test_requested_addresses_across_blocks_and_nodes(cl):
     assert "c4" not in json.dumps(cl.leases()) and "c5" not in json.dumps(cl.leases())
 
 
+@pytest.mark.both_paths
 def test_gc_releases_only_this_nodes_leases_of_this_network(cl):
     n1, n2 = cl.conf("10.36.0.0/24", node="n1"), cl.conf("10.36.0.0/24", node="n2")
     other = cl.conf("10.37.0.0/24", node="n1", name="net2")
@@ -122,6 +124,7 @@ def test_gc_releases_only_this_nodes_leases_of_this_network(cl):
     assert sorted(v["containerID"] for v in cl.leases().values()) == ["gone1", "keep", "n2pod"]
 
 
+@pytest.mark.both_paths
 def test_status(cl):
     conf = cl.conf("10.38.0.0/30")        # one usable address (.2)
     assert cl.run("STATUS", conf, cid=None).ok
@@ -131,6 +134,7 @@ def test_status(cl):
     error(cl.run("STATUS", dead, cid=None), 50, "etcd not usable", "no endpoint answered")
 
 
+@pytest.mark.both_paths
 def test_etcd_unreachable_is_code_11_within_request_timeout_and_leaves_nothing(cl, tmp_path):
     conf = cl.conf("10.39.0.0/24", etcd={"endpoints": ["http://127.0.0.1:9", "http://127.0.0.1:11"],
                                          "requestTimeout": 1.5, "dialTimeout": 0.5})

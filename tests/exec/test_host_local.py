@@ -39,6 +39,7 @@ def test_about(hl):
 # -- ADD in every version --------------------------------------------------------------
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+@pytest.mark.both_paths
 def test_add_result_in_every_version(hl, version, tmp_path):
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("# comment\nnameserver 10.1.0.53\nnameserver fd00:1::53\nsearch a.test b.test\n"
@@ -70,6 +71,7 @@ def test_two_addresses_of_one_family_refused_in_020(hl):
     assert no_leases(hl)
 
 
+@pytest.mark.both_paths
 def test_add_allocates_round_robin_and_del_releases(hl):
     conf = hl.config("10.1.0.0/29")
     assert [addresses(hl.add(conf, f"c{i}"))[0] for i in range(3)] == ["10.1.0.2", "10.1.0.3", "10.1.0.4"]
@@ -90,6 +92,7 @@ def test_dual_stack_and_ifnames(hl):
 
 # -- DEL ------------------------------------------------------------------------------------
 
+@pytest.mark.both_paths
 def test_del_is_idempotent(hl):
     conf = hl.config(V4)
     assert hl.add(conf).ok
@@ -263,6 +266,7 @@ def prev(version, *ips):
 
 
 @pytest.mark.parametrize("version", ["0.4.0", "1.0.0", "1.1.0"])
+@pytest.mark.both_paths
 def test_check_matches(hl, version):
     conf = hl.config(V4, V6, version=version)
     result = hl.add(conf).json
@@ -273,6 +277,7 @@ def test_check_matches(hl, version):
     (["10.1.0.9/24", "fd00:1::2/64"], "prevResult address 10.1.0.9 is not leased to c1/eth0"),
     (["fd00:1::2/64"], "10.1.0.2 is leased to c1/eth0 but missing from prevResult"),
 ])
+@pytest.mark.both_paths
 def test_check_mismatch(hl, prev_ips, fragment):
     conf = hl.config(V4, V6)
     assert hl.add(conf).ok
@@ -304,6 +309,7 @@ def test_check_needs_040(hl):
 
 # -- GC and STATUS ------------------------------------------------------------------------------
 
+@pytest.mark.both_paths
 def test_gc(hl):
     conf = hl.config(V4, V6, version="1.1.0")
     for cid, ifname in [("keep", "eth0"), ("keep", "net1"), ("drop", "eth0"), ("drop2", "net1")]:
@@ -356,6 +362,7 @@ def test_gc_bad_attachments(hl, attachments):
     assert len(hl.leases()) == 1
 
 
+@pytest.mark.both_paths
 def test_status_ok(hl):
     out = hl.run("STATUS", hl.config(V4, V6, version="1.1.0"), cid=None, ifname=None, netns=None,
                  extra={"CNI_PATH": None})
@@ -366,6 +373,7 @@ def test_status_needs_110(hl):
     error(hl.run("STATUS", hl.config(V4, version="1.0.0")), 1, "STATUS")
 
 
+@pytest.mark.both_paths
 def test_status_one_set_exhausted(hl):
     conf = hl.config("10.1.0.0/30", V6, version="1.1.0")
     assert hl.add(conf).ok
@@ -408,6 +416,7 @@ def test_code_1_incompatible_version(hl):
     ({"ifname": "averyveryverylongname"}, "CNI_IFNAME"),
     ({"args": "FOO=bar"}, "unknown key 'FOO'"),
 ])
+@pytest.mark.both_paths
 def test_code_4_environment(hl, env, fragment):
     error(hl.add(hl.config(V4), **env), 4, fragment)
     assert not os.path.exists(hl.data_dir)
@@ -418,6 +427,7 @@ def test_code_4_unknown_command(hl):
 
 
 @pytest.mark.parametrize("stdin", [b"", b"{", b"[]", b"\xff"])
+@pytest.mark.both_paths
 def test_code_6_decode(hl, stdin):
     error(hl.add(stdin), 6)
 
@@ -436,6 +446,7 @@ def test_code_6_decode(hl, stdin):
     ({"ranges": [[{"subnet": V4}]], "resolvConf": "/nonexistent/resolv.conf"}, "ipam.resolvConf"),
     ({}, "no IP ranges specified"),
 ])
+@pytest.mark.both_paths
 def test_code_7_invalid_config(hl, ipam, fragment):
     conf = hl.config()
     conf["ipam"].update(ipam)
@@ -448,6 +459,7 @@ def test_code_7_missing_ipam(hl):
     error(hl.delete({"cniVersion": "1.0.0", "name": "net1"}), 7, "ipam")
 
 
+@pytest.mark.both_paths
 def test_code_11_lock_held(hl):
     conf = hl.config(V4, lockTimeout=0.3)
     assert hl.add(conf, "c0").ok
@@ -495,8 +507,9 @@ def test_code_999_unexpected_exception(hl, tmp_path):
         "def broken(*args, **kwargs):\n"
         "    raise ZeroDivisionError('injected failure')\n"
         "ipam.ranges.range_sets = broken\n")
+    # the bug is injected into this process: it must do the work itself, not hand it to underlayd
     out = hl.add(hl.config(V4), argv=[sys.executable, "-m", "ipam.host_local"],
-                 extra={"PYTHONPATH": f"{inject}:{ROOT}"})
+                 extra={"PYTHONPATH": f"{inject}:{ROOT}", "UNDERLAY_AGENT": "0"})
     err = error(out, 999, "internal error: injected failure")
     assert "ZeroDivisionError: injected failure" in err["details"]
     assert "Traceback" not in out.stdout

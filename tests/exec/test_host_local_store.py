@@ -19,6 +19,7 @@ def tree(root):
     return sorted(out)
 
 
+@pytest.mark.both_paths
 def test_lease_file_content_and_layout(hl):
     conf = hl.config(V4, "fd00:1::/64")
     assert hl.add(conf, "c1", "net1").ok
@@ -35,6 +36,7 @@ def test_lease_file_content_and_layout(hl):
     assert os.path.getsize(os.path.join(net, "lock")) == 0
 
 
+@pytest.mark.both_paths
 def test_modes(hl):
     os.umask(0o022)  # the tests' umask must not be what makes this pass
     conf = hl.config(V4)

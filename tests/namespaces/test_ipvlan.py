@@ -102,6 +102,7 @@ def test_parent_with_macvlan_children_refuses_ipvlan_naming_it(host_ns, master, 
 
 
 @needs_ipvlan
+@pytest.mark.both_paths
 def test_del_cases_and_check_drift(host_ns, master, pod_ns, data_dir, tmp_path):
     c, pod = conf(master, data_dir, mode="l3", flag="private"), pod_ns()
     result = add(c, host_ns, pod)
@@ -119,6 +120,7 @@ def test_del_cases_and_check_drift(host_ns, master, pod_ns, data_dir, tmp_path):
 
 
 @needs_ipvlan
+@pytest.mark.both_paths
 def test_every_version_add_del(host_ns, master, pod_ns, data_dir):
     for version in VERSIONS:
         c, pod = conf(master, data_dir, version=version), pod_ns()

@@ -53,6 +53,7 @@ def ipv4(result):
 
 # -- modes and traffic ----------------------------------------------------------
 
+@pytest.mark.both_paths
 def test_bridge_mode_pods_reach_each_other(host_ns, master, pod_ns, data_dir):
     c = conf(master, data_dir, mode="bridge")
     a, b = pod_ns(), pod_ns()
@@ -310,6 +311,7 @@ def test_ipam_failure_leaves_no_link_and_no_lease(host_ns, master, pod_ns, data_
     assert leases(data_dir) == ["10.24.0.2"]
 
 
+@pytest.mark.both_paths
 def test_failure_after_addresses_rolls_back_link_and_lease(host_ns, master, pod_ns, data_dir):
     c = conf(master, data_dir)
     # the second route collides with the first inside the pod: fails after IPAM and addresses
@@ -350,6 +352,7 @@ def test_del_releases_ipam_and_link_and_repeats(host_ns, master, pod_ns, data_di
 
 
 @pytest.mark.parametrize("case", ["empty", "missing", "not-a-netns", "link-gone", "master-gone"])
+@pytest.mark.both_paths
 def test_del_succeeds_whatever_is_already_gone(host_ns, master, pod_ns, data_dir, tmp_path, case):
     c, pod = conf(master, data_dir), pod_ns()
     add(c, host_ns, pod)
@@ -392,6 +395,7 @@ def test_check_passes_on_a_fresh_attachment(host_ns, master, pod_ns, data_dir):
     ("link", "missing"),
     ("mode", "mode"),
 ])
+@pytest.mark.both_paths
 def test_check_catches_drift(host_ns, master, pod_ns, data_dir, drift, words):
     c, pod = conf(master, data_dir), pod_ns()
     c["ipam"]["routes"] = [{"dst": "10.60.0.0/16"}]
@@ -422,6 +426,7 @@ def test_check_delegates_to_ipam(host_ns, master, pod_ns, data_dir):
 # -- every version -----------------------------------------------------------------
 
 @pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.both_paths
 def test_add_check_del_in_every_version(host_ns, master, pod_ns, data_dir, version):
     c, pod = conf(master, data_dir, version=version), pod_ns()
     out = plugin("ADD", c, host_ns, pod)
@@ -453,6 +458,7 @@ def test_add_check_del_in_every_version(host_ns, master, pod_ns, data_dir, versi
     assert ns.links(pod) == ["lo"] and leases(data_dir) == []
 
 
+@pytest.mark.both_paths
 def test_gc_releases_leases_of_attachments_not_listed(host_ns, master, pod_ns, data_dir):
     c = conf(master, data_dir)
     add(c, host_ns, pod_ns(), "keep")
@@ -465,6 +471,7 @@ def test_gc_releases_leases_of_attachments_not_listed(host_ns, master, pod_ns, d
     assert owner == b"keep\r\neth0"
 
 
+@pytest.mark.both_paths
 def test_status_reports_exhaustion_as_code_50(host_ns, master, pod_ns, data_dir):
     c = conf(master, data_dir, ranges=[[{"subnet": "10.25.0.0/30"}]])
     assert plugin("STATUS", c, host_ns).ok
@@ -497,6 +504,7 @@ def test_our_ipam_runs_in_process_even_with_an_empty_cni_path(host_ns, master, p
     assert leases(data_dir) == [ipv4(out.json)]
 
 
+@pytest.mark.both_paths
 def test_a_foreign_ipam_is_exec_d_from_cni_path(host_ns, master, pod_ns, tmp_path):
     c = conf(master, str(tmp_path), version="1.0.0")  # Debian's plugins stop at 1.0.0
     c["ipam"] = {"type": "static", "addresses": [{"address": "10.26.0.9/24"}]}

@@ -10,6 +10,12 @@ UNDERLAY_FAIL_AT=configure makes the interface configuration fail, so ADD
 rolls back and the rollback points are reached. UNDERLAY_STOP=1 stops the
 plugin there (SIGSTOP) instead: a process hung at that step. A point never
 reached lets the plugin finish normally.
+
+    python3 -m tests.reliability.killpoint cni.agent --socket PATH
+
+runs underlayd with every point and failure armed but dormant: each reads
+UNDERLAY_KILL_AT / UNDERLAY_FAIL_AT when it is reached, so it fires in the
+worker serving a request whose environment names it (tests/agent.py).
 """
 
 import errno
@@ -29,8 +35,11 @@ def _lease_body(args, kwargs):
 
 def _caller(name):
     def test(args, kwargs):
-        # the wrapper's caller is the function that called the wrapped one
-        return sys._getframe(2).f_code.co_name == name
+        # the wrapper's caller is the function that called the wrapped one (past other wrappers of it)
+        frame = sys._getframe(2)
+        while frame.f_code.co_filename == __file__ and frame.f_code.co_name in ("wrapper", "failing"):
+            frame = frame.f_back
+        return frame.f_code.co_name == name
     return test
 
 
@@ -79,13 +88,14 @@ def resolve(module, path):
     return owner, attr
 
 
-def kill_at(point):
+def kill_at(point, dormant=False):
+    """Wrap the point's function; dormant: fire only while UNDERLAY_KILL_AT names it."""
     module, path, when, test = POINTS[point]
     owner, attr = resolve(module, path)
     original = getattr(owner, attr)
 
     def wrapper(*args, **kwargs):
-        hit = test is None or test(args, kwargs)
+        hit = (not dormant or os.environ.get("UNDERLAY_KILL_AT") == point) and (test is None or test(args, kwargs))
         if hit and when == "before":
             die()
         result = original(*args, **kwargs)
@@ -96,11 +106,14 @@ def kill_at(point):
     setattr(owner, attr, wrapper)
 
 
-def fail_at(name):
+def fail_at(name, dormant=False):
     from cni import netlink
     owner, attr = resolve(*FAILURES[name])
+    original = getattr(owner, attr)
 
     def failing(*args, **kwargs):
+        if dormant and os.environ.get("UNDERLAY_FAIL_AT") != name:
+            return original(*args, **kwargs)
         raise netlink.NetlinkError(errno.EIO, f"injected failure in {name}")
 
     setattr(owner, attr, failing)
@@ -108,6 +121,15 @@ def fail_at(name):
 
 def main():
     module = sys.argv[1]
+    if module == "cni.agent":
+        # several points wrap one function: each wrapper calls the one before, so all stay reachable
+        for name in FAILURES:
+            fail_at(name, dormant=True)
+        for point in POINTS:
+            kill_at(point, dormant=True)
+        sys.argv = [module] + sys.argv[2:]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        return
     if os.environ.get("UNDERLAY_FAIL_AT"):
         fail_at(os.environ["UNDERLAY_FAIL_AT"])
     if os.environ.get("UNDERLAY_KILL_AT"):

@@ -15,10 +15,20 @@ import time
 
 from ipam.store import DiskStore
 from tests import netns as nsutil
+from tests import plugins
 from tests.plugins import Outcome, plugin_argv, plugin_env
 
 KILLPOINT = [sys.executable, "-m", "tests.reliability.killpoint", "cni.macvlan"]
 TEMP_LINK = re.compile(r"^ul[0-9a-f]{10}$")
+
+
+def assert_killed(out, point=""):
+    """A run killed at a point: SIGKILL of the exec'd plugin, or, through underlayd, of its worker."""
+    if plugins.AGENT_SOCKET:
+        # the worker serving it was killed there; the plugin executable answers for it
+        assert out.cni_code == 11 and "ended without an answer" in out.json["msg"], f"{point} not reached: {out}"
+    else:
+        assert out.code == -9, f"{point} was not reached: {out}"
 
 
 class Call:
@@ -129,11 +139,12 @@ class Node:
 
     # -- running the plugin ---------------------------------------------------------
 
-    def start(self, command, conf, cid="", pod=None, ifname="eth0", kill_at=None, fail_at=None, stop_at=None):
+    def start(self, command, conf, cid="", pod=None, ifname="eth0", kill_at=None, fail_at=None, stop_at=None,
+              env=None):
         """Start macvlan `command` in the host netns; kill_at/stop_at run it under killpoint.py."""
         argv = KILLPOINT if (kill_at or fail_at or stop_at) else plugin_argv("macvlan")
         extra = {"UNDERLAY_KILL_AT": kill_at or stop_at, "UNDERLAY_FAIL_AT": fail_at,
-                 "UNDERLAY_STOP": "1" if stop_at else None}
+                 "UNDERLAY_STOP": "1" if stop_at else None, **(env or {})}
         env = plugin_env(command, container_id=cid, netns=nsutil.netns_path(pod) if pod else "",
                          ifname=ifname if command not in ("GC", "STATUS") else "",
                          extra={k: v for k, v in extra.items() if v})

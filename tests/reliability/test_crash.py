@@ -4,7 +4,7 @@ recovery (DEL after a failed ADD, DEL until it succeeds): nothing may be left.""
 import pytest
 
 from tests.reliability.killpoint import POINTS
-from tests.reliability.node import Audit
+from tests.reliability.node import Audit, assert_killed
 from tests.reliability.scenarios import CrashRun
 
 pytestmark = pytest.mark.root
@@ -13,10 +13,11 @@ pytestmark = pytest.mark.root
 def killed(node, command, conf, cid, pod, point):
     out = node.run(command, conf, cid, pod, kill_at=point,
                    fail_at="configure" if "rollback" in point else None)
-    assert out.code == -9, f"{point} was not reached: {out}"
+    assert_killed(out, point)
 
 
 @pytest.mark.parametrize("point", [p for p in POINTS if p.startswith("add:")])
+@pytest.mark.both_paths
 def test_add_killed_then_deleted_leaves_nothing(node, point):
     conf = node.conf()
     pod, = node.add_pods(1)
@@ -29,6 +30,7 @@ def test_add_killed_then_deleted_leaves_nothing(node, point):
 
 
 @pytest.mark.parametrize("point", [p for p in POINTS if p.startswith("del:")])
+@pytest.mark.both_paths
 def test_del_killed_then_retried_leaves_nothing(node, point):
     conf = node.conf()
     pod, = node.add_pods(1)
@@ -38,6 +40,7 @@ def test_del_killed_then_retried_leaves_nothing(node, point):
     Audit(node, ["rel"], {}).assert_clean(point)
 
 
+@pytest.mark.both_paths
 def test_gc_killed_then_retried(node):
     conf = node.conf()
     a, b = node.add_pods(2)
@@ -45,11 +48,12 @@ def test_gc_killed_then_retried(node):
     node.remove_pod(b)   # its DEL never comes
     attachments = {"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}
     out = node.run("GC", dict(conf, **attachments), kill_at="gc:after-release")
-    assert out.code == -9, out
+    assert_killed(out, "gc:after-release")
     assert node.gc(conf, {("keep", "eth0")}).ok
     Audit(node, ["rel"], {("rel", "keep", "eth0"): a}).assert_clean()
 
 
+@pytest.mark.both_paths
 def test_rebuild_killed_then_redone(node):
     """A kill in the middle of rebuilding the index (itself after a kill) is redone by the next call."""
     conf = node.conf()
@@ -61,6 +65,7 @@ def test_rebuild_killed_then_redone(node):
     Audit(node, ["rel"], {("rel", "c1", "eth0"): a}).assert_clean()
 
 
+@pytest.mark.in_process   # the plugin's own pid and state; tests/reliability/test_agent.py has the agent's
 def test_random_kills(node):
     """The small run of soak.py's crash scenario: kills at every step in turn and after random delays."""
     figures = CrashRun(node, ops=60, lanes=2, slots_per_lane=4).run()

@@ -82,6 +82,7 @@ def test_a_short_hold_is_waited_for(node, holder):
     assert time.monotonic() - started >= 0.9
 
 
+@pytest.mark.in_process   # the plugin's own pid and state; tests/reliability/test_agent.py has the agent's
 def test_a_plugin_hung_inside_the_lock_is_named(node):
     """A plugin stopped while it holds the lock (an ADD stuck after writing its lease)."""
     conf = node.conf(lockTimeout=1)

@@ -1,0 +1,864 @@
+"""underlayd: the node agent that keeps the plugins warm.
+
+    underlayd [--socket PATH] [--metrics HOST:PORT] [--workers N] [--spares N] [--queue N]
+
+Every exec of a plugin pays for a fresh interpreter and its imports (~30 ms
+before any work). underlayd imports every plugin once and keeps forked spare
+workers waiting on its socket (default /run/underlay/underlay.sock, mode 0600
+in a 0700 directory); a plugin executable hands its invocation over
+(cni/handoff.py, the protocol) and exits with the worker's exit code.
+
+A worker serves exactly one invocation and exits, so each one is as isolated
+as an exec: its own process, with the caller's argv, environment, stdout,
+stderr, network namespace, working directory and umask; it runs the plugin's
+own main(). Nothing is cached between invocations: the stores and the kernel
+stay the truth, so restarting the agent loses nothing, and a plugin finding
+no agent does the same work itself.
+
+Only root peers are served (SO_PEERCRED; a refused caller runs the plugin
+itself, with its own privileges). At most --workers invocations run at once
+(default 8); more wait in the socket's listen queue (--queue, default 256).
+The agent touches its socket file every 0.25 s: a caller waits while it beats
+(up to 60 s in the queue) and gives up, code 11 with nothing done, once it has
+been silent for UNDERLAY_AGENT_TIMEOUT (5 s). --spares (default 2) workers are forked
+ahead of requests.
+
+The agent runs in the node's network namespace; a worker enters its caller's
+network and mount namespaces (the node's, unless a runtime runs plugins
+elsewhere, or the agent runs in a container) and opens pod netns paths
+(/run/netns/..., /proc/PID/ns/net) as the runtime gave them. A worker never
+imports anything (preload did it all): after entering the caller's mount
+namespace, the agent's own files may not be there.
+SIGTERM stops accepting, removes the socket (callers then work in-process)
+and waits for the invocations in flight.
+"""
+
+import fcntl
+import gc
+import importlib
+import io
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+
+from cni import handoff, registry
+
+DEFAULT_WORKERS = 8
+DEFAULT_SPARES = 2
+DEFAULT_QUEUE = 256
+REQUEST_WAIT = 30.0      # for the request after b"R": a caller sends it at once (unless starved of CPU)
+DRAIN_WAIT = 60.0        # SIGTERM: how long invocations in flight may still take
+TEXTFILE_EVERY = 15.0    # seconds between --textfile writes
+DEFAULT_HEAL_EVERY = 300  # seconds between healing runs (and one at start)
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"   # host-local's default dataDir
+PLUGINS = {}             # name -> module of every plugin served, imported by preload()
+
+
+
+def plugin_modules():
+    """{name: module} of the CNI plugins this build has (a module not written yet is left out)."""
+    found = {}
+    for name in registry.cni_plugins():
+        module = registry.module_of(name)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        found[name] = module
+    return found
+
+
+class Options:
+    def __init__(self, argv):
+        self.socket = handoff.DEFAULT_SOCKET
+        self.metrics = None
+        self.workers = DEFAULT_WORKERS
+        self.spares = DEFAULT_SPARES
+        self.queue = DEFAULT_QUEUE
+        self.textfile = None
+        self.data_dirs = []
+        self.heal_every = DEFAULT_HEAL_EVERY
+        args = list(argv)
+        while args:
+            flag = args.pop(0)
+            name, eq, value = flag.partition("=")
+            if name in ("-h", "--help"):
+                raise Usage(None)
+            if name not in ("--socket", "--metrics", "--textfile", "--workers", "--spares", "--queue",
+                            "--data-dir", "--heal-every"):
+                raise Usage(f"unknown option {flag!r}")
+            if not eq:
+                if not args:
+                    raise Usage(f"{name} needs a value")
+                value = args.pop(0)
+            if name == "--socket":
+                if not value.startswith("/"):
+                    raise Usage("--socket: must be an absolute path")
+                self.socket = value
+            elif name == "--metrics":
+                host, colon, port = value.rpartition(":")
+                if not colon or not port.isdigit() or int(port) > 65535:
+                    raise Usage(f"--metrics: {value!r} is not HOST:PORT")
+                self.metrics = (host.strip("[]") or "0.0.0.0", int(port))
+            elif name == "--data-dir":
+                if not value.startswith("/"):
+                    raise Usage("--data-dir: must be an absolute path")
+                self.data_dirs.append(value)
+            elif name == "--heal-every":
+                if not value.isdigit():
+                    raise Usage(f"--heal-every: {value!r} is not a number of seconds (0: never)")
+                self.heal_every = int(value)
+            elif name == "--textfile":
+                if not value.startswith("/") or not value.endswith(".prom"):
+                    raise Usage("--textfile: must be an absolute path ending in .prom")
+                self.textfile = value
+            else:
+                if not value.isdigit() or int(value) < (0 if name == "--spares" else 1):
+                    raise Usage(f"{name}: {value!r} is not a positive number")
+                setattr(self, name[2:], int(value))
+        self.spares = min(self.spares, self.workers)
+        self.data_dirs = self.data_dirs or [DEFAULT_DATA_DIR]
+
+
+class Usage(Exception):
+    pass
+
+
+USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PATH] [--workers N] [--spares N]"
+         " [--queue N] [--data-dir DIR]... [--heal-every SECONDS]\n"
+         f"  --socket   the agent's socket (default {handoff.DEFAULT_SOCKET}; plugins read $UNDERLAY_SOCKET)\n"
+         f"  --workers  invocations served at once (default {DEFAULT_WORKERS}); more wait in the queue\n"
+         f"  --spares   workers forked ahead of requests (default {DEFAULT_SPARES})\n"
+         f"  --queue    connections waiting for a worker (default {DEFAULT_QUEUE})\n"
+         "  --data-dir host-local dataDir to heal (repeatable; default /var/lib/cni/networks)\n"
+         f"  --heal-every  seconds between releases of leases whose netns is gone (default {DEFAULT_HEAL_EVERY}; 0: never)\n"
+         "  --metrics  serve Prometheus text at http://HOST:PORT/metrics (and /healthz)\n"
+         "  --textfile also write it to PATH.prom every 15 s, for node-exporter's textfile collector\n")
+
+
+def log(message):
+    try:
+        os.write(2, f"underlayd: {message}\n".encode(errors="replace"))
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------
+# Warm-up: everything any invocation imports, imported once here.
+
+def preload():
+    """Import every plugin and what they import lazily, and run the paths that
+    compile things on first use, so a worker starts with all of it in memory."""
+    global PLUGINS
+    PLUGINS = plugin_modules()
+    for name in ["cni.kernel", "subprocess", "traceback", "ipaddress", "json"] + \
+            ["cni.schemas." + p.replace("-", "_") for p in PLUGINS]:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+    from cni import netlink, netns
+    with netlink.Netlink() as nl:     # the message classes decode once: lazily built tables
+        nl.find_link("lo")
+    fd = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        netns.setns(fd)               # our own netns: loads ctypes and libc's setns
+    finally:
+        os.close(fd)
+    global _libc
+    import ctypes
+    _libc = ctypes.CDLL(None, use_errno=True)   # for enter_namespace
+    gc.collect()
+    gc.freeze()    # out of the collector's sight: a worker's collections do not touch (copy) them
+
+
+# --------------------------------------------------------------------------
+# The socket.
+
+def bind(path, queue):
+    """Listen on `path` (mode 0600, its directory made 0700); refuse if another agent answers there."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if path == handoff.DEFAULT_SOCKET:
+        os.chmod(directory, 0o700)   # ours alone (a DaemonSet's hostPath makes it 0755)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SystemExit(f"underlayd: {path} exists and is not a socket; not removing it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1)
+            probe.connect(path)
+            raise SystemExit(f"underlayd: another agent answers on {path}")
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)   # stale: left by an agent that was killed
+        except OSError:
+            raise SystemExit(f"underlayd: another agent holds {path}") from None
+        finally:
+            probe.close()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)   # never reachable by others, not even for a moment
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    listener.listen(queue)
+    listener.setblocking(False)
+    return listener
+
+
+def peer_uid(conn):
+    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                        struct.calcsize("3i")))
+    return pid, uid
+
+
+# --------------------------------------------------------------------------
+# A worker: one invocation, then exit.
+
+class Request:
+    def __init__(self, payload, fds):
+        at = 0
+
+        def field():
+            nonlocal at
+            end = payload.index(b"\0", at)
+            value, at = payload[at:end], end + 1
+            return value
+
+        if field() != handoff.PROTOCOL:
+            raise ValueError("protocol version")
+        self.plugin = field().decode()
+        self.umask = int(field(), 8)
+        self.argv = [field().decode("utf-8", "surrogateescape") for _ in range(int(field()))]
+        self.env = [field() for _ in range(int(field()))]
+        self.stdin = payload[at:]
+        if len(fds) != 6:
+            raise ValueError(f"{len(fds)} file descriptors")
+        self.stdout, self.stderr, self.netns, self.mntns, self.root, self.cwd = fds
+
+
+def receive(conn):
+    """The request after b"R", or None when the caller gave up (nothing was started)."""
+    fd_size = 6 * struct.calcsize("i")
+    try:
+        data, ancdata, flags, _ = conn.recvmsg(8, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        return None
+    fds = []
+    for level, kind, blob in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += list(struct.unpack(f"{len(blob) // 4}i", blob[:len(blob) // 4 * 4]))
+    try:
+        if not data or flags & socket.MSG_CTRUNC:
+            return None
+        while len(data) < 8:
+            more = conn.recv(8 - len(data))
+            if not more:
+                return None
+            data += more
+        size = int.from_bytes(data, "big")
+        if size > handoff.MAX_REQUEST:
+            return None
+        payload = bytearray()
+        while len(payload) < size:
+            more = conn.recv(min(size - len(payload), 1 << 20))
+            if not more:
+                return None
+            payload += more
+        request = Request(bytes(payload), fds)
+        fds = []
+        return request
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
+_libc = None
+
+
+def enter_namespace(fd, nstype, own):
+    """setns() into the namespace `fd` unless it is ours already (`own`: our /proc/self/ns file)."""
+    global _libc
+    mine, theirs = os.stat(own), os.fstat(fd)
+    if (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino):
+        return
+    if _libc is None:
+        import ctypes
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, nstype) != 0:
+        import ctypes
+        raise OSError(ctypes.get_errno(), f"setns {own.rsplit('/', 1)[1]}")
+
+
+def become(request):
+    """Take on the caller's context, as an exec'd plugin would have it: its mount and network
+    namespaces (so dataDir, logFile and pod netns paths name what they name for the caller,
+    wherever the agent runs), cwd, umask, fds, environment and argv. Until the fds are taken
+    over nothing is changed that matters: an OSError here means "run it yourself"."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        enter_namespace(request.mntns, CLONE_NEWNS, "/proc/self/ns/mnt")
+        enter_namespace(request.netns, CLONE_NEWNET, "/proc/self/ns/net")
+        os.fchdir(request.root)   # the caller's root, which a chroot may make other than its namespace's
+        os.chroot(".")
+        os.fchdir(request.cwd)
+        os.umask(request.umask)
+    except OSError:
+        os.close(null)
+        raise
+    os.dup2(null, 0)
+    os.dup2(request.stdout, 1)
+    os.dup2(request.stderr, 2)
+    for fd in (null, request.stdout, request.stderr, request.netns, request.mntns, request.root, request.cwd):
+        os.close(fd)
+    os.environb.clear()
+    for entry in request.env:
+        key, _, value = entry.partition(b"=")
+        if key:
+            os.environb[key] = value
+    os.environ["UNDERLAY_AGENT"] = "0"   # a plugin this one execs runs in-process: no slot to wait for
+    sys.argv = request.argv
+    sys.stdin = io.TextIOWrapper(io.BytesIO(request.stdin), encoding="utf-8")
+    sys.stdout = Recorder(io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8"))
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", write_through=True)
+    handoff.status = "served by underlayd"
+
+
+class Recorder:
+    """sys.stdout for the plugin, keeping the start of what it writes: the CNI error code for metrics."""
+
+    def __init__(self, stream):
+        self.stream, self.head = stream, ""
+
+    def write(self, text):
+        if len(self.head) < 65536:
+            self.head += text[:65536]
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def cni_code(self, exit_code):
+        """0 on success, the error JSON's code, or -1 when there is none."""
+        if exit_code == 0:
+            return 0
+        import json
+        try:
+            code = json.loads(self.head).get("code")
+        except (ValueError, AttributeError):
+            return -1
+        return code if isinstance(code, int) and not isinstance(code, bool) else -1
+
+
+def run_plugin(name):
+    module = PLUGINS.get(name)
+    if module is None:
+        sys.stderr.write(f"underlayd: plugin {name!r} is not part of this build\n")
+        return 2
+    try:
+        sys.modules[module].main()
+    except SystemExit as e:
+        code = e.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code & 0xff
+        sys.stderr.write(f"{code}\n")
+        return 1
+    except BaseException as e:   # the contract never lets one out; say so if it happens
+        sys.stderr.write(f"underlayd: {name}: {type(e).__name__}: {e}\n")
+        return 1
+    return 0
+
+
+def exit_with_caller(conn):
+    """Die (SIGIO, whose default is to terminate) the moment the caller goes away, as an exec'd
+    plugin dies when the runtime kills it: no work continues that the runtime has given up on."""
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, fcntl.fcntl(conn.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
+    if select.select([conn], [], [], 0)[0]:
+        os._exit(0)   # gone already (or speaking out of turn): nothing started
+
+
+def serve(conn, report):
+    """In a worker: the caller's invocation, its exit code sent back; then exit."""
+    conn.setblocking(True)
+    conn.settimeout(REQUEST_WAIT)
+    try:
+        conn.sendall(handoff.READY)
+    except OSError:
+        os._exit(0)
+    request = receive(conn)
+    if request is None:
+        report(f"A {os.getpid()}")
+        os._exit(0)   # the caller gave up before sending: nothing was done
+    started = time.monotonic()
+    conn.settimeout(None)
+    try:
+        become(request)
+    except OSError as e:
+        # nothing done yet: the caller runs the plugin itself
+        log(f"cannot take on the context of caller {peer_uid(conn)[0]}: {e.strerror or e} ({e.filename or ''})")
+        try:
+            conn.sendall(handoff.FALLBACK + f"{e.strerror or e}".encode())
+        except OSError:
+            pass
+        os._exit(0)
+    exit_with_caller(conn)
+    code = run_plugin(request.plugin)
+    cni_code = sys.stdout.cni_code(code) if isinstance(sys.stdout, Recorder) else -1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    flags = fcntl.fcntl(conn.fileno(), fcntl.F_GETFL)
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, flags & ~os.O_ASYNC)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)   # the runtime sees EOF on its pipes as soon as the caller exits
+    os.dup2(null, 2)
+    try:
+        conn.sendall(handoff.EXIT + b"%d" % code)
+    except OSError:
+        pass
+    verb = "".join(c for c in os.environ.get("CNI_COMMAND", "")[:16] if c.isalnum()) or "-"
+    plugin = request.plugin if request.plugin in PLUGINS else "unknown"
+    report(f"D {os.getpid()} {plugin} {verb} {code} {cni_code} {time.monotonic() - started:.6f}")
+    os._exit(0)
+
+
+def spare(listener, lifeline, report):
+    """A worker forked ahead of requests: waits for a connection, serves it, exits.
+    It exits too when the agent is gone (its lifeline pipe closes)."""
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    poller.register(lifeline, select.POLLIN)
+    while True:
+        events = dict(poller.poll())
+        if lifeline in events:
+            os._exit(0)
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            continue   # another spare took it
+        pid, uid = peer_uid(conn)
+        if uid != 0:
+            log(f"refused a connection from pid {pid} (uid {uid}): only root is served")
+            report(f"N {os.getpid()}")
+            try:
+                conn.send(handoff.REFUSED + b"only root is served")
+            except OSError:
+                pass
+            conn.close()
+            continue
+        report(f"B {os.getpid()}")
+        listener.close()
+        os.close(lifeline)
+        serve(conn, report)
+
+
+# --------------------------------------------------------------------------
+# Healing missed DELs: leases whose pod netns is gone.
+
+def netns_visible(path):
+    """Whether this process could see `path` if it existed: the directory of a
+    named netns is there, and /proc/PID paths are read in the node's PID namespace
+    (kthreadd, PID 2 with no parent, exists only there)."""
+    if path.startswith("/proc/"):
+        try:
+            with open("/proc/2/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            with open("/proc/2/comm") as f:
+                return f.read().strip() == "kthreadd" and fields[1] == "0"
+        except (OSError, IndexError):
+            return False
+    return os.path.isdir(os.path.dirname(path))
+
+
+def heal(data_dirs, report):
+    """In a forked child: release every host-local lease whose recorded netns is certainly
+    gone (never one whose netns exists, nor one we cannot judge), in the node's mount
+    namespace (PID 1's: the agent may run in a container), under each network's lock."""
+    from ipam import lease_index
+    from ipam.store import DiskStore
+    try:
+        fd = os.open("/proc/1/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            enter_namespace(fd, CLONE_NEWNS, "/proc/self/ns/mnt")
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log(f"healing: cannot enter the node's mount namespace ({e.strerror or e}); healing in ours")
+    for data_dir in data_dirs:
+        try:
+            networks = sorted(n for n in os.listdir(data_dir) if not n.startswith("."))
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            log(f"healing: {data_dir}: {e.strerror or e}")
+            continue
+        for network in networks:
+            if not os.path.isdir(os.path.join(data_dir, network, lease_index.INDEX_DIR)):
+                continue   # not a store of ours (or not one yet)
+            try:
+                released = 0
+                with DiskStore(data_dir, network) as store:     # the index is written as the block ends
+                    for (cid, ifname), (netns, ips) in store.index.entries().items():
+                        if not netns or not netns_visible(netns) or not lease_index.netns_gone(netns):
+                            continue
+                        for ip in ips:
+                            store.release(ip, cid, ifname)
+                        released += len(ips)
+                        log(f"healing: released {', '.join(ips)} of {cid}/{ifname} in {data_dir}/{network}: "
+                            f"its netns {netns} is gone")
+                if released:
+                    report(f"H {os.getpid()} {network} {released}")
+            except Exception as e:   # one broken store must not stop the others
+                log(f"healing: {data_dir}/{network}: {getattr(e, 'msg', None) or e}")
+    os._exit(0)
+
+# --------------------------------------------------------------------------
+# Metrics: Prometheus text, from the agent's counters.
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self):
+        self.started = time.time()
+        self.requests = {}     # (plugin, verb, CNI code) -> count
+        self.latency = {}      # (plugin, verb) -> [count per bucket..., +Inf count, sum]
+        self.killed = 0        # workers that died mid-request (the caller got code 11)
+        self.refused = 0       # non-root peers
+        self.abandoned = 0     # callers that gave up before sending (nothing done)
+        self.healed = {}       # network -> addresses released by healing
+        self.heal_runs = 0
+
+    def observe(self, plugin, verb, cni_code, seconds):
+        key = (plugin, verb, cni_code)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.latency.setdefault((plugin, verb), [0] * (len(BUCKETS) + 1) + [0.0])
+        for i, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                hist[i] += 1
+        hist[len(BUCKETS)] += 1
+        hist[-1] += seconds
+
+    def render(self, busy, idle, options):
+        out = []
+
+        def family(name, kind, text):
+            out.append(f"# HELP {name} {text}\n# TYPE {name} {kind}\n")
+
+        family("underlay_agent_requests_total", "counter",
+               "CNI invocations served by underlayd, by plugin, verb and CNI result code (0: success)")
+        for (plugin, verb, code), count in sorted(self.requests.items()):
+            out.append(f'underlay_agent_requests_total{{plugin="{plugin}",verb="{verb}",code="{code}"}} {count}\n')
+        family("underlay_agent_request_duration_seconds", "histogram",
+               "time a worker spent on one invocation, from its request to its exit code")
+        for (plugin, verb), hist in sorted(self.latency.items()):
+            labels = f'plugin="{plugin}",verb="{verb}"'
+            for bound, count in zip(BUCKETS, hist):
+                out.append(f'underlay_agent_request_duration_seconds_bucket{{{labels},le="{bound:g}"}} {count}\n')
+            out.append(f'underlay_agent_request_duration_seconds_bucket{{{labels},le="+Inf"}} {hist[len(BUCKETS)]}\n')
+            out.append(f"underlay_agent_request_duration_seconds_sum{{{labels}}} {hist[-1]:.6f}\n")
+            out.append(f"underlay_agent_request_duration_seconds_count{{{labels}}} {hist[len(BUCKETS)]}\n")
+        for name, value, text in (
+                ("underlay_agent_workers_killed_total", self.killed,
+                 "workers that died mid-request (their caller answered code 11; DEL undoes what they did)"),
+                ("underlay_agent_refused_total", self.refused, "connections refused: the peer was not root"),
+                ("underlay_agent_abandoned_total", self.abandoned,
+                 "callers that gave up (UNDERLAY_AGENT_TIMEOUT) before a worker started their request")):
+            family(name, "counter", text)
+            out.append(f"{name} {value}\n")
+        family("underlay_heal_releases_total", "counter",
+               "addresses released by healing: their lease's pod netns was gone (a missed DEL)")
+        for network, count in sorted(self.healed.items()):
+            out.append(f'underlay_heal_releases_total{{network="{network}"}} {count}\n')
+        family("underlay_heal_runs_total", "counter", "healing runs started")
+        out.append(f"underlay_heal_runs_total {self.heal_runs}\n")
+        family("underlay_agent_workers", "gauge", "worker processes: busy serving, or idle spares")
+        out.append(f'underlay_agent_workers{{state="busy"}} {busy}\nunderlay_agent_workers{{state="idle"}} {idle}\n')
+        family("underlay_agent_workers_limit", "gauge", "invocations served at once (--workers)")
+        out.append(f"underlay_agent_workers_limit {options.workers}\n")
+        family("underlay_agent_start_time_seconds", "gauge", "when this agent started (Unix time)")
+        out.append(f"underlay_agent_start_time_seconds {self.started:.3f}\n")
+        return "".join(out)
+
+
+def serve_http(conn, body):
+    """In a forked child: answer one HTTP request (GET /metrics or /healthz) and exit."""
+    conn.settimeout(5)
+    request = b""
+    try:
+        while b"\r\n\r\n" not in request and len(request) < 8192:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            request += chunk
+        line = request.split(b"\r\n", 1)[0].split()
+        path = line[1].split(b"?")[0] if len(line) >= 2 and line[0] in (b"GET", b"HEAD") else None
+        if path == b"/metrics":
+            status, payload, kind = "200 OK", body.encode(), "text/plain; version=0.0.4; charset=utf-8"
+        elif path == b"/healthz":
+            status, payload, kind = "200 OK", b"ok\n", "text/plain"
+        else:
+            status, payload, kind = "404 Not Found", b"not found: try /metrics\n", "text/plain"
+        head = (f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(payload)}\r\n"
+                "Connection: close\r\n\r\n").encode()
+        conn.sendall(head + (payload if line and line[0] != b"HEAD" else b""))
+    except (OSError, IndexError):
+        pass
+    os._exit(0)
+
+
+def metrics_listener(address):
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as e:
+        raise SystemExit(f"underlayd: --metrics {host}:{port}: {e.strerror or e}") from None
+    listener.listen(16)
+    listener.setblocking(False)
+    return listener
+
+
+def write_textfile(path, text):
+    """node-exporter's textfile collector: written whole (temporary file, then rename)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, path)
+    except OSError as e:
+        log(f"--textfile {path}: {e.strerror or e}")
+
+
+# --------------------------------------------------------------------------
+# The agent's own process: keeps spares forked, reaps workers, counts.
+
+class Agent:
+    def __init__(self, options):
+        self.options = options
+        self.idle, self.busy = set(), set()
+        self.metrics = Metrics()
+        self.stopping = False
+
+    def start(self):
+        preload()
+        self.listener = bind(self.options.socket, self.options.queue)
+        self.inode = os.stat(self.options.socket).st_ino
+        self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
+        self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        signal.set_wakeup_fd(self.wake_w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)   # wakes the loop through the wakeup fd
+        self.buffer = b""
+        self.http = metrics_listener(self.options.metrics) if self.options.metrics else None
+        self.textfile_due = 0.0
+        self.heal_due = 0.0 if self.options.heal_every else float("inf")
+        self.healer = None
+        self.beaten = 0.0
+        log(f"serving on {self.options.socket} (pid {os.getpid()}, workers {self.options.workers}, "
+            f"spares {self.options.spares}, queue {self.options.queue})")
+
+    def stop(self, *_):
+        self.stopping = True
+
+    def report(self, line):
+        try:
+            os.write(self.status_w, line.encode() + b"\n")   # < PIPE_BUF: written whole
+        except OSError:
+            pass   # the agent is gone (killed): its worker still finishes the invocation
+
+    def fork_spare(self):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL if sig != signal.SIGINT else signal.default_int_handler)
+                signal.set_wakeup_fd(-1)
+                for fd in (self.status_r, self.lifeline_w, self.wake_r, self.wake_w):
+                    os.close(fd)
+                spare(self.listener, self.lifeline_r, self.report)
+            finally:
+                os._exit(1)
+        self.idle.add(pid)
+
+    def top_up(self):
+        while not self.stopping and len(self.idle) < self.options.spares and \
+                len(self.idle) + len(self.busy) < self.options.workers:
+            self.fork_spare()
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.busy and os.WIFSIGNALED(status):
+                self.metrics.killed += 1
+                log(f"worker {pid} was killed by signal {os.WTERMSIG(status)} mid-request")
+            self.idle.discard(pid)
+            self.busy.discard(pid)
+            if pid == self.healer:
+                self.healer = None
+
+    def read_reports(self):
+        try:
+            self.buffer += os.read(self.status_r, 65536)
+        except BlockingIOError:
+            return
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            kind, pid, *rest = line.decode(errors="replace").split(" ")
+            pid = int(pid)
+            if kind == "B" and pid in self.idle:   # else reaped already: it served and exited meanwhile
+                self.idle.discard(pid)
+                self.busy.add(pid)
+            elif kind == "D":
+                plugin, verb, code, cni_code, seconds = rest
+                self.metrics.observe(plugin, verb, int(cni_code), float(seconds))
+                log(f"served {plugin} {verb} exit {code} in {float(seconds) * 1000:.1f} ms (worker {pid})")
+            elif kind == "N":
+                self.metrics.refused += 1
+            elif kind == "A":
+                self.metrics.abandoned += 1
+            elif kind == "H":
+                network, count = rest
+                self.metrics.healed[network] = self.metrics.healed.get(network, 0) + int(count)
+
+    def loop(self):
+        poller = select.poll()
+        poller.register(self.status_r, select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        if self.http is not None:
+            poller.register(self.http, select.POLLIN)
+        while not self.stopping:
+            self.reap()
+            self.top_up()
+            self.heartbeat()
+            for fd, _ in poller.poll(handoff.HEARTBEAT * 1000):
+                if fd == self.wake_r:
+                    try:
+                        os.read(self.wake_r, 512)
+                    except BlockingIOError:
+                        pass
+            self.read_reports()
+            if self.http is not None:
+                self.answer_http()
+            if time.monotonic() >= self.heal_due:
+                self.start_healing()
+            if self.options.textfile and time.monotonic() >= self.textfile_due:
+                write_textfile(self.options.textfile, self.render())
+                self.textfile_due = time.monotonic() + TEXTFILE_EVERY
+        self.shutdown()
+
+    def heartbeat(self):
+        """Touch the socket file: callers waiting in the queue see the agent alive (cni/handoff.py)."""
+        now = time.monotonic()
+        if now - self.beaten >= handoff.HEARTBEAT:
+            self.beaten = now
+            try:
+                os.utime(self.options.socket)
+            except OSError:
+                pass
+
+    def start_healing(self):
+        """One healing run at a time, in a child of its own (it takes store locks, may wait)."""
+        self.heal_due = time.monotonic() + self.options.heal_every
+        if self.healer is not None:
+            return   # the last run is still going
+        self.metrics.heal_runs += 1
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                self.listener.close()
+                heal(self.options.data_dirs, self.report)
+            finally:
+                os._exit(1)
+        self.healer = pid
+
+    def render(self):
+        return self.metrics.render(len(self.busy), len(self.idle), self.options)
+
+    def answer_http(self):
+        """Each scrape is answered by a fork holding a snapshot: a slow client never holds up the loop."""
+        try:
+            conn, _ = self.http.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        body = self.render()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                serve_http(conn, body)
+            finally:
+                os._exit(1)
+        conn.close()
+
+    def shutdown(self):
+        """Stop accepting, remove our socket, let the invocations in flight finish."""
+        try:
+            if os.stat(self.options.socket).st_ino == self.inode:
+                os.unlink(self.options.socket)
+        except FileNotFoundError:
+            pass
+        self.listener.close()
+        os.close(self.lifeline_w)    # idle spares exit
+        deadline = time.monotonic() + DRAIN_WAIT
+        while self.busy or self.idle:
+            self.reap()
+            self.read_reports()
+            if time.monotonic() > deadline:
+                log(f"{len(self.busy)} invocations still running at exit")
+                break
+            time.sleep(0.02)
+        self.read_reports()
+        if self.options.textfile:
+            write_textfile(self.options.textfile, self.render())
+        log("stopped")
+
+
+def main(argv=None):
+    try:
+        options = Options(sys.argv[1:] if argv is None else argv)
+    except Usage as e:
+        sys.stderr.write((f"underlayd: {e}\n" if e.args[0] else "") + USAGE)
+        sys.exit(2 if e.args[0] else 0)
+    agent = Agent(options)
+    agent.start()
+    agent.loop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,213 @@
+"""The thin path: hand this invocation to underlayd, the warm node agent (cni/agent.py).
+
+A plugin executable calls `hand_off(plugin)` before it imports the plugin.
+When the agent answers, a fork of the agent that has already imported every
+plugin runs the invocation with this process's argv, environment, stdin,
+stdout, stderr, network namespace, working directory and umask, and this
+process exits with its exit code. When no agent answers (no socket, refused,
+a stale socket file, not a socket, a non-root caller) it returns None and the
+plugin runs in this process exactly as it would without an agent; `status`
+says why, for the operation log's debug level.
+
+Only what connecting needs is imported here (`_socket`, `time`: built into
+the interpreter); the error paths import the contract.
+
+The protocol, one SOCK_STREAM connection per invocation:
+  agent -> client  b"R"                      a worker took the connection and will serve it
+                   b"N" reason               refused (SO_PEERCRED: not root); run in-process
+  client -> agent  8-byte length, payload    argv, environment, umask, stdin (NUL-separated),
+                                             with fds stdout, stderr, netns, mount ns, root, cwd (SCM_RIGHTS)
+  agent -> client  b"F" reason               cannot take on the caller's context; run in-process
+                   b"X" code                 the plugin's exit code
+Until the request is sent the worker has started nothing, so the client may
+still give up (code 11) or run the plugin itself; once sent, the worker owns
+the invocation (unless it answers "F" first), and dies if this process dies
+(as an exec'd plugin would).
+
+Bounds: UNDERLAY_AGENT_TIMEOUT (seconds, default 5) for connecting to a full
+queue and for the agent's silence while waiting for "R" (its heartbeat is the
+socket file's mtime, touched every 0.25 s); QUEUE_LIMIT (60 s) for waiting in
+a live agent's queue (a burst of pod starts). Past either the answer is code
+11, try again, with nothing done. UNDERLAY_AGENT=0 never hands off (the agent sets it for its workers, so
+a plugin they exec runs in-process and cannot wait for a slot its caller holds).
+"""
+
+import _socket
+import os
+import sys
+import time
+
+DEFAULT_SOCKET = "/run/underlay/underlay.sock"
+DEFAULT_TIMEOUT = 5.0
+HEARTBEAT = 0.25      # the agent touches its socket file this often while it runs
+QUEUE_LIMIT = 60.0    # the longest a request waits in a live agent's queue
+PROTOCOL = b"underlay/1"
+READY, REFUSED, EXIT, FALLBACK = b"R", b"N", b"X", b"F"
+MAX_REQUEST = 64 << 20        # a config is far smaller; the agent refuses more
+
+status = None   # why this process ran the plugin itself, or "served by underlayd" in a worker
+
+
+def socket_path(environ):
+    return environ.get("UNDERLAY_SOCKET") or DEFAULT_SOCKET
+
+
+def timeout_of(environ):
+    try:
+        value = float(environ.get("UNDERLAY_AGENT_TIMEOUT") or DEFAULT_TIMEOUT)
+    except ValueError:
+        return DEFAULT_TIMEOUT
+    return value if 0 < value < 3600 else DEFAULT_TIMEOUT
+
+
+def hand_off(plugin, argv=None, environ=None):
+    """The agent's exit code for this invocation, or None: run the plugin in this process."""
+    global status
+    environ = os.environ if environ is None else environ
+    if environ.get("CNI_COMMAND", "") in ("", "VERSION") or "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        return None   # the about line, VERSION and --help are static: never worth a round trip
+    if status is not None:
+        return None   # decided already (the bundle's entry asks before the plugin's main does)
+    if environ.get("UNDERLAY_AGENT") == "0":
+        status = "agent disabled (UNDERLAY_AGENT=0)"
+        return None
+    # read first: a worker is taken only by a caller ready to send (a runtime writes stdin at once)
+    stdin = sys.stdin.buffer.read() if sys.stdin is not None else b""
+    code = ask(plugin, argv or sys.argv, environ, stdin)
+    if code is None:
+        restore_stdin(stdin)   # the plugin reads it here, as it would have
+    return code
+
+
+def ask(plugin, argv, environ, stdin):
+    global status
+    path = socket_path(environ)
+    timeout = timeout_of(environ)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        # a blocking connect to a full listen queue waits, bounded by SO_SNDTIMEO
+        sec = int(timeout)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO,
+                        sec.to_bytes(8, sys.byteorder) + int((timeout - sec) * 1e6).to_bytes(8, sys.byteorder))
+        try:
+            sock.connect(path)
+        except BlockingIOError:
+            return busy(plugin, stdin, path, timeout, f"its queue stayed full for {timeout:g} s")
+        except OSError as e:
+            status = f"no agent at {path}: {e.strerror or e}"
+            return None
+        answer = wait_for_worker(sock, path, timeout)
+        if answer is None:
+            return busy(plugin, stdin, path, timeout, f"silent for over {timeout:g} s, or {QUEUE_LIMIT:g} s in its queue")
+        if isinstance(answer, OSError):
+            status = f"agent at {path} went away before serving: {answer.strerror or answer}"
+            return None
+        if answer[:1] == REFUSED:
+            status = f"agent at {path} refused: {answer[1:].decode(errors='replace')}"
+            return None
+        if answer != READY:
+            status = f"agent at {path} answered {answer[:40]!r}" if answer else \
+                f"agent at {path} closed the connection before serving"
+            return None
+        payload = request_payload(plugin, argv, environ, stdin)
+        try:
+            send_request(sock, payload)
+        except OSError as e:
+            # the worker has not got the request, so nothing has started: do it here
+            status = f"agent at {path}: sending the request failed: {e.strerror or e}"
+            return None
+        sock.settimeout(None)
+        # from here the worker owns the invocation; this process only waits for it
+        answer = b""
+        try:
+            while True:
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                answer += chunk
+        except ConnectionResetError:
+            # the worker closed with our request unread (it gave up waiting for it): nothing started
+            status = f"agent at {path} dropped the request unread"
+            return None
+        except OSError:
+            answer = b""
+        if answer[:1] == EXIT and answer[1:].isdigit():
+            return int(answer[1:])
+        if answer[:1] == FALLBACK:
+            status = f"agent at {path} could not serve this context: {answer[1:].decode(errors='replace')}"
+            return None
+        return failed(plugin, stdin, f"underlayd's worker for this {plugin} request ended without an answer "
+                                     "(killed?); what it did is undone by DEL")
+    finally:
+        sock.close()
+
+
+def wait_for_worker(sock, path, timeout):
+    """The worker's first answer; None if the agent stayed silent: its heartbeat (the socket
+    file's mtime, touched every HEARTBEAT s) older than `timeout`, or QUEUE_LIMIT s in its queue.
+    A burst of pod starts may queue for long on a busy node; a hung agent is given up on at once."""
+    started = time.monotonic()
+    while True:
+        sock.settimeout(min(timeout, 1.0))
+        try:
+            return sock.recv(512)
+        except TimeoutError:
+            pass
+        except OSError as e:
+            return e
+        try:
+            silent = time.time() - os.stat(path).st_mtime
+        except OSError:
+            silent = float("inf")   # the socket is gone: the agent stopped (a new one has a new queue)
+        if silent > timeout or time.monotonic() - started > QUEUE_LIMIT:
+            return None
+
+
+def request_payload(plugin, argv, environ, stdin):
+    mask = os.umask(0)
+    os.umask(mask)
+    env = [k.encode("utf-8", "surrogateescape") + b"=" + v.encode("utf-8", "surrogateescape")
+           for k, v in environ.items()]
+    args = [a.encode("utf-8", "surrogateescape") for a in argv]
+    fields = [PROTOCOL, plugin.encode(), b"%o" % mask, b"%d" % len(args), *args, b"%d" % len(env), *env]
+    return b"\0".join(fields) + b"\0" + stdin
+
+
+def send_request(sock, payload):
+    netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    mntns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    root = os.open("/", os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    try:
+        fds = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in (1, 2, netns, mntns, root, cwd))
+        header = len(payload).to_bytes(8, "big")
+        sent = sock.sendmsg([header, payload], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        view = memoryview(header + payload)[sent:]
+        while view:
+            view = view[sock.send(view):]
+    finally:
+        os.close(netns)
+        os.close(mntns)
+        os.close(root)
+        os.close(cwd)
+
+
+def restore_stdin(data):
+    import io
+    sys.stdin = io.TextIOWrapper(io.BytesIO(data))
+
+
+def busy(plugin, stdin, path, timeout, why):
+    return failed(plugin, stdin, f"underlayd at {path} did not start the request ({why}); nothing was done "
+                                "(UNDERLAY_AGENT_TIMEOUT sets the bound)")
+
+
+def failed(plugin, stdin, msg):
+    """Answer code 11 (try again) as the plugin would: error JSON in the config's version, logFile line."""
+    from cni import contract
+
+    def fail(request):
+        raise contract.CniError(contract.ERR_TRY_AGAIN, msg)
+
+    verbs = dict.fromkeys(contract.REQUIRED_ENV, fail)
+    return contract.run(verbs, plugin, stdin=stdin)

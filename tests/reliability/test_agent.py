@@ -1,0 +1,499 @@
+"""underlayd's safety: who is served, bounded waits, kills, restarts, stale sockets, the limit.
+
+Each test starts an agent of its own (tests/agent.py) in a temporary directory,
+so it may stop, kill or restart it; the plugins find it through UNDERLAY_SOCKET.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from tests import plugins
+from tests.agent import Agent
+from tests.plugins import ROOT
+from tests.reliability.node import Audit
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def agent(tmp_path):
+    (tmp_path / "run").mkdir()
+    a = Agent(directory=str(tmp_path / "run" / "underlay"))   # the agent makes this one
+    try:
+        yield a
+    finally:
+        a.close()
+
+
+@pytest.fixture
+def via(monkeypatch):
+    """Route the plugin runs of this test (tests.plugins, the reliability Node) to `agent`."""
+    def route(agent_or_path):
+        monkeypatch.setattr(plugins, "AGENT_SOCKET", getattr(agent_or_path, "socket", agent_or_path))
+    return route
+
+
+def oplog(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def host_local_conf(tmp_path, log=None):
+    conf = {"cniVersion": "1.1.0", "name": "agnet", "type": "macvlan",
+            "ipam": {"type": "host-local", "dataDir": str(tmp_path / "networks"),
+                     "ranges": [[{"subnet": "10.88.0.0/24"}]]}}
+    if log:
+        conf.update(logFile=str(log), logLevel="debug")
+    return conf
+
+
+def leases(tmp_path):
+    path = tmp_path / "networks" / "agnet"
+    return sorted(n for n in os.listdir(path) if n[0].isdigit()) if path.exists() else []
+
+
+def stopped_children(pid):
+    """PIDs of `pid`'s children in state T (stopped)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(p) for p in f.read().split()]
+    except FileNotFoundError:
+        return []
+    out = []
+    for child in children:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if f.read().rpartition(")")[2].split()[0] == "T":
+                    out.append(child)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def wait_for(predicate, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+# -- who is served -----------------------------------------------------------------
+
+
+def test_served_by_a_worker_of_the_agent(agent, via, tmp_path):
+    via(agent)
+    log = tmp_path / "op.log"
+    out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path, log), netns="/run/netns/x")
+    assert out.ok, out
+    served = agent.wait_served(1)
+    assert [s[:3] for s in served] == [("host-local", "ADD", 0)]
+    line, = oplog(log)
+    assert line["agent"] == "served by underlayd" and line["pid"] == served[0][3], line
+    assert line["pid"] != os.getpid()
+
+
+def test_socket_is_root_only(agent):
+    st, parent = os.stat(agent.socket), os.stat(os.path.dirname(agent.socket))
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+    assert stat.S_IMODE(parent.st_mode) == 0o700 and parent.st_uid == 0
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+# the socket's mode keeps nobody out already; this lets it reach the socket, so SO_PEERCRED is what refuses
+DAC = ["--inh-caps=+dac_override", "--ambient-caps=+dac_override"]
+
+PEEK = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(sys.argv[1])
+print(s.recv(100).decode())
+"""
+
+
+def test_a_non_root_peer_is_refused(agent, tmp_path):
+    out = subprocess.run(NOBODY + DAC + [sys.executable, "-I", "-c", PEEK, agent.socket],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out
+    assert out.stdout.strip() == "Nonly root is served", out
+    wait_for(lambda: "(uid 65534): only root is served" in agent.log(), what="the refusal in the agent's log")
+    assert agent.served() == []
+
+
+@pytest.fixture
+def world_writable():
+    path = tempfile.mkdtemp(prefix="uag-")
+    os.chmod(path, 0o777)
+    try:
+        yield pathlib.Path(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_non_root_plugin_works_in_process(agent, via, world_writable):
+    """Refused, the plugin does the work itself with its own privileges."""
+    via(agent)
+    tmp_path = world_writable
+    log = tmp_path / "op.log"
+    conf = host_local_conf(tmp_path, log)
+    out = plugins.run_plugin("host-local", "ADD", conf, argv=NOBODY + DAC + plugins.plugin_argv("host-local"),
+                             netns="/run/netns/x")
+    assert out.ok, out
+    line, = oplog(log)
+    assert line["agent"].endswith("refused: only root is served"), line
+    assert os.stat(tmp_path / "networks" / "agnet" / leases(tmp_path)[0]).st_uid == 65534
+    assert agent.served() == []
+
+
+# -- no agent, or a broken one ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["missing", "stale socket", "not a socket", "directory missing"])
+def test_no_agent_means_in_process(via, tmp_path, what):
+    path = tmp_path / "run" / "underlay.sock"
+    if what != "directory missing":
+        path.parent.mkdir()
+    if what == "stale socket":
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(path))
+        s.close()    # the file stays, nobody listens: what a killed agent leaves
+    elif what == "not a socket":
+        path.write_text("")
+    via(str(path))
+    log = tmp_path / "op.log"
+    conf = host_local_conf(tmp_path, log)
+    out = plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x")
+    assert out.ok and out.stderr == "", out
+    line, = oplog(log)
+    reason = {"missing": "No such file", "directory missing": "No such file"}.get(what, "Connection refused")
+    assert line["agent"].startswith(f"no agent at {path}: {reason}"), line
+    assert len(leases(tmp_path)) == 1
+
+
+def test_the_default_socket_is_used_without_underlay_socket(tmp_path):
+    """UNDERLAY_SOCKET unset: the plugin looks at /run/underlay/underlay.sock (here: none, in-process)."""
+    if os.path.exists("/run/underlay/underlay.sock"):
+        pytest.fail("an underlayd runs on this machine; this test needs it absent")
+    log = tmp_path / "op.log"
+    out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path, log), netns="/run/netns/x",
+                             extra={"UNDERLAY_SOCKET": None})
+    assert out.ok, out
+    assert oplog(log)[0]["agent"].startswith("no agent at /run/underlay/underlay.sock: "), oplog(log)
+
+
+def test_an_agent_that_accepts_and_hangs_is_code_11_with_nothing_done(via, tmp_path):
+    """A socket that takes connections (the kernel queues them) and never serves one."""
+    path = str(tmp_path / "hung.sock")
+    hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hung.bind(path)
+    hung.listen(8)
+    via(path)
+    try:
+        started = time.monotonic()
+        out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path, tmp_path / "op.log"),
+                                 netns="/run/netns/x", extra={"UNDERLAY_AGENT_TIMEOUT": "1"}, timeout=30)
+        elapsed = time.monotonic() - started
+    finally:
+        hung.close()
+    assert out.cni_code == 11, out
+    assert "did not start the request (silent for over 1 s" in out.json["msg"], out
+    assert "nothing was done" in out.json["msg"]
+    assert out.json["cniVersion"] == "1.1.0"
+    assert elapsed < 25, elapsed      # bounded (the bound is 1 s; this only rules out waiting for ever)
+    assert leases(tmp_path) == []
+    assert oplog(tmp_path / "op.log")[0]["code"] == 11
+
+
+def test_a_stopped_agent_is_code_11_and_serves_nothing_late(agent, via, tmp_path):
+    """The whole agent stopped (SIGSTOP): the caller gives up within the bound; once the agent
+    runs again, the connection it finds queued is dropped, not served."""
+    via(agent)
+    agent.signal_group(signal.SIGSTOP)
+    try:
+        out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path), netns="/run/netns/x",
+                                 extra={"UNDERLAY_AGENT_TIMEOUT": "1"}, timeout=30)
+    finally:
+        agent.signal_group(signal.SIGCONT)
+    assert out.cni_code == 11, out
+    out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path), netns="/run/netns/x", container_id="c2")
+    assert out.ok, out
+    assert [s[:3] for s in agent.wait_served(1)] == [("host-local", "ADD", 0)]
+    time.sleep(0.5)   # a late serving of the first request would show now
+    assert len(agent.served()) == 1 and len(leases(tmp_path)) == 1
+
+
+# -- kills and restarts --------------------------------------------------------------
+
+
+def test_agent_killed_mid_request_then_restarted(tmp_path, via, node):
+    """SIGKILL of the agent's own process: the worker in flight finishes its invocation; callers
+    then find a stale socket and work in-process; a restarted agent serves the same stores."""
+    agent = Agent(directory=str(tmp_path / "run"))
+    try:
+        via(agent)
+        conf = node.conf()
+        a, b, c = node.add_pods(3)
+        call = node.start("ADD", conf, "c1", a, stop_at="add:before-rename")
+        worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="a worker stopped at the point")
+        spares = [p for p in agent.workers() if p != worker]
+        agent.kill()
+        os.kill(worker, signal.SIGCONT)
+        out = call.wait()
+        assert out.ok, out                                   # the request in flight completed
+        wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in spares), what="idle spares to exit")
+        out = node.run("ADD", conf, "c2", b)                 # stale socket: in-process
+        assert out.ok, out
+        agent = Agent(directory=str(tmp_path / "run"))       # replaces the stale socket
+        via(agent)
+        assert node.run("ADD", conf, "c3", c).ok
+        assert node.run("DEL", conf, "c1", a).ok
+        assert [s[:3] for s in agent.wait_served(2)] == [("macvlan", "ADD", 0), ("macvlan", "DEL", 0)]
+        Audit(node, ["rel"], {("rel", "c2", "eth0"): b, ("rel", "c3", "eth0"): c}).assert_clean()
+    finally:
+        agent.close()
+
+
+def test_sigterm_removes_the_socket_and_finishes_the_request_in_flight(agent, via, node):
+    via(agent)
+    conf = node.conf()
+    pod, = node.add_pods(1)
+    call = node.start("ADD", conf, "c1", pod, stop_at="add:after-ipam")
+    worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="a worker stopped at the point")
+    agent.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: not os.path.exists(agent.socket), what="the socket to go")
+    assert agent.proc.poll() is None                         # still waiting for its worker
+    os.kill(worker, signal.SIGCONT)
+    assert call.wait().ok
+    assert agent.proc.wait(timeout=20) == 0
+    Audit(node, ["rel"], {("rel", "c1", "eth0"): pod}).assert_clean()
+
+
+def test_a_caller_killed_mid_request_takes_its_worker_with_it(agent, via, node):
+    """As a runtime's SIGKILL ends an exec'd plugin, it ends the worker serving it: no work goes on
+    that the runtime has given up on (and would race the DEL that follows)."""
+    via(agent)
+    conf = node.conf()
+    pod, = node.add_pods(1)
+    call = node.start("ADD", conf, "c1", pod, stop_at="add:before-rename")
+    worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="a worker stopped at the point")
+    call.kill()
+    os.kill(worker, signal.SIGCONT)   # a stopped process acts on its signals once it runs again
+    assert call.killed
+    wait_for(lambda: f"worker {worker} was killed by signal {int(signal.SIGIO)} mid-request" in agent.log(),
+             what="the worker to die of SIGIO")
+    assert node.run("DEL", conf, "c1", pod).ok
+    Audit(node, ["rel"], {}).assert_clean()
+
+
+# -- the concurrency limit ------------------------------------------------------------
+
+
+def test_at_most_workers_run_at_once_and_the_rest_queue(tmp_path, via, node):
+    agent = Agent("--workers", "2", "--spares", "1", directory=str(tmp_path / "run"))
+    try:
+        via(agent)
+        conf = node.conf()
+        pods = node.add_pods(5)
+        calls = [node.start("ADD", conf, f"c{i}", pod, stop_at="add:after-ipam") for i, pod in enumerate(pods)]
+        most = 0
+        deadline = time.monotonic() + 60
+        while any(c.proc.poll() is None for c in calls) and time.monotonic() < deadline:
+            most = max(most, len(agent.workers()))
+            stopped = stopped_children(agent.proc.pid)
+            if stopped:
+                time.sleep(0.3)   # were the queued ones (wrongly) started, they would show now
+                most = max(most, len(agent.workers()))
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
+            time.sleep(0.01)
+        outs = [c.wait() for c in calls]
+        assert all(o.ok for o in outs), outs
+        assert most == 2, most
+        Audit(node, ["rel"], {("rel", f"c{i}", "eth0"): p for i, p in enumerate(pods)}).assert_clean()
+    finally:
+        agent.close()
+
+
+def test_options_are_checked():
+    for args, fragment in [(["--workers", "0"], "--workers"), (["--socket", "rel.sock"], "absolute"),
+                           (["--metrics", "nope"], "HOST:PORT"), (["--bogus"], "unknown option")]:
+        out = subprocess.run([sys.executable, "-m", "cni.agent"] + args, capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=30)
+        assert out.returncode == 2 and fragment in out.stderr and "usage: underlayd" in out.stderr, out
+
+
+def test_a_second_agent_on_the_same_socket_is_refused(agent):
+    out = subprocess.run([sys.executable, "-m", "cni.agent", "--socket", agent.socket], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    assert out.returncode != 0 and "another agent answers" in out.stderr, out
+    assert agent.answers()
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port, path="/metrics"):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return response.status, response.headers.get("Content-Type"), response.read().decode()
+
+
+def samples(text):
+    """{name{labels}: value} of a Prometheus text page; every family has HELP and TYPE."""
+    out, typed = {}, set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+        elif line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            name = key.split("{")[0]
+            assert any(name == t or name.startswith(t + "_") for t in typed), f"{name} has no TYPE"
+            assert name.startswith("underlay_"), name
+            out[key] = float(value)
+    return out
+
+
+def test_metrics_count_requests_by_plugin_verb_and_code(tmp_path, via):
+    port = free_port()
+    textfile = tmp_path / "underlay.prom"
+    agent = Agent("--metrics", f"127.0.0.1:{port}", "--textfile", str(textfile), directory=str(tmp_path / "run"))
+    try:
+        via(agent)
+        conf = host_local_conf(tmp_path)
+        assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x").ok
+        assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x").cni_code == 101   # again: taken
+        assert plugins.run_plugin("host-local", "DEL", conf, netns="/run/netns/x").ok
+        agent.wait_served(3)
+        status, kind, text = scrape(port)
+        assert status == 200 and kind.startswith("text/plain; version=0.0.4")
+        got = samples(text)
+        for key, value in [
+                ('underlay_agent_requests_total{plugin="host-local",verb="ADD",code="0"}', 1),
+                ('underlay_agent_requests_total{plugin="host-local",verb="ADD",code="101"}', 1),
+                ('underlay_agent_requests_total{plugin="host-local",verb="DEL",code="0"}', 1),
+                ('underlay_agent_request_duration_seconds_count{plugin="host-local",verb="ADD"}', 2),
+                ('underlay_agent_request_duration_seconds_bucket{plugin="host-local",verb="ADD",le="+Inf"}', 2),
+                ('underlay_agent_workers_limit', 8), ('underlay_agent_workers_killed_total', 0)]:
+            assert got.get(key) == value, (key, got.get(key), text)
+        assert scrape(port, "/healthz")[2] == "ok\n"
+        agent.stop()
+        assert 'underlay_agent_requests_total{plugin="host-local",verb="DEL",code="0"} 1' in textfile.read_text()
+    finally:
+        agent.close()
+
+
+def test_a_worker_hung_inside_the_lock_is_named_and_killed_with_its_caller(agent, via, node):
+    """As tests/reliability/test_locks.py for an exec'd plugin: the lock's holder named is the worker."""
+    via(agent)
+    conf = node.conf(lockTimeout=1)
+    a, b = node.add_pods(2)
+    stuck = node.start("ADD", conf, "stuck", a, stop_at="add:after-lease")
+    worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="a worker stopped in the lock")
+    out = node.run("ADD", conf, "other", b)
+    assert out.cni_code == 11 and f"held by pid {worker}" in out.json["msg"], out
+    stuck.kill()                               # the runtime's timeout
+    os.kill(worker, signal.SIGCONT)
+    assert stuck.wait().code == -9
+    assert node.run("DEL", conf, "stuck", a).ok
+    assert node.run("ADD", conf, "other", b).ok
+    Audit(node, ["rel"], {("rel", "other", "eth0"): b}).assert_clean()
+
+
+# -- healing missed DELs ------------------------------------------------------------------
+
+
+def test_healing_releases_the_leases_of_gone_netns_and_only_those(tmp_path, node):
+    conf = node.conf()
+    alive, dead = node.add_pods(2)
+    assert node.run("ADD", conf, "alive", alive).ok
+    assert node.run("ADD", conf, "dead", dead).ok
+    node.remove_pod(dead)                          # its DEL never comes
+    port = free_port()
+    agent = Agent("--data-dir", node.data_dir, "--heal-every", "1", "--metrics", f"127.0.0.1:{port}",
+                  directory=str(tmp_path / "run"))
+    try:
+        wait_for(lambda: "of dead/eth0 in" in agent.log(), what="the healing of dead/eth0")
+        assert "its netns /run/netns/" in agent.log()
+        got = wait_for(lambda: samples(scrape(port)[2]).get('underlay_heal_releases_total{network="rel"}'),
+                       what="the healing counted")
+        assert got == 1
+        time.sleep(1.5)                            # a second run: nothing more to release
+        assert agent.log().count("healing: released") == 1
+        assert samples(scrape(port)[2])["underlay_heal_runs_total"] >= 2
+        Audit(node, ["rel"], {("rel", "alive", "eth0"): alive}).assert_clean()
+    finally:
+        agent.close()
+
+
+def test_a_queued_request_outwaits_the_bound_while_the_agent_is_alive(tmp_path, via, node):
+    """UNDERLAY_AGENT_TIMEOUT bounds the agent's silence, not the queue: a burst on a busy node waits."""
+    agent = Agent("--workers", "1", directory=str(tmp_path / "run"))
+    try:
+        via(agent)
+        conf = node.conf()
+        a, b = node.add_pods(2)
+        first = node.start("ADD", conf, "c1", a, stop_at="add:after-ipam")
+        worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="the only worker stopped")
+        queued = node.start("ADD", conf, "c2", b, env={"UNDERLAY_AGENT_TIMEOUT": "1"})
+        time.sleep(0.2)
+        assert queued.proc.poll() is None
+        time.sleep(2.5)                              # well past the bound: still waiting, the agent beats
+        assert queued.proc.poll() is None
+        os.kill(worker, signal.SIGCONT)
+        assert first.wait().ok
+        out = queued.wait()
+        assert out.ok, out
+        Audit(node, ["rel"], {("rel", "c1", "eth0"): a, ("rel", "c2", "eth0"): b}).assert_clean()
+    finally:
+        agent.close()
+
+
+def test_a_worker_dropping_the_request_unread_means_in_process(via, tmp_path):
+    """A worker that said "R" and then closed without reading the request (it gave up waiting for
+    it) started nothing: the plugin does the work itself."""
+    import select
+    import threading
+    path = str(tmp_path / "drop.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def drop():
+        conn, _ = server.accept()
+        conn.sendall(b"R")
+        select.select([conn], [], [], 30)   # the request has arrived: close with it unread (RST)
+        conn.close()
+
+    thread = threading.Thread(target=drop, daemon=True)
+    thread.start()
+    via(path)
+    log = tmp_path / "op.log"
+    try:
+        out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path, log), netns="/run/netns/x")
+    finally:
+        thread.join(30)
+        server.close()
+    assert out.ok, out
+    assert oplog(log)[0]["agent"].endswith("dropped the request unread"), oplog(log)
+    assert len(leases(tmp_path)) == 1

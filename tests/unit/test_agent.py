@@ -1,0 +1,55 @@
+"""underlayd's bookkeeping and options, without sockets or forks (tests/reliability/test_agent.py runs it)."""
+
+import os
+
+import pytest
+
+from cni import agent
+
+
+def bookkeeping(idle=(), busy=()):
+    a = agent.Agent(agent.Options([]))
+    a.idle, a.busy = set(idle), set(busy)
+    a.status_r, a.status_w = os.pipe2(os.O_NONBLOCK)
+    a.buffer = b""
+    return a
+
+
+def test_a_worker_reaped_before_its_busy_report_frees_its_slot():
+    """The race that once leaked a slot per occurrence (a burst then stalled with every slot 'busy')."""
+    a = bookkeeping(idle=[101, 102])
+    a.idle.discard(101)                       # reaped: it served and exited before its report was read
+    os.write(a.status_w, b"B 101\nB 102\n")
+    a.read_reports()
+    assert a.busy == {102} and a.idle == set()
+
+
+def test_reports_are_counted_and_split_across_reads():
+    a = bookkeeping(busy=[7])
+    os.write(a.status_w, b"D 7 macvlan ADD 1 101 0.020000\nN 8\nA 9\nH 10 net")
+    a.read_reports()
+    os.write(a.status_w, b"1 3\n")
+    a.read_reports()
+    m = a.metrics
+    assert m.requests == {("macvlan", "ADD", 101): 1} and m.refused == 1 and m.abandoned == 1
+    assert m.healed == {"net1": 3}
+    text = m.render(1, 2, a.options)
+    assert 'underlay_agent_request_duration_seconds_bucket{plugin="macvlan",verb="ADD",le="0.025"} 1' in text
+    assert 'underlay_agent_request_duration_seconds_bucket{plugin="macvlan",verb="ADD",le="0.01"} 0' in text
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--workers", "0"], "--workers"), (["--spares", "x"], "--spares"), (["--socket", "a.sock"], "absolute"),
+    (["--metrics", "9377"], "HOST:PORT"), (["--textfile", "/x.txt"], ".prom"), (["--heal-every", "-1"], "seconds"),
+    (["--data-dir", "rel"], "absolute"), (["--queue"], "needs a value"), (["--nope"], "unknown option"),
+])
+def test_bad_options_are_refused_naming_them(args, fragment):
+    with pytest.raises(agent.Usage, match=fragment):
+        agent.Options(args)
+
+
+def test_options_defaults_and_forms():
+    o = agent.Options(["--socket=/run/x/u.sock", "--metrics", ":9377", "--workers", "2", "--spares", "5"])
+    assert o.socket == "/run/x/u.sock" and o.metrics == ("0.0.0.0", 9377)
+    assert o.workers == 2 and o.spares == 2          # never more spares than workers
+    assert o.data_dirs == ["/var/lib/cni/networks"] and o.heal_every == agent.DEFAULT_HEAL_EVERY
