@@ -2,8 +2,9 @@
 
 Each case runs host-local as a real process under GNU time (peak RSS) and reports
 its wall time and RSS in the terminal summary ("hostile input: huge inputs").
-Budgets are 10-20x what this 2-core machine measures, so they hold on a noisy CI
-runner but not for anything that walks a /8 or a /64 address by address.
+The time budget is a complexity guard, not a speed claim: 15 s holds on a 2-core
+runner loaded with other work (100 000 exclusions took 4.2 s at a load average of 25)
+but not for anything that walks a /8 or a /64 address by address (minutes).
 """
 
 import ipaddress
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from ipam import ranges
 from tests.plugins import plugin_argv, plugin_env
 
-SECONDS = 3.0       # per exec; a plain ADD takes ~0.05 s
+SECONDS = 15.0      # per exec; a plain ADD takes ~0.05 s
 RSS_MB = 250        # per exec; a plain ADD peaks at ~20 MB, 10 MB of stdin at ~70 MB
 MB = 1_000_000
 
