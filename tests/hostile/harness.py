@@ -23,6 +23,7 @@ import tempfile
 import threading
 
 from cni import contract, netlink, netns
+from ipam.lease_files import is_ip
 from tests import netns as nsutil
 
 PLUGINS = {
@@ -169,13 +170,6 @@ def result_addresses(outcome):
 
 
 # -- the sandbox --------------------------------------------------------------------
-
-def is_ip(name):
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        return False
 
 
 class Sandbox:
