@@ -128,3 +128,32 @@ def test_a_failed_macvlan_add_gives_the_lease_back(host_ns, master, pod_ns, node
     assert not out.ok and out.cni_code != 7, out
     assert leases(host_ns, c) == {}
     assert "eth0" not in ns.links(pod)
+
+
+@pytest.mark.kernel("ipvlan")
+@pytest.mark.parametrize("mode", ["l2", "l3"])
+def test_our_ipvlan_runs_cluster_ipam_in_process(host_ns, master, pod_ns, node_etcd, tmp_path, mode):
+    """ipvlan (in the VM where this kernel has none) with cluster-ipam in-process: pods of two nodes
+    get distinct addresses from one range and reach each other; CHECK passes; DEL gives them back."""
+    empty = tmp_path / "empty"
+    empty.mkdir()   # nothing to exec: cluster-ipam must run in-process
+    pods, results = [pod_ns(), pod_ns()], []
+    for i, pod in enumerate(pods):
+        c = dict(conf(master, node_etcd, tmp_path, node=f"n{i}", version="1.1.0"), type="ipvlan", mode=mode)
+        out = run_on_node("ipvlan", "ADD", c, host_ns, pod, cid=f"c{i}", path=str(empty))
+        assert out.ok, out
+        results.append(out.json)
+        check = run_on_node("ipvlan", "CHECK", dict(c, prevResult=out.json), host_ns, pod, cid=f"c{i}",
+                            path=str(empty))
+        assert check.ok, check
+    addresses = [r["ips"][0]["address"].split("/")[0] for r in results]
+    assert len(set(addresses)) == 2 and all(a.startswith("10.70.0.") for a in addresses)
+    assert ns.addrs(pods[1], "eth0") == [results[1]["ips"][0]["address"]]
+    assert ns.ping(pods[0], addresses[1]) or ns.ping(pods[0], addresses[1], count=3)
+    rows = leases(host_ns, conf(master, node_etcd, tmp_path))
+    assert sorted((r["node"], r["ip"]) for r in rows.values()) == sorted(zip(("n0", "n1"), addresses))
+    for i, pod in enumerate(pods):
+        c = dict(conf(master, node_etcd, tmp_path, node=f"n{i}", version="1.1.0"), type="ipvlan", mode=mode)
+        assert run_on_node("ipvlan", "DEL", c, host_ns, pod, cid=f"c{i}", path=str(empty)).ok
+        assert "eth0" not in ns.links(pod)
+    assert leases(host_ns, conf(master, node_etcd, tmp_path)) == {}
