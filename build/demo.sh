@@ -85,6 +85,12 @@ done
 echo "== pod1 ($ip1) and pod2 ($ip2): the gateway, excluded and aux addresses were skipped"
 echo "== leases on disk (the reference host-local's format):"
 ls "$WORK/ipam/demo"
+echo "== the same leases, as the operator's command shows them:"
+if [ -n "$BIN_DIR" ]; then
+    "$BIN_DIR/underlay" leases --data-dir "$WORK/ipam"
+else
+    PYTHONPATH="$ROOT" "${PYTHON:-python3}" -m cni.operator leases --data-dir "$WORK/ipam"
+fi
 
 echo "== pod1 pings pod2"
 ip netns exec "${PODS[0]}" ping -c 2 -W 2 "$ip2"

@@ -16,5 +16,7 @@ def test_demo_attaches_two_pods_that_ping_each_other():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== demo OK" in proc.stdout
     assert "2 received" in proc.stdout
+    listing = proc.stdout.split("as the operator's command shows them:", 1)[1].split("== pod1 pings", 1)[0]
+    assert "demo-c1" in listing and "demo-c2" in listing, listing
     for skipped in ("192.0.2.2/", "192.0.2.3/", "192.0.2.4/", "192.0.2.5/"):
         assert skipped not in proc.stdout
