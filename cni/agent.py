@@ -1,6 +1,7 @@
 """underlayd: the node agent that keeps the plugins warm.
 
-    underlayd [--socket PATH] [--metrics HOST:PORT] [--workers N] [--spares N] [--queue N]
+    underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PATH] [--workers N] [--spares N] [--queue N]
+              [--data-dir DIR]... [--heal-every SECONDS] [--config-dir DIR]
 
 Every exec of a plugin pays for a fresh interpreter and its imports (~30 ms
 before any work). underlayd imports every plugin once and keeps forked spare
@@ -56,6 +57,8 @@ DRAIN_WAIT = 60.0        # SIGTERM: how long invocations in flight may still tak
 TEXTFILE_EVERY = 15.0    # seconds between --textfile writes
 DEFAULT_HEAL_EVERY = 300  # seconds between healing runs (and one at start)
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"   # host-local's default dataDir
+DEFAULT_CONFIG_DIR = "/etc/cni/net.d"        # the runtime's conflists: the pools' ranges
+POOL_LOCK_TIMEOUT = 2.0  # seconds a scrape waits for one store's lock (then that network is a problem)
 PLUGINS = {}             # name -> module of every plugin served, imported by preload()
 
 
@@ -85,6 +88,7 @@ class Options:
         self.textfile = None
         self.data_dirs = []
         self.heal_every = DEFAULT_HEAL_EVERY
+        self.config_dir = DEFAULT_CONFIG_DIR
         args = list(argv)
         while args:
             flag = args.pop(0)
@@ -92,7 +96,7 @@ class Options:
             if name in ("-h", "--help"):
                 raise Usage(None)
             if name not in ("--socket", "--metrics", "--textfile", "--workers", "--spares", "--queue",
-                            "--data-dir", "--heal-every"):
+                            "--data-dir", "--heal-every", "--config-dir"):
                 raise Usage(f"unknown option {flag!r}")
             if not eq:
                 if not args:
@@ -111,6 +115,10 @@ class Options:
                 if not value.startswith("/"):
                     raise Usage("--data-dir: must be an absolute path")
                 self.data_dirs.append(value)
+            elif name == "--config-dir":
+                if not value.startswith("/"):
+                    raise Usage("--config-dir: must be an absolute path")
+                self.config_dir = value
             elif name == "--heal-every":
                 if not value.isdigit():
                     raise Usage(f"--heal-every: {value!r} is not a number of seconds (0: never)")
@@ -132,7 +140,7 @@ class Usage(Exception):
 
 
 USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PATH] [--workers N] [--spares N]"
-         " [--queue N] [--data-dir DIR]... [--heal-every SECONDS]\n"
+         " [--queue N] [--data-dir DIR]... [--heal-every SECONDS] [--config-dir DIR]\n"
          f"  --socket   the agent's socket (default {handoff.DEFAULT_SOCKET}; plugins read $UNDERLAY_SOCKET)\n"
          f"  --workers  invocations served at once (default {DEFAULT_WORKERS}); more wait in the queue\n"
          f"  --spares   workers forked ahead of requests (default {DEFAULT_SPARES})\n"
@@ -140,7 +148,8 @@ USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PAT
          "  --data-dir host-local dataDir to heal (repeatable; default /var/lib/cni/networks)\n"
          f"  --heal-every  seconds between releases of leases whose netns is gone (default {DEFAULT_HEAL_EVERY}; 0: never)\n"
          "  --metrics  serve Prometheus text at http://HOST:PORT/metrics (and /healthz)\n"
-         "  --textfile also write it to PATH.prom every 15 s, for node-exporter's textfile collector\n")
+         "  --textfile also write it to PATH.prom every 15 s, for node-exporter's textfile collector\n"
+         f"  --config-dir  the network configs whose host-local pools are reported (default {DEFAULT_CONFIG_DIR})\n")
 
 
 def log(message):
@@ -158,7 +167,8 @@ def preload():
     compile things on first use, so a worker starts with all of it in memory."""
     global PLUGINS
     PLUGINS = plugin_modules()
-    for name in ["cni.kernel", "subprocess", "traceback", "ipaddress", "json"] + \
+    for name in ["cni.kernel", "subprocess", "traceback", "ipaddress", "json", "cni.operator.hostlocal",
+                 "cni.operator.validate", "ipam.allocator"] + \
             ["cni.schemas." + p.replace("-", "_") for p in PLUGINS]:
         try:
             importlib.import_module(name)
@@ -535,7 +545,7 @@ def heal(data_dirs, report):
     os._exit(0)
 
 # --------------------------------------------------------------------------
-# Metrics: Prometheus text, from the agent's counters.
+# Metrics: Prometheus text, from the agent's counters and (read in a fork) the pools.
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -603,8 +613,51 @@ class Metrics:
         return "".join(out)
 
 
-def serve_http(conn, body):
-    """In a forked child: answer one HTTP request (GET /metrics or /healthz) and exit."""
+def pool_metrics(config_dir):
+    """In a forked child (a scrape or a textfile write): the host-local pools of the configs in
+    config_dir, as `underlay pools` counts them (cni/operator/hostlocal.pools), read-only.
+    underlay_pool_addresses' states partition underlay_pool_size_addresses."""
+    from cni.operator import configs, hostlocal
+    try:
+        paths = configs.files_in(config_dir)
+    except FileNotFoundError:
+        rows, problems = [], []   # no configs: no pools (yet) on this node
+    except OSError as e:
+        rows, problems = [], [f"--config-dir {config_dir}: {e.strerror or e}"]
+    else:
+        try:
+            rows, problems = hostlocal.pools(paths, lock_timeout=POOL_LOCK_TIMEOUT)
+        except Exception as e:   # a bug: the scrape still answers, with the problem counted
+            rows, problems = [], [f"{type(e).__name__}: {e}"]
+    for problem in problems:
+        log(f"pools: {problem}")
+    once = {}
+    for row in rows:   # the same network in two files (a conflist and its copy): counted once
+        once.setdefault((row["network"], row["set"]), row)
+    out = ["# HELP underlay_pool_size_addresses addresses of a host-local range set (its ranges' "
+           "rangeStart..rangeEnd)\n# TYPE underlay_pool_size_addresses gauge\n"]
+    for (network, index), row in once.items():
+        out.append(f'underlay_pool_size_addresses{{network="{_label(network)}",set="{index}"}} {row["size"]}\n')
+    out.append("# HELP underlay_pool_addresses addresses of a host-local range set by state: excluded, aux, "
+               "reserved (network, broadcast, gateway), in_use, free (their sum is the size)\n"
+               "# TYPE underlay_pool_addresses gauge\n")
+    for (network, index), row in once.items():
+        for state in ("excluded", "aux", "reserved", "in_use", "free"):
+            out.append(f'underlay_pool_addresses{{network="{_label(network)}",set="{index}",state="{state}"}} '
+                       f'{row[state]}\n')
+    out.append("# HELP underlay_pool_problems configs or stores that could not be read for these figures "
+               "(see the agent's log)\n# TYPE underlay_pool_problems gauge\n")
+    out.append(f"underlay_pool_problems {len(problems)}\n")
+    return "".join(out)
+
+
+def _label(value):
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def serve_http(conn, body, config_dir):
+    """In a forked child: answer one HTTP request (GET /metrics or /healthz) and exit.
+    body: the agent's counters as they were at accept; the pools are read here."""
     conn.settimeout(5)
     request = b""
     try:
@@ -616,7 +669,8 @@ def serve_http(conn, body):
         line = request.split(b"\r\n", 1)[0].split()
         path = line[1].split(b"?")[0] if len(line) >= 2 and line[0] in (b"GET", b"HEAD") else None
         if path == b"/metrics":
-            status, payload, kind = "200 OK", body.encode(), "text/plain; version=0.0.4; charset=utf-8"
+            payload = (body + pool_metrics(config_dir)).encode()
+            status, kind = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
         elif path == b"/healthz":
             status, payload, kind = "200 OK", b"ok\n", "text/plain"
         else:
@@ -680,6 +734,7 @@ class Agent:
         self.textfile_due = 0.0
         self.heal_due = 0.0 if self.options.heal_every else float("inf")
         self.healer = None
+        self.textfile_writer = None
         self.beaten = 0.0
         log(f"serving on {self.options.socket} (pid {os.getpid()}, workers {self.options.workers}, "
             f"spares {self.options.spares}, queue {self.options.queue})")
@@ -727,6 +782,8 @@ class Agent:
             self.busy.discard(pid)
             if pid == self.healer:
                 self.healer = None
+            if pid == self.textfile_writer:
+                self.textfile_writer = None
 
     def read_reports(self):
         try:
@@ -774,8 +831,7 @@ class Agent:
             if time.monotonic() >= self.heal_due:
                 self.start_healing()
             if self.options.textfile and time.monotonic() >= self.textfile_due:
-                write_textfile(self.options.textfile, self.render())
-                self.textfile_due = time.monotonic() + TEXTFILE_EVERY
+                self.start_textfile()
         self.shutdown()
 
     def heartbeat(self):
@@ -809,6 +865,25 @@ class Agent:
     def render(self):
         return self.metrics.render(len(self.busy), len(self.idle), self.options)
 
+    def start_textfile(self):
+        """One write at a time, in a child: the pools take store locks, never in this loop."""
+        self.textfile_due = time.monotonic() + TEXTFILE_EVERY
+        if self.textfile_writer is not None:
+            return
+        body = self.render()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                    signal.signal(sig, signal.SIG_DFL)
+                self.listener.close()
+                write_textfile(self.options.textfile, body + pool_metrics(self.options.config_dir))
+                os._exit(0)
+            finally:
+                os._exit(1)
+        self.textfile_writer = pid
+
     def answer_http(self):
         """Each scrape is answered by a fork holding a snapshot: a slow client never holds up the loop."""
         try:
@@ -820,7 +895,7 @@ class Agent:
         if pid == 0:
             try:
                 signal.set_wakeup_fd(-1)
-                serve_http(conn, body)
+                serve_http(conn, body, self.options.config_dir)
             finally:
                 os._exit(1)
         conn.close()
@@ -843,8 +918,8 @@ class Agent:
                 break
             time.sleep(0.02)
         self.read_reports()
-        if self.options.textfile:
-            write_textfile(self.options.textfile, self.render())
+        if self.options.textfile:   # the last figures; the loop is over, the locks are bounded
+            write_textfile(self.options.textfile, self.render() + pool_metrics(self.options.config_dir))
         log("stopped")
 
 

@@ -37,6 +37,8 @@ class Agent:
         self.socket = os.path.join(self.directory, "underlay.sock")
         self.log_path = self.directory.rstrip("/") + ".log"   # beside: the agent makes the directory
         self.args = list(args)
+        if "--config-dir" not in self.args:   # never the host's /etc/cni/net.d (its stores' locks)
+            self.args += ["--config-dir", self.directory.rstrip("/") + ".no-configs"]
         self.command = command or agent_argv()
         self.proc = None
         self.start()

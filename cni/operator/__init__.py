@@ -14,12 +14,10 @@ import sys
 
 from cni import contract
 from cni.contract import OLD_VALID_ATTACHMENTS, VALID_ATTACHMENTS, CniError
-from cni.operator import cluster, hostlocal, output
+from cni.operator import cluster, configs, hostlocal, output
+from cni.operator.configs import CONFIG_SUFFIXES, DEFAULT_CONFIG_DIR  # noqa: F401 (re-exported)
 from cni.operator.hostlocal import DEFAULT_DATA_DIR, StoreProblem
 from cni.operator.output import UsageError
-
-DEFAULT_CONFIG_DIR = "/etc/cni/net.d"
-CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
 
 # exit codes
 OK, NO, USAGE, STORE, INTERNAL = 0, 1, 2, 3, 4
@@ -227,44 +225,13 @@ def config_files(paths):
     if paths:
         return paths
     try:
-        names = sorted(os.listdir(DEFAULT_CONFIG_DIR))
+        return configs.files_in(DEFAULT_CONFIG_DIR)
     except OSError as e:
         raise UsageError(f"{DEFAULT_CONFIG_DIR}: {e.strerror}; name the configs with --config") from None
-    return [os.path.join(DEFAULT_CONFIG_DIR, n) for n in names if n.endswith(CONFIG_SUFFIXES)]
 
 
 def cmd_pools(args):
-    from ipam import allocator
-    from cni.operator import configs, validate
-    rows, problems = [], []
-    for path in config_files(args.config):
-        networks, bad = configs.load(path)
-        problems += [p.line() for p in bad if p.severity == "error"]
-        for network in networks:
-            for plugin in network.plugins:
-                ipam = plugin.config.get("ipam") if isinstance(plugin.config.get("ipam"), dict) else {}
-                if not validate.is_host_local(ipam.get("type")):
-                    continue
-                try:
-                    sets = validate.check_host_local(plugin.config)
-                except validate.CniError as e:
-                    problems.append(network.problem("error", *validate.split_field(e.msg)).line())
-                    continue
-                root = os.path.abspath(args.data_dir or ipam.get("dataDir") or DEFAULT_DATA_DIR)
-                try:
-                    leased = [x.address for x in hostlocal.read(root, network.name, args.lock_timeout).leases]
-                except StoreProblem as e:
-                    if not os.path.exists(os.path.join(root, network.name)):
-                        leased = []   # no ADD yet on this node: nothing in use
-                    else:
-                        problems.append(str(e))
-                        continue
-                for s in sets:
-                    t = allocator.tally(s, leased)
-                    rows.append({"network": network.name, "file": path, "data_dir": root, "set": s.index,
-                                 "ranges": s.describe(), "size": t["addresses"], "excluded": t["excluded"],
-                                 "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"],
-                                 "free": t["free"]})
+    rows, problems = hostlocal.pools(config_files(args.config), args.data_dir, args.lock_timeout)
     output.emit(args, rows, POOL_COLUMNS, rows, "no host-local networks in the configs")
     return report(problems)
 

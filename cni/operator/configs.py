@@ -8,11 +8,19 @@ cniVersion copied into each one (libcni does the same).
 """
 
 import json
+import os
 from dataclasses import dataclass, field
 
 from cni import contract
 
 NAD_KIND = "NetworkAttachmentDefinition"
+DEFAULT_CONFIG_DIR = "/etc/cni/net.d"
+CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
+
+
+def files_in(directory):
+    """The config files of a directory as a runtime reads it, sorted; OSError if it cannot be listed."""
+    return [os.path.join(directory, n) for n in sorted(os.listdir(directory)) if n.endswith(CONFIG_SUFFIXES)]
 
 
 @dataclass

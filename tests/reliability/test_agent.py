@@ -403,6 +403,97 @@ def test_metrics_count_requests_by_plugin_verb_and_code(tmp_path, via):
         agent.close()
 
 
+POOL_STATES = ("excluded", "aux", "reserved", "in_use", "free")
+
+
+def pool_samples(got, network, index):
+    """{size, excluded, ...} of one range set, from a page's samples."""
+    labels = f'network="{network}",set="{index}"'
+    out = {"size": got.get(f"underlay_pool_size_addresses{{{labels}}}")}
+    out.update({state: got.get(f'underlay_pool_addresses{{{labels},state="{state}"}}') for state in POOL_STATES})
+    return out
+
+
+def test_metrics_show_the_pools_as_underlay_pools_counts_them(tmp_path, via):
+    from tests.operator import run_underlay
+    config_dir = tmp_path / "net.d"
+    config_dir.mkdir()
+    data_dir = tmp_path / "networks"
+    ipam = {"type": "host-local", "dataDir": str(data_dir),
+            # .1-.14: gateway .1 reserved, .8-.11 excluded, aux .14; and a v6 set
+            "ranges": [[{"subnet": "10.1.0.0/28"}], [{"subnet": "fd00:1::/120"}]],
+            "exclude": ["10.1.0.8/30"], "auxAddresses": {"router": "10.1.0.14"}}
+    (config_dir / "10-umxpool.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "umxpool", "plugins": [{"type": "macvlan", "master": "eth0", "ipam": ipam}]}))
+    (config_dir / "20-umxidle.conf").write_text(json.dumps(       # no ADD yet: nothing in use
+        {"cniVersion": "1.0.0", "name": "umxidle", "type": "macvlan", "master": "eth0",
+         "ipam": {"type": "host-local", "dataDir": str(data_dir), "ranges": [[{"subnet": "10.2.0.0/24"}]]}}))
+    (config_dir / "README").write_text("not a config")
+    port = free_port()
+    textfile = tmp_path / "underlay.prom"
+    agent = Agent("--metrics", f"127.0.0.1:{port}", "--textfile", str(textfile), "--config-dir", str(config_dir),
+                  "--heal-every", "0", directory=str(tmp_path / "run"))
+    try:
+        via(agent)
+        plugin_conf = {"cniVersion": "1.0.0", "name": "umxpool", "ipam": ipam}
+        for i in range(3):     # host-local ADDs as a runtime's main plugin makes them, through the agent
+            assert plugins.run_plugin("host-local", "ADD", plugin_conf, container_id=f"umx{i}",
+                                      netns=f"/run/netns/umx{i}").ok
+        agent.wait_served(3)
+        expected = run_underlay("pools", "--config", *sorted(str(p) for p in config_dir.glob("*.conf*")),
+                                "-o", "json")
+        assert expected.code == 0, expected
+        rows = expected.json
+        assert [(r["network"], r["set"], r["in_use"]) for r in rows] == [
+            ("umxpool", 0, 3), ("umxpool", 1, 3), ("umxidle", 0, 0)], rows
+        got = samples(scrape(port)[2])
+        for row in rows:
+            figures = pool_samples(got, row["network"], row["set"])
+            assert figures == {k: row[k] for k in figures}, (row, figures)
+            assert sum(figures[s] for s in POOL_STATES) == figures["size"]   # the states partition the size
+        assert pool_samples(got, "umxpool", 0) == {"size": 14, "excluded": 4, "aux": 1, "reserved": 1,
+                                                   "in_use": 3, "free": 5}
+        assert got["underlay_pool_problems"] == 0
+        assert plugins.run_plugin("host-local", "DEL", plugin_conf, container_id="umx0", netns="/run/netns/umx0").ok
+        agent.wait_served(4)
+        assert pool_samples(samples(scrape(port)[2]), "umxpool", 0)["in_use"] == 2   # read on each scrape
+        agent.stop()                   # its last textfile: the figures of then
+        written = samples(textfile.read_text())
+        assert pool_samples(written, "umxpool", 0) == {"size": 14, "excluded": 4, "aux": 1, "reserved": 1,
+                                                       "in_use": 2, "free": 6}
+        assert pool_samples(written, "umxidle", 0)["free"] == 253
+    finally:
+        agent.close()
+
+
+def test_a_store_locked_past_the_bound_is_a_pool_problem_not_a_hung_scrape(tmp_path, via):
+    import fcntl
+    config_dir = tmp_path / "net.d"
+    config_dir.mkdir()
+    data_dir = tmp_path / "networks"
+    ipam = {"type": "host-local", "dataDir": str(data_dir), "ranges": [[{"subnet": "10.3.0.0/24"}]]}
+    (config_dir / "umxlock.conf").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "umxlock", "type": "macvlan", "master": "eth0", "ipam": ipam}))
+    port = free_port()
+    agent = Agent("--metrics", f"127.0.0.1:{port}", "--config-dir", str(config_dir), "--heal-every", "0",
+                  directory=str(tmp_path / "run"))
+    try:
+        via(agent)
+        assert plugins.run_plugin("host-local", "ADD", {"cniVersion": "1.0.0", "name": "umxlock", "ipam": ipam},
+                                  container_id="umx0", netns="/run/netns/umx0").ok
+        with open(data_dir / "umxlock" / "lock", "a+") as held:   # a plugin stuck inside the lock
+            fcntl.flock(held, fcntl.LOCK_EX)
+            got = samples(scrape(port)[2])
+            assert got["underlay_pool_problems"] == 1
+            assert 'underlay_pool_size_addresses{network="umxlock",set="0"}' not in got
+            assert got["underlay_agent_workers_limit"] == 8        # the rest of the page is there
+        assert "pools: network umxlock:" in agent.log()
+        got = samples(scrape(port)[2])
+        assert got['underlay_pool_addresses{network="umxlock",set="0",state="in_use"}'] == 1
+    finally:
+        agent.close()
+
+
 def test_a_worker_hung_inside_the_lock_is_named_and_killed_with_its_caller(agent, via, node):
     """As tests/reliability/test_locks.py for an exec'd plugin: the lock's holder named is the worker."""
     via(agent)
