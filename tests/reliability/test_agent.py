@@ -435,6 +435,9 @@ def test_metrics_show_the_pools_as_underlay_pools_counts_them(tmp_path, via):
                   "--heal-every", "0", directory=str(tmp_path / "run"))
     try:
         via(agent)
+        # the periodic write (a child of the agent's) comes at start: the pools of then, nothing in use
+        wait_for(lambda: textfile.exists() and 'underlay_pool_addresses{network="umxpool",set="0",state="free"} 8'
+                 in textfile.read_text(), what="the first textfile with the pools")
         plugin_conf = {"cniVersion": "1.0.0", "name": "umxpool", "ipam": ipam}
         for i in range(3):     # host-local ADDs as a runtime's main plugin makes them, through the agent
             assert plugins.run_plugin("host-local", "ADD", plugin_conf, container_id=f"umx{i}",
