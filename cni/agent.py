@@ -850,6 +850,11 @@ class Agent:
         if self.healer is not None:
             return   # the last run is still going
         self.metrics.heal_runs += 1
+        self.healer = self.fork_background(lambda: heal(self.options.data_dirs, self.report))
+
+    def fork_background(self, work):
+        """A child of the agent that runs `work` with default signals and without the listening
+        socket, then exits (0 if `work` returned); its pid."""
         pid = os.fork()
         if pid == 0:
             try:
@@ -857,10 +862,11 @@ class Agent:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 self.listener.close()
-                heal(self.options.data_dirs, self.report)
+                work()
+                os._exit(0)
             finally:
                 os._exit(1)
-        self.healer = pid
+        return pid
 
     def render(self):
         return self.metrics.render(len(self.busy), len(self.idle), self.options)
@@ -871,18 +877,8 @@ class Agent:
         if self.textfile_writer is not None:
             return
         body = self.render()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                signal.set_wakeup_fd(-1)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-                    signal.signal(sig, signal.SIG_DFL)
-                self.listener.close()
-                write_textfile(self.options.textfile, body + pool_metrics(self.options.config_dir))
-                os._exit(0)
-            finally:
-                os._exit(1)
-        self.textfile_writer = pid
+        self.textfile_writer = self.fork_background(
+            lambda: write_textfile(self.options.textfile, body + pool_metrics(self.options.config_dir)))
 
     def answer_http(self):
         """Each scrape is answered by a fork holding a snapshot: a slow client never holds up the loop."""
