@@ -18,7 +18,6 @@ Run from a checkout: `python3 -m ipam.cluster` with the CNI_* environment.
 """
 
 import ipaddress
-import os
 import socket
 import time
 
