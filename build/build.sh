@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds dist/bin/: one PyInstaller onedir bundle (dist/bin/.underlay/), the
-# plugin names as symlinks to its executable and `underlay` (the operator's
-# command) as one more, then smoke-tests each name.
+# Builds dist/bin/: one PyInstaller onedir bundle (dist/bin/.underlay/) with the
+# compiled thin client beside its executable (cni/handoff.c, .underlay/handoff),
+# the CNI plugin names as symlinks to the client, `underlayd` and `underlay`
+# (the operator's command) as symlinks to the executable, then smoke-tests each name.
 #
 #   build/build.sh              (what `make build` runs)
 #   PYTHON=python3.11 build/build.sh
@@ -41,9 +42,16 @@ staging=$OUT.new
 rm -rf "$staging"
 mkdir -p "$staging"
 mv "$WORK/dist/underlay" "$staging/.underlay"
-"$PYTHON" -m cni.registry main ipam > "$staging/.underlay/cni-plugins"   # what build/install.sh installs
+CNI_PLUGINS=$("$PYTHON" -m cni.registry main ipam)
+echo "$CNI_PLUGINS" > "$staging/.underlay/cni-plugins"   # what build/install.sh installs
+# The CNI plugins' names are the compiled thin client (it execs the bundle when it does not hand off).
+"${CC:-cc}" -O2 -s -Wall -Wextra -Werror -o "$staging/.underlay/handoff" cni/handoff.c
 for plugin in $PLUGINS; do
-    ln -s .underlay/underlay "$staging/$plugin"
+    if printf '%s\n' $CNI_PLUGINS | grep -qx "$plugin"; then
+        ln -s .underlay/handoff "$staging/$plugin"
+    else
+        ln -s .underlay/underlay "$staging/$plugin"
+    fi
 done
 [ "$UNDERLAY_IMPORTTIME" = 1 ] || rm -f "$ROOT/build/work/bin.stamp"
 rm -rf "$OUT"

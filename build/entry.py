@@ -7,7 +7,8 @@ name (`underlay-macvlan`, or any PLUGIN_PREFIX given to `make install`) picks
 the same CNI plugin, so ours can sit next to the reference plugins. Called by
 its own name, `underlay`, a first argument that names a CNI plugin runs it
 (`underlay host-local`, for debugging a bundle by hand); anything else is the
-operator's command.
+operator's command. The compiled thin client (cni/handoff.c) runs the
+bundle that way whenever it does not hand the invocation to underlayd.
 
 Plugin modules are imported only once the name is known: each exec pays for
 its own plugin alone, and a plugin not written yet does not break the others.
@@ -30,7 +31,8 @@ def program_for(argv):
     called = os.path.basename(argv[0])
     if called in registry.EXECUTABLES and registry.EXECUTABLES[called][1] not in registry.CNI_ROLES:
         if called == BUNDLE_NAME and len(argv) > 1 and registry.plugin_for(argv[1]):
-            return registry.plugin_for(argv.pop(1))
+            argv[0] = argv.pop(1)   # as if called by that name (the plugin's messages use it)
+            return registry.plugin_for(argv[0])
         return called
     return registry.plugin_for(called)
 

@@ -11,8 +11,10 @@
 #
 # What lands in the directory:
 #   .underlay-<id>/            the onedir bundle (<id>: checksum of its files)
-#   <P>macvlan, <P>ipvlan, ... symlinks to .underlay-<id>/underlay, one per
-#                              plugin built (<P> is --plugin-prefix, default none)
+#   <P>macvlan, <P>ipvlan, ... symlinks to .underlay-<id>/handoff (the compiled
+#                              thin client, which runs .underlay-<id>/underlay when
+#                              no agent serves), one per plugin built (<P> is
+#                              --plugin-prefix, default none)
 #   .underlay-manifest         every name this script installed there
 # and, with --bin-dir, the operator's command on PATH:
 #   <bin-dir>/underlay         a symlink to <prefix>/.underlay-<id>/underlay
@@ -67,7 +69,8 @@ esac
 
 TARGET=$DESTDIR$PREFIX
 MANIFEST=$TARGET/.underlay-manifest
-ENTRY=underlay
+ENTRY=underlay            # the bundle's executable
+THIN=handoff              # the compiled thin client beside it: what the plugin names link to
 TOOL=underlay              # the operator's command: on PATH, never in the CNI bin dir
 
 in_manifest() {
@@ -81,12 +84,13 @@ is_ours() {
     in_manifest "$1" || return 1
     case $1 in
         /*) path=$DESTDIR$1; pattern="$PREFIX/.underlay-*/$ENTRY" ;;
-        *) path=$TARGET/$1; pattern=".underlay-*/$ENTRY" ;;
+        *) path=$TARGET/$1; pattern=".underlay-*/$THIN" ;;
     esac
     [ -L "$path" ] || return 1
     # shellcheck disable=SC2254
     case $(readlink "$path") in
         $pattern) return 0 ;;
+        .underlay-*/"$ENTRY") return 0 ;;   # a plugin link of an install before the thin client
     esac
     return 1
 }
@@ -160,7 +164,7 @@ fi
 # cni/registry.py); the agent and the operator's command are not plugins.
 PLUGINS=
 for link in "$FROM"/*; do
-    [ -L "$link" ] && [ "$(readlink "$link")" = ".underlay/$ENTRY" ] || continue
+    [ -L "$link" ] && [ "$(readlink "$link")" = ".underlay/$THIN" ] || continue
     grep -qx "$(basename "$link")" "$FROM/.underlay/cni-plugins" 2>/dev/null || continue
     PLUGINS="$PLUGINS $(basename "$link")"
 done
@@ -225,11 +229,11 @@ for plugin in $PLUGINS; do
         rm -f "$TARGET/$name"    # absent, or --force on someone else's file
     fi
     rm -f "$TARGET/.$name.tmp.$$"
-    ln -s "$bundle/$ENTRY" "$TARGET/.$name.tmp.$$"
+    ln -s "$bundle/$THIN" "$TARGET/.$name.tmp.$$"
     mv -f "$TARGET/.$name.tmp.$$" "$TARGET/$name"
     # shellcheck disable=SC2046
     write_manifest $(manifest_names) "$name"
-    echo "install: $TARGET/$name -> $bundle/$ENTRY"
+    echo "install: $TARGET/$name -> $bundle/$THIN"
 done
 
 if [ -n "$BIN_DIR" ]; then

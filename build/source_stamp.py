@@ -10,7 +10,7 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SOURCES = ["cni/**/*.py", "ipam/**/*.py", "build/entry.py", "build/underlay.spec",
+SOURCES = ["cni/**/*.py", "cni/handoff.c", "ipam/**/*.py", "build/entry.py", "build/underlay.spec",
            "build/build.sh", "build/loader/*.py", "pyproject.toml"]
 
 

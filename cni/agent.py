@@ -181,6 +181,8 @@ def preload():
     fd = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)
     try:
         netns.setns(fd)               # our own netns: loads ctypes and libc's setns
+    except netns.NetnsError as e:     # no worker could enter a caller's netns: say so, do not start
+        sys.exit(f"underlayd: cannot enter network namespaces ({e}): it needs CAP_SYS_ADMIN, as the plugins do")
     finally:
         os.close(fd)
     global _libc
@@ -250,7 +252,9 @@ class Request:
 
         if field() != handoff.PROTOCOL:
             raise ValueError("protocol version")
-        self.plugin = field().decode()
+        called = field().decode()
+        # the compiled client sends the name it was called by (`underlay-macvlan`), Python the plugin's
+        self.plugin = registry.plugin_for(called) or called
         self.umask = int(field(), 8)
         self.argv = [field().decode("utf-8", "surrogateescape") for _ in range(int(field()))]
         self.env = [field() for _ in range(int(field()))]

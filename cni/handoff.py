@@ -9,6 +9,14 @@ a stale socket file, not a socket, a non-root caller) it returns None and the
 plugin runs in this process exactly as it would without an agent; `status`
 says why, for the operation log's debug level.
 
+Two clients speak this protocol: this module, for the plugins run from
+Python (`python -m cni.macvlan`, pip's console scripts, `underlay macvlan`),
+and cni/handoff.c, which the bundle's plugin names are (a frozen interpreter
+takes 25-30 ms to start, the compiled client ~1 ms). When the compiled
+client does not hand off, it execs the bundle with UNDERLAY_HANDOFF_STATUS
+(why) or UNDERLAY_HANDOFF_ERROR (a code-11 message) set, and hand_off obeys.
+tests/reliability/test_agent.py runs every case through both.
+
 Only what connecting needs is imported here (`_socket`, `time`: built into
 the interpreter); the error paths import the contract.
 
@@ -44,6 +52,9 @@ QUEUE_LIMIT = 60.0    # the longest a request waits in a live agent's queue
 PROTOCOL = b"underlay/1"
 READY, REFUSED, EXIT, FALLBACK = b"R", b"N", b"X", b"F"
 MAX_REQUEST = 64 << 20        # a config is far smaller; the agent refuses more
+# set by the compiled client (cni/handoff.c) when it execs the bundle instead of handing off:
+STATUS_VARIABLE = "UNDERLAY_HANDOFF_STATUS"   # why the plugin runs in-process (the log's debug line)
+ERROR_VARIABLE = "UNDERLAY_HANDOFF_ERROR"     # the agent did not serve: answer code 11 with this message
 
 status = None   # why this process ran the plugin itself, or "served by underlayd" in a worker
 
@@ -68,6 +79,14 @@ def hand_off(plugin, argv=None, environ=None):
         return None   # the about line, VERSION and --help are static: never worth a round trip
     if status is not None:
         return None   # decided already (the bundle's entry asks before the plugin's main does)
+    # the compiled client (cni/handoff.c) decided already; its children must not see its word
+    if STATUS_VARIABLE in environ:
+        status = environ.pop(STATUS_VARIABLE)
+        return None
+    if ERROR_VARIABLE in environ:
+        msg = environ.pop(ERROR_VARIABLE)
+        status = "underlayd did not serve it"
+        return failed(plugin, sys.stdin.buffer.read() if sys.stdin is not None else b"", msg)
     if environ.get("UNDERLAY_AGENT") == "0":
         status = "agent disabled (UNDERLAY_AGENT=0)"
         return None
