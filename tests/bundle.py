@@ -1,4 +1,4 @@
-"""The built executables, built at most once per test session.
+"""The built executables (dist/bin), built at most once per test session: the `bundle` fixture.
 
 dist/bin is reused when build/work/bin.stamp matches the digest of the
 sources (build/source_stamp.py); otherwise `build/build.sh` runs (~5-10 s on
@@ -17,7 +17,7 @@ import pytest
 
 from cni import registry
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 DIST_BIN = ROOT / "dist" / "bin"
 STAMP = ROOT / "build" / "work" / "bin.stamp"
 # the CNI plugins of the registry that are written; tests/build/test_bundle.py checks the rest

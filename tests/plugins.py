@@ -2,7 +2,9 @@
 
 By default the plugins run from this checkout (`python3 -m ...`); with
 UNDERLAY_BIN_DIR set (e.g. to dist/bin after `make build`) the same tests run
-the built executables.
+the built executables. Through the agent (tests/conftest.py plugin_path) they
+are the built ones: the compiled thin client that ships, in front of an agent
+run from this checkout.
 """
 
 import json
@@ -19,10 +21,12 @@ REFERENCE_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 # through underlayd (tests/conftest.py plugin_path), else a path where no agent is
 NO_AGENT = "/nonexistent/underlay-tests-no-agent.sock"
 AGENT_SOCKET = None
+# the built executables' directory while a test runs the compiled thin client (tests/conftest.py)
+BIN_DIR = None
 
 
 def plugin_argv(name):
-    bin_dir = os.environ.get("UNDERLAY_BIN_DIR")
+    bin_dir = BIN_DIR or os.environ.get("UNDERLAY_BIN_DIR")
     if bin_dir:
         return [os.path.join(bin_dir, name)]
     return [sys.executable, "-m", registry.module_of(name)]

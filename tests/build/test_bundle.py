@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from tests.build.conftest import PLUGINS, ROOT
+from tests.bundle import PLUGINS, ROOT
 
 # bytes, all executables together: issue 4's 15 MB, plus OpenSSL (libssl + libcrypto, 5.4 MB), which
 # cluster-ipam's https:// etcd endpoints need and which the bundle carries rather than depend on the node's
@@ -84,12 +84,17 @@ def cni_env(command, cid="ctr1"):
 
 # -- shape ------------------------------------------------------------------------------
 
-def test_every_plugin_is_a_link_to_one_onedir_executable(bundle):
+def test_every_plugin_is_a_link_to_the_thin_client_beside_one_onedir_executable(bundle):
     assert bundle.plugins == list(PLUGINS)
     for plugin in PLUGINS:
-        assert os.readlink(bundle.path(plugin)) == ".underlay/underlay"
+        assert os.readlink(bundle.path(plugin)) == ".underlay/handoff"
+    for name in ("underlayd", "underlay"):   # not plugins: no thin path in front of them
+        assert os.readlink(bundle.bin_dir / name) == ".underlay/underlay"
     assert bundle.exe.is_file() and os.access(bundle.exe, os.X_OK)
     assert (bundle.dir / "_internal").is_dir()   # onedir: nothing is unpacked at run time
+    client = bundle.dir / "handoff"
+    assert client.read_bytes()[:4] == b"\x7fELF" and os.access(client, os.X_OK)
+    assert client.stat().st_size < 64 << 10, client.stat().st_size
 
 
 def test_all_executables_fit_in_the_size_limit(bundle):
@@ -154,17 +159,27 @@ def test_about_line_names_build(bundle, plugin):
     assert bundle.info["build"] in proc.stderr.decode()
 
 
-def test_the_thin_path_imports_only_what_connecting_needs(bundle, tmp_path):
-    """Handed to the bundle's underlayd, an ADD imports VERSION's modules plus _socket and cni.handoff."""
+def test_the_thin_path_runs_no_python_and_the_python_client_imports_only_what_connecting_needs(bundle, tmp_path):
+    """Handed to the bundle's underlayd, an ADD by a plugin's name starts no interpreter at all
+    (the compiled client, cni/handoff.c); by `underlay host-local` (the Python client, cni/handoff.py)
+    it imports VERSION's modules plus _socket and cni.handoff."""
     from tests.agent import Agent
     agent = Agent(command=[str(bundle.path("underlayd"))])
     try:
-        conf = host_local_conf(tmp_path / "networks")
         env = dict(cni_env("ADD"), UNDERLAY_SOCKET=agent.socket)
-        proc, thin = bundle.modules("host-local", env, conf, tmp_path)
+        listing = tmp_path / "modules-compiled"
+        proc = bundle.run("host-local", env, host_local_conf(tmp_path / "networks"), list_modules=listing)
         assert proc.returncode == 0, proc
         assert json.loads(proc.stdout)["ips"][0]["address"] == "10.123.0.2/24"
         assert [s[:3] for s in agent.wait_served(1)] == [("host-local", "ADD", 0)]
+        assert not listing.exists()    # no Python ran in the caller: it would have listed its modules
+
+        env = dict(cni_env("ADD", cid="ctr2"), UNDERLAY_SOCKET=agent.socket)
+        proc, thin = bundle.modules("host-local", env, host_local_conf(tmp_path / "networks"), tmp_path,
+                                    argv=[str(bundle.exe), "host-local"])
+        assert proc.returncode == 0, proc
+        assert json.loads(proc.stdout)["ips"][0]["address"] == "10.123.0.3/24"
+        assert [s[:3] for s in agent.wait_served(2)][1] == ("host-local", "ADD", 0)
         _, version = bundle.modules("host-local", {"CNI_COMMAND": "VERSION"}, b"", tmp_path)
         assert sorted(set(thin) - set(version)) == ["_socket", "cni.handoff"]
     finally:
@@ -245,6 +260,12 @@ def test_entry_picks_program_by_name(entry, argv, program):
     assert entry.program_for(list(argv)) == program
 
 
+def test_entry_called_with_a_plugins_name_runs_as_if_called_by_it(entry):
+    argv = ["/opt/cni/bin/.underlay-1/underlay", "underlay-macvlan", "--help"]
+    assert entry.program_for(argv) == "macvlan"
+    assert argv == ["underlay-macvlan", "--help"]
+
+
 @pytest.mark.parametrize("before, after", [
     ({"LD_LIBRARY_PATH": "/b/_internal", "_PYI_ARCHIVE_FILE": "/b/u", "_PYI_PARENT_PROCESS_LEVEL": "-1",
       "CNI_COMMAND": "ADD"}, {"CNI_COMMAND": "ADD"}),
@@ -296,7 +317,7 @@ def system_libraries(bundle):
     extension modules.
     """
     internal = bundle.dir / "_internal"
-    objects = [(bundle.exe, None)] + [(p, str(internal)) for p in internal.rglob("*")
+    objects = [(bundle.exe, None), (bundle.dir / "handoff", None)] + [(p, str(internal)) for p in internal.rglob("*")
                                       if ".so" in p.name and p.is_file()]
     found = set()
     for obj, library_path in objects:

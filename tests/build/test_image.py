@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.build.conftest import PLUGINS, ROOT
+from tests.bundle import PLUGINS, ROOT
 
 MANIFEST = ROOT / "conf" / "manifests" / "daemonset.yaml"
 
@@ -69,7 +69,7 @@ def test_entrypoint_is_copied_into_the_image(context):
 
 def test_context_carries_the_bundle_and_links(bundle, context):
     for plugin in PLUGINS:
-        assert os.readlink(context / "bin" / plugin) == ".underlay/underlay"
+        assert os.readlink(context / "bin" / plugin) == ".underlay/handoff"
     assert (context / "bin" / ".underlay" / "underlay").read_bytes() == bundle.exe.read_bytes()
 
 

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.build.conftest import PLUGINS, ROOT
+from tests.bundle import PLUGINS, ROOT
 
 PREFIX = "/opt/cni/bin"
 
@@ -70,7 +70,7 @@ def test_make_install_puts_links_to_one_bundle(bundle, destdir, target):
     assert out.returncode == 0, out.stderr
     (only,) = bundles(target)
     for plugin in PLUGINS:
-        assert os.readlink(target / plugin) == f"{only}/underlay"
+        assert os.readlink(target / plugin) == f"{only}/handoff"
         assert version(target / plugin)["underlay"] == bundle.info
     assert sorted(manifest(target)) == sorted([only, *PLUGINS, "/usr/local/bin/underlay"])
     assert not (target / "underlay").exists()                          # the command is not a plugin
@@ -91,6 +91,18 @@ def test_force_replaces_it(bundle, destdir, target, foreign_macvlan):
     assert "replacing" in out.stdout
     assert (target / "macvlan").is_symlink()
     assert version(target / "macvlan")["underlay"] == bundle.info
+
+
+def test_links_of_an_install_before_the_thin_client_are_ours_and_upgraded(bundle, destdir, target):
+    """Installs before cni/handoff.c linked the plugin names to the bundle's executable itself."""
+    assert make("install", f"DESTDIR={destdir}").returncode == 0
+    bundle_dir = os.path.dirname(os.readlink(target / "macvlan"))
+    old = target / ".old-link"
+    os.symlink(f"{bundle_dir}/underlay", old)
+    os.replace(old, target / "macvlan")
+    out = make("install", f"DESTDIR={destdir}")
+    assert out.returncode == 0, out.stderr
+    assert os.readlink(target / "macvlan") == f"{bundle_dir}/handoff"
 
 
 def test_prefixed_names_coexist_with_the_reference(bundle, destdir, target, foreign_macvlan):
@@ -118,10 +130,10 @@ def test_upgrade_keeps_previous_bundle_for_execs_in_flight(bundle, rebuilt, dest
     assert install(*dest, source=rebuilt).returncode == 0
     second = (set(bundles(target)) - {first}).pop()
     assert bundles(target) == sorted([first, second])    # the old one stays for running execs
-    assert os.readlink(target / "macvlan") == f"{second}/underlay"
+    assert os.readlink(target / "macvlan") == f"{second}/handoff"
     assert install(*dest).returncode == 0                # back to the first: the second stays, none more
     assert bundles(target) == sorted([first, second])
-    assert os.readlink(target / "macvlan") == f"{first}/underlay"
+    assert os.readlink(target / "macvlan") == f"{first}/handoff"
 
 
 def test_a_link_someone_replaced_is_no_longer_ours(bundle, destdir, target):

@@ -4,7 +4,7 @@ import json
 import os
 
 from tests.build.test_bundle import DENY_ALWAYS, denied, host_local_conf
-from tests.build.conftest import ROOT
+from tests.bundle import ROOT
 from tests.operator import run_underlay
 from tests.plugins import REFERENCE_DIR, run_plugin
 

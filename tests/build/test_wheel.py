@@ -15,7 +15,7 @@ import pytest
 
 from cni import registry
 from tests import netns as nsutil
-from tests.build.conftest import ROOT
+from tests.bundle import ROOT
 
 try:
     import tomllib

@@ -26,6 +26,15 @@ from tests.reliability.node import Audit
 pytestmark = pytest.mark.root
 
 
+@pytest.fixture(autouse=True, params=["python", "compiled"])
+def client(request, monkeypatch):
+    """Every case through both clients of the protocol: cni/handoff.py (the plugins run from
+    Python) and cni/handoff.c (the bundle's plugin names, what a runtime execs)."""
+    if request.param == "compiled":
+        monkeypatch.setattr(plugins, "BIN_DIR", str(request.getfixturevalue("bundle").bin_dir))
+    return request.param
+
+
 @pytest.fixture
 def agent(tmp_path):
     (tmp_path / "run").mkdir()
@@ -335,6 +344,36 @@ def test_options_are_checked():
         out = subprocess.run([sys.executable, "-m", "cni.agent"] + args, capture_output=True, text=True,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=30)
         assert out.returncode == 2 and fragment in out.stderr and "usage: underlayd" in out.stderr, out
+
+
+def test_an_agent_without_cap_sys_admin_says_so_and_does_not_start(tmp_path):
+    """It could enter no caller's netns: a clear error at start, not a socket that fails every pod."""
+    from tests.agent import agent_argv
+    out = subprocess.run(["setpriv", "--bounding-set", "-sys_admin", "--", *agent_argv(),
+                          "--socket", str(tmp_path / "a.sock"), "--config-dir", str(tmp_path / "none")],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+    assert out.returncode == 1, out
+    assert "cannot enter network namespaces" in out.stderr and "CAP_SYS_ADMIN" in out.stderr, out
+    assert "Traceback" not in out.stderr and not (tmp_path / "a.sock").exists()
+
+
+def test_an_agent_that_cannot_take_on_the_callers_context_has_the_plugin_work_in_process(tmp_path, via):
+    """Without CAP_SYS_CHROOT (a container given only NET_ADMIN and SYS_ADMIN) a worker cannot enter
+    the caller's mount namespace: it answers "F" before doing anything, and the plugin runs itself."""
+    from tests.agent import agent_argv
+    agent = Agent(command=["setpriv", "--bounding-set", "-sys_chroot", "--", *agent_argv()])
+    try:
+        via(agent)
+        log = tmp_path / "op.log"
+        out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path, log), netns="/run/netns/x")
+        assert out.ok and out.stderr == "", out
+        line, = oplog(log)
+        assert line["agent"] == f"agent at {agent.socket} could not serve this context: Operation not permitted", line
+        assert line["pid"] != agent.proc.pid and line["result"] == "ok"
+        assert len(leases(tmp_path)) == 1 and agent.served() == []
+        assert "cannot take on the context of caller" in agent.log()
+    finally:
+        agent.close()
 
 
 def test_a_second_agent_on_the_same_socket_is_refused(agent):
