@@ -180,7 +180,7 @@ class StoreConfig:
         from ipam import etcd
         return etcd.client_from_config(self.etcd_conf, "ipam.etcd")
 
-    def store(self, network, grids=(), pod=None, lock=True):
+    def store(self, network, grids=(), pod=None, lock=True, netns=None):
         from ipam.etcd_store import EtcdStore
         from ipam.lease_files import LeaseFiles
         client = self.client()
@@ -188,7 +188,7 @@ class StoreConfig:
         try:
             if lock:
                 files = LeaseFiles(self.data_dir, network, self.lock_timeout)
-            return EtcdStore(client, self.prefix, network, self.node, grids, files, pod, self.sticky_seconds)
+            return EtcdStore(client, self.prefix, network, self.node, grids, files, pod, self.sticky_seconds, netns)
         except BaseException:
             client.close()
             raise
@@ -208,7 +208,7 @@ class ClusterConfig(StoreConfig, verbs.IpamConfig):
         return [self.grids[id(r)] for r in range_set.ranges]
 
     def open_store(self, request):
-        return self.store(request.network, list(self.grids.values()), pod_of(request))
+        return self.store(request.network, list(self.grids.values()), pod_of(request), netns=request.netns)
 
 
 # --------------------------------------------------------------------------
@@ -359,7 +359,7 @@ def cmd_gc(request):
     conf = StoreConfig(request.config)
     valid = verbs.ValidAttachments(request.valid_attachments())
     with conf.store(request.network) as store:
-        for (cid, ifname), (node, ips) in store.attachment_records().items():
+        for (cid, ifname), (node, _, ips) in store.attachment_records().items():
             if node != conf.node or valid.keeps(cid, ifname):
                 continue   # never another node's, nor a live attachment's
             for ip in ips:
