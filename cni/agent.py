@@ -613,18 +613,26 @@ class Metrics:
         return "".join(out)
 
 
+def config_files(config_dir):
+    """(paths, problems): the network config files of --config-dir, which the pool figures and the
+    healing of cluster-ipam read; none when it does not exist (no networks yet on this node)."""
+    from cni.operator import configs
+    try:
+        return configs.files_in(config_dir), []
+    except FileNotFoundError:
+        return [], []
+    except OSError as e:
+        return [], [f"--config-dir {config_dir}: {e.strerror or e}"]
+
+
 def pool_metrics(config_dir):
     """In a forked child (a scrape or a textfile write): the host-local pools of the configs in
     config_dir, as `underlay pools` counts them (cni/operator/hostlocal.pools), read-only.
     underlay_pool_addresses' states partition underlay_pool_size_addresses."""
-    from cni.operator import configs, hostlocal
-    try:
-        paths = configs.files_in(config_dir)
-    except FileNotFoundError:
-        rows, problems = [], []   # no configs: no pools (yet) on this node
-    except OSError as e:
-        rows, problems = [], [f"--config-dir {config_dir}: {e.strerror or e}"]
-    else:
+    from cni.operator import hostlocal
+    paths, problems = config_files(config_dir)
+    rows = []
+    if paths:
         try:
             rows, problems = hostlocal.pools(paths, lock_timeout=POOL_LOCK_TIMEOUT)
         except Exception as e:   # a bug: the scrape still answers, with the problem counted
