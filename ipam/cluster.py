@@ -367,6 +367,23 @@ def cmd_gc(request):
         drop_expired_holds(store)
 
 
+def heal(config, gone):
+    """underlayd's healing of missed DELs (cni/agent.py): release this node's attachments of the
+    config's network whose recorded netns `gone(path)` says is certainly gone, as DEL releases them
+    (with sticky, a known pod's become holds), under the node's lock as DEL takes it. Yields
+    (containerID, ifname, netns, [ip]) of each once released. Another node's attachments, and
+    those with no netns recorded (ADDs of older versions), are never touched."""
+    contract.check_network_name(config.get("name"))   # as every plugin call checks it: no ADD used another
+    conf = StoreConfig(config)
+    with conf.store(config["name"]) as store:
+        for (cid, ifname), (node, netns, ips) in store.attachment_records().items():
+            if node != conf.node or netns is None or not gone(netns):
+                continue
+            for ip in ips:
+                store.release(ip, cid, ifname)
+            yield cid, ifname, netns, ips
+
+
 def drop_expired_holds(store):
     """Sticky holds of this network released by this node whose time is up go back to the pool."""
     prefix = store.k("sticky", store.network) + "/"
