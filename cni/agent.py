@@ -57,7 +57,7 @@ DRAIN_WAIT = 60.0        # SIGTERM: how long invocations in flight may still tak
 TEXTFILE_EVERY = 15.0    # seconds between --textfile writes
 DEFAULT_HEAL_EVERY = 300  # seconds between healing runs (and one at start)
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"   # host-local's default dataDir
-DEFAULT_CONFIG_DIR = "/etc/cni/net.d"        # the runtime's conflists: the pools' ranges
+DEFAULT_CONFIG_DIR = "/etc/cni/net.d"        # the runtime's conflists: the pools' ranges, cluster-ipam's networks
 POOL_LOCK_TIMEOUT = 2.0  # seconds a scrape waits for one store's lock (then that network is a problem)
 PLUGINS = {}             # name -> module of every plugin served, imported by preload()
 
@@ -149,7 +149,8 @@ USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PAT
          f"  --heal-every  seconds between releases of leases whose netns is gone (default {DEFAULT_HEAL_EVERY}; 0: never)\n"
          "  --metrics  serve Prometheus text at http://HOST:PORT/metrics (and /healthz)\n"
          "  --textfile also write it to PATH.prom every 15 s, for node-exporter's textfile collector\n"
-         f"  --config-dir  the network configs whose host-local pools are reported (default {DEFAULT_CONFIG_DIR})\n")
+         f"  --config-dir  the network configs whose host-local pools are reported and whose cluster-ipam\n"
+         f"             networks are healed (default {DEFAULT_CONFIG_DIR})\n")
 
 
 def log(message):
@@ -506,12 +507,19 @@ def netns_visible(path):
     return os.path.isdir(os.path.dirname(path))
 
 
-def heal(data_dirs, report):
-    """In a forked child: release every host-local lease whose recorded netns is certainly
-    gone (never one whose netns exists, nor one we cannot judge), in the node's mount
-    namespace (PID 1's: the agent may run in a container), under each network's lock."""
+def netns_certainly_gone(path):
+    """Healing's judgement of a recorded netns: gone for sure (never one that exists, nor one we
+    cannot judge from here)."""
     from ipam import lease_index
-    from ipam.store import DiskStore
+    return netns_visible(path) and lease_index.netns_gone(path)
+
+
+def heal(data_dirs, config_dir, report):
+    """In a forked child: release every lease whose recorded pod netns is certainly gone, host-local's
+    (data_dirs) and cluster-ipam's (this node's, of the networks configured in config_dir), in the
+    node's mount namespace (PID 1's: the agent may run in a container), where the plugins' paths
+    (netns, dataDir, etcd certificates) are what the plugins see."""
+    cluster = healing_imports()
     try:
         fd = os.open("/proc/1/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -520,6 +528,34 @@ def heal(data_dirs, report):
             os.close(fd)
     except OSError as e:
         log(f"healing: cannot enter the node's mount namespace ({e.strerror or e}); healing in ours")
+    heal_host_local(data_dirs, report)
+    if cluster:
+        heal_cluster(config_dir, report)
+    os._exit(0)
+
+
+def healing_imports():
+    """Import what healing imports lazily (the stores, configs, the etcd client, ssl for https://
+    endpoints, the idna codec getaddrinfo takes) before the healer enters the node's mount namespace,
+    where our own files may not be there. False in a build without cluster-ipam (host-local only)."""
+    cluster = "cluster-ipam" in PLUGINS
+    names = ["ipam.lease_index", "ipam.store"]
+    if cluster:
+        names += [registry.module_of("cluster-ipam"), "cni.operator.configs", "cni.operator.validate", "ipam.etcd",
+                  "ipam.etcd_store", "ipam.lease_files"]
+    for name in names:
+        importlib.import_module(name)
+    for name in ("ssl", "encodings.idna") if cluster else ():
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass   # not in this build: the etcd call that needs it fails, and is logged
+    return cluster
+
+
+def heal_host_local(data_dirs, report):
+    from ipam import lease_index
+    from ipam.store import DiskStore
     for data_dir in data_dirs:
         try:
             networks = sorted(n for n in os.listdir(data_dir) if not n.startswith("."))
@@ -535,7 +571,7 @@ def heal(data_dirs, report):
                 released = 0
                 with DiskStore(data_dir, network) as store:     # the index is written as the block ends
                     for (cid, ifname), (netns, ips) in store.index.entries().items():
-                        if not netns or not netns_visible(netns) or not lease_index.netns_gone(netns):
+                        if not netns or not netns_certainly_gone(netns):
                             continue
                         for ip in ips:
                             store.release(ip, cid, ifname)
@@ -546,7 +582,36 @@ def heal(data_dirs, report):
                     report(f"H {os.getpid()} {network} {released}")
             except Exception as e:   # one broken store must not stop the others
                 log(f"healing: {data_dir}/{network}: {getattr(e, 'msg', None) or e}")
-    os._exit(0)
+
+
+def heal_cluster(config_dir, report):
+    """cluster-ipam's part: per network configured in config_dir, this node's attachments whose
+    netns is gone, released as DEL releases them (ipam/cluster.heal). An etcd that does not answer
+    costs that network its client's timeouts (etcd.requestTimeout per call) and is logged."""
+    import json
+    from cni.operator import configs, validate
+    from ipam import cluster
+    paths, problems = config_files(config_dir)
+    found, bad = configs.ipam_users(paths, validate.is_cluster_ipam)
+    for problem in problems + bad:
+        log(f"healing: {problem}")
+    seen = set()
+    for path, network, plugin, ipam in found:
+        key = json.dumps([network.name, ipam], sort_keys=True)
+        if key in seen:
+            continue   # the same network in two files (a conflist and its copy): healed once
+        seen.add(key)
+        released = 0
+        try:
+            for cid, ifname, netns, ips in cluster.heal(plugin.config, netns_certainly_gone):
+                released += len(ips)
+                log(f"healing: released {', '.join(ips)} of {cid}/{ifname} in cluster-ipam network "
+                    f"{network.name}: its netns {netns} is gone")
+        except Exception as e:   # etcd unreachable, a bad config: the other networks are still healed
+            log(f"healing: cluster-ipam network {network.name} ({path}): {getattr(e, 'msg', None) or e}")
+        if released:
+            report(f"H {os.getpid()} {network.name} {released}")
+
 
 # --------------------------------------------------------------------------
 # Metrics: Prometheus text, from the agent's counters and (read in a fork) the pools.
@@ -617,18 +682,26 @@ class Metrics:
         return "".join(out)
 
 
+def config_files(config_dir):
+    """(paths, problems): the network config files of --config-dir, which the pool figures and the
+    healing of cluster-ipam read; none when it does not exist (no networks yet on this node)."""
+    from cni.operator import configs
+    try:
+        return configs.files_in(config_dir), []
+    except FileNotFoundError:
+        return [], []
+    except OSError as e:
+        return [], [f"--config-dir {config_dir}: {e.strerror or e}"]
+
+
 def pool_metrics(config_dir):
     """In a forked child (a scrape or a textfile write): the host-local pools of the configs in
     config_dir, as `underlay pools` counts them (cni/operator/hostlocal.pools), read-only.
     underlay_pool_addresses' states partition underlay_pool_size_addresses."""
-    from cni.operator import configs, hostlocal
-    try:
-        paths = configs.files_in(config_dir)
-    except FileNotFoundError:
-        rows, problems = [], []   # no configs: no pools (yet) on this node
-    except OSError as e:
-        rows, problems = [], [f"--config-dir {config_dir}: {e.strerror or e}"]
-    else:
+    from cni.operator import hostlocal
+    paths, problems = config_files(config_dir)
+    rows = []
+    if paths:
         try:
             rows, problems = hostlocal.pools(paths, lock_timeout=POOL_LOCK_TIMEOUT)
         except Exception as e:   # a bug: the scrape still answers, with the problem counted
@@ -854,7 +927,8 @@ class Agent:
         if self.healer is not None:
             return   # the last run is still going
         self.metrics.heal_runs += 1
-        self.healer = self.fork_background(lambda: heal(self.options.data_dirs, self.report))
+        self.healer = self.fork_background(lambda: heal(self.options.data_dirs, self.options.config_dir,
+                                                        self.report))
 
     def fork_background(self, work):
         """A child of the agent that runs `work` with default signals and without the listening

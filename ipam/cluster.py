@@ -180,7 +180,7 @@ class StoreConfig:
         from ipam import etcd
         return etcd.client_from_config(self.etcd_conf, "ipam.etcd")
 
-    def store(self, network, grids=(), pod=None, lock=True):
+    def store(self, network, grids=(), pod=None, lock=True, netns=None):
         from ipam.etcd_store import EtcdStore
         from ipam.lease_files import LeaseFiles
         client = self.client()
@@ -188,7 +188,7 @@ class StoreConfig:
         try:
             if lock:
                 files = LeaseFiles(self.data_dir, network, self.lock_timeout)
-            return EtcdStore(client, self.prefix, network, self.node, grids, files, pod, self.sticky_seconds)
+            return EtcdStore(client, self.prefix, network, self.node, grids, files, pod, self.sticky_seconds, netns)
         except BaseException:
             client.close()
             raise
@@ -208,7 +208,7 @@ class ClusterConfig(StoreConfig, verbs.IpamConfig):
         return [self.grids[id(r)] for r in range_set.ranges]
 
     def open_store(self, request):
-        return self.store(request.network, list(self.grids.values()), pod_of(request))
+        return self.store(request.network, list(self.grids.values()), pod_of(request), netns=request.netns)
 
 
 # --------------------------------------------------------------------------
@@ -359,12 +359,29 @@ def cmd_gc(request):
     conf = StoreConfig(request.config)
     valid = verbs.ValidAttachments(request.valid_attachments())
     with conf.store(request.network) as store:
-        for (cid, ifname), (node, ips) in store.attachment_records().items():
+        for (cid, ifname), (node, _, ips) in store.attachment_records().items():
             if node != conf.node or valid.keeps(cid, ifname):
                 continue   # never another node's, nor a live attachment's
             for ip in ips:
                 store.release(ip, cid, ifname)
         drop_expired_holds(store)
+
+
+def heal(config, gone):
+    """underlayd's healing of missed DELs (cni/agent.py): release this node's attachments of the
+    config's network whose recorded netns `gone(path)` says is certainly gone, as DEL releases them
+    (with sticky, a known pod's become holds), under the node's lock as DEL takes it. Yields
+    (containerID, ifname, netns, [ip]) of each once released. Another node's attachments, and
+    those with no netns recorded (ADDs of older versions), are never touched."""
+    contract.check_network_name(config.get("name"))   # as every plugin call checks it: no ADD used another
+    conf = StoreConfig(config)
+    with conf.store(config["name"]) as store:
+        for (cid, ifname), (node, netns, ips) in store.attachment_records().items():
+            if node != conf.node or netns is None or not gone(netns):
+                continue
+            for ip in ips:
+                store.release(ip, cid, ifname)
+            yield cid, ifname, netns, ips
 
 
 def drop_expired_holds(store):

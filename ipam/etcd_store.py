@@ -8,9 +8,11 @@ Keys under the prefix (default /underlay/ipam):
                                              pod, until, pool, block}
     pools/<subnet>/config                   {"blockSize": prefix}, fixed by the pool's first user
     pools/<subnet>/blocks/<block>           the block (ipam/blocks.py): owner, used and held offsets
-    attachments/<network>/<cid>@<ifname>/<ip>   {"node": ..., "pending": true} from the claim until its
-                                            ADD completes, then {"node": ...}: DEL, CHECK and GC read
-                                            one prefix
+    attachments/<network>/<cid>@<ifname>/<ip>   {"node": ..., "pending": true, "netns": ...} from the
+                                            claim until its ADD completes, then {"node": ..., "netns":
+                                            ...}: DEL, CHECK and GC read one prefix; "netns" (the ADD's
+                                            CNI_NETNS, when absolute) lets the node's agent heal a missed
+                                            DEL; records written before it have none and are never healed
     sticky/<network>/<namespace>/<pod>/<ip>     the hold again, found by the pod's name
 
 A claim marks its attachment record pending; the ADD clears the mark (one more
@@ -36,6 +38,7 @@ import time
 from cni.contract import ERR_INVALID_CONFIG, ERR_TRY_AGAIN, CniError
 from ipam import etcd
 from ipam.blocks import Block
+from ipam.lease_index import recordable_netns
 
 # Claims and releases retried after losing a race on the block (others allocate in it too).
 MAX_RACES = 200
@@ -78,7 +81,8 @@ class Lease:
 class EtcdStore:
     """One network's view, for one operation. `grids`: ipam/blocks.py Grids of the network's ranges."""
 
-    def __init__(self, client, prefix, network, node, grids=(), files=None, pod=None, sticky_seconds=None):
+    def __init__(self, client, prefix, network, node, grids=(), files=None, pod=None, sticky_seconds=None,
+                 netns=None):
         self.client = client
         self.prefix = prefix.rstrip("/")
         self.network = network
@@ -87,6 +91,7 @@ class EtcdStore:
         self.files = files              # ipam/lease_files.py: the node-local lock and last-reserved cache
         self.pod = pod                  # (namespace, name) from K8S_POD_*, or None
         self.sticky_seconds = sticky_seconds
+        self.netns = recordable_netns(netns)   # the pod's, recorded in its attachment records (healing)
         self.pools = {}                 # subnet -> {first: Block} as last read
         self.foreign = set()            # (version, value) taken outside any block we read (an overlapping pool)
         self.inflight = None            # the address of a claim etcd may have applied when its answer was lost
@@ -174,6 +179,8 @@ class EtcdStore:
 
     def attachment_value(self, pending):
         doc = {"node": self.node, "pending": True} if pending else {"node": self.node}
+        if self.netns:
+            doc["netns"] = self.netns
         return json.dumps(doc)
 
     def complete(self, container_id, ifname, texts):
@@ -197,7 +204,7 @@ class EtcdStore:
                                       "changed before the ADD completed")
 
     def attachments(self):
-        return {owner: ips for owner, (_, ips) in self.attachment_records().items()}
+        return {owner: ips for owner, (_, _, ips) in self.attachment_records().items()}
 
     def owner(self, ip):
         lease = self.read(ip)
@@ -285,18 +292,24 @@ class EtcdStore:
         return blocks[first]
 
     def attachment_records(self):
-        """{(containerID, ifname): (node, [ip, ...])} of this network."""
+        """{(containerID, ifname): (node, netns, [ip, ...])} of this network; netns None when its records
+        name none (written before netns was recorded, or by an ADD given no absolute CNI_NETNS) or
+        disagree: a netns that cannot be judged."""
         prefix = self.k("attachments", self.network) + "/"
-        found = {}
+        found, netns_seen = {}, {}
         for kv in self.client.range(prefix):
             name, _, ip = kv.key.decode()[len(prefix):].partition("/")
             cid, _, ifname = name.partition("@")
             try:
-                node = json.loads(kv.value).get("node")
+                doc = json.loads(kv.value)
+                node, netns = doc.get("node"), recordable_netns(doc.get("netns"))
             except (ValueError, AttributeError):
-                node = None
-            found.setdefault((cid, ifname or None), (node, []))[1].append(ip)
-        return found
+                node = netns = None
+            owner = (cid, ifname or None)
+            found.setdefault(owner, (node, []))[1].append(ip)
+            netns_seen.setdefault(owner, set()).add(netns)
+        return {owner: (node, next(iter(netns_seen[owner])) if len(netns_seen[owner]) == 1 else None, ips)
+                for owner, (node, ips) in found.items()}
 
     def holds_of(self, namespace, pod):
         """[Lease] of the sticky holds kept for this pod on this network."""

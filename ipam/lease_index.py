@@ -62,6 +62,12 @@ def parse_stamp(data):
     return None, None, None
 
 
+def recordable_netns(path):
+    """The netns path worth recording for healing (an absolute path on one line), else None."""
+    return path if isinstance(path, str) and path.startswith("/") and "\r" not in path and "\n" not in path \
+        else None
+
+
 def netns_gone(path):
     """True only when `path` is certainly no network namespace any more."""
     from cni import netns  # only after a reboot: keeps it off the common path
@@ -132,7 +138,7 @@ class AttachmentIndex:
         """Index the addresses of (container_id, ifname), with its netns path when it is absolute."""
         name = index_name(container_id, ifname)
         if ips:
-            netns = netns if netns and netns.startswith("/") and "\r" not in netns and "\n" not in netns else None
+            netns = recordable_netns(netns)
             replace(name, index_content(container_id, ifname, ips, netns), self.index_fd)
         else:
             remove(name, self.index_fd)

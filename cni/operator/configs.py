@@ -23,6 +23,22 @@ def files_in(directory):
     return [os.path.join(directory, n) for n in sorted(os.listdir(directory)) if n.endswith(CONFIG_SUFFIXES)]
 
 
+def ipam_users(paths, accepts):
+    """(found, problems) of the configs at `paths`: found, (path, Network, Plugin, ipam section) of
+    each plugin whose ipam type `accepts(type)`; problems, the files' errors as lines. What
+    `underlay pools` and underlayd (its pool figures, its healing) read the configured networks by."""
+    found, problems = [], []
+    for path in paths:
+        networks, bad = load(path)
+        problems += [p.line() for p in bad if p.severity == "error"]
+        for network in networks:
+            for plugin in network.plugins:
+                ipam = plugin.config.get("ipam") if isinstance(plugin.config.get("ipam"), dict) else {}
+                if accepts(ipam.get("type")):
+                    found.append((path, network, plugin, ipam))
+    return found, problems
+
+
 @dataclass
 class Problem:
     severity: str            # "error" or "warning"

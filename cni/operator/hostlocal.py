@@ -156,35 +156,29 @@ def pools(paths, data_dir=None, lock_timeout=DEFAULT_LOCK_TIMEOUT):
     lock_timeout."""
     from cni.operator import configs, validate
     from ipam import allocator
-    rows, problems = [], []
-    for path in paths:
-        networks, bad = configs.load(path)
-        problems += [p.line() for p in bad if p.severity == "error"]
-        for network in networks:
-            for plugin in network.plugins:
-                ipam = plugin.config.get("ipam") if isinstance(plugin.config.get("ipam"), dict) else {}
-                if not validate.is_host_local(ipam.get("type")):
-                    continue
-                try:
-                    sets = validate.check_host_local(plugin.config)
-                except validate.CniError as e:
-                    problems.append(network.problem("error", *validate.split_field(e.msg)).line())
-                    continue
-                root = os.path.abspath(data_dir or ipam.get("dataDir") or DEFAULT_DATA_DIR)
-                try:
-                    leased = [x.address for x in read(root, network.name, lock_timeout).leases]
-                except StoreProblem as e:
-                    if not os.path.exists(os.path.join(root, network.name)):
-                        leased = []   # no ADD yet on this node: nothing in use
-                    else:
-                        problems.append(str(e))
-                        continue
-                for s in sets:
-                    t = allocator.tally(s, leased)
-                    rows.append({"network": network.name, "file": path, "data_dir": root, "set": s.index,
-                                 "ranges": s.describe(), "size": t["addresses"], "excluded": t["excluded"],
-                                 "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"],
-                                 "free": t["free"]})
+    rows = []
+    found, problems = configs.ipam_users(paths, validate.is_host_local)
+    for path, network, plugin, ipam in found:
+        try:
+            sets = validate.check_host_local(plugin.config)
+        except validate.CniError as e:
+            problems.append(network.problem("error", *validate.split_field(e.msg)).line())
+            continue
+        root = os.path.abspath(data_dir or ipam.get("dataDir") or DEFAULT_DATA_DIR)
+        try:
+            leased = [x.address for x in read(root, network.name, lock_timeout).leases]
+        except StoreProblem as e:
+            if not os.path.exists(os.path.join(root, network.name)):
+                leased = []   # no ADD yet on this node: nothing in use
+            else:
+                problems.append(str(e))
+                continue
+        for s in sets:
+            t = allocator.tally(s, leased)
+            rows.append({"network": network.name, "file": path, "data_dir": root, "set": s.index,
+                         "ranges": s.describe(), "size": t["addresses"], "excluded": t["excluded"],
+                         "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"],
+                         "free": t["free"]})
     return rows, problems
 
 

@@ -40,10 +40,10 @@ class Cluster:
     def data_dir(self, node):
         return str(self.root / "nodes" / node)
 
-    def run(self, command, conf, cid="c1", ifname="eth0", pod=None, **kw):
+    def run(self, command, conf, cid="c1", ifname="eth0", pod=None, netns="/run/netns/ucl-none", **kw):
         args = f"K8S_POD_NAMESPACE={pod[0]};K8S_POD_NAME={pod[1]}" if pod else ""
         out = run_plugin("cluster-ipam", command, conf, container_id=cid or "", ifname=ifname,
-                         netns="/run/netns/ucl-none", args=args, **kw)
+                         netns=netns, args=args, **kw)
         assert out.stderr == "", f"cluster-ipam {command} wrote to stderr: {out.stderr}"
         return out
 

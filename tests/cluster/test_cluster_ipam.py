@@ -25,7 +25,9 @@ def test_add_records_the_lease_and_del_returns_everything(cl):
         {"network": "net1", "containerID": "c1", "ifname": "eth0", "node": "n1", "namespace": "ns1", "pod": "web-0",
          "pool": "10.30.0.0/24"}
     assert abs(time.mktime(time.strptime(record["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(time.gmtime())) < 60
-    assert set(cl.keys("attachments/")) == {f"attachments/net1/c1@eth0/{v4}", f"attachments/net1/c1@eth0/{v6}"}
+    # the ADD completed: no pending mark; the pod's netns recorded for the agent's healing
+    assert cl.keys("attachments/") == {f"attachments/net1/c1@eth0/{ip}": {"node": "n1", "netns": "/run/netns/ucl-none"}
+                                       for ip in (v4, v6)}
     blocks = {k: v for k, v in cl.keys("pools/").items() if "/blocks/" in k}
     assert all(b["node"] == "n1" for b in blocks.values()) and len(blocks) == 2
     # CHECK with the result as prevResult passes; one address missing from it fails

@@ -579,6 +579,131 @@ def test_healing_releases_the_leases_of_gone_netns_and_only_those(tmp_path, node
         agent.close()
 
 
+def write_conflist(config_dir, file_name, conf):
+    """A runtime's conflist of one plugin config (as tests/cluster's Cluster.conf builds them)."""
+    plugin = {k: v for k, v in conf.items() if k not in ("cniVersion", "name")}
+    (config_dir / file_name).write_text(json.dumps(
+        {"cniVersion": conf["cniVersion"], "name": conf["name"], "plugins": [dict(plugin, master="eth0")]}))
+    return config_dir / file_name
+
+
+@pytest.fixture
+def pod_netns():
+    """pod_netns() -> a fresh named netns (uh-...), as a runtime makes one per pod; all removed at teardown."""
+    from tests import netns as nsutil
+    made = []
+
+    def make():
+        name = nsutil.unique("uh")
+        made.append(name)   # recorded first: removed even if `ip` fails half way
+        nsutil.add_netns(name)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            nsutil.del_netns(name)
+
+
+@pytest.fixture
+def cl(etcd_cluster, tmp_path):
+    """cluster-ipam configs for simulated nodes on a fresh etcd member (tests/cluster's Cluster)."""
+    from tests.cluster.conftest import Cluster
+    c = Cluster(etcd_cluster(), tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.mark.etcd
+def test_healing_releases_this_nodes_cluster_ipam_attachments_of_gone_netns_only(tmp_path, cl, pod_netns):
+    from tests import netns as nsutil
+    from tests.cluster.conftest import addresses
+    from tests.operator import run_underlay
+    config_dir = tmp_path / "net.d"
+    config_dir.mkdir()
+    here = cl.conf("10.79.0.0/24", node="uh-n1", name="uhnet")
+    other_node = cl.conf("10.79.0.0/24", node="uh-n2", name="uhnet")
+    sticky = cl.conf("10.79.1.0/24", node="uh-n1", name="uhsticky", sticky=True)
+    conflist = write_conflist(config_dir, "10-uhnet.conflist", here)
+    write_conflist(config_dir, "20-uhsticky.conflist", sticky)
+    pods = {cid: pod_netns() for cid in ("alive", "dead", "elsewhere", "old", "held")}
+    ips = {}
+    for cid, conf in (("alive", here), ("dead", here), ("elsewhere", other_node), ("old", here), ("held", sticky)):
+        ips[cid], = addresses(cl.add(conf, cid, netns=nsutil.netns_path(pods[cid]),
+                                     pod=("uh-ns", f"{cid}-0") if conf is sticky else None))
+    records = cl.keys("attachments/")
+    assert records[f"attachments/uhnet/dead@eth0/{ips['dead']}"] == {"node": "uh-n1",
+                                                                    "netns": nsutil.netns_path(pods["dead"])}
+    # an attachment an older version recorded (no netns): readable, never healed
+    cl.client.put(f"{cl.prefix}/attachments/uhnet/old@eth0/{ips['old']}", json.dumps({"node": "uh-n1"}))
+    for cid in ("dead", "elsewhere", "old", "held"):
+        nsutil.del_netns(pods[cid])                      # their DELs never come
+    listed = run_underlay("cluster", "leases", "--config", conflist, "-o", "json")
+    assert listed.code == 0, listed
+    assert sorted(r["address"] for r in listed.json) == sorted(ips.values())   # nothing healed yet
+
+    port = free_port()
+    agent = Agent("--config-dir", str(config_dir), "--data-dir", str(tmp_path / "no-host-local"),
+                  "--heal-every", "1", "--metrics", f"127.0.0.1:{port}", directory=str(tmp_path / "run"))
+    try:
+        wait_for(lambda: "of dead/eth0 in cluster-ipam network uhnet" in agent.log(), what="the healing of dead")
+        assert f"its netns {nsutil.netns_path(pods['dead'])} is gone" in agent.log()
+        wait_for(lambda: samples(scrape(port)[2])["underlay_heal_runs_total"] >= 3, what="two more healing runs")
+        got = samples(scrape(port)[2])
+        assert got['underlay_heal_releases_total{network="uhnet"}'] == 1
+        assert got['underlay_heal_releases_total{network="uhsticky"}'] == 1
+        assert agent.log().count("healing: released") == 2, agent.log()   # once each, never again
+    finally:
+        agent.close()
+    rows = {r["address"]: r for r in run_underlay("cluster", "leases", "--config", conflist, "-o", "json").json}
+    assert sorted(rows) == sorted(ips[c] for c in ("alive", "elsewhere", "old", "held")), rows
+    assert (rows[ips["held"]]["kind"], rows[ips["held"]]["pod"]) == ("hold", "held-0")   # DEL's sticky rule
+    assert (rows[ips["elsewhere"]]["node"], rows[ips["elsewhere"]]["kind"]) == ("uh-n2", "lease")
+    # the rest DEL'd as usual (the old record too): uhnet's blocks go back whole, as if dead had had its DEL
+    for cid, conf in (("alive", here), ("elsewhere", other_node), ("old", here)):
+        assert cl.delete(conf, cid).ok
+    assert not [k for k in cl.keys() if k.startswith(("attachments/uhnet/", "pools/10.79.0.0/24/blocks/"))], \
+        cl.keys()
+
+
+@pytest.mark.etcd
+def test_healing_outlives_an_etcd_that_never_answers(tmp_path, cl, pod_netns):
+    """A network whose etcd accepts connections and never answers costs the healer its client's
+    timeouts, is logged, and the next network (a working etcd) is healed all the same."""
+    from tests import netns as nsutil
+    from tests.cluster.conftest import addresses
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)          # the kernel accepts; nobody ever answers
+    config_dir = tmp_path / "net.d"
+    config_dir.mkdir()
+    down = cl.conf("10.79.2.0/24", node="uh-n1", name="uhdown",
+                   etcd={"endpoints": [f"http://127.0.0.1:{silent.getsockname()[1]}"], "dialTimeout": 1,
+                         "requestTimeout": 1})
+    write_conflist(config_dir, "10-uhdown.conflist", down)
+    here = cl.conf("10.79.3.0/24", node="uh-n1", name="uhnet")
+    write_conflist(config_dir, "20-uhnet.conflist", here)
+    pod = pod_netns()
+    ip, = addresses(cl.add(here, "dead", netns=nsutil.netns_path(pod)))
+    nsutil.del_netns(pod)
+    port = free_port()
+    agent = Agent("--config-dir", str(config_dir), "--data-dir", str(tmp_path / "no-host-local"),
+                  "--heal-every", "1", "--metrics", f"127.0.0.1:{port}", directory=str(tmp_path / "run"))
+    try:
+        wait_for(lambda: samples(scrape(port)[2])["underlay_heal_runs_total"] >= 3, what="healing runs ending")
+        assert "healing: cluster-ipam network uhdown" in agent.log() and \
+            "etcd: no endpoint answered within 1s" in agent.log(), agent.log()
+        assert f"released {ip} of dead/eth0 in cluster-ipam network uhnet" in agent.log()
+        assert samples(scrape(port)[2])['underlay_heal_releases_total{network="uhnet"}'] == 1
+        assert agent.proc.poll() is None and agent.answers()
+    finally:
+        agent.close()
+        silent.close()
+
+
 def test_a_queued_request_outwaits_the_bound_while_the_agent_is_alive(tmp_path, via, node):
     """UNDERLAY_AGENT_TIMEOUT bounds the agent's silence, not the queue: a burst on a busy node waits."""
     agent = Agent("--workers", "1", directory=str(tmp_path / "run"))
