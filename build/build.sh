@@ -45,7 +45,8 @@ mv "$WORK/dist/underlay" "$staging/.underlay"
 CNI_PLUGINS=$("$PYTHON" -m cni.registry main ipam)
 echo "$CNI_PLUGINS" > "$staging/.underlay/cni-plugins"   # what build/install.sh installs
 # The CNI plugins' names are the compiled thin client (it execs the bundle when it does not hand off).
-"${CC:-cc}" -O2 -s -Wall -Wextra -Werror -o "$staging/.underlay/handoff" cni/handoff.c
+# It answers VERSION itself: the spec wrote the bundle's answer into $UNDERLAY_GEN_DIR/handoff_version.h.
+"${CC:-cc}" -O2 -s -Wall -Wextra -Werror -I"$UNDERLAY_GEN_DIR" -o "$staging/.underlay/handoff" cni/handoff.c
 for plugin in $PLUGINS; do
     if printf '%s\n' $CNI_PLUGINS | grep -qx "$plugin"; then
         ln -s .underlay/handoff "$staging/$plugin"

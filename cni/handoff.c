@@ -7,10 +7,11 @@
  * connect; this costs ~1 ms, so a pod's ADD through underlayd pays the warm
  * worker's work and little else.
  *
- * Whenever the invocation is not handed off, it execs the bundle's own
+ * VERSION it answers itself: the bundle's static answer, built in.
+ * Whenever any other invocation is not handed off, it execs the bundle's own
  * executable (beside this one: .underlay/underlay) as `underlay NAME ARGS...`
  * with the same environment, which runs the plugin in-process as it always did:
- *   - VERSION, no CNI_COMMAND, --help/-h, UNDERLAY_AGENT=0: straight away;
+ *   - no CNI_COMMAND, --help/-h, UNDERLAY_AGENT=0: straight away;
  *   - no agent (no socket, refused, stale, not a socket), the agent refused
  *     us, or it answered "F": with UNDERLAY_HANDOFF_STATUS=<why> (the
  *     operation log's debug line);
@@ -35,6 +36,8 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "handoff_version.h"   /* VERSION_OUTPUT, written by build/underlay.spec: the bundle's answer */
 
 #define DEFAULT_SOCKET "/run/underlay/underlay.sock"
 #define DEFAULT_TIMEOUT 5.0
@@ -294,8 +297,12 @@ int main(int argc, char **argv)
     called = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
     const char *command = getenv("CNI_COMMAND");
     const char *agent = getenv("UNDERLAY_AGENT");
-    if (!command || !*command || !strcmp(command, "VERSION") || (agent && !strcmp(agent, "0"))) {
-        run_in_process(NULL, NULL);   /* static answers, or never handed off: the plugin says why */
+    if (command && !strcmp(command, "VERSION")) {
+        /* static (runtimes ask before every ADD and DEL): the bundle's answer, built in */
+        return fputs(VERSION_OUTPUT, stdout) == EOF || fflush(stdout) == EOF;
+    }
+    if (!command || !*command || (agent && !strcmp(agent, "0"))) {
+        run_in_process(NULL, NULL);   /* the about line, or never handed off: the plugin says why */
     }
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {

@@ -126,18 +126,24 @@ def contract_version_answer(build, monkeypatch):
 @pytest.mark.parametrize("plugin", PLUGINS)
 @pytest.mark.parametrize("stdin", [b'{"cniVersion": "1.0.0"}', b'{"cniVersion": "0.4.0"}', b""])
 def test_version_is_the_contracts_answer(bundle, monkeypatch, plugin, stdin):
-    proc = bundle.run(plugin, {"CNI_COMMAND": "VERSION"}, stdin)
+    proc = bundle.run(plugin, {"CNI_COMMAND": "VERSION"}, stdin)   # the compiled client answers it
     assert proc.returncode == 0 and proc.stderr == b""
     answer = json.loads(proc.stdout)
     assert answer == contract_version_answer(bundle.info["build"], monkeypatch)
+    frozen = bundle.run(plugin, {"CNI_COMMAND": "VERSION"}, stdin, argv=[str(bundle.exe), plugin])
+    assert frozen.returncode == 0 and frozen.stdout == proc.stdout, frozen
     from cni import __version__
     assert answer["underlay"]["version"] == __version__
     assert answer["underlay"]["build"].split()[0]    # git describe, then the build time
 
 
 @pytest.mark.parametrize("plugin", PLUGINS)
-def test_version_imports_nothing_denied(bundle, tmp_path, plugin):
-    proc, modules = bundle.modules(plugin, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}', tmp_path)
+def test_version_runs_no_python_and_the_bundles_imports_nothing_denied(bundle, tmp_path, plugin):
+    listing = tmp_path / "modules"
+    proc = bundle.run(plugin, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}', list_modules=listing)
+    assert proc.returncode == 0 and not listing.exists()   # the compiled client answered
+    proc, modules = bundle.modules(plugin, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "1.0.0"}', tmp_path,
+                                   argv=[str(bundle.exe), plugin])
     assert proc.returncode == 0
     assert denied(modules, DENY_VERSION) == []
 
@@ -180,7 +186,8 @@ def test_the_thin_path_runs_no_python_and_the_python_client_imports_only_what_co
         assert proc.returncode == 0, proc
         assert json.loads(proc.stdout)["ips"][0]["address"] == "10.123.0.3/24"
         assert [s[:3] for s in agent.wait_served(2)][1] == ("host-local", "ADD", 0)
-        _, version = bundle.modules("host-local", {"CNI_COMMAND": "VERSION"}, b"", tmp_path)
+        _, version = bundle.modules("host-local", {"CNI_COMMAND": "VERSION"}, b"", tmp_path,
+                                    argv=[str(bundle.exe), "host-local"])
         assert sorted(set(thin) - set(version)) == ["_socket", "cni.handoff"]
     finally:
         agent.close()
