@@ -540,11 +540,14 @@ def print_memory(label, sample, figures):
 
 
 def bench_thin(n, figures):
-    """What the thin exec costs against doing nothing: a bare interpreter, the frozen VERSION,
-    a hand-off whose worker has nothing to do (stdin fails to decode), and that without the agent."""
+    """What the thin exec costs against doing nothing: a bare interpreter, the frozen bundle's VERSION,
+    the compiled client's, a hand-off whose worker has nothing to do (stdin fails to decode), and
+    that without the agent (the client execs the bundle)."""
+    bundle = [os.path.join(OURS, ".underlay", "underlay"), "host-local"]
     rows = {
         "python3 -I -S -c pass": (["/usr/bin/python3", "-I", "-S", "-c", "pass"], {}, b""),
-        "ours VERSION (frozen, nothing imported)": ([plugin("ours", "host-local")], cni_env("ours", "VERSION"), b""),
+        "the bundle's VERSION (frozen, no import)": (bundle, cni_env("ours", "VERSION"), b""),
+        "ours VERSION (the compiled client)": ([plugin("ours", "host-local")], cni_env("ours", "VERSION"), b""),
         "thin hand-off, worker does ~nothing": ([plugin("ours", "host-local")], cni_env("agent", "ADD"), b"{"),
         "  the same without the agent": ([plugin("ours", "host-local")], cni_env("ours", "ADD"), b"{"),
         "Go host-local, the same": ([plugin("go", "host-local")], cni_env("go", "ADD"), b"{"),
