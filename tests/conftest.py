@@ -84,9 +84,9 @@ def pod_ns():
     made = []
 
     def make():
-        name = nsutil.add_netns(nsutil.unique("ulp"))
-        made.append(name)
-        return name
+        name = nsutil.unique("ulp")
+        made.append(name)   # recorded first: removed even if `ip` fails half way
+        return nsutil.add_netns(name)
 
     try:
         yield make

@@ -588,25 +588,6 @@ def write_conflist(config_dir, file_name, conf):
 
 
 @pytest.fixture
-def pod_netns():
-    """pod_netns() -> a fresh named netns (uh-...), as a runtime makes one per pod; all removed at teardown."""
-    from tests import netns as nsutil
-    made = []
-
-    def make():
-        name = nsutil.unique("uh")
-        made.append(name)   # recorded first: removed even if `ip` fails half way
-        nsutil.add_netns(name)
-        return name
-
-    try:
-        yield make
-    finally:
-        for name in made:
-            nsutil.del_netns(name)
-
-
-@pytest.fixture
 def cl(etcd_cluster, tmp_path):
     """cluster-ipam configs for simulated nodes on a fresh etcd member (tests/cluster's Cluster)."""
     from tests.cluster.conftest import Cluster
@@ -618,7 +599,7 @@ def cl(etcd_cluster, tmp_path):
 
 
 @pytest.mark.etcd
-def test_healing_releases_this_nodes_cluster_ipam_attachments_of_gone_netns_only(tmp_path, cl, pod_netns):
+def test_healing_releases_this_nodes_cluster_ipam_attachments_of_gone_netns_only(tmp_path, cl, pod_ns):
     from tests import netns as nsutil
     from tests.cluster.conftest import addresses
     from tests.operator import run_underlay
@@ -629,7 +610,7 @@ def test_healing_releases_this_nodes_cluster_ipam_attachments_of_gone_netns_only
     sticky = cl.conf("10.79.1.0/24", node="uh-n1", name="uhsticky", sticky=True)
     conflist = write_conflist(config_dir, "10-uhnet.conflist", here)
     write_conflist(config_dir, "20-uhsticky.conflist", sticky)
-    pods = {cid: pod_netns() for cid in ("alive", "dead", "elsewhere", "old", "held")}
+    pods = {cid: pod_ns() for cid in ("alive", "dead", "elsewhere", "old", "held")}
     ips = {}
     for cid, conf in (("alive", here), ("dead", here), ("elsewhere", other_node), ("old", here), ("held", sticky)):
         ips[cid], = addresses(cl.add(conf, cid, netns=nsutil.netns_path(pods[cid]),
@@ -670,7 +651,7 @@ def test_healing_releases_this_nodes_cluster_ipam_attachments_of_gone_netns_only
 
 
 @pytest.mark.etcd
-def test_healing_outlives_an_etcd_that_never_answers(tmp_path, cl, pod_netns):
+def test_healing_outlives_an_etcd_that_never_answers(tmp_path, cl, pod_ns):
     """A network whose etcd accepts connections and never answers costs the healer its client's
     timeouts, is logged, and the next network (a working etcd) is healed all the same."""
     from tests import netns as nsutil
@@ -686,7 +667,7 @@ def test_healing_outlives_an_etcd_that_never_answers(tmp_path, cl, pod_netns):
     write_conflist(config_dir, "10-uhdown.conflist", down)
     here = cl.conf("10.79.3.0/24", node="uh-n1", name="uhnet")
     write_conflist(config_dir, "20-uhnet.conflist", here)
-    pod = pod_netns()
+    pod = pod_ns()
     ip, = addresses(cl.add(here, "dead", netns=nsutil.netns_path(pod)))
     nsutil.del_netns(pod)
     port = free_port()
