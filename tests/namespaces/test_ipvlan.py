@@ -132,6 +132,33 @@ def test_every_version_add_del(host_ns, master, pod_ns, data_dir):
     assert leases(data_dir, "ivnet") == []
 
 
+@needs_ipvlan
+@pytest.mark.both_paths
+def test_status_and_gc(host_ns, master, pod_ns, data_dir):
+    c = conf(master, data_dir)
+    status = plugin("STATUS", c, host_ns)
+    assert status.ok and status.stdout == "", status
+    keep, lost = pod_ns(), pod_ns()
+    add(c, host_ns, keep, "keep")
+    add(c, host_ns, lost, "lost")
+    gc = plugin("GC", dict(c, **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}),
+                host_ns)
+    assert gc.ok and gc.stdout == "", gc
+    lease, = leases(data_dir, "ivnet")
+    with open(f"{data_dir}/ivnet/{lease}", "rb") as f:
+        assert f.read() == b"keep\r\neth0"
+    for pod, cid in ((keep, "keep"), (lost, "lost")):
+        out = plugin("DEL", c, host_ns, pod, cid)
+        assert out.ok, out
+    assert leases(data_dir, "ivnet") == []
+    small = dict(c, ipam=dict(c["ipam"], ranges=[[{"subnet": "10.30.0.0/30"}]]))   # one address to give
+    pod = pod_ns()
+    add(small, host_ns, pod)
+    out = plugin("STATUS", small, host_ns)
+    assert out.cni_code == 50 and "no free address" in out.json["msg"], out
+    assert plugin("DEL", small, host_ns, pod).ok and leases(data_dir, "ivnet") == []
+
+
 @pytest.mark.parametrize("where", ["mac", "args", "runtime"])
 def test_mac_is_refused_as_unsupported(host_ns, master, pod_ns, data_dir, where):
     extra, args = {}, ""
