@@ -22,7 +22,7 @@ from tests.clients import libcni
 from tests.clients.conftest import install_plugin
 from tests.etcd import ETCD, TlsFiles, _die_with_parent
 
-pytestmark = [pytest.mark.root, pytest.mark.clients, pytest.mark.etcd]
+pytestmark = [pytest.mark.root, pytest.mark.clients, pytest.mark.both_paths, pytest.mark.etcd]
 CLUSTER_NADS = sorted(p.name for p in libcni.NADS.glob("*.yaml")
                       if (libcni.load_nad(p.name)[1]["plugins"][0].get("ipam") or {}).get("type") == "cluster-ipam")
 URL = "https://127.0.0.1:2379"     # inside host_ns: a fresh netns, nothing else listens there
