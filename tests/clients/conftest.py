@@ -4,6 +4,7 @@ Clients come from Debian packages (build/apt-packages.txt). A missing client is
 a test failure naming the package, never a skip.
 """
 
+import collections
 import os
 import shutil
 import sys
@@ -11,6 +12,7 @@ import tempfile
 
 import pytest
 
+from cni import registry
 from tests import netns as nsutil
 from tests.clients import libcni
 
@@ -27,33 +29,98 @@ def require(path_or_cmd, package):
     return found
 
 
-def write_wrapper(path, module):
-    """A plugin executable running `module` from this checkout. Runtimes may clear the
-    environment, so the wrapper sets PYTHONPATH itself; -P keeps the runtime's cwd
-    off sys.path."""
+class PluginRoute:
+    """Where the plugins of the session's CNI bin dirs hand off to, and what they were run for.
+
+    A client execs our plugins from its bin dir with an environment of its own making: libcni and
+    containerd's CRI pass theirs on, but podman's cleanup process (conmon starts it when a container
+    exits, and it DELs the network) gets only a few variables. An UNDERLAY_SOCKET given to the client
+    would not reach every plugin, which would then ask the node's default socket. So each plugin in
+    the bin dir is a wrapper that sets UNDERLAY_SOCKET itself, always to `socket`: a symlink to the
+    test agent's socket while a test runs through underlayd, else nothing (no agent answers, the
+    plugins work in-process). The wrapper also appends "plugin verb" to `calls`."""
+
+    def __init__(self, directory):
+        self.socket = os.path.join(directory, "underlay.sock")
+        self.calls = os.path.join(directory, "calls")
+        open(self.calls, "w").close()
+
+    def through(self, agent_socket):
+        """Send the wrapped plugins to the agent on `agent_socket` (None: to no agent)."""
+        if os.path.lexists(self.socket):
+            os.unlink(self.socket)
+        if agent_socket:
+            os.symlink(agent_socket, self.socket)
+
+    def mark(self):
+        return os.path.getsize(self.calls)
+
+    def calls_since(self, mark):
+        """[(plugin, verb)] of the wrapped plugins' runs since `mark`, VERSION left out (never handed off)."""
+        with open(self.calls) as f:
+            f.seek(mark)
+            return [tuple(fields) for fields in map(str.split, f.read().splitlines())
+                    if len(fields) == 2 and fields[1] != "VERSION"]
+
+
+def install_plugin(bin_dir, name, route):
+    """Our plugin `name` in `bin_dir`: a wrapper (see PluginRoute) running this checkout's module,
+    or the executable built into $UNDERLAY_BIN_DIR."""
+    built = os.environ.get("UNDERLAY_BIN_DIR")
+    if built:
+        target = os.path.join(os.path.abspath(built), name)
+        if not os.path.exists(target):
+            pytest.fail(f"UNDERLAY_BIN_DIR={built} has no {name} (run `make build`)", pytrace=False)
+        run = f"exec '{target}'"
+    else:
+        # runtimes may clear the environment, so PYTHONPATH is set here; -P keeps the runtime's cwd off sys.path
+        run = f"PYTHONPATH='{libcni.ROOT}' exec '{sys.executable}' -P -m {registry.module_of(name)}"
+    path = os.path.join(bin_dir, name)
     with open(path, "w") as f:
         f.write("#!/bin/sh\n"
-                f"PYTHONPATH='{libcni.ROOT}' exec '{sys.executable}' -P -m {module} \"$@\"\n")
+                f"echo {name} \"$CNI_COMMAND\" >> '{route.calls}'\n"
+                f"UNDERLAY_SOCKET='{route.socket}' {run} \"$@\"\n")
     os.chmod(path, 0o755)
 
 
 @pytest.fixture(scope="session")
-def cni_bin_dir():
-    """One CNI bin dir for every client: our plugins (wrappers around this checkout, or
-    the executables built into $UNDERLAY_BIN_DIR) and Debian's reference loopback and tuning."""
+def plugin_route():
+    directory = tempfile.mkdtemp(prefix="underlay-route-")
+    try:
+        yield PluginRoute(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def plugin_calls(plugin_path, plugin_route, request):
+    """The wrapped plugins take this test's path (tests/conftest.py plugin_path). Yields a function
+    returning [(plugin, verb)] of their runs so far in this test. Through the agent, every one of
+    them must have been served by it (checked at teardown, after the test's fixtures have DELeted)."""
+    agent = request.getfixturevalue("test_agent") if plugin_path == "agent" else None
+    mark, before = plugin_route.mark(), len(agent.served()) if agent else 0
+    plugin_route.through(agent.socket if agent else None)
+    try:
+        yield lambda: plugin_route.calls_since(mark)
+    finally:
+        plugin_route.through(None)
+    if agent:
+        calls = plugin_route.calls_since(mark)
+        served = [(plugin, verb) for plugin, verb, _, _ in agent.wait_served(before + len(calls))[before:]]
+        missed = collections.Counter(calls) - collections.Counter(served)
+        assert not missed, f"runs of our plugins under the client that underlayd did not serve: {dict(missed)}"
+
+
+@pytest.fixture(scope="session")
+def cni_bin_dir(plugin_route):
+    """One CNI bin dir for every client: our plugins (install_plugin) and Debian's reference
+    loopback and tuning."""
     for name in REFERENCE_PLUGINS:
         require(os.path.join(libcni.REFERENCE_DIR, name), "containernetworking-plugins")
     path = tempfile.mkdtemp(prefix="underlay-bin-")
     try:
-        built = os.environ.get("UNDERLAY_BIN_DIR")
-        for name, module in libcni.OUR_PLUGINS.items():
-            if built:
-                source = os.path.join(os.path.abspath(built), name)
-                if not os.path.exists(source):
-                    pytest.fail(f"UNDERLAY_BIN_DIR={built} has no {name} (run `make build`)", pytrace=False)
-                os.symlink(source, os.path.join(path, name))
-            else:
-                write_wrapper(os.path.join(path, name), module)
+        for name in libcni.OUR_PLUGINS:
+            install_plugin(path, name, plugin_route)
         for name in REFERENCE_PLUGINS:
             os.symlink(os.path.join(libcni.REFERENCE_DIR, name), os.path.join(path, name))
         yield path

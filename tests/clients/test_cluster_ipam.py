@@ -19,10 +19,10 @@ import pytest
 from ipam import cluster
 from tests import netns as nsutil
 from tests.clients import libcni
-from tests.clients.conftest import write_wrapper
+from tests.clients.conftest import install_plugin
 from tests.etcd import ETCD, TlsFiles, _die_with_parent
 
-pytestmark = [pytest.mark.root, pytest.mark.clients, pytest.mark.etcd]
+pytestmark = [pytest.mark.root, pytest.mark.clients, pytest.mark.both_paths, pytest.mark.etcd]
 CLUSTER_NADS = sorted(p.name for p in libcni.NADS.glob("*.yaml")
                       if (libcni.load_nad(p.name)[1]["plugins"][0].get("ipam") or {}).get("type") == "cluster-ipam")
 URL = "https://127.0.0.1:2379"     # inside host_ns: a fresh netns, nothing else listens there
@@ -62,16 +62,12 @@ def ns_etcd(host_ns):
 
 
 @pytest.fixture
-def bin_dir(tmp_path):
-    """CNI_PATH: our macvlan and cluster-ipam (this checkout, or $UNDERLAY_BIN_DIR's), Debian's bridge and loopback."""
+def bin_dir(tmp_path, plugin_route):
+    """CNI_PATH: our macvlan and cluster-ipam (install_plugin), Debian's bridge and loopback."""
     path = tmp_path / "bin"
     path.mkdir()
-    built = os.environ.get("UNDERLAY_BIN_DIR")
-    for name, module in (("macvlan", "cni.macvlan"), ("cluster-ipam", "ipam.cluster")):
-        if built:
-            os.symlink(os.path.join(os.path.abspath(built), name), path / name)
-        else:
-            write_wrapper(str(path / name), module)
+    for name in ("macvlan", "cluster-ipam"):
+        install_plugin(str(path), name, plugin_route)
     for name in ("bridge", "loopback"):
         os.symlink(os.path.join(libcni.REFERENCE_DIR, name), path / name)
     return str(path)

@@ -5,9 +5,14 @@ RunPodSandbox makes containerd create the pod netns and run its CNI setup
 the network down; RemovePodSandbox deletes the netns. The conflist is
 conf/examples/macvlan-bridge.conflist on a uniquely named veth in the ROOT
 netns (containerd's pod netns live there).
+
+The tests run twice (both_paths): the plugins working in-process, and handing
+off to a test underlayd, which must then serve every run (tests/clients/conftest.py
+PluginRoute). Each starts from a fresh store, so the pod IPs are the same either way.
 """
 
 import concurrent.futures
+import ipaddress
 import json
 import os
 import shutil
@@ -61,6 +66,18 @@ class Cri:
 
     def leases(self):
         return libcni.leases(self.data_dir, self.network)
+
+    def fresh_store(self):
+        """The network's host-local store as new (containerd reads its conflist once, so the
+        dataDir is the module's): a test's pods get the first addresses host-local hands out."""
+        assert self.leases() == {}, "an earlier test left a lease"
+        shutil.rmtree(os.path.join(self.data_dir, self.network), ignore_errors=True)
+
+    def first_addresses(self, count):
+        """The first `count` addresses host-local hands out from a fresh store."""
+        [(_, first, last, _)] = libcni.host_local_ranges(self.ipam)
+        candidates = (str(ipaddress.ip_address(value)) for value in range(first, last + 1))
+        return [ip for ip in candidates if libcni.allowed(ip, self.ipam)][:count]
 
 
 @pytest.fixture(scope="module")
@@ -149,12 +166,14 @@ def sandbox_view(cri, sandbox):
     return status, path, eth0, addrs, ip("link", "show", "dev", "lo")["flags"]
 
 
-def test_pod_sandbox_on_an_underlay_network(cri):
+@pytest.mark.both_paths
+def test_pod_sandbox_on_an_underlay_network(cri, plugin_calls):
+    cri.fresh_store()
     sandbox = cri.run("web-0")
     status, path, eth0, addrs, lo_flags = sandbox_view(cri, sandbox)
     pod_ip = status.status.network.ip
     assert status.status.state == cri.client.pb.SANDBOX_READY
-    assert pod_ip and libcni.allowed(pod_ip, cri.ipam), f"{pod_ip} must never be handed out"
+    assert [pod_ip] == cri.first_addresses(1)
     assert addrs == [f"{pod_ip}/24"]
     assert eth0["linkinfo"]["info_kind"] == "macvlan" and eth0["linkinfo"]["info_data"]["mode"] == "bridge"
     assert "UP" in lo_flags, "containerd runs loopback from the same bin_dir"
@@ -168,18 +187,21 @@ def test_pod_sandbox_on_an_underlay_network(cri):
     cri.client.remove(sandbox)
     cri.sandboxes.discard(sandbox)
     assert not os.path.exists(path), "RemovePodSandbox leaves the netns behind"
+    assert {("macvlan", "ADD"), ("macvlan", "DEL")} <= set(plugin_calls())
 
 
-def test_sandboxes_in_parallel(cri):
+@pytest.mark.both_paths
+def test_sandboxes_in_parallel(cri, plugin_calls):
+    cri.fresh_store()
     names = [f"batch-{i}" for i in range(4)]
     with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
         sandboxes = list(pool.map(cri.run, names))
     ips = [cri.client.status(s, verbose=False).status.network.ip for s in sandboxes]
-    assert len(set(ips)) == len(ips), f"duplicate pod IPs {ips}"
-    assert all(libcni.allowed(ip, cri.ipam) for ip in ips), ips
+    assert sorted(ips, key=ipaddress.ip_address) == cri.first_addresses(4), f"duplicate or unexpected pod IPs {ips}"
     assert cri.leases() == {ip: f"{s}\r\neth0".encode() for ip, s in zip(ips, sandboxes)}
     for sandbox, ip in zip(sandboxes, ips):
         assert sandbox_view(cri, sandbox)[3] == [f"{ip}/24"]
     with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
         list(pool.map(cri.stop_and_remove, sandboxes))
     assert cri.leases() == {}
+    assert plugin_calls().count(("macvlan", "ADD")) == len(names)

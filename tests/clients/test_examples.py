@@ -100,6 +100,7 @@ def test_docker_example_runs_on_debian_12s_libcni(example):
 
 @pytest.mark.root
 @pytest.mark.clients
+@pytest.mark.both_paths
 @pytest.mark.parametrize("example", SHIPPED)
 def test_example_through_libcni(example, driver, host_ns, master, pod_ns, data_dir, state_dir):
     conflist = libcni.localize(libcni.load_example(example), master, data_dir, state_dir)
@@ -158,6 +159,7 @@ def libcni_cannot_read(driver, net, version, ns, data_dir, cid):
 
 @pytest.mark.root
 @pytest.mark.clients
+@pytest.mark.both_paths
 def test_check_through_libcni_reports_a_lost_address(driver, master, pod_ns, data_dir, state_dir):
     """CHECK compares libcni's cached prevResult with the pod: a removed address is code 100."""
     conflist = libcni.localize(libcni.load_example("macvlan-bridge.conflist"), master, data_dir, state_dir)
@@ -176,6 +178,7 @@ def test_check_through_libcni_reports_a_lost_address(driver, master, pod_ns, dat
 
 @pytest.mark.root
 @pytest.mark.clients
+@pytest.mark.both_paths
 def test_status_through_libcni_reports_a_missing_master(driver, host_ns, master, data_dir, state_dir):
     """STATUS (a 1.1.0 list) answers 50 "not available" once the master is gone."""
     conflist = libcni.localize(libcni.load_example("version-1.1.0.conflist"), master, data_dir, state_dir)

@@ -17,7 +17,7 @@ from tests.clients import libcni
 from tests.clients.libcni import version_key
 from tests.plugins import run_plugin
 
-pytestmark = [pytest.mark.root, pytest.mark.clients]
+pytestmark = [pytest.mark.root, pytest.mark.clients, pytest.mark.both_paths]
 
 
 class Pod:

@@ -9,6 +9,10 @@ namespace context, so the master is a uniquely named veth in the ROOT netns.
 
 podman's libcni keeps its result cache in /var/lib/cni/results (not
 configurable in podman 4.3): entries of the test networks are checked and removed.
+
+The tests run twice (both_paths): the plugins working in-process, and handing
+off to a test underlayd, which must then serve every run (tests/clients/conftest.py
+PluginRoute); the addresses, errors and leases expected are the same.
 """
 
 import io
@@ -18,6 +22,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 
 import pytest
 
@@ -96,11 +101,11 @@ lock_type = "file"
             raise AssertionError(f"podman {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
 
-    def start(self, name, network, *options):
-        """A detached busybox sleeping on `network`; returns the CompletedProcess (may fail)."""
+    def start(self, name, network, *options, command=("sleep", "600")):
+        """A detached busybox running `command` on `network`; returns the CompletedProcess (may fail)."""
         return self.run("run", "-d", "--name", name, "--network", network, "--cgroup-parent", f"/{self.cgroup_parent}",
                         "--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768", *options,
-                        IMAGE, "sleep", "600", check=False)
+                        IMAGE, *command, check=False)
 
     def address(self, name):
         out = self.run("exec", name, "ip", "-o", "-4", "addr", "show", "dev", "eth0").stdout
@@ -176,7 +181,8 @@ def podman_net(podman, root_master, tmp_path):
             os.unlink(os.path.join(PODMAN_RESULTS, entry))
 
 
-def test_two_containers_on_a_macvlan_network(podman, podman_net):
+@pytest.mark.both_paths
+def test_two_containers_on_a_macvlan_network(podman, podman_net, plugin_calls):
     net = podman_net["name"]
     ipam = podman_net["plugins"][0]["ipam"]
     data_dir = ipam["dataDir"]
@@ -211,3 +217,21 @@ def test_two_containers_on_a_macvlan_network(podman, podman_net):
     assert podman_results(net) == []
     for path in sandboxes:
         assert not os.path.exists(path), f"{path} left behind"
+    assert {("macvlan", "ADD"), ("macvlan", "DEL")} <= set(plugin_calls())
+
+
+@pytest.mark.both_paths
+def test_a_container_that_exits_is_detached_by_podmans_cleanup(podman, podman_net, plugin_calls):
+    """When a container's process ends, conmon starts `podman container cleanup`, and that process DELs
+    with conmon's environment, not podman's (see tests/clients/conftest.py PluginRoute)."""
+    net = podman_net["name"]
+    data_dir = podman_net["plugins"][0]["ipam"]["dataDir"]
+    started = podman.start("c1-" + net, net, command=("ip", "-o", "-4", "addr", "show", "dev", "eth0"))
+    assert started.returncode == 0, started.stderr
+    assert podman.run("wait", "c1-" + net).stdout.strip() == "0"
+    assert podman.run("logs", "c1-" + net).stdout.split()[3] == "10.77.0.12/28"
+    deadline = time.monotonic() + 60   # the cleanup process runs on after `podman wait` returns
+    while (libcni.leases(data_dir, net) or podman_results(net)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert libcni.leases(data_dir, net) == {} and podman_results(net) == [], "podman's cleanup must DEL"
+    assert plugin_calls() == [("macvlan", "ADD"), ("macvlan", "DEL")]
