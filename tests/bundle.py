@@ -81,3 +81,14 @@ def bundle():
                 pytest.fail(f"build/build.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
             seconds = time.monotonic() - start
     return Bundle(DIST_BIN, seconds)
+
+
+def built_bin_dir(request):
+    """The built executables for a test that runs what ships: $UNDERLAY_BIN_DIR, else dist/bin (the
+    `bundle` fixture, built if stale); None inside the test VM, which builds no bundle (the checkout's
+    Python runs there, handing off through cni/handoff.py)."""
+    if os.environ.get("UNDERLAY_BIN_DIR"):
+        return os.path.abspath(os.environ["UNDERLAY_BIN_DIR"])
+    if os.environ.get("UNDERLAY_VM"):
+        return None
+    return str(request.getfixturevalue("bundle").bin_dir)

@@ -6,7 +6,7 @@ import pytest
 
 from tests import netns as nsutil
 from tests import plugins
-from tests.bundle import bundle  # noqa: F401  (a fixture for every tier)
+from tests.bundle import built_bin_dir, bundle  # noqa: F401  (bundle: a fixture for every tier)
 
 
 def pytest_addoption(parser):
@@ -43,10 +43,8 @@ def plugin_path(request, monkeypatch):
     before = len(agent.served()) if agent else 0
     if mode == "agent":
         monkeypatch.setattr(plugins, "AGENT_SOCKET", agent.socket)
-        if not os.environ.get("UNDERLAY_VM"):
-            # the thin client that ships (cni/handoff.c); inside the test VM, which builds no
-            # bundle, cni/handoff.py (tests/reliability/test_agent.py runs both everywhere)
-            monkeypatch.setattr(plugins, "BIN_DIR", str(request.getfixturevalue("bundle").bin_dir))
+        # the thin client that ships (cni/handoff.c); tests/reliability/test_agent.py runs both clients
+        monkeypatch.setattr(plugins, "BIN_DIR", built_bin_dir(request))
     yield mode
     if checked and mode == "agent":
         assert len(agent.wait_served(before + 1)) > before, "no plugin run of this test went through underlayd"

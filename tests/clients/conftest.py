@@ -14,6 +14,7 @@ import pytest
 
 from cni import registry
 from tests import netns as nsutil
+from tests.bundle import built_bin_dir
 from tests.clients import libcni
 
 REFERENCE_PLUGINS = ("loopback", "tuning")
@@ -63,14 +64,14 @@ class PluginRoute:
                     if len(fields) == 2 and fields[1] != "VERSION"]
 
 
-def install_plugin(bin_dir, name, route):
-    """Our plugin `name` in `bin_dir`: a wrapper (see PluginRoute) running this checkout's module,
-    or the executable built into $UNDERLAY_BIN_DIR."""
-    built = os.environ.get("UNDERLAY_BIN_DIR")
+def install_plugin(bin_dir, name, route, built):
+    """Our plugin `name` in `bin_dir`: a wrapper (see PluginRoute) running the built executable in
+    `built` (tests/bundle.py built_bin_dir: what ships, the compiled thin client in front of the
+    bundle), or this checkout's module when there is none (inside the test VM)."""
     if built:
-        target = os.path.join(os.path.abspath(built), name)
+        target = os.path.join(built, name)
         if not os.path.exists(target):
-            pytest.fail(f"UNDERLAY_BIN_DIR={built} has no {name} (run `make build`)", pytrace=False)
+            pytest.fail(f"{built} has no {name} (run `make build`)", pytrace=False)
         run = f"exec '{target}'"
     else:
         # runtimes may clear the environment, so PYTHONPATH is set here; -P keeps the runtime's cwd off sys.path
@@ -112,15 +113,16 @@ def plugin_calls(plugin_path, plugin_route, request):
 
 
 @pytest.fixture(scope="session")
-def cni_bin_dir(plugin_route):
+def cni_bin_dir(plugin_route, request):
     """One CNI bin dir for every client: our plugins (install_plugin) and Debian's reference
     loopback and tuning."""
     for name in REFERENCE_PLUGINS:
         require(os.path.join(libcni.REFERENCE_DIR, name), "containernetworking-plugins")
     path = tempfile.mkdtemp(prefix="underlay-bin-")
     try:
+        built = built_bin_dir(request)
         for name in libcni.OUR_PLUGINS:
-            install_plugin(path, name, plugin_route)
+            install_plugin(path, name, plugin_route, built)
         for name in REFERENCE_PLUGINS:
             os.symlink(os.path.join(libcni.REFERENCE_DIR, name), os.path.join(path, name))
         yield path

@@ -19,6 +19,7 @@ import pytest
 from ipam import cluster
 from tests import netns as nsutil
 from tests.clients import libcni
+from tests.bundle import built_bin_dir
 from tests.clients.conftest import install_plugin
 from tests.etcd import ETCD, TlsFiles, _die_with_parent
 
@@ -62,12 +63,12 @@ def ns_etcd(host_ns):
 
 
 @pytest.fixture
-def bin_dir(tmp_path, plugin_route):
+def bin_dir(tmp_path, plugin_route, request):
     """CNI_PATH: our macvlan and cluster-ipam (install_plugin), Debian's bridge and loopback."""
     path = tmp_path / "bin"
     path.mkdir()
     for name in ("macvlan", "cluster-ipam"):
-        install_plugin(str(path), name, plugin_route)
+        install_plugin(str(path), name, plugin_route, built_bin_dir(request))
     for name in ("bridge", "loopback"):
         os.symlink(os.path.join(libcni.REFERENCE_DIR, name), path / name)
     return str(path)
