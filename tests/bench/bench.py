@@ -640,7 +640,7 @@ def bench_agent(n, parallel_count, workdir, figures):
                     print_memory(f"underlayd peak during {parallel_count} ADDs, {round_}", sampler.peak, figures)
                 jobs = [([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL")) for _, env in jobs]
                 wall, execs = parallel(jobs, conf)
-                parallel_report(f"  then {parallel_count} parallel DELs", impl, wall, execs, figures)
+                parallel_report(f"  then {parallel_count} parallel DELs, {round_}", impl, wall, execs, figures)
                 for pod in pods:
                     ns.drop(pod)
         time.sleep(0.5)
