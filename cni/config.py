@@ -75,6 +75,20 @@ def key_problems(schema, config):
     return problems
 
 
+def known_only(schema, config):
+    """A copy of `config` without the keys conf/schema/<schema>.json does not know, at the places
+    key_problems looks at: what the plugin reads of it, nothing a config may carry besides."""
+    def keep(spot, value):
+        if isinstance(value, dict):
+            known, children = spot.get("keys"), spot.get("props", {})
+            return {key: keep(children.get(key, {}), item) for key, item in value.items()
+                    if known is None or key in known}
+        if isinstance(value, list) and "items" in spot:
+            return [keep(spot["items"], item) for item in value]
+        return value
+    return keep(schema_module(schema).KEYS, config)
+
+
 def rule_message(module, e):
     """fastjsonschema says 'data.ipam.ranges[0] must be array'; we say 'ipam.ranges[0] must be array',
     and a pattern's sentence instead of the pattern."""

@@ -1,7 +1,8 @@
 """Small file helpers written once: the boot ID and whole-file atomic writes.
 
 Used by the lease store (ipam/lease_files.py, ipam/lease_index.py), the
-kernel probe's cache (cni/kernel.py) and the parents' records (cni/parents.py).
+kernel probe's cache (cni/kernel.py), the parents' records (cni/parents.py)
+and cluster-ipam's network records (ipam/cluster.py).
 """
 
 import os
@@ -49,6 +50,24 @@ def replace(path, data, dir_fd=None, sync=False):
     except BaseException:
         remove(tmp, dir_fd)
         raise
+
+
+def replace_if_changed(path, data, dir_fd=None):
+    """replace() unless `path` holds `data` already: what is written the same on every call (once
+    per ADD) then costs one small read, not a write and a rename. True if it wrote."""
+    try:
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        old = None   # missing, a symlink, unreadable: written anew (the rename replaces a symlink itself)
+    else:
+        try:
+            old = os.read(fd, len(data) + 1)
+        finally:
+            os.close(fd)
+    if old == data:
+        return False
+    replace(path, data, dir_fd)
+    return True
 
 
 def remove(path, dir_fd=None):

@@ -47,3 +47,23 @@ def test_write_temp_names_its_files_as_debris_is_recognised(tmp_path):
     files.remove(name)
     files.remove(name)                                   # gone already: fine
     assert os.listdir(tmp_path) == []
+
+
+def test_replace_if_changed_reads_first_and_writes_only_a_difference(tmp_path):
+    path = str(tmp_path / "record.json")
+    assert files.replace_if_changed(path, b"one") is True            # missing: written
+    before = os.stat(path)
+    assert files.replace_if_changed(path, b"one") is False           # same: left as it is
+    assert (os.stat(path).st_ino, os.stat(path).st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    for data in (b"on", b"one!", b"two"):                            # shorter, longer, other: rewritten
+        assert files.replace_if_changed(path, data) is True and open(path, "rb").read() == data
+    assert os.stat(path).st_ino != before.st_ino and os.stat(path).st_mode & 0o777 == 0o600
+    assert os.listdir(tmp_path) == ["record.json"]
+
+
+def test_replace_if_changed_replaces_a_symlink_never_its_target(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"same")
+    os.symlink(target, tmp_path / "record.json")
+    assert files.replace_if_changed(str(tmp_path / "record.json"), b"same") is True   # not read through it
+    assert not os.path.islink(tmp_path / "record.json") and target.read_bytes() == b"same"
