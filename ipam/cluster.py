@@ -12,23 +12,30 @@ host-local); else the pod's sticky hold; else round-robin over this node's
 blocks; else a free block claimed for this node; else an address borrowed from
 another node's block; else code 101. A node-local file lock under dataDir
 serialises this node's own operations on a network (ADDs then rarely race each
-other on a block); correctness never depends on it.
+other on a block); correctness never depends on it. Beside that lock, ADD keeps
+a record of the network (RECORD: its name and ipam section), by which underlayd
+heals the networks no config file names, a Multus NetworkAttachmentDefinition's.
 
 Run from a checkout: `python3 -m ipam.cluster` with the CNI_* environment.
 """
 
 import ipaddress
+import json
+import os
 import socket
 import time
 
 from cni import config as netconf
 from cni import contract
-from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_NOT_AVAILABLE, CniError
+from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_IO, ERR_NOT_AVAILABLE, CniError
+from cni.files import replace_if_changed
 from ipam import allocator, verbs
 from ipam.blocks import DEFAULT_BLOCK_SIZE, Grid
 
 DEFAULT_PREFIX = "/underlay/ipam"
 DEFAULT_DATA_DIR = "/var/lib/cni/cluster-ipam"
+RECORD = "network.json"   # <dataDir>/<network>/RECORD: what underlayd's healer opens the store by
+RECORD_MAX = 1 << 20
 DEFAULT_STICKY_SECONDS = 300
 MAX_STICKY_SECONDS = 366 * 86400
 MAX_ATTEMPTS = 1000
@@ -303,6 +310,7 @@ def cmd_add(request):
         # such an ADD, so they are released here and this ADD allocates afresh. With sticky they
         # become the pod's holds, which it takes back just below: the same addresses.
         pending, done = store.pending_and_done(cid, ifname)
+        keep_record(conf, store.files, request.network)   # etcd answered: before any lease is taken
         verbs.refuse_duplicate(conf, done, cid, ifname)
         for ip in pending:
             store.release(ip, cid, ifname)
@@ -316,6 +324,72 @@ def cmd_add(request):
             rollback(store, allocated, cid, ifname)
             raise
     return verbs.add_result(conf, allocated)
+
+
+def record(conf, network):
+    """The bytes of the network's RECORD: its name and the ipam section as ADD parsed it, node and
+    dataDir as resolved, and only the keys the schema knows (nothing else a config carries lands on
+    disk: the etcd section's certificates are paths, never key material). Never a lease."""
+    ipam = netconf.known_only("cluster-ipam", {"ipam": conf.ipam})["ipam"]
+    ipam.update(node=conf.node, dataDir=conf.data_dir)
+    return json.dumps({"network": network, "ipam": ipam}, sort_keys=True).encode()
+
+
+def keep_record(conf, files, network):
+    """Write the RECORD (0600, atomically, under the node's lock) unless it says so already: an ADD
+    pays one small read, a write only when the config changed."""
+    try:
+        replace_if_changed(RECORD, record(conf, network), files.dir_fd)
+    except OSError as e:
+        raise CniError(ERR_IO, f"ipam.dataDir {files.path}/{RECORD}: {e.strerror or e}") from None
+
+
+def recorded_networks(data_dir):
+    """(found, problems) of one dataDir: found, (path, config) of each network an ADD recorded there,
+    the config {"name", "ipam"} as heal() takes it; problems, a line for each record that cannot be
+    read or is not one (the others are found all the same). A dataDir not there has none."""
+    try:
+        names = sorted(n for n in os.listdir(data_dir) if not n.startswith("."))
+    except FileNotFoundError:
+        return [], []
+    except OSError as e:
+        return [], [f"{data_dir}: {e.strerror or e}"]
+    found, problems = [], []
+    for name in names:
+        path = os.path.join(data_dir, name, RECORD)
+        try:
+            found.append((path, read_record(path, data_dir, name)))
+        except (FileNotFoundError, NotADirectoryError):
+            continue   # no record (a stray file, or only older versions' ADDs): nothing to heal it by
+        except OSError as e:
+            problems.append(f"{path}: {e.strerror or e}")
+        except ValueError as e:
+            problems.append(f"{path}: not a record of cluster-ipam: {e}")
+    return found, problems
+
+
+def read_record(path, data_dir, network):
+    """The config {"name", "ipam"} in the RECORD at `path`, found as <data_dir>/<network>/RECORD;
+    ValueError if it is not one, or names another network or dataDir than where it lies."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, RECORD_MAX + 1)
+    finally:
+        os.close(fd)
+    if len(data) > RECORD_MAX:
+        raise ValueError(f"larger than {RECORD_MAX} bytes")
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"not JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("ipam"), dict):
+        raise ValueError("no ipam object")
+    if doc.get("network") != network:
+        raise ValueError(f"names network {doc.get('network')!r}, not {network!r} (its directory)")
+    recorded = doc["ipam"].get("dataDir")
+    if not isinstance(recorded, str) or os.path.normpath(recorded) != os.path.normpath(data_dir):
+        raise ValueError(f"names dataDir {recorded!r}, not {data_dir!r} (where it lies)")
+    return {"name": network, "ipam": doc["ipam"]}
 
 
 def rollback(store, allocated, cid, ifname):

@@ -3,6 +3,7 @@
 import ipaddress
 import json
 import time
+import uuid
 
 import pytest
 
@@ -147,6 +148,31 @@ def test_etcd_unreachable_is_code_11_within_request_timeout_and_leaves_nothing(c
     assert took < 1.5 + 1.5, took                  # the bound, plus starting the interpreter
     assert files_under(tmp_path / "nodes") == ["n1/net1/lock"]    # no lease, no cache written
     assert cl.keys() == {}
+
+
+@pytest.mark.both_paths
+def test_add_keeps_a_record_of_the_network_rewritten_only_when_its_config_changes(cl, tmp_path):
+    """<dataDir>/<network>/network.json, by which underlayd heals a network no config file names (a
+    NetworkAttachmentDefinition's): written 0600 by the first ADD, read and left alone by the next."""
+    cl.prefix = f"/ujl-{uuid.uuid4().hex[:8]}"
+    conf = cl.conf("10.43.0.0/24", node="uj-n1", name="ujrec")
+    path = tmp_path / "nodes" / "uj-n1" / "ujrec" / cluster.RECORD
+    assert addresses(cl.add(conf, "c1"))
+    assert json.loads(path.read_text()) == {"network": "ujrec", "ipam": conf["ipam"]}
+    assert path.stat().st_mode & 0o777 == 0o600
+    first = path.stat()
+    assert addresses(cl.add(conf, "c2")) and cl.delete(conf, "c1").ok
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)   # not rewritten
+    changed = cl.conf("10.43.0.0/24", node="uj-n1", name="ujrec", etcd=cl.etcd_conf(requestTimeout=4))
+    assert addresses(cl.add(changed, "c3"))
+    assert path.stat().st_ino != first.st_ino
+    assert json.loads(path.read_text()) == {"network": "ujrec", "ipam": changed["ipam"]}
+    assert addresses(cl.add(conf, "c4"))                            # and back
+    assert json.loads(path.read_text()) == {"network": "ujrec", "ipam": conf["ipam"]}
+    assert files_under(tmp_path / "nodes") == ["uj-n1/ujrec/last_reserved_ip.0", "uj-n1/ujrec/lock",
+                                               "uj-n1/ujrec/network.json"]   # no temporary file left
+    for cid in ("c2", "c3", "c4"):
+        assert cl.delete(conf, cid).ok
 
 
 def test_whereabouts_config_is_accepted_as_it_is(cl):
