@@ -1,7 +1,7 @@
 """underlayd: the node agent that keeps the plugins warm.
 
     underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PATH] [--workers N] [--spares N] [--queue N]
-              [--data-dir DIR]... [--heal-every SECONDS] [--config-dir DIR]
+              [--data-dir DIR]... [--heal-every SECONDS] [--config-dir DIR] [--cluster-data-dir DIR]...
 
 Every exec of a plugin pays for a fresh interpreter and its imports (~30 ms
 before any work). underlayd imports every plugin once and keeps forked spare
@@ -58,6 +58,7 @@ TEXTFILE_EVERY = 15.0    # seconds between --textfile writes
 DEFAULT_HEAL_EVERY = 300  # seconds between healing runs (and one at start)
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"   # host-local's default dataDir
 DEFAULT_CONFIG_DIR = "/etc/cni/net.d"        # the runtime's conflists: the pools' ranges, cluster-ipam's networks
+DEFAULT_CLUSTER_DATA_DIR = "/var/lib/cni/cluster-ipam"   # cluster-ipam's default dataDir: its networks' records
 POOL_LOCK_TIMEOUT = 2.0  # seconds a scrape waits for one store's lock (then that network is a problem)
 PLUGINS = {}             # name -> module of every plugin served, imported by preload()
 
@@ -89,6 +90,7 @@ class Options:
         self.data_dirs = []
         self.heal_every = DEFAULT_HEAL_EVERY
         self.config_dir = DEFAULT_CONFIG_DIR
+        self.cluster_data_dirs = []
         args = list(argv)
         while args:
             flag = args.pop(0)
@@ -96,7 +98,7 @@ class Options:
             if name in ("-h", "--help"):
                 raise Usage(None)
             if name not in ("--socket", "--metrics", "--textfile", "--workers", "--spares", "--queue",
-                            "--data-dir", "--heal-every", "--config-dir"):
+                            "--data-dir", "--heal-every", "--config-dir", "--cluster-data-dir"):
                 raise Usage(f"unknown option {flag!r}")
             if not eq:
                 if not args:
@@ -111,10 +113,10 @@ class Options:
                 if not colon or not port.isdigit() or int(port) > 65535:
                     raise Usage(f"--metrics: {value!r} is not HOST:PORT")
                 self.metrics = (host.strip("[]") or "0.0.0.0", int(port))
-            elif name == "--data-dir":
+            elif name in ("--data-dir", "--cluster-data-dir"):
                 if not value.startswith("/"):
-                    raise Usage("--data-dir: must be an absolute path")
-                self.data_dirs.append(value)
+                    raise Usage(f"{name}: must be an absolute path")
+                (self.data_dirs if name == "--data-dir" else self.cluster_data_dirs).append(value)
             elif name == "--config-dir":
                 if not value.startswith("/"):
                     raise Usage("--config-dir: must be an absolute path")
@@ -133,6 +135,7 @@ class Options:
                 setattr(self, name[2:], int(value))
         self.spares = min(self.spares, self.workers)
         self.data_dirs = self.data_dirs or [DEFAULT_DATA_DIR]
+        self.cluster_data_dirs = self.cluster_data_dirs or [DEFAULT_CLUSTER_DATA_DIR]
 
 
 class Usage(Exception):
@@ -140,7 +143,8 @@ class Usage(Exception):
 
 
 USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PATH] [--workers N] [--spares N]"
-         " [--queue N] [--data-dir DIR]... [--heal-every SECONDS] [--config-dir DIR]\n"
+         " [--queue N] [--data-dir DIR]... [--heal-every SECONDS] [--config-dir DIR]"
+         " [--cluster-data-dir DIR]...\n"
          f"  --socket   the agent's socket (default {handoff.DEFAULT_SOCKET}; plugins read $UNDERLAY_SOCKET)\n"
          f"  --workers  invocations served at once (default {DEFAULT_WORKERS}); more wait in the queue\n"
          f"  --spares   workers forked ahead of requests (default {DEFAULT_SPARES})\n"
@@ -150,7 +154,10 @@ USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PAT
          "  --metrics  serve Prometheus text at http://HOST:PORT/metrics (and /healthz)\n"
          "  --textfile also write it to PATH.prom every 15 s, for node-exporter's textfile collector\n"
          f"  --config-dir  the network configs whose host-local pools are reported and whose cluster-ipam\n"
-         f"             networks are healed (default {DEFAULT_CONFIG_DIR})\n")
+         f"             networks are healed (default {DEFAULT_CONFIG_DIR})\n"
+         "  --cluster-data-dir  cluster-ipam dataDir whose recorded networks (a NetworkAttachmentDefinition's,\n"
+         "             which no config file names) are healed too (repeatable; default\n"
+         f"             {DEFAULT_CLUSTER_DATA_DIR}; the dataDirs of --config-dir's cluster-ipam configs always)\n")
 
 
 def log(message):
@@ -514,11 +521,12 @@ def netns_certainly_gone(path):
     return netns_visible(path) and lease_index.netns_gone(path)
 
 
-def heal(data_dirs, config_dir, report):
+def heal(data_dirs, config_dir, cluster_data_dirs, report):
     """In a forked child: release every lease whose recorded pod netns is certainly gone, host-local's
-    (data_dirs) and cluster-ipam's (this node's, of the networks configured in config_dir), in the
-    node's mount namespace (PID 1's: the agent may run in a container), where the plugins' paths
-    (netns, dataDir, etcd certificates) are what the plugins see."""
+    (data_dirs) and cluster-ipam's (this node's, of the networks configured in config_dir or recorded
+    in cluster_data_dirs and those configs' dataDirs), in the node's mount namespace (PID 1's: the
+    agent may run in a container), where the plugins' paths (netns, dataDir, etcd certificates) are
+    what the plugins see."""
     cluster = healing_imports()
     try:
         fd = os.open("/proc/1/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
@@ -530,7 +538,7 @@ def heal(data_dirs, config_dir, report):
         log(f"healing: cannot enter the node's mount namespace ({e.strerror or e}); healing in ours")
     heal_host_local(data_dirs, report)
     if cluster:
-        heal_cluster(config_dir, report)
+        heal_cluster(config_dir, cluster_data_dirs, report)
     os._exit(0)
 
 
@@ -584,10 +592,13 @@ def heal_host_local(data_dirs, report):
                 log(f"healing: {data_dir}/{network}: {getattr(e, 'msg', None) or e}")
 
 
-def heal_cluster(config_dir, report):
-    """cluster-ipam's part: per network configured in config_dir, this node's attachments whose
-    netns is gone, released as DEL releases them (ipam/cluster.heal). An etcd that does not answer
-    costs that network its client's timeouts (etcd.requestTimeout per call) and is logged."""
+def heal_cluster(config_dir, cluster_data_dirs, report):
+    """cluster-ipam's part: per network configured in config_dir, then per network an ADD recorded
+    (ipam/cluster.RECORD) in cluster_data_dirs or those configs' dataDirs that no config names (a
+    NetworkAttachmentDefinition's: Multus hands its config to the plugin, no file holds it), this
+    node's attachments whose netns is gone, released as DEL releases them (ipam/cluster.heal). An
+    etcd that does not answer costs that network its client's timeouts (etcd.requestTimeout per
+    call) and is logged; so is a record that cannot be read, and the others are healed all the same."""
     import json
     from cni.operator import configs, validate
     from ipam import cluster
@@ -595,22 +606,34 @@ def heal_cluster(config_dir, report):
     found, bad = configs.ipam_users(paths, validate.is_cluster_ipam)
     for problem in problems + bad:
         log(f"healing: {problem}")
+    networks = [(path, network.name, plugin.config) for path, network, plugin, ipam in found]
+    configured = {name for _, name, _ in networks}   # a config file wins over a record of its name
+    data_dirs = list(cluster_data_dirs)
+    for _, _, _, ipam in found:
+        data_dir = ipam.get("dataDir") or cluster.DEFAULT_DATA_DIR
+        if isinstance(data_dir, str) and data_dir.startswith("/") and data_dir not in data_dirs:
+            data_dirs.append(data_dir)
+    for data_dir in data_dirs:
+        records, bad = cluster.recorded_networks(data_dir)
+        for problem in bad:
+            log(f"healing: {problem}")
+        networks += [(path, config["name"], config) for path, config in records if config["name"] not in configured]
     seen = set()
-    for path, network, plugin, ipam in found:
-        key = json.dumps([network.name, ipam], sort_keys=True)
+    for path, name, config in networks:
+        key = json.dumps([name, config.get("ipam")], sort_keys=True)
         if key in seen:
             continue   # the same network in two files (a conflist and its copy): healed once
         seen.add(key)
         released = 0
         try:
-            for cid, ifname, netns, ips in cluster.heal(plugin.config, netns_certainly_gone):
+            for cid, ifname, netns, ips in cluster.heal(config, netns_certainly_gone):
                 released += len(ips)
                 log(f"healing: released {', '.join(ips)} of {cid}/{ifname} in cluster-ipam network "
-                    f"{network.name}: its netns {netns} is gone")
+                    f"{name}: its netns {netns} is gone")
         except Exception as e:   # etcd unreachable, a bad config: the other networks are still healed
-            log(f"healing: cluster-ipam network {network.name} ({path}): {getattr(e, 'msg', None) or e}")
+            log(f"healing: cluster-ipam network {name} ({path}): {getattr(e, 'msg', None) or e}")
         if released:
-            report(f"H {os.getpid()} {network.name} {released}")
+            report(f"H {os.getpid()} {name} {released}")
 
 
 # --------------------------------------------------------------------------
@@ -928,7 +951,7 @@ class Agent:
             return   # the last run is still going
         self.metrics.heal_runs += 1
         self.healer = self.fork_background(lambda: heal(self.options.data_dirs, self.options.config_dir,
-                                                        self.report))
+                                                        self.options.cluster_data_dirs, self.report))
 
     def fork_background(self, work):
         """A child of the agent that runs `work` with default signals and without the listening

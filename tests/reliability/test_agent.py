@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 import pytest
 
@@ -683,6 +684,82 @@ def test_healing_outlives_an_etcd_that_never_answers(tmp_path, cl, pod_ns):
     finally:
         agent.close()
         silent.close()
+
+
+@pytest.mark.etcd
+def test_healing_releases_this_nodes_leases_of_a_network_known_only_by_its_record(tmp_path, etcd_cluster, pod_ns):
+    """A NetworkAttachmentDefinition's network (Multus hands its config to the plugin: no file in
+    --config-dir holds it) is healed by the record its ADDs left in their dataDir (--cluster-data-dir),
+    over TLS by the certificate paths recorded; a malformed record is logged and skipped."""
+    from tests import netns as nsutil
+    from tests.cluster.conftest import Cluster, addresses
+    cl = Cluster(etcd_cluster(members=1, tls=True), tmp_path)
+    cl.prefix = f"/ujl-{uuid.uuid4().hex[:8]}"
+    try:
+        data_dir = tmp_path / "uj-cluster-ipam"
+        here = cl.conf("10.79.4.0/24", node="uj-n1", name="ujnad", dataDir=str(data_dir))
+        other_node = cl.conf("10.79.4.0/24", node="uj-n2", name="ujnad")    # its record: on its own node
+        pods = {cid: pod_ns() for cid in ("alive", "dead", "elsewhere")}
+        ips = {}
+        for cid, conf in (("alive", here), ("dead", here), ("elsewhere", other_node)):
+            ips[cid], = addresses(cl.add(conf, cid, netns=nsutil.netns_path(pods[cid])))
+        record = (data_dir / "ujnad" / "network.json").read_text()
+        assert cl.etcd.tls.key in record and "PRIVATE KEY" not in record     # the key's path, never the key
+        for cid in ("dead", "elsewhere"):
+            nsutil.del_netns(pods[cid])                  # their DELs never come
+        (data_dir / "ujbad").mkdir()                     # listed first: the healer goes on past it
+        (data_dir / "ujbad" / "network.json").write_text('{"network": "ujbad", "ipam": ')
+        port = free_port()
+        agent = Agent("--cluster-data-dir", str(data_dir), "--data-dir", str(tmp_path / "no-host-local"),
+                      "--heal-every", "1", "--metrics", f"127.0.0.1:{port}", directory=str(tmp_path / "run"))
+        try:
+            wait_for(lambda: f"released {ips['dead']} of dead/eth0 in cluster-ipam network ujnad" in agent.log(),
+                     what="the healing of dead")
+            wait_for(lambda: samples(scrape(port)[2])["underlay_heal_runs_total"] >= 3, what="two more healing runs")
+            assert f"healing: {data_dir}/ujbad/network.json: not a record of cluster-ipam: not JSON" in agent.log()
+            assert samples(scrape(port)[2])['underlay_heal_releases_total{network="ujnad"}'] == 1
+            assert agent.log().count("healing: released") == 1, agent.log()   # once, and nobody else's
+            assert agent.proc.poll() is None
+        finally:
+            agent.close()
+        assert sorted(cl.leases()) == sorted([ips["alive"], ips["elsewhere"]])
+        assert cl.leases()[ips["elsewhere"]]["node"] == "uj-n2"
+    finally:
+        cl.close()
+
+
+@pytest.mark.etcd
+def test_healing_reads_records_in_the_configs_dataDirs_and_a_config_wins_over_a_record(tmp_path, cl, pod_ns):
+    """The dataDirs of --config-dir's cluster-ipam configs hold records too (no --cluster-data-dir needed
+    for them); a network a config file names is healed by that config alone, never by a record of its
+    name: here the file names an etcd that refuses (moved, say), the record the one its ADD used."""
+    from tests import netns as nsutil
+    from tests.cluster.conftest import addresses
+    cl.prefix = f"/ujl-{uuid.uuid4().hex[:8]}"
+    config_dir = tmp_path / "net.d"
+    config_dir.mkdir()
+    nad = cl.conf("10.79.5.0/24", node="uj-n1", name="ujnad")      # both in tmp_path/nodes/uj-n1
+    configured = cl.conf("10.79.6.0/24", node="uj-n1", name="ujconf")
+    pods = {name: pod_ns() for name in ("ujnad", "ujconf")}
+    ips = {}
+    for name, conf in (("ujnad", nad), ("ujconf", configured)):
+        ips[name], = addresses(cl.add(conf, "dead", netns=nsutil.netns_path(pods[name])))
+        nsutil.del_netns(pods[name])
+    moved = dict(configured, ipam=dict(configured["ipam"], etcd={"endpoints": ["http://127.0.0.1:9"],
+                                                                   "prefix": cl.prefix, "requestTimeout": 1}))
+    conflist = write_conflist(config_dir, "10-ujconf.conflist", moved)
+    port = free_port()
+    agent = Agent("--config-dir", str(config_dir), "--data-dir", str(tmp_path / "no-host-local"),
+                  "--heal-every", "1", "--metrics", f"127.0.0.1:{port}", directory=str(tmp_path / "run"))
+    try:
+        wait_for(lambda: f"released {ips['ujnad']} of dead/eth0 in cluster-ipam network ujnad" in agent.log(),
+                 what="the healing of ujnad by its record")
+        wait_for(lambda: samples(scrape(port)[2])["underlay_heal_runs_total"] >= 3, what="two more healing runs")
+        assert f"healing: cluster-ipam network ujconf ({conflist}): etcd" in agent.log(), agent.log()
+        assert agent.log().count("healing: released") == 1, agent.log()
+    finally:
+        agent.close()
+    assert sorted(cl.leases()) == [ips["ujconf"]]                   # left for its config's etcd to come back
 
 
 def test_a_queued_request_outwaits_the_bound_while_the_agent_is_alive(tmp_path, via, node):

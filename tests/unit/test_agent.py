@@ -5,6 +5,7 @@ import os
 import pytest
 
 from cni import agent
+from ipam import cluster
 
 
 def bookkeeping(idle=(), busy=()):
@@ -42,6 +43,7 @@ def test_reports_are_counted_and_split_across_reads():
     (["--workers", "0"], "--workers"), (["--spares", "x"], "--spares"), (["--socket", "a.sock"], "absolute"),
     (["--metrics", "9377"], "HOST:PORT"), (["--textfile", "/x.txt"], ".prom"), (["--heal-every", "-1"], "seconds"),
     (["--data-dir", "rel"], "absolute"), (["--queue"], "needs a value"), (["--nope"], "unknown option"),
+    (["--cluster-data-dir", "rel"], "--cluster-data-dir: must be an absolute"),
 ])
 def test_bad_options_are_refused_naming_them(args, fragment):
     with pytest.raises(agent.Usage, match=fragment):
@@ -53,3 +55,6 @@ def test_options_defaults_and_forms():
     assert o.socket == "/run/x/u.sock" and o.metrics == ("0.0.0.0", 9377)
     assert o.workers == 2 and o.spares == 2          # never more spares than workers
     assert o.data_dirs == ["/var/lib/cni/networks"] and o.heal_every == agent.DEFAULT_HEAL_EVERY
+    assert o.cluster_data_dirs == [cluster.DEFAULT_DATA_DIR]   # cluster-ipam's own default, where ADD records
+    o = agent.Options(["--cluster-data-dir", "/a", "--cluster-data-dir=/b", "--data-dir", "/c"])
+    assert o.cluster_data_dirs == ["/a", "/b"] and o.data_dirs == ["/c"]
