@@ -5,9 +5,9 @@ plugins, the agent `underlayd`, the operator's `underlay`) is a symlink to this
 one executable, so the name it was called by picks the program. A prefixed
 name (`underlay-macvlan`, or any PLUGIN_PREFIX given to `make install`) picks
 the same CNI plugin, so ours can sit next to the reference plugins. Called by
-its own name, `underlay`, a first argument that names a CNI plugin runs it
-(`underlay host-local`, for debugging a bundle by hand); anything else is the
-operator's command. The compiled thin client (cni/handoff.c) runs the
+its own name, `underlay`, a first argument that names another program runs it
+(`underlay host-local`, `underlay underlayd`, for debugging a bundle by hand);
+anything else is the operator's command. The compiled thin client (cni/handoff.c) runs the
 bundle that way whenever it does not hand the invocation to underlayd.
 
 Plugin modules are imported only once the name is known: each exec pays for
@@ -30,9 +30,9 @@ def program_for(argv):
     """The registry name argv stands for (argv[1] dropped when it named it), or None."""
     called = os.path.basename(argv[0])
     if called in registry.EXECUTABLES and registry.EXECUTABLES[called][1] not in registry.CNI_ROLES:
-        if called == BUNDLE_NAME and len(argv) > 1 and registry.plugin_for(argv[1]):
+        if called == BUNDLE_NAME and len(argv) > 1 and argv[1] != BUNDLE_NAME and program_for(argv[1:2]):
             argv[0] = argv.pop(1)   # as if called by that name (the plugin's messages use it)
-            return registry.plugin_for(argv[0])
+            return program_for(argv[:1])
         return called
     return registry.plugin_for(called)
 

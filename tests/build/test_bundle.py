@@ -261,6 +261,7 @@ def entry():
     (["underlay-macvlan"], "macvlan"), (["underlay-host-local"], "host-local"), (["u_ipvlan"], "ipvlan"),
     (["underlayd"], "underlayd"), (["underlay"], "underlay"), (["underlay", "leases"], "underlay"),
     (["underlay", "host-local"], "host-local"), (["underlay", "underlay-macvlan"], "macvlan"),
+    (["underlay", "underlayd"], "underlayd"), (["underlay", "underlay", "leases"], "underlay"),
     (["bridge"], None), (["macvlan.old"], None), ([""], None), (["host-local", "macvlan"], "host-local"),
 ])
 def test_entry_picks_program_by_name(entry, argv, program):

@@ -191,6 +191,30 @@ def test_underlay_command_is_installed_on_path_and_runs(bundle, root):
     assert proc.returncode == 0 and "0 error(s)" in proc.stdout, proc
 
 
+def test_underlayd_through_a_link_to_an_installed_plugin_as_the_systemd_unit_says(bundle, root, tmp_path):
+    """conf/systemd/underlayd.service: `ln -s /opt/cni/bin/macvlan /usr/local/sbin/underlayd`. The
+    plugin is the compiled client; called by another program's name it runs that program."""
+    unit = (ROOT / "conf/systemd/underlayd.service").read_text()
+    assert "ln -s /opt/cni/bin/macvlan /usr/local/sbin/underlayd" in unit
+    prefix = root / "opt/cni/bin"
+    assert install("--prefix", str(prefix)).returncode == 0
+    link = tmp_path / "sbin" / "underlayd"
+    link.parent.mkdir()
+    os.symlink(prefix / "macvlan", link)
+    proc = subprocess.run([str(link), "--help"], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stderr.startswith("usage: underlayd"), proc
+    socket_path = tmp_path / "run" / "u.sock"
+    agent = subprocess.Popen([str(link), "--socket", str(socket_path), "--config-dir", str(tmp_path / "none")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={"PATH": "/usr/bin:/bin"})
+    try:
+        line = agent.stdout.readline().decode()
+        assert line.startswith(f"underlayd: serving on {socket_path}"), line
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
+
+
 def test_upgrade_and_uninstall_carry_the_command_along(bundle, rebuilt, root):
     prefix, bin_dir = root / "opt/cni/bin", root / "bin"
     args = ["--prefix", str(prefix), "--bin-dir", str(bin_dir)]
