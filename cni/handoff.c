@@ -47,6 +47,7 @@
 extern char **environ;
 
 static char **args;             /* our argv, passed on */
+static int arg_count;           /* its length (argc) */
 static const char *called;      /* the name we were called by: the plugin (prefixed or not) */
 static char *input;             /* stdin, once read */
 static size_t input_size;
@@ -100,15 +101,11 @@ static void run_in_process(const char *variable, const char *fmt, ...)
         strcpy(slash + 1, "underlay");
         /* `underlay PLUGIN ARGS...` (build/entry.py): argv[0] must be the bundle's own path, which
          * its bootloader reads when there is no /proc */
-        int count = 0;
-        while (args[count]) {
-            count++;
-        }
-        char **argv = calloc(count + 2, sizeof *argv);
+        char **argv = calloc(arg_count + 2, sizeof *argv);
         if (argv) {
             argv[0] = bundle;
             argv[1] = (char *)called;
-            memcpy(argv + 2, args + 1, count * sizeof *argv);   /* with the final NULL */
+            memcpy(argv + 2, args + 1, arg_count * sizeof *argv);   /* with the final NULL */
             execv(bundle, argv);
         }
     }
@@ -211,18 +208,15 @@ static char *request_payload(const char *plugin, size_t *size)
     }
     mode_t mask = umask(0);
     umask(mask);
-    long count = 0, env_count = 0;
-    while (args[count]) {
-        count++;
-    }
+    long env_count = 0;
     while (environ[env_count]) {
         env_count++;
     }
     put(&buf, &len, &room, PROTOCOL, strlen(PROTOCOL));
     put(&buf, &len, &room, plugin, strlen(plugin));
     put_text(&buf, &len, &room, "%lo", (long)mask);
-    put_text(&buf, &len, &room, "%ld", count);
-    for (long i = 0; i < count; i++) {
+    put_text(&buf, &len, &room, "%ld", (long)arg_count);
+    for (int i = 0; i < arg_count; i++) {
         put(&buf, &len, &room, args[i], strlen(args[i]));
     }
     put_text(&buf, &len, &room, "%ld", env_count);
@@ -294,6 +288,7 @@ static const char *printable(const char *data, size_t size)
 int main(int argc, char **argv)
 {
     args = argv;
+    arg_count = argc;
     called = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
     const char *command = getenv("CNI_COMMAND");
     const char *agent = getenv("UNDERLAY_AGENT");
