@@ -21,6 +21,7 @@ import pytest
 
 from tests import plugins
 from tests.agent import Agent
+from tests.bundle import built_bin_dir
 from tests.plugins import ROOT
 from tests.reliability.node import Audit
 
@@ -32,7 +33,7 @@ def client(request, monkeypatch):
     """Every case through both clients of the protocol: cni/handoff.py (the plugins run from
     Python) and cni/handoff.c (the bundle's plugin names, what a runtime execs)."""
     if request.param == "compiled":
-        monkeypatch.setattr(plugins, "BIN_DIR", str(request.getfixturevalue("bundle").bin_dir))
+        monkeypatch.setattr(plugins, "BIN_DIR", built_bin_dir(request))
     return request.param
 
 
