@@ -39,6 +39,7 @@ import gc
 import importlib
 import io
 import os
+import re
 import select
 import signal
 import socket
@@ -462,8 +463,19 @@ def serve(conn, report):
         pass
     verb = "".join(c for c in os.environ.get("CNI_COMMAND", "")[:16] if c.isalnum()) or "-"
     plugin = request.plugin if request.plugin in PLUGINS else "unknown"
-    report(f"D {os.getpid()} {plugin} {verb} {code} {cni_code} {time.monotonic() - started:.6f}")
+    report(f"D {os.getpid()} {plugin} {verb} {code} {cni_code} {time.monotonic() - started:.6f} "
+           f"{trace_id(os.environ.get('TRACEPARENT', ''))}")
     os._exit(0)
+
+
+TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id(traceparent):
+    """The trace id of the caller's W3C TRACEPARENT (libcni passes the runtime's trace context
+    on, spec #1173): the served line names it, so a runtime's trace finds its invocation. "-": none."""
+    match = TRACEPARENT.fullmatch(traceparent.strip())
+    return match.group(1) if match and match.group(1) != "0" * 32 else "-"
 
 
 def spare(listener, lifeline, report):
@@ -898,9 +910,10 @@ class Agent:
                 self.idle.discard(pid)
                 self.busy.add(pid)
             elif kind == "D":
-                plugin, verb, code, cni_code, seconds = rest
+                plugin, verb, code, cni_code, seconds, trace = rest
                 self.metrics.observe(plugin, verb, int(cni_code), float(seconds))
-                log(f"served {plugin} {verb} exit {code} in {float(seconds) * 1000:.1f} ms (worker {pid})")
+                log(f"served {plugin} {verb} exit {code} in {float(seconds) * 1000:.1f} ms (worker {pid}"
+                    + (f", trace {trace})" if trace != "-" else ")"))
             elif kind == "N":
                 self.metrics.refused += 1
             elif kind == "A":

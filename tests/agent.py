@@ -18,7 +18,18 @@ import time
 
 from tests.plugins import ROOT
 
-SERVED = re.compile(r"^underlayd: served (\S+) (\S+) exit (\d+) in [\d.]+ ms \(worker (\d+)\)$", re.M)
+SERVED = re.compile(r"^underlayd: served (\S+) (\S+) exit (\d+) in [\d.]+ ms \(worker (\d+)(?:, trace (\w+))?\)$",
+                    re.M)
+
+
+def new_traceparent():
+    """A W3C trace context of its own (TRACEPARENT) for one test's plugin runs: the agent names its
+    trace id in each served line, so a test counts its own runs, never one an earlier test left running."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+def trace_of(traceparent):
+    return traceparent.split("-")[1]
 
 
 def agent_argv():
@@ -77,16 +88,18 @@ class Agent:
         except FileNotFoundError:
             return ""
 
-    def served(self):
-        """[(plugin, verb, exit code, worker pid)] of every invocation the agent has logged."""
-        return [(p, v, int(c), int(w)) for p, v, c, w in SERVED.findall(self.log())]
+    def served(self, traceparent=None):
+        """[(plugin, verb, exit code, worker pid)] of every invocation the agent has logged, or only
+        of those whose caller had `traceparent`."""
+        trace = trace_of(traceparent) if traceparent else None
+        return [(p, v, int(c), int(w)) for p, v, c, w, t in SERVED.findall(self.log()) if trace in (None, t)]
 
-    def wait_served(self, count, timeout=10):
+    def wait_served(self, count, timeout=30, traceparent=None):
         """The served list once it has at least `count` entries (the log is written after the answer)."""
         deadline = time.monotonic() + timeout
-        while len(self.served()) < count and time.monotonic() < deadline:
+        while len(self.served(traceparent)) < count and time.monotonic() < deadline:
             time.sleep(0.01)
-        return self.served()
+        return self.served(traceparent)
 
     def workers(self):
         """PIDs of the agent's children (its spares and busy workers)."""

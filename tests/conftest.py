@@ -6,6 +6,7 @@ import pytest
 
 from tests import netns as nsutil
 from tests import plugins
+from tests.agent import new_traceparent
 from tests.bundle import built_bin_dir, bundle  # noqa: F401  (bundle: a fixture for every tier)
 
 
@@ -40,16 +41,17 @@ def plugin_path(request, monkeypatch):
         mode = "exec"
     checked = hasattr(request, "param")
     agent = request.getfixturevalue("test_agent") if mode == "agent" or checked else None
-    before = len(agent.served()) if agent else 0
+    traceparent = new_traceparent()   # this test's runs, told apart in the agent's log from any other's
+    monkeypatch.setattr(plugins, "TRACEPARENT", traceparent)
     if mode == "agent":
         monkeypatch.setattr(plugins, "AGENT_SOCKET", agent.socket)
         # the thin client that ships (cni/handoff.c); tests/reliability/test_agent.py runs both clients
         monkeypatch.setattr(plugins, "BIN_DIR", built_bin_dir(request))
     yield mode
     if checked and mode == "agent":
-        assert len(agent.wait_served(before + 1)) > before, "no plugin run of this test went through underlayd"
+        assert agent.wait_served(1, traceparent=traceparent), "no plugin run of this test went through underlayd"
     elif checked:
-        assert len(agent.served()) == before, "a plugin run of this exec-path test went through underlayd"
+        assert not agent.served(traceparent), "a plugin run of this exec-path test went through underlayd"
 
 
 def pytest_collection_modifyitems(config, items):

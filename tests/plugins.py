@@ -23,6 +23,9 @@ NO_AGENT = "/nonexistent/underlay-tests-no-agent.sock"
 AGENT_SOCKET = None
 # the built executables' directory while a test runs the compiled thin client (tests/conftest.py)
 BIN_DIR = None
+# TRACEPARENT for every plugin run: each test's own (tests/conftest.py plugin_path), so the agent's
+# served lines tell this test's runs from those an earlier test left running
+TRACEPARENT = None
 
 
 def plugin_argv(name):
@@ -43,6 +46,7 @@ def plugin_env(command, container_id="ctr1", netns="", ifname="eth0", args="", p
         "CNI_ARGS": args,
         "CNI_PATH": path or f"{ROOT}/tests/bin:{REFERENCE_DIR}",
         "UNDERLAY_SOCKET": AGENT_SOCKET or NO_AGENT,
+        "TRACEPARENT": TRACEPARENT or "",
     }
     for key, value in (extra or {}).items():
         if value is None:

@@ -14,6 +14,7 @@ import pytest
 
 from cni import registry
 from tests import netns as nsutil
+from tests import plugins
 from tests.bundle import built_bin_dir
 from tests.clients import libcni
 
@@ -39,19 +40,24 @@ class PluginRoute:
     would not reach every plugin, which would then ask the node's default socket. So each plugin in
     the bin dir is a wrapper that sets UNDERLAY_SOCKET itself, always to `socket`: a symlink to the
     test agent's socket while a test runs through underlayd, else nothing (no agent answers, the
-    plugins work in-process). The wrapper also appends "plugin verb" to `calls`."""
+    plugins work in-process). The wrapper also appends "plugin verb" to `calls`, and sets TRACEPARENT
+    to the running test's (in `trace`): the agent's served lines name it, so a test counts its own runs."""
 
     def __init__(self, directory):
         self.socket = os.path.join(directory, "underlay.sock")
         self.calls = os.path.join(directory, "calls")
+        self.trace = os.path.join(directory, "trace")
         open(self.calls, "w").close()
+        open(self.trace, "w").close()
 
-    def through(self, agent_socket):
+    def through(self, agent_socket, traceparent=""):
         """Send the wrapped plugins to the agent on `agent_socket` (None: to no agent)."""
         if os.path.lexists(self.socket):
             os.unlink(self.socket)
         if agent_socket:
             os.symlink(agent_socket, self.socket)
+        with open(self.trace, "w") as f:
+            f.write(traceparent)
 
     def mark(self):
         return os.path.getsize(self.calls)
@@ -80,7 +86,7 @@ def install_plugin(bin_dir, name, route, built):
     with open(path, "w") as f:
         f.write("#!/bin/sh\n"
                 f"echo {name} \"$CNI_COMMAND\" >> '{route.calls}'\n"
-                f"UNDERLAY_SOCKET='{route.socket}' {run} \"$@\"\n")
+                f"TRACEPARENT=$(cat '{route.trace}') UNDERLAY_SOCKET='{route.socket}' {run} \"$@\"\n")
     os.chmod(path, 0o755)
 
 
@@ -99,15 +105,16 @@ def plugin_calls(plugin_path, plugin_route, request):
     returning [(plugin, verb)] of their runs so far in this test. Through the agent, every one of
     them must have been served by it (checked at teardown, after the test's fixtures have DELeted)."""
     agent = request.getfixturevalue("test_agent") if plugin_path == "agent" else None
-    mark, before = plugin_route.mark(), len(agent.served()) if agent else 0
-    plugin_route.through(agent.socket if agent else None)
+    # the test's own TRACEPARENT (tests/conftest.py plugin_path), which its exec-path check looks for too
+    mark, traceparent = plugin_route.mark(), plugins.TRACEPARENT
+    plugin_route.through(agent.socket if agent else None, traceparent)
     try:
         yield lambda: plugin_route.calls_since(mark)
     finally:
         plugin_route.through(None)
     if agent:
         calls = plugin_route.calls_since(mark)
-        served = [(plugin, verb) for plugin, verb, _, _ in agent.wait_served(before + len(calls))[before:]]
+        served = [(plugin, verb) for plugin, verb, _, _ in agent.wait_served(len(calls), traceparent=traceparent)]
         missed = collections.Counter(calls) - collections.Counter(served)
         assert not missed, f"runs of our plugins under the client that underlayd did not serve: {dict(missed)}"
 

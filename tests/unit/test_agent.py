@@ -27,7 +27,7 @@ def test_a_worker_reaped_before_its_busy_report_frees_its_slot():
 
 def test_reports_are_counted_and_split_across_reads():
     a = bookkeeping(busy=[7])
-    os.write(a.status_w, b"D 7 macvlan ADD 1 101 0.020000\nN 8\nA 9\nH 10 net")
+    os.write(a.status_w, b"D 7 macvlan ADD 1 101 0.020000 -\nN 8\nA 9\nH 10 net")
     a.read_reports()
     os.write(a.status_w, b"1 3\n")
     a.read_reports()
@@ -58,3 +58,25 @@ def test_options_defaults_and_forms():
     assert o.cluster_data_dirs == [cluster.DEFAULT_DATA_DIR]   # cluster-ipam's own default, where ADD records
     o = agent.Options(["--cluster-data-dir", "/a", "--cluster-data-dir=/b", "--data-dir", "/c"])
     assert o.cluster_data_dirs == ["/a", "/b"] and o.data_dirs == ["/c"]
+
+
+@pytest.mark.parametrize("traceparent, expected", [
+    ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "0af7651916cd43dd8448eb211c80319c"),
+    (" 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00\n", "0af7651916cd43dd8448eb211c80319c"),
+    ("00-00000000000000000000000000000000-b7ad6b7169203331-01", "-"),   # the spec's invalid all-zero id
+    ("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", "-"),   # upper case is not W3C's form
+    ("00-0af7651916cd43dd8448eb211c80319c x-b7ad6b7169203331-01", "-"),  # nothing else reaches the log
+    ("", "-"),
+])
+def test_the_served_line_names_the_callers_trace(traceparent, expected):
+    assert agent.trace_id(traceparent) == expected
+
+
+def test_a_served_report_with_a_trace_is_logged_with_it(capfd):
+    a = bookkeeping(busy=[7])
+    os.write(a.status_w, b"D 7 macvlan ADD 0 0 0.002000 0af7651916cd43dd8448eb211c80319c\n"
+                         b"D 8 macvlan DEL 0 0 0.001000 -\n")
+    a.read_reports()
+    err = capfd.readouterr().err
+    assert "served macvlan ADD exit 0 in 2.0 ms (worker 7, trace 0af7651916cd43dd8448eb211c80319c)" in err
+    assert "served macvlan DEL exit 0 in 1.0 ms (worker 8)\n" in err
