@@ -55,7 +55,7 @@ extern char **environ;
 static char **args;             /* our argv, passed on */
 static int arg_count;           /* its length (argc) */
 static const char *called;      /* the name we were called by: the plugin (prefixed or not) */
-static char bundle[PATH_MAX + sizeof "underlay"];   /* the bundle's executable, beside our real path */
+static char bundle[PATH_MAX + sizeof "_internal"];   /* the bundle's executable, beside our real path */
 static char *input;             /* stdin, once read */
 static size_t input_size;
 static int input_read;
