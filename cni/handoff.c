@@ -19,6 +19,12 @@
  *     with UNDERLAY_HANDOFF_ERROR=<message>, which the plugin answers as CNI
  *     error 11 in the config's cniVersion (only Python knows how to read it).
  * Once stdin has been read it is handed to the bundle in a memfd.
+ *
+ * Before anything else, VERSION included, it checks that the bundle is beside
+ * the file it runs from (its real path: the plugin names are links to it). A
+ * copy without the bundle (a `cp` of dist/bin's files skips the hidden
+ * .underlay/) answers every verb with a CNI error saying how to install, so a
+ * runtime's VERSION check fails as its ADD would.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,6 +55,7 @@ extern char **environ;
 static char **args;             /* our argv, passed on */
 static int arg_count;           /* its length (argc) */
 static const char *called;      /* the name we were called by: the plugin (prefixed or not) */
+static char bundle[PATH_MAX + sizeof "_internal"];   /* the bundle's executable, beside our real path */
 static char *input;             /* stdin, once read */
 static size_t input_size;
 static int input_read;
@@ -58,6 +65,123 @@ static double now(clockid_t clock)
     struct timespec t;
     clock_gettime(clock, &t);
     return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* The value of the first "cniVersion" key in text (a runtime's config has it first: libcni sorts its
+ * keys), into out; NULL when there is none that looks like a version. */
+static const char *cni_version_in(const char *text, size_t size, char *out, size_t room)
+{
+    const char *key = "\"cniVersion\"";
+    const char *at = memmem(text, size, key, strlen(key));
+    if (!at) {
+        return NULL;
+    }
+    const char *end = text + size;
+    at += strlen(key);
+    at += strspn(at, " \t\r\n");   /* text is NUL-terminated */
+    if (at >= end || *at++ != ':') {
+        return NULL;
+    }
+    at += strspn(at, " \t\r\n");
+    size_t len = at < end && *at == '"' ? strspn(++at, "0123456789.") : 0;
+    if (len == 0 || len >= room || at + len >= end || at[len] != '"') {
+        return NULL;
+    }
+    memcpy(out, at, len);
+    out[len] = '\0';
+    return out;
+}
+
+/* The cniVersion an error answers in: the config's when we support it, else our current one. */
+static const char *error_version(void)
+{
+    static char version[16], quoted[20];
+    static char config[1 << 16];
+    size_t size = 0;
+    if (input_read) {
+        size = input_size < sizeof config - 1 ? input_size : sizeof config - 1;
+        memcpy(config, input, size);
+    } else if (!isatty(0)) {   /* a runtime's config; a person at a terminal typed none */
+        ssize_t n;
+        while (size < sizeof config - 1 && ((n = read(0, config + size, sizeof config - 1 - size)) > 0
+                                            || (n < 0 && errno == EINTR))) {
+            size += n > 0 ? n : 0;
+        }
+    }
+    config[size] = '\0';
+    if (cni_version_in(config, size, version, sizeof version)) {
+        snprintf(quoted, sizeof quoted, "\"%s\"", version);
+        if (strstr(strstr(VERSION_OUTPUT, "supportedVersions"), quoted)) {
+            return version;
+        }
+    }
+    return cni_version_in(VERSION_OUTPUT, strlen(VERSION_OUTPUT), version, sizeof version);
+}
+
+static void put_json_string(const char *text)
+{
+    putchar('"');
+    for (const unsigned char *c = (const unsigned char *)text; *c; c++) {
+        if (*c == '"' || *c == '\\') {
+            printf("\\%c", *c);
+        } else if (*c < 0x20) {
+            printf("\\u%04x", *c);
+        } else {
+            putchar(*c);
+        }
+    }
+    putchar('"');
+}
+
+/* The bundle is not where we run it from: a CNI error (code 5) for every verb, VERSION included. */
+static void broken_install(const char *fmt, ...)
+{
+    char what[2 * PATH_MAX], msg[sizeof what + 300], details[PATH_MAX + 400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    snprintf(msg, sizeof msg, "%s: incomplete install: %s", called, what);
+    /* where the runtime found us (it execs a path) */
+    const char *slash = strrchr(args[0], '/');
+    char dir[PATH_MAX] = "/opt/cni/bin";
+    if (slash) {
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - args[0]), args[0]);
+    }
+    snprintf(details, sizeof details, "the plugins run the bundle in dist/bin's hidden directory .underlay/, "
+             "which `cp dist/bin/*` skips: install with `make install` (build/install.sh), or copy the "
+             "directory with its hidden entries: cp -a dist/bin/. %s/", dir);
+    printf("{\"cniVersion\": \"%s\", \"code\": 5, \"msg\": ", error_version());
+    put_json_string(msg);
+    printf(", \"details\": ");
+    put_json_string(details);
+    printf("}\n");
+    exit(1);
+}
+
+/* Where the bundle's executable must be: beside the file we run from, whichever link we were called
+ * by (.underlay/handoff in dist/bin, .underlay-<id>/handoff once installed). Exits when it is not there. */
+static void find_bundle(void)
+{
+    ssize_t n = readlink("/proc/self/exe", bundle, PATH_MAX);
+    if (n > 0) {
+        bundle[n] = '\0';
+    } else if (!strchr(args[0], '/') || !realpath(args[0], bundle)) {
+        /* no /proc (a bare chroot), and no path we were called by */
+        broken_install("cannot tell where %s is (no /proc/self/exe)", args[0]);
+    }
+    char ours[sizeof bundle];
+    snprintf(ours, sizeof ours, "%s", bundle);
+    char *slash = strrchr(bundle, '/');
+    strcpy(slash ? slash + 1 : bundle, "_internal");   /* its libraries: what a `cp` of the files leaves out */
+    struct stat st;
+    if (stat(bundle, &st) < 0 || !S_ISDIR(st.st_mode)) {
+        broken_install("no bundle beside %s: %s/ is missing", ours, bundle);
+    }
+    strcpy(slash ? slash + 1 : bundle, "underlay");
+    if (access(bundle, X_OK) < 0) {
+        broken_install("no bundle beside %s: %s: %s", ours, bundle, strerror(errno));
+    }
 }
 
 /* Run the plugin in-process: exec the bundle's executable beside this one. */
@@ -89,30 +213,16 @@ static void run_in_process(const char *variable, const char *fmt, ...)
         }
         close(fd);
     }
-    char bundle[PATH_MAX + sizeof "underlay"] = "";
-    ssize_t n = readlink("/proc/self/exe", bundle, PATH_MAX);
-    if (n > 0) {
-        bundle[n] = '\0';
-    } else if (!strchr(args[0], '/') || !realpath(args[0], bundle)) {
-        bundle[0] = '\0';   /* no /proc (a bare chroot): where the link we were called by points */
+    /* `underlay PLUGIN ARGS...` (build/entry.py): argv[0] must be the bundle's own path, which
+     * its bootloader reads when there is no /proc */
+    char **argv = calloc(arg_count + 2, sizeof *argv);
+    if (argv) {
+        argv[0] = bundle;
+        argv[1] = (char *)called;
+        memcpy(argv + 2, args + 1, arg_count * sizeof *argv);   /* with the final NULL */
+        execv(bundle, argv);
     }
-    char *slash = strrchr(bundle, '/');
-    if (slash) {
-        strcpy(slash + 1, "underlay");
-        /* `underlay PLUGIN ARGS...` (build/entry.py): argv[0] must be the bundle's own path, which
-         * its bootloader reads when there is no /proc */
-        char **argv = calloc(arg_count + 2, sizeof *argv);
-        if (argv) {
-            argv[0] = bundle;
-            argv[1] = (char *)called;
-            memcpy(argv + 2, args + 1, arg_count * sizeof *argv);   /* with the final NULL */
-            execv(bundle, argv);
-        }
-    }
-    /* a broken install: there is no Python to say it in the config's cniVersion */
-    printf("{\"code\": 999, \"msg\": \"underlay: cannot run the bundle beside %s: %s\"}\n",
-           args[0], strerror(errno));
-    exit(1);
+    broken_install("cannot run %s: %s", bundle, strerror(errno));
 }
 
 static void read_stdin(void)
@@ -290,6 +400,7 @@ int main(int argc, char **argv)
     args = argv;
     arg_count = argc;
     called = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
+    find_bundle();   /* a stat or two: VERSION stays a few syscalls */
     const char *command = getenv("CNI_COMMAND");
     const char *agent = getenv("UNDERLAY_AGENT");
     if (command && !strcmp(command, "VERSION")) {

@@ -242,3 +242,83 @@ def test_never_replaces_someone_elses_underlay_even_with_force(bundle, root):
 def test_bin_dir_must_be_absolute(bundle, destdir):
     out = install("--destdir", str(destdir), "--bin-dir", "usr/bin")
     assert out.returncode != 0 and "--bin-dir" in out.stderr
+
+
+# -- copied by hand, as CNI plugins often are ---------------------------------------------
+
+VERBS = ("VERSION", "ADD", "CHECK", "DEL", "STATUS", "GC")
+
+
+def run_copied(path, command, cni_version="1.0.0"):
+    """Exec as a runtime does: the CNI_* environment and a config carrying cniVersion on stdin."""
+    conf = {"cniVersion": cni_version, "name": "copied", "type": "host-local",
+            "ipam": {"type": "host-local", "subnet": "10.124.0.0/24", "dataDir": str(path.parent / "leases")}}
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/underlay-copied",
+           "CNI_IFNAME": "eth0", "CNI_PATH": str(path.parent), "UNDERLAY_AGENT": "0"}   # in-process: the bundle
+    return subprocess.run([str(path)], input=json.dumps(conf).encode(), env=env, capture_output=True, timeout=60)
+
+
+def copy_by_shell(command, dest):
+    """`command` run in the checkout with $DEST set, as an operator types it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["sh", "-c", command], cwd=ROOT, env=dict(os.environ, DEST=str(dest)),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("command", [
+    'cp dist/bin/* "$DEST"/',                 # the usual way: skips the hidden .underlay/
+    'install -m755 dist/bin/* "$DEST"/',
+    'cp -L dist/bin/* "$DEST"/',
+    'cp dist/bin/host-local "$DEST"/',        # one plugin alone
+])
+def test_a_copy_without_the_bundle_fails_every_verb_saying_how_to_install(bundle, tmp_path, command):
+    dest = tmp_path / "cni-bin"
+    copy_by_shell(command, dest)
+    assert not (dest / "_internal").exists()
+    for plugin in [p for p in PLUGINS if (dest / p).exists()]:
+        for verb in VERBS:
+            proc = run_copied(dest / plugin, verb)
+            assert proc.returncode != 0, (plugin, verb, proc)
+            error = json.loads(proc.stdout)
+            # in the config's cniVersion (not our current 1.1.0), code 5 (I/O), never 999
+            assert error["cniVersion"] == "1.0.0" and error["code"] == 5, (plugin, verb, error)
+            assert f"{plugin}: incomplete install: no bundle beside {dest / plugin}" in error["msg"], error
+            assert f"{dest}/_internal/ is missing" in error["msg"] or f"{dest}/underlay:" in error["msg"], error
+            assert "`make install`" in error["details"], error
+            assert f"cp -a dist/bin/. {dest}/" in error["details"], error
+
+
+def test_a_copy_without_the_bundle_answers_in_our_version_when_the_configs_is_unknown(bundle, tmp_path):
+    dest = tmp_path / "cni-bin"
+    copy_by_shell('cp dist/bin/macvlan "$DEST"/', dest)
+    assert json.loads(run_copied(dest / "macvlan", "ADD", "9.9.9").stdout)["cniVersion"] == "1.1.0"
+    proc = subprocess.run([str(dest / "macvlan")], env={"CNI_COMMAND": "VERSION"}, stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=60)
+    assert proc.returncode != 0 and json.loads(proc.stdout)["cniVersion"] == "1.1.0", proc
+
+
+def test_cp_r_of_the_files_leaves_links_no_runtime_can_exec(bundle, tmp_path):
+    """`cp -r dist/bin/*` copies the links as links, to the .underlay/ it skipped: every verb, VERSION
+    included, fails at exec (the runtime's "failed to find plugin"), never half."""
+    dest = tmp_path / "cni-bin"
+    copy_by_shell('cp -r dist/bin/* "$DEST"/', dest)
+    for plugin in PLUGINS:
+        assert (dest / plugin).is_symlink() and not (dest / plugin).exists()
+        with pytest.raises(FileNotFoundError):
+            run_copied(dest / plugin, "VERSION")
+
+
+@pytest.mark.parametrize("command", [
+    'cp -a dist/bin/. "$DEST"/',
+    'cp dist/bin/* "$DEST"/ && cp -a dist/bin/. "$DEST"/',   # the fix the error suggests, over the bad copy
+])
+def test_a_copy_with_the_hidden_bundle_works(bundle, tmp_path, command):
+    dest = tmp_path / "cni-bin"
+    copy_by_shell(command, dest)
+    for plugin in PLUGINS:
+        proc = run_copied(dest / plugin, "VERSION")
+        assert proc.returncode == 0 and json.loads(proc.stdout)["underlay"] == bundle.info, proc
+    add = run_copied(dest / "host-local", "ADD")
+    assert add.returncode == 0 and json.loads(add.stdout)["ips"][0]["address"] == "10.124.0.2/24", add
+    assert run_copied(dest / "host-local", "DEL").returncode == 0
