@@ -171,6 +171,58 @@ def test_a_non_root_plugin_works_in_process(agent, via, world_writable):
     assert agent.served() == []
 
 
+# a listener that is not root's: it takes one connection, offers a worker ("R") as the agent would,
+# and reports what the caller then sent (a forged answer would follow, had it been given a request)
+IMPOSTOR = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1])
+s.listen(8)
+print("listening", flush=True)
+s.settimeout(60)
+conn, _ = s.accept()
+conn.settimeout(30)
+try:
+    conn.sendall(b"R")
+except OSError:
+    pass
+got, fds = b"", 0
+while True:
+    try:
+        data, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(64))
+    except OSError:
+        break
+    fds += sum(len(blob) // 4 for _, _, blob in ancdata)
+    if not data:
+        break
+    got += data
+print(json.dumps({"bytes": len(got), "fds": fds, "uid": __import__("os").getuid()}), flush=True)
+"""
+
+
+def test_a_listener_that_is_not_roots_gets_nothing_and_the_plugin_works_in_process(via, tmp_path, world_writable):
+    """UNDERLAY_SOCKET naming a socket that a non-root process listens on: the plugin, root, sends it
+    nothing (no environment, config, fds), takes no answer from it, and does the ADD itself."""
+    path = world_writable / "underlay.sock"
+    impostor = subprocess.Popen(NOBODY + [sys.executable, "-I", "-c", IMPOSTOR, str(path)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert impostor.stdout.readline() == "listening\n"
+        via(str(path))
+        log = tmp_path / "op.log"
+        out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path, log), netns="/run/netns/x")
+        assert out.ok, out
+        lease, = leases(tmp_path)
+        assert [ip["address"] for ip in out.json["ips"]] == [f"{lease}/24"], out
+        line, = oplog(log)
+        assert line["agent"].startswith(f"{path} is not root's: its listener runs as uid 65534"), line
+        received = json.loads(impostor.communicate(timeout=60)[0])
+        assert received == {"bytes": 0, "fds": 0, "uid": 65534}, received
+    finally:
+        impostor.kill()
+        impostor.wait()
+
+
 # -- no agent, or a broken one ---------------------------------------------------------
 
 
