@@ -118,7 +118,11 @@ def ask(plugin, argv, environ, stdin):
             return None
         # only root's agent gets the request (it carries our fds and environment, and we print its
         # answer); anyone else listening there gets nothing, and the plugin runs here
-        pid, uid = listener_of(sock)
+        try:
+            pid, uid = listener_of(sock)
+        except OSError as e:
+            status = f"agent at {path}: SO_PEERCRED: {e.strerror or e}"
+            return None
         if uid != 0:
             status = f"{path} is not root's: its listener runs as uid {uid} (pid {pid}); not handing off"
             return None
