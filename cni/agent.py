@@ -17,7 +17,9 @@ stay the truth, so restarting the agent loses nothing, and a plugin finding
 no agent does the same work itself.
 
 Only root peers are served (SO_PEERCRED; a refused caller runs the plugin
-itself, with its own privileges). At most --workers invocations run at once
+itself, with its own privileges), and the clients hand off only to a root
+listener; the socket's directory, and those above it, must be writable by
+root alone (bind()). At most --workers invocations run at once
 (default 8); more wait in the socket's listen queue (--queue, default 256).
 The agent touches its socket file every 0.25 s: a caller waits while it beats
 (up to 60 s in the queue) and gives up, code 11 with nothing done, once it has
@@ -92,6 +94,7 @@ class Options:
         self.heal_every = DEFAULT_HEAL_EVERY
         self.config_dir = DEFAULT_CONFIG_DIR
         self.cluster_data_dirs = []
+        self.named_dirs = []   # (flag, path) of each directory named on the command line
         args = list(argv)
         while args:
             flag = args.pop(0)
@@ -118,10 +121,12 @@ class Options:
                 if not value.startswith("/"):
                     raise Usage(f"{name}: must be an absolute path")
                 (self.data_dirs if name == "--data-dir" else self.cluster_data_dirs).append(value)
+                self.named_dirs.append((name, value))
             elif name == "--config-dir":
                 if not value.startswith("/"):
                     raise Usage("--config-dir: must be an absolute path")
                 self.config_dir = value
+                self.named_dirs.append((name, value))
             elif name == "--heal-every":
                 if not value.isdigit():
                     raise Usage(f"--heal-every: {value!r} is not a number of seconds (0: never)")
@@ -141,6 +146,14 @@ class Options:
 
 class Usage(Exception):
     pass
+
+
+# what a directory named on the command line that is not there means (logged as a warning at start)
+NAMED_DIRS = {
+    "--config-dir": "no network configs are read from it (pool figures, cluster-ipam healing) until it is there",
+    "--data-dir": "no host-local leases to heal there until a plugin creates it",
+    "--cluster-data-dir": "no cluster-ipam records to heal there until a plugin creates it",
+}
 
 
 USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PATH] [--workers N] [--spares N]"
@@ -204,12 +217,52 @@ def preload():
 # --------------------------------------------------------------------------
 # The socket.
 
+def unsafe_directory(directory):
+    """Why someone other than root could replace a socket in `directory` (None: nobody can):
+    it, or a directory above it, is not root's or is writable by group or others. Above it,
+    a sticky directory (/tmp) is fine: others cannot rename what is not theirs there. Directories
+    that do not exist yet are created root's, mode 0700. Both the path as written and where its
+    symlinks lead are checked."""
+    real = os.path.realpath(directory)
+    for path in sorted({*ancestors(directory), *ancestors(real)}, key=len, reverse=True):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue   # we create it
+        except OSError as e:
+            return f"{path}: {e.strerror or e}"
+        if st.st_uid != 0:
+            return f"{path} belongs to uid {st.st_uid}, not root"
+        own = path in (directory, real)
+        if st.st_mode & 0o022 and (own or not st.st_mode & stat.S_ISVTX):
+            return f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def ancestors(path):
+    """`path` and every directory above it, up to /."""
+    out = [path]
+    while path != os.path.dirname(path):
+        path = os.path.dirname(path)
+        out.append(path)
+    return out
+
+
 def bind(path, queue):
-    """Listen on `path` (mode 0600, its directory made 0700); refuse if another agent answers there."""
+    """Listen on `path` (mode 0600, its directory made 0700); refuse a directory others could
+    write to (a socket there could be replaced by theirs), or another agent answering there."""
     directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    if path == handoff.DEFAULT_SOCKET:
+    if path == handoff.DEFAULT_SOCKET and os.path.isdir(directory):
         os.chmod(directory, 0o700)   # ours alone (a DaemonSet's hostPath makes it 0755)
+    unsafe = unsafe_directory(directory)
+    if unsafe:
+        raise SystemExit(f"underlayd: --socket {path}: {unsafe}; its directory and those above it must be "
+                         "root's and writable by root alone (sticky ones above it excepted)")
+    old = os.umask(0o077)   # the parents it creates too (makedirs gives them 0777 & ~umask)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    finally:
+        os.umask(old)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -829,9 +882,12 @@ class Agent:
         self.idle, self.busy = set(), set()
         self.metrics = Metrics()
         self.stopping = False
+        self.inode = None   # our socket file's, once bound
 
     def start(self):
+        """Everything that can fail at start fails before the socket exists, or removes it."""
         preload()
+        self.http = metrics_listener(self.options.metrics) if self.options.metrics else None
         self.listener = bind(self.options.socket, self.options.queue)
         self.inode = os.stat(self.options.socket).st_ino
         self.status_r, self.status_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -842,7 +898,6 @@ class Agent:
             signal.signal(sig, self.stop)
         signal.signal(signal.SIGCHLD, lambda *_: None)   # wakes the loop through the wakeup fd
         self.buffer = b""
-        self.http = metrics_listener(self.options.metrics) if self.options.metrics else None
         self.textfile_due = 0.0
         self.heal_due = 0.0 if self.options.heal_every else float("inf")
         self.healer = None
@@ -850,6 +905,10 @@ class Agent:
         self.beaten = 0.0
         log(f"serving on {self.options.socket} (pid {os.getpid()}, workers {self.options.workers}, "
             f"spares {self.options.spares}, queue {self.options.queue})")
+        for flag, path in self.options.named_dirs:   # a typo here would otherwise read as "nothing there"
+            if not os.path.isdir(path):
+                log(f"warning: {flag} {path} {'is not a directory' if os.path.exists(path) else 'does not exist'}: "
+                    f"{NAMED_DIRS[flag]}")
 
     def stop(self, *_):
         self.stopping = True
@@ -1010,13 +1069,17 @@ class Agent:
                 os._exit(1)
         conn.close()
 
-    def shutdown(self):
-        """Stop accepting, remove our socket, let the invocations in flight finish."""
+    def remove_socket(self):
+        """Our socket file (not one another agent has put there since)."""
         try:
-            if os.stat(self.options.socket).st_ino == self.inode:
+            if self.inode is not None and os.stat(self.options.socket).st_ino == self.inode:
                 os.unlink(self.options.socket)
         except FileNotFoundError:
             pass
+
+    def shutdown(self):
+        """Stop accepting, remove our socket, let the invocations in flight finish."""
+        self.remove_socket()
         self.listener.close()
         os.close(self.lifeline_w)    # idle spares exit
         deadline = time.monotonic() + DRAIN_WAIT
@@ -1040,7 +1103,11 @@ def main(argv=None):
         sys.stderr.write((f"underlayd: {e}\n" if e.args[0] else "") + USAGE)
         sys.exit(2 if e.args[0] else 0)
     agent = Agent(options)
-    agent.start()
+    try:
+        agent.start()
+    except BaseException:
+        agent.remove_socket()   # a failed start leaves nothing behind
+        raise
     agent.loop()
     sys.exit(0)
 

@@ -19,7 +19,8 @@ import zlib
 
 from cni import config as netconf
 from cni import contract, iface, netlink, netns, parents, shim
-from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, CniError
+from cni.contract import (ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, ERR_NOT_PERMITTED,
+                          CniError)
 
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -111,6 +112,8 @@ class Kind:
         return f"mode {conf.mode}"
 
     def create_error(self, error, conf, master):
+        if error.errno == errno.EPERM:
+            return not_permitted(str(error))
         if error.errno == errno.EOPNOTSUPP:
             return CniError(ERR_LINK, f"this kernel cannot create {self.name} links ({self.name} module missing): {error}")
         if error.errno == errno.EBUSY:
@@ -142,8 +145,16 @@ def open_pod_netns(request):
 
 
 def pod_socket(pod_fd):
-    with netns.entered(pod_fd):
-        return netlink.Netlink()
+    try:
+        with netns.entered(pod_fd):
+            return netlink.Netlink()
+    except netns.NotPermitted as e:   # before anything is done: say what is missing, not "internal error"
+        raise not_permitted(f"entering the pod's network namespace (CNI_NETNS): {e}") from None
+
+
+def not_permitted(what):
+    return CniError(ERR_NOT_PERMITTED, f"{what}: the plugin needs CAP_SYS_ADMIN and CAP_NET_ADMIN "
+                                       "(runtimes run plugins as root)")
 
 
 def temporary_prefix(ifname):

@@ -12,9 +12,9 @@
  * executable (beside this one: .underlay/underlay) as `underlay NAME ARGS...`
  * with the same environment, which runs the plugin in-process as it always did:
  *   - no CNI_COMMAND, --help/-h, UNDERLAY_AGENT=0: straight away;
- *   - no agent (no socket, refused, stale, not a socket), the agent refused
- *     us, or it answered "F": with UNDERLAY_HANDOFF_STATUS=<why> (the
- *     operation log's debug line);
+ *   - no agent (no socket, refused, stale, not a socket), a listener that is
+ *     not root's, the agent refused us, or it answered "F": with
+ *     UNDERLAY_HANDOFF_STATUS=<why> (the operation log's debug line);
  *   - the agent is busy past the bound, or its worker died without an answer:
  *     with UNDERLAY_HANDOFF_ERROR=<message>, which the plugin answers as CNI
  *     error 11 in the config's cniVersion (only Python knows how to read it).
@@ -438,6 +438,17 @@ int main(int argc, char **argv)
             busy(path, "its queue stayed full for %g s", timeout);
         }
         run_in_process("UNDERLAY_HANDOFF_STATUS", "no agent at %s: %s", path, strerror(errno));
+    }
+    /* only root's agent gets the request (it carries our fds and environment, and we print its answer);
+     * anyone else listening there gets nothing, and the plugin runs here */
+    struct ucred peer;
+    socklen_t peer_size = sizeof peer;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &peer_size) < 0) {
+        run_in_process("UNDERLAY_HANDOFF_STATUS", "agent at %s: SO_PEERCRED: %s", path, strerror(errno));
+    }
+    if (peer.uid != 0) {
+        run_in_process("UNDERLAY_HANDOFF_STATUS", "%s is not root's: its listener runs as uid %u (pid %d); "
+                       "not handing off", path, (unsigned)peer.uid, (int)peer.pid);
     }
     /* read while queued: a worker is taken only by a caller ready to send (a runtime writes stdin at once) */
     read_stdin();

@@ -5,7 +5,8 @@ When the agent answers, a fork of the agent that has already imported every
 plugin runs the invocation with this process's argv, environment, stdin,
 stdout, stderr, network namespace, working directory and umask, and this
 process exits with its exit code. When no agent answers (no socket, refused,
-a stale socket file, not a socket, a non-root caller) it returns None and the
+a stale socket file, not a socket, a non-root caller) or the listener is not
+root's (SO_PEERCRED, checked before anything is sent) it returns None and the
 plugin runs in this process exactly as it would without an agent; `status`
 says why, for the operation log's debug level.
 
@@ -115,6 +116,16 @@ def ask(plugin, argv, environ, stdin):
         except OSError as e:
             status = f"no agent at {path}: {e.strerror or e}"
             return None
+        # only root's agent gets the request (it carries our fds and environment, and we print its
+        # answer); anyone else listening there gets nothing, and the plugin runs here
+        try:
+            pid, uid = listener_of(sock)
+        except OSError as e:
+            status = f"agent at {path}: SO_PEERCRED: {e.strerror or e}"
+            return None
+        if uid != 0:
+            status = f"{path} is not root's: its listener runs as uid {uid} (pid {pid}); not handing off"
+            return None
         answer = wait_for_worker(sock, path, timeout)
         if answer is None:
             return busy(plugin, stdin, path, timeout, f"silent for over {timeout:g} s, or {QUEUE_LIMIT:g} s in its queue")
@@ -159,6 +170,13 @@ def ask(plugin, argv, environ, stdin):
                                      "(killed?); what it did is undone by DEL")
     finally:
         sock.close()
+
+
+def listener_of(sock):
+    """(pid, uid) of the process that listens at the other end (SO_PEERCRED: struct ucred)."""
+    cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return (int.from_bytes(cred[0:4], sys.byteorder, signed=True),
+            int.from_bytes(cred[4:8], sys.byteorder))
 
 
 def wait_for_worker(sock, path, timeout):

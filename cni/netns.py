@@ -31,6 +31,10 @@ class NotANetns(NetnsError):
     pass
 
 
+class NotPermitted(NetnsError):
+    """setns refused (EPERM): the process lacks CAP_SYS_ADMIN (a plugin run as non-root)."""
+
+
 def open_netns(path):
     """An fd for the network namespace at `path`; never creates one."""
     # A namespace file (nsfs) is a regular file: anything else is refused before it
@@ -69,7 +73,7 @@ def setns(fd):
         _setns = ctypes.CDLL(None, use_errno=True).setns
     if _setns(fd, CLONE_NEWNET) != 0:
         err = ctypes_errno()
-        raise NetnsError(f"setns: {os.strerror(err)}")
+        raise (NotPermitted if err == errno.EPERM else NetnsError)(f"setns: {os.strerror(err)}")
 
 
 def ctypes_errno():

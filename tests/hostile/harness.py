@@ -32,7 +32,7 @@ PLUGINS = {
     "ipvlan": ("cni.ipvlan", "CNI ipvlan plugin (underlay)"),
 }
 # Codes a plugin may answer with; 999 is underlay's "internal error", i.e. a bug.
-SPEC_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 102})
+SPEC_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 102, 103})
 # Places outside the sandbox the plugins would write to with a default dataDir or stateDir.
 WATCHED = ("/var/lib/cni/networks", "/var/lib/cni/underlay", "/var/lib/cni/underlay/links")
 HANG_SECONDS = 20

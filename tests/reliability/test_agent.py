@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 from tests import plugins
-from tests.agent import Agent
+from tests.agent import Agent, agent_argv
 from tests.bundle import built_bin_dir
 from tests.plugins import ROOT
 from tests.reliability.node import Audit
@@ -169,6 +169,58 @@ def test_a_non_root_plugin_works_in_process(agent, via, world_writable):
     assert line["agent"].endswith("refused: only root is served"), line
     assert os.stat(tmp_path / "networks" / "agnet" / leases(tmp_path)[0]).st_uid == 65534
     assert agent.served() == []
+
+
+# a listener that is not root's: it takes one connection, offers a worker ("R") as the agent would,
+# and reports what the caller then sent (a forged answer would follow, had it been given a request)
+IMPOSTOR = """
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1])
+s.listen(8)
+print("listening", flush=True)
+s.settimeout(60)
+conn, _ = s.accept()
+conn.settimeout(30)
+try:
+    conn.sendall(b"R")
+except OSError:
+    pass
+got, fds = b"", 0
+while True:
+    try:
+        data, ancdata, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(64))
+    except OSError:
+        break
+    fds += sum(len(blob) // 4 for _, _, blob in ancdata)
+    if not data:
+        break
+    got += data
+print(json.dumps({"bytes": len(got), "fds": fds, "uid": __import__("os").getuid()}), flush=True)
+"""
+
+
+def test_a_listener_that_is_not_roots_gets_nothing_and_the_plugin_works_in_process(via, tmp_path, world_writable):
+    """UNDERLAY_SOCKET naming a socket that a non-root process listens on: the plugin, root, sends it
+    nothing (no environment, config, fds), takes no answer from it, and does the ADD itself."""
+    path = world_writable / "underlay.sock"
+    impostor = subprocess.Popen(NOBODY + [sys.executable, "-I", "-c", IMPOSTOR, str(path)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert impostor.stdout.readline() == "listening\n"
+        via(str(path))
+        log = tmp_path / "op.log"
+        out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path, log), netns="/run/netns/x")
+        assert out.ok, out
+        lease, = leases(tmp_path)
+        assert [ip["address"] for ip in out.json["ips"]] == [f"{lease}/24"], out
+        line, = oplog(log)
+        assert line["agent"].startswith(f"{path} is not root's: its listener runs as uid 65534"), line
+        received = json.loads(impostor.communicate(timeout=60)[0])
+        assert received == {"bytes": 0, "fds": 0, "uid": 65534}, received
+    finally:
+        impostor.kill()
+        impostor.wait()
 
 
 # -- no agent, or a broken one ---------------------------------------------------------
@@ -374,6 +426,97 @@ def test_an_agent_that_cannot_take_on_the_callers_context_has_the_plugin_work_in
         assert line["pid"] != agent.proc.pid and line["result"] == "ok"
         assert len(leases(tmp_path)) == 1 and agent.served() == []
         assert "cannot take on the context of caller" in agent.log()
+    finally:
+        agent.close()
+
+
+def start_failing(*args):
+    """Run underlayd with `args` where it must refuse to start: its output (it must have exited)."""
+    return subprocess.run([*agent_argv(), *args], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+
+
+@pytest.mark.parametrize("where", ["directory 0777", "directory 0770", "directory 1777", "directory nobody's",
+                                   "parent 0777 created", "parent 0757 under a symlink"])
+def test_a_socket_directory_others_could_write_to_is_refused(tmp_path, where):
+    """Anyone who can write to the socket's directory (or one above it) could put their own listener
+    there: underlayd refuses to start, says why, and leaves nothing behind."""
+    kind, mode = where.split()[:2]
+    target = tmp_path / "d"
+    target.mkdir()
+    if mode == "nobody's":
+        os.chown(target, 65534, 65534)
+    else:
+        os.chmod(target, int(mode, 8))
+    if kind == "directory":
+        sock = target / "u.sock"
+    elif where.endswith("created"):
+        sock = target / "run" / "u.sock"          # the agent would create run/, in an unsafe parent
+    else:
+        (target / "run").mkdir(mode=0o700)
+        os.symlink(target / "run", tmp_path / "link")
+        sock = tmp_path / "link" / "u.sock"       # as written, nothing is unsafe; where it leads is
+    out = start_failing("--socket", str(sock), "--config-dir", str(tmp_path))
+    assert out.returncode == 1, out
+    assert f"underlayd: --socket {sock}: {target}" in out.stderr and "root's and writable by root alone" in out.stderr, out
+    assert "Traceback" not in out.stderr
+    assert not sock.exists() and not (target / "run" / "u.sock").exists()
+    assert where.endswith("symlink") or not (target / "run").exists()
+
+
+def test_a_socket_below_a_sticky_directory_is_served(world_writable, via, tmp_path):
+    """/tmp-like (sticky, world-writable) above the socket's own directory is fine: nobody can rename
+    what is not theirs there. The directories it creates are root's, mode 0700, whatever the umask."""
+    os.chmod(world_writable, 0o1777)
+    sock = world_writable / "a" / "run" / "u.sock"
+    agent = subprocess.Popen([*agent_argv(), "--socket", str(sock), "--config-dir", str(tmp_path)], umask=0,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: sock.exists() or agent.poll() is not None, timeout=60, what="the agent's socket")
+        assert agent.poll() is None, agent.communicate()
+        for made in (world_writable / "a", world_writable / "a" / "run"):
+            st = os.stat(made)
+            assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o700, (made, oct(st.st_mode))
+        via(str(sock))
+        log = tmp_path / "op.log"
+        assert plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path, log), netns="/run/netns/x").ok
+        line, = oplog(log)
+        assert line["agent"] == "served by underlayd", line
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
+
+
+def test_a_failed_start_leaves_no_socket(tmp_path):
+    """--metrics on a port already taken: exit 1 saying so, and no socket file left for plugins to try."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        sock = tmp_path / "run" / "u.sock"
+        out = start_failing("--socket", str(sock), "--metrics", f"127.0.0.1:{port}", "--config-dir", str(tmp_path))
+    assert out.returncode == 1 and f"--metrics 127.0.0.1:{port}: Address already in use" in out.stderr, out
+    assert not sock.exists()
+
+
+def test_a_missing_directory_named_on_the_command_line_is_a_warning(tmp_path):
+    """A typo in --config-dir, --data-dir or --cluster-data-dir would read as "no networks", "nothing to
+    heal": the agent starts (a data dir appears with the first ADD) and logs a warning for each."""
+    (tmp_path / "file").write_text("")
+    agent = Agent("--config-dir", str(tmp_path / "confs"), "--data-dir", str(tmp_path / "file"),
+                  "--data-dir", str(tmp_path), "--cluster-data-dir", str(tmp_path / "cluster"),
+                  directory=str(tmp_path / "run"))
+    try:
+        wait_for(lambda: "--cluster-data-dir" in agent.log(), what="the warnings")
+        warnings = [line for line in agent.log().splitlines() if "warning" in line]
+        assert warnings == [
+            f"underlayd: warning: --config-dir {tmp_path}/confs does not exist: no network configs are read "
+            "from it (pool figures, cluster-ipam healing) until it is there",
+            f"underlayd: warning: --data-dir {tmp_path}/file is not a directory: no host-local leases to heal "
+            "there until a plugin creates it",
+            f"underlayd: warning: --cluster-data-dir {tmp_path}/cluster does not exist: no cluster-ipam records "
+            "to heal there until a plugin creates it"], warnings
     finally:
         agent.close()
 
