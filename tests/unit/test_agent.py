@@ -58,3 +58,13 @@ def test_options_defaults_and_forms():
     assert o.cluster_data_dirs == [cluster.DEFAULT_DATA_DIR]   # cluster-ipam's own default, where ADD records
     o = agent.Options(["--cluster-data-dir", "/a", "--cluster-data-dir=/b", "--data-dir", "/c"])
     assert o.cluster_data_dirs == ["/a", "/b"] and o.data_dirs == ["/c"]
+
+
+def test_pool_label_values_are_escaped():
+    """Network names come from directory and record names on disk: any character may be there."""
+    rows = [agent.pool_row('a"b\\c\nd', "host-local", in_use=2)]
+    text = agent.render_pools(rows, {("cluster-ipam", 'x"y'): False}, ["one"])
+    assert 'underlay_pool_addresses{network="a\\"b\\\\c\\nd",ipam="host-local",state="in_use"} 2\n' in text
+    assert 'underlay_pool_readable{network="x\\"y",ipam="cluster-ipam"} 0\n' in text
+    assert "underlay_pool_problems 1\n" in text
+    assert "underlay_pool_size_addresses{" not in text   # no size where the ranges are unknown
