@@ -149,14 +149,14 @@ USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PAT
          f"  --workers  invocations served at once (default {DEFAULT_WORKERS}); more wait in the queue\n"
          f"  --spares   workers forked ahead of requests (default {DEFAULT_SPARES})\n"
          f"  --queue    connections waiting for a worker (default {DEFAULT_QUEUE})\n"
-         "  --data-dir host-local dataDir to heal (repeatable; default /var/lib/cni/networks)\n"
+         "  --data-dir host-local dataDir to heal and report (repeatable; default /var/lib/cni/networks)\n"
          f"  --heal-every  seconds between releases of leases whose netns is gone (default {DEFAULT_HEAL_EVERY}; 0: never)\n"
          "  --metrics  serve Prometheus text at http://HOST:PORT/metrics (and /healthz)\n"
          "  --textfile also write it to PATH.prom every 15 s, for node-exporter's textfile collector\n"
-         f"  --config-dir  the network configs whose host-local pools are reported and whose cluster-ipam\n"
+         f"  --config-dir  the network configs whose pools are reported and whose cluster-ipam\n"
          f"             networks are healed (default {DEFAULT_CONFIG_DIR})\n"
          "  --cluster-data-dir  cluster-ipam dataDir whose recorded networks (a NetworkAttachmentDefinition's,\n"
-         "             which no config file names) are healed too (repeatable; default\n"
+         "             which no config file names) are healed and reported too (repeatable; default\n"
          f"             {DEFAULT_CLUSTER_DATA_DIR}; the dataDirs of --config-dir's cluster-ipam configs always)\n")
 
 
