@@ -163,14 +163,14 @@ USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PAT
          f"  --workers  invocations served at once (default {DEFAULT_WORKERS}); more wait in the queue\n"
          f"  --spares   workers forked ahead of requests (default {DEFAULT_SPARES})\n"
          f"  --queue    connections waiting for a worker (default {DEFAULT_QUEUE})\n"
-         "  --data-dir host-local dataDir to heal (repeatable; default /var/lib/cni/networks)\n"
+         "  --data-dir host-local dataDir to heal and report (repeatable; default /var/lib/cni/networks)\n"
          f"  --heal-every  seconds between releases of leases whose netns is gone (default {DEFAULT_HEAL_EVERY}; 0: never)\n"
          "  --metrics  serve Prometheus text at http://HOST:PORT/metrics (and /healthz)\n"
          "  --textfile also write it to PATH.prom every 15 s, for node-exporter's textfile collector\n"
-         f"  --config-dir  the network configs whose host-local pools are reported and whose cluster-ipam\n"
+         f"  --config-dir  the network configs whose pools are reported and whose cluster-ipam\n"
          f"             networks are healed (default {DEFAULT_CONFIG_DIR})\n"
          "  --cluster-data-dir  cluster-ipam dataDir whose recorded networks (a NetworkAttachmentDefinition's,\n"
-         "             which no config file names) are healed too (repeatable; default\n"
+         "             which no config file names) are healed and reported too (repeatable; default\n"
          f"             {DEFAULT_CLUSTER_DATA_DIR}; the dataDirs of --config-dir's cluster-ipam configs always)\n")
 
 
@@ -658,37 +658,15 @@ def heal_host_local(data_dirs, report):
 
 
 def heal_cluster(config_dir, cluster_data_dirs, report):
-    """cluster-ipam's part: per network configured in config_dir, then per network an ADD recorded
-    (ipam/cluster.RECORD) in cluster_data_dirs or those configs' dataDirs that no config names (a
-    NetworkAttachmentDefinition's: Multus hands its config to the plugin, no file holds it), this
-    node's attachments whose netns is gone, released as DEL releases them (ipam/cluster.heal). An
-    etcd that does not answer costs that network its client's timeouts (etcd.requestTimeout per
-    call) and is logged; so is a record that cannot be read, and the others are healed all the same."""
-    import json
-    from cni.operator import configs, validate
+    """cluster-ipam's part: per network of cluster_networks, this node's attachments whose netns is
+    gone, released as DEL releases them (ipam/cluster.heal). An etcd that does not answer costs that
+    network its client's timeouts (etcd.requestTimeout per call) and is logged; so is a record that
+    cannot be read, and the others are healed all the same."""
     from ipam import cluster
-    paths, problems = config_files(config_dir)
-    found, bad = configs.ipam_users(paths, validate.is_cluster_ipam)
-    for problem in problems + bad:
+    networks, problems = cluster_networks(config_dir, cluster_data_dirs)
+    for problem in problems:
         log(f"healing: {problem}")
-    networks = [(path, network.name, plugin.config) for path, network, plugin, ipam in found]
-    configured = {name for _, name, _ in networks}   # a config file wins over a record of its name
-    data_dirs = list(cluster_data_dirs)
-    for _, _, _, ipam in found:
-        data_dir = ipam.get("dataDir") or cluster.DEFAULT_DATA_DIR
-        if isinstance(data_dir, str) and data_dir.startswith("/") and data_dir not in data_dirs:
-            data_dirs.append(data_dir)
-    for data_dir in data_dirs:
-        records, bad = cluster.recorded_networks(data_dir)
-        for problem in bad:
-            log(f"healing: {problem}")
-        networks += [(path, config["name"], config) for path, config in records if config["name"] not in configured]
-    seen = set()
     for path, name, config in networks:
-        key = json.dumps([name, config.get("ipam")], sort_keys=True)
-        if key in seen:
-            continue   # the same network in two files (a conflist and its copy): healed once
-        seen.add(key)
         released = 0
         try:
             for cid, ifname, netns, ips in cluster.heal(config, netns_certainly_gone):
@@ -699,6 +677,38 @@ def heal_cluster(config_dir, cluster_data_dirs, report):
             log(f"healing: cluster-ipam network {name} ({path}): {getattr(e, 'msg', None) or e}")
         if released:
             report(f"H {os.getpid()} {name} {released}")
+
+
+def cluster_networks(config_dir, cluster_data_dirs):
+    """(networks, problems): (path, name, config) of each cluster-ipam network configured in
+    config_dir, then of each network an ADD recorded (ipam/cluster.RECORD) in cluster_data_dirs or
+    those configs' dataDirs that no config names (a NetworkAttachmentDefinition's: Multus hands its
+    config to the plugin, no file holds it); what healing and the pool figures read. problems: lines
+    for the files and records that could not be read (the others are found all the same)."""
+    import json
+    from cni.operator import configs, validate
+    from ipam import cluster
+    paths, problems = config_files(config_dir)
+    found, bad = configs.ipam_users(paths, validate.is_cluster_ipam)
+    problems += bad
+    networks = [(path, network.name, plugin.config) for path, network, plugin, ipam in found]
+    configured = {name for _, name, _ in networks}   # a config file wins over a record of its name
+    data_dirs = list(cluster_data_dirs)
+    for _, _, _, ipam in found:
+        data_dir = ipam.get("dataDir") or cluster.DEFAULT_DATA_DIR
+        if isinstance(data_dir, str) and data_dir.startswith("/") and data_dir not in data_dirs:
+            data_dirs.append(data_dir)
+    for data_dir in data_dirs:
+        records, bad = cluster.recorded_networks(data_dir)
+        problems += bad
+        networks += [(path, config["name"], config) for path, config in records if config["name"] not in configured]
+    once, seen = [], set()
+    for path, name, config in networks:
+        key = json.dumps([name, config.get("ipam")], sort_keys=True)
+        if key not in seen:   # the same network in two files (a conflist and its copy): once
+            seen.add(key)
+            once.append((path, name, config))
+    return once, problems
 
 
 # --------------------------------------------------------------------------
@@ -758,7 +768,7 @@ class Metrics:
         family("underlay_heal_releases_total", "counter",
                "addresses released by healing: their lease's pod netns was gone (a missed DEL)")
         for network, count in sorted(self.healed.items()):
-            out.append(f'underlay_heal_releases_total{{network="{network}"}} {count}\n')
+            out.append(f'underlay_heal_releases_total{{network="{_label(network)}"}} {count}\n')
         family("underlay_heal_runs_total", "counter", "healing runs started")
         out.append(f"underlay_heal_runs_total {self.heal_runs}\n")
         family("underlay_agent_workers", "gauge", "worker processes: busy serving, or idle spares")
@@ -782,36 +792,157 @@ def config_files(config_dir):
         return [], [f"--config-dir {config_dir}: {e.strerror or e}"]
 
 
-def pool_metrics(config_dir):
-    """In a forked child (a scrape or a textfile write): the host-local pools of the configs in
-    config_dir, as `underlay pools` counts them (cni/operator/hostlocal.pools), read-only.
-    underlay_pool_addresses' states partition underlay_pool_size_addresses."""
-    from cni.operator import hostlocal
-    paths, problems = config_files(config_dir)
-    rows = []
-    if paths:
+def pool_metrics(options):
+    """In a forked child (a scrape or a textfile write): the pools of every network this node's
+    agent can know, read-only: host-local's (host_local_pools) and cluster-ipam's (cluster_pools).
+    underlay_pool_addresses' states partition underlay_pool_size_addresses where the size is known;
+    every network has underlay_pool_readable (0: see the log), every problem is counted."""
+    rows, readable, problems = [], {}, []
+    parts = [lambda: host_local_pools(options.config_dir, options.data_dirs)]
+    if "cluster-ipam" in PLUGINS:   # a build without it has no cluster-ipam networks to read
+        parts.append(lambda: cluster_pools(options.config_dir, options.cluster_data_dirs))
+    for part in parts:
         try:
-            rows, problems = hostlocal.pools(paths, lock_timeout=POOL_LOCK_TIMEOUT)
+            found, known, bad = part()
         except Exception as e:   # a bug: the scrape still answers, with the problem counted
-            rows, problems = [], [f"{type(e).__name__}: {e}"]
+            found, known, bad = [], {}, [f"{type(e).__name__}: {e}"]
+        rows += found
+        readable.update(known)
+        problems += bad
     for problem in problems:
         log(f"pools: {problem}")
+    return render_pools(rows, readable, problems)
+
+
+def pool_row(network, ipam, figures=None, in_use=None):
+    """One range set's figures (a row of hostlocal.pools or cluster.pools) as render_pools takes
+    them; without figures, a network whose ranges are unknown: only its addresses in use."""
+    if figures is None:
+        return {"network": network, "ipam": ipam, "set": None, "ranges": None, "in_use": in_use}
+    row = {k: figures[k] for k in ("size",) + POOL_STATES}
+    row.update(network=network, ipam=ipam, set=figures["set"], ranges=figures["ranges"])
+    return row
+
+
+POOL_STATES = ("excluded", "aux", "reserved", "in_use", "free")
+
+
+def host_local_pools(config_dir, data_dirs):
+    """(rows, readable, problems) of host-local: each network of config_dir's configs per range set,
+    as `underlay pools` counts them (cni/operator/hostlocal.pools); then each network directory of
+    data_dirs and those configs' dataDirs that no config names (a NetworkAttachmentDefinition's):
+    only its leases in use are known, its ranges are in no file on this node."""
+    from cni.operator import configs, hostlocal, validate
+    paths, problems = config_files(config_dir)
+    rows, readable, configured = [], {}, set()
+    if paths:
+        found, bad = hostlocal.pools(paths, lock_timeout=POOL_LOCK_TIMEOUT)
+        problems += bad
+        for row in found:
+            rows.append(pool_row(row["network"], "host-local", row))
+        users, _ = configs.ipam_users(paths, validate.is_host_local)   # their problems are in bad
+        for _, network, _, ipam in users:
+            data_dir = ipam.get("dataDir") or hostlocal.DEFAULT_DATA_DIR
+            if isinstance(data_dir, str) and network.name:
+                configured.add((os.path.abspath(data_dir), network.name))
+                readable[("host-local", network.name)] = any(r["network"] == network.name for r in found)
+    roots = []
+    for data_dir in [*data_dirs, *(root for root, _ in sorted(configured))]:
+        if os.path.abspath(data_dir) not in roots:
+            roots.append(os.path.abspath(data_dir))
+    for root in roots:
+        try:
+            names = hostlocal.networks(root)
+        except hostlocal.StoreProblem as e:
+            if os.path.exists(root):
+                problems.append(str(e))
+            continue   # not there: no host-local network has run there
+        for name in names:
+            if (root, name) in configured or ("host-local", name) in readable:
+                continue
+            try:
+                leases = hostlocal.read(root, name, POOL_LOCK_TIMEOUT).leases
+            except hostlocal.StoreProblem as e:
+                problems.append(f"{root}: {e}")
+                readable[("host-local", name)] = False
+                continue
+            rows.append(pool_row(name, "host-local", in_use=len(leases)))
+            readable[("host-local", name)] = True
+    return rows, readable, problems
+
+
+def cluster_pools(config_dir, cluster_data_dirs):
+    """(rows, readable, problems) of cluster-ipam: each network of cluster_networks per range set,
+    as `underlay cluster pools` counts them (ipam/cluster.pools): the whole cluster's figures, read
+    from etcd. The networks are read at once, each in a thread; one whose etcd has not answered
+    within twice its requestTimeout (the leases, then the pools; each call is bounded by it) is a
+    problem, and the page goes out without it."""
+    import threading
+    from ipam import etcd
+    networks, problems = cluster_networks(config_dir, cluster_data_dirs)
+    results, reads = {}, []
+    for path, name, config in networks:
+        if any(name == read[0] for read in reads):
+            continue   # two configs of one name (a file and a stale record of it): the first
+        etcd_conf = config["ipam"].get("etcd") if isinstance(config.get("ipam"), dict) else None
+        timeout = etcd_conf.get("requestTimeout") if isinstance(etcd_conf, dict) else None
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            timeout = etcd.DEFAULT_REQUEST_TIMEOUT   # or a bad one: the read says what is wrong
+        thread = threading.Thread(target=cluster_read, args=(results, name, config), daemon=True)
+        thread.start()
+        reads.append((name, path, thread, time.monotonic() + 2 * timeout))
+    rows, readable = [], {}
+    for name, path, thread, deadline in reads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        found = results.get(name)
+        if isinstance(found, list):
+            rows += [pool_row(name, "cluster-ipam", s) for s in found]
+        elif found is None:   # still waiting: left behind, this process ends with the page
+            problems.append(f"cluster-ipam network {name} ({path}): etcd did not answer within twice "
+                            "its requestTimeout")
+        else:
+            problems.append(f"cluster-ipam network {name} ({path}): {getattr(found, 'msg', None) or found}")
+        readable[("cluster-ipam", name)] = isinstance(found, list)
+    return rows, readable, problems
+
+
+def cluster_read(results, name, config):
+    from cni import contract
+    from ipam import cluster
+    try:
+        contract.check_network_name(name)   # as heal(): a record of a name no ADD could have used
+        results[name] = cluster.pools(config)
+    except Exception as e:   # etcd down, a bad config: a problem of this network only
+        results[name] = e
+
+
+def render_pools(rows, readable, problems):
     once = {}
     for row in rows:   # the same network in two files (a conflist and its copy): counted once
-        once.setdefault((row["network"], row["set"]), row)
-    out = ["# HELP underlay_pool_size_addresses addresses of a host-local range set (its ranges' "
-           "rangeStart..rangeEnd)\n# TYPE underlay_pool_size_addresses gauge\n"]
-    for (network, index), row in once.items():
-        out.append(f'underlay_pool_size_addresses{{network="{_label(network)}",set="{index}"}} {row["size"]}\n')
-    out.append("# HELP underlay_pool_addresses addresses of a host-local range set by state: excluded, aux, "
-               "reserved (network, broadcast, gateway), in_use, free (their sum is the size)\n"
+        once.setdefault((row["ipam"], row["network"], row["set"]), row)
+
+    def labels(row):
+        out = f'network="{_label(row["network"])}",ipam="{row["ipam"]}"'
+        return out if row["set"] is None else out + f',set="{row["set"]}",ranges="{_label(row["ranges"])}"'
+
+    out = ["# HELP underlay_pool_size_addresses addresses of a range set (its ranges' rangeStart..rangeEnd); "
+           "cluster-ipam's are the whole cluster's\n# TYPE underlay_pool_size_addresses gauge\n"]
+    for row in once.values():
+        if row["set"] is not None:
+            out.append(f'underlay_pool_size_addresses{{{labels(row)}}} {row["size"]}\n')
+    out.append("# HELP underlay_pool_addresses addresses of a range set by state: excluded, aux, reserved "
+               "(network, broadcast, gateway), in_use, free (their sum is the size); a network whose ranges "
+               "are unknown (no config on this node) has only in_use, without set and ranges\n"
                "# TYPE underlay_pool_addresses gauge\n")
-    for (network, index), row in once.items():
-        for state in ("excluded", "aux", "reserved", "in_use", "free"):
-            out.append(f'underlay_pool_addresses{{network="{_label(network)}",set="{index}",state="{state}"}} '
-                       f'{row[state]}\n')
-    out.append("# HELP underlay_pool_problems configs or stores that could not be read for these figures "
-               "(see the agent's log)\n# TYPE underlay_pool_problems gauge\n")
+    for row in once.values():
+        for state in POOL_STATES if row["set"] is not None else ("in_use",):
+            out.append(f'underlay_pool_addresses{{{labels(row)},state="{state}"}} {row[state]}\n')
+    out.append("# HELP underlay_pool_readable whether a network's figures could be read on this scrape "
+               "(0: see the agent's log)\n# TYPE underlay_pool_readable gauge\n")
+    for (ipam, network), ok in sorted(readable.items()):
+        out.append(f'underlay_pool_readable{{network="{_label(network)}",ipam="{ipam}"}} {int(ok)}\n')
+    out.append("# HELP underlay_pool_problems configs, records, stores or etcds that could not be read for "
+               "these figures (see the agent's log)\n# TYPE underlay_pool_problems gauge\n")
     out.append(f"underlay_pool_problems {len(problems)}\n")
     return "".join(out)
 
@@ -820,7 +951,7 @@ def _label(value):
     return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def serve_http(conn, body, config_dir):
+def serve_http(conn, body, options):
     """In a forked child: answer one HTTP request (GET /metrics or /healthz) and exit.
     body: the agent's counters as they were at accept; the pools are read here."""
     conn.settimeout(5)
@@ -834,7 +965,7 @@ def serve_http(conn, body, config_dir):
         line = request.split(b"\r\n", 1)[0].split()
         path = line[1].split(b"?")[0] if len(line) >= 2 and line[0] in (b"GET", b"HEAD") else None
         if path == b"/metrics":
-            payload = (body + pool_metrics(config_dir)).encode()
+            payload = (body + pool_metrics(options)).encode()
             status, kind = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
         elif path == b"/healthz":
             status, payload, kind = "200 OK", b"ok\n", "text/plain"
@@ -1051,7 +1182,7 @@ class Agent:
             return
         body = self.render()
         self.textfile_writer = self.fork_background(
-            lambda: write_textfile(self.options.textfile, body + pool_metrics(self.options.config_dir)))
+            lambda: write_textfile(self.options.textfile, body + pool_metrics(self.options)))
 
     def answer_http(self):
         """Each scrape is answered by a fork holding a snapshot: a slow client never holds up the loop."""
@@ -1064,7 +1195,7 @@ class Agent:
         if pid == 0:
             try:
                 signal.set_wakeup_fd(-1)
-                serve_http(conn, body, self.options.config_dir)
+                serve_http(conn, body, self.options)
             finally:
                 os._exit(1)
         conn.close()
@@ -1092,7 +1223,7 @@ class Agent:
             time.sleep(0.02)
         self.read_reports()
         if self.options.textfile:   # the last figures; the loop is over, the locks are bounded
-            write_textfile(self.options.textfile, self.render() + pool_metrics(self.options.config_dir))
+            write_textfile(self.options.textfile, self.render() + pool_metrics(self.options))
         log("stopped")
 
 

@@ -50,6 +50,8 @@ class Agent:
         self.args = list(args)
         if "--config-dir" not in self.args:   # never the host's /etc/cni/net.d (its stores' locks)
             self.args += ["--config-dir", self.directory.rstrip("/") + ".no-configs"]
+        if "--data-dir" not in self.args:   # nor the host's host-local stores (healed, and read by /metrics)
+            self.args += ["--data-dir", self.directory.rstrip("/") + ".no-host-local"]
         if "--cluster-data-dir" not in self.args:   # nor the networks the host's cluster-ipam recorded
             self.args += ["--cluster-data-dir", self.directory.rstrip("/") + ".no-cluster-ipam"]
         self.command = command or agent_argv()

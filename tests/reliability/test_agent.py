@@ -590,11 +590,26 @@ def test_metrics_count_requests_by_plugin_verb_and_code(tmp_path, via):
 POOL_STATES = ("excluded", "aux", "reserved", "in_use", "free")
 
 
-def pool_samples(got, network, index):
-    """{size, excluded, ...} of one range set, from a page's samples."""
-    labels = f'network="{network}",set="{index}"'
-    out = {"size": got.get(f"underlay_pool_size_addresses{{{labels}}}")}
-    out.update({state: got.get(f'underlay_pool_addresses{{{labels},state="{state}"}}') for state in POOL_STATES})
+def series(got, name, **want):
+    """{labels: value} of the samples of `name` whose labels include `want` (values unescaped)."""
+    import re
+    out = {}
+    for key, value in got.items():
+        found, _, rest = key.partition("{")
+        labels = {k: re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], v)
+                  for k, v in re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest)}
+        if found == name and all(labels.get(k) == str(v) for k, v in want.items()):
+            out[tuple(sorted(labels.items()))] = value
+    return out
+
+
+def pool_samples(got, network, index, ipam="host-local"):
+    """{size, excluded, ...} of one range set, from a page's samples (None: no such sample)."""
+    out = {"size": None, **{state: None for state in POOL_STATES}}
+    for labels, value in series(got, "underlay_pool_size_addresses", network=network, ipam=ipam, set=index).items():
+        out["size"] = value
+    for labels, value in series(got, "underlay_pool_addresses", network=network, ipam=ipam, set=index).items():
+        out[dict(labels)["state"]] = value
     return out
 
 
@@ -620,8 +635,8 @@ def test_metrics_show_the_pools_as_underlay_pools_counts_them(tmp_path, via):
     try:
         via(agent)
         # the periodic write (a child of the agent's) comes at start: the pools of then, nothing in use
-        wait_for(lambda: textfile.exists() and 'underlay_pool_addresses{network="umxpool",set="0",state="free"} 8'
-                 in textfile.read_text(), what="the first textfile with the pools")
+        wait_for(lambda: textfile.exists() and pool_samples(samples(textfile.read_text()), "umxpool", 0)["free"] == 8,
+                 what="the first textfile with the pools")
         plugin_conf = {"cniVersion": "1.0.0", "name": "umxpool", "ipam": ipam}
         for i in range(3):     # host-local ADDs as a runtime's main plugin makes them, through the agent
             assert plugins.run_plugin("host-local", "ADD", plugin_conf, container_id=f"umx{i}",
@@ -672,13 +687,133 @@ def test_a_store_locked_past_the_bound_is_a_pool_problem_not_a_hung_scrape(tmp_p
             fcntl.flock(held, fcntl.LOCK_EX)
             got = samples(scrape(port)[2])
             assert got["underlay_pool_problems"] == 1
-            assert 'underlay_pool_size_addresses{network="umxlock",set="0"}' not in got
+            assert pool_samples(got, "umxlock", 0)["size"] is None
+            assert got['underlay_pool_readable{network="umxlock",ipam="host-local"}'] == 0
             assert got["underlay_agent_workers_limit"] == 8        # the rest of the page is there
         assert "pools: network umxlock:" in agent.log()
         got = samples(scrape(port)[2])
-        assert got['underlay_pool_addresses{network="umxlock",set="0",state="in_use"}'] == 1
+        assert pool_samples(got, "umxlock", 0)["in_use"] == 1
+        assert got['underlay_pool_readable{network="umxlock",ipam="host-local"}'] == 1
     finally:
         agent.close()
+
+
+def test_metrics_show_the_host_local_networks_served_without_a_config_file(tmp_path, via):
+    """A NetworkAttachmentDefinition's host-local network (Multus hands its config to the plugin: no
+    file in --config-dir names it) is known by its directory in --data-dir: its leases in use are
+    reported; its ranges are in no file on the node, so in_use is all it has (no size, no set). Beside
+    it a configured network's full figures; a NAD's store locked past the bound is its problem."""
+    import fcntl
+    config_dir = tmp_path / "net.d"
+    config_dir.mkdir()
+    data_dir = tmp_path / "networks"
+    file_ipam = {"type": "host-local", "dataDir": str(data_dir), "ranges": [[{"subnet": "10.4.0.0/28"}]]}
+    (config_dir / "10-umxfile.conf").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "umxfile", "type": "macvlan", "master": "eth0", "ipam": file_ipam}))
+    nad_ipam = {"type": "host-local", "dataDir": str(data_dir),
+                "ranges": [[{"subnet": "10.5.0.0/24"}], [{"subnet": "fd00:5::/120"}]]}
+    port = free_port()
+    agent = Agent("--metrics", f"127.0.0.1:{port}", "--config-dir", str(config_dir), "--data-dir", str(data_dir),
+                  "--heal-every", "0", directory=str(tmp_path / "run"))
+    try:
+        via(agent)
+        got = samples(scrape(port)[2])
+        assert series(got, "underlay_pool_addresses", network="umxnad") == {}   # no ADD yet: not known
+        assert pool_samples(got, "umxfile", 0)["free"] == 13
+        for i in range(2):   # as Multus runs a NAD's plugin: the config on stdin, no file
+            assert plugins.run_plugin("host-local", "ADD", {"cniVersion": "1.0.0", "name": "umxnad", "ipam": nad_ipam},
+                                      container_id=f"nad{i}", netns=f"/run/netns/nad{i}").ok
+        assert plugins.run_plugin("host-local", "ADD", {"cniVersion": "1.0.0", "name": "umxfile", "ipam": file_ipam},
+                                  container_id="file0", netns="/run/netns/file0").ok
+        agent.wait_served(3)
+        got = samples(scrape(port)[2])
+        assert series(got, "underlay_pool_addresses", network="umxnad") == {   # two attachments, two families
+            (("ipam", "host-local"), ("network", "umxnad"), ("state", "in_use")): 4}
+        assert series(got, "underlay_pool_size_addresses", network="umxnad") == {}
+        assert pool_samples(got, "umxfile", 0) == {"size": 14, "excluded": 0, "aux": 0, "reserved": 1,
+                                                   "in_use": 1, "free": 12}
+        assert series(got, "underlay_pool_size_addresses", network="umxfile") == {
+            (("ipam", "host-local"), ("network", "umxfile"), ("ranges", "10.4.0.0/28 10.4.0.1-10.4.0.14"),
+             ("set", "0")): 14}
+        assert got['underlay_pool_readable{network="umxnad",ipam="host-local"}'] == 1
+        assert got['underlay_pool_readable{network="umxfile",ipam="host-local"}'] == 1
+        assert got["underlay_pool_problems"] == 0
+        with open(data_dir / "umxnad" / "lock", "a+") as held:   # a plugin stuck inside the NAD's lock
+            fcntl.flock(held, fcntl.LOCK_EX)
+            got = samples(scrape(port)[2])
+            assert got['underlay_pool_readable{network="umxnad",ipam="host-local"}'] == 0
+            assert series(got, "underlay_pool_addresses", network="umxnad") == {}
+            assert got["underlay_pool_problems"] == 1
+            assert pool_samples(got, "umxfile", 0)["in_use"] == 1        # the others are there
+        assert f"pools: {data_dir}: network umxnad:" in agent.log()
+    finally:
+        agent.close()
+
+
+@pytest.mark.etcd
+def test_metrics_show_the_cluster_ipam_pools_configured_or_recorded_and_count_an_etcd_down(tmp_path, cl, via):
+    """cluster-ipam networks in --config-dir and those only recorded by their ADDs (a NAD's, in a
+    --cluster-data-dir) have their pools as `underlay cluster pools` counts them, the whole cluster's.
+    An etcd that never answers, or is down, or a record no ADD could have written, is a problem of that
+    network: counted, logged, and the scrape answers with everything else."""
+    from tests.operator import run_underlay
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)          # the kernel accepts; nobody ever answers
+    cl.prefix = f"/ucm-{uuid.uuid4().hex[:8]}"
+    config_dir = tmp_path / "net.d"
+    config_dir.mkdir()
+    configured = cl.conf("10.79.7.0/28", node="uc-n1", name="ucpool")
+    write_conflist(config_dir, "10-ucpool.conflist", configured)
+    write_conflist(config_dir, "20-ucsilent.conflist", cl.conf(
+        "10.79.9.0/28", node="uc-n1", name="ucsilent",
+        etcd={"endpoints": [f"http://127.0.0.1:{silent.getsockname()[1]}"], "dialTimeout": 1, "requestTimeout": 1}))
+    nad_dir = tmp_path / "nad-cluster-ipam"
+    nad = cl.conf("10.79.8.0/28", node="uc-n1", name="ucnad", dataDir=str(nad_dir))
+    elsewhere = cl.conf("10.79.8.0/28", node="uc-n2", name="ucnad")    # another node's: the cluster's figures
+    (nad_dir / 'uc"odd').mkdir(parents=True)       # a record no ADD wrote: no valid network name
+    (nad_dir / 'uc"odd' / "network.json").write_text(json.dumps(
+        {"network": 'uc"odd', "ipam": dict(nad["ipam"], dataDir=str(nad_dir))}))
+    port = free_port()
+    agent = Agent("--metrics", f"127.0.0.1:{port}", "--config-dir", str(config_dir), "--cluster-data-dir",
+                  str(nad_dir), "--heal-every", "0", directory=str(tmp_path / "run"))
+    try:
+        via(agent)
+        for cid, conf in (("p0", configured), ("p1", configured), ("n0", nad), ("n1", nad), ("e0", elsewhere)):
+            assert cl.add(conf, cid).ok
+        agent.wait_served(5)
+        got = samples(scrape(port)[2])
+        for name, conf in (("ucpool", configured), ("ucnad", nad)):
+            path = tmp_path / f"{name}.conflist"      # the operator's copy, outside --config-dir
+            write_conflist(tmp_path, path.name, conf)
+            expected = run_underlay("cluster", "pools", "--config", str(path), "-o", "json")
+            assert expected.code == 0, expected
+            row, = expected.json
+            figures = pool_samples(got, name, 0, "cluster-ipam")
+            assert figures == {k: row[k] for k in figures}, (row, figures)
+            assert series(got, "underlay_pool_size_addresses", network=name)   # with its ranges label
+            assert got[f'underlay_pool_readable{{network="{name}",ipam="cluster-ipam"}}'] == 1
+        assert pool_samples(got, "ucnad", 0, "cluster-ipam")["in_use"] == 3   # uc-n2's lease too
+        assert pool_samples(got, "ucpool", 0, "cluster-ipam")["in_use"] == 2
+        assert got['underlay_pool_readable{network="ucsilent",ipam="cluster-ipam"}'] == 0
+        assert got['underlay_pool_readable{network="uc\\"odd",ipam="cluster-ipam"}'] == 0
+        assert got["underlay_pool_problems"] == 2
+        assert "pools: cluster-ipam network ucsilent" in agent.log()
+        cl.etcd.stop(0)
+        try:
+            got = samples(scrape(port)[2])
+            assert got['underlay_pool_readable{network="ucpool",ipam="cluster-ipam"}'] == 0
+            assert got['underlay_pool_readable{network="ucnad",ipam="cluster-ipam"}'] == 0
+            assert pool_samples(got, "ucnad", 0, "cluster-ipam")["size"] is None
+            assert got["underlay_pool_problems"] == 4
+            assert got["underlay_agent_workers_limit"] == 8        # the rest of the page is there
+        finally:
+            cl.etcd.start(0)
+        got = samples(scrape(port)[2])
+        assert got['underlay_pool_readable{network="ucnad",ipam="cluster-ipam"}'] == 1
+    finally:
+        agent.close()
+        silent.close()
 
 
 def test_a_worker_hung_inside_the_lock_is_named_and_killed_with_its_caller(agent, via, node):

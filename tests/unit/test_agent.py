@@ -80,3 +80,13 @@ def test_a_served_report_with_a_trace_is_logged_with_it(capfd):
     err = capfd.readouterr().err
     assert "served macvlan ADD exit 0 in 2.0 ms (worker 7, trace 0af7651916cd43dd8448eb211c80319c)" in err
     assert "served macvlan DEL exit 0 in 1.0 ms (worker 8)\n" in err
+
+
+def test_pool_label_values_are_escaped():
+    """Network names come from directory and record names on disk: any character may be there."""
+    rows = [agent.pool_row('a"b\\c\nd', "host-local", in_use=2)]
+    text = agent.render_pools(rows, {("cluster-ipam", 'x"y'): False}, ["one"])
+    assert 'underlay_pool_addresses{network="a\\"b\\\\c\\nd",ipam="host-local",state="in_use"} 2\n' in text
+    assert 'underlay_pool_readable{network="x\\"y",ipam="cluster-ipam"} 0\n' in text
+    assert "underlay_pool_problems 1\n" in text
+    assert "underlay_pool_size_addresses{" not in text   # no size where the ranges are unknown
