@@ -165,3 +165,25 @@ def test_a_main_plugin_refuses_near_misses_before_touching_anything(plugin, extr
     # the netns does not exist: the config is refused before it is opened
     out = run_plugin(plugin, "ADD", conf, container_id="c1", ifname="eth0", netns="/run/netns/ucf-missing")
     assert error(out, 7, message)["msg"] == message
+
+
+BLOCK_SIZE_WORDS = ('ipam.blockSize must be a prefix length from 8 to 30 (a number, for IPv4; IPv6 blocks then hold '
+                    'as many addresses) or {"ipv4": 8-30, "ipv6": 104-126}; got ')
+
+
+@pytest.mark.parametrize("block_size, message", [
+    ({"ipv4": 28, "ip6": 124}, "unknown key 'ip6' in ipam.blockSize; did you mean 'ipv6'?"),
+    (32, "invalid network config: " + BLOCK_SIZE_WORDS + "32"),
+    ("26", "invalid network config: " + BLOCK_SIZE_WORDS + "'26'"),
+    ({"ipv4": 28, "ipv6": 64}, "invalid network config: " + BLOCK_SIZE_WORDS + "{'ipv4': 28, 'ipv6': 64}"),
+])
+def test_a_block_size_mistake_is_said_in_words(block_size, message):
+    """Issue 17: these all answered "must be valid exactly by one definition (0 matches found)".
+    Refused before etcd is contacted (the endpoint serves nothing)."""
+    from tests.plugins import run_plugin
+    conf = {"cniVersion": "1.0.0", "name": "bsnet", "type": "macvlan",
+            "ipam": {"type": "cluster-ipam", "etcd": {"endpoints": ["http://192.0.2.1:2379"]}, "node": "n1",
+                     "dataDir": "/nonexistent/bs", "ranges": [[{"subnet": "10.62.0.0/24"}]], "blockSize": block_size}}
+    out = run_plugin("cluster-ipam", "ADD", conf, container_id="c1", ifname="eth0", netns="/run/netns/bs-missing")
+    assert error(out, 7, message)["msg"] == message
+    assert "definition" not in out.stdout
