@@ -65,7 +65,7 @@ def generate(schema_path):
             + "# checked, 'props' and 'items' to walk on. A place with additionalProperties is free.\n"
             + f"KEYS = {pprint.pformat(keys, width=120, sort_dicts=True)}\n"
             + "\n# What a failed rule says in words, by (field path with [] for indices, rule): the schema's\n"
-            + "# patternMessage, formatMessage or notMessage beside the rule.\n"
+            + "# patternMessage, formatMessage, notMessage or oneOfMessage beside the rule.\n"
             + f"MESSAGES = {pprint.pformat(messages, width=120, sort_dicts=True)}\n")
 
 
@@ -86,6 +86,10 @@ def key_places(schema, node, depth=0):
     if depth > 32:
         raise SystemExit("schema nests too deeply (a recursive $ref?)")
     node = resolve(schema, node)
+    # a value that is one of several shapes (blockSize: a number or {ipv4, ipv6}): the object's keys
+    shapes = [resolve(schema, n) for n in node.get("oneOf", []) if resolve(schema, n).get("type") == "object"]
+    if shapes and "properties" not in node:
+        node = shapes[0]
     place = {}
     props = node.get("properties", {})
     if props and node.get("additionalProperties", False) is False:
@@ -102,10 +106,11 @@ def key_places(schema, node, depth=0):
 
 def rule_messages(schema, source, node=None, path="data", found=None, depth=0):
     """{(path, rule): sentence}: every `pattern` and `format` must say in words what it wants
-    (`patternMessage`, `formatMessage`); `notMessage` is optional."""
+    (`patternMessage`, `formatMessage`); `notMessage` and `oneOfMessage` are optional (without
+    one, fastjsonschema's "must be valid exactly by one definition" is all a oneOf says)."""
     found = {} if found is None else found
     node = resolve(schema, schema if node is None else node)
-    for rule, required in (("pattern", True), ("format", True), ("not", False)):
+    for rule, required in (("pattern", True), ("format", True), ("not", False), ("oneOf", False)):
         if rule in node:
             message = node.get(rule + "Message")
             if message is None and required:

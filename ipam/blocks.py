@@ -80,6 +80,11 @@ class Grid:
     def key(self, first):
         return f"{self.range.text(first)}/{self.prefix}"
 
+    def block_count(self, prefix=None):
+        """How many blocks (of this grid's size, or of `prefix`) rangeStart..rangeEnd touches."""
+        host_bits = self.host_bits if prefix is None else self.range.subnet.max_prefixlen - prefix
+        return ((self.range.end >> host_bits) - (self.range.start >> host_bits)) + 1
+
     def usable(self, first):
         """Some address of block `first` may be handed out (inside the range, not blocked)."""
         v = self.range.next_available(first)

@@ -128,6 +128,27 @@ def block_sizes(value):
     return {4: v4, 6: 128 - (32 - v4)}
 
 
+def one_block_warnings(ipam, grids, sizes):
+    """A blockSize the operator wrote that leaves a range one block: the first node to ADD owns it
+    and every other node borrows from it address by address (more etcd writes, more contention).
+    Said only of a written blockSize: with the default, one shared block of a small range is
+    whereabouts' behaviour (it has no blocks), which its configs, taken as they are, expect."""
+    value = ipam.get("blockSize")
+    warnings = []
+    for grid in grids:
+        r = grid.range
+        key = "ipv4" if r.version == 4 else "ipv6"
+        if value is None or isinstance(value, dict) and key not in value or grid.block_count() > 1:
+            continue
+        field = f"ipam.blockSize.{key}" if isinstance(value, dict) else "ipam.blockSize"
+        top = r.subnet.max_prefixlen - 2
+        better = next((p for p in range(grid.prefix + 1, top) if grid.block_count(p) >= 4), top)
+        warnings.append(f"{field}: a /{sizes[r.version]} block holds all of {r.field} ({r.describe()}): the "
+                        "first node to ADD owns it and every other node borrows from it address by address; "
+                        f"a blockSize of /{better} cuts it into {grid.block_count(better)} blocks")
+    return warnings
+
+
 def check_block_size(value, field, top):
     if isinstance(value, bool) or not isinstance(value, int) or not top - 24 <= value <= top - 2:
         raise field_error(field, f"{value!r} must be a prefix length from {top - 24} to {top - 2}")
@@ -210,6 +231,7 @@ class ClusterConfig(StoreConfig, verbs.IpamConfig):
         StoreConfig.__init__(self, config)
         verbs.IpamConfig.__init__(self, request, with_whereabouts(config["ipam"]))
         self.grids = {id(r): Grid(r, self.block_sizes[r.version]) for s in self.range_sets for r in s.ranges}
+        request.warnings += one_block_warnings(self.ipam, self.grids.values(), self.block_sizes)
 
     def grids_of(self, range_set):
         return [self.grids[id(r)] for r in range_set.ranges]

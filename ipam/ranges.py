@@ -60,14 +60,23 @@ def address_value(text, field):
     return ip.version, int(ip)
 
 
-def parse_exclusion(text, field, index=None):
+def parse_exclusion(text, field, index=None, masked=None):
     """'10.0.0.5', '10.0.0.0/28' or '10.0.0.5-10.0.0.9' -> (version, first, last).
-    With `index`, the field is `field[index]`, spelt out only for an error (100 000 entries)."""
-    if index is not None:
-        try:
-            return parse_exclusion(text, field)
-        except CniError:
-            return parse_exclusion(text, f"{field}[{index}]")
+    With `index`, the field is `field[index]`, spelt out only when needed (100 000 entries).
+
+    A CIDR with host bits set is taken as the network it names, as releases before the one
+    CIDR rule (cni.config.parse_cidr) and whereabouts took it: refusing it now would stop the
+    pods of a network that worked. With `masked`, (field, entry, network) of each is appended
+    to it, to be warned of."""
+    try:
+        return exclusion_interval(text, field, index, masked)
+    except CniError:
+        if index is None:
+            raise
+        return exclusion_interval(text, f"{field}[{index}]", None, masked)   # raises again, naming the entry
+
+
+def exclusion_interval(text, field, index, masked):
     if not isinstance(text, str):
         raise config_error(field, f"{text!r} is not an address, CIDR or first-last range")
     if "-" in text:
@@ -87,10 +96,27 @@ def parse_exclusion(text, field, index=None):
             host = (1 << (bits - int(plen))) - 1
             if not fast[1] & host:
                 return fast[0], fast[1], fast[1] | host
-        network = parse_cidr(text, field)   # the slow way, and every refusal (host bits) from one rule
+        network = masked_cidr(text)
+        if network is None:
+            network = parse_cidr(text, field)   # the slow way, and every refusal from one rule
+        elif masked is not None:
+            masked.append((field if index is None else f"{field}[{index}]", text, network))
         return network.version, int(network.network_address), int(network.broadcast_address)
     version, value = address_value(text, field)
     return version, value, value
+
+
+def masked_cidr(text):
+    """The network of a CIDR whose only fault is host bits set ('10.97.0.100/27' -> 10.97.0.96/27), else None."""
+    try:
+        ipaddress.ip_network(text, strict=True)
+        return None
+    except ValueError:
+        pass
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
 
 
 def merge(intervals):
@@ -270,7 +296,7 @@ class RangeSet:
         return ", ".join(r.describe() for r in self.ranges)
 
 
-def canonical_range(spec, field, top_exclusions):
+def canonical_range(spec, field, top_exclusions, masked=None):
     if not isinstance(spec, dict):
         raise config_error(field, "must be an object with a subnet")
     if "subnet" not in spec:
@@ -305,7 +331,7 @@ def canonical_range(spec, field, top_exclusions):
     use_fast_parsing(exclude)
     append = exclusions.append
     for i, entry in enumerate(exclude):
-        version, lo, hi = parse_exclusion(entry, label, i)
+        version, lo, hi = parse_exclusion(entry, label, i, masked)
         if version != subnet.version or hi < network or lo > last_in_subnet:
             raise config_error(f"{label}[{i}]", f"{entry!r} lies outside subnet {subnet}")
         append((lo if lo > network else network, hi if hi < last_in_subnet else last_in_subnet, (label, i, entry)))
@@ -316,12 +342,12 @@ def canonical_range(spec, field, top_exclusions):
     return Range(subnet, start, end, gateway, exclusions, field)
 
 
-def parse_top_exclusions(ipam):
+def parse_top_exclusions(ipam, masked=None):
     exclude = ipam.get("exclude") or []
     if not isinstance(exclude, list):
         raise config_error("ipam.exclude", "must be a list")
     use_fast_parsing(exclude)
-    return [parse_exclusion(entry, "ipam.exclude", i) + (i, entry) for i, entry in enumerate(exclude)]
+    return [parse_exclusion(entry, "ipam.exclude", i, masked) + (i, entry) for i, entry in enumerate(exclude)]
 
 
 def overlap(a, b):
@@ -365,11 +391,13 @@ def host_shim_aux(config):
     return [("hostShim.address", "hostShim", a) for a in (addresses if isinstance(addresses, list) else [addresses])]
 
 
-def range_sets(ipam, runtime_ranges=None, extra_aux=()):
+def range_sets(ipam, runtime_ranges=None, extra_aux=(), warnings=None):
     """The canonical RangeSets of an `ipam` section (plus runtimeConfig.ipRanges first).
 
-    extra_aux: more (field, name, address) aux entries, e.g. the hostShim's address."""
-    top_exclusions = parse_top_exclusions(ipam)
+    extra_aux: more (field, name, address) aux entries, e.g. the hostShim's address.
+    warnings: a list (a request's) to append what is accepted but should be written otherwise."""
+    masked = []
+    top_exclusions = parse_top_exclusions(ipam, masked)
     specs = []  # (field, list of range dicts)
     if runtime_ranges:
         if not isinstance(runtime_ranges, list):
@@ -399,7 +427,7 @@ def range_sets(ipam, runtime_ranges=None, extra_aux=()):
         members = []
         for j, r in enumerate(spec):
             rfield = "ipam" if field == "ipam" else f"{field}[{j}]"
-            members.append(canonical_range(r, rfield, top_exclusions))
+            members.append(canonical_range(r, rfield, top_exclusions, masked))
         for r in members:
             if r.version != members[0].version:
                 raise config_error(r.field, f"{r.subnet} mixes address families within one range set")
@@ -426,4 +454,7 @@ def range_sets(ipam, runtime_ranges=None, extra_aux=()):
     for s in sets:
         for r in s.ranges:
             r.finish()
+    if warnings is not None:
+        warnings += [f"{field}: {entry} has host bits set; excluded as {network}, the network it names "
+                     f"(write {network} to say so)" for field, entry, network in masked]
     return sets

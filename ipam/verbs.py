@@ -27,7 +27,7 @@ class IpamConfig:
         config = request.config
         runtime = config.get("runtimeConfig") or {}
         extra_aux = ranges.host_shim_aux(config)   # the node's hostShim addresses are never given to a pod
-        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux)
+        self.range_sets = ranges.range_sets(ipam, runtime.get("ipRanges"), extra_aux, request.warnings)
         if contract.version_key(request.version) < (0, 3, 0):
             check_one_set_per_family(self.range_sets, request.version)
         self.routes = [check_route(r, f"ipam.routes[{i}]") for i, r in enumerate(ipam.get("routes") or [])]

@@ -6,10 +6,12 @@ machine (cluster-ipam: its schema and loader, no etcd contact). On top of
 that, what no single ADD can see:
   - keys that are not known (a warning: runtimes and chains add their own) or
     close to a known one (an error: a typo silently ignored);
-  - host-local ranges overlapping across networks: each network has a store of
-    its own, so two of them hand out the same addresses (a warning only when
-    the two networks name different masters or VLANs, which may be separate
-    L2s);
+  - ranges overlapping across networks whose leases are in different stores
+    (host-local: each network's files; cluster-ipam: an etcd cluster and key
+    prefix, shared by every network naming both), so both hand out the same
+    addresses: an error, a warning only when the two networks name different
+    masters or VLANs (which may be separate L2s) or the same prefix on etcd
+    endpoint lists that share no URL (which may name one cluster);
   - the same network name defined twice with different IPAM: one store, two
     sets of ranges;
   - host-local in a NetworkAttachmentDefinition: host-local is per node, so on
@@ -107,16 +109,18 @@ def plugin_problems(config, main, host_local, cluster_ipam=False):
             kind.load(contract.Request("ADD", {}, config, b""))
         except CniError as e:
             refused(e)
+    warnings = []   # what the plugin accepts and warns of (its log): host bits in exclude, one block
     if host_local:
         try:
-            check_host_local(config)
+            check_host_local(config, warnings)
         except CniError as e:
             refused(e)
     if cluster_ipam:
         try:
-            check_cluster_ipam(config)
+            check_cluster_ipam(config, warnings)
         except CniError as e:
             refused(e)
+    out += [split_field(w) + ("warning",) for w in warnings]
     if host_local or cluster_ipam:
         resolv = config["ipam"].get("resolvConf")
         if isinstance(resolv, str) and resolv and not os.path.isfile(resolv):
@@ -125,14 +129,18 @@ def plugin_problems(config, main, host_local, cluster_ipam=False):
     return out
 
 
-def check_cluster_ipam(config):
+def check_cluster_ipam(config, warnings=None):
     """cluster-ipam's ADD checks of its config (schema, then its loader: ranges, whereabouts' keys,
     blockSize, etcd's endpoints and timeouts), without contacting etcd or reading files: resolvConf
-    and the etcd certificates are a node's files (resolvConf is warned of above)."""
+    and the etcd certificates are a node's files (resolvConf is warned of above). Returns the loaded
+    config; the loader's warnings, but unknown keys (reported on their own), go to `warnings`."""
     from ipam import cluster, etcd
     ipam = {k: v for k, v in config["ipam"].items() if k != "resolvConf"}
     config = dict(config, ipam=ipam)
-    cluster.ClusterConfig(contract.Request("ADD", {}, config, b""))
+    request = contract.Request("ADD", {}, config, b"")
+    loaded = cluster.ClusterConfig(request)
+    if warnings is not None:
+        warnings += [w for w in request.warnings if not w.startswith("unknown key ")]
     conf = ipam.get("etcd")
     if isinstance(conf, dict):
         files = ("certFile", "keyFile", "trustedCAFile")
@@ -141,15 +149,16 @@ def check_cluster_ipam(config):
             plain["endpoints"] = [e.replace("https://", "http://", 1) if isinstance(e, str) else e
                                   for e in plain["endpoints"]]
         etcd.client_from_config(plain, "ipam.etcd").close()
+    return loaded
 
 
-def check_host_local(config):
+def check_host_local(config, warnings=None):
     """host-local's ADD checks of its config, without reading files or taking an address."""
     from ipam import host_local, ranges
     netconf.validate("host-local", config)
     ipam = config["ipam"]
     runtime = config.get("runtimeConfig") or {}
-    sets = ranges.range_sets(ipam, runtime.get("ipRanges"), ranges.host_shim_aux(config))
+    sets = ranges.range_sets(ipam, runtime.get("ipRanges"), ranges.host_shim_aux(config), warnings)
     version = config.get("cniVersion", "0.1.0")
     if contract.version_key(version) < (0, 3, 0):
         host_local.check_one_set_per_family(sets, version)
@@ -187,22 +196,18 @@ def key_problem(path, key, suggestion):
 
 
 def check_across(networks):
-    """Problems no single config shows: overlapping host-local ranges, one name defined twice."""
+    """Problems no single config shows: ranges overlapping across stores, one name defined twice."""
     problems = []
-    pools = []    # (network, plugin, ipam, sets, parent)
+    pools = []    # (network, plugin, ipam, sets, parent, store)
     for network in networks:
         for plugin in network.plugins:
-            config = plugin.config
-            ipam = config.get("ipam") if isinstance(config.get("ipam"), dict) else {}
-            if not is_host_local(ipam.get("type")):
-                continue
-            try:
-                sets = check_host_local(config)
-            except CniError:
-                continue   # already reported
-            pools.append((network, plugin, ipam, sets, (config.get("master"), config.get("vlan"))))
+            found = pool_of(network, plugin.config)
+            if found is not None:
+                pools.append((network, plugin) + found)
     by_name = {}
-    for network, plugin, ipam, sets, parent in pools:
+    for network, plugin, ipam, sets, parent, store in pools:
+        if store[0] != "host-local":
+            continue
         first = by_name.setdefault(network.name, (network, plugin, ipam))
         if first[0] is not network and first[2] != ipam:
             problems.append(network.problem("error", plugin.at("ipam"),
@@ -210,25 +215,73 @@ def check_across(networks):
                                             "other IPAM settings: both share one host-local store"))
     # one message per network, naming the first network it clashes with: a directory of
     # alternatives (examples) would otherwise print every pair
-    for i, (b, b_plugin, _, b_sets, b_parent) in enumerate(pools):
+    for i, (b, b_plugin, _, b_sets, b_parent, b_store) in enumerate(pools):
         clashes = []
-        for a, a_plugin, _, a_sets, a_parent in pools[:i]:
-            clash = first_overlap(a_sets, b_sets) if a.name != b.name else None
+        for a, a_plugin, _, a_sets, a_parent, a_store in pools[:i]:
+            shared = same_store(a_store, b_store)
+            clash = first_overlap(a_sets, b_sets) if shared is not True else None
             if clash and all(c[0].name != a.name for c in clashes):
                 separate = bool(a_parent[0] and b_parent[0] and a_parent != b_parent)
-                clashes.append((a, a_plugin, clash, separate))
+                clashes.append((a, a_plugin, clash, separate, a_store, shared))
         if not clashes:
             continue
-        a, a_plugin, (ra, rb), _ = clashes[0]
+        a, a_plugin, (ra, rb), _, a_store, shared = clashes[0]
         others = [c[0].name for c in clashes[1:]]
-        separate = all(c[3] for c in clashes)
+        soft = all(c[3] or c[5] is None for c in clashes)
+        if a_store[0] == b_store[0] == "host-local":
+            why = "each network has its own store, so both hand out the same addresses"
+        elif shared is None:
+            why = (f"their leases may be in separate stores ({describe_store(b_store)}; {describe_store(a_store)}), "
+                   "so both may hand out the same addresses (fine only if both endpoint lists name one etcd cluster)")
+        else:
+            why = (f"their leases are in separate stores ({describe_store(b_store)}; {describe_store(a_store)}), "
+                   "so both hand out the same addresses")
+        if soft and shared is not None:
+            why += " (fine only if their masters are separate L2s)"
         problems.append(b.problem(
-            "warning" if separate else "error", b_plugin.at(rb.field),
+            "warning" if soft else "error", b_plugin.at(rb.field),
             f"range {rb.describe()} overlaps {ra.describe()} of network {a.name} ({place(a)}, "
             f"{a_plugin.at(ra.field)})" + (f" and ranges of {len(others)} more ({', '.join(others)})" if others else "")
-            + ": each network has its own store, so both hand out the same addresses"
-            + (" (fine only if their masters are separate L2s)" if separate else "")))
+            + ": " + why))
     return problems
+
+
+def pool_of(network, config):
+    """(ipam, range sets, (master, vlan), store) of a host-local or cluster-ipam plugin config, else
+    None (also when the config is refused: that is reported on its own). The store is what leases
+    live in: ("host-local", network name), or ("etcd", key prefix, endpoint URLs)."""
+    ipam = config.get("ipam") if isinstance(config.get("ipam"), dict) else {}
+    parent = (config.get("master"), config.get("vlan"))
+    try:
+        if is_host_local(ipam.get("type")):
+            return ipam, check_host_local(config), parent, ("host-local", network.name)
+        if is_cluster_ipam(ipam.get("type")):
+            conf = check_cluster_ipam(config)
+            endpoints = conf.etcd_conf.get("endpoints") or []
+            urls = frozenset(e.strip().rstrip("/").lower() for e in endpoints if isinstance(e, str))
+            return ipam, conf.range_sets, parent, ("etcd", conf.prefix, urls)
+    except CniError:
+        pass
+    return None
+
+
+def same_store(a, b):
+    """True if leases of both stores are one store's (an address is leased once), False if not,
+    None if it cannot be told: one etcd prefix on endpoint lists sharing no URL (a cluster may be
+    named by other hosts, or by a subset of its members)."""
+    if a[0] != b[0]:
+        return False
+    if a[0] == "host-local":
+        return a[1] == b[1]
+    if a[1] != b[1]:
+        return False
+    return True if a[2] & b[2] else None
+
+
+def describe_store(store):
+    if store[0] == "host-local":
+        return f"network {store[1]}'s host-local files"
+    return f"etcd {', '.join(sorted(store[2]))} prefix {store[1]}"
 
 
 def first_overlap(a_sets, b_sets):

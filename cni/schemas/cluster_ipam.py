@@ -648,7 +648,8 @@ KEYS = {'props': {'ipam': {'keys': ['auxAddresses',
                              'stickySeconds',
                              'subnet',
                              'type'],
-                    'props': {'etcd': {'keys': ['certFile',
+                    'props': {'blockSize': {'keys': ['ipv4', 'ipv6']},
+                              'etcd': {'keys': ['certFile',
                                                 'dialTimeout',
                                                 'endpoints',
                                                 'keyFile',
@@ -675,8 +676,10 @@ KEYS = {'props': {'ipam': {'keys': ['auxAddresses',
                                                                                  'subnet']}}}}}}}
 
 # What a failed rule says in words, by (field path with [] for indices, rule): the schema's
-# patternMessage, formatMessage or notMessage beside the rule.
-MESSAGES = {('data.ipam.dataDir', 'pattern'): "must be an absolute path (starting with '/') without control characters",
+# patternMessage, formatMessage, notMessage or oneOfMessage beside the rule.
+MESSAGES = {('data.ipam.blockSize', 'oneOf'): 'must be a prefix length from 8 to 30 (a number, for IPv4; IPv6 blocks then hold as '
+                                   'many addresses) or {"ipv4": 8-30, "ipv6": 104-126}',
+ ('data.ipam.dataDir', 'pattern'): "must be an absolute path (starting with '/') without control characters",
  ('data.ipam.etcd.endpoints[]', 'pattern'): 'must be an http:// or https:// URL',
  ('data.ipam.etcd.prefix', 'pattern'): "must start with '/'",
  ('data.ipam.node', 'pattern'): "must be a node name: no '/', space or control characters",

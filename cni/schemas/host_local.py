@@ -426,6 +426,6 @@ KEYS = {'props': {'ipam': {'keys': ['auxAddresses',
                                                                                  'subnet']}}}}}}}
 
 # What a failed rule says in words, by (field path with [] for indices, rule): the schema's
-# patternMessage, formatMessage or notMessage beside the rule.
+# patternMessage, formatMessage, notMessage or oneOfMessage beside the rule.
 MESSAGES = {('data.ipam.dataDir', 'pattern'): "must be an absolute path (starting with '/') without control characters",
  ('data.logFile', 'pattern'): "must be an absolute path (starting with '/') without control characters"}

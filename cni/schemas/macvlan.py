@@ -386,7 +386,7 @@ KEYS = {'keys': ['args',
            'hostShim': {'keys': ['address', 'name', 'routes']}}}
 
 # What a failed rule says in words, by (field path with [] for indices, rule): the schema's
-# patternMessage, formatMessage or notMessage beside the rule.
+# patternMessage, formatMessage, notMessage or oneOfMessage beside the rule.
 MESSAGES = {('data.hostShim.name', 'pattern'): "must be an interface name: no '/', ':', whitespace or control characters",
  ('data.logFile', 'pattern'): "must be an absolute path (starting with '/') without control characters",
  ('data.master', 'not'): "may not be '.' or '..'",

@@ -273,3 +273,23 @@ def test_dead_node_release(cl):
     assert cluster.release_node(dead, "dead")["leases"] == 0
     assert cl.delete(live, "l1").ok
     assert dead_block not in cl.keys("pools/10.49.0.0/24/blocks/")   # emptied: returned to the pool
+
+
+def test_a_block_size_that_leaves_one_block_is_warned_of_on_add(cl, tmp_path):
+    """Issue 17: blockSize /26 on a /28 was silently one block: the first node owns it, every other
+    node borrows. Every ADD says so (stderr and the log), so whichever node's log is read shows it."""
+    from tests.plugins import run_plugin
+    log = tmp_path / "ops.log"
+    warning = ("ipam.blockSize: a /26 block holds all of ipam.ranges[0][0] (10.47.0.0/28 10.47.0.1-10.47.0.14): "
+               "the first node to ADD owns it and every other node borrows from it address by address; a blockSize "
+               "of /30 cuts it into 4 blocks")
+    for node in ("n1", "n2"):
+        conf = dict(cl.conf("10.47.0.0/28", node=node, blockSize=26), logFile=str(log))
+        out = run_plugin("cluster-ipam", "ADD", conf, container_id=f"c-{node}", ifname="eth0", netns="/run/netns/x")
+        assert out.ok and out.stderr == f"cluster-ipam: warning: {warning}\n", out
+    assert [json.loads(line)["warnings"] for line in log.read_text().splitlines()] == [[warning], [warning]]
+    assert [b["node"] for b in cl.keys("pools/").values() if "node" in b] == ["n1"]   # n2 borrowed
+    # the default blockSize on a small range is whereabouts' way (no blocks): not warned of
+    assert cl.add(cl.conf("10.48.0.0/28", node="n1", name="net2"), "c3").ok
+    # nor a blockSize that cuts the range into blocks
+    assert cl.add(cl.conf("10.49.0.0/26", node="n1", name="net3", blockSize=28), "c4").ok

@@ -33,15 +33,31 @@ def test_routes_with_prefixes_are_returned_as_written(hl):
 
 
 @pytest.mark.parametrize("where", ["top", "range"])
-def test_an_exclusion_with_host_bits_is_refused_as_a_subnet_is(hl, where):
+def test_an_exclusion_with_host_bits_is_taken_as_the_network_it_names(hl, tmp_path, where):
+    """Issue 17: releases before the one CIDR rule took `exclude` entries with host bits as the
+    network they name (as whereabouts does); refusing them stopped an upgraded network's pods.
+    Taken so again, with a warning on stderr and in the log; a subnet's host bits stay refused."""
+    import json
+    from tests.plugins import run_plugin
+    log = tmp_path / "ops.log"
+    span = {"subnet": "192.168.50.0/24", "rangeStart": "192.168.50.99", "rangeEnd": "192.168.50.104"}
     if where == "top":
-        conf, field = hl.config("192.168.50.0/24", exclude=["192.168.50.101/30"]), "ipam.exclude[0]"
+        conf, field = hl.config([span], exclude=["192.168.50.101/30"]), "ipam.exclude[0]"
     else:
-        conf = hl.config([{"subnet": "192.168.50.0/24", "exclude": ["192.168.50.101/30"]}])
+        conf = hl.config([dict(span, exclude=["192.168.50.101/30"])])
         field = "ipam.ranges[0][0].exclude[0]"
-    error(hl.add(conf), 7, f"{field}: 192.168.50.101/30 has host bits set",
-          "the network address is 192.168.50.100 (192.168.50.100/30)")
-    no_leases(hl)
+    conf["logFile"] = str(log)
+    got = []
+    for cid in ("c1", "c2"):
+        out = run_plugin("host-local", "ADD", conf, container_id=cid, ifname="eth0", netns="/run/netns/x")
+        assert out.ok, out
+        got += [ip["address"] for ip in out.json["ips"]]
+    assert got == ["192.168.50.99/24", "192.168.50.104/24"]   # .100-.103: the /30 that .101/30 names
+    warning = (f"{field}: 192.168.50.101/30 has host bits set; excluded as 192.168.50.100/30, the network it "
+               "names (write 192.168.50.100/30 to say so)")
+    assert out.stderr == f"host-local: warning: {warning}\n", out
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["warnings"] for e in entries] == [[warning], [warning]]
     subnet = hl.config("192.168.50.1/24")
     error(hl.add(subnet), 7, "ipam.ranges[0][0].subnet: 192.168.50.1/24 has host bits set",
           "the network address is 192.168.50.0 (192.168.50.0/24)")
@@ -149,3 +165,25 @@ def test_a_main_plugin_refuses_near_misses_before_touching_anything(plugin, extr
     # the netns does not exist: the config is refused before it is opened
     out = run_plugin(plugin, "ADD", conf, container_id="c1", ifname="eth0", netns="/run/netns/ucf-missing")
     assert error(out, 7, message)["msg"] == message
+
+
+BLOCK_SIZE_WORDS = ('ipam.blockSize must be a prefix length from 8 to 30 (a number, for IPv4; IPv6 blocks then hold '
+                    'as many addresses) or {"ipv4": 8-30, "ipv6": 104-126}; got ')
+
+
+@pytest.mark.parametrize("block_size, message", [
+    ({"ipv4": 28, "ip6": 124}, "unknown key 'ip6' in ipam.blockSize; did you mean 'ipv6'?"),
+    (32, "invalid network config: " + BLOCK_SIZE_WORDS + "32"),
+    ("26", "invalid network config: " + BLOCK_SIZE_WORDS + "'26'"),
+    ({"ipv4": 28, "ipv6": 64}, "invalid network config: " + BLOCK_SIZE_WORDS + "{'ipv4': 28, 'ipv6': 64}"),
+])
+def test_a_block_size_mistake_is_said_in_words(block_size, message):
+    """Issue 17: these all answered "must be valid exactly by one definition (0 matches found)".
+    Refused before etcd is contacted (the endpoint serves nothing)."""
+    from tests.plugins import run_plugin
+    conf = {"cniVersion": "1.0.0", "name": "bsnet", "type": "macvlan",
+            "ipam": {"type": "cluster-ipam", "etcd": {"endpoints": ["http://192.0.2.1:2379"]}, "node": "n1",
+                     "dataDir": "/nonexistent/bs", "ranges": [[{"subnet": "10.62.0.0/24"}]], "blockSize": block_size}}
+    out = run_plugin("cluster-ipam", "ADD", conf, container_id="c1", ifname="eth0", netns="/run/netns/bs-missing")
+    assert error(out, 7, message)["msg"] == message
+    assert "definition" not in out.stdout

@@ -311,12 +311,91 @@ def test_validate_checks_a_cluster_ipam_section_without_etcd(tmp_path):
     out = run_underlay("validate", clean, *files.values(), "-o", "json")
     assert out.code == 1, out
     found = {p["network"]: (p["field"], p["severity"]) for p in out.json["problems"]}
-    assert found == {name: (field, "error") for name, (_, field) in cases.items()}, out.json
-    assert out.json["errors"] == len(cases) and out.json["warnings"] == 0
+    # host bits in an exclusion: taken as the network they name, as before the one CIDR rule (issue 17)
+    assert found == {name: (field, "warning" if name == "bits" else "error") for name, (_, field) in cases.items()}, \
+        out.json
+    assert out.json["errors"] == len(cases) - 1 and out.json["warnings"] == 1
     shipped = sorted(str(p) for p in (ROOT / "conf" / "nads").glob("cluster-*.yaml"))
     assert shipped, "no cluster-ipam NAD examples found"
-    out = run_underlay("validate", clean, *shipped)
-    assert out.code == 0 and out.stdout == f"{len(shipped) + 1} file(s): 0 error(s), 0 warning(s)\n", out
+    out = run_underlay("validate", *shipped)   # not with `clean`: the whereabouts example's subnet, another etcd
+    assert out.code == 0 and out.stdout == f"{len(shipped)} file(s): 0 error(s), 0 warning(s)\n", out
+
+
+def cluster_conf(name, subnet, prefix, master="eth1", endpoints=("http://192.0.2.1:2379",), **ipam):
+    return {"cniVersion": "1.0.0", "name": name, "type": "macvlan", "master": master,
+            "ipam": dict({"type": "cluster-ipam", "etcd": {"endpoints": list(endpoints), "prefix": prefix},
+                          "ranges": [[{"subnet": subnet}]]}, **ipam)}
+
+
+def test_validate_finds_overlaps_between_stores_of_cluster_ipam_and_host_local(tmp_path):
+    """Issue 17: two cluster-ipam networks on one master, overlapping subnets on two etcd prefixes,
+    both handed out the same address, and validate said nothing. Address keys are global under one
+    etcd cluster and prefix: networks sharing those share the pool (fine, whatever their names)."""
+    a = write(tmp_path, "a.conf", cluster_conf("a", "10.70.0.0/24", "/a"))
+    b = write(tmp_path, "b.conf", cluster_conf("b", "10.70.0.0/25", "/b"))
+    out = run_underlay("validate", a, b, "-o", "json")
+    assert out.code == 1, out
+    (p,) = out.json["problems"]
+    assert (p["file"], p["network"], p["field"], p["severity"]) == (b, "b", "ipam.ranges[0][0]", "error")
+    assert p["message"] == (
+        f"range 10.70.0.0/25 10.70.0.1-10.70.0.126 overlaps 10.70.0.0/24 10.70.0.1-10.70.0.254 of network a ({a}, "
+        "ipam.ranges[0][0]): their leases are in separate stores (etcd http://192.0.2.1:2379 prefix /b; etcd "
+        "http://192.0.2.1:2379 prefix /a), so both hand out the same addresses")
+    # one store: same prefix, an endpoint in common (another member listed too): no problem
+    shared = write(tmp_path, "shared.conf", cluster_conf("shared", "10.70.0.0/25", "/a",
+                                                         endpoints=("http://192.0.2.2:2379", "http://192.0.2.1:2379/")))
+    out = run_underlay("validate", a, shared)
+    assert out.code == 0 and out.stdout == "2 file(s): 0 error(s), 0 warning(s)\n", out
+    # host-local beside cluster-ipam: its own files, another store
+    hl = write(tmp_path, "hl.conf", {"cniVersion": "1.0.0", "name": "hl", "type": "macvlan", "master": "eth1",
+                                     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.70.0.128/26"}]]}})
+    out = run_underlay("validate", a, hl, "-o", "json")
+    assert out.code == 1 and [(p["network"], p["severity"]) for p in out.json["problems"]] == [("hl", "error")], out
+    assert "separate stores (network hl's host-local files; etcd http://192.0.2.1:2379 prefix /a)" in \
+        out.json["problems"][0]["message"]
+    # warnings only where it may be fine: other masters (separate L2s?), the same prefix on endpoint
+    # lists with no URL in common (one cluster named otherwise?)
+    other_master = write(tmp_path, "m.conf", cluster_conf("m", "10.70.0.0/25", "/b", master="eth2"))
+    other_names = write(tmp_path, "e.conf", cluster_conf("e", "10.70.0.0/25", "/a",
+                                                         endpoints=("http://etcd.example:2379",)))
+    for path, words in ((other_master, "fine only if their masters are separate L2s"),
+                        (other_names, "fine only if both endpoint lists name one etcd cluster")):
+        out = run_underlay("validate", a, path, "-o", "json")
+        assert out.code == 0 and [p["severity"] for p in out.json["problems"]] == ["warning"], out
+        assert words in out.json["problems"][0]["message"], out
+
+
+def test_validate_says_what_block_size_accepts_and_warns_of_one_block(tmp_path):
+    """Issue 17: blockSize mistakes were "valid exactly by one definition"; a blockSize larger than
+    the range was silently one block."""
+    files = {name: write(tmp_path, f"{name}.conf", cluster_conf(name, "10.71.0.0/24" if name != "one" else
+                                                                "10.72.0.0/28", f"/{name}", blockSize=size))
+             for name, size in (("typo", {"ipv4": 28, "ip6": 124}), ("big", 32), ("text", "26"), ("one", 26))}
+    out = run_underlay("validate", *files.values(), "-o", "json")
+    assert out.code == 1, out
+    found = {p["network"]: (p["field"], p["severity"], p["message"]) for p in out.json["problems"]}
+    assert found["typo"] == ("ipam.blockSize.ip6", "error",
+                             "unknown key 'ip6'; did you mean 'ipv6'? (the plugin refuses it)")
+    words = ('must be a prefix length from 8 to 30 (a number, for IPv4; IPv6 blocks then hold as many addresses) '
+             'or {"ipv4": 8-30, "ipv6": 104-126}; got ')
+    assert found["big"] == ("ipam.blockSize", "error", words + "32")
+    assert found["text"] == ("ipam.blockSize", "error", words + "'26'")
+    assert found["one"] == ("ipam.blockSize", "warning",
+                            "a /26 block holds all of ipam.ranges[0][0] (10.72.0.0/28 10.72.0.1-10.72.0.14): the "
+                            "first node to ADD owns it and every other node borrows from it address by address; a "
+                            "blockSize of /30 cuts it into 4 blocks")
+    assert (out.json["errors"], out.json["warnings"]) == (3, 1)
+
+
+def test_validate_warns_of_host_bits_in_an_exclusion(tmp_path):
+    """Issue 17: accepted again (as before the one CIDR rule), so a warning, not an error."""
+    conf = {"cniVersion": "1.0.0", "name": "x", "type": "macvlan", "master": "eth1",
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.97.0.0/24"}]], "exclude": ["10.97.0.100/27"]}}
+    out = run_underlay("validate", write(tmp_path, "x.conf", conf), "-o", "json")
+    assert out.code == 0, out
+    assert [(p["field"], p["severity"], p["message"]) for p in out.json["problems"]] == [
+        ("ipam.exclude[0]", "warning", "10.97.0.100/27 has host bits set; excluded as 10.97.0.96/27, the network "
+                                       "it names (write 10.97.0.96/27 to say so)")]
 
 
 def test_validate_unreadable_and_malformed_files(tmp_path):

@@ -58,10 +58,12 @@ def test_whereabouts_exclude_host_bits_are_masked_as_whereabouts_does():
     {"ranges": [[{"subnet": "192.168.2.224/28"}]], "exclude": ["192.168.2.229/30"]},
     {"ranges": [[{"subnet": "192.168.2.224/28", "exclude": ["192.168.2.229/30"]}]]},
 ])
-def test_own_ranges_still_refuse_exclude_host_bits(ipam):
-    with pytest.raises(CniError) as e:
-        ranges.range_sets(cluster.with_whereabouts(ipam))
-    assert e.value.code == 7 and "host bits" in e.value.msg and "exclude" in e.value.msg
+def test_own_ranges_take_exclude_host_bits_with_a_warning(ipam):
+    """whereabouts' keys mask silently (their semantics); our own keys mask and warn (issue 17)."""
+    warnings = []
+    [s] = ranges.range_sets(cluster.with_whereabouts(ipam), warnings=warnings)
+    assert not s.ranges[0].may_hand_out(ip("192.168.2.228"))
+    assert len(warnings) == 1 and "192.168.2.229/30 has host bits set; excluded as 192.168.2.228/30" in warnings[0]
 
 
 @pytest.mark.parametrize("text", ["10.1.0.0", "10.1.0.0/33", "a-b/24", 7])

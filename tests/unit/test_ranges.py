@@ -252,10 +252,6 @@ def test_why_refused_names_the_rule():
     (["10.1.0.5-"], ["exclude[0]", "not a valid IP address"]),
     (["banana"], ["exclude[0]", "not a valid IP address"]),
     (["10.1.0.0/33"], ["exclude[0]", "not a valid CIDR"]),
-    # one rule with subnets: host bits are refused, never taken as the network holding them
-    (["10.1.0.5/30"], ["exclude[0]: 10.1.0.5/30 has host bits set", "network address is 10.1.0.4 (10.1.0.4/30)"]),
-    (["10.1.0.4/30", "10.1.0.101/30"], ["exclude[1]: 10.1.0.101/30 has host bits set", "10.1.0.100"]),
-    (["fd00::5/126"], ["exclude[0]", "host bits set", "fd00::4/126"]),
     ([5], ["exclude[0]", "not an address, CIDR or first-last range"]),
     (["10.1.0.5", "10.9.0.0/24"], ["exclude[1]", "outside"]),
     (["fd00::5"], ["exclude[0]", "outside"]),
@@ -347,11 +343,32 @@ def test_candidates_round_robin_across_ranges():
     assert [r.text(v) for r, v in s.candidates(ipaddress.ip_address("10.9.0.1"))] == order
 
 
-def test_host_bits_are_refused_in_a_long_list_too():
+@pytest.mark.parametrize("where", ["ipam", "range"])
+def test_host_bits_in_an_exclusion_name_its_network_with_a_warning(where):
+    """As before the one CIDR rule, and as whereabouts: `exclude` entries only (issue 17)."""
+    exclude = ["10.1.0.4/30", "10.1.0.101/30", "10.1.0.200-10.1.0.201"]
+    ipam = {"ranges": [[{"subnet": "10.1.0.0/24"}]], "exclude": exclude} if where == "ipam" else \
+        {"ranges": [[{"subnet": "10.1.0.0/24", "exclude": exclude}]]}
+    warnings = []
+    [s] = ranges.range_sets(ipam, warnings=warnings)
+    r = s.ranges[0]
+    assert [r.may_hand_out(ip(f"10.1.0.{i}")) for i in range(99, 106)] == [True] + [False] * 4 + [True, True]
+    field = "ipam.exclude" if where == "ipam" else "ipam.ranges[0][0].exclude"
+    assert warnings == [f"{field}[1]: 10.1.0.101/30 has host bits set; excluded as 10.1.0.100/30, the network "
+                        "it names (write 10.1.0.100/30 to say so)"]
+    [s] = ranges.range_sets({"ranges": [[{"subnet": "fd00::/64", "exclude": ["fd00::5/126"]}]]}, warnings=warnings)
+    assert not s.ranges[0].may_hand_out(ip("fd00::4")) and "excluded as fd00::4/126" in warnings[-1]
+    assert "ipam.ranges[0][0].subnet: 10.1.0.1/24 has host bits set" in refused({"ranges": [[{"subnet": "10.1.0.1/24"}]]})
+
+
+def test_host_bits_in_a_long_list_too():
     """Past FAST_PARSING_FROM exclusions take the inet_pton path: the same rule holds there."""
     exclude = [f"10.1.{i // 64}.{i % 64 * 4}/30" for i in range(ranges.FAST_PARSING_FROM + 10)]
     assert len(one({"subnet": "10.1.0.0/16", "exclude": exclude}).exclusions) == len(exclude)
     exclude[70] = "10.1.1.25/30"
-    msg = refused({"ranges": [[{"subnet": "10.1.0.0/16", "exclude": exclude}]]})
-    assert msg == ("ipam.ranges[0][0].exclude[70]: 10.1.1.25/30 has host bits set; for a /30 the network "
-                   "address is 10.1.1.24 (10.1.1.24/30)")
+    warnings = []
+    [s] = ranges.range_sets({"ranges": [[{"subnet": "10.1.0.0/16", "exclude": exclude}]]}, warnings=warnings)
+    assert [w.split(";")[0] for w in warnings] == ["ipam.ranges[0][0].exclude[70]: 10.1.1.25/30 has host bits set"]
+    assert not s.ranges[0].may_hand_out(ip("10.1.1.24"))
+
+
