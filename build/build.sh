@@ -30,6 +30,9 @@ fi
 describe=$(git describe --always --dirty --tags 2>/dev/null || git describe --always --tags 2>/dev/null || echo nogit)
 export UNDERLAY_BUILD="$describe $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 export UNDERLAY_GEN_DIR=$WORK/gen
+# PyInstaller's cache (bincache) is per user by default, and --clean empties it: a build in another
+# checkout at the same time would read a half-written or vanished cache ("bincache may be corrupted").
+export PYINSTALLER_CONFIG_DIR=$WORK/pyinstaller-cache
 
 start=$(date +%s)
 stamp=$("$PYTHON" build/source_stamp.py)   # of the sources as this build reads them
