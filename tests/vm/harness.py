@@ -70,8 +70,9 @@ class VMError(Exception):
 
 
 class BootStalled(VMError):
-    """The guest never reached the command (seen once under qemu TCG on a loaded machine: an
-    empty console, the vCPUs idle); a new VM is booted once before giving up."""
+    """The guest never reached the command (seen under qemu TCG on a loaded machine: an empty
+    console, the vCPUs idle; and UML's init dying of a SIGSEGV in its first exec, the kernel
+    panicking): a new VM is booted once before giving up. The command itself is never run twice."""
 
 
 @dataclass(frozen=True)
@@ -529,11 +530,11 @@ def boot(argv: list[str], timeout: float = DEFAULT_TIMEOUT, env: dict[str, str] 
             launch = qemu_argv if kernel.backend == "qemu" else uml_argv
             try:
                 return _wait(launch(kernel, rundir, shares), rundir, timeout, stream)
-            except BootStalled:
+            except BootStalled as e:
                 if attempt == BOOT_ATTEMPTS:
                     raise
                 if stream is not None:
-                    stream.write(f"uvm: the guest did not reach the command in {BOOT_TIMEOUT:.0f} s; booting again\n")
+                    stream.write(f"uvm: {str(e).splitlines()[0]}; booting again\n")
 
 
 def _wait(launch: list[str], rundir: Path, timeout: float, stream) -> Run:
@@ -566,6 +567,9 @@ def _wait(launch: list[str], rundir: Path, timeout: float, stream) -> Run:
     try:
         returncode = int((rundir / "rc").read_text())
     except (OSError, ValueError):
+        if not (rundir / "started").exists():
+            raise BootStalled(f"the VM stopped (exit {proc.returncode}) before reaching the command"
+                              + _diagnostics(rundir)) from None
         raise VMError(f"the VM stopped (exit {proc.returncode}) before the command finished"
                       + _diagnostics(rundir)) from None
     output = (rundir / "out").read_bytes().decode(errors="replace")

@@ -269,6 +269,25 @@ def test_a_boot_that_never_reaches_the_command_is_retried_once(monkeypatch, tmp_
 
 
 @needs_host
+def test_a_vm_that_dies_before_the_command_is_booted_again_once(monkeypatch, tmp_path):
+    """A stand-in VM that aborts while booting (UML's init once died so on a loaded machine):
+    booted twice, then BootStalled naming its exit; nothing left."""
+    kernel = harness.prepare("qemu")
+    launches = []
+
+    def dies(kernel, rundir, shares):
+        launches.append(rundir)
+        return ["sh", "-c", "kill -ABRT $$"]
+
+    monkeypatch.setattr(harness, "qemu_argv", dies)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(harness.BootStalled, match=r"stopped \(exit -6\) before reaching the command"):
+        harness.run_in_vm(["true"], timeout=60, kernel=kernel)
+    assert len(launches) == harness.BOOT_ATTEMPTS == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_host
 def test_a_stalled_first_boot_then_a_good_one_runs_the_command(monkeypatch):
     kernel = harness.prepare("qemu")
     real_wait, calls = harness._wait, []
