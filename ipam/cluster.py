@@ -568,10 +568,11 @@ def pools(config):
 
         owners = {}
         for subnet in sorted(subnets):
-            grid, blocks = by_pool[subnet]
-            for block in blocks.values():
+            for block in by_pool[subnet][1].values():
                 node_row(block.node)["blocks"] += 1
-                owners[(subnet, grid.key(block.first))] = block.node
+                # the block's own name, as its leases record it: the pool's block size, which may
+                # not be the config's (an edited blockSize, which ADD refuses)
+                owners[(subnet, block.key.rpartition("/blocks/")[2])] = block.node
         held = 0
         for x in mine:
             if x.hold:
@@ -589,47 +590,83 @@ def pools(config):
     return rows
 
 
-def release_node(config, node, force=False):
+class UnknownNode(ValueError):
+    """release-node was given a name no lease, hold, block or attachment in etcd names."""
+
+
+def release_node(config, node, force=False, others=()):
     """Release a node that never comes back: its leases (every network) and its blocks.
 
     Refused (code 50) while the node holds leases, unless `force`: a lease may be a live pod's,
-    and only the operator knows the node is gone. With ipam.sticky in `config`, leases of known
-    pods become holds as a DEL would make them. Blocks left empty are deleted; blocks where other
-    nodes still borrow addresses are orphaned ("node": null) for any node to adopt.
-    Returns {"node", "leases", "blocks_deleted", "blocks_orphaned"}."""
+    and only the operator knows the node is gone. A name etcd knows no node by raises UnknownNode
+    (a typo must not read as "released"). With ipam.sticky in `config` (or, for their own
+    networks' leases, in `others`: configs of networks on the same store), leases of known pods
+    become holds as a DEL would make them, still the pod's node's. Blocks left empty are deleted;
+    blocks where other nodes still borrow addresses, or sticky holds remain, are orphaned ("node":
+    null) for any node to adopt. Returns {"node", "leases", "blocks_deleted", "blocks_orphaned"
+    (other nodes still borrow there), "blocks_held" (orphaned keeping sticky holds only)}."""
     from ipam import etcd
     from ipam.blocks import Block
     conf = StoreConfig(config)
+    sticky = {c.get("name"): StoreConfig(c).sticky_seconds for c in others}
     node = check_node(node, "node")
     with conf.store("", lock=False) as store:
-        live = [lease for lease in store.all_leases() if not lease.hold and lease.doc.get("node") == node]
+        found = store.all_leases()
+        known = known_nodes(store, found)
+        if node not in known:
+            raise UnknownNode(f"no node {node} in etcd under {conf.prefix}: no lease, hold, block or attachment "
+                              f"names it (released already, or never ran here; known nodes: "
+                              f"{', '.join(sorted(known)) or 'none'})")
+        live = [lease for lease in found if not lease.hold and lease.doc.get("node") == node]
         if live and not force:
             sample = ", ".join(f"{lease.ip} ({lease.doc.get('network')}/{lease.doc.get('containerID')})"
                                for lease in live[:5])
             raise CniError(ERR_NOT_AVAILABLE, f"node {node} still holds {len(live)} lease(s): {sample}"
                                               f"{' ...' if len(live) > 5 else ''}; release them only if the "
-                                              "node is gone for good (force)")
+                                              "node is gone for good")
         owned = node_blocks(store, node)
-        released = sum(1 for lease in live if store.release_lease(lease))
-        orphaned = 0
+        released = 0
+        for lease in live:
+            store.sticky_seconds = sticky.get(lease.doc.get("network"), conf.sticky_seconds)
+            released += store.release_lease(lease)
+        orphaned = held = 0
         for kv in node_blocks(store, node):   # what the releases left: borrowers' addresses, holds
             block = Block.decode(0, 0, kv.key.decode(), kv.value, kv.mod_revision)
             block.node = None
             op = etcd.delete(block.key) if block.empty else etcd.put(block.key, block.encode())
             if store.client.txn([etcd.mod_revision_is(block.key, kv.mod_revision)], [op]).succeeded:
-                orphaned += not block.empty
-    return {"node": node, "leases": released, "blocks_deleted": len(owned) - orphaned, "blocks_orphaned": orphaned}
+                orphaned += bool(block.used)
+                held += not block.used and not block.empty
+    return {"node": node, "leases": released, "blocks_deleted": len(owned) - orphaned - held,
+            "blocks_orphaned": orphaned, "blocks_held": held}
+
+
+def known_nodes(store, found):
+    """The names of every node etcd knows: in leases and holds (`found`), blocks, attachment records."""
+    import json
+    known = {lease.doc.get("node") for lease in found}
+    for kv in store.client.range(store.k("attachments") + "/"):
+        try:
+            known.add(json.loads(kv.value).get("node"))
+        except (ValueError, AttributeError):
+            continue
+    known.update(owner for owner, _ in block_owners(store))
+    return {name for name in known if isinstance(name, str)}
 
 
 def node_blocks(store, node):
     """The block keys (KVs) owned by `node`, in every pool."""
+    return [kv for owner, kv in block_owners(store) if owner == node]
+
+
+def block_owners(store):
+    """(owner, KV) of every readable block key, in every pool."""
     import json
     found = []
     for kv in store.client.range(store.k("pools") + "/"):
         if "/blocks/" in kv.key.decode():
             try:
-                if json.loads(kv.value).get("node") == node:
-                    found.append(kv)
+                found.append((json.loads(kv.value).get("node"), kv))
             except (ValueError, AttributeError):
                 continue
     return found

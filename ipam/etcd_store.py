@@ -409,9 +409,12 @@ class EtcdStore:
         hold = None
         if keep_hold and self.sticky_seconds and not lease.hold and isinstance(namespace, str) and namespace \
                 and isinstance(pod, str) and pod:
+            # the hold is the pod's node's, as its lease was: also when release-node, run on another
+            # node, makes it
             hold = {"sticky": True, "network": doc.get("network"), "namespace": namespace, "pod": pod,
                     "until": round(time.time() + self.sticky_seconds, 3), "pool": doc.get("pool"),
-                    "block": doc.get("block"), "node": self.node, "released": now_text(time.time())}
+                    "block": doc.get("block"), "node": doc.get("node") or self.node,
+                    "released": now_text(time.time())}
         for _ in range(MAX_RACES):
             block_kv = self.client.get(block_key) if first is not None else None
             ops = []

@@ -41,8 +41,11 @@ plugin, as a runtime would, for debugging by hand.
 
 exit status: 0 done; 1 a negative answer (validate found errors, who-has found
 nobody, release-node refused: the node still holds leases); 2 bad usage or
-input (a bad config); 3 a store could not be read (locked, missing, no
-permission, etcd unreachable); 4 an internal error (a bug: please report it).
+input (a bad config, an unknown node, a cluster-ipam network given to a
+host-local command); 3 a store could not be read (locked, missing, no
+permission, etcd unreachable: nothing on stdout then but, with -o json, an
+error object); 4 an internal error (a bug: please report it). Options are
+never abbreviated.
 
 Docs: README.md, section "The underlay command".
 """
@@ -59,19 +62,28 @@ def seconds(text):
     return value
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated options: `--y` must never pass for `--yes` on a command that changes a store.
+    Subcommands' parsers are of the same class (argparse's default)."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kw)
+
+
 def parser():
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     common.add_argument("-o", "--output", choices=("table", "json"), default="table",
                         help="a table for people (default) or JSON for scripts")
-    store = argparse.ArgumentParser(add_help=False)
+    store = Parser(add_help=False)
     store.add_argument("--data-dir", metavar="DIR",
                        help=f"host-local's data directory (default {DEFAULT_DATA_DIR})")
     store.add_argument("--lock-timeout", metavar="SECONDS", type=seconds, default=hostlocal.DEFAULT_LOCK_TIMEOUT,
                        help="how long to wait for a store's lock (default %(default)g s, as the plugins)")
     store.add_argument("--no-trunc", action="store_true", help="full container IDs in tables")
 
-    top = argparse.ArgumentParser(prog="underlay", description=DESCRIPTION,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = Parser(prog="underlay", description=DESCRIPTION,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     top.add_argument("--version", action="store_true", help="print underlay's version and build")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -146,6 +158,7 @@ def main(argv=None):
         sys.stderr.write(f"underlay: {e}\n")
         return USAGE
     except StoreProblem as e:
+        output.error(args, [str(e)])
         sys.stderr.write(f"underlay: {e}\n")
         return STORE
     except BrokenPipeError:   # `underlay leases | head`: the reader has had enough
@@ -175,10 +188,20 @@ def data_dir(args):
     return os.path.abspath(args.data_dir or DEFAULT_DATA_DIR)
 
 
-def snapshots(args, names=None):
-    """(snapshots, problems) of the named networks, or of every network in the data dir."""
+def snapshots(args, names=None, command="leases", note=True):
+    """(snapshots, problems) of the named networks, or of every network in the data dir but
+    cluster-ipam's (with `note`, said on stderr, naming `underlay cluster COMMAND`)."""
     root = data_dir(args)
-    names = names or hostlocal.networks(root)
+    recorded = cluster.recorded_networks([root])
+    if names:
+        for name in names:
+            if cluster.is_recorded(root, name) or (name in recorded and not os.path.isdir(os.path.join(root, name))):
+                raise UsageError(cluster.elsewhere(name, command))
+    else:
+        names = [name for name in hostlocal.networks(root) if not cluster.is_recorded(root, name)]
+        for name in sorted(recorded) if note else ():
+            if name not in names:
+                sys.stderr.write(f"underlay: note: {cluster.elsewhere(name, command)}\n")
     snaps, problems = [], []
     for name in names:
         try:
@@ -194,12 +217,22 @@ def report(problems):
     return STORE if problems else OK
 
 
+def answer(args, problems, data, columns, rows, empty):
+    """`data` (or the table of `rows`, or `empty`), exit 0; but when a store could not be read,
+    nothing a script could take for the answer ("no leases" or `[]` of a store it could not
+    read): the problems on stderr, an error object with -o json, exit 3."""
+    if problems:
+        output.error(args, problems)
+        return report(problems)
+    output.emit(args, data, columns, rows, empty)
+    return OK
+
+
 def cmd_leases(args):
     snaps, problems = snapshots(args, args.network)
     leases = [lease for snap in snaps for lease in snap.leases]
-    output.emit(args, [lease_json(x) for x in leases], LEASE_COLUMNS, [lease_row(x, args) for x in leases],
-         f"no leases in {data_dir(args)}")
-    return report(problems)
+    return answer(args, problems, [lease_json(x) for x in leases], LEASE_COLUMNS,
+                  [lease_row(x, args) for x in leases], f"no leases in {data_dir(args)}")
 
 
 def cmd_who_has(args):
@@ -207,11 +240,15 @@ def cmd_who_has(args):
         wanted = str(ipaddress.ip_address(args.address.split("/", 1)[0]))   # the store's spelling
     except ValueError:
         raise UsageError(f"{args.address!r} is not an IP address") from None
-    snaps, problems = snapshots(args)
+    snaps, problems = snapshots(args, note=False)
     found = [lease for snap in snaps for lease in snap.leases if lease.address == wanted]
-    output.emit(args, [lease_json(x) for x in found], LEASE_COLUMNS, [lease_row(x, args) for x in found],
-         f"nobody holds {wanted} in {data_dir(args)}")
-    return report(problems) or (OK if found else NO)
+    if not found and not problems:   # "nobody holds" must not be said of a cluster-ipam network's address
+        network = cluster.network_of(wanted, cluster.recorded_networks([data_dir(args)]))
+        if network:
+            raise UsageError(f"{wanted} lies in {cluster.elsewhere(network, f'who-has {wanted}')}")
+    return answer(args, problems, [lease_json(x) for x in found], LEASE_COLUMNS,
+                  [lease_row(x, args) for x in found], f"nobody holds {wanted} in {data_dir(args)}") \
+        or (OK if found else NO)
 
 
 # -- pools ------------------------------------------------------------------
@@ -231,9 +268,16 @@ def config_files(paths):
 
 
 def cmd_pools(args):
-    rows, problems = hostlocal.pools(config_files(args.config), args.data_dir, args.lock_timeout)
-    output.emit(args, rows, POOL_COLUMNS, rows, "no host-local networks in the configs")
-    return report(problems)
+    paths = config_files(args.config)
+    rows, problems = hostlocal.pools(paths, args.data_dir, args.lock_timeout)
+    from cni.operator import validate
+    notes = [cluster.elsewhere(network.name, "pools", path, "pools")
+             for path, network, _, _ in configs.ipam_users(paths, validate.is_cluster_ipam)[0]]
+    if notes and not rows and not problems:
+        raise UsageError("; ".join(notes))
+    for note in notes:
+        sys.stderr.write(f"underlay: note: {note}\n")
+    return answer(args, problems, rows, POOL_COLUMNS, rows, "no host-local networks in the configs")
 
 
 # -- validate ---------------------------------------------------------------
@@ -314,9 +358,10 @@ def cmd_gc(args):
             for v in verdicts]
     rows = [dict(lease_row(v.lease, args), action="release" if v.release else "keep", reason=v.reason)
             for v in shown]
-    output.emit(args, data, GC_COLUMNS, rows, "GC would release nothing")
+    if answer(args, problems, data, GC_COLUMNS, rows, "GC would release nothing"):
+        return STORE
     if args.output == "table":
         released = sum(v.release for v in verdicts)
         sys.stdout.write(f"dry run: GC would release {released} and keep {len(verdicts) - released} "
                          f"lease(s); nothing was changed\n")
-    return report(problems)
+    return OK

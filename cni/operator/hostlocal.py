@@ -168,7 +168,7 @@ def pools(paths, data_dir=None, lock_timeout=DEFAULT_LOCK_TIMEOUT):
         try:
             leased = [x.address for x in read(root, network.name, lock_timeout).leases]
         except StoreProblem as e:
-            if not os.path.exists(os.path.join(root, network.name)):
+            if not_there(os.path.join(root, network.name)):
                 leased = []   # no ADD yet on this node: nothing in use
             else:
                 problems.append(str(e))
@@ -180,6 +180,17 @@ def pools(paths, data_dir=None, lock_timeout=DEFAULT_LOCK_TIMEOUT):
                          "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"],
                          "free": t["free"]})
     return rows, problems
+
+
+def not_there(path):
+    """Certainly no such file (not merely one we may not look at: that is no answer)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def netns_gone(path):

@@ -52,3 +52,11 @@ def emit(args, data, columns, rows, empty):
         sys.stdout.write(table(columns, rows))
     else:
         sys.stdout.write(empty + "\n")
+
+
+def error(args, problems):
+    """What stdout carries when a store could not be read: with -o json an error object (never a
+    list a script could take for "none"); a table, nothing (the problems go to stderr)."""
+    if getattr(args, "output", None) == "json":
+        sys.stdout.write(dump({"error": "a store could not be read: " + "; ".join(problems),
+                               "problems": list(problems)}))

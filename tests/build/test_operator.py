@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import tempfile
 
 from tests.build.test_bundle import DENY_ALWAYS, denied, host_local_conf
 from tests.bundle import ROOT
@@ -104,3 +106,54 @@ def test_cluster_commands_in_the_bundle(bundle, etcd_cluster, tmp_path):
     etcd.stop(0)
     out = run_underlay(*cmd, "leases", "--config", path, argv=underlay(bundle))
     assert out.code == 3 and "etcd: no endpoint answered" in out.stderr, out
+
+
+def test_the_second_trial_in_the_bundle(bundle, etcd_cluster, tmp_path):
+    """What the operator's second trial met, with the bundle's command (issue 17: 2, 5, 11, 15)."""
+    etcd = etcd_cluster(members=1)
+
+    def conf(name, subnet, prefix):
+        return {"cniVersion": "1.0.0", "name": name, "type": "macvlan",
+                "ipam": {"type": "cluster-ipam", "node": "n1", "dataDir": str(tmp_path / "n1"),
+                         "ranges": [[{"subnet": subnet}]], "etcd": etcd.config(prefix=prefix)}}
+
+    lan, san = conf("lan", "10.90.0.0/28", "/uop-lan"), conf("san", "10.91.0.0/28", "/uop-san")
+    for cid, c in (("c1", lan), ("c2", san)):
+        assert run_plugin("cluster-ipam", "ADD", c, argv=[bundle.path("cluster-ipam")], container_id=cid,
+                          netns="/run/netns/uop-none", ifname="eth0").ok
+    nads = tmp_path / "nads.yaml"
+    nads.write_text("---\n".join(
+        "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n"
+        f"metadata: {{name: {c['name']}}}\nspec:\n  config: '{json.dumps(c)}'\n" for c in (lan, san)))
+    # 2: the second document's network is read too
+    out = run_underlay("cluster", "who-has", "10.91.0.2", "--config", nads, "-o", "json", argv=underlay(bundle))
+    assert out.code == 0 and [r["network"] for r in out.json] == ["san"], out
+    # 11: no node of that name; no abbreviated --yes
+    out = run_underlay("cluster", "release-node", "node-3", "--config", nads, "--network", "lan", "--yes",
+                       argv=underlay(bundle))
+    assert out.code == 2 and "known nodes: n1" in out.stderr, out
+    out = run_underlay("cluster", "release-node", "n1", "--config", nads, "--network", "lan", "--y",
+                       argv=underlay(bundle))
+    assert out.code == 2 and "unrecognized arguments: --y" in out.stderr, out
+    # 15: host-local's pools on a cluster-ipam network names the cluster command
+    out = run_underlay("pools", "--config", nads, argv=underlay(bundle))
+    assert out.code == 2 and "underlay cluster pools --config" in out.stderr, out
+
+    # 5: a host-local store only root may read, read as uid 65534: no answer on stdout
+    open_dir = tempfile.mkdtemp(prefix="uop-")
+    try:
+        os.chmod(open_dir, 0o755)
+        data = os.path.join(open_dir, "networks")
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/uop-b", "CNI_IFNAME": "eth0",
+               "CNI_PATH": "/nonexistent"}
+        assert bundle.run("host-local", env, host_local_conf(data)).returncode == 0
+        os.chmod(data, 0o755)
+        for name in os.listdir(data):
+            os.chmod(os.path.join(data, name), 0o700)
+        as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"] + underlay(bundle)
+        out = run_underlay("who-has", "10.123.0.2", "--data-dir", data, argv=as_nobody)
+        assert out.code == 3 and out.stdout == "" and "Permission denied" in out.stderr, out
+        out = run_underlay("leases", "--data-dir", data, "-o", "json", argv=as_nobody)
+        assert out.code == 3 and "Permission denied" in out.json["error"], out
+    finally:
+        shutil.rmtree(open_dir)

@@ -266,11 +266,13 @@ def test_dead_node_release(cl):
     assert sorted((r["node"], r["network"]) for r in rows) == [("dead", "net1")] * 3 + [("dead", "net2")] + \
         [("live", "net1")] * 2
     assert cluster.release_node(dead, "dead", force=True) == {"node": "dead", "leases": 4, "blocks_deleted": 1,
-                                                              "blocks_orphaned": 1}
+                                                              "blocks_orphaned": 1, "blocks_held": 0}
     assert sorted(v["containerID"] for v in cl.leases().values()) == ["l1", "l2"]
     assert cl.keys("pools/10.49.0.0/24/blocks/")[dead_block]["node"] is None
-    # nothing left on it: the release is refused no more, and the orphan is adopted by whoever allocates there
-    assert cluster.release_node(dead, "dead")["leases"] == 0
+    # nothing of it left: a second release names no node etcd knows; the orphan is adopted by whoever
+    # allocates there
+    with pytest.raises(cluster.UnknownNode, match=r"no node dead .*known nodes: live\)"):
+        cluster.release_node(dead, "dead")
     assert cl.delete(live, "l1").ok
     assert dead_block not in cl.keys("pools/10.49.0.0/24/blocks/")   # emptied: returned to the pool
 

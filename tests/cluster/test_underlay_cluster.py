@@ -6,6 +6,7 @@ From the checkout by default; the built command with UNDERLAY_BIN_DIR=dist/bin
 
 import ipaddress
 import json
+import os
 import time
 
 import pytest
@@ -111,8 +112,8 @@ def test_leases_who_has_and_pools_read_etcd_and_write_nothing(cl, nodes, tmp_pat
     assert pool["blocks"] == 2
     out = run_underlay("cluster", "pools", "--config", conf)
     assert out.code == 0, out
-    assert out.stdout.splitlines()[0].split() == ["SET", "RANGES", "SIZE", "EXCLUDED", "AUX", "RESERVED", "IN",
-                                                  "USE", "FREE", "HELD", "BLOCKS", "BORROWED"]
+    assert out.stdout.splitlines()[0].split() == ["NETWORK", "SET", "RANGES", "SIZE", "EXCLUDED", "AUX", "RESERVED",
+                                                  "IN", "USE", "FREE", "HELD", "BLOCKS", "BORROWED"]
     assert "NODE" in out.stdout and "n3" in out.stdout
 
     # a network nobody has allocated in yet: read, and its pool's config is not written
@@ -141,16 +142,19 @@ def test_release_node_refuses_while_the_node_holds_leases_then_forced(cl, nodes,
     out = run_underlay("cluster", "release-node", "n1", "--config", conf, "--yes")
     assert out.code == 1, out
     assert "refused: node n1 still holds 2 lease(s)" in out.stderr and got["c1"] in out.stderr, out
+    assert out.stderr.rstrip().endswith("add --force to release them"), out
     assert revision(cl) == before and len(cl.leases()) == 5
 
     out = run_underlay("cluster", "release-node", "n1", "--config", conf, "--yes", "--force", "-o", "json")
     assert out.code == 0, out
     # n1's block keeps n3's borrowed address: orphaned, not deleted
-    assert out.json == {"node": "n1", "leases": 2, "blocks_deleted": 0, "blocks_orphaned": 1}
+    assert out.json == {"node": "n1", "leases": 2, "blocks_deleted": 0, "blocks_orphaned": 1, "blocks_held": 0}
     left = run_underlay("cluster", "leases", "--config", conf, "-o", "json").json
-    # the config is sticky: web-0's lease became a hold for it, as its DEL would have made it; c2 (no pod) went
-    assert sorted((r["kind"], r["pod"], r["container"]) for r in left) == [
-        ("hold", "web-0", None), ("hold", "web-1", None), ("lease", None, "c4"), ("lease", None, "c5")]
+    # the config is sticky: web-0's lease became a hold for it, as its DEL would have made it; c2 (no pod) went.
+    # Each hold is its pod's node's (web-0 ran on n1), never the operator's config's node (n2)
+    assert sorted((r["kind"], r["pod"], r["container"], r["node"]) for r in left) == [
+        ("hold", "web-0", None, "n1"), ("hold", "web-1", None, "n2"), ("lease", None, "c4", "n3"),
+        ("lease", None, "c5", "n3")]
     pool = run_underlay("cluster", "pools", "--config", conf, "-o", "json").json[0]
     assert {x["node"]: x["blocks"] for x in pool["nodes"]} == {"n2": 1, "n3": 0, None: 1}
     assert "(orphaned)" in run_underlay("cluster", "pools", "--config", conf).stdout
@@ -172,6 +176,9 @@ def test_etcd_unreachable_bad_configs_and_wrong_files(cl, tmp_path):
         assert out.code == 3, (args, out)
         assert f"underlay: {conf}: etcd: no endpoint answered within 1s" in out.stderr, (args, out)
         assert time.monotonic() - start < 1 + 5, args     # the bound, plus starting the interpreter
+        assert out.stdout == "", (args, out)               # nothing a script could take for "none"
+    out = run_underlay("cluster", "who-has", "10.80.0.2", "--config", conf, "-o", "json")
+    assert out.code == 3 and "etcd: no endpoint answered" in out.json["error"], out
 
     bad = cl.conf(NET1)
     bad["ipam"]["etcd"] = {"endpoints": ["ftp://127.0.0.1:2379"]}
@@ -212,3 +219,114 @@ def test_tls_etcd_with_client_certificates(etcd_cluster, tmp_path):
     out = run_underlay("cluster", "pools", "--config", write(tmp_path, bad, "bad.conf"))
     assert out.code == 2 and "ipam.etcd.trustedCAFile" in out.stderr, out
 
+
+
+def nad(name, conf):
+    """A NetworkAttachmentDefinition document holding `conf`."""
+    config = json.dumps({k: v for k, v in conf.items() if k != "name"})
+    return (f"apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n"
+            f"metadata: {{name: {name}, namespace: pods}}\nspec:\n  config: '{config}'\n")
+
+
+def test_every_document_of_a_nad_file_is_read(cl, tmp_path):
+    """Two NADs in one file, each network's leases under its own etcd prefix: who-has, leases and
+    pools answer for both (not only the first document's)."""
+    lan = cl.conf("10.85.0.0/28", name="lan", node="n1", etcd=dict(cl.etcd_conf(), prefix=cl.prefix + "-lan"))
+    san = cl.conf("10.86.0.0/28", name="san", node="n2", etcd=dict(cl.etcd_conf(), prefix=cl.prefix + "-san"))
+    [on_lan] = addresses(cl.add(lan, "c1"))
+    [on_san] = addresses(cl.add(san, "c2"))
+    path = tmp_path / "nads.yaml"
+    path.write_text(nad("lan", lan) + "---\n" + nad("san", san))
+
+    out = run_underlay("cluster", "who-has", on_san, "--config", path, "-o", "json")
+    assert out.code == 0 and [(r["network"], r["container"]) for r in out.json] == [("san", "c2")], out
+    out = run_underlay("cluster", "who-has", on_lan, "--config", path, "-o", "json")
+    assert out.code == 0 and [(r["network"], r["container"]) for r in out.json] == [("lan", "c1")], out
+    out = run_underlay("cluster", "leases", "--config", path, "-o", "json")
+    assert out.code == 0 and sorted((r["network"], r["address"]) for r in out.json) == [
+        ("lan", on_lan), ("san", on_san)], out
+    out = run_underlay("cluster", "pools", "--config", path, "-o", "json")
+    assert out.code == 0 and [(p["network"], p["in_use"]) for p in out.json] == [("lan", 1), ("san", 1)], out
+    table = run_underlay("cluster", "pools", "--config", path).stdout
+    assert [line.split()[0] for line in table.splitlines()[1:3]] == ["lan", "san"], table
+
+    # release-node works on one store: with two, it asks which; named, it takes that one's
+    before = revision(cl)
+    out = run_underlay("cluster", "release-node", "n2", "--config", path, "--yes", "--force")
+    assert out.code == 2 and "--network NAME" in out.stderr and "lan, san" in out.stderr, out
+    assert revision(cl) == before
+    out = run_underlay("cluster", "release-node", "n2", "--config", path, "--network", "san", "--yes", "--force",
+                       "-o", "json")
+    assert out.code == 0 and out.json["leases"] == 1, out
+    assert [r["network"] for r in run_underlay("cluster", "leases", "--config", path, "-o", "json").json] == ["lan"]
+
+
+def test_pools_count_by_the_pools_block_size_not_an_edited_config(cl, tmp_path):
+    """A node's own leases are its own after the NAD's blockSize was edited (which ADD refuses):
+    the pool's stored block size is the truth."""
+    conf = cl.conf("10.87.0.0/24", node="n1", blockSize=28)
+    for i in range(20):
+        assert cl.add(conf, f"c{i}").ok
+    edited = cl.conf("10.87.0.0/24", node="n1", blockSize=26)
+    refused = cl.add(edited, "c-edited")
+    assert refused.cni_code == 7 and "ipam.blockSize" in refused.json["msg"], refused
+    out = run_underlay("cluster", "pools", "--config", write(tmp_path, edited), "-o", "json")
+    assert out.code == 0, out
+    [pool] = out.json
+    assert pool["nodes"] == [{"node": "n1", "blocks": 2, "leases": 20, "borrowed": 0}], out
+    assert (pool["in_use"], pool["borrowed"]) == (20, 0)
+
+
+def test_release_node_keeps_a_dead_nodes_holds_as_its_own(cl, tmp_path):
+    """release-node --force on a sticky network, run with the operator's own node n1 in --config:
+    the pods of n3 get holds that are n3's, and the block they alone occupy is said to keep them."""
+    n1 = cl.conf("10.88.0.0/27", node="n1", blockSize=29, sticky=True)
+    n3 = cl.conf("10.88.0.0/27", node="n3", blockSize=29, sticky=True)
+    assert cl.add(n1, "a1", pod=("db", "web-1")).ok
+    [web0] = addresses(cl.add(n3, "c3", pod=("db", "web-0")))
+    conf = write(tmp_path, n1)
+    out = run_underlay("cluster", "release-node", "n3", "--config", conf, "--yes")
+    assert out.code == 1 and out.stderr.rstrip().endswith("add --force to release them"), out
+    assert "(force)" not in out.stderr
+
+    out = run_underlay("cluster", "release-node", "n3", "--config", conf, "--yes", "--force")
+    assert out.code == 0, out
+    assert "0 orphaned (other nodes still borrow in them), 1 orphaned keeping sticky holds" in out.stdout, out
+    rows = run_underlay("cluster", "leases", "--config", conf, "-o", "json").json
+    [hold] = [r for r in rows if r["address"] == web0]
+    assert (hold["kind"], hold["node"], hold["namespace"], hold["pod"]) == ("hold", "n3", "db", "web-0"), rows
+    assert cl.leases()[web0]["node"] == "n3"
+    # the pod comes back on n1: its address is still kept for it
+    assert addresses(cl.add(n1, "c3-again", pod=("db", "web-0"))) == [web0]
+
+
+def test_release_node_of_a_name_no_node_had_and_no_abbreviated_flags(cl, nodes, tmp_path):
+    n, _ = nodes
+    conf = write(tmp_path, n["n1"])
+    before = revision(cl)
+    out = run_underlay("cluster", "release-node", "node-3", "--config", conf, "--yes")
+    assert out.code == 2 and "no node node-3" in out.stderr and "known nodes: n1, n2, n3" in out.stderr, out
+    assert out.stdout == ""
+    for abbreviated in (["--y"], ["--ye"], ["--yes", "--for"], ["--yes", "--forc"]):
+        out = run_underlay("cluster", "release-node", "n3", "--config", conf, *abbreviated)
+        assert out.code == 2 and "unrecognized arguments" in out.stderr, (abbreviated, out)
+    assert revision(cl) == before
+
+
+def test_host_local_commands_on_a_cluster_ipam_network_name_the_cluster_command(cl, tmp_path):
+    conf = cl.conf("10.89.0.0/28", node="n1")
+    [address] = addresses(cl.add(conf, "c1"))
+    path = write(tmp_path, conf)
+    out = run_underlay("pools", "--config", path)
+    assert out.code == 2 and "network net1 is cluster-ipam's" in out.stderr, out
+    assert f"underlay cluster pools --config {path}" in out.stderr and out.stdout == "", out
+
+    data_dir = cl.data_dir("n1")            # cluster-ipam's dataDir, as host-local's
+    out = run_underlay("who-has", address, "--data-dir", data_dir)
+    assert out.code == 2 and out.stdout == "", out
+    assert "network net1 is cluster-ipam's" in out.stderr and f"underlay cluster who-has {address}" in out.stderr
+    out = run_underlay("leases", "--data-dir", data_dir, "--network", "net1")
+    assert out.code == 2 and "underlay cluster leases" in out.stderr, out
+    out = run_underlay("leases", "--data-dir", data_dir)
+    assert out.code == 0 and "underlay cluster leases" in out.stderr, out
+    assert not os.path.exists(os.path.join(data_dir, "net1", ".underlay-index"))   # never opened as host-local's

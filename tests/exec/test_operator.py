@@ -4,8 +4,10 @@
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 
 import pathlib
@@ -14,7 +16,8 @@ import pytest
 
 from ipam.store import INDEX_DIR, STAMP
 from tests import netns as nsutil
-from tests.operator import run_underlay, tree
+from tests.exec.conftest import HostLocal
+from tests.operator import run_underlay, tree, underlay_argv
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -136,11 +139,57 @@ def test_a_store_locked_by_another_process(hl):
         out = run_underlay("leases", "--data-dir", hl.data_dir, "--lock-timeout", "0.5", timeout=30)
         assert out.code == 3, out
         assert f"held by pid {holder.pid} for over 0.5s" in out.stderr and "net1" in out.stderr, out
-        assert out.stdout.strip() == "no leases in " + hl.data_dir   # nothing read is nothing shown
+        assert out.stdout == "", out   # nothing read is nothing shown: not "no leases"
+        out = run_underlay("who-has", "10.1.0.2", "--data-dir", hl.data_dir, "--lock-timeout", "0.5",
+                           "-o", "json", timeout=30)
+        assert out.code == 3 and "net1" in out.json["error"], out
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
     assert [r["container"] for r in leases(hl, "--lock-timeout", "0.5")] == ["c1"]
+
+
+# -- a store it may not read ----------------------------------------------------------------
+
+AS_NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+
+
+@pytest.fixture
+def open_dir():
+    """A directory anyone may enter (pytest's tmp_path is root's alone)."""
+    path = tempfile.mkdtemp(prefix="uop-")
+    os.chmod(path, 0o755)
+    try:
+        yield pathlib.Path(path)
+    finally:
+        shutil.rmtree(path)
+
+
+def test_a_store_it_may_not_read_is_no_answer(open_dir):
+    """Run as non-root on a store only root reads: nothing on stdout a script could take for the
+    answer ("nobody holds", "no leases", []), the JSON form an error object, exit 3."""
+    hl = HostLocal(open_dir / "networks")
+    conf = hl.config(V4)
+    assert hl.add(conf, "c1").ok
+    config = open_dir / "net1.conf"
+    config.write_text(json.dumps(conf))
+    os.chmod(config, 0o644)
+    os.chmod(hl.data_dir, 0o755)
+    os.chmod(hl.net_dir(), 0o700)
+    as_nobody = AS_NOBODY + underlay_argv()
+    commands = (["leases"], ["who-has", "10.1.0.2"], ["pools", "--config", config],
+                ["gc", "--dry-run", "--valid", "c1/eth0"])
+    for args in commands:
+        out = run_underlay(*args, "--data-dir", hl.data_dir, argv=as_nobody)
+        assert out.code == 3 and "Permission denied" in out.stderr and out.stdout == "", (args, out)
+        out = run_underlay(*args, "--data-dir", hl.data_dir, "-o", "json", argv=as_nobody)
+        assert out.code == 3 and "Permission denied" in out.json["error"], (args, out)
+        assert isinstance(out.json["problems"], list) and out.json["problems"], (args, out)
+    os.chmod(hl.data_dir, 0o700)    # the data dir itself: the same
+    for args in commands:
+        out = run_underlay(*args, "--data-dir", hl.data_dir, "-o", "json", argv=as_nobody)
+        assert out.code == 3 and "permission denied" in out.json["error"].lower(), (args, out)
+    assert [r["address"] for r in leases(hl)] == ["10.1.0.2"]        # root reads it all
 
 
 # -- who-has ------------------------------------------------------------------------------
