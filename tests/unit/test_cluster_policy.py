@@ -26,7 +26,14 @@ def ip(value):
      "10.1.0.10", "10.1.0.20", None),
     ({"range": "192.168.2.225-192.168.2.230/28"}, "192.168.2.224/28", "192.168.2.225", "192.168.2.230", None),
     ({"range": "192.168.2.225/28"}, "192.168.2.224/28", "192.168.2.225", "192.168.2.238", None),
-    ({"range": "fd00::/120"}, "fd00::/120", "fd00::1", "fd00::ff", None),
+    # whereabouts never hands out an IPv6 subnet's last address either (iphelpers.LastUsableIP)
+    ({"range": "fd00::/120"}, "fd00::/120", "fd00::1", "fd00::fe", None),
+    # a CIDR's host bits are ignored, as whereabouts' config.go ignores them
+    ({"range": "176.168.10.1/16"}, "176.168.0.0/16", "176.168.0.1", "176.168.255.254", None),
+    # its gateway is whatever the config says, inside the subnet or not (its IPv6 and etcd examples)
+    ({"range": "2001::0/116", "gateway": "2001::f:1"}, "2001::/116", "2001::1", "2001::ffe", "2001::f:1"),
+    ({"range": "192.168.2.225/28", "gateway": "192.168.2.1"}, "192.168.2.224/28", "192.168.2.225",
+     "192.168.2.238", "192.168.2.1"),
 ])
 def test_whereabouts_ranges(ipam, subnet, start, end, gateway):
     r = one_range(**ipam)
