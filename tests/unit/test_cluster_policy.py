@@ -156,3 +156,24 @@ def test_candidates_own_blocks_round_robin_then_a_free_block_then_borrowing():
     assert cluster.candidate([grid], store, None, 0)[1:] == (theirs, ip("10.1.0.33"))     # borrowed
     theirs.used = set(range(16))
     assert cluster.candidate([grid], store, None, 0) is None
+
+
+@pytest.mark.parametrize("ipam, expected", [
+    ({"etcd_host": "192.168.122.1"}, {"endpoints": ["http://192.168.122.1:2379"]}),   # its sample_config.json
+    ({"etcd_host": "example-etcd-cluster-client.cluster.local:2379"},
+     {"endpoints": ["http://example-etcd-cluster-client.cluster.local:2379"]}),
+    ({"etcd_host": "a:2379, b:2380"}, {"endpoints": ["http://a:2379", "http://b:2380"]}),
+    ({"etcd_host": ["fd00::1", "https://c:2379"]}, {"endpoints": ["http://[fd00::1]:2379", "https://c:2379"]}),
+    ({"etcd_host": "a", "etcd_cert_file": "/c", "etcd_key_file": "/k", "etcd_ca_cert_file": "/ca"},
+     {"endpoints": ["https://a:2379"], "certFile": "/c", "keyFile": "/k", "trustedCAFile": "/ca"}),
+])
+def test_whereabouts_etcd_keys_make_the_etcd_section(ipam, expected):
+    warnings = []
+    assert cluster.whereabouts_etcd(ipam, warnings) == expected and warnings == []
+
+
+def test_an_etcd_section_wins_over_etcd_host_and_says_so():
+    warnings = []
+    assert cluster.whereabouts_etcd({"etcd": {"endpoints": ["http://x:1"]}, "etcd_host": "a"}, warnings) == \
+        {"endpoints": ["http://x:1"]}
+    assert warnings == ["ipam: whereabouts' etcd_host not used: ipam.etcd is given"]
