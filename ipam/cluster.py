@@ -112,7 +112,8 @@ def with_whereabouts(ipam):
         if "exclude" in ipam:
             out["exclude"] = whereabouts_exclude(ipam["exclude"])
     if isinstance(ipam.get("routes"), list):
-        out["routes"] = [dict(r, dst=masked(r.get("dst"))) if isinstance(r, dict) else r for r in ipam["routes"]]
+        out["routes"] = [dict(r, dst=masked(r["dst"])) if isinstance(r, dict) and "dst" in r else r
+                         for r in ipam["routes"]]
     out["ranges"] = list(ipam.get("ranges") or []) + extra
     return out
 
@@ -134,7 +135,8 @@ WHEREABOUTS_IGNORED = {
     "enable_overlapping_ranges": "an address is never handed out twice under one etcd prefix",
 }
 # whereabouts' etcd keys -> the `etcd` section's
-WHEREABOUTS_ETCD_FILES = {"etcd_cert_file": "certFile", "etcd_key_file": "keyFile", "etcd_ca_cert_file": "trustedCAFile"}
+WHEREABOUTS_ETCD_FILES = {"etcd_cert_file": "certFile", "etcd_key_file": "keyFile",
+                          "etcd_ca_cert_file": "trustedCAFile"}
 ETCD_PORT = 2379
 
 
