@@ -29,7 +29,7 @@ from cni import config as netconf
 from cni import contract
 from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_IO, ERR_NOT_AVAILABLE, CniError
 from cni.files import replace_if_changed
-from ipam import allocator, verbs
+from ipam import allocator, ranges, verbs
 from ipam.blocks import DEFAULT_BLOCK_SIZE, Grid
 
 DEFAULT_PREFIX = "/underlay/ipam"
@@ -50,29 +50,26 @@ def field_error(field, problem):
 # Config
 
 def whereabouts_range(spec, field, gateway=None):
-    """A whereabouts range ({range, range_start, range_end, exclude}) -> one host-local range."""
+    """A whereabouts range ({range, range_start, range_end, exclude}) -> one host-local range with
+    whereabouts' rules (ipam/ranges.py Range). As whereabouts reads it: a CIDR's host bits are
+    ignored ("176.168.10.1/16" starts at 176.168.0.1), "first-last/prefix" bounds it."""
     text = spec.get("range")
     if not isinstance(text, str) or "/" not in text:
         raise field_error(f"{field}.range", f"{text!r} is not a CIDR or first-last/prefix")
-    out = {}
     address, _, plen = text.rpartition("/")
     first, dash, last = address.partition("-")
     try:
         subnet = ipaddress.ip_network(f"{first.strip()}/{plen}", strict=False)
     except ValueError:
         raise field_error(f"{field}.range", f"{text!r} is not a CIDR or first-last/prefix") from None
-    out["subnet"] = str(subnet)
-    if dash:
-        out["rangeStart"], out["rangeEnd"] = first.strip(), last.strip()
-    elif ipaddress.ip_address(first.strip()) != subnet.network_address:
-        out["rangeStart"] = first.strip()   # whereabouts: host bits in `range` are where the range starts
+    out = {"subnet": str(subnet), ranges.WHEREABOUTS: True, "gateway": gateway}
     for ours, theirs in (("rangeStart", "range_start"), ("rangeEnd", "range_end")):
         if spec.get(theirs) not in (None, ""):
             out[ours] = spec[theirs]
+    if dash:   # whereabouts: first-last/prefix wins over range_start and range_end
+        out["rangeStart"], out["rangeEnd"] = first.strip(), last.strip()
     if spec.get("exclude"):
         out["exclude"] = whereabouts_exclude(spec["exclude"])
-    # whereabouts reserves no gateway unless told: its ranges hand out their first address
-    out["gateway"] = gateway if gateway else False
     return out
 
 
@@ -82,19 +79,23 @@ def whereabouts_exclude(entries):
     (issue 11). Anything else is left for the usual checks to refuse, naming the field."""
     if not isinstance(entries, list):
         return entries
-    out = []
-    for entry in entries:
-        if isinstance(entry, str) and "/" in entry and "-" not in entry:
-            try:
-                entry = str(ipaddress.ip_network(entry.strip(), strict=False))
-            except ValueError:
-                pass
-        out.append(entry)
-    return out
+    return [masked(entry) if "-" not in str(entry) else entry for entry in entries]
+
+
+def masked(cidr):
+    """A CIDR string with its host bits cleared, as Go's ParseCIDR reads it (whereabouts' exclude
+    and routes); anything else as it is."""
+    if isinstance(cidr, str) and "/" in cidr:
+        try:
+            return str(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError:
+            pass
+    return cidr
 
 
 def with_whereabouts(ipam):
-    """The ipam section with whereabouts' `range`/`ipRanges` turned into host-local range sets."""
+    """The ipam section with whereabouts' `range`/`ipRanges` turned into host-local range sets, and
+    its routes' destinations read as whereabouts reads them (host bits cleared)."""
     extra = []
     if "range" in ipam:
         extra.append([whereabouts_range({k: ipam.get(k) for k in ("range", "range_start", "range_end")},
@@ -110,8 +111,89 @@ def with_whereabouts(ipam):
         out.pop("gateway", None)   # it went into the range
         if "exclude" in ipam:
             out["exclude"] = whereabouts_exclude(ipam["exclude"])
+    if isinstance(ipam.get("routes"), list):
+        out["routes"] = [dict(r, dst=masked(r["dst"])) if isinstance(r, dict) and "dst" in r else r
+                         for r in ipam["routes"]]
     out["ranges"] = list(ipam.get("ranges") or []) + extra
     return out
+
+
+# whereabouts' keys that mean nothing here: accepted, so its configs move over as they are, and
+# each named in a warning with what takes its place.
+WHEREABOUTS_IGNORED = {
+    "kubernetes": "whereabouts' Kubernetes store; leases live in etcd (ipam.etcd)",
+    "datastore": "whereabouts' choice of store; leases live in etcd (ipam.etcd)",
+    "configuration_path": "whereabouts' flat file; cluster-ipam reads only the network config",
+    "log_file": "underlay logs to the network's top-level logFile",
+    "log_level": "underlay logs at the network's top-level logLevel",
+    "leader_lease_duration": "cluster-ipam takes no cluster-wide lock (no leader election)",
+    "leader_renew_deadline": "cluster-ipam takes no cluster-wide lock (no leader election)",
+    "leader_retry_period": "cluster-ipam takes no cluster-wide lock (no leader election)",
+    "reconciler_cron_expression": "underlayd heals leases of pods gone without DEL (docs/cluster-ipam.md)",
+    "sleep_for_race": "a whereabouts test setting",
+    "node_slice_size": "each node claims blocks of blockSize on its own, no controller needed",
+    "enable_overlapping_ranges": "an address is never handed out twice under one etcd prefix",
+}
+# whereabouts' etcd keys -> the `etcd` section's
+WHEREABOUTS_ETCD_FILES = {"etcd_cert_file": "certFile", "etcd_key_file": "keyFile",
+                          "etcd_ca_cert_file": "trustedCAFile"}
+ETCD_PORT = 2379
+
+
+def whereabouts_etcd(ipam, warnings):
+    """The `etcd` section, or one made of whereabouts' etcd keys: etcd_host (host[:port], a URL, or
+    several, comma-separated or a list) -> endpoints, https:// when a certificate file is given, else
+    http://, port 2379 unless named; etcd_cert_file, etcd_key_file, etcd_ca_cert_file -> certFile,
+    keyFile, trustedCAFile. An `etcd` section given beside them wins (and they are warned of)."""
+    theirs = [k for k in ("etcd_host", *WHEREABOUTS_ETCD_FILES) if k in ipam]
+    for key in ("etcd_username", "etcd_password"):
+        if ipam.get(key):
+            raise field_error(f"ipam.{key}", "etcd user/password authentication is not supported: give the "
+                                             "client certificate (ipam.etcd.certFile and keyFile, or whereabouts' "
+                                             "etcd_cert_file and etcd_key_file)")
+    if "etcd" in ipam:
+        if theirs:
+            warnings.append(f"ipam: whereabouts' {', '.join(theirs)} not used: ipam.etcd is given")
+        return ipam["etcd"]
+    if "etcd_host" not in ipam:
+        raise field_error("ipam.etcd", "is required: etcd.endpoints, the URLs of the etcd members "
+                                       "(or whereabouts' etcd_host)")
+    hosts = ipam["etcd_host"]
+    hosts = hosts.split(",") if isinstance(hosts, str) else hosts
+    if not isinstance(hosts, list) or not hosts or not all(isinstance(h, str) and h.strip() for h in hosts):
+        raise field_error("ipam.etcd_host", f"{ipam['etcd_host']!r} must name etcd's members: host:port, "
+                                            "comma-separated for several")
+    conf = {ours: ipam[theirs] for theirs, ours in WHEREABOUTS_ETCD_FILES.items() if theirs in ipam}
+    scheme = "https://" if conf else "http://"
+    conf["endpoints"] = [endpoint_of(h.strip(), scheme) for h in hosts]
+    return conf
+
+
+def endpoint_of(host, scheme):
+    if "://" in host:
+        return host
+    try:
+        ipaddress.IPv6Address(host)   # a bare IPv6 address: brackets, default port
+        return f"{scheme}[{host}]:{ETCD_PORT}"
+    except ValueError:
+        pass
+    return f"{scheme}{host}" if host.rpartition(":")[2].isdigit() else f"{scheme}{host}:{ETCD_PORT}"
+
+
+def whereabouts_warnings(ipam):
+    return [f"ipam.{key}: whereabouts' key, not used: {why}" for key, why in WHEREABOUTS_IGNORED.items()
+            if key in ipam]
+
+
+def network_prefix(prefix, ipam):
+    """whereabouts' network_name: networks of the same subnets allocating independently. Each name
+    gets its own key space below the prefix, which nothing else there uses (pools/, ips/, ...)."""
+    name = ipam.get("network_name")
+    if name in (None, ""):
+        return prefix
+    if not isinstance(name, str) or len(name) > 253 or not name.isprintable() or "/" in name:
+        raise field_error("ipam.network_name", f"{name!r} must be a name: printable, no '/'")
+    return f"{prefix.rstrip('/')}/networks/{name}"
 
 
 def block_sizes(value):
@@ -180,13 +262,12 @@ class StoreConfig:
         if not isinstance(ipam, dict):
             raise field_error("ipam", "must be an object")
         self.ipam = ipam
-        if "etcd" not in ipam:
-            raise field_error("ipam.etcd", "is required (endpoints of the etcd cluster)")
-        self.etcd_conf = ipam["etcd"]
+        self.warnings = whereabouts_warnings(ipam)
+        self.etcd_conf = whereabouts_etcd(ipam, self.warnings)
         prefix = self.etcd_conf.get("prefix", DEFAULT_PREFIX) if isinstance(self.etcd_conf, dict) else None
         if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.isprintable():
             raise field_error("ipam.etcd.prefix", f"{prefix!r} must be a key prefix starting with '/'")
-        self.prefix = prefix
+        self.prefix = network_prefix(prefix, ipam)
         self.node = check_node(ipam["node"]) if ipam.get("node") not in (None, "") else \
             check_node(socket.gethostname(), "ipam.node (the hostname)")
         data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
@@ -230,6 +311,11 @@ class ClusterConfig(StoreConfig, verbs.IpamConfig):
         netconf.validate("cluster-ipam", config, request)
         StoreConfig.__init__(self, config)
         verbs.IpamConfig.__init__(self, request, with_whereabouts(config["ipam"]))
+        if not self.dns and isinstance(config["ipam"].get("dns"), dict):
+            # static IPAM's `dns`, which whereabouts reports (the schema checked its keys' types)
+            self.dns = {k: v for k, v in config["ipam"]["dns"].items() if k in ("nameservers", "domain", "search",
+                                                                                   "options")}
+        request.warnings.extend(self.warnings)
         self.grids = {id(r): Grid(r, self.block_sizes[r.version]) for s in self.range_sets for r in s.ranges}
         request.warnings += one_block_warnings(self.ipam, self.grids.values(), self.block_sizes)
 

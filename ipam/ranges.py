@@ -171,11 +171,28 @@ def to_text(version, value):
     return str(ipaddress.IPv4Address(value) if version == 4 else ipaddress.IPv6Address(value))
 
 
-class Range:
-    """One {subnet, rangeStart, rangeEnd, gateway} with what it must never hand out."""
+# A range spec's key that JSON cannot write: the range was made from whereabouts' keys (ipam/cluster.py)
+# and takes whereabouts' rules (Range.whereabouts).
+WHEREABOUTS = ("whereabouts",)
 
-    def __init__(self, subnet, start, end, gateway, exclusions, field):
+
+def count_multiples_of_256(first, last):
+    return last // 256 - (first - 1) // 256 if first <= last else 0
+
+
+class Range:
+    """One {subnet, rangeStart, rangeEnd, gateway} with what it must never hand out.
+
+    A whereabouts range keeps whereabouts' rules: its subnet's first and last addresses are never
+    handed out in IPv6 either, an IPv4 address ending in .0 never (its README: old equipment takes
+    them for invalid), its gateway is only what the config says (any address: reported, and kept
+    from pods when it lies in the range), and nodes claim its blocks lowest first, so addresses go
+    out in ascending order from the range's first, as whereabouts hands them out."""
+
+    def __init__(self, subnet, start, end, gateway, exclusions, field, whereabouts=False):
         self.subnet = subnet
+        self.whereabouts = whereabouts
+        self.skip_zero = whereabouts and subnet.version == 4
         self.version = subnet.version
         self.start = start
         self.end = end
@@ -186,13 +203,12 @@ class Range:
         self.aux = {}                     # int -> aux name, filled by range_sets
         self.network = int(subnet.network_address)
         self.last = int(subnet.broadcast_address)
-        self.broadcast = self.last if self.version == 4 else None
+        self.broadcast = self.last if self.version == 4 or whereabouts else None
         self.blocked = []                 # merged: excluded + aux + network/broadcast/gateway
 
     def finish(self):
-        special = [(a, a) for a in (self.network, self.broadcast, self.gateway) if a is not None]
-        special += [(a, a) for a in self.aux]
-        self.blocked = add_points(self.excluded, [a for a, _ in special])
+        special = [a for a in (self.network, self.broadcast, self.gateway) if a is not None and self.in_subnet(a)]
+        self.blocked = add_points(self.excluded, special + list(self.aux))
         self._blocked_starts = [lo for lo, _ in self.blocked]
 
     def in_subnet(self, value):
@@ -206,6 +222,8 @@ class Range:
         i = bisect.bisect_right(self._blocked_starts, value) - 1
         if i >= 0 and self.blocked[i][1] >= value:
             return self.blocked[i]
+        if self.skip_zero and not value & 0xff:
+            return value, value
         return None
 
     def may_hand_out(self, value):
@@ -231,10 +249,21 @@ class Range:
             return "it is the gateway"
         if value in self.aux:
             return f"it is aux address {self.aux[value]!r}"
+        if self.skip_zero and not value & 0xff:
+            return "it ends in .0, which a whereabouts range never hands out"
         for lo, hi, (field, i, entry) in self.exclusions:  # only requested addresses come here: a scan is fine
             if lo <= value <= hi:
                 return f"it is excluded by {field}[{i}] ({entry})"
         return None
+
+    def _unblocked_zeros(self):
+        """How many .0 addresses of rangeStart..rangeEnd skip_zero keeps from pods beyond `blocked`."""
+        if not self.skip_zero:
+            return 0
+        zeros = count_multiples_of_256(self.start, self.end)
+        for lo, hi in self.blocked:
+            zeros -= count_multiples_of_256(max(lo, self.start), min(hi, self.end))
+        return zeros
 
     def text(self, value):
         return to_text(self.version, value)
@@ -245,7 +274,7 @@ class Range:
     def counts(self):
         """(addresses, usable before leases, excluded, aux) within rangeStart..rangeEnd."""
         total = self.end - self.start + 1
-        usable = total - count_within(self.blocked, self.start, self.end)
+        usable = total - count_within(self.blocked, self.start, self.end) - self._unblocked_zeros()
         excluded = count_within(self.excluded, self.start, self.end)
         aux = sum(1 for a in self.aux if self.in_range(a) and not count_within(self.excluded, a, a))
         return total, usable, excluded, aux
@@ -316,10 +345,13 @@ def canonical_range(spec, field, top_exclusions, masked=None):
             raise config_error(f"{field}.{key}", f"{ip} is outside subnet {subnet}")
         return int(ip)
 
-    # False (never in JSON config: set by cluster-ipam for whereabouts ranges, which have none by default)
-    gateway = None if spec.get("gateway") is False else address("gateway", network + 1)
+    whereabouts = spec.get(WHEREABOUTS, False)
+    if whereabouts:
+        gateway = whereabouts_gateway(spec.get("gateway"), subnet)
+    else:
+        gateway = address("gateway", network + 1)
     start = address("rangeStart", network + 1)
-    end = address("rangeEnd", last_in_subnet - 1 if subnet.version == 4 else last_in_subnet)
+    end = address("rangeEnd", last_in_subnet - 1 if subnet.version == 4 or whereabouts else last_in_subnet)
     if start > end:
         raise config_error(f"{field}.rangeStart", f"{to_text(subnet.version, start)} comes after "
                                                   f"rangeEnd {to_text(subnet.version, end)}")
@@ -339,7 +371,18 @@ def canonical_range(spec, field, top_exclusions, masked=None):
     exclusions += [(max(lo, network), min(hi, last_in_subnet), ("ipam.exclude", i, entry))
                    for version, lo, hi, i, entry in top_exclusions
                    if version == subnet.version and hi >= network and lo <= last_in_subnet]
-    return Range(subnet, start, end, gateway, exclusions, field)
+    return Range(subnet, start, end, gateway, exclusions, field, whereabouts)
+
+
+def whereabouts_gateway(text, subnet):
+    """whereabouts' `gateway`: none unless given, and then any address of the range's family (it
+    only reports it; its own etcd example names 192.168.2.1 for 192.168.2.224/28)."""
+    if text in (None, ""):
+        return None
+    ip = parse_ip(text, "ipam.gateway")
+    if ip.version != subnet.version:
+        raise config_error("ipam.gateway", f"{ip} is not of the family of ipam.range ({subnet})")
+    return int(ip)
 
 
 def parse_top_exclusions(ipam, masked=None):

@@ -15,7 +15,7 @@ class JsonSchemaValueException(ValueError):
 JsonSchemaValuesException = JsonSchemaValueException
 Decimal = float  # json.loads never makes a Decimal
 import re
-REGEX_PATTERNS = {'^/[^\x00-\x1f]*$': re.compile('^/[^\x00-\x1f]*\\Z'), '^https?://': re.compile('^https?://'), '^/': re.compile('^/'), '^[^/ \x00-\x1f]+$': re.compile('^[^/ \x00-\x1f]+\\Z')}
+REGEX_PATTERNS = {'^/[^\x00-\x1f]*$': re.compile('^/[^\x00-\x1f]*\\Z'), '^https?://': re.compile('^https?://'), '^/': re.compile('^/'), '^[^/ \x00-\x1f]+$': re.compile('^[^/ \x00-\x1f]+\\Z'), '^[^/\x00-\x1f]+$': re.compile('^[^/\x00-\x1f]+\\Z')}
 NoneType = type(None)
 
 def validate_https___underlay_invalid_schema_cluster_ipam_json(data, custom_formats={}, name_prefix=None):
@@ -498,6 +498,149 @@ def validate_https___underlay_invalid_schema_cluster_ipam_json(data, custom_form
                                     data__ipam__ipRanges_item_keys.remove('exclude')
                                     data__ipam__ipRanges_item__exclude = data__ipam__ipRanges_item['exclude']
                                     validate_https___underlay_invalid_schema_cluster_ipam_json__definitions_exclude(data__ipam__ipRanges_item__exclude, custom_formats, (name_prefix or 'data') + '.ipam.ipRanges[{data__ipam__ipRanges_x}].exclude'.format(**locals()))
+                if 'dns' in data__ipam_keys:
+                    data__ipam_keys.remove('dns')
+                    data__ipam__dns = data__ipam['dns']
+                    if not isinstance(data__ipam__dns, dict):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dns must be object', value=data__ipam__dns, name='' + (name_prefix or 'data') + '.ipam.dns', rule='type')
+                    data__ipam__dns_is_dict = isinstance(data__ipam__dns, dict)
+                    if data__ipam__dns_is_dict:
+                        data__ipam__dns_keys = set(data__ipam__dns.keys())
+                        if 'nameservers' in data__ipam__dns_keys:
+                            data__ipam__dns_keys.remove('nameservers')
+                            data__ipam__dns__nameservers = data__ipam__dns['nameservers']
+                            if not isinstance(data__ipam__dns__nameservers, (list, tuple)):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dns.nameservers must be array', value=data__ipam__dns__nameservers, name='' + (name_prefix or 'data') + '.ipam.dns.nameservers', rule='type')
+                            data__ipam__dns__nameservers_is_list = isinstance(data__ipam__dns__nameservers, (list, tuple))
+                            if data__ipam__dns__nameservers_is_list:
+                                data__ipam__dns__nameservers_len = len(data__ipam__dns__nameservers)
+                                for data__ipam__dns__nameservers_x, data__ipam__dns__nameservers_item in enumerate(data__ipam__dns__nameservers):
+                                    if not isinstance(data__ipam__dns__nameservers_item, str):
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dns.nameservers[{data__ipam__dns__nameservers_x}]'.format(**locals()) + ' must be string', value=data__ipam__dns__nameservers_item, name='' + (name_prefix or 'data') + '.ipam.dns.nameservers[{data__ipam__dns__nameservers_x}]'.format(**locals()) + '', rule='type')
+                        if 'domain' in data__ipam__dns_keys:
+                            data__ipam__dns_keys.remove('domain')
+                            data__ipam__dns__domain = data__ipam__dns['domain']
+                            if not isinstance(data__ipam__dns__domain, str):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dns.domain must be string', value=data__ipam__dns__domain, name='' + (name_prefix or 'data') + '.ipam.dns.domain', rule='type')
+                        if 'search' in data__ipam__dns_keys:
+                            data__ipam__dns_keys.remove('search')
+                            data__ipam__dns__search = data__ipam__dns['search']
+                            if not isinstance(data__ipam__dns__search, (list, tuple)):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dns.search must be array', value=data__ipam__dns__search, name='' + (name_prefix or 'data') + '.ipam.dns.search', rule='type')
+                            data__ipam__dns__search_is_list = isinstance(data__ipam__dns__search, (list, tuple))
+                            if data__ipam__dns__search_is_list:
+                                data__ipam__dns__search_len = len(data__ipam__dns__search)
+                                for data__ipam__dns__search_x, data__ipam__dns__search_item in enumerate(data__ipam__dns__search):
+                                    if not isinstance(data__ipam__dns__search_item, str):
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dns.search[{data__ipam__dns__search_x}]'.format(**locals()) + ' must be string', value=data__ipam__dns__search_item, name='' + (name_prefix or 'data') + '.ipam.dns.search[{data__ipam__dns__search_x}]'.format(**locals()) + '', rule='type')
+                        if 'options' in data__ipam__dns_keys:
+                            data__ipam__dns_keys.remove('options')
+                            data__ipam__dns__options = data__ipam__dns['options']
+                            if not isinstance(data__ipam__dns__options, (list, tuple)):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dns.options must be array', value=data__ipam__dns__options, name='' + (name_prefix or 'data') + '.ipam.dns.options', rule='type')
+                            data__ipam__dns__options_is_list = isinstance(data__ipam__dns__options, (list, tuple))
+                            if data__ipam__dns__options_is_list:
+                                data__ipam__dns__options_len = len(data__ipam__dns__options)
+                                for data__ipam__dns__options_x, data__ipam__dns__options_item in enumerate(data__ipam__dns__options):
+                                    if not isinstance(data__ipam__dns__options_item, str):
+                                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.dns.options[{data__ipam__dns__options_x}]'.format(**locals()) + ' must be string', value=data__ipam__dns__options_item, name='' + (name_prefix or 'data') + '.ipam.dns.options[{data__ipam__dns__options_x}]'.format(**locals()) + '', rule='type')
+                if 'network_name' in data__ipam_keys:
+                    data__ipam_keys.remove('network_name')
+                    data__ipam__networkname = data__ipam['network_name']
+                    if not isinstance(data__ipam__networkname, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.network_name must be string', value=data__ipam__networkname, name='' + (name_prefix or 'data') + '.ipam.network_name', rule='type')
+                    if isinstance(data__ipam__networkname, str):
+                        data__ipam__networkname_len = len(data__ipam__networkname)
+                        if data__ipam__networkname_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.network_name must be longer than or equal to 1 characters', value=data__ipam__networkname, name='' + (name_prefix or 'data') + '.ipam.network_name', rule='minLength')
+                        if data__ipam__networkname_len > 253:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.network_name must be shorter than or equal to 253 characters', value=data__ipam__networkname, name='' + (name_prefix or 'data') + '.ipam.network_name', rule='maxLength')
+                        if not REGEX_PATTERNS['^[^/\x00-\x1f]+$'].search(data__ipam__networkname):
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.network_name must match pattern ^[^/\x00-\x1f]+$', value=data__ipam__networkname, name='' + (name_prefix or 'data') + '.ipam.network_name', rule='pattern')
+                if 'etcd_host' in data__ipam_keys:
+                    data__ipam_keys.remove('etcd_host')
+                    data__ipam__etcdhost = data__ipam['etcd_host']
+                    if not isinstance(data__ipam__etcdhost, (str, list, tuple)):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.etcd_host must be string or array', value=data__ipam__etcdhost, name='' + (name_prefix or 'data') + '.ipam.etcd_host', rule='type')
+                    data__ipam__etcdhost_is_list = isinstance(data__ipam__etcdhost, (list, tuple))
+                    if data__ipam__etcdhost_is_list:
+                        data__ipam__etcdhost_len = len(data__ipam__etcdhost)
+                        for data__ipam__etcdhost_x, data__ipam__etcdhost_item in enumerate(data__ipam__etcdhost):
+                            if not isinstance(data__ipam__etcdhost_item, str):
+                                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.etcd_host[{data__ipam__etcdhost_x}]'.format(**locals()) + ' must be string', value=data__ipam__etcdhost_item, name='' + (name_prefix or 'data') + '.ipam.etcd_host[{data__ipam__etcdhost_x}]'.format(**locals()) + '', rule='type')
+                if 'etcd_cert_file' in data__ipam_keys:
+                    data__ipam_keys.remove('etcd_cert_file')
+                    data__ipam__etcdcertfile = data__ipam['etcd_cert_file']
+                    if not isinstance(data__ipam__etcdcertfile, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.etcd_cert_file must be string', value=data__ipam__etcdcertfile, name='' + (name_prefix or 'data') + '.ipam.etcd_cert_file', rule='type')
+                    if isinstance(data__ipam__etcdcertfile, str):
+                        data__ipam__etcdcertfile_len = len(data__ipam__etcdcertfile)
+                        if data__ipam__etcdcertfile_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.etcd_cert_file must be longer than or equal to 1 characters', value=data__ipam__etcdcertfile, name='' + (name_prefix or 'data') + '.ipam.etcd_cert_file', rule='minLength')
+                if 'etcd_key_file' in data__ipam_keys:
+                    data__ipam_keys.remove('etcd_key_file')
+                    data__ipam__etcdkeyfile = data__ipam['etcd_key_file']
+                    if not isinstance(data__ipam__etcdkeyfile, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.etcd_key_file must be string', value=data__ipam__etcdkeyfile, name='' + (name_prefix or 'data') + '.ipam.etcd_key_file', rule='type')
+                    if isinstance(data__ipam__etcdkeyfile, str):
+                        data__ipam__etcdkeyfile_len = len(data__ipam__etcdkeyfile)
+                        if data__ipam__etcdkeyfile_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.etcd_key_file must be longer than or equal to 1 characters', value=data__ipam__etcdkeyfile, name='' + (name_prefix or 'data') + '.ipam.etcd_key_file', rule='minLength')
+                if 'etcd_ca_cert_file' in data__ipam_keys:
+                    data__ipam_keys.remove('etcd_ca_cert_file')
+                    data__ipam__etcdcacertfile = data__ipam['etcd_ca_cert_file']
+                    if not isinstance(data__ipam__etcdcacertfile, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.etcd_ca_cert_file must be string', value=data__ipam__etcdcacertfile, name='' + (name_prefix or 'data') + '.ipam.etcd_ca_cert_file', rule='type')
+                    if isinstance(data__ipam__etcdcacertfile, str):
+                        data__ipam__etcdcacertfile_len = len(data__ipam__etcdcacertfile)
+                        if data__ipam__etcdcacertfile_len < 1:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.etcd_ca_cert_file must be longer than or equal to 1 characters', value=data__ipam__etcdcacertfile, name='' + (name_prefix or 'data') + '.ipam.etcd_ca_cert_file', rule='minLength')
+                if 'etcd_username' in data__ipam_keys:
+                    data__ipam_keys.remove('etcd_username')
+                    data__ipam__etcdusername = data__ipam['etcd_username']
+                    if not isinstance(data__ipam__etcdusername, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.etcd_username must be string', value=data__ipam__etcdusername, name='' + (name_prefix or 'data') + '.ipam.etcd_username', rule='type')
+                if 'etcd_password' in data__ipam_keys:
+                    data__ipam_keys.remove('etcd_password')
+                    data__ipam__etcdpassword = data__ipam['etcd_password']
+                    if not isinstance(data__ipam__etcdpassword, str):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.etcd_password must be string', value=data__ipam__etcdpassword, name='' + (name_prefix or 'data') + '.ipam.etcd_password', rule='type')
+                if 'kubernetes' in data__ipam_keys:
+                    data__ipam_keys.remove('kubernetes')
+                    data__ipam__kubernetes = data__ipam['kubernetes']
+                if 'datastore' in data__ipam_keys:
+                    data__ipam_keys.remove('datastore')
+                    data__ipam__datastore = data__ipam['datastore']
+                if 'configuration_path' in data__ipam_keys:
+                    data__ipam_keys.remove('configuration_path')
+                    data__ipam__configurationpath = data__ipam['configuration_path']
+                if 'log_file' in data__ipam_keys:
+                    data__ipam_keys.remove('log_file')
+                    data__ipam__logfile = data__ipam['log_file']
+                if 'log_level' in data__ipam_keys:
+                    data__ipam_keys.remove('log_level')
+                    data__ipam__loglevel = data__ipam['log_level']
+                if 'leader_lease_duration' in data__ipam_keys:
+                    data__ipam_keys.remove('leader_lease_duration')
+                    data__ipam__leaderleaseduration = data__ipam['leader_lease_duration']
+                if 'leader_renew_deadline' in data__ipam_keys:
+                    data__ipam_keys.remove('leader_renew_deadline')
+                    data__ipam__leaderrenewdeadline = data__ipam['leader_renew_deadline']
+                if 'leader_retry_period' in data__ipam_keys:
+                    data__ipam_keys.remove('leader_retry_period')
+                    data__ipam__leaderretryperiod = data__ipam['leader_retry_period']
+                if 'reconciler_cron_expression' in data__ipam_keys:
+                    data__ipam_keys.remove('reconciler_cron_expression')
+                    data__ipam__reconcilercronexpression = data__ipam['reconciler_cron_expression']
+                if 'sleep_for_race' in data__ipam_keys:
+                    data__ipam_keys.remove('sleep_for_race')
+                    data__ipam__sleepforrace = data__ipam['sleep_for_race']
+                if 'node_slice_size' in data__ipam_keys:
+                    data__ipam_keys.remove('node_slice_size')
+                    data__ipam__nodeslicesize = data__ipam['node_slice_size']
+                if 'enable_overlapping_ranges' in data__ipam_keys:
+                    data__ipam_keys.remove('enable_overlapping_ranges')
+                    data__ipam__enableoverlappingranges = data__ipam['enable_overlapping_ranges']
     return data
 
 def validate_https___underlay_invalid_schema_cluster_ipam_json__definitions_exclude(data, custom_formats={}, name_prefix=None):
@@ -629,26 +772,47 @@ validate = validate_https___underlay_invalid_schema_cluster_ipam_json
 # checked, 'props' and 'items' to walk on. A place with additionalProperties is free.
 KEYS = {'props': {'ipam': {'keys': ['auxAddresses',
                              'blockSize',
+                             'configuration_path',
                              'dataDir',
+                             'datastore',
+                             'dns',
+                             'enable_overlapping_ranges',
                              'etcd',
+                             'etcd_ca_cert_file',
+                             'etcd_cert_file',
+                             'etcd_host',
+                             'etcd_key_file',
+                             'etcd_password',
+                             'etcd_username',
                              'exclude',
                              'gateway',
                              'ipRanges',
+                             'kubernetes',
+                             'leader_lease_duration',
+                             'leader_renew_deadline',
+                             'leader_retry_period',
                              'lockTimeout',
+                             'log_file',
+                             'log_level',
+                             'network_name',
                              'node',
+                             'node_slice_size',
                              'range',
                              'rangeEnd',
                              'rangeStart',
                              'range_end',
                              'range_start',
                              'ranges',
+                             'reconciler_cron_expression',
                              'resolvConf',
                              'routes',
+                             'sleep_for_race',
                              'sticky',
                              'stickySeconds',
                              'subnet',
                              'type'],
                     'props': {'blockSize': {'keys': ['ipv4', 'ipv6']},
+                              'dns': {'keys': ['domain', 'nameservers', 'options', 'search']},
                               'etcd': {'keys': ['certFile',
                                                 'dialTimeout',
                                                 'endpoints',
@@ -682,5 +846,6 @@ MESSAGES = {('data.ipam.blockSize', 'oneOf'): 'must be a prefix length from 8 to
  ('data.ipam.dataDir', 'pattern'): "must be an absolute path (starting with '/') without control characters",
  ('data.ipam.etcd.endpoints[]', 'pattern'): 'must be an http:// or https:// URL',
  ('data.ipam.etcd.prefix', 'pattern'): "must start with '/'",
+ ('data.ipam.network_name', 'pattern'): "must be a name: no '/' or control characters",
  ('data.ipam.node', 'pattern'): "must be a node name: no '/', space or control characters",
  ('data.logFile', 'pattern'): "must be an absolute path (starting with '/') without control characters"}

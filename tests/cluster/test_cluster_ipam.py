@@ -184,7 +184,7 @@ def test_whereabouts_config_is_accepted_as_it_is(cl):
     span = cl.conf(range="10.41.0.225-10.41.0.226/28", name="net2")
     assert sorted(addresses(cl.add(span, f"d{i}"))[0] for i in range(2)) == ["10.41.0.225", "10.41.0.226"]
     hostbits = cl.conf(range="10.42.0.13/28", name="net3")
-    assert addresses(cl.add(hostbits, "e1")) == ["10.42.0.13"]
+    assert addresses(cl.add(hostbits, "e1")) == ["10.42.0.1"]   # whereabouts ignores a CIDR's host bits
     error(cl.add(cl.conf(range="10.43.0.0/33", name="net4"), "f1"), 7, "ipam.range")
 
 

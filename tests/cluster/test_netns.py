@@ -157,3 +157,31 @@ def test_our_ipvlan_runs_cluster_ipam_in_process(host_ns, master, pod_ns, node_e
         assert run_on_node("ipvlan", "DEL", c, host_ns, pod, cid=f"c{i}", path=str(empty)).ok
         assert "eth0" not in ns.links(pod)
     assert leases(host_ns, conf(master, node_etcd, tmp_path)) == {}
+
+
+@pytest.mark.parametrize("plugin", ["ours", "debian-go"])
+def test_whereabouts_readme_examples_attach_pods(host_ns, master, pod_ns, node_etcd, bin_dir, tmp_path, plugin):
+    """Issue 17 item 12: whereabouts' README examples (its macvlan config with exclude, its IPv6 one
+    with a gateway outside the subnet, its dual stack one), with `type` changed and `etcd` added,
+    attach pods in real namespaces: by our macvlan (cluster-ipam in-process) and by Debian's Go
+    macvlan exec'ing it. `master` is the test's (whereabouts' README: use one your nodes have)."""
+    from tests.cluster.test_whereabouts_examples import README_DUAL_STACK, README_EXCLUDE, README_IPV6
+    argv = [os.path.join(REFERENCE_DIR, "macvlan")] if plugin == "debian-go" else None
+    path = bin_dir if argv else str(tmp_path / "empty")   # ours: nothing to exec, cluster-ipam in-process
+    os.makedirs(tmp_path / "empty", exist_ok=True)
+    cases = [(README_EXCLUDE, ["192.168.2.225/28"]), (README_IPV6, ["2001::1/116"]),
+             (README_DUAL_STACK, ["192.168.10.1/24", "abcd::1/64"])]
+    for i, (example, expected) in enumerate(cases):
+        c = {"cniVersion": "0.3.0", "name": f"whereaboutsexample{i}", "type": "macvlan", "master": master,
+             "mode": "bridge", "ipam": dict(example, type="cluster-ipam", node="n1", dataDir=str(tmp_path / "n1"),
+                                            etcd={"endpoints": [node_etcd], "prefix": "/ucl"})}
+        pod = pod_ns()
+        out = run_plugin("macvlan", "ADD", c, in_netns=host_ns, argv=argv, container_id=f"c{i}",
+                         netns=ns.netns_path(pod), ifname="eth0", path=path)
+        assert out.ok, out
+        assert [ip["address"] for ip in out.json["ips"]] == expected
+        assert sorted(a for a in ns.addrs(pod, "eth0") if not a.startswith("fe80:")) == sorted(expected)
+        gone = run_plugin("macvlan", "DEL", c, in_netns=host_ns, argv=argv, container_id=f"c{i}",
+                          netns=ns.netns_path(pod), ifname="eth0", path=path)
+        assert gone.ok, gone
+    assert leases(host_ns, c) == {}

@@ -26,7 +26,14 @@ def ip(value):
      "10.1.0.10", "10.1.0.20", None),
     ({"range": "192.168.2.225-192.168.2.230/28"}, "192.168.2.224/28", "192.168.2.225", "192.168.2.230", None),
     ({"range": "192.168.2.225/28"}, "192.168.2.224/28", "192.168.2.225", "192.168.2.238", None),
-    ({"range": "fd00::/120"}, "fd00::/120", "fd00::1", "fd00::ff", None),
+    # whereabouts never hands out an IPv6 subnet's last address either (iphelpers.LastUsableIP)
+    ({"range": "fd00::/120"}, "fd00::/120", "fd00::1", "fd00::fe", None),
+    # a CIDR's host bits are ignored, as whereabouts' config.go ignores them
+    ({"range": "176.168.10.1/16"}, "176.168.0.0/16", "176.168.0.1", "176.168.255.254", None),
+    # its gateway is whatever the config says, inside the subnet or not (its IPv6 and etcd examples)
+    ({"range": "2001::0/116", "gateway": "2001::f:1"}, "2001::/116", "2001::1", "2001::ffe", "2001::f:1"),
+    ({"range": "192.168.2.225/28", "gateway": "192.168.2.1"}, "192.168.2.224/28", "192.168.2.225",
+     "192.168.2.238", "192.168.2.1"),
 ])
 def test_whereabouts_ranges(ipam, subnet, start, end, gateway):
     r = one_range(**ipam)
@@ -151,3 +158,24 @@ def test_candidates_own_blocks_round_robin_then_a_free_block_then_borrowing():
     assert cluster.candidate([grid], store, None, 0)[1:] == (theirs, ip("10.1.0.33"))     # borrowed
     theirs.used = set(range(16))
     assert cluster.candidate([grid], store, None, 0) is None
+
+
+@pytest.mark.parametrize("ipam, expected", [
+    ({"etcd_host": "192.168.122.1"}, {"endpoints": ["http://192.168.122.1:2379"]}),   # its sample_config.json
+    ({"etcd_host": "example-etcd-cluster-client.cluster.local:2379"},
+     {"endpoints": ["http://example-etcd-cluster-client.cluster.local:2379"]}),
+    ({"etcd_host": "a:2379, b:2380"}, {"endpoints": ["http://a:2379", "http://b:2380"]}),
+    ({"etcd_host": ["fd00::1", "https://c:2379"]}, {"endpoints": ["http://[fd00::1]:2379", "https://c:2379"]}),
+    ({"etcd_host": "a", "etcd_cert_file": "/c", "etcd_key_file": "/k", "etcd_ca_cert_file": "/ca"},
+     {"endpoints": ["https://a:2379"], "certFile": "/c", "keyFile": "/k", "trustedCAFile": "/ca"}),
+])
+def test_whereabouts_etcd_keys_make_the_etcd_section(ipam, expected):
+    warnings = []
+    assert cluster.whereabouts_etcd(ipam, warnings) == expected and warnings == []
+
+
+def test_an_etcd_section_wins_over_etcd_host_and_says_so():
+    warnings = []
+    assert cluster.whereabouts_etcd({"etcd": {"endpoints": ["http://x:1"]}, "etcd_host": "a"}, warnings) == \
+        {"endpoints": ["http://x:1"]}
+    assert warnings == ["ipam: whereabouts' etcd_host not used: ipam.etcd is given"]
