@@ -104,7 +104,8 @@ class Agent:
         return self.served(traceparent)
 
     def workers(self):
-        """PIDs of the agent's children (its spares and busy workers)."""
+        """PIDs of the agent's children: its spares and busy workers, and a healing run or a scrape
+        while one lasts (--heal-every 0 and no --metrics leave only the workers)."""
         try:
             with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
                 return [int(p) for p in f.read().split()]

@@ -144,8 +144,8 @@ def reference(text):
             a, _, b = text.partition("-")
             a, b = ipaddress.ip_address(a.strip()), ipaddress.ip_address(b.strip())
             return "error" if a.version != b.version or int(b) < int(a) else (a.version, int(a), int(b))
-        if "/" in text:
-            n = ipaddress.ip_network(text, strict=True)
+        if "/" in text:   # host bits are masked (with a warning): the network the CIDR names
+            n = ipaddress.ip_network(text, strict=False)
             return n.version, int(n.network_address), int(n.broadcast_address)
         a = ipaddress.ip_address(text)
         return a.version, int(a), int(a)

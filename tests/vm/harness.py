@@ -7,11 +7,10 @@ host's Python, pytest and tools run there unchanged. The checkout (and any extra
 share) is mounted read-write at its own path, and a per-run directory carries the
 command's output and exit code back. Nothing is mounted or left running on the host.
 
-Two backends, picked with UNDERLAY_VM_BACKEND:
-- uml: Debian's User-Mode Linux kernel, host root over hostfs. Python
-  runs 1.4-3x faster than under qemu and suffers less when the host is busy.
-- qemu (default): Debian's linux-image-amd64 under qemu TCG, host root over 9p, with a
-  busybox initramfs to get there.
+The backend is qemu: Debian's linux-image-amd64 under qemu TCG, host root over 9p,
+with a busybox initramfs to get there. (User-Mode Linux was a second backend until
+this machine kind's host kernel, 6.18, left it unable to run any guest process: its
+init died of SIGSEGV at its first exec, every boot.)
 The .debs are fetched with `apt-get download` and unpacked, never installed;
 what is built from them is cached per kernel version.
 
@@ -60,9 +59,9 @@ DEFAULT_TIMEOUT = 600.0
 # Launch to command is 2-4 s idle and well under a minute under heavy load; past this the boot is stuck.
 BOOT_TIMEOUT = 240.0
 BOOT_ATTEMPTS = 2
-BACKENDS = ("qemu", "uml")
+BACKENDS = ("qemu",)
 BACKEND_ENV = "UNDERLAY_VM_BACKEND"
-DEFAULT_BACKEND = "qemu"  # the stock Debian kernel the issue asks for; uml is faster (see above)
+DEFAULT_BACKEND = "qemu"  # the stock Debian kernel the issue asks for
 
 
 class VMError(Exception):
@@ -71,8 +70,8 @@ class VMError(Exception):
 
 class BootStalled(VMError):
     """The guest never reached the command (seen under qemu TCG on a loaded machine: an empty
-    console, the vCPUs idle; and UML's init dying of a SIGSEGV in its first exec, the kernel
-    panicking): a new VM is booted once before giving up. The command itself is never run twice."""
+    console, the vCPUs idle; or a VM process that dies before the guest reaches it): a new VM is
+    booted once before giving up. The command itself is never run twice."""
 
 
 @dataclass(frozen=True)
@@ -90,10 +89,6 @@ class Kernel:
     @property
     def initrd(self) -> Path:
         return self.dir / "initrd.cpio"
-
-    @property
-    def linux_uml(self) -> Path:
-        return self.dir / "linux.uml"
 
     @property
     def modules(self) -> Path:
@@ -151,14 +146,11 @@ def apt_show(package: str) -> str:
 
 def _wanted(backend: str) -> tuple[list[str], str]:
     """The packages to fetch now and the cache key they build into."""
-    if backend == "qemu":
-        # linux-image-amd64 moves to a new ABI name now and then; follow it.
-        image = parse_kernel_depends(apt_show("linux-image-amd64"))
-        return [image, "busybox-static"], image.removeprefix("linux-image-")
-    version = re.search(r"^Version: (\S+)", apt_show("user-mode-linux"), re.M)
-    if not version:
-        raise VMError("apt-cache shows no version of user-mode-linux")
-    return ["user-mode-linux"], "uml-" + version.group(1).replace(":", "_")
+    if backend not in BACKENDS:
+        raise VMError(f"no {backend!r} backend: choose one of {', '.join(BACKENDS)}")
+    # linux-image-amd64 moves to a new ABI name now and then; follow it.
+    image = parse_kernel_depends(apt_show("linux-image-amd64"))
+    return [image, "busybox-static"], image.removeprefix("linux-image-")
 
 
 def prepare(backend: str | None = None, log=lambda msg: None) -> Kernel:
@@ -219,12 +211,8 @@ def _build(backend: str, packages: list[str], dest: Path, log) -> Kernel:
             _check(["dpkg-deb", "-x", str(deb), str(tree)])   # unpacked, never installed
         shutil.rmtree(debs)
 
-        if backend == "qemu":
-            release = packages[0].removeprefix("linux-image-")
-            unpacked = _first_existing(tree / "lib/modules" / release, tree / "usr/lib/modules" / release)
-        else:
-            unpacked = next((tree / "usr/lib/uml/modules").iterdir())
-            release = unpacked.name
+        release = packages[0].removeprefix("linux-image-")
+        unpacked = _first_existing(tree / "lib/modules" / release, tree / "usr/lib/modules" / release)
         log(f"building the {backend} kernel {release} in {dest}")
         kernel = Kernel(backend, release, dest)
         moddir = out / kernel.modules.relative_to(dest)
@@ -232,13 +220,10 @@ def _build(backend: str, packages: list[str], dest: Path, log) -> Kernel:
         shutil.move(unpacked, moddir)
         # The kernel .deb ships no modules.dep; modprobe needs it.
         _check([_depmod(), "-b", str(out / "modules"), release])
-        if backend == "qemu":
-            bzimage = (tree / "boot" / f"vmlinuz-{release}").read_bytes()
-            (out / "vmlinux").write_bytes(extract_vmlinux(bzimage))
-            busybox = _first_existing(tree / "bin/busybox", tree / "usr/bin/busybox")
-            (out / "initrd.cpio").write_bytes(build_initramfs(busybox, moddir))
-        else:
-            shutil.move(tree / "usr/bin/linux.uml", out / "linux.uml")
+        bzimage = (tree / "boot" / f"vmlinuz-{release}").read_bytes()
+        (out / "vmlinux").write_bytes(extract_vmlinux(bzimage))
+        busybox = _first_existing(tree / "bin/busybox", tree / "usr/bin/busybox")
+        (out / "initrd.cpio").write_bytes(build_initramfs(busybox, moddir))
         (out / "ready").write_text(json.dumps({"backend": backend, "release": release, "packages": packages}))
         if dest.exists():
             shutil.rmtree(dest)
@@ -380,7 +365,7 @@ def cpio_newc(entries) -> bytes:
 
 # --- running a command ----------------------------------------------------
 
-# Both backends end up the same way: the host root, writable through a tmpfs
+# The initramfs ends up here: the host root, writable through a tmpfs
 # overlay, at $n with modules, proc, sys, dev, run and the shares mounted; pid 1
 # then chroots into it (kernel threads share pid 1's root, so module autoload
 # finds the modules too) and runs stage2.sh.
@@ -419,27 +404,6 @@ def _qemu_boot_script(kernel: Kernel, shares: list[Path]) -> str:
     ]) + "\n"
 
 
-def _uml_init(kernel: Kernel, rundir: Path, shares: list[Path]) -> str:
-    """UML's init: the host's /bin/sh on the host root, read-only over hostfs."""
-    q = shlex.quote
-    return "\n".join([
-        "#!/bin/sh",
-        "export PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-        'off() { sync; echo 0 > /proc/sys/kernel/printk; echo o > /proc/sysrq-trigger; sleep 60; }',
-        'die() { echo "uvm: $*"; echo "$*" > $xrun/error; off; }',
-        "mount -t proc proc /proc",
-        # /mnt is only a mount point here; everything under it lives in guest RAM.
-        "mount -t tmpfs -o mode=755 tmpfs /mnt && mkdir /mnt/run /mnt/data /mnt/work /mnt/root || off",
-        "n=/mnt/root xrun=/mnt/run",
-        f"mount -t hostfs -o {q(str(rundir))} none $xrun || off",
-        # The host root has no /lib/modules for this kernel: name the cached tree.
-        f"modprobe -d {q(str(kernel.dir / 'modules'))} -S {q(kernel.release)} overlay || die 'cannot load overlay'",
-        "mount -t overlay -o lowerdir=/,upperdir=/mnt/data,workdir=/mnt/work overlay $n"
-        " || die 'cannot mount the overlay'",
-        *_new_root(kernel, shares, lambda i, path: f"mount -t hostfs -o {q(str(path))} none $n{q(str(path))}"),
-    ]) + "\n"
-
-
 def _stage2(kernel: Kernel, argv: list[str], env: dict[str, str], cwd: Path) -> str:
     """pid 1 in the guest's new root: load modules, run the command, power off."""
     q = shlex.quote
@@ -450,9 +414,8 @@ def _stage2(kernel: Kernel, argv: list[str], env: dict[str, str], cwd: Path) -> 
           for m in FEATURE_MODULES),
         "ip link set lo up",
         # qemu's guest clock starts from the RTC, up to a second behind; a file
-        # the host creates carries the host's time (UML uses the host clock anyway).
-        *([f": > {run}/clock && date -s \"$(stat -c %y {run}/clock)\" >/dev/null"]
-          if kernel.backend == "qemu" else []),
+        # the host creates carries the host's time.
+        f": > {run}/clock && date -s \"$(stat -c %y {run}/clock)\" >/dev/null",
         f"touch {run}/started",
         f"(cd {q(str(cwd))} && exec env -i {' '.join(q(f'{k}={v}') for k, v in env.items())} {shlex.join(argv)})"
         f" </dev/null >>{run}/out 2>&1",
@@ -490,18 +453,6 @@ def qemu_argv(kernel: Kernel, rundir: Path, shares: list[Path]) -> list[str]:
     return argv
 
 
-def uml_argv(kernel: Kernel, rundir: Path, shares: list[Path]) -> list[str]:
-    if " " in str(rundir):
-        raise VMError(f"UML cannot take a run directory with spaces: {rundir}")
-    init = rundir / "init.sh"
-    init.write_text(_uml_init(kernel, rundir, shares))
-    init.chmod(0o755)
-    # uml_dir keeps UML's pid file and control socket out of ~/.uml.
-    return [str(kernel.linux_uml), "mem=1024M", "rootfstype=hostfs", "rootflags=/", "ro",
-            f"init={init}", f"uml_dir={rundir}", "umid=uvm", "con=null", "con0=fd:0,fd:1",
-            "quiet", "loglevel=3", "panic=-1"]
-
-
 def boot(argv: list[str], timeout: float = DEFAULT_TIMEOUT, env: dict[str, str] | None = None,
          cwd: Path | str | None = None, shares=(), stream=None, kernel: Kernel | None = None) -> Run:
     """Boot a VM, run argv in it and power off.
@@ -527,9 +478,8 @@ def boot(argv: list[str], timeout: float = DEFAULT_TIMEOUT, env: dict[str, str] 
             rundir = Path(tmp)
             (rundir / "stage2.sh").write_text(_stage2(kernel, list(argv), full_env, cwd))
             (rundir / "out").touch()
-            launch = qemu_argv if kernel.backend == "qemu" else uml_argv
             try:
-                return _wait(launch(kernel, rundir, shares), rundir, timeout, stream)
+                return _wait(qemu_argv(kernel, rundir, shares), rundir, timeout, stream)
             except BootStalled as e:
                 if attempt == BOOT_ATTEMPTS:
                     raise
@@ -577,8 +527,7 @@ def _wait(launch: list[str], rundir: Path, timeout: float, stream) -> Run:
 
 
 def _end_group(proc: subprocess.Popen, patience: float = 10.0) -> None:
-    """Kill what is left of the VM's process group and wait until it is gone
-    (UML runs each guest process as a host process in the group)."""
+    """Kill what is left of the VM's process group and wait until it is gone."""
     deadline = time.monotonic() + patience
     while True:
         with contextlib.suppress(ProcessLookupError):

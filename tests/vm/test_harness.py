@@ -190,7 +190,7 @@ def test_vm_that_cannot_start_is_an_error_with_the_reason(monkeypatch):
     kernel = harness.prepare("qemu")
     monkeypatch.setattr(harness, "qemu_argv",
                         lambda *a: ["sh", "-c", "echo 'qemu: no such machine' >&2; exit 1"])
-    with pytest.raises(harness.VMError, match="(?s)before the command finished.*no such machine"):
+    with pytest.raises(harness.BootStalled, match="(?s)before reaching the command.*no such machine"):
         harness.run_in_vm(["true"], timeout=60, kernel=kernel)
 
 
@@ -270,8 +270,8 @@ def test_a_boot_that_never_reaches_the_command_is_retried_once(monkeypatch, tmp_
 
 @needs_host
 def test_a_vm_that_dies_before_the_command_is_booted_again_once(monkeypatch, tmp_path):
-    """A stand-in VM that aborts while booting (UML's init once died so on a loaded machine):
-    booted twice, then BootStalled naming its exit; nothing left."""
+    """A stand-in VM that aborts while booting: booted twice, then BootStalled naming its exit;
+    nothing left."""
     kernel = harness.prepare("qemu")
     launches = []
 
