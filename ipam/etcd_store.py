@@ -115,11 +115,27 @@ class EtcdStore:
     def __enter__(self):
         if self.files is not None:
             try:
-                self.files.lock()
+                # etcd before the node's lock: with etcd down, every operation of the node says so
+                # within requestTimeout, instead of queueing behind holders that each wait out theirs
+                # and answering "lock held" at lockTimeout.
+                self.reachable()
+                try:
+                    self.files.lock()
+                except CniError as locked:
+                    if locked.code == ERR_TRY_AGAIN:
+                        self.reachable(f"; meanwhile {locked.msg}")   # etcd gone since: the likely cause
+                    raise
             except BaseException:
                 self.close()
                 raise
         return self
+
+    def reachable(self, meanwhile=""):
+        """One linearizable read (of a key that never exists): etcd answers, or its code-11 error is raised."""
+        try:
+            self.client.get(self.k("attachments", self.network))
+        except CniError as e:
+            raise CniError(e.code, e.msg, f"{e.details}{meanwhile}") from None
 
     def __exit__(self, exc_type=None, exc=None, tb=None):
         self.close()

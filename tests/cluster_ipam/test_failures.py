@@ -8,8 +8,11 @@ same ADD moving to another endpoint when one member is gone, and once etcd is ba
 with no manual step; never an address handed out twice, never one lost.
 """
 
+import concurrent.futures
+import fcntl
 import ipaddress
 import json
+import os
 import signal
 import time
 
@@ -59,6 +62,67 @@ def test_unreachable_and_silent_endpoints_are_code_11_within_request_timeout(mak
         error(out, 11, "within 2s")
         assert took < 2 + SLACK, took
         no_address_claimed(dir_snapshot(cl.data_dir("n1")))
+    assert cl.keys() == {}
+
+
+def hold_node_lock(cl, node="n1", network="net1"):
+    """The node lock of (node, network), taken by the test: an ADD that got it first and is slow on etcd."""
+    directory = os.path.join(cl.data_dir(node), network)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(directory, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def waiting_on(fd):
+    """How many processes wait for the flock of fd's file (/proc/locks' "->" lines)."""
+    st = os.fstat(fd)
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as f:
+        return sum(1 for line in f if "->" in line and line.split()[6:7] == [where])
+
+
+def test_etcd_down_every_add_and_del_of_a_node_names_etcd_never_the_node_lock(make_cl):
+    """etcd down, concurrent ADDs and DELs on one node, the node lock held meanwhile (as by an ADD slow on
+    etcd): each answers code 11 naming etcd, within its requestTimeout, none queues on the lock and
+    answers "lock held" at lockTimeout (lockTimeout < requestTimeout makes a queue show)."""
+    cl = make_cl(1)
+    conf = cl.conf(SUBNET, lockTimeout=1, etcd=cl.etcd_conf(requestTimeout=2, dialTimeout=0.5))
+    assert cl.add(conf, "c0").ok
+    cl.etcd.kill(0)
+    fd = hold_node_lock(cl)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            outs = list(pool.map(lambda verb_cid: cl.run(verb_cid[0], conf, verb_cid[1]),
+                                 [("ADD", f"c{n}") for n in range(1, 7)] + [("DEL", "c0"), ("DEL", "c1")]))
+    finally:
+        os.close(fd)
+    for out in outs:
+        error(out, 11, "etcd: no endpoint answered within 2s")
+        assert "lock" not in out.json["msg"] + out.json["details"], out
+    cl.etcd.start(0)
+    assert [lease["containerID"] for lease in cl.leases().values()] == ["c0"]   # nothing done, nothing undone
+
+
+def test_etcd_gone_while_an_add_waits_on_the_node_lock_is_named_as_the_cause(make_cl):
+    """etcd answered, the ADD queued on the node lock, then etcd died: the lock wait's expiry names etcd
+    (the holder is most likely slow on it), the lock as what happened meanwhile."""
+    cl = make_cl(1)
+    conf = cl.conf(SUBNET, lockTimeout=2, etcd=cl.etcd_conf(requestTimeout=2, dialTimeout=0.5))
+    fd = hold_node_lock(cl)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(cl.add, conf, "c1")
+            while not waiting_on(fd):
+                assert not waiting.done(), waiting.result()
+                time.sleep(0.01)
+            cl.etcd.kill(0)
+            out = waiting.result()
+    finally:
+        os.close(fd)
+    error(out, 11, "etcd: no endpoint answered within 2s")
+    assert "meanwhile try again later: " in out.json["details"] and "/lock is held" in out.json["details"], out
+    cl.etcd.start(0)
     assert cl.keys() == {}
 
 
