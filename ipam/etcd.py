@@ -47,13 +47,17 @@ code 11 "etcd: <endpoint> broke off during a write; it may have been applied"
 still unanswered at the deadline is reported as such in the details. Callers
 make writes safe to repeat (compare-guarded txns that recognise their own
 earlier success) and retry, as a runtime retries an ADD that failed with 11.
-This is what etcd's own clientv3 does for writes too. The cost, measured here:
+This is what etcd's own clientv3 does for writes too. With several endpoints, a
+write's answer must start within max(dial_timeout, request_timeout / 2), else
+it is given up as "did not answer a write in time; it may have been applied":
 after the leader is SIGKILLed, a follower that has not noticed yet forwards a
-write to the dead leader and holds it for etcd's 7 s request timeout, so a write
-in that ~1-2 s window ends in code 11 at request_timeout; reads fail over within
-the call (the follower says "leader changed" once a new leader is elected), and
-writes after the election succeed. A follower's death, or the leader's SIGTERM
-(etcd hands leadership over), costs a write nothing but the failover.
+write to the dead leader and holds it for etcd's 7 s request timeout, longer
+than the call. Given up at half the call, the caller still has a whole call to
+read the outcome from a member that answers once a new leader is elected (~1-2
+s; the follower then says "leader changed" to reads) and to repeat its guarded
+txn: no ADD is lost to a leader's death (tests/cluster_ipam/test_failures.py).
+A follower's death, or the leader's SIGTERM (etcd hands leadership over), costs
+a write nothing but the failover.
 
 A refusal etcd means (bad request, too many txn ops, database space exceeded,
 ...) raises code 5 naming the endpoint and etcd's message, without trying
@@ -65,13 +69,15 @@ member down: when no endpoint answered in that round, code 7 names the field
 instead of code 11 at the deadline. A member refusing while another answers is
 one member lost. TLS 1.3 refuses a client certificate after the handshake, by
 an alert that a request sent meanwhile may meet as an EOF: the alert is then
-read before the failure is judged. A member that accepts connections but never answers (stopped,
-not dead) costs a read its share of the call: with several endpoints, a read's
-answer must start within max(dial_timeout, request_timeout / endpoints) of the
-attempt, else the next endpoint is tried (the body then has until the deadline).
-A write waits for its answer until the deadline, since it is never re-sent: a
-stopped member first in the list is left by the reads that precede every write
-of an ADD, and the client keeps to the endpoint that answered last.
+read before the failure is judged.
+
+A member that accepts connections but never answers (stopped, not dead) costs
+a read its share of the call: with several endpoints, a read's answer must
+start within max(dial_timeout, request_timeout / endpoints) of the attempt,
+else the next endpoint is tried (the body then has until the deadline).
+A write is never re-sent: a stopped member first in the list is left by the
+reads that precede every write of an ADD, and the client keeps to the endpoint
+that answered last.
 
 A Client is not thread-safe; make one per process (or per thread).
 """
@@ -565,7 +571,11 @@ class Client:
         # A read's answer must start within its endpoint's share of the call, so that a member that
         # accepts but never answers (stopped) costs a share, not the call. A write keeps the whole
         # deadline: once sent it is never sent elsewhere, and a slow answer beats an unknown outcome.
-        share = None if write or n == 1 else max(self.dial_timeout, self.request_timeout / n)
+        # A write's answer must start within half the call: a follower that forwards it to a leader
+        # just killed holds it for etcd's own request timeout (7 s), longer than the call. Given up,
+        # it is reported as possibly applied, never re-sent: the caller reads the outcome (from a
+        # member that answers, once a new leader is elected) and repeats its guarded txn in time.
+        share = None if n == 1 else max(self.dial_timeout, self.request_timeout / (2 if write else n))
         refused = None                              # the first certificate refusal of this round
         while True:
             for i in [(self._last + k) % n for k in range(n)]:

@@ -78,6 +78,27 @@ def test_a_write_sent_towards_a_dead_leader_is_code_11_and_never_sent_twice(etcd
     assert client.put("uet/after", "2") > 0                              # the next call goes through
 
 
+def test_a_write_a_follower_holds_for_a_dead_leader_is_given_up_in_time_to_read_its_outcome(etcd_cluster):
+    """Right after the leader's SIGKILL a follower forwards a write to it and holds it for etcd's 7 s,
+    longer than the call: the client gives up on it at half the call, as possibly applied (never
+    "no endpoint answered" at the deadline), and the next call (a read of the outcome) answers once a
+    new leader is elected, within its own request_timeout."""
+    cluster = etcd_cluster(members=3)
+    leader = cluster.leader()
+    follower = (leader + 1) % 3
+    client = first_on(cluster, follower, request_timeout=5)
+    client.put("uet/before", "1")
+    cluster.kill(leader)
+    try:
+        client.put("uet/k", "v")
+    except CniError as e:
+        assert (e.code, e.msg) == (ERR_TRY_AGAIN, f"etcd: {cluster.endpoints[follower]} did not answer a write "
+                                                  "in time; it may have been applied"), (e.msg, e.details)
+    kv = client.get("uet/k")
+    assert kv is None or (kv.value, kv.version) == (b"v", 1)
+    assert client.put("uet/after", "2") > 0
+
+
 def test_sigterm_of_the_leader_fails_over_within_the_call(etcd_cluster):
     cluster = etcd_cluster(members=3)
     leader = cluster.leader()
