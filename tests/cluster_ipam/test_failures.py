@@ -219,6 +219,8 @@ def test_leader_sigkilled_mid_burst_of_parallel_adds_costs_no_add(make_cl, tmp_p
                                                                      net.broadcast_address)]
     assert sorted(cl.leases()) == sorted(got), "a lease in etcd that no successful ADD handed out"
     assert not [k for k, v in cl.keys("attachments/").items() if v.get("pending")], "an ADD left half-done"
+    slowest = max(r["seconds"] for run in added.values() for r in run["results"])
+    print(f"\nleader {leader} SIGKILLed after {killed_at}/{nodes * per_node} ADDs; the slowest took {slowest:.1f}s")
 
     deleted = wait_nodes(start_nodes(confs, "DEL", per_node, tmp_path))
     assert all(r["code"] == 0 for run in deleted.values() for r in run["results"])
