@@ -47,23 +47,37 @@ code 11 "etcd: <endpoint> broke off during a write; it may have been applied"
 still unanswered at the deadline is reported as such in the details. Callers
 make writes safe to repeat (compare-guarded txns that recognise their own
 earlier success) and retry, as a runtime retries an ADD that failed with 11.
-This is what etcd's own clientv3 does for writes too. The cost, measured here:
+This is what etcd's own clientv3 does for writes too. With several endpoints, a
+write's answer must start within max(dial_timeout, request_timeout / 2), else
+it is given up as "did not answer a write in time; it may have been applied":
 after the leader is SIGKILLed, a follower that has not noticed yet forwards a
-write to the dead leader and holds it for etcd's 7 s request timeout, so a write
-in that ~1-2 s window ends in code 11 at request_timeout; reads fail over within
-the call (the follower says "leader changed" once a new leader is elected), and
-writes after the election succeed. A follower's death, or the leader's SIGTERM
-(etcd hands leadership over), costs a write nothing but the failover.
+write to the dead leader and holds it for etcd's 7 s request timeout, longer
+than the call. Given up at half the call, the caller still has a whole call to
+read the outcome from a member that answers once a new leader is elected (~1-2
+s; the follower then says "leader changed" to reads) and to repeat its guarded
+txn: no ADD is lost to a leader's death (tests/cluster_ipam/test_failures.py).
+A follower's death, or the leader's SIGTERM (etcd hands leadership over), costs
+a write nothing but the failover.
 
 A refusal etcd means (bad request, too many txn ops, database space exceeded,
 ...) raises code 5 naming the endpoint and etcd's message, without trying
-further endpoints. A member that accepts connections but never answers (stopped,
-not dead) costs a read its share of the call: with several endpoints, a read's
-answer must start within max(dial_timeout, request_timeout / endpoints) of the
-attempt, else the next endpoint is tried (the body then has until the deadline).
-A write waits for its answer until the deadline, since it is never re-sent: a
-stopped member first in the list is left by the reads that precede every write
-of an ADD, and the client keeps to the endpoint that answered last.
+further endpoints. A TLS handshake that fails for a certificate's reason (our
+trustedCAFile does not verify etcd's certificate, it names another host, etcd
+refuses our client certificate or its absence) is the config's mistake, not a
+member down: when no endpoint answered in that round, code 7 names the field
+(trustedCAFile, certFile, endpoints[i]), the file and TLS's reason at once,
+instead of code 11 at the deadline. A member refusing while another answers is
+one member lost. TLS 1.3 refuses a client certificate after the handshake, by
+an alert that a request sent meanwhile may meet as an EOF: the alert is then
+read before the failure is judged.
+
+A member that accepts connections but never answers (stopped, not dead) costs
+a read its share of the call: with several endpoints, a read's answer must
+start within max(dial_timeout, request_timeout / endpoints) of the attempt,
+else the next endpoint is tried (the body then has until the deadline).
+A write is never re-sent: a stopped member first in the list is left by the
+reads that precede every write of an ADD, and the client keeps to the endpoint
+that answered last.
 
 A Client is not thread-safe; make one per process (or per thread).
 """
@@ -210,11 +224,27 @@ class _Unsent(Exception):
 
 
 class _Broken(Exception):
-    """The request went out but no whole answer came back: a write may have been applied."""
+    """The request went out but no whole answer came back: a write may have been applied.
+    .silent: not a byte of the answer came by the attempt's first-byte time."""
+
+    def __init__(self, why, silent=False):
+        super().__init__(why)
+        self.silent = silent
 
 
 class _NotEtcd(Exception):
     """A whole answer came back that is not etcd's gateway speaking."""
+
+
+class _CertRefused(Exception):
+    """The TLS handshake failed for a certificate's reason: the config's files (or the endpoint's
+    name) are wrong, not the member down. .whose: "ca" (our trustedCAFile does not verify etcd's
+    certificate), "name" (etcd's certificate is not for the endpoint's host) or "client" (etcd
+    refused our client certificate, or its absence); .why: the TLS library's words."""
+
+    def __init__(self, whose, why):
+        super().__init__(why)
+        self.whose, self.why = whose, why
 
 
 def _parse_url(url, field):
@@ -279,6 +309,7 @@ class _Endpoint:
                 sock = tls.wrap_socket(sock, server_hostname=self.host)
         except (OSError, ValueError) as e:           # ssl.SSLError is an OSError
             sock.close()
+            _check_certificate(e)
             raise _Unsent(f"TLS: {_why(e)}") from None
         self.sock, self.reader = sock, sock.makefile("rb")
 
@@ -303,7 +334,7 @@ class _Endpoint:
                 if first_byte_by is None or first_byte_by >= deadline:
                     raise
                 self.close()
-                raise _Broken(f"no answer within {first_byte_by - started:.3g}s") from None
+                raise _Broken(f"no answer within {first_byte_by - started:.3g}s", silent=True) from None
             answered = True
             status, answer, keep = self._read_answer(status_line, deadline)
         except _NotEtcd:
@@ -313,15 +344,33 @@ class _Endpoint:
             self.close()
             raise _Broken("no answer before the deadline") from None
         except OSError as e:
-            self.close()
             # TLS 1.3 tells a client its certificate was refused only after the handshake,
             # instead of the first answer: a TLS failure there is a refusal, not a lost request.
-            if fresh and not answered and self.scheme == "https" and _is_tls_error(e):
-                raise _Unsent(f"TLS: {_why(e)}") from None
+            if fresh and not answered and self.scheme == "https":
+                self._check_refusal(e, deadline)
+                if _is_tls_error(e):
+                    self.close()
+                    raise _Unsent(f"TLS: {_why(e)}") from None
+            self.close()
             raise _Broken(_why(e)) from None
         if not keep:
             self.close()
         return status, answer
+
+    def _check_refusal(self, e, deadline):
+        """Raise _CertRefused (closed) if etcd refused our certificate on this fresh TLS connection: said
+        by `e`, or by an alert still to be read when the request met the closed connection first
+        (an EOF on send)."""
+        try:
+            try:
+                _check_certificate(e)
+                self.sock.settimeout(max(0.001, min(0.5, deadline - time.monotonic())))
+                self.sock.recv(1)
+            except (OSError, ValueError) as alert:
+                _check_certificate(alert)
+        except _CertRefused:
+            self.close()
+            raise
 
     def _settimeout(self, deadline):
         left = deadline - time.monotonic()
@@ -418,6 +467,22 @@ def _is_tls_error(e):
     return isinstance(e, ssl.SSLError)
 
 
+# X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH: etcd's certificate names another host
+NAME_MISMATCH = (62, 64)
+
+
+def _check_certificate(e):
+    """Raise _CertRefused if the TLS error `e` is about a certificate: ours failed to verify etcd's,
+    or etcd's alert refused ours (bad certificate, unknown CA, certificate required, expired, ...).
+    Anything else (a reset, EOF, a protocol mismatch) may be a member going down: left to the caller."""
+    import ssl
+    if isinstance(e, ssl.SSLCertVerificationError):
+        raise _CertRefused("name" if e.verify_code in NAME_MISMATCH else "ca", _why(e)) from None
+    reason = getattr(e, "reason", None) or ""
+    if isinstance(e, ssl.SSLError) and "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason):
+        raise _CertRefused("client", _why(e)) from None
+
+
 def _tls_context(cert_file, key_file, ca_file, field):
     import ssl                                      # only for https:// endpoints (~8 ms)
 
@@ -453,6 +518,7 @@ class Client:
         self.dial_timeout = float(dial_timeout)
         self.request_timeout = float(request_timeout)
         self._last = 0                              # index of the endpoint that answered last
+        self._field, self._cert_file, self._ca_file = field, cert_file, ca_file   # for certificate errors
 
     def close(self):
         for ep in self.endpoints:
@@ -505,7 +571,12 @@ class Client:
         # A read's answer must start within its endpoint's share of the call, so that a member that
         # accepts but never answers (stopped) costs a share, not the call. A write keeps the whole
         # deadline: once sent it is never sent elsewhere, and a slow answer beats an unknown outcome.
-        share = None if write or n == 1 else max(self.dial_timeout, self.request_timeout / n)
+        # A write's answer must start within half the call: a follower that forwards it to a leader
+        # just killed holds it for etcd's own request timeout (7 s), longer than the call. Given up,
+        # it is reported as possibly applied, never re-sent: the caller reads the outcome (from a
+        # member that answers, once a new leader is elected) and repeats its guarded txn in time.
+        share = None if n == 1 else max(self.dial_timeout, self.request_timeout / (2 if write else n))
+        refused = None                              # the first certificate refusal of this round
         while True:
             for i in [(self._last + k) % n for k in range(n)]:
                 if time.monotonic() >= deadline:
@@ -518,10 +589,15 @@ class Client:
                 except _Unsent as e:
                     why[ep.url] = str(e)
                     continue
+                except _CertRefused as e:
+                    why[ep.url] = f"TLS: {e.why}"
+                    refused = refused or (i, e)
+                    continue
                 except _Broken as e:
                     cut = time.monotonic() >= deadline
                     if write and not cut:
-                        raise CniError(ERR_TRY_AGAIN, f"etcd: {ep.url} broke off during a write; it may have been applied",
+                        what = "did not answer a write in time" if e.silent else "broke off during a write"
+                        raise CniError(ERR_TRY_AGAIN, f"etcd: {ep.url} {what}; it may have been applied",
                                        f"{ep.url}: {e}") from None
                     text = f"{e}, to a write (it may still be applied)" if write else str(e)
                     # an attempt the deadline cut short says less than the failure before it
@@ -549,6 +625,9 @@ class Client:
                     why[ep.url] = message
                     continue
                 raise CniError(ERR_IO, f"etcd: {ep.url} refused the request: {message}", f"gRPC code {code}")
+            if refused:                             # no member answered, one refused our certificates
+                raise self._certificate_error(*refused, "; ".join(f"{ep.url}: {why.get(ep.url, 'not tried')}"
+                                                                  for ep in self.endpoints))
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -556,6 +635,21 @@ class Client:
             pause = min(pause * 2, 0.5)
         raise CniError(ERR_TRY_AGAIN, f"etcd: no endpoint answered within {self.request_timeout:g}s",
                        "; ".join(f"{ep.url}: {why.get(ep.url, 'not tried')}" for ep in self.endpoints))
+
+
+    def _certificate_error(self, i, refusal, details):
+        """Code 7 naming the file (or endpoint) to fix and TLS's reason: nothing gets better by retrying."""
+        url, host = self.endpoints[i].url, self.endpoints[i].host
+        if refusal.whose == "name":
+            field, what = f"endpoints[{i}]", f"the certificate of {url} is not for {host}"
+        elif refusal.whose == "ca":
+            field, what = "trustedCAFile", (f"{self._ca_file!r} does not verify the certificate of {url}"
+                                            if self._ca_file else
+                                            f"not given, and the system's CAs do not verify the certificate of {url}")
+        else:
+            field, what = "certFile", (f"{url} refused the client certificate {self._cert_file!r}" if self._cert_file
+                                       else f"not given, and {url} requires a client certificate")
+        return CniError(ERR_INVALID_CONFIG, f"{self._field}.{field}: {what}: {refusal.why}", details)
 
 
 def _decode(answer):

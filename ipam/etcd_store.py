@@ -42,6 +42,8 @@ from ipam.lease_index import recordable_netns
 
 # Claims and releases retried after losing a race on the block (others allocate in it too).
 MAX_RACES = 200
+# A write repeated after etcd lost it (its answer lost, the outcome read back: not applied).
+LOST_WRITES = 3
 
 
 def maybe_applied(error):
@@ -115,11 +117,27 @@ class EtcdStore:
     def __enter__(self):
         if self.files is not None:
             try:
-                self.files.lock()
+                # etcd before the node's lock: with etcd down, every operation of the node says so
+                # within requestTimeout, instead of queueing behind holders that each wait out theirs
+                # and answering "lock held" at lockTimeout.
+                self.reachable()
+                try:
+                    self.files.lock()
+                except CniError as locked:
+                    if locked.code == ERR_TRY_AGAIN:
+                        self.reachable(f"; meanwhile {locked.msg}")   # etcd gone since: the likely cause
+                    raise
             except BaseException:
                 self.close()
                 raise
         return self
+
+    def reachable(self, meanwhile=""):
+        """One linearizable read (of a key that never exists): etcd answers, or its code-11 error is raised."""
+        try:
+            self.client.get(self.k("attachments", self.network))
+        except CniError as e:
+            raise CniError(e.code, e.msg, f"{e.details}{meanwhile}") from None
 
     def __exit__(self, exc_type=None, exc=None, tb=None):
         self.close()
@@ -190,16 +208,22 @@ class EtcdStore:
             return
         keys = [self.k_attachment(container_id, ifname, text) for text in texts]
         pending, done = self.attachment_value(True), self.attachment_value(False)
-        try:
-            if self.client.txn([etcd.value_is(key, pending) for key in keys],
-                               [etcd.put(key, done) for key in keys]).succeeded:
-                return
-        except CniError as e:
-            if not maybe_applied(e):
-                raise
-            current = self.client.txn([], [etcd.get(key) for key in keys]).responses
-            if all(kvs and kvs[0].value == done.encode() for kvs in current):
-                return
+        for _ in range(LOST_WRITES):
+            try:
+                if self.client.txn([etcd.value_is(key, pending) for key in keys],
+                                   [etcd.put(key, done) for key in keys]).succeeded:
+                    return
+                break
+            except CniError as e:
+                if not maybe_applied(e):
+                    raise
+                current = [kvs[0].value if kvs else None
+                           for kvs in self.client.txn([], [etcd.get(key) for key in keys]).responses]
+                if all(value == done.encode() for value in current):
+                    return
+                if not all(value == pending.encode() for value in current):
+                    break
+                # still pending: etcd did not apply it (lost with a dead leader, say); the txn again
         raise CniError(ERR_TRY_AGAIN, f"try again later: the leases {', '.join(texts)} of {container_id}/{ifname} "
                                       "changed before the ADD completed")
 

@@ -61,3 +61,18 @@ def test_claim_and_release_survive_a_lost_answer(store_of, lose):
     with store_of() as store:
         assert store.owner("10.90.0.5") is None and store.ips_of("c1", "eth0") == []
         assert store.leased() == set()
+
+
+@pytest.mark.parametrize("applied", [True, False])
+def test_completing_an_add_survives_a_lost_answer(store_of, applied):
+    """The ADD's last write (its leases no longer pending) lost its answer: read back, it is done, or
+    etcd never applied it (a write held for a leader that died) and it is sent again; the ADD succeeds
+    either way instead of answering 11."""
+    with store_of() as store:
+        assert store.reserve("10.90.0.6", "c1", "eth0")
+        assert store.pending_and_done("c1", "eth0") == (["10.90.0.6"], [])
+        store.client.lose = [applied]
+        store.complete("c1", "eth0", ["10.90.0.6"])
+        assert store.client.lose == []
+        assert store.pending_and_done("c1", "eth0") == ([], ["10.90.0.6"])
+        store.release("10.90.0.6", "c1", "eth0")

@@ -210,10 +210,11 @@ def test_tls_etcd_with_client_certificates(etcd_cluster, tmp_path):
                       ifname="eth0").ok
     out = run_underlay("cluster", "leases", "--config", write(tmp_path, conf()), "-o", "json")
     assert out.code == 0 and [r["container"] for r in out.json] == ["c1"], out
-    # a client certificate of another CA: refused by etcd, a store not read
+    # a client certificate of another CA: refused by etcd, a bad config, named (not "etcd unreachable")
     other = conf(certFile=etcd.tls.other_cert, keyFile=etcd.tls.other_key)
     out = run_underlay("cluster", "leases", "--config", write(tmp_path, other, "other.conf"))
-    assert out.code == 3 and "other.conf: etcd:" in out.stderr, out
+    assert out.code == 2 and "other.conf: ipam.etcd.certFile: " in out.stderr \
+        and "refused the client certificate" in out.stderr, out
     # a CA file that is not one: a bad config, named
     bad = conf(trustedCAFile=str(tmp_path / "other.conf"))
     out = run_underlay("cluster", "pools", "--config", write(tmp_path, bad, "bad.conf"))
