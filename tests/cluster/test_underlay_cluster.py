@@ -171,7 +171,7 @@ def test_etcd_unreachable_bad_configs_and_wrong_files(cl, tmp_path):
         out = run_underlay("cluster", *args, "--config", conf)
         assert out.code == 3, (args, out)
         assert f"underlay: {conf}: etcd: no endpoint answered within 1s" in out.stderr, (args, out)
-        assert time.monotonic() - start < 1 + 5, args     # the bound, plus starting the interpreter
+        assert time.monotonic() - start < 1 + 30, args    # the message names the bound; this only rules out a hang
 
     bad = cl.conf(NET1)
     bad["ipam"]["etcd"] = {"endpoints": ["ftp://127.0.0.1:2379"]}
