@@ -128,7 +128,7 @@ def test_leader_sigkilled_mid_run_of_8_nodes_parallel_adds(make_cl, tmp_path):
     progress = tmp_path / "progress"
     progress.touch()
     procs = start_nodes(confs, "ADD", per_node, tmp_path, progress)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300      # only a hang: a third of the ADDs on any load
     while progress.stat().st_size < nodes * per_node // 3:
         assert time.monotonic() < deadline and all(p.poll() is None for p, _ in procs.values()), \
             "the simulated nodes stopped before a third of their ADDs"
