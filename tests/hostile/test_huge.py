@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cni import registry
@@ -221,7 +221,7 @@ exclusion_like = st.one_of(
     st.builds(lambda a, b: f"{a}-{b}", address_like, address_like))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])   # no timing
 @given(exclusion_like)
 def test_fast_parser_agrees_with_ipaddress(text):
     ranges.use_fast_parsing(range(ranges.FAST_PARSING_FROM))
