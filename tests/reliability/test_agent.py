@@ -315,6 +315,9 @@ def test_a_caller_killed_mid_request_takes_its_worker_with_it(agent, via, node):
     call = node.start("ADD", conf, "c1", pod, stop_at="add:before-rename")
     worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="a worker stopped at the point")
     call.kill()
+    # dead (not waited for: the worker holds its stdout), so its end of the connection is closed and the
+    # worker's SIGIO pending before the worker runs on, however slow the machine
+    wait_for(lambda: call.proc.poll() is not None, what="the caller to die")
     os.kill(worker, signal.SIGCONT)   # a stopped process acts on its signals once it runs again
     assert call.killed
     wait_for(lambda: f"worker {worker} was killed by signal {int(signal.SIGIO)} mid-request" in agent.log(),
