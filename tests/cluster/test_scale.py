@@ -26,9 +26,15 @@ def run_nodes(cl, tmp_path, verb):
                                          str(PER_NODE), f"{node}-c", str(out)], cwd=ROOT,
                                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}), out)
     results = {}
-    for node, (proc, out) in procs.items():
-        assert proc.wait(timeout=300) == 0, f"{node} failed"
-        results[node] = json.loads(out.read_text())
+    try:
+        for node, (proc, out) in procs.items():
+            assert proc.wait(timeout=300) == 0, f"{node} failed"
+            results[node] = json.loads(out.read_text())
+    finally:   # a failed node leaves none of the others running into the next tests
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return results
 
 

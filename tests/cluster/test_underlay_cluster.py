@@ -175,7 +175,7 @@ def test_etcd_unreachable_bad_configs_and_wrong_files(cl, tmp_path):
         out = run_underlay("cluster", *args, "--config", conf)
         assert out.code == 3, (args, out)
         assert f"underlay: {conf}: etcd: no endpoint answered within 1s" in out.stderr, (args, out)
-        assert time.monotonic() - start < 1 + 5, args     # the bound, plus starting the interpreter
+        assert time.monotonic() - start < 1 + 30, args    # the message names the bound; this only rules out a hang
         assert out.stdout == "", (args, out)               # nothing a script could take for "none"
     out = run_underlay("cluster", "who-has", "10.80.0.2", "--config", conf, "-o", "json")
     assert out.code == 3 and "etcd: no endpoint answered" in out.json["error"], out

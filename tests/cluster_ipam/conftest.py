@@ -51,6 +51,22 @@ def dir_snapshot(path):
     return out
 
 
+_started = []   # every simulated node process of the running test (killed at its end by _no_node_left)
+
+
+@pytest.fixture(autouse=True)
+def _no_node_left():
+    """A test that fails before wait_nodes leaves no simulated node running into the next tests."""
+    try:
+        yield
+    finally:
+        while _started:
+            proc = _started.pop()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def start_nodes(confs, verb, count, tmp_path, progress=None, module="tests.cluster_ipam.sim_runtime"):
     """Start one simulated node process per config at once: {node: (Popen, out path)}."""
     procs = {}
@@ -63,6 +79,7 @@ def start_nodes(confs, verb, count, tmp_path, progress=None, module="tests.clust
             argv.append(str(progress))
         procs[node] = (subprocess.Popen(argv, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}),
                        out)
+        _started.append(procs[node][0])
     return procs
 
 

@@ -27,8 +27,10 @@ from tests.plugins import run_on_node
 pytestmark = pytest.mark.etcd
 
 SUBNET = "10.80.0.0/24"
-# The bound is requestTimeout; SLACK is starting the interpreter on this loaded 2-core machine.
-SLACK = 2.5
+# The bound is requestTimeout, and the answer names it ("within 2s": given only once its deadline
+# passed). `took < 2 + SLACK` only rules out a hang or retrying far past the deadline: SLACK is
+# generous so that no load on the machine can fail it (speed is never asserted).
+SLACK = 30
 
 
 def timed(fn, *args, **kw):

@@ -16,7 +16,7 @@ from ipam import etcd
 
 pytestmark = pytest.mark.etcd
 
-MARGIN = 1.5          # seconds a loaded 2-core machine may add to a deadline
+MARGIN = 30           # only a hang (or retrying far past the deadline) exceeds it, however loaded the machine
 
 
 def first_on(cluster, i, **kw):

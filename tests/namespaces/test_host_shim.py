@@ -46,13 +46,15 @@ def pod_ips(result):
     return [ip["address"].split("/")[0] for ip in result["ips"]]
 
 
-def reaches(src_ns, address, tries=5):
-    """ping, retried: a fresh IPv6 neighbour may need a moment."""
-    for _ in range(tries):
-        if ns.ping(src_ns, address, timeout=1):
-            return True
+def reaches(src_ns, address, within=30):
+    """ping, retried: a fresh IPv6 neighbour may need a moment (longer on a loaded machine; the
+    deadline only ends a wait for a path that never comes)."""
+    deadline = time.monotonic() + within
+    while not ns.ping(src_ns, address, timeout=1):
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.2)
-    return False
+    return True
 
 
 def routes_to(host_ns, address):

@@ -92,7 +92,7 @@ def stopped_children(pid):
     return out
 
 
-def wait_for(predicate, timeout=20, what="condition"):
+def wait_for(predicate, timeout=60, what="condition"):   # the timeout only catches a hang
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -101,6 +101,12 @@ def wait_for(predicate, timeout=20, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def queued(path):
+    """Connections waiting in the accept queue of the socket listening on `path` (ss's Recv-Q)."""
+    line = subprocess.run(["ss", "-xlnH", "src", path], capture_output=True, text=True, check=True).stdout
+    return int(line.split()[2])
 
 
 # -- who is served -----------------------------------------------------------------
@@ -282,22 +288,28 @@ def test_an_agent_that_accepts_and_hangs_is_code_11_with_nothing_done(via, tmp_p
     assert oplog(tmp_path / "op.log")[0]["code"] == 11
 
 
-def test_a_stopped_agent_is_code_11_and_serves_nothing_late(agent, via, tmp_path):
+def test_a_stopped_agent_is_code_11_and_serves_nothing_late(via, tmp_path):
     """The whole agent stopped (SIGSTOP): the caller gives up within the bound; once the agent
     runs again, the connection it finds queued is dropped, not served."""
-    via(agent)
-    agent.signal_group(signal.SIGSTOP)
+    # one worker at a time takes the queue in order: the first connection is dealt with before the
+    # second is served, so "nothing served late" needs no wait, however slow the machine
+    agent = Agent("--workers", "1", directory=str(tmp_path / "run"))
     try:
+        via(agent)
+        agent.signal_group(signal.SIGSTOP)
+        try:
+            out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path), netns="/run/netns/x",
+                                     extra={"UNDERLAY_AGENT_TIMEOUT": "1"}, timeout=120)
+        finally:
+            agent.signal_group(signal.SIGCONT)
+        assert out.cni_code == 11, out
         out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path), netns="/run/netns/x",
-                                 extra={"UNDERLAY_AGENT_TIMEOUT": "1"}, timeout=30)
+                                 container_id="c2")
+        assert out.ok, out
+        assert [s[:3] for s in agent.wait_served(1)] == [("host-local", "ADD", 0)]
+        assert len(agent.served()) == 1 and len(leases(tmp_path)) == 1
     finally:
-        agent.signal_group(signal.SIGCONT)
-    assert out.cni_code == 11, out
-    out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path), netns="/run/netns/x", container_id="c2")
-    assert out.ok, out
-    assert [s[:3] for s in agent.wait_served(1)] == [("host-local", "ADD", 0)]
-    time.sleep(0.5)   # a late serving of the first request would show now
-    assert len(agent.served()) == 1 and len(leases(tmp_path)) == 1
+        agent.close()
 
 
 # -- kills and restarts --------------------------------------------------------------
@@ -355,6 +367,9 @@ def test_a_caller_killed_mid_request_takes_its_worker_with_it(agent, via, node):
     call = node.start("ADD", conf, "c1", pod, stop_at="add:before-rename")
     worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="a worker stopped at the point")
     call.kill()
+    # dead (not waited for: the worker holds its stdout), so its end of the connection is closed and the
+    # worker's SIGIO pending before the worker runs on, however slow the machine
+    wait_for(lambda: call.proc.poll() is not None, what="the caller to die")
     os.kill(worker, signal.SIGCONT)   # a stopped process acts on its signals once it runs again
     assert call.killed
     wait_for(lambda: f"worker {worker} was killed by signal {int(signal.SIGIO)} mid-request" in agent.log(),
@@ -852,9 +867,10 @@ def test_healing_releases_the_leases_of_gone_netns_and_only_those(tmp_path, node
         got = wait_for(lambda: samples(scrape(port)[2]).get('underlay_heal_releases_total{network="rel"}'),
                        what="the healing counted")
         assert got == 1
-        time.sleep(1.5)                            # a second run: nothing more to release
+        runs = samples(scrape(port)[2])["underlay_heal_runs_total"]
+        wait_for(lambda: samples(scrape(port)[2])["underlay_heal_runs_total"] >= runs + 2,
+                 what="two more healing runs")      # whole runs after the release: nothing more to release
         assert agent.log().count("healing: released") == 1
-        assert samples(scrape(port)[2])["underlay_heal_runs_total"] >= 2
         Audit(node, ["rel"], {("rel", "alive", "eth0"): alive}).assert_clean()
     finally:
         agent.close()
@@ -1051,14 +1067,13 @@ def test_a_queued_request_outwaits_the_bound_while_the_agent_is_alive(tmp_path, 
         a, b = node.add_pods(2)
         first = node.start("ADD", conf, "c1", a, stop_at="add:after-ipam")
         worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="the only worker stopped")
-        queued = node.start("ADD", conf, "c2", b, env={"UNDERLAY_AGENT_TIMEOUT": "1"})
-        time.sleep(0.2)
-        assert queued.proc.poll() is None
+        waiting = node.start("ADD", conf, "c2", b, env={"UNDERLAY_AGENT_TIMEOUT": "1"})
+        wait_for(lambda: queued(agent.socket) == 1, what="the second call queued on the socket")
         time.sleep(2.5)                              # well past the bound: still waiting, the agent beats
-        assert queued.proc.poll() is None
+        assert waiting.proc.poll() is None
         os.kill(worker, signal.SIGCONT)
         assert first.wait().ok
-        out = queued.wait()
+        out = waiting.wait()
         assert out.ok, out
         Audit(node, ["rel"], {("rel", "c1", "eth0"): a, ("rel", "c2", "eth0"): b}).assert_clean()
     finally:

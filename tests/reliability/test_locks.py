@@ -64,7 +64,8 @@ def test_every_verb_gives_up_after_lock_timeout(node, holder, timeout):
     }
     for verb, call in calls.items():
         try_again(call.wait(), hung.pid, timeout)
-        assert timeout <= call.elapsed < timeout + 5, (verb, call.elapsed)
+        # waited the whole timeout (the message names it); the upper bound only rules out a hang
+        assert timeout <= call.elapsed < timeout + 60, (verb, call.elapsed)
     hung.kill()
     hung.wait()
     # the failed ADD undid its link; the store is untouched
@@ -72,14 +73,30 @@ def test_every_verb_gives_up_after_lock_timeout(node, holder, timeout):
     assert node.run("ADD", conf, "c1", pod).ok   # the kernel dropped the dead holder's lock
 
 
+def waiting_on(path):
+    """Whether a process waits in the kernel's queue for the flock on `path` (a "->" line of /proc/locks)."""
+    st = os.stat(path)
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as f:
+        return any(fields[1] == "->" and fields[2] == "FLOCK" and fields[6] == where
+                   for fields in (line.split() for line in f) if len(fields) > 6)
+
+
 def test_a_short_hold_is_waited_for(node, holder):
-    conf = node.conf(lockTimeout=10)
+    """The DEL is seen queued on the held lock, and succeeds once the holder lets go: it waited
+    (an order of events, not a duration, so no load on the machine changes the outcome)."""
+    conf = node.conf(lockTimeout=600)
     pod, = node.add_pods(1)
     assert node.run("ADD", conf, "c0", pod).ok
-    holder("rel", seconds=1)
-    started = time.monotonic()
-    assert node.run("DEL", conf, "c0", pod).ok
-    assert time.monotonic() - started >= 0.9
+    hung = holder("rel")
+    call = node.start("DEL", conf, "c0", pod)
+    deadline = time.monotonic() + 60
+    while not waiting_on(os.path.join(node.net_dir("rel"), "lock")):
+        assert call.proc.poll() is None and time.monotonic() < deadline, "the DEL never waited for the lock"
+        time.sleep(0.01)
+    hung.kill()
+    hung.wait()
+    assert call.wait().ok
 
 
 @pytest.mark.in_process   # the plugin's own pid and state; tests/reliability/test_agent.py has the agent's
