@@ -293,12 +293,6 @@ def bind(path, queue):
     return listener
 
 
-def peer_uid(conn):
-    pid, uid, gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                        struct.calcsize("3i")))
-    return pid, uid
-
-
 # --------------------------------------------------------------------------
 # A worker: one invocation, then exit.
 
@@ -491,7 +485,7 @@ def serve(conn, report):
         become(request)
     except OSError as e:
         # nothing done yet: the caller runs the plugin itself
-        log(f"cannot take on the context of caller {peer_uid(conn)[0]}: {e.strerror or e} ({e.filename or ''})")
+        log(f"cannot take on the context of caller {handoff.peer_of(conn)[0]}: {e.strerror or e} ({e.filename or ''})")
         try:
             conn.sendall(handoff.FALLBACK + f"{e.strerror or e}".encode())
         except OSError:
@@ -545,7 +539,7 @@ def spare(listener, lifeline, report):
             conn, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             continue   # another spare took it
-        pid, uid = peer_uid(conn)
+        pid, uid = handoff.peer_of(conn)
         if uid != 0:
             log(f"refused a connection from pid {pid} (uid {uid}): only root is served")
             report(f"N {os.getpid()}")

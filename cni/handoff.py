@@ -119,7 +119,7 @@ def ask(plugin, argv, environ, stdin):
         # only root's agent gets the request (it carries our fds and environment, and we print its
         # answer); anyone else listening there gets nothing, and the plugin runs here
         try:
-            pid, uid = listener_of(sock)
+            pid, uid = peer_of(sock)
         except OSError as e:
             status = f"agent at {path}: SO_PEERCRED: {e.strerror or e}"
             return None
@@ -172,8 +172,9 @@ def ask(plugin, argv, environ, stdin):
         sock.close()
 
 
-def listener_of(sock):
-    """(pid, uid) of the process that listens at the other end (SO_PEERCRED: struct ucred)."""
+def peer_of(sock):
+    """(pid, uid) of the process at the other end of a unix socket (SO_PEERCRED: struct ucred):
+    the listener, for a client; the caller, for the agent."""
     cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     return (int.from_bytes(cred[0:4], sys.byteorder, signed=True),
             int.from_bytes(cred[4:8], sys.byteorder))
