@@ -825,8 +825,9 @@ def host_local_pools(config_dir, data_dirs):
     """(rows, readable, problems) of host-local: each network of config_dir's configs per range set,
     as `underlay pools` counts them (cni/operator/hostlocal.pools); then each network directory of
     data_dirs and those configs' dataDirs that no config names (a NetworkAttachmentDefinition's):
-    only its leases in use are known, its ranges are in no file on this node."""
-    from cni.operator import configs, hostlocal, validate
+    only its leases in use are known, its ranges are in no file on this node. A directory holding
+    cluster-ipam's record is cluster-ipam's (cluster_pools), as `underlay leases` sees it."""
+    from cni.operator import cluster, configs, hostlocal, validate
     paths, problems = config_files(config_dir)
     rows, readable, configured = [], {}, set()
     if paths:
@@ -852,7 +853,7 @@ def host_local_pools(config_dir, data_dirs):
                 problems.append(str(e))
             continue   # not there: no host-local network has run there
         for name in names:
-            if (root, name) in configured or ("host-local", name) in readable:
+            if (root, name) in configured or ("host-local", name) in readable or cluster.is_recorded(root, name):
                 continue
             try:
                 leases = hostlocal.read(root, name, POOL_LOCK_TIMEOUT).leases

@@ -90,3 +90,13 @@ def test_pool_label_values_are_escaped():
     assert 'underlay_pool_readable{network="x\\"y",ipam="cluster-ipam"} 0\n' in text
     assert "underlay_pool_problems 1\n" in text
     assert "underlay_pool_size_addresses{" not in text   # no size where the ranges are unknown
+
+
+def test_a_cluster_ipam_network_directory_is_no_host_local_pool(tmp_path):
+    """A dataDir given to both IPAMs: the directory holding cluster-ipam's record is cluster-ipam's
+    (as `underlay leases` reads it), not a host-local network with 0 addresses in use."""
+    (tmp_path / "hl").mkdir()
+    (tmp_path / "ci").mkdir()
+    (tmp_path / "ci" / cluster.RECORD).write_text('{"name": "ci", "ipam": {"type": "cluster-ipam"}}')
+    rows, readable, problems = agent.host_local_pools(str(tmp_path / "no-configs"), [str(tmp_path)])
+    assert [r["network"] for r in rows] == ["hl"] and readable == {("host-local", "hl"): True}, (rows, problems)
