@@ -289,6 +289,13 @@ class StoreConfig:
         from ipam import etcd
         return etcd.client_from_config(self.etcd_conf, "ipam.etcd")
 
+    def store_key(self):
+        """What tells one store of leases from another: the key prefix (network_name's included) and
+        the endpoint URLs; not timeouts or certificate paths, which do not change what is read."""
+        urls = self.etcd_conf.get("endpoints")
+        urls = urls if isinstance(urls, list) else []
+        return self.prefix, frozenset(u.strip().rstrip("/").lower() for u in urls if isinstance(u, str))
+
     def store(self, network, grids=(), pod=None, lock=True, netns=None):
         from ipam.etcd_store import EtcdStore
         from ipam.lease_files import LeaseFiles
@@ -593,6 +600,11 @@ VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STAT
 
 # --------------------------------------------------------------------------
 # Operating it: the `underlay` command's functions (cni/operator.py)
+
+def store_key(config):
+    """The store `config`'s leases are in (StoreConfig.store_key): configs with equal keys share one."""
+    return StoreConfig(config).store_key()
+
 
 def leases(config):
     """Every lease and sticky hold under the config's etcd prefix, all networks and nodes: a list of

@@ -257,9 +257,7 @@ def pool_of(network, config):
             return ipam, check_host_local(config), parent, ("host-local", network.name)
         if is_cluster_ipam(ipam.get("type")):
             conf = check_cluster_ipam(config)
-            endpoints = conf.etcd_conf.get("endpoints") or []
-            urls = frozenset(e.strip().rstrip("/").lower() for e in endpoints if isinstance(e, str))
-            return ipam, conf.range_sets, parent, ("etcd", conf.prefix, urls)
+            return ipam, conf.range_sets, parent, ("etcd", *conf.store_key())
     except CniError:
         pass
     return None
