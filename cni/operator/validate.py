@@ -141,7 +141,7 @@ def check_cluster_ipam(config, warnings=None):
     loaded = cluster.ClusterConfig(request)
     if warnings is not None:
         warnings += [w for w in request.warnings if not w.startswith("unknown key ")]
-    conf = ipam.get("etcd")
+    conf = loaded.etcd_conf   # ipam.etcd, or the one made of whereabouts' etcd_host
     if isinstance(conf, dict):
         files = ("certFile", "keyFile", "trustedCAFile")
         plain = {k: v for k, v in conf.items() if k not in files}
