@@ -267,6 +267,7 @@ class StoreConfig:
         prefix = self.etcd_conf.get("prefix", DEFAULT_PREFIX) if isinstance(self.etcd_conf, dict) else None
         if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.isprintable():
             raise field_error("ipam.etcd.prefix", f"{prefix!r} must be a key prefix starting with '/'")
+        self.etcd_prefix = prefix   # as given: network_name's key spaces are below it
         self.prefix = network_prefix(prefix, ipam)
         self.node = check_node(ipam["node"]) if ipam.get("node") not in (None, "") else \
             check_node(socket.gethostname(), "ipam.node (the hostname)")
