@@ -267,6 +267,7 @@ class StoreConfig:
         prefix = self.etcd_conf.get("prefix", DEFAULT_PREFIX) if isinstance(self.etcd_conf, dict) else None
         if not isinstance(prefix, str) or not prefix.startswith("/") or not prefix.isprintable():
             raise field_error("ipam.etcd.prefix", f"{prefix!r} must be a key prefix starting with '/'")
+        self.etcd_prefix = prefix   # as given: network_name's key spaces are below it
         self.prefix = network_prefix(prefix, ipam)
         self.node = check_node(ipam["node"]) if ipam.get("node") not in (None, "") else \
             check_node(socket.gethostname(), "ipam.node (the hostname)")
@@ -288,6 +289,13 @@ class StoreConfig:
     def client(self):
         from ipam import etcd
         return etcd.client_from_config(self.etcd_conf, "ipam.etcd")
+
+    def store_key(self):
+        """What tells one store of leases from another: the key prefix (network_name's included) and
+        the endpoint URLs; not timeouts or certificate paths, which do not change what is read."""
+        urls = self.etcd_conf.get("endpoints")
+        urls = urls if isinstance(urls, list) else []
+        return self.prefix, frozenset(u.strip().rstrip("/").lower() for u in urls if isinstance(u, str))
 
     def store(self, network, grids=(), pod=None, lock=True, netns=None):
         from ipam.etcd_store import EtcdStore
@@ -593,6 +601,11 @@ VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STAT
 
 # --------------------------------------------------------------------------
 # Operating it: the `underlay` command's functions (cni/operator.py)
+
+def store_key(config):
+    """The store `config`'s leases are in (StoreConfig.store_key): configs with equal keys share one."""
+    return StoreConfig(config).store_key()
+
 
 def leases(config):
     """Every lease and sticky hold under the config's etcd prefix, all networks and nodes: a list of

@@ -8,7 +8,6 @@ still runs every other command.
 
 import importlib
 import ipaddress
-import json
 import os
 import sys
 
@@ -107,11 +106,12 @@ def cluster_configs(path):
     return found
 
 
-def by_store(found):
-    """The configs grouped by the etcd store they name (endpoints and prefix): [[config, ...], ...]."""
+def by_store(args, found):
+    """The configs grouped by the etcd store their leases are in (ipam.cluster.store_key: endpoints
+    and key prefix, network_name's included): [[config, ...], ...]."""
     groups = {}
     for config in found:
-        groups.setdefault(json.dumps(config["ipam"].get("etcd"), sort_keys=True), []).append(config)
+        groups.setdefault(call(args, "store_key", config), []).append(config)
     return list(groups.values())
 
 
@@ -133,7 +133,7 @@ def call(args, name, config, *params, **kw):
 
 def each_store(args, name, *params):
     """ipam.cluster.<name> once per etcd store the file's networks name, the results in a list."""
-    return [call(args, name, group[0], *params) for group in by_store(cluster_configs(args.config))]
+    return [call(args, name, group[0], *params) for group in by_store(args, cluster_configs(args.config))]
 
 
 # -- what host-local's commands say of cluster-ipam networks -------------------
@@ -252,7 +252,7 @@ def cmd_release_node(args):
     if not args.yes:
         raise UsageError(f"release-node changes the store: add --yes to release every lease and block of "
                          f"{args.node}")
-    groups = by_store(cluster_configs(args.config))
+    groups = by_store(args, cluster_configs(args.config))
     if args.network:
         groups = [[c for c in group if c.get("name") == args.network] for group in groups]
         groups = [group for group in groups if group]

@@ -141,7 +141,7 @@ def check_cluster_ipam(config, warnings=None):
     loaded = cluster.ClusterConfig(request)
     if warnings is not None:
         warnings += [w for w in request.warnings if not w.startswith("unknown key ")]
-    conf = ipam.get("etcd")
+    conf = loaded.etcd_conf   # ipam.etcd, or the one made of whereabouts' etcd_host
     if isinstance(conf, dict):
         files = ("certFile", "keyFile", "trustedCAFile")
         plain = {k: v for k, v in conf.items() if k not in files}
@@ -222,14 +222,17 @@ def check_across(networks):
             clash = first_overlap(a_sets, b_sets) if shared is not True else None
             if clash and all(c[0].name != a.name for c in clashes):
                 separate = bool(a_parent[0] and b_parent[0] and a_parent != b_parent)
-                clashes.append((a, a_plugin, clash, separate, a_store, shared))
+                clashes.append((a, a_plugin, clash, separate, a_store, shared, names_apart(a_store, b_store)))
         if not clashes:
             continue
-        a, a_plugin, (ra, rb), _, a_store, shared = clashes[0]
+        a, a_plugin, (ra, rb), _, a_store, shared, deliberate = clashes[0]
         others = [c[0].name for c in clashes[1:]]
-        soft = all(c[3] or c[5] is None for c in clashes)
+        soft = all(c[3] or c[5] is None or c[6] for c in clashes)
         if a_store[0] == b_store[0] == "host-local":
             why = "each network has its own store, so both hand out the same addresses"
+        elif deliberate:
+            why = (f"network_name keeps their leases apart in one etcd store ({describe_store(b_store)}; "
+                   f"{describe_store(a_store)}): a deliberate overlap, both hand out the same addresses")
         elif shared is None:
             why = (f"their leases may be in separate stores ({describe_store(b_store)}; {describe_store(a_store)}), "
                    "so both may hand out the same addresses (fine only if both endpoint lists name one etcd cluster)")
@@ -249,7 +252,8 @@ def check_across(networks):
 def pool_of(network, config):
     """(ipam, range sets, (master, vlan), store) of a host-local or cluster-ipam plugin config, else
     None (also when the config is refused: that is reported on its own). The store is what leases
-    live in: ("host-local", network name), or ("etcd", key prefix, endpoint URLs)."""
+    live in: ("host-local", network name), or ("etcd", key prefix, endpoint URLs, etcd.prefix as given:
+    the key prefix without network_name's part)."""
     ipam = config.get("ipam") if isinstance(config.get("ipam"), dict) else {}
     parent = (config.get("master"), config.get("vlan"))
     try:
@@ -257,9 +261,7 @@ def pool_of(network, config):
             return ipam, check_host_local(config), parent, ("host-local", network.name)
         if is_cluster_ipam(ipam.get("type")):
             conf = check_cluster_ipam(config)
-            endpoints = conf.etcd_conf.get("endpoints") or []
-            urls = frozenset(e.strip().rstrip("/").lower() for e in endpoints if isinstance(e, str))
-            return ipam, conf.range_sets, parent, ("etcd", conf.prefix, urls)
+            return ipam, conf.range_sets, parent, ("etcd", *conf.store_key(), conf.etcd_prefix)
     except CniError:
         pass
     return None
@@ -276,6 +278,12 @@ def same_store(a, b):
     if a[1] != b[1]:
         return False
     return True if a[2] & b[2] else None
+
+
+def names_apart(a, b):
+    """Whether two etcd stores are one etcd prefix's key spaces that only network_name tells apart:
+    whereabouts' way to hand out one range twice on purpose (its README's network_name example)."""
+    return a[0] == b[0] == "etcd" and a[1] != b[1] and a[3] == b[3] and bool(a[2] & b[2])
 
 
 def describe_store(store):

@@ -262,6 +262,42 @@ def test_every_document_of_a_nad_file_is_read(cl, tmp_path):
     assert [r["network"] for r in run_underlay("cluster", "leases", "--config", path, "-o", "json").json] == ["lan"]
 
 
+def test_stores_are_told_apart_by_prefix_network_name_and_endpoints_only(cl, tmp_path):
+    """Review of issue 17, item 1: whereabouts-style NADs (etcd_host, no `etcd` section) with
+    different network_name are two stores, each read; configs differing only in timeouts are one,
+    each lease listed once."""
+    host = cl.etcd.endpoints[0].split("://", 1)[1]
+
+    def named(name, subnet, node):
+        conf = cl.conf(subnet, name=name, node=node, network_name=f"{cl.prefix[1:]}-{name}")
+        del conf["ipam"]["etcd"]
+        conf["ipam"]["etcd_host"] = host
+        return conf
+
+    lan, san = named("lan", "10.87.0.0/28", "n1"), named("san", "10.87.0.0/28", "n2")
+    [on_lan] = addresses(cl.add(lan, "c1"))
+    [on_san] = addresses(cl.add(san, "c2"))
+    assert on_lan == on_san                      # each network_name its own allocation
+    path = tmp_path / "nads.yaml"
+    path.write_text(nad("lan", lan) + "---\n" + nad("san", san))
+    out = run_underlay("cluster", "who-has", on_lan, "--config", path, "-o", "json")
+    assert out.code == 0 and sorted((r["network"], r["container"]) for r in out.json) == [
+        ("lan", "c1"), ("san", "c2")], out
+    out = run_underlay("cluster", "release-node", "n2", "--config", path, "--yes", "--force")
+    assert out.code == 2 and "--network NAME" in out.stderr and "lan, san" in out.stderr, out
+
+    a = cl.conf("10.88.0.0/28", name="a", node="n1", etcd=cl.etcd_conf(requestTimeout=5))
+    b = cl.conf("10.89.0.0/28", name="b", node="n1", etcd=cl.etcd_conf(requestTimeout=6, dialTimeout=2))
+    [on_a] = addresses(cl.add(a, "c3"))
+    [on_b] = addresses(cl.add(b, "c4"))
+    path = tmp_path / "timeouts.yaml"
+    path.write_text(nad("a", a) + "---\n" + nad("b", b))
+    out = run_underlay("cluster", "leases", "--config", path, "-o", "json")
+    assert out.code == 0 and sorted(r["address"] for r in out.json) == sorted([on_a, on_b]), out
+    out = run_underlay("cluster", "release-node", "n1", "--config", path, "--yes", "--force", "-o", "json")
+    assert out.code == 0 and out.json["leases"] == 2, out
+
+
 def test_pools_count_by_the_pools_block_size_not_an_edited_config(cl, tmp_path):
     """A node's own leases are its own after the NAD's blockSize was edited (which ADD refuses):
     the pool's stored block size is the truth."""

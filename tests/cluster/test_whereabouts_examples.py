@@ -25,6 +25,7 @@ import pytest
 
 from tests.cluster.conftest import addresses, error
 from tests.etcd import EtcdCluster
+from tests.operator import run_underlay
 from tests.plugins import run_plugin
 
 MACVLAN = {"cniVersion": "0.3.0", "name": "whereaboutsexample", "type": "macvlan", "master": "eth0",
@@ -167,6 +168,20 @@ def test_readme_network_names_allocate_the_same_range_independently(cl):
     named_keys = "networks/network-with-independent-allocation/ips/"
     assert set(cl.keys(named_keys)) == {named_keys + "192.168.2.225", named_keys + "192.168.2.226"}
     assert set(cl.leases()) == {"192.168.2.225"}
+
+
+def test_validate_takes_the_readme_network_name_overlap_as_deliberate(cl, tmp_path):
+    """Review of issue 17, item 8: the overlap of the example above, one range on one master kept
+    apart by network_name, is what network_name is for: a warning saying so, not an error."""
+    files = []
+    for name, example in (("tenant-a", README_NETWORK_NAME), ("tenant-b", README_NAD)):
+        files.append(tmp_path / f"{name}.conf")
+        files[-1].write_text(json.dumps(moved(cl, example, name=name)))
+    out = run_underlay("validate", *files, "-o", "json")
+    assert out.code == 0, out
+    [p] = [p for p in out.json["problems"] if "overlaps" in p["message"]]
+    assert p["severity"] == "warning" and "network_name keeps their leases apart" in p["message"] \
+        and "deliberate" in p["message"] and "separate L2s" in p["message"], out
 
 
 def test_dual_stack_proposal_ip_ranges_with_their_own_exclude(cl):

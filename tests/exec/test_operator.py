@@ -18,6 +18,7 @@ from ipam.store import INDEX_DIR, STAMP
 from tests import netns as nsutil
 from tests.exec.conftest import HostLocal
 from tests.operator import run_underlay, tree, underlay_argv
+from tests.plugins import run_plugin
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -368,6 +369,25 @@ def test_validate_checks_a_cluster_ipam_section_without_etcd(tmp_path):
     assert shipped, "no cluster-ipam NAD examples found"
     out = run_underlay("validate", *shipped)   # not with `clean`: the whereabouts example's subnet, another etcd
     assert out.code == 0 and out.stdout == f"{len(shipped)} file(s): 0 error(s), 0 warning(s)\n", out
+
+
+def test_validate_checks_whereabouts_etcd_host_as_add_does(tmp_path):
+    """Review of issue 17, item 3: with whereabouts' etcd_host (no `etcd` section) a host ADD refuses
+    (code 7) passed validate: the endpoints it makes are checked as ipam.etcd's are."""
+    def conf(host):
+        return {"cniVersion": "1.0.0", "name": "w", "type": "macvlan", "master": "eth1",
+                "ipam": {"type": "cluster-ipam", "etcd_host": host, "range": "192.168.2.225/28"}}
+    bad = write(tmp_path, "bad.conf", conf("ftp://192.0.2.1:2379"))
+    out = run_underlay("validate", bad, "-o", "json")
+    assert out.code == 1, out
+    [p] = out.json["problems"]
+    assert (p["field"], p["severity"]) == ("ipam.etcd.endpoints[0]", "error") and "ftp://" in p["message"], out
+    on_node = conf("ftp://192.0.2.1:2379")
+    on_node["ipam"].update(node="n1", dataDir=str(tmp_path / "n1"))
+    add = run_plugin("cluster-ipam", "ADD", on_node, container_id="c1", netns="/run/netns/uop-none")
+    assert add.cni_code == 7 and add.json["msg"].startswith("ipam.etcd.endpoints[0]"), add
+    out = run_underlay("validate", write(tmp_path, "good.conf", conf("192.0.2.1:2379")))
+    assert out.code == 0 and out.stdout == "1 file(s): 0 error(s), 0 warning(s)\n", out
 
 
 def cluster_conf(name, subnet, prefix, master="eth1", endpoints=("http://192.0.2.1:2379",), **ipam):
