@@ -99,12 +99,8 @@ def whereabouts_exclude(entries):
 def masked(cidr):
     """A CIDR string with its host bits cleared, as Go's ParseCIDR reads it (whereabouts' exclude
     and routes); anything else as it is."""
-    if isinstance(cidr, str) and "/" in cidr:
-        try:
-            return str(ipaddress.ip_network(cidr.strip(), strict=False))
-        except ValueError:
-            pass
-    return cidr
+    network = ranges.masked_cidr(cidr.strip()) if isinstance(cidr, str) else None
+    return str(network) if network is not None else cidr
 
 
 def with_whereabouts(ipam):
