@@ -101,8 +101,7 @@ class Grid:
         from its lowest (whereabouts hands out the lowest free address)."""
         r = self.range
         lo, hi = self.first_of(r.start), self.first_of(r.end)
-        count = ((hi - lo) >> self.host_bits) + 1
-        start = lo if r.whereabouts else lo + (zlib.crc32(node.encode()) % count << self.host_bits)
+        start = lo if r.whereabouts else lo + (zlib.crc32(node.encode()) % self.block_count() << self.host_bits)
         for begin, stop in ((start, hi), (lo, start - 1)):
             first = self.next_usable_block(begin)
             while first is not None and first <= stop:

@@ -70,7 +70,21 @@ def whereabouts_range(spec, field, gateway=None):
         out["rangeStart"], out["rangeEnd"] = first.strip(), last.strip()
     if spec.get("exclude"):
         out["exclude"] = whereabouts_exclude(spec["exclude"])
+        within(out["exclude"], subnet, f"{field}.exclude")
     return out
+
+
+def within(entries, subnet, field):
+    """whereabouts excludes only from the range an exclude belongs to: an entry outside that range's
+    subnet excludes nothing, and is refused rather than left to mean what the config did not say."""
+    if not isinstance(entries, list):
+        return
+    for i, entry in enumerate(entries):
+        version, lo, hi = ranges.parse_exclusion(entry, field, i, [])
+        if version != subnet.version or hi < int(subnet.network_address) or lo > int(subnet.broadcast_address):
+            raise field_error(f"{field}[{i}]", f"{entry!r} lies outside {subnet}, the subnet of the range it "
+                                               "belongs to (the top-level exclude is `range`'s; each ipRanges "
+                                               "entry has its own)")
 
 
 def whereabouts_exclude(entries):
@@ -85,12 +99,8 @@ def whereabouts_exclude(entries):
 def masked(cidr):
     """A CIDR string with its host bits cleared, as Go's ParseCIDR reads it (whereabouts' exclude
     and routes); anything else as it is."""
-    if isinstance(cidr, str) and "/" in cidr:
-        try:
-            return str(ipaddress.ip_network(cidr.strip(), strict=False))
-        except ValueError:
-            pass
-    return cidr
+    network = ranges.masked_cidr(cidr.strip()) if isinstance(cidr, str) else None
+    return str(network) if network is not None else cidr
 
 
 def with_whereabouts(ipam):
@@ -98,7 +108,8 @@ def with_whereabouts(ipam):
     its routes' destinations read as whereabouts reads them (host bits cleared)."""
     extra = []
     if "range" in ipam:
-        extra.append([whereabouts_range({k: ipam.get(k) for k in ("range", "range_start", "range_end")},
+        # whereabouts' top-level exclude is `range`'s, not its ipRanges' (its pkg/config/config.go)
+        extra.append([whereabouts_range({k: ipam.get(k) for k in ("range", "range_start", "range_end", "exclude")},
                                         "ipam", ipam.get("gateway"))])
     for i, spec in enumerate(ipam.get("ipRanges") or []):
         if not isinstance(spec, dict):
@@ -108,9 +119,8 @@ def with_whereabouts(ipam):
         return ipam
     out = {k: v for k, v in ipam.items() if k not in ("range", "range_start", "range_end", "ipRanges")}
     if "range" in ipam:
-        out.pop("gateway", None)   # it went into the range
-        if "exclude" in ipam:
-            out["exclude"] = whereabouts_exclude(ipam["exclude"])
+        out.pop("gateway", None)   # they went into the range
+        out.pop("exclude", None)
     if isinstance(ipam.get("routes"), list):
         out["routes"] = [dict(r, dst=masked(r["dst"])) if isinstance(r, dict) and "dst" in r else r
                          for r in ipam["routes"]]

@@ -224,6 +224,9 @@ class EtcdStore:
                 if not all(value == pending.encode() for value in current):
                     break
                 # still pending: etcd did not apply it (lost with a dead leader, say); the txn again
+        else:
+            raise CniError(ERR_TRY_AGAIN, f"try again later: etcd did not apply the completion of "
+                                          f"{container_id}/{ifname} after {LOST_WRITES} tries")
         raise CniError(ERR_TRY_AGAIN, f"try again later: the leases {', '.join(texts)} of {container_id}/{ifname} "
                                       "changed before the ADD completed")
 

@@ -155,6 +155,8 @@ def recorded_networks(data_dirs):
 
 def network_of(address, recorded):
     """The name of the recorded network whose ranges hold `address`, or None."""
+    if not recorded:   # also a build without cluster-ipam, where cluster_module() would refuse
+        return None
     from ipam import ranges
     cluster = cluster_module()
     ip = ipaddress.ip_address(address)

@@ -191,6 +191,18 @@ def test_dual_stack_proposal_ip_ranges_with_their_own_exclude(cl):
                    ["192.168.2.232", "2001::4"]]
 
 
+def test_top_level_exclude_is_the_ranges_only(cl):
+    """whereabouts' config.go gives the top-level `exclude` to `range` alone; an ipRanges entry has its
+    own. So ipRanges hands out its lowest, and an entry only an ipRanges subnet holds is refused, naming
+    it, rather than excluding there what whereabouts would hand out."""
+    ipam = {"type": "whereabouts", "range": "192.168.2.225/28", "exclude": ["192.168.2.225/32"],
+            "ipRanges": [{"range": "192.168.10.1/24"}]}
+    out, _ = add(moved(cl, ipam), "c1")
+    assert addresses(out) == ["192.168.2.226", "192.168.10.1"]
+    stray = dict(ipam, exclude=["192.168.2.225/32", "192.168.10.0/30"])
+    error(add(moved(cl, stray), "c2")[0], 7, "ipam.exclude[1]", "192.168.10.0/30", "192.168.2.224/28")
+
+
 @pytest.fixture
 def own_etcd():
     """A member of its own: etcd_host examples use the default key prefix."""

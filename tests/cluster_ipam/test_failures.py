@@ -323,6 +323,40 @@ def test_retried_add_after_a_lost_claim_answer_recognises_its_own_lease(lossy):
     assert set(cl.keys()) == only_config(cl)
 
 
+def test_a_completion_etcd_never_applies_is_said_to_be_so(make_cl):
+    """The ADD's completion write (clearing its leases' pending mark) answered "may have been applied"
+    each time, yet never applied: code 11 saying so after LOST_WRITES tries, not that the leases changed."""
+    from cni.contract import ERR_TRY_AGAIN, CniError
+    from ipam import etcd
+    from ipam.etcd_store import LOST_WRITES, EtcdStore
+
+    class NeverApplied:
+        """A client whose writes are lost before etcd sees them; reads reach etcd."""
+        def __init__(self, client):
+            self.client, self.writes = client, 0
+
+        def txn(self, compares, success, failure=()):
+            if any("request_put" in op for op in success):
+                self.writes += 1
+                raise CniError(ERR_TRY_AGAIN, "etcd: did not answer a write in time; it may have been applied")
+            return self.client.txn(compares, success, failure)
+
+    real = make_cl(1).etcd.client()
+    store = EtcdStore(real, "/ucl-never-applied", "net1", "n1")
+    pending = store.attachment_value(True)
+    for text in ("10.1.0.2", "10.1.0.3"):
+        real.put(store.k_attachment("c1", "eth0", text), pending)
+    store.client = NeverApplied(real)
+    with pytest.raises(CniError) as raised:
+        store.complete("c1", "eth0", ["10.1.0.2", "10.1.0.3"])
+    assert raised.value.code == ERR_TRY_AGAIN and store.client.writes == LOST_WRITES
+    assert "did not apply the completion of c1/eth0" in raised.value.msg, raised.value.msg
+    assert "changed" not in raised.value.msg
+    assert [kvs[0].value.decode() for kvs in real.txn([], [etcd.get(store.k_attachment("c1", "eth0", t))
+                                                             for t in ("10.1.0.2", "10.1.0.3")]).responses] \
+        == [pending, pending]
+
+
 def test_lost_release_answer_the_del_recognises_its_own_release(lossy):
     cl, proxy, conf = lossy
     [ip] = addresses(cl.add(conf, "c1"))
