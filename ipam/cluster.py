@@ -70,21 +70,17 @@ def whereabouts_range(spec, field, gateway=None):
         out["rangeStart"], out["rangeEnd"] = first.strip(), last.strip()
     if spec.get("exclude"):
         out["exclude"] = whereabouts_exclude(spec["exclude"])
-        within(out["exclude"], subnet, f"{field}.exclude")
     return out
 
 
-def within(entries, subnet, field):
-    """whereabouts excludes only from the range an exclude belongs to: an entry outside that range's
-    subnet excludes nothing, and is refused rather than left to mean what the config did not say."""
-    if not isinstance(entries, list):
-        return
-    for i, entry in enumerate(entries):
+def outside(entries, subnet, field):
+    """The indexes of the exclude entries that lie outside `subnet` (a bad entry is refused, naming it)."""
+    found = []
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
         version, lo, hi = ranges.parse_exclusion(entry, field, i, [])
         if version != subnet.version or hi < int(subnet.network_address) or lo > int(subnet.broadcast_address):
-            raise field_error(f"{field}[{i}]", f"{entry!r} lies outside {subnet}, the subnet of the range it "
-                                               "belongs to (the top-level exclude is `range`'s; each ipRanges "
-                                               "entry has its own)")
+            found.append(i)
+    return found
 
 
 def whereabouts_exclude(entries):
@@ -103,14 +99,24 @@ def masked(cidr):
     return str(network) if network is not None else cidr
 
 
-def with_whereabouts(ipam):
+def with_whereabouts(ipam, warnings=None):
     """The ipam section with whereabouts' `range`/`ipRanges` turned into host-local range sets, and
-    its routes' destinations read as whereabouts reads them (host bits cleared)."""
-    extra = []
+    its routes' destinations read as whereabouts reads them (host bits cleared). whereabouts' top-level
+    exclude is `range`'s (its pkg/config/config.go); an entry outside range's subnet, which whereabouts
+    ignores, stays a top-level exclude of the ranges it overlaps, as cluster-ipam took it before, and
+    is warned of: never an address handed out that the config names as excluded."""
+    extra, stray = [], []
     if "range" in ipam:
-        # whereabouts' top-level exclude is `range`'s, not its ipRanges' (its pkg/config/config.go)
-        extra.append([whereabouts_range({k: ipam.get(k) for k in ("range", "range_start", "range_end", "exclude")},
-                                        "ipam", ipam.get("gateway"))])
+        own = whereabouts_range({k: ipam.get(k) for k in ("range", "range_start", "range_end", "exclude")},
+                                "ipam", ipam.get("gateway"))
+        stray = outside(own.get("exclude"), ipaddress.ip_network(own["subnet"]), "ipam.exclude")
+        if stray:
+            own["exclude"] = [e for i, e in enumerate(own["exclude"]) if i not in stray]
+            (warnings if warnings is not None else []).extend(
+                f"ipam.exclude[{i}]: {ipam['exclude'][i]!r} lies outside range {own['subnet']}: whereabouts "
+                "ignores it; excluded here from the ranges it overlaps (write it in that ipRanges entry's "
+                "exclude)" for i in stray)
+        extra.append([own])
     for i, spec in enumerate(ipam.get("ipRanges") or []):
         if not isinstance(spec, dict):
             raise field_error(f"ipam.ipRanges[{i}]", "must be an object with a range")
@@ -121,6 +127,8 @@ def with_whereabouts(ipam):
     if "range" in ipam:
         out.pop("gateway", None)   # they went into the range
         out.pop("exclude", None)
+        if stray:
+            out["exclude"] = [whereabouts_exclude(ipam["exclude"])[i] for i in stray]
     if isinstance(ipam.get("routes"), list):
         out["routes"] = [dict(r, dst=masked(r["dst"])) if isinstance(r, dict) and "dst" in r else r
                          for r in ipam["routes"]]
@@ -328,7 +336,7 @@ class ClusterConfig(StoreConfig, verbs.IpamConfig):
         config = request.config
         netconf.validate("cluster-ipam", config, request)
         StoreConfig.__init__(self, config)
-        verbs.IpamConfig.__init__(self, request, with_whereabouts(config["ipam"]))
+        verbs.IpamConfig.__init__(self, request, with_whereabouts(config["ipam"], self.warnings))
         if not self.dns and isinstance(config["ipam"].get("dns"), dict):
             # static IPAM's `dns`, which whereabouts reports (the schema checked its keys' types)
             self.dns = {k: v for k, v in config["ipam"]["dns"].items() if k in ("nameservers", "domain", "search",

@@ -193,14 +193,18 @@ def test_dual_stack_proposal_ip_ranges_with_their_own_exclude(cl):
 
 def test_top_level_exclude_is_the_ranges_only(cl):
     """whereabouts' config.go gives the top-level `exclude` to `range` alone; an ipRanges entry has its
-    own. So ipRanges hands out its lowest, and an entry only an ipRanges subnet holds is refused, naming
-    it, rather than excluding there what whereabouts would hand out."""
+    own. So ipRanges hands out its lowest. An entry only an ipRanges subnet holds (whereabouts ignores
+    it) still excludes there, as cluster-ipam took it before, with a warning naming it: a config that
+    worked keeps working, and no address the config names as excluded is handed out."""
     ipam = {"type": "whereabouts", "range": "192.168.2.225/28", "exclude": ["192.168.2.225/32"],
             "ipRanges": [{"range": "192.168.10.1/24"}]}
-    out, _ = add(moved(cl, ipam), "c1")
-    assert addresses(out) == ["192.168.2.226", "192.168.10.1"]
+    out, warnings = add(moved(cl, ipam), "c1")
+    assert addresses(out) == ["192.168.2.226", "192.168.10.1"] and not any("exclude" in w for w in warnings)
     stray = dict(ipam, exclude=["192.168.2.225/32", "192.168.10.0/30"])
-    error(add(moved(cl, stray), "c2")[0], 7, "ipam.exclude[1]", "192.168.10.0/30", "192.168.2.224/28")
+    out, warnings = add(moved(cl, stray), "c2")
+    assert addresses(out) == ["192.168.2.227", "192.168.10.4"], out
+    assert [w for w in warnings if w.startswith("ipam.exclude[1]: '192.168.10.0/30' lies outside range "
+                                                "192.168.2.224/28")], warnings
 
 
 @pytest.fixture
