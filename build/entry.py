@@ -85,7 +85,7 @@ def run(argv):
         # VERSION is the same for every plugin and static: runtimes (podman)
         # call it before each ADD/DEL, so the bundle prints the contract's
         # answer computed at build time, without importing the contract
-        # (json, re) or the plugin (netlink, pyroute2).
+        # (json, re) or the plugin (netlink).
         if build is not None:
             sys.stdout.write(build.VERSION_OUTPUT)
             return 0

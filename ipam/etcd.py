@@ -10,22 +10,9 @@ import is paid each time. http.client alone pulls in email.* and ssl (~20 ms);
 a gRPC stack costs 100 ms+ per exec (REFERENCE.md §6: Debian's python3-etcd3,
 104-111 ms a process). This module speaks the little HTTP/1.1 the
 gateway needs (one POST, Content-Length or chunked answers) on a plain socket,
-and imports ssl only when an endpoint is https://. Measured 2026-12-01 on the
-2-core build machine under load (load average ~10; etcd-server 3.4.23 on
-loopback; min / median of 21 processes or 500 txns; compare ratios):
-
-    python3 -I -c pass, a whole process               16 / 20 ms
-    import cni.contract                               12 / 16 ms
-    import ipam.etcd (with cni.contract)              17 / 20 ms  (+5 ms)
-    import ipam.etcd + ssl, for https:// endpoints    27 / 28 ms  (+10 ms)
-    import cni.contract + http.client, to compare     33 / 48 ms  (+21 ms)
-    one txn (absent -> put), kept connection:
-      1 member                                        0.60 / 0.82 ms, p99 8 ms
-      3 members, the client on the leader             0.99 / 1.60 ms, p99 23 ms
-      3 members over TLS with client certificates     1.13 / 1.96 ms, p99 16 ms
-    a whole process: start, import, connect, one txn  32 / 46 ms (1 or 3 members)
-
-    reproduce: /work/venv/bin/python -m tests.etcd_client.bench
+and imports ssl only when an endpoint is https://. What that buys (import time,
+one txn, a whole process) is measured side by side by
+`python -m tests.etcd_client.bench`, not written down here to go stale.
 
 Failures. One call is bounded by request_timeout as a whole; each connect by
 dial_timeout as well. The client starts with the endpoint that answered last

@@ -12,8 +12,6 @@ from cni import contract
 from cni.contract import ERR_INVALID_CONFIG, CniError
 from ipam import allocator, verbs
 from ipam.store import DiskStore
-# the shared config checks, under the names cni/operator/validate.py reads them by
-from ipam.verbs import DEFAULT_LOCK_TIMEOUT, check_one_set_per_family, check_route  # noqa: F401
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 

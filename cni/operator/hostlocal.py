@@ -22,7 +22,8 @@ from cni import files
 from cni.contract import CniError
 from ipam import lease_files, lease_index, verbs
 from ipam import store as disk
-from ipam.host_local import DEFAULT_DATA_DIR, DEFAULT_LOCK_TIMEOUT  # noqa: F401 (re-exported defaults)
+from ipam.host_local import DEFAULT_DATA_DIR  # noqa: F401 (re-exported default)
+from ipam.verbs import DEFAULT_LOCK_TIMEOUT
 
 
 class StoreProblem(Exception):

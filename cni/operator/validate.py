@@ -154,25 +154,23 @@ def check_cluster_ipam(config, warnings=None):
 
 def check_host_local(config, warnings=None):
     """host-local's ADD checks of its config, without reading files or taking an address."""
-    from ipam import host_local, ranges
+    from ipam import ranges, verbs
     netconf.validate("host-local", config)
     ipam = config["ipam"]
     runtime = config.get("runtimeConfig") or {}
     sets = ranges.range_sets(ipam, runtime.get("ipRanges"), ranges.host_shim_aux(config), warnings)
     version = config.get("cniVersion", "0.1.0")
     if contract.version_key(version) < (0, 3, 0):
-        host_local.check_one_set_per_family(sets, version)
+        verbs.check_one_set_per_family(sets, version)
     for i, route in enumerate(ipam.get("routes") or []):
-        host_local.check_route(route, f"ipam.routes[{i}]")
+        verbs.check_route(route, f"ipam.routes[{i}]")
     return sets
 
 
 def key_problems(config, main, host_local, cluster_ipam=False):
-    """(field path, key, suggestion or None) from the config engineer's cni.config.key_problems:
-    the plugin's schema for its own keys, host-local's for the ipam section."""
-    find = getattr(netconf, "key_problems", None)
-    if find is None:
-        return []   # not in this build yet: unknown keys go unreported
+    """(field path, key, suggestion or None) from cni.config.key_problems: the plugin's schema for
+    its own keys, host-local's (or cluster-ipam's) for the ipam section."""
+    find = netconf.key_problems
     found = []
     if main:
         found += [p for p in find(main, config) if not p[0].startswith("ipam")]

@@ -583,8 +583,6 @@ def test_cluster_hook(tmp_path):
         assert cluster_module() is cluster
         assert callable(cluster.leases) and callable(cluster.release_node)
 
-@pytest.mark.xfail(not hasattr(__import__("cni.config").config, "key_problems"), strict=True,
-                   reason="cni.config.key_problems (branch config) is not merged yet")
 def test_validate_refuses_near_miss_keys_and_warns_of_unknown_ones(tmp_path):
     typo = {"cniVersion": "1.0.0", "name": "t", "type": "macvlan", "mdoe": "bridge", "master": "eth1", "foo": 1,
             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24", "rangStart": "10.1.0.10"}]],

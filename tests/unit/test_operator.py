@@ -227,8 +227,6 @@ def test_key_problems_become_errors_and_warnings(tmp_path, monkeypatch):
     ])
 
 
-@pytest.mark.xfail(not hasattr(netconf, "key_problems"), strict=True,
-                   reason="cni.config.key_problems (branch config) is not merged yet")
 def test_near_miss_keys_with_the_real_key_problems(tmp_path):
     config = conf(exlude=["10.1.0.0/28"])
     config["ipam"]["ranges"][0][0]["rangStart"] = "10.1.0.10"
