@@ -873,16 +873,12 @@ def cluster_pools(config_dir, cluster_data_dirs):
     within twice its requestTimeout (the leases, then the pools; each call is bounded by it) is a
     problem, and the page goes out without it."""
     import threading
-    from ipam import etcd
     networks, problems = cluster_networks(config_dir, cluster_data_dirs)
     results, reads = {}, []
     for path, name, config in networks:
         if any(name == read[0] for read in reads):
             continue   # two configs of one name (a file and a stale record of it): the first
-        etcd_conf = config["ipam"].get("etcd") if isinstance(config.get("ipam"), dict) else None
-        timeout = etcd_conf.get("requestTimeout") if isinstance(etcd_conf, dict) else None
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            timeout = etcd.DEFAULT_REQUEST_TIMEOUT   # or a bad one: the read says what is wrong
+        timeout = request_timeout(config)
         thread = threading.Thread(target=cluster_read, args=(results, name, config), daemon=True)
         thread.start()
         reads.append((name, path, thread, time.monotonic() + 2 * timeout))
@@ -899,6 +895,17 @@ def cluster_pools(config_dir, cluster_data_dirs):
             problems.append(f"cluster-ipam network {name} ({path}): {getattr(found, 'msg', None) or found}")
         readable[("cluster-ipam", name)] = isinstance(found, list)
     return rows, readable, problems
+
+
+def request_timeout(config):
+    """A cluster-ipam network's requestTimeout, read as its etcd client reads it (whereabouts'
+    etcd_host included); the default for a config that is refused: its read says why."""
+    from cni.contract import CniError
+    from ipam import cluster, etcd
+    try:
+        return etcd.timeout_setting(cluster.StoreConfig(config).etcd_conf, "requestTimeout")
+    except (CniError, AttributeError):
+        return etcd.DEFAULT_REQUEST_TIMEOUT
 
 
 def cluster_read(results, name, config):

@@ -613,16 +613,18 @@ class Client:
                     continue
                 raise CniError(ERR_IO, f"etcd: {ep.url} refused the request: {message}", f"gRPC code {code}")
             if refused:                             # no member answered, one refused our certificates
-                raise self._certificate_error(*refused, "; ".join(f"{ep.url}: {why.get(ep.url, 'not tried')}"
-                                                                  for ep in self.endpoints))
+                raise self._certificate_error(*refused, self._round(why))
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             time.sleep(min(pause, left))
             pause = min(pause * 2, 0.5)
         raise CniError(ERR_TRY_AGAIN, f"etcd: no endpoint answered within {self.request_timeout:g}s",
-                       "; ".join(f"{ep.url}: {why.get(ep.url, 'not tried')}" for ep in self.endpoints))
+                       self._round(why))
 
+    def _round(self, why):
+        """What each endpoint said in the last round (the details of a failed call)."""
+        return "; ".join(f"{ep.url}: {why.get(ep.url, 'not tried')}" for ep in self.endpoints)
 
     def _certificate_error(self, i, refusal, details):
         """Code 7 naming the file (or endpoint) to fix and TLS's reason: nothing gets better by retrying."""
@@ -652,6 +654,18 @@ def _decode(answer):
 # --------------------------------------------------------------------------
 # From a network config's `etcd` object.
 
+TIMEOUT_DEFAULTS = {"dialTimeout": DEFAULT_DIAL_TIMEOUT, "requestTimeout": DEFAULT_REQUEST_TIMEOUT}
+
+
+def timeout_setting(etcd_conf, key, field="ipam.etcd"):
+    """dialTimeout or requestTimeout of an etcd section, in seconds (its default when not given);
+    code 7 names the field when it is not a number of seconds in (0, MAX_TIMEOUT]."""
+    value = etcd_conf.get(key, TIMEOUT_DEFAULTS[key])
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT:
+        raise CniError(ERR_INVALID_CONFIG, f"{field}.{key}: {value!r} is not a number of seconds in (0, {MAX_TIMEOUT:g}]")
+    return float(value)
+
+
 def client_from_config(etcd_conf, field="ipam.etcd"):
     """Checks endpoints, certFile, keyFile, trustedCAFile, dialTimeout, requestTimeout
     (and that prefix, if given, is a string) and builds the Client. Code 7 names the field."""
@@ -668,12 +682,7 @@ def client_from_config(etcd_conf, field="ipam.etcd"):
         if value is not None and (not isinstance(value, str) or not value or "\0" in value):
             raise CniError(ERR_INVALID_CONFIG, f"{field}.{key}: must be a file path")
         files[key] = value
-    timeouts = {}
-    for key, default in (("dialTimeout", DEFAULT_DIAL_TIMEOUT), ("requestTimeout", DEFAULT_REQUEST_TIMEOUT)):
-        value = etcd_conf.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT:
-            raise CniError(ERR_INVALID_CONFIG, f"{field}.{key}: {value!r} is not a number of seconds in (0, {MAX_TIMEOUT:g}]")
-        timeouts[key] = float(value)
+    timeouts = {key: timeout_setting(etcd_conf, key, field) for key in ("dialTimeout", "requestTimeout")}
     client = Client(endpoints, cert_file=files["certFile"], key_file=files["keyFile"], ca_file=files["trustedCAFile"],
                     dial_timeout=timeouts["dialTimeout"], request_timeout=timeouts["requestTimeout"], field=field)
     if any(files.values()) and client._tls is None:
