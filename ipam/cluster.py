@@ -109,13 +109,14 @@ def with_whereabouts(ipam, warnings=None):
     if "range" in ipam:
         own = whereabouts_range({k: ipam.get(k) for k in ("range", "range_start", "range_end", "exclude")},
                                 "ipam", ipam.get("gateway"))
-        stray = outside(own.get("exclude"), ipaddress.ip_network(own["subnet"]), "ipam.exclude")
-        if stray:
-            own["exclude"] = [e for i, e in enumerate(own["exclude"]) if i not in stray]
-            (warnings if warnings is not None else []).extend(
-                f"ipam.exclude[{i}]: {ipam['exclude'][i]!r} lies outside range {own['subnet']}: whereabouts "
-                "ignores it; excluded here from the ranges it overlaps (write it in that ipRanges entry's "
-                "exclude)" for i in stray)
+        indexes = outside(own.get("exclude"), ipaddress.ip_network(own["subnet"]), "ipam.exclude")
+        if indexes:
+            stray = [own["exclude"][i] for i in indexes]   # masked as whereabouts masks them
+            own["exclude"] = [e for i, e in enumerate(own["exclude"]) if i not in indexes]
+            if warnings is not None:
+                warnings.extend(f"ipam.exclude[{i}]: {ipam['exclude'][i]!r} lies outside range {own['subnet']}: "
+                                "whereabouts ignores it; excluded here from the ranges it overlaps (write it in "
+                                "that ipRanges entry's exclude)" for i in indexes)
         extra.append([own])
     for i, spec in enumerate(ipam.get("ipRanges") or []):
         if not isinstance(spec, dict):
@@ -128,7 +129,7 @@ def with_whereabouts(ipam, warnings=None):
         out.pop("gateway", None)   # they went into the range
         out.pop("exclude", None)
         if stray:
-            out["exclude"] = [whereabouts_exclude(ipam["exclude"])[i] for i in stray]
+            out["exclude"] = stray
     if isinstance(ipam.get("routes"), list):
         out["routes"] = [dict(r, dst=masked(r["dst"])) if isinstance(r, dict) and "dst" in r else r
                          for r in ipam["routes"]]
@@ -728,8 +729,8 @@ def release_node(config, node, force=False, others=()):
     sticky = {c.get("name"): StoreConfig(c).sticky_seconds for c in others}
     node = check_node(node, "node")
     with conf.store("", lock=False) as store:
-        found = store.all_leases()
-        known = known_nodes(store, found)
+        found, owners = store.all_leases(), block_owners(store)
+        known = known_nodes(store, found, owners)
         if node not in known:
             raise UnknownNode(f"no node {node} in etcd under {conf.prefix}: no lease, hold, block or attachment "
                               f"names it (released already, or never ran here; known nodes: "
@@ -741,7 +742,7 @@ def release_node(config, node, force=False, others=()):
             raise CniError(ERR_NOT_AVAILABLE, f"node {node} still holds {len(live)} lease(s): {sample}"
                                               f"{' ...' if len(live) > 5 else ''}; release them only if the "
                                               "node is gone for good")
-        owned = node_blocks(store, node)
+        owned = [kv for owner, kv in owners if owner == node]
         released = 0
         for lease in live:
             store.sticky_seconds = sticky.get(lease.doc.get("network"), conf.sticky_seconds)
@@ -758,8 +759,9 @@ def release_node(config, node, force=False, others=()):
             "blocks_orphaned": orphaned, "blocks_held": held}
 
 
-def known_nodes(store, found):
-    """The names of every node etcd knows: in leases and holds (`found`), blocks, attachment records."""
+def known_nodes(store, found, owners):
+    """The names of every node etcd knows: in leases and holds (`found`), blocks (`owners`:
+    block_owners), attachment records."""
     import json
     known = {lease.doc.get("node") for lease in found}
     for kv in store.client.range(store.k("attachments") + "/"):
@@ -767,7 +769,7 @@ def known_nodes(store, found):
             known.add(json.loads(kv.value).get("node"))
         except (ValueError, AttributeError):
             continue
-    known.update(owner for owner, _ in block_owners(store))
+    known.update(owner for owner, _ in owners)
     return {name for name in known if isinstance(name, str)}
 
 
