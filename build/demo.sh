@@ -31,7 +31,7 @@ plugin() {  # plugin NAME COMMAND CONTAINER POD < config
         exe=("$BIN_DIR/$name")
     else
         case $name in
-            macvlan) exe=("${PYTHON:-python3}" -m cni.macvlan) ;;
+            macvlan) exe=("${PYTHON:-python3}" -m cni.plugins.macvlan) ;;
             host-local) exe=("${PYTHON:-python3}" -m ipam.host_local) ;;
         esac
     fi

@@ -508,7 +508,7 @@ def has_log_file(stdin):
 
 
 def program_name():
-    """How the user called us, for --help: `macvlan`, or `python3 -m cni.macvlan` from source."""
+    """How the user called us, for --help: `macvlan`, or `python3 -m cni.plugins.macvlan` from source."""
     name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "PLUGIN"
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if name.endswith(".py") and spec is not None:

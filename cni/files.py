@@ -1,7 +1,7 @@
 """Small file helpers written once: the boot ID and whole-file atomic writes.
 
-Used by the lease store (ipam/lease_files.py, ipam/lease_index.py), the
-kernel probe's cache (cni/kernel.py), the parents' records (cni/parents.py)
+Used by the lease store (ipam/stores/lease_files.py, ipam/stores/lease_index.py), the
+kernel probe's cache (cni/net/kernel.py), the parents' records (cni/net/parents.py)
 and cluster-ipam's network records (ipam/cluster.py).
 """
 

@@ -1,4 +1,4 @@
-"""The thin path: hand this invocation to underlayd, the warm node agent (cni/agent.py).
+"""The thin path: hand this invocation to underlayd, the warm node agent (cni/agent/__init__.py).
 
 A plugin executable calls `hand_off(plugin)` before it imports the plugin.
 When the agent answers, a fork of the agent that has already imported every
@@ -11,7 +11,7 @@ plugin runs in this process exactly as it would without an agent; `status`
 says why, for the operation log's debug level.
 
 Two clients speak this protocol: this module, for the plugins run from
-Python (`python -m cni.macvlan`, pip's console scripts, `underlay macvlan`),
+Python (`python -m cni.plugins.macvlan`, pip's console scripts, `underlay macvlan`),
 and cni/handoff.c, which the bundle's plugin names are (a frozen interpreter
 takes 25-30 ms to start, the compiled client ~1 ms). When the compiled
 client does not hand off, it execs the bundle with UNDERLAY_HANDOFF_STATUS

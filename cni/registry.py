@@ -16,8 +16,8 @@ Plain dicts and tuples: the bundle's entry imports this on every exec.
 
 EXECUTABLES = {
     # name: (module, role)
-    "macvlan": ("cni.macvlan", "main"),
-    "ipvlan": ("cni.ipvlan", "main"),
+    "macvlan": ("cni.plugins.macvlan", "main"),
+    "ipvlan": ("cni.plugins.ipvlan", "main"),
     "host-local": ("ipam.host_local", "ipam"),
     "cluster-ipam": ("ipam.cluster", "ipam"),
     "underlayd": ("cni.agent", "agent"),

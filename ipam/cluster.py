@@ -5,7 +5,7 @@ auxAddresses, requested IPs, routes, resolvConf, lockTimeout, logging) plus
 `etcd`, `node`, `blockSize`, `dataDir`, `sticky`/`stickySeconds`; a config
 written for whereabouts (`range`, `range_start`, `range_end`, `exclude`,
 `gateway`, `ipRanges`) is taken as it is. The store and its transactions are
-ipam/etcd_store.py's, the block grid ipam/blocks.py's.
+ipam/stores/etcd.py's, the block grid ipam/blocks.py's.
 
 Allocation, per range set: a requested address (anywhere in the subnets, as
 host-local); else the pod's sticky hold; else round-robin over this node's
@@ -317,8 +317,8 @@ class StoreConfig:
         return self.prefix, frozenset(u.strip().rstrip("/").lower() for u in urls if isinstance(u, str))
 
     def store(self, network, grids=(), pod=None, lock=True, netns=None):
-        from ipam.etcd_store import EtcdStore
-        from ipam.lease_files import LeaseFiles
+        from ipam.stores.etcd import EtcdStore
+        from ipam.stores.lease_files import LeaseFiles
         client = self.client()
         files = None
         try:
@@ -577,7 +577,7 @@ def cmd_gc(request):
 
 
 def heal(config, gone):
-    """underlayd's healing of missed DELs (cni/agent.py): release this node's attachments of the
+    """underlayd's healing of missed DELs (cni/agent/__init__.py): release this node's attachments of the
     config's network whose recorded netns `gone(path)` says is certainly gone, as DEL releases them
     (with sticky, a known pod's become holds), under the node's lock as DEL takes it. Yields
     (containerID, ifname, netns, [ip]) of each once released. Another node's attachments, and

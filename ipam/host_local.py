@@ -11,7 +11,7 @@ from cni import config as netconf
 from cni import contract
 from cni.contract import ERR_INVALID_CONFIG, CniError
 from ipam import allocator, verbs
-from ipam.store import DiskStore
+from ipam.stores.disk import DiskStore
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 

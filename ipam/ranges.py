@@ -427,7 +427,7 @@ MAX_RANGES = 4096
 
 
 def host_shim_aux(config):
-    """The aux entries of a network's hostShim (cni/shim.py): one address, or one per family,
+    """The aux entries of a network's hostShim (cni/net/shim.py): one address, or one per family,
     never given to a pod."""
     shim = config.get("hostShim")
     addresses = shim.get("address") if isinstance(shim, dict) else []

@@ -1,8 +1,8 @@
 """host-local's stores as the operator reads them: read-only, under the plugins' lock.
 
 The one place the operator touches host-local's file store: DiskStore's lock
-and close, its lease files' full scan (ipam/lease_files.py), its index's entries
-and parsing helpers (ipam/lease_index.py).
+and close, its lease files' full scan (ipam/stores/lease_files.py), its index's entries
+and parsing helpers (ipam/stores/lease_index.py).
 
 Read-only means no lease, index or stamp is written or removed: the store's
 own repair of a stale or torn index (a rebuild, which also drops empty lease
@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 from cni import files
 from cni.contract import CniError
-from ipam import lease_files, lease_index, verbs
-from ipam import store as disk
+from ipam.stores import lease_files, lease_index
+from ipam import verbs
+from ipam.stores import disk
 from ipam.host_local import DEFAULT_DATA_DIR  # noqa: F401 (re-exported default)
 from ipam.verbs import DEFAULT_LOCK_TIMEOUT
 

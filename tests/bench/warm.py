@@ -54,7 +54,7 @@ def warm_imports():
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             if not info.name.endswith("__main__"):
                 importlib.import_module(info.name)
-    import cni.macvlan
+    import cni.plugins.macvlan
     import ipam.host_local
     from cni import config, contract, registry
     for schema in ("macvlan", "host-local"):
@@ -63,7 +63,7 @@ def warm_imports():
         except contract.CniError:
             pass
     registry.in_process_ipam("host-local")
-    return cni.macvlan.VERBS, ipam.host_local
+    return cni.plugins.macvlan.VERBS, ipam.host_local
 
 
 class Counters:
@@ -74,7 +74,7 @@ class Counters:
         self.objects = 0
 
     def install(self):
-        from cni import netlink
+        from cni.net import netlink
         counters = self
 
         class CountingSocket:

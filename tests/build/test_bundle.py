@@ -47,21 +47,21 @@ DENY_ALWAYS = {
     "secrets": 10.0,
     "multiprocessing.pool": None,
     "multiprocessing.managers": None,
-    # cni/netlink.py speaks rtnetlink itself; `import pyroute2` costs 110-130 ms (REFERENCE.md)
+    # cni/net/netlink.py speaks rtnetlink itself; `import pyroute2` costs 110-130 ms (REFERENCE.md)
     "pyroute2": 110.0,
     "multiprocessing": 10.1,
 }
 
 # VERSION prints an answer computed at build time: no contract, no plugin.
 DENY_VERSION = dict(DENY_ALWAYS, **{
-    "cni.contract": None, "ipam": None, "cni.netlink": None, "pyroute2": None,
+    "cni.contract": None, "ipam": None, "cni.net.netlink": None, "pyroute2": None,
     "json": 5.9, "re": 4.3, "enum": 3.1, "ipaddress": 3.0, "ctypes": 2.3, "socket": 5.8,
     "typing": 7.4, "logging": 10.7, "multiprocessing": 10.1, "subprocess": 8.2, "traceback": 7.1,
 })
 
 # host-local needs no netlink at all: none of what pyroute2 drags in.
 DENY_HOST_LOCAL = dict(DENY_ALWAYS, **{
-    "pyroute2": None, "cni.netlink": None, "typing": 7.4, "logging": 10.7, "multiprocessing": 10.1,
+    "pyroute2": None, "cni.net.netlink": None, "typing": 7.4, "logging": 10.7, "multiprocessing": 10.1,
     "platform": 6.2, "pickle": 6.1, "subprocess": 8.2, "ctypes": 2.3, "socket": 5.8, "threading": 3.1,
     "traceback": 7.1,
 })

@@ -23,7 +23,7 @@ NADS = ROOT / "conf" / "nads"
 SCHEMAS = ROOT / "conf" / "schema"
 DRIVER_SRC = pathlib.Path(__file__).resolve().parent / "cnitool"
 LIBCNI_SRC = "/usr/share/gocode/src/github.com/containernetworking/cni"
-OUR_PLUGINS = {"macvlan": "cni.macvlan", "ipvlan": "cni.ipvlan", "host-local": "ipam.host_local"}
+OUR_PLUGINS = {"macvlan": "cni.plugins.macvlan", "ipvlan": "cni.plugins.ipvlan", "host-local": "ipam.host_local"}
 REFERENCE_DIR = "/usr/lib/cni"
 
 

@@ -7,8 +7,8 @@ import pytest
 from cni.contract import ERR_TRY_AGAIN, CniError
 from ipam import ranges
 from ipam.blocks import Grid
-from ipam.etcd_store import EtcdStore
-from ipam.lease_files import LeaseFiles
+from ipam.stores.etcd import EtcdStore
+from ipam.stores.lease_files import LeaseFiles
 
 
 class LosingClient:

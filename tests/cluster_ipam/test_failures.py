@@ -328,7 +328,7 @@ def test_a_completion_etcd_never_applies_is_said_to_be_so(make_cl):
     each time, yet never applied: code 11 saying so after LOST_WRITES tries, not that the leases changed."""
     from cni.contract import ERR_TRY_AGAIN, CniError
     from ipam import etcd
-    from ipam.etcd_store import LOST_WRITES, EtcdStore
+    from ipam.stores.etcd import LOST_WRITES, EtcdStore
 
     class NeverApplied:
         """A client whose writes are lost before etcd sees them; reads reach etcd."""

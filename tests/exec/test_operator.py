@@ -14,7 +14,7 @@ import pathlib
 
 import pytest
 
-from ipam.store import INDEX_DIR, STAMP
+from ipam.stores.disk import INDEX_DIR, STAMP
 from tests import netns as nsutil
 from tests.exec.conftest import HostLocal
 from tests.operator import run_underlay, tree, underlay_argv

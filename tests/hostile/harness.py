@@ -22,14 +22,15 @@ import stat
 import tempfile
 import threading
 
-from cni import contract, netlink, netns
-from ipam.lease_files import is_ip
+from cni import contract
+from cni.net import netlink, netns
+from ipam.stores.lease_files import is_ip
 from tests import netns as nsutil
 
 PLUGINS = {
     "host-local": ("ipam.host_local", "CNI host-local IPAM plugin (underlay)"),
-    "macvlan": ("cni.macvlan", "CNI macvlan plugin (underlay)"),
-    "ipvlan": ("cni.ipvlan", "CNI ipvlan plugin (underlay)"),
+    "macvlan": ("cni.plugins.macvlan", "CNI macvlan plugin (underlay)"),
+    "ipvlan": ("cni.plugins.ipvlan", "CNI ipvlan plugin (underlay)"),
 }
 # Codes a plugin may answer with; 999 is underlay's "internal error", i.e. a bug.
 SPEC_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 102, 103})

@@ -155,7 +155,7 @@ def test_store_paths_replaced_by_symlinks_are_never_followed(rel, target_kind, c
 
 def test_state_dir_records_replaced_by_symlinks_are_never_followed(count_cases):
     """macvlan's records of the links it made: a symlinked record or temp file is not written through."""
-    from cni import parents
+    from cni.net import parents
     with Sandbox(netns_too=False) as sb:
         target = os.path.join(sb.root, "victim")
         with open(target, "w") as f:
@@ -191,7 +191,7 @@ def test_modes_do_not_depend_on_the_umask(umask, count_cases):
             for cid in ("c1", "c2"):
                 assert invoke("host-local", base_env(sb, "ADD", cid=cid), json.dumps(conf).encode()).ok
             assert invoke("host-local", base_env(sb, "DEL", cid="c2"), json.dumps(conf).encode()).ok
-            from cni import parents
+            from cni.net import parents
             with parents.Records(sb.state) as records:
                 records.save("ul0", {"kind": "dummy", "network": "n", "users": {"n/c/eth0"}})
         finally:

@@ -1,4 +1,4 @@
-"""cni/netlink.py's own encoding and parsing against the real kernel.
+"""cni/net/netlink.py's own encoding and parsing against the real kernel.
 
 The parsers read only the attributes the plugins use; here they are checked,
 field by field, against pyroute2's full decode of the very bytes the kernel
@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from cni import netlink, netns
+from cni.net import netlink, netns
 from tests import netns as ns
 
 

@@ -1,6 +1,6 @@
 """Run a plugin that SIGKILLs itself at a named step: the crash tests' precise kills.
 
-    UNDERLAY_KILL_AT=add:before-rename python3 -m tests.reliability.killpoint cni.macvlan
+    UNDERLAY_KILL_AT=add:before-rename python3 -m tests.reliability.killpoint cni.plugins.macvlan
 
 A random delay lands mostly in Python's start-up; these points put the kill
 exactly between two steps (the link created but not renamed, the lease linked
@@ -45,33 +45,33 @@ def _caller(name):
 
 # point -> (module, attribute path, before/after, filter or None)
 POINTS = {
-    "add:before-create": ("cni.netlink", "Netlink.create_link", "before", None),
-    "add:before-rename": ("cni.netlink", "Netlink.create_link", "after", None),
-    "add:after-rename": ("cni.netlink", "Netlink.set_link", "after", _renaming),
+    "add:before-create": ("cni.net.netlink", "Netlink.create_link", "before", None),
+    "add:before-rename": ("cni.net.netlink", "Netlink.create_link", "after", None),
+    "add:after-rename": ("cni.net.netlink", "Netlink.set_link", "after", _renaming),
     "add:lease-body": ("cni.files", "write_temp", "after", _lease_body),
-    "add:after-lease": ("ipam.lease_files", "LeaseFiles.reserve", "after", None),
-    "add:after-index": ("ipam.lease_index", "AttachmentIndex.record", "after", None),
-    "add:after-ipam": ("ipam.lease_index", "AttachmentIndex.commit", "after", _caller("flush")),
-    "add:before-configure": ("cni.iface", "configure", "before", None),
-    "add:after-configure": ("cni.iface", "configure", "after", None),
-    "add:before-result": ("cni.iface", "interface_result", "after", None),
+    "add:after-lease": ("ipam.stores.lease_files", "LeaseFiles.reserve", "after", None),
+    "add:after-index": ("ipam.stores.lease_index", "AttachmentIndex.record", "after", None),
+    "add:after-ipam": ("ipam.stores.lease_index", "AttachmentIndex.commit", "after", _caller("flush")),
+    "add:before-configure": ("cni.net.iface", "configure", "before", None),
+    "add:after-configure": ("cni.net.iface", "configure", "after", None),
+    "add:before-result": ("cni.net.iface", "interface_result", "after", None),
     # with UNDERLAY_FAIL_AT=configure: ADD fails after IPAM and rolls back
-    "add:rollback-ipam": ("ipam.store", "DiskStore.release", "after", None),
-    "add:rollback-link": ("cni.netlink", "Netlink.delete_link", "before", None),
-    "del:before-release": ("ipam.store", "DiskStore.release", "before", None),
-    "del:after-release": ("ipam.store", "DiskStore.release", "after", None),
-    "del:after-forget": ("ipam.lease_index", "AttachmentIndex.forget", "after", None),
-    "del:before-link": ("cni.netlink", "Netlink.delete_link", "before", None),
-    "del:after-link": ("cni.netlink", "Netlink.delete_link", "after", None),
-    "gc:after-release": ("ipam.store", "DiskStore.release", "after", _caller("cmd_gc")),
+    "add:rollback-ipam": ("ipam.stores.disk", "DiskStore.release", "after", None),
+    "add:rollback-link": ("cni.net.netlink", "Netlink.delete_link", "before", None),
+    "del:before-release": ("ipam.stores.disk", "DiskStore.release", "before", None),
+    "del:after-release": ("ipam.stores.disk", "DiskStore.release", "after", None),
+    "del:after-forget": ("ipam.stores.lease_index", "AttachmentIndex.forget", "after", None),
+    "del:before-link": ("cni.net.netlink", "Netlink.delete_link", "before", None),
+    "del:after-link": ("cni.net.netlink", "Netlink.delete_link", "after", None),
+    "gc:after-release": ("ipam.stores.disk", "DiskStore.release", "after", _caller("cmd_gc")),
     # any verb after an earlier kill: the index cleared, the new one not written yet
-    "rebuild": ("ipam.lease_files", "LeaseFiles.leases", "after", _caller("rebuild_index")),
+    "rebuild": ("ipam.stores.lease_files", "LeaseFiles.leases", "after", _caller("rebuild_index")),
     # the first verb after a reboot: one dead pod's lease released, the others not yet
-    "heal": ("ipam.lease_files", "LeaseFiles.release", "after", _caller("reclaim_dead_netns")),
+    "heal": ("ipam.stores.lease_files", "LeaseFiles.release", "after", _caller("reclaim_dead_netns")),
 }
 
 FAILURES = {
-    "configure": ("cni.iface", "configure"),
+    "configure": ("cni.net.iface", "configure"),
 }
 
 
@@ -107,7 +107,7 @@ def kill_at(point, dormant=False):
 
 
 def fail_at(name, dormant=False):
-    from cni import netlink
+    from cni.net import netlink
     owner, attr = resolve(*FAILURES[name])
     original = getattr(owner, attr)
 

@@ -13,12 +13,12 @@ import subprocess
 import sys
 import time
 
-from ipam.store import DiskStore
+from ipam.stores.disk import DiskStore
 from tests import netns as nsutil
 from tests import plugins
 from tests.plugins import Outcome, plugin_argv, plugin_env
 
-KILLPOINT = [sys.executable, "-m", "tests.reliability.killpoint", "cni.macvlan"]
+KILLPOINT = [sys.executable, "-m", "tests.reliability.killpoint", "cni.plugins.macvlan"]
 TEMP_LINK = re.compile(r"^ul[0-9a-f]{10}$")
 
 

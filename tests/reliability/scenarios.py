@@ -406,7 +406,7 @@ def reboot_healing(node, pods, gone):
     Then pods whose DEL never came: GC with the attachments really live releases theirs."""
     import os
     import uuid
-    from ipam.store import INDEX_DIR, STAMP
+    from ipam.stores.disk import INDEX_DIR, STAMP
     conf = node.conf("heal", "10.79.0.0/22")
     slots = node.add_pods(pods)
     calls = [node.start("ADD", conf, f"h{i}", pod) for i, pod in enumerate(slots)]

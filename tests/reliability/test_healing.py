@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from ipam.store import INDEX_DIR, STAMP
+from ipam.stores.disk import INDEX_DIR, STAMP
 from tests.reliability.node import Audit, assert_killed
 from tests.plugins import run_plugin
 

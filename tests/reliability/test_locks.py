@@ -132,7 +132,7 @@ def test_holder_is_matched_by_device_and_inode(tmp_path, monkeypatch):
     import fcntl
     import io
 
-    from ipam.lease_files import LeaseFiles
+    from ipam.stores.lease_files import LeaseFiles
     store = LeaseFiles(str(tmp_path), "net")
     store.lock()
     st = os.fstat(store.lock_fd)

@@ -6,11 +6,11 @@ import pytest
 
 from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, CniError
 from ipam import allocator, ranges
-from ipam.memory_store import Leases, MemoryStore
+from ipam.stores.memory import Leases, MemoryStore
 
 
 class CountingStore(MemoryStore):
-    """ipam.memory_store's store, counting the calls a nearly full range must not multiply."""
+    """ipam.stores.memory's store, counting the calls a nearly full range must not multiply."""
 
     def __init__(self, leases=(), last=None):
         super().__init__(Leases({ip: ("other", "eth0") for ip in leases}, last))

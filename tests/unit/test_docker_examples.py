@@ -47,6 +47,6 @@ def test_conflist_and_nad_say_the_same_and_validate(option):
         # what the plugins themselves check before acting
         env = {"CNI_COMMAND": "STATUS", "CNI_PATH": "/opt/cni/bin"}
         request = Request("STATUS", env, netconf, b"")
-        module = __import__(f"cni.{plugin['type']}", fromlist=["Conf"])
+        module = __import__(f"cni.plugins.{plugin['type']}", fromlist=["Conf"])
         module.Conf(request)
         ranges.range_sets(netconf["ipam"])

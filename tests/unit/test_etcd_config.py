@@ -109,6 +109,6 @@ def test_host_local_and_macvlan_do_not_import_the_etcd_client():
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    code = "import sys, cni.macvlan, cni.ipvlan, ipam.host_local; print('ipam.etcd' in sys.modules)"
+    code = "import sys, cni.plugins.macvlan, cni.plugins.ipvlan, ipam.host_local; print('ipam.etcd' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
     assert out.split() == ["False"]

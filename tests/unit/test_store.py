@@ -7,9 +7,9 @@ import pytest
 
 from cni.contract import ERR_IO, CniError
 from ipam import allocator, ranges
-from ipam.lease_files import LeaseFiles
-from ipam.lease_index import AttachmentIndex
-from ipam.store import DiskStore
+from ipam.stores.lease_files import LeaseFiles
+from ipam.stores.lease_index import AttachmentIndex
+from ipam.stores.disk import DiskStore
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""One contract for every lease store (ipam/store.py): the file store, the memory store, the etcd store.
+"""One contract for every lease store (ipam/stores/disk.py): the file store, the memory store, the etcd store.
 
 Each case opens stores over one backing (a data directory, a Leases object, an
 etcd prefix) one operation at a time, as successive plugin runs do.
@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from ipam.memory_store import Leases, MemoryStore
-from ipam.store import DiskStore
+from ipam.stores.memory import Leases, MemoryStore
+from ipam.stores.disk import DiskStore
 
 
 def disk_stores(tmp_path, request):
@@ -25,8 +25,8 @@ def etcd_stores(tmp_path, request):
     """cluster-ipam's store on a real etcd member (one per module), a key prefix per test."""
     from ipam import ranges
     from ipam.blocks import Grid
-    from ipam.etcd_store import EtcdStore
-    from ipam.lease_files import LeaseFiles
+    from ipam.stores.etcd import EtcdStore
+    from ipam.stores.lease_files import LeaseFiles
     member = request.getfixturevalue("contract_etcd")
     prefix = f"/ucl-contract-{uuid.uuid4().hex[:8]}"
     sets = ranges.range_sets({"ranges": [[{"subnet": "10.1.0.0/16"}], [{"subnet": "fd00::/64"}]]})

@@ -18,7 +18,8 @@ import re
 import zlib
 
 from cni import config as netconf
-from cni import contract, iface, netlink, netns, parents, shim
+from cni import contract
+from cni.net import iface, netlink, netns, parents, shim
 from cni.contract import (ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, ERR_NOT_PERMITTED,
                           CniError)
 
@@ -122,7 +123,7 @@ class Kind:
         return CniError(ERR_LINK, f"{error} (master {master.name}, {self.settings(conf)})")
 
     def shim_data(self, conf):
-        """IFLA_INFO_DATA for a hostShim on the same master (cni/shim.py)."""
+        """IFLA_INFO_DATA for a hostShim on the same master (cni/net/shim.py)."""
         raise NotImplementedError
 
     def device_routes(self, conf):
@@ -369,7 +370,7 @@ def check(kind, request):
 
 def status(kind, request):
     """0 if an ADD could succeed: the kernel has the link kinds, the master is there, IPAM is ready."""
-    from cni import kernel  # STATUS only: keeps ctypes off the ADD path
+    from cni.net import kernel  # STATUS only: keeps ctypes off the ADD path
     conf = kind.load(request, strict=False)
     needed = [kind.name] + (["dummy"] if conf.internal else [])
     name = conf.parent

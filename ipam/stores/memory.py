@@ -1,4 +1,4 @@
-"""A store of the ipam/store.py protocol kept in memory: for allocator tests and simulations.
+"""A store of the ipam/stores/disk.py protocol kept in memory: for allocator tests and simulations.
 
 It behaves as the file store does, ifname included (the reference's fake store
 ignores it and so differs from the real one). Several MemoryStores may share one

@@ -6,7 +6,7 @@ runs `configure` inside the pod netns (sysctls are per netns).
 
 import ipaddress
 
-from cni import netlink, netns
+from cni.net import netlink, netns
 from cni.contract import ERR_CHECK_FAILED, ERR_LINK, CniError
 
 

@@ -17,7 +17,7 @@ With `routes`, those are routed through it instead, once per network.
 host-local reserves each `address` as the aux address "hostShim".
 
 The first ADD creates the shim when missing. It is recorded like the parents
-underlay creates (cni/parents.py), with what each network and each attachment
+underlay creates (cni/net/parents.py), with what each network and each attachment
 added to it; several networks on one master may share one shim name: each
 network's addresses and routes go with its last attachment, the shim with the
 last attachment of all (DEL or GC).
@@ -30,7 +30,7 @@ last attachment of all (DEL or GC).
 import errno
 import ipaddress
 
-from cni import iface, netlink, parents
+from cni.net import iface, netlink, parents
 from cni.config import parse_cidr
 from cni.contract import ERR_LINK, CniError, config_error
 

@@ -1,4 +1,4 @@
-"""cluster-ipam's lease store in etcd: the ipam/store.py protocol plus blocks, holds and node listings.
+"""cluster-ipam's lease store in etcd: the ipam/stores/disk.py protocol plus blocks, holds and node listings.
 
 Keys under the prefix (default /underlay/ipam):
 
@@ -38,7 +38,7 @@ import time
 from cni.contract import ERR_INVALID_CONFIG, ERR_TRY_AGAIN, CniError
 from ipam import etcd
 from ipam.blocks import Block
-from ipam.lease_index import recordable_netns
+from ipam.stores.lease_index import recordable_netns
 
 # Claims and releases retried after losing a race on the block (others allocate in it too).
 MAX_RACES = 200
@@ -90,7 +90,7 @@ class EtcdStore:
         self.network = network
         self.node = node
         self.grids = list(grids)
-        self.files = files              # ipam/lease_files.py: the node-local lock and last-reserved cache
+        self.files = files              # ipam/stores/lease_files.py: the node-local lock and last-reserved cache
         self.pod = pod                  # (namespace, name) from K8S_POD_*, or None
         self.sticky_seconds = sticky_seconds
         self.netns = recordable_netns(netns)   # the pod's, recorded in its attachment records (healing)

@@ -5,13 +5,14 @@ Docker's ipvlan_flag. In l3 and l3s the pod gets `default dev <ifname>` and no
 gateway, as with Docker: the node needs a route to the pod subnet via the parent.
 Chained mode: no ipam.type and a prevResult with IPs applies those IPs, and
 with no master the single interface of prevResult is the master.
-The ADD/DEL/CHECK story is cni/child_link.py's.
+The ADD/DEL/CHECK story is cni/plugins/child_link.py's.
 
-Run from a checkout: `python3 -m cni.ipvlan` with the CNI_* environment.
+Run from a checkout: `python3 -m cni.plugins.ipvlan` with the CNI_* environment.
 """
 
 
-from cni import child_link, iface, netlink
+from cni.plugins import child_link
+from cni.net import iface, netlink
 from cni.contract import ERR_INVALID_CONFIG, ERR_UNSUPPORTED_FIELD, CniError
 
 

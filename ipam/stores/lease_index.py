@@ -26,7 +26,7 @@ import re
 
 from cni.contract import CniError, check_container_id, check_ifname
 from cni.files import boot_id, remove, replace
-from ipam.lease_files import NOFOLLOW, is_ip, io_error, open_dir
+from ipam.stores.lease_files import NOFOLLOW, is_ip, io_error, open_dir
 
 INDEX_DIR = ".underlay-index"
 STAMP = ".stamp"
@@ -70,7 +70,7 @@ def recordable_netns(path):
 
 def netns_gone(path):
     """True only when `path` is certainly no network namespace any more."""
-    from cni import netns  # only after a reboot: keeps it off the common path
+    from cni.net import netns  # only after a reboot: keeps it off the common path
     try:
         os.close(netns.open_netns(path))
     except (netns.NetnsNotFound, netns.NotANetns):

@@ -19,13 +19,13 @@ and two reads the allocator's error messages and STATUS need: `owner(ip)` ->
 (containerID, ifname or None) or None, and `leased()` -> the set of every leased
 address. Addresses are strings as ipaddress prints them.
 
-Implementations: DiskStore below (host-local), MemoryStore (ipam/memory_store.py),
-EtcdStore (ipam/etcd_store.py, cluster-ipam). tests/unit/test_store_contract.py
+Implementations: DiskStore below (host-local), MemoryStore (ipam/stores/memory.py),
+EtcdStore (ipam/stores/etcd.py, cluster-ipam). tests/unit/test_store_contract.py
 holds every store to this.
 """
 
-from ipam.lease_files import LeaseFiles, io_error
-from ipam.lease_index import INDEX_DIR, STAMP, AttachmentIndex  # noqa: F401 (the tests' paths)
+from ipam.stores.lease_files import LeaseFiles, io_error
+from ipam.stores.lease_index import INDEX_DIR, STAMP, AttachmentIndex  # noqa: F401 (the tests' paths)
 
 
 class DiskStore:

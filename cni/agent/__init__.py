@@ -189,7 +189,7 @@ def preload():
     compile things on first use, so a worker starts with all of it in memory."""
     global PLUGINS
     PLUGINS = plugin_modules()
-    for name in ["cni.kernel", "subprocess", "traceback", "ipaddress", "json", "cni.operator.hostlocal",
+    for name in ["cni.net.kernel", "subprocess", "traceback", "ipaddress", "json", "cni.operator.hostlocal",
                  "cni.operator.validate", "ipam.allocator"] + \
             ["cni.schemas." + p.replace("-", "_") for p in PLUGINS]:
         try:
@@ -197,7 +197,7 @@ def preload():
         except ModuleNotFoundError as e:
             if e.name != name:
                 raise
-    from cni import netlink, netns
+    from cni.net import netlink, netns
     with netlink.Netlink() as nl:     # the message classes decode once: lazily built tables
         nl.find_link("lo")
     fd = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)
@@ -576,7 +576,7 @@ def netns_visible(path):
 def netns_certainly_gone(path):
     """Healing's judgement of a recorded netns: gone for sure (never one that exists, nor one we
     cannot judge from here)."""
-    from ipam import lease_index
+    from ipam.stores import lease_index
     return netns_visible(path) and lease_index.netns_gone(path)
 
 
@@ -606,10 +606,10 @@ def healing_imports():
     endpoints, the idna codec getaddrinfo takes) before the healer enters the node's mount namespace,
     where our own files may not be there. False in a build without cluster-ipam (host-local only)."""
     cluster = "cluster-ipam" in PLUGINS
-    names = ["ipam.lease_index", "ipam.store"]
+    names = ["ipam.stores.lease_index", "ipam.stores.disk"]
     if cluster:
         names += [registry.module_of("cluster-ipam"), "cni.operator.configs", "cni.operator.validate", "ipam.etcd",
-                  "ipam.etcd_store", "ipam.lease_files"]
+                  "ipam.stores.etcd", "ipam.stores.lease_files"]
     for name in names:
         importlib.import_module(name)
     for name in ("ssl", "encodings.idna") if cluster else ():
@@ -621,8 +621,8 @@ def healing_imports():
 
 
 def heal_host_local(data_dirs, report):
-    from ipam import lease_index
-    from ipam.store import DiskStore
+    from ipam.stores import lease_index
+    from ipam.stores.disk import DiskStore
     for data_dir in data_dirs:
         try:
             networks = sorted(n for n in os.listdir(data_dir) if not n.startswith("."))

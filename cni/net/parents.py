@@ -5,7 +5,7 @@ As Docker's macvlan/ipvlan drivers do:
   parent when it is missing;
 - `internal: true` gives the network a dummy parent of its own, connected to
   nothing, so its pods share an isolated segment;
-- `hostShim` (cni/shim.py) puts a child of the master in the node's namespace.
+- `hostShim` (cni/net/shim.py) puts a child of the master in the node's namespace.
 
 Such a link is removed only when underlay created it and no attachment of any
 network uses it any more. The users are recorded under the state dir:
@@ -24,7 +24,8 @@ import os
 import re
 import zlib
 
-from cni import files, locks, netlink
+from cni import files, locks
+from cni.net import netlink
 from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_LINK, CniError, check_ifname, config_error
 
 DEFAULT_STATE_DIR = "/var/lib/cni/underlay"

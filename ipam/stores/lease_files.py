@@ -6,7 +6,7 @@ Under `<dataDir>/<network>/`, exactly as containernetworking/plugins writes it:
   last_reserved_ip.<N>  the last address handed out from range set N
   lock                  flock'ed for the whole of every operation
 
-Lease files are the truth; the attachment index (ipam/lease_index.py) only ever
+Lease files are the truth; the attachment index (ipam/stores/lease_index.py) only ever
 names them.
 
 Everything under the data directory is reached through a directory fd with

@@ -2,14 +2,15 @@
 
 Modes bridge (default), private, vepa and passthru; a fixed MAC from
 runtimeConfig.mac, CNI_ARGS MAC= or `mac`, in that order; `bcqueuelen`.
-The ADD/DEL/CHECK story is cni/child_link.py's.
+The ADD/DEL/CHECK story is cni/plugins/child_link.py's.
 
-Run from a checkout: `python3 -m cni.macvlan` with the CNI_* environment.
+Run from a checkout: `python3 -m cni.plugins.macvlan` with the CNI_* environment.
 """
 
 import errno
 
-from cni import child_link, iface, netlink
+from cni.plugins import child_link
+from cni.net import iface, netlink
 from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_UNSUPPORTED_FIELD, CniError
 
 ARPHRD_ETHER = 1

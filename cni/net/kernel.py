@@ -11,7 +11,8 @@ import errno
 import json
 import os
 
-from cni import files, netlink, netns
+from cni import files
+from cni.net import netlink, netns
 
 CACHE = "kernel-support.json"
 

@@ -1,0 +1,1 @@
+"""The kernel side: rtnetlink, network namespaces, links, VLAN parents, the host shim, kernel probes."""

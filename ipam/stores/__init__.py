@@ -1,0 +1,1 @@
+"""Where leases live: the store protocols and the file, memory and etcd stores."""
