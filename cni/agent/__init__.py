@@ -1243,7 +1243,3 @@ def main(argv=None):
         raise
     agent.loop()
     sys.exit(0)
-
-
-if __name__ == "__main__":
-    main()
