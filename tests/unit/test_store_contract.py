@@ -420,3 +420,12 @@ def test_the_protocol_check_finds_a_missing_member_and_a_narrower_signature():
     assert gaps(MemoryBlockStore(Pools(), "n", "n"), BlockStore) == []
     assert "MemoryStore.grids is missing" in gaps(MemoryStore(), BlockStore)      # a data member
     assert takes_every_call(LeaseStore.release, Narrow.release).startswith("parameter 3 must be 'ifname'")
+
+
+def test_cluster_ipams_policy_uses_only_the_block_store_protocol():
+    """ipam/cluster.py names no store member the protocol does not declare (no reach into a store's insides)."""
+    import ast
+    tree = ast.parse(open(cluster.__file__).read())
+    used = {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name) and node.value.id == "store"}
+    assert used and used <= set(members(BlockStore)), sorted(used - set(members(BlockStore)))
