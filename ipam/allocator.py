@@ -1,4 +1,4 @@
-"""Allocation policy of host-local, over any store of the protocol in ipam/stores/disk.py.
+"""Allocation policy of host-local, over any lease store (ipam/stores/protocols.py LeaseStore).
 
 Round-robin from the address after `last_reserved_ip.N`, wrapping, skipping what
 the range blocks (network, broadcast, gateway, aux, excluded); a requested

@@ -4,8 +4,9 @@ host-local's config surface (ranges, rangeStart/rangeEnd, gateway, exclude,
 auxAddresses, requested IPs, routes, resolvConf, lockTimeout, logging) plus
 `etcd`, `node`, `blockSize`, `dataDir`, `sticky`/`stickySeconds`; a config
 written for whereabouts (`range`, `range_start`, `range_end`, `exclude`,
-`gateway`, `ipRanges`) is taken as it is. The store and its transactions are
-ipam/stores/etcd.py's, the block grid ipam/blocks.py's.
+`gateway`, `ipRanges`) is taken as it is. The policy below talks only to a block
+store (ipam/stores/protocols.py BlockStore: ipam/stores/etcd.py's in etcd, the
+memory one's in tests); the block grid is ipam/blocks.py's.
 
 Allocation, per range set: a requested address (anywhere in the subnets, as
 host-local); else the pod's sticky hold; else round-robin over this node's
@@ -27,10 +28,10 @@ import time
 
 from cni import config as netconf
 from cni import contract
-from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_IO, ERR_NOT_AVAILABLE, CniError
-from cni.files import replace_if_changed
+from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_NOT_AVAILABLE, CniError
 from ipam import allocator, ranges, verbs
 from ipam.blocks import DEFAULT_BLOCK_SIZE, Grid
+from ipam.stores.block_leases import contention, parse
 
 DEFAULT_PREFIX = "/underlay/ipam"
 DEFAULT_DATA_DIR = "/var/lib/cni/cluster-ipam"
@@ -376,14 +377,14 @@ def allocate(range_set, grids, store, container_id, ifname, requested=None, hold
             raise allocator.exhausted(range_set, store)
         grid, block, value = found
         if store.claim(grid, block, value, container_id, ifname):
-            store.files.set_last_reserved(range_set.index, grid.range.text(value))
+            store.set_last_reserved(range_set.index, grid.range.text(value))
             return grid.range, value
-    raise store.contention(range_set.describe())
+    raise contention(range_set.describe())
 
 
 def take_hold(grids, store, hold, container_id, ifname):
     """The pod's own sticky address, if it lies in these ranges and is still held for it."""
-    version, value = store.parse(hold.ip)
+    version, value = parse(hold.ip)
     grid = next((g for g in grids if g.range.version == version and g.range.in_subnet(value)), None)
     if grid is None:
         return None
@@ -403,7 +404,7 @@ def candidate(grids, store, last, now):
     for after in ((last, None) if last is not None else (None,)):   # after `last` first, then wrapped
         for grid, block in own:
             for value in grid.free_in(block, now, after):
-                if (grid.range.version, value) not in store.foreign:
+                if not store.taken(grid, block, value, now):
                     return grid, block, value
     for grid in grids:
         blocks = store.blocks(grid)
@@ -411,15 +412,13 @@ def candidate(grids, store, last, now):
             block = blocks.get(first)
             if block is None or block.node is None:
                 block = store.block(grid, first)
-                value = next((v for v in grid.free_in(block, now) if (grid.range.version, v) not in store.foreign),
-                             None)
+                value = next((v for v in grid.free_in(block, now) if not store.taken(grid, block, v, now)), None)
                 if value is not None:
                     return grid, block, value
     for grid in grids:
         for block in sorted(store.blocks(grid).values(), key=lambda b: b.first):
             if block.node not in (node, None):
-                value = next((v for v in grid.free_in(block, now) if (grid.range.version, v) not in store.foreign),
-                             None)
+                value = next((v for v in grid.free_in(block, now) if not store.taken(grid, block, v, now)), None)
                 if value is not None:
                     return grid, block, value
     return None
@@ -445,7 +444,7 @@ def cmd_add(request):
         # such an ADD, so they are released here and this ADD allocates afresh. With sticky they
         # become the pod's holds, which it takes back just below: the same addresses.
         pending, done = store.pending_and_done(cid, ifname)
-        keep_record(conf, store.files, request.network)   # etcd answered: before any lease is taken
+        store.keep_record(RECORD, record(conf, request.network))   # etcd answered: before any lease is taken
         verbs.refuse_duplicate(conf, done, cid, ifname)
         for ip in pending:
             store.release(ip, cid, ifname)
@@ -468,15 +467,6 @@ def record(conf, network):
     ipam = netconf.known_only("cluster-ipam", {"ipam": conf.ipam})["ipam"]
     ipam.update(node=conf.node, dataDir=conf.data_dir)
     return json.dumps({"network": network, "ipam": ipam}, sort_keys=True).encode()
-
-
-def keep_record(conf, files, network):
-    """Write the RECORD (0600, atomically, under the node's lock) unless it says so already: an ADD
-    pays one small read, a write only when the config changed."""
-    try:
-        replace_if_changed(RECORD, record(conf, network), files.dir_fd)
-    except OSError as e:
-        raise CniError(ERR_IO, f"ipam.dataDir {files.path}/{RECORD}: {e.strerror or e}") from None
 
 
 def recorded_networks(data_dir):
@@ -530,12 +520,11 @@ def read_record(path, data_dir, network):
 def rollback(store, allocated, cid, ifname):
     """Give back what a failed ADD took, and the claim it was in the middle of if etcd may have
     applied it. With etcd gone the leases stay (no pod holds them: DEL or GC releases them)."""
-    store.client.request_timeout = min(store.client.request_timeout, ROLLBACK_BUDGET)
-    texts = [r.text(v) for r, v in allocated] + ([store.inflight] if store.inflight else [])
+    store.limit_wait(ROLLBACK_BUDGET)
+    texts = [r.text(v) for r, v in allocated] + ([store.in_doubt()] if store.in_doubt() else [])
     for text in texts:
         try:
-            store.sticky_seconds = None   # an address never handed out is no pod's to keep
-            store.release(text, cid, ifname)
+            store.release(text, cid, ifname, hold=False)   # an address never handed out is no pod's to keep
         except CniError:
             break
 
@@ -595,20 +584,17 @@ def heal(config, gone):
 
 def drop_expired_holds(store):
     """Sticky holds of this network released by this node whose time is up go back to the pool."""
-    prefix = store.k("sticky", store.network) + "/"
     now = time.time()
-    for kv in store.client.range(prefix, keys_only=True):
-        ip = kv.key.decode().rsplit("/", 1)[-1]
-        lease = store.read(ip)
-        if lease is not None and lease.expired(now) and lease.doc.get("node") == store.node:
-            store.release_lease(lease, keep_hold=False)
+    for lease in store.holds():
+        if lease.expired(now) and lease.doc.get("node") == store.node:
+            store.release_lease(lease, None)
 
 
 def cmd_status(request):
     conf = request.ipam_config or ClusterConfig(request)
     try:
         with conf.store(request.network, list(conf.grids.values()), lock=False) as store:
-            store.client.status()
+            store.status()
             leased = store.leased()
     except CniError as e:
         raise CniError(ERR_NOT_AVAILABLE, f"cluster-ipam: etcd not usable: {e.msg}", e.details) from None
@@ -673,7 +659,7 @@ def pools(config):
         found = [x for x in store.all_leases() if not x.expired(now)]
         by_pool = {}
         for grid in conf.grids.values():
-            by_pool.setdefault(str(grid.range.subnet), (grid, store.read_pool(grid)[0]))
+            by_pool.setdefault(str(grid.range.subnet), (grid, store.pool_blocks(grid)))
     rows = []
     for s in conf.range_sets:
         subnets = {str(r.subnet) for r in s.ranges}
@@ -723,13 +709,11 @@ def release_node(config, node, force=False, others=()):
     blocks where other nodes still borrow addresses, or sticky holds remain, are orphaned ("node":
     null) for any node to adopt. Returns {"node", "leases", "blocks_deleted", "blocks_orphaned"
     (other nodes still borrow there), "blocks_held" (orphaned keeping sticky holds only)}."""
-    from ipam import etcd
-    from ipam.blocks import Block
     conf = StoreConfig(config)
     sticky = {c.get("name"): StoreConfig(c).sticky_seconds for c in others}
     node = check_node(node, "node")
     with conf.store("", lock=False) as store:
-        found, owners = store.all_leases(), block_owners(store)
+        found, owners = store.all_leases(), store.block_owners()
         known = known_nodes(store, found, owners)
         if node not in known:
             raise UnknownNode(f"no node {node} in etcd under {conf.prefix}: no lease, hold, block or attachment "
@@ -742,17 +726,13 @@ def release_node(config, node, force=False, others=()):
             raise CniError(ERR_NOT_AVAILABLE, f"node {node} still holds {len(live)} lease(s): {sample}"
                                               f"{' ...' if len(live) > 5 else ''}; release them only if the "
                                               "node is gone for good")
-        owned = [kv for owner, kv in owners if owner == node]
+        owned = [block for owner, block in owners if owner == node]
         released = 0
         for lease in live:
-            store.sticky_seconds = sticky.get(lease.doc.get("network"), conf.sticky_seconds)
-            released += store.release_lease(lease)
+            released += store.release_lease(lease, sticky.get(lease.doc.get("network"), conf.sticky_seconds))
         orphaned = held = 0
-        for kv in node_blocks(store, node):   # what the releases left: borrowers' addresses, holds
-            block = Block.decode(0, 0, kv.key.decode(), kv.value, kv.mod_revision)
-            block.node = None
-            op = etcd.delete(block.key) if block.empty else etcd.put(block.key, block.encode())
-            if store.client.txn([etcd.mod_revision_is(block.key, kv.mod_revision)], [op]).succeeded:
+        for block in node_blocks(store, node):   # what the releases left: borrowers' addresses, holds
+            if store.orphan(block):
                 orphaned += bool(block.used)
                 held += not block.used and not block.empty
     return {"node": node, "leases": released, "blocks_deleted": len(owned) - orphaned - held,
@@ -762,33 +742,14 @@ def release_node(config, node, force=False, others=()):
 def known_nodes(store, found, owners):
     """The names of every node etcd knows: in leases and holds (`found`), blocks (`owners`:
     block_owners), attachment records."""
-    import json
-    known = {lease.doc.get("node") for lease in found}
-    for kv in store.client.range(store.k("attachments") + "/"):
-        try:
-            known.add(json.loads(kv.value).get("node"))
-        except (ValueError, AttributeError):
-            continue
+    known = {lease.doc.get("node") for lease in found} | store.attachment_nodes()
     known.update(owner for owner, _ in owners)
     return {name for name in known if isinstance(name, str)}
 
 
 def node_blocks(store, node):
-    """The block keys (KVs) owned by `node`, in every pool."""
-    return [kv for owner, kv in block_owners(store) if owner == node]
-
-
-def block_owners(store):
-    """(owner, KV) of every readable block key, in every pool."""
-    import json
-    found = []
-    for kv in store.client.range(store.k("pools") + "/"):
-        if "/blocks/" in kv.key.decode():
-            try:
-                found.append((json.loads(kv.value).get("node"), kv))
-            except (ValueError, AttributeError):
-                continue
-    return found
+    """The blocks owned by `node`, in every pool, as they are now."""
+    return [block for owner, block in store.block_owners() if owner == node]
 
 
 def main():

@@ -1,27 +1,7 @@
-"""The lease store protocol the allocator and the IPAM verbs work over, and host-local's file store.
+"""host-local's file store: a lease store (ipam/stores/protocols.py LeaseStore) of lease files and the
+attachment index, kept in step.
 
-Stores (modelled on the reference plugin's 7-method Store, backend/store.go):
-
-    with store:                      lock: one writer per network (and make the state trustworthy);
-                                     leaving the block cleanly makes what was done durable, then unlocks
-    store.reserve(ip, containerID, ifname, set_index=None) -> bool
-                                     claim ip if nobody holds it; with set_index, it becomes the range
-                                     set's last reserved address (round-robin resumes after it)
-    store.last_reserved(set_index) -> str | None
-    store.release(ip, containerID, ifname)
-                                     drop the lease of ip if it is held by that attachment (an old
-                                     lease with no ifname matches any ifname)
-    store.ips_of(containerID, ifname) -> [ip, ...]
-    store.attachments() -> {(containerID, ifname or None): [ip, ...]}
-    store.close()                    release what the store holds without committing
-
-and two reads the allocator's error messages and STATUS need: `owner(ip)` ->
-(containerID, ifname or None) or None, and `leased()` -> the set of every leased
-address. Addresses are strings as ipaddress prints them.
-
-Implementations: DiskStore below (host-local), MemoryStore (ipam/stores/memory.py),
-EtcdStore (ipam/stores/etcd.py, cluster-ipam). tests/unit/test_store_contract.py
-holds every store to this.
+Beside the protocol, `lock()` takes the flock alone (a reader's: the operator command).
 """
 
 from ipam.stores.lease_files import LeaseFiles, io_error

@@ -1,4 +1,5 @@
-"""cluster-ipam's lease store in etcd: the ipam/stores/disk.py protocol plus blocks, holds and node listings.
+"""cluster-ipam's block store in etcd (ipam/stores/protocols.py BlockStore): blocks, claims, releases,
+sticky holds, attachment records and node listings, as keys and transactions of etcd.
 
 Keys under the prefix (default /underlay/ipam):
 
@@ -33,15 +34,15 @@ owner) and the block unchanged. No cluster-wide lock.
 
 import ipaddress
 import json
-import time
 
-from cni.contract import ERR_INVALID_CONFIG, ERR_TRY_AGAIN, CniError
+from cni.contract import ERR_IO, ERR_TRY_AGAIN, CniError
+from cni.files import replace_if_changed
 from ipam import etcd
 from ipam.blocks import Block
+from ipam.stores.block_leases import MAX_RACES, BlockLeases, Lease, block_size_refused, changed_before_completion, \
+    contention, hold_doc, lease_doc, parse
 from ipam.stores.lease_index import recordable_netns
 
-# Claims and releases retried after losing a race on the block (others allocate in it too).
-MAX_RACES = 200
 # A write repeated after etcd lost it (its answer lost, the outcome read back: not applied).
 LOST_WRITES = 3
 
@@ -51,37 +52,10 @@ def maybe_applied(error):
     return error.code == ERR_TRY_AGAIN and "may have been applied" in error.msg
 
 
-def now_text(now):
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-
-
-class Lease:
-    """One address key read from etcd."""
-
-    def __init__(self, ip, raw):
-        self.ip = ip
-        self.raw = raw
-        try:
-            self.doc = json.loads(raw)
-            if not isinstance(self.doc, dict):
-                raise ValueError
-        except ValueError:
-            self.doc = {}
-
-    @property
-    def hold(self):
-        return bool(self.doc.get("sticky"))
-
-    def owner(self):
-        return None if self.hold else (self.doc.get("containerID"), self.doc.get("ifname"))
-
-    def expired(self, now):
-        until = self.doc.get("until")
-        return self.hold and isinstance(until, (int, float)) and until <= now
-
-
-class EtcdStore:
-    """One network's view, for one operation. `grids`: ipam/blocks.py Grids of the network's ranges."""
+class EtcdStore(BlockLeases):
+    """One network's view, for one operation. `grids`: ipam/blocks.py Grids of the network's ranges.
+    The lease store's reserve, release, owner and attachments are BlockLeases' (made of the block
+    operations below)."""
 
     def __init__(self, client, prefix, network, node, grids=(), files=None, pod=None, sticky_seconds=None,
                  netns=None):
@@ -112,7 +86,7 @@ class EtcdStore:
     def k_sticky(self, network, namespace, pod, text=""):
         return self.k("sticky", network, namespace, pod, text)
 
-    # -- the protocol ---------------------------------------------------------
+    # -- the operation: etcd first, then the node's lock ---------------------------
 
     def __enter__(self):
         if self.files is not None:
@@ -149,34 +123,31 @@ class EtcdStore:
             self.files = None
         self.client.close()
 
-    def reserve(self, ip, container_id, ifname, set_index=None):
-        version, value = self.parse(ip)
-        grid = self.grid_of(version, value)
-        if grid is None:
-            raise CniError(ERR_INVALID_CONFIG, f"{ip} is in no range of network {self.network}")
-        for _ in range(MAX_RACES):
-            block = self.block(grid, grid.first_of(value))
-            if block.taken(value, time.time()) or (version, value) in self.foreign:
-                return False
-            outcome = self.claim(grid, block, value, container_id, ifname)
-            if outcome is not None:
-                if outcome and set_index is not None and self.files is not None:
-                    self.files.set_last_reserved(set_index, ip)
-                return outcome
-        raise self.contention(ip)
+    def status(self):
+        self.client.status()
+
+    def limit_wait(self, seconds):
+        self.client.request_timeout = min(self.client.request_timeout, seconds)
+
+    def in_doubt(self):
+        return self.inflight
+
+    # -- the node's own files: last reserved, the network's record ------------------
 
     def last_reserved(self, set_index):
         return self.files.last_reserved(set_index) if self.files is not None else None
 
-    def release(self, ip, container_id, ifname):
-        lease = self.read(ip)
-        if lease is None or lease.hold or lease.doc.get("network") != self.network:
-            self.client.delete(self.k_attachment(container_id, ifname, ip))   # a stale index entry, if any
-            return
-        cid, lease_ifname = lease.owner()
-        if cid != container_id or lease_ifname not in (ifname, None):
-            return
-        self.release_lease(lease)
+    def set_last_reserved(self, set_index, ip):
+        if self.files is not None:
+            self.files.set_last_reserved(set_index, ip)
+
+    def keep_record(self, name, data):
+        try:
+            replace_if_changed(name, data, self.files.dir_fd)
+        except OSError as e:
+            raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{name}: {e.strerror or e}") from None
+
+    # -- attachment records ---------------------------------------------------
 
     def ips_of(self, container_id, ifname):
         prefix = self.k_attachment(container_id, ifname)
@@ -227,37 +198,25 @@ class EtcdStore:
         else:
             raise CniError(ERR_TRY_AGAIN, f"try again later: etcd did not apply the completion of "
                                           f"{container_id}/{ifname} after {LOST_WRITES} tries")
-        raise CniError(ERR_TRY_AGAIN, f"try again later: the leases {', '.join(texts)} of {container_id}/{ifname} "
-                                      "changed before the ADD completed")
+        raise changed_before_completion(container_id, ifname, texts)
 
-    def attachments(self):
-        return {owner: ips for owner, (_, _, ips) in self.attachment_records().items()}
+    def forget(self, container_id, ifname, ip):
+        self.client.delete(self.k_attachment(container_id, ifname, ip))
 
-    def owner(self, ip):
-        lease = self.read(ip)
-        return lease.owner() if lease is not None else None
-
-    def leased(self):
+    def attachment_nodes(self):
         found = set()
-        for grid in self.grids:
-            for block in self.blocks(grid).values():
-                found.update(grid.range.text(v) for v in block.values())
-        return found | {str(ipaddress.IPv4Address(v) if ver == 4 else ipaddress.IPv6Address(v))
-                        for ver, v in self.foreign}
+        for kv in self.client.range(self.k("attachments") + "/"):
+            try:
+                found.add(json.loads(kv.value).get("node"))
+            except (ValueError, AttributeError):
+                continue
+        return found
 
     # -- reads ----------------------------------------------------------------
 
-    @staticmethod
-    def parse(text):
-        ip = ipaddress.ip_address(text)
-        return ip.version, int(ip)
-
-    def grid_of(self, version, value):
-        return next((g for g in self.grids if g.range.version == version and g.range.in_subnet(value)), None)
-
-    def read(self, text):
-        kv = self.client.get(self.k_ip(text))
-        return Lease(text, kv.value) if kv is not None else None
+    def read(self, ip):
+        kv = self.client.get(self.k_ip(ip))
+        return Lease(ip, kv.value) if kv is not None else None
 
     def pool_prefix(self, grid):
         return self.k("pools", str(grid.range.subnet)) + "/"
@@ -289,6 +248,9 @@ class EtcdStore:
                                             kv.mod_revision)
         return found, config
 
+    def pool_blocks(self, grid):
+        return self.read_pool(grid)[0]
+
     def check_pool(self, grid, config):
         """The pool's block size is fixed by its first user; a network asking for another is refused."""
         if config is None:
@@ -309,8 +271,7 @@ class EtcdStore:
         except (ValueError, TypeError, KeyError):
             return   # unreadable: our own size will do; addresses are guarded by their keys regardless
         if size != grid.prefix:
-            raise CniError(ERR_INVALID_CONFIG, f"ipam.blockSize: pool {grid.range.subnet} is cut into /{size} "
-                                               f"blocks by its first user; this network asks for /{grid.prefix}")
+            raise block_size_refused(grid, size)
 
     def block(self, grid, first):
         blocks = self.blocks(grid)
@@ -349,18 +310,32 @@ class EtcdStore:
                 holds.append(lease)
         return holds
 
+    def holds(self):
+        prefix = self.k("sticky", self.network) + "/"
+        leases = (self.read(kv.key.decode().rsplit("/", 1)[-1]) for kv in self.client.range(prefix, keys_only=True))
+        return [lease for lease in leases if lease is not None]
+
     def all_leases(self):
         """[Lease] of every address key under the prefix (every network, every node)."""
         prefix = self.k("ips") + "/"
         return [Lease(kv.key.decode()[len(prefix):], kv.value) for kv in self.client.range(prefix)]
 
+    def block_owners(self):
+        """(owner, Block) of every readable block key, every pool (a Block of offsets: first and last 0)."""
+        found = []
+        for kv in self.client.range(self.k("pools") + "/"):
+            if "/blocks/" in kv.key.decode():
+                try:
+                    owner = json.loads(kv.value).get("node")
+                except (ValueError, AttributeError):
+                    continue
+                found.append((owner, Block.decode(0, 0, kv.key.decode(), kv.value, kv.mod_revision)))
+        return found
+
     # -- writes ---------------------------------------------------------------
 
     def lease_value(self, grid, block, container_id, ifname):
-        namespace, pod = self.pod or (None, None)
-        doc = {"network": self.network, "containerID": container_id, "ifname": ifname, "node": self.node,
-               "namespace": namespace, "pod": pod, "time": now_text(time.time()),
-               "pool": str(grid.range.subnet), "block": grid.key(block.first)}
+        doc = lease_doc(self.network, self.node, self.pod, grid, block, container_id, ifname)
         return json.dumps(doc, separators=(",", ":"))
 
     def claim(self, grid, block, value, container_id, ifname, hold=None):
@@ -402,17 +377,7 @@ class EtcdStore:
                 block.node, block.used, block.held, block.revision = new.node, new.used, new.held, revision
             return True
         self.refresh(block, block_kvs)
-        if ip_kvs:
-            taken = Lease(text, ip_kvs[0].value)
-            if hold is None and taken.expired(time.time()) and block.revision:
-                return self.claim(grid, block, value, container_id, ifname, taken)   # an expired hold: take it
-            if hold is not None and taken.raw != hold.raw:
-                return False
-            if not block.taken(value, time.time()):
-                self.foreign.add((grid.range.version, value))   # held through a pool we did not read
-                return False
-            return False if hold is None else None
-        return None
+        return self.refused(grid, block, value, container_id, ifname, hold, ip_kvs[0].value if ip_kvs else None)
 
     def refresh(self, block, kvs):
         if kvs:
@@ -421,11 +386,11 @@ class EtcdStore:
         else:
             block.node, block.used, block.held, block.revision = None, set(), {}, 0
 
-    def release_lease(self, lease, keep_hold=True):
-        """Drop one lease read as `lease` (a hold instead with sticky and a known pod); one transaction."""
+    def release_lease(self, lease, sticky_seconds):
+        """Drop one lease read as `lease` (a hold instead with sticky_seconds and a known pod); one transaction."""
         doc = lease.doc
         ip_key = self.k_ip(lease.ip)
-        version, value = self.parse(lease.ip)
+        version, value = parse(lease.ip)
         block_key = self.k("pools", str(doc.get("pool")), "blocks", str(doc.get("block")))
         try:
             first = int(ipaddress.ip_network(str(doc.get("block"))).network_address)
@@ -433,15 +398,7 @@ class EtcdStore:
         except ValueError:
             first = last = None
         namespace, pod = doc.get("namespace"), doc.get("pod")
-        hold = None
-        if keep_hold and self.sticky_seconds and not lease.hold and isinstance(namespace, str) and namespace \
-                and isinstance(pod, str) and pod:
-            # the hold is the pod's node's, as its lease was: also when release-node, run on another
-            # node, makes it
-            hold = {"sticky": True, "network": doc.get("network"), "namespace": namespace, "pod": pod,
-                    "until": round(time.time() + self.sticky_seconds, 3), "pool": doc.get("pool"),
-                    "block": doc.get("block"), "node": doc.get("node") or self.node,
-                    "released": now_text(time.time())}
+        hold = hold_doc(doc, sticky_seconds, self.node)
         for _ in range(MAX_RACES):
             block_kv = self.client.get(block_key) if first is not None else None
             ops = []
@@ -478,8 +435,10 @@ class EtcdStore:
                 return True
             if not current or current[0].value != lease.raw:
                 return False        # released, or re-leased, by someone else meanwhile
-        raise self.contention(lease.ip)
+        raise contention(lease.ip)
 
-    def contention(self, ip):
-        return CniError(ERR_TRY_AGAIN, f"try again later: the block of {ip} kept changing under "
-                                       f"{MAX_RACES} attempts")
+    def orphan(self, block):
+        """One transaction: `block` (as read) nobody's, or deleted if nothing is left in it."""
+        block.node = None
+        op = etcd.delete(block.key) if block.empty else etcd.put(block.key, block.encode())
+        return self.client.txn([etcd.mod_revision_is(block.key, block.revision)], [op]).succeeded

@@ -51,7 +51,7 @@ def test_claim_and_release_survive_a_lost_answer(store_of, lose):
     # the pool's config write is the first write; the claim the next
     with store_of(lose) as store:
         assert store.reserve("10.90.0.5", "c1", "eth0")
-        assert store.inflight is None
+        assert store.in_doubt() is None
     with store_of() as store:
         assert store.owner("10.90.0.5") == ("c1", "eth0")
         assert store.ips_of("c1", "eth0") == ["10.90.0.5"]

@@ -7,6 +7,7 @@ import pytest
 from cni.contract import CniError
 from ipam import cluster, ranges
 from ipam.blocks import Block, Grid
+from ipam.stores.memory import MemoryBlockStore, Pools
 
 
 def one_range(**ipam):
@@ -128,24 +129,12 @@ def test_block_value_round_trip():
     assert torn.node == "?" and len(torn.used) == 64                 # unreadable counts as full
 
 
-class Blocks:
-    """The part of EtcdStore that `candidate` reads."""
-
-    def __init__(self, node, blocks):
-        self.node, self.foreign, self._blocks = node, set(), blocks
-
-    def blocks(self, grid):
-        return self._blocks
-
-    def block(self, grid, first):
-        return self._blocks.setdefault(first, Block(first, first + grid.size - 1, f"b{first}"))
-
-
 def test_candidates_own_blocks_round_robin_then_a_free_block_then_borrowing():
     grid = Grid(one_range(ranges=[[{"subnet": "10.1.0.0/26"}]]), 28)      # 4 blocks of 16
-    mine = Block(ip("10.1.0.16"), ip("10.1.0.31"), "b16", "n1", used=range(0, 16, 2))
-    theirs = Block(ip("10.1.0.32"), ip("10.1.0.47"), "b32", "n2", used=[0])
-    store = Blocks("n1", {mine.first: mine, theirs.first: theirs})
+    store = MemoryBlockStore(Pools(), "net1", "n1", [grid])
+    mine, theirs = store.block(grid, ip("10.1.0.16")), store.block(grid, ip("10.1.0.32"))
+    mine.node, mine.used = "n1", set(range(0, 16, 2))
+    theirs.node, theirs.used = "n2", {0}
     pick = cluster.candidate([grid], store, ip("10.1.0.19"), 0)
     assert pick[2] == ip("10.1.0.21")                                     # after the last one, in my block
     assert cluster.candidate([grid], store, ip("10.1.0.31"), 0)[2] == ip("10.1.0.17")   # wrapped

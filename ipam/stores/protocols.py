@@ -1,0 +1,146 @@
+"""The store interfaces: a lease store (host-local's, and what the allocator and IPAM verbs work over) and
+a block store (what cluster-ipam's policy in ipam/cluster.py works over).
+
+A module of its own, imported by no plugin run: the stores implement these by their methods alone (a
+Protocol is structural), so the plugin path never pays for `typing`. tests/unit/test_store_contract.py
+holds every store to its protocol, members and signatures, and to its behaviour.
+
+Addresses are strings as ipaddress prints them; an ifname is a string or None (an old lease, id only).
+"""
+
+from typing import Protocol
+
+
+class LeaseStore(Protocol):
+    """Leases of one network, modelled on the reference plugin's 7-method Store (backend/store.go), plus
+    the two reads host-local's error messages and STATUS need (owner, leased).
+
+    Implementations: DiskStore (ipam/stores/disk.py, host-local's files), MemoryStore
+    (ipam/stores/memory.py), and every BlockStore (below)."""
+
+    def __enter__(self):
+        """Lock: one writer per network (and make the state trustworthy)."""
+
+    def __exit__(self, exc_type=None, exc=None, tb=None):
+        """Leaving the block cleanly makes what was done durable, then unlocks."""
+
+    def close(self):
+        """Release what the store holds without committing."""
+
+    def reserve(self, ip, container_id, ifname, set_index=None) -> bool:
+        """Claim ip if nobody holds it; with set_index it becomes the range set's last reserved
+        address (round-robin resumes after it)."""
+
+    def last_reserved(self, set_index):
+        """The range set's last reserved address, or None."""
+
+    def release(self, ip, container_id, ifname):
+        """Drop the lease of ip if that attachment holds it (an old lease with no ifname matches any)."""
+
+    def ips_of(self, container_id, ifname) -> list:
+        """[ip, ...] leased to the attachment, old id-only leases included."""
+
+    def attachments(self) -> dict:
+        """{(containerID, ifname or None): [ip, ...]} of every lease."""
+
+    def owner(self, ip):
+        """(containerID, ifname or None) holding ip, or None."""
+
+    def leased(self) -> set:
+        """Every leased address."""
+
+
+class BlockStore(LeaseStore, Protocol):
+    """One network's view of a cluster-wide pool cut into blocks (ipam/blocks.py), for one operation of
+    one node: the lease store (its reserve claims in blocks, its release may leave a sticky hold) plus
+    what cluster-ipam's policy does with blocks, holds, attachment records and nodes.
+
+    A claim and a release are each one atomic step against the shared state (read state may be stale:
+    `claim` says so and refreshes the block). Leases and holds are read as ipam/blocks.py Lease.
+    Implementations: EtcdStore (ipam/stores/etcd.py), MemoryBlockStore (ipam/stores/memory.py)."""
+
+    network: str
+    node: str
+    grids: list        # ipam/blocks.py Grid of the network's ranges
+
+    # -- blocks ---------------------------------------------------------------
+
+    def blocks(self, grid) -> dict:
+        """{first: Block} of the grid's pool, read once per operation and kept current by our claims;
+        the pool's block size is fixed by its first user (another is refused, code 7)."""
+
+    def block(self, grid, first):
+        """The Block at `first` (a new, unowned one if nobody has it)."""
+
+    def pool_blocks(self, grid) -> dict:
+        """{first: Block} of the grid's pool as it is now; writes nothing."""
+
+    def taken(self, grid, block, value, now) -> bool:
+        """`value` (an int of grid's range) is leased or held in `block`, or taken outside every block
+        this store read (by an overlapping pool)."""
+
+    def claim(self, grid, block, value, container_id, ifname, hold=None):
+        """Take `value` in `block` (as read) for the attachment, its record pending until `complete`;
+        `hold`: the Lease of the pod's sticky hold being taken back. True: ours; False: taken;
+        None: the block changed (it is refreshed: try again)."""
+
+    def set_last_reserved(self, set_index, ip):
+        """Round-robin of the range set resumes after ip (this node's own hint)."""
+
+    def in_doubt(self):
+        """The address of a claim whose answer was lost (it may have been applied), or None."""
+
+    def limit_wait(self, seconds):
+        """From now on wait at most `seconds` for each request (a failed ADD's rollback)."""
+
+    def status(self):
+        """The backing answers; a CniError if not."""
+
+    # -- attachments ----------------------------------------------------------
+
+    def pending_and_done(self, container_id, ifname) -> tuple:
+        """([ip], [ip]) of the attachment: claims of this node not yet completed, and the rest."""
+
+    def complete(self, container_id, ifname, texts):
+        """The ADD succeeded: its claims of `texts` are no longer pending (code 11 if that cannot be said)."""
+
+    def attachment_records(self) -> dict:
+        """{(containerID, ifname or None): (node, netns or None, [ip, ...])} of this network."""
+
+    def attachment_nodes(self) -> set:
+        """The nodes named by attachment records of every network."""
+
+    def keep_record(self, name, data):
+        """Keep `data` as file `name` in the node's directory of this network (under its lock),
+        written only when it changed."""
+
+    # -- leases and holds -----------------------------------------------------
+
+    def release(self, ip, container_id, ifname, hold=True):
+        """As LeaseStore's; with hold=False never leave a sticky hold (an address never handed out)."""
+
+    def read(self, ip):
+        """The Lease (or hold) of ip, any network; None if free."""
+
+    def all_leases(self) -> list:
+        """[Lease] of every address, every network and node."""
+
+    def holds_of(self, namespace, pod) -> list:
+        """[Lease] of the sticky holds this network keeps for the pod."""
+
+    def holds(self) -> list:
+        """[Lease] of every address this network keeps a sticky hold of, as read now (a hold
+        taken back since reads as a lease)."""
+
+    def release_lease(self, lease, sticky_seconds) -> bool:
+        """Drop the lease read as `lease` (a hold for sticky_seconds instead, when it is a known
+        pod's lease and sticky_seconds is not None). False if someone else released or re-leased it."""
+
+    # -- nodes ----------------------------------------------------------------
+
+    def block_owners(self) -> list:
+        """[(owner, Block)] of every readable block, every pool; owner as recorded."""
+
+    def orphan(self, block) -> bool:
+        """Give up `block` (as read): nobody's, or deleted when nothing is left in it; False if it
+        changed since it was read."""
