@@ -319,6 +319,7 @@ class ClusterConfig(verbs.IpamConfig):
             self.load_addresses(request)
 
     def load_addresses(self, request):
+        """The part a request's addresses need: range sets, routes, requested IPs, DNS; block grids."""
         verbs.IpamConfig.__init__(self, request, with_whereabouts(self.ipam, self.warnings))
         if not self.dns and isinstance(self.ipam.get("dns"), dict):
             # static IPAM's `dns`, which whereabouts reports (the schema checked its keys' types)
