@@ -257,6 +257,14 @@ def check_block_size(value, field, top):
     return value
 
 
+def data_dir(ipam):
+    """ipam.dataDir, the default when not given: where this node's lock and the network's RECORD are."""
+    path = ipam.get("dataDir") or DEFAULT_DATA_DIR
+    if not isinstance(path, str) or not path.startswith("/") or not path.isprintable():
+        raise field_error("ipam.dataDir", f"{path!r} must be an absolute path")
+    return path
+
+
 def check_node(name, field="ipam.node"):
     if not isinstance(name, str) or not name or len(name) > 253 or not name.isprintable() or "/" in name \
             or " " in name:
@@ -274,10 +282,16 @@ def pod_of(request):
     return namespace, name
 
 
-class StoreConfig:
-    """What every verb needs: etcd, prefix, node, dataDir, lockTimeout, sticky."""
+class ClusterConfig(verbs.IpamConfig):
+    """cluster-ipam's config, read by its one loader (the plugin's verbs, `underlay validate`,
+    `underlay cluster ...`, underlayd). Always: the store's part, what every verb needs (etcd,
+    prefix, node, dataDir, lockTimeout, sticky, blockSize). With the request (ADD, CHECK, STATUS;
+    validate and pools make one): the schema first, and after the store's part host-local's
+    addresses (verbs.IpamConfig: whereabouts' keys turned into range sets) and their block grids."""
 
-    def __init__(self, config):
+    def __init__(self, config, request=None):
+        if request is not None:
+            netconf.validate("cluster-ipam", config, request)
         ipam = config.get("ipam")
         if not isinstance(ipam, dict):
             raise field_error("ipam", "must be an object")
@@ -291,10 +305,7 @@ class StoreConfig:
         self.prefix = network_prefix(prefix, ipam)
         self.node = check_node(ipam["node"]) if ipam.get("node") not in (None, "") else \
             check_node(socket.gethostname(), "ipam.node (the hostname)")
-        data_dir = ipam.get("dataDir") or DEFAULT_DATA_DIR
-        if not isinstance(data_dir, str) or not data_dir.startswith("/") or not data_dir.isprintable():
-            raise field_error("ipam.dataDir", f"{data_dir!r} must be an absolute path")
-        self.data_dir = data_dir
+        self.data_dir = data_dir(ipam)
         self.lock_timeout = verbs.lock_timeout(ipam)
         sticky = ipam.get("sticky", False)
         if not isinstance(sticky, bool):
@@ -305,6 +316,19 @@ class StoreConfig:
                                                     f"(0, {MAX_STICKY_SECONDS}]")
         self.sticky_seconds = float(seconds) if sticky else None
         self.block_sizes = block_sizes(ipam.get("blockSize"))
+        if request is not None:
+            self.load_addresses(request)
+
+    def load_addresses(self, request):
+        """The part a request's addresses need: range sets, routes, requested IPs, DNS; block grids."""
+        verbs.IpamConfig.__init__(self, request, with_whereabouts(self.ipam, self.warnings))
+        if not self.dns and isinstance(self.ipam.get("dns"), dict):
+            # static IPAM's `dns`, which whereabouts reports (the schema checked its keys' types)
+            self.dns = {k: v for k, v in self.ipam["dns"].items() if k in ("nameservers", "domain", "search",
+                                                                             "options")}
+        request.warnings.extend(self.warnings)
+        self.grids = {id(r): Grid(r, self.block_sizes[r.version]) for s in self.range_sets for r in s.ranges}
+        request.warnings += one_block_warnings(self.ipam, self.grids.values(), self.block_sizes)
 
     def client(self):
         from ipam import etcd
@@ -329,23 +353,6 @@ class StoreConfig:
         except BaseException:
             client.close()
             raise
-
-
-class ClusterConfig(StoreConfig, verbs.IpamConfig):
-    """Everything ADD, CHECK and STATUS need: the store's part plus host-local's ranges."""
-
-    def __init__(self, request):
-        config = request.config
-        netconf.validate("cluster-ipam", config, request)
-        StoreConfig.__init__(self, config)
-        verbs.IpamConfig.__init__(self, request, with_whereabouts(config["ipam"], self.warnings))
-        if not self.dns and isinstance(config["ipam"].get("dns"), dict):
-            # static IPAM's `dns`, which whereabouts reports (the schema checked its keys' types)
-            self.dns = {k: v for k, v in config["ipam"]["dns"].items() if k in ("nameservers", "domain", "search",
-                                                                                   "options")}
-        request.warnings.extend(self.warnings)
-        self.grids = {id(r): Grid(r, self.block_sizes[r.version]) for s in self.range_sets for r in s.ranges}
-        request.warnings += one_block_warnings(self.ipam, self.grids.values(), self.block_sizes)
 
     def grids_of(self, range_set):
         return [self.grids[id(r)] for r in range_set.ranges]
@@ -429,11 +436,11 @@ def candidate(grids, store, last, now):
 
 def load_config(request):
     """The config, checked: for a main plugin to load before it changes anything (as host-local's)."""
-    return ClusterConfig(request)
+    return ClusterConfig(request.config, request)
 
 
 def cmd_add(request):
-    conf = request.ipam_config or ClusterConfig(request)
+    conf = request.ipam_config or load_config(request)
     requested = verbs.assign_requested(conf)
     cid, ifname = request.container_id, request.ifname
     allocated = []
@@ -530,7 +537,7 @@ def rollback(store, allocated, cid, ifname):
 
 
 def cmd_del(request):
-    conf = StoreConfig(request.config)
+    conf = ClusterConfig(request.config)
     cid, ifname = request.container_id, request.ifname
     with conf.store(request.network) as store:
         for ip in store.ips_of(cid, ifname):
@@ -538,7 +545,7 @@ def cmd_del(request):
 
 
 def cmd_check(request):
-    conf = request.ipam_config or ClusterConfig(request)
+    conf = request.ipam_config or load_config(request)
     ours = verbs.prev_addresses(request, conf)
     cid, ifname = request.container_id, request.ifname
     with conf.store(request.network, lock=False) as store:
@@ -554,7 +561,7 @@ def cmd_check(request):
 def cmd_gc(request):
     # a malformed list must not read as "nothing is valid": that would release every lease
     netconf.validate("cluster-ipam", request.config, request)
-    conf = StoreConfig(request.config)
+    conf = ClusterConfig(request.config)
     valid = verbs.ValidAttachments(request.valid_attachments())
     with conf.store(request.network) as store:
         for (cid, ifname), (node, _, ips) in store.attachment_records().items():
@@ -572,7 +579,7 @@ def heal(config, gone):
     (containerID, ifname, netns, [ip]) of each once released. Another node's attachments, and
     those with no netns recorded (ADDs of older versions), are never touched."""
     contract.check_network_name(config.get("name"))   # as every plugin call checks it: no ADD used another
-    conf = StoreConfig(config)
+    conf = ClusterConfig(config)
     with conf.store(config["name"]) as store:
         for (cid, ifname), (node, netns, ips) in store.attachment_records().items():
             if node != conf.node or netns is None or not gone(netns):
@@ -591,7 +598,7 @@ def drop_expired_holds(store):
 
 
 def cmd_status(request):
-    conf = request.ipam_config or ClusterConfig(request)
+    conf = request.ipam_config or load_config(request)
     try:
         with conf.store(request.network, list(conf.grids.values()), lock=False) as store:
             store.status()
@@ -608,15 +615,15 @@ VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STAT
 # Operating it: the `underlay` command's functions (cni/operator.py)
 
 def store_key(config):
-    """The store `config`'s leases are in (StoreConfig.store_key): configs with equal keys share one."""
-    return StoreConfig(config).store_key()
+    """The store `config`'s leases are in (ClusterConfig.store_key): configs with equal keys share one."""
+    return ClusterConfig(config).store_key()
 
 
 def leases(config):
     """Every lease and sticky hold under the config's etcd prefix, all networks and nodes: a list of
     dicts {ip, kind ("lease" or "hold"), network, containerID, ifname, node, namespace, pod, time,
     released, until, pool, block}, sorted by address. Reads only."""
-    conf = StoreConfig(config)
+    conf = ClusterConfig(config)
     with conf.store("", lock=False) as store:
         found = store.all_leases()
     return sorted((lease_row(x) for x in found), key=lambda r: ip_key(r["ip"]))
@@ -625,7 +632,7 @@ def leases(config):
 def who_has(config, address):
     """The row (as leases()) of the lease or hold of one address, any network; None if free. Reads only."""
     text = str(ipaddress.ip_address(address))
-    conf = StoreConfig(config)
+    conf = ClusterConfig(config)
     with conf.store("", lock=False) as store:
         lease = store.read(text)
     return None if lease is None else lease_row(lease)
@@ -653,7 +660,7 @@ def pools(config):
     A list of dicts {set, ranges, size, excluded, aux, reserved, in_use, free, held, blocks, borrowed,
     nodes: [{node, blocks, leases, borrowed}]}; node None: blocks orphaned by release-node."""
     request = contract.Request("STATUS", {}, config, b"")
-    conf = ClusterConfig(request)
+    conf = ClusterConfig(config, request)
     now = time.time()
     with conf.store(request.network, list(conf.grids.values()), lock=False) as store:
         found = [x for x in store.all_leases() if not x.expired(now)]
@@ -709,8 +716,8 @@ def release_node(config, node, force=False, others=()):
     blocks where other nodes still borrow addresses, or sticky holds remain, are orphaned ("node":
     null) for any node to adopt. Returns {"node", "leases", "blocks_deleted", "blocks_orphaned"
     (other nodes still borrow there), "blocks_held" (orphaned keeping sticky holds only)}."""
-    conf = StoreConfig(config)
-    sticky = {c.get("name"): StoreConfig(c).sticky_seconds for c in others}
+    conf = ClusterConfig(config)
+    sticky = {c.get("name"): ClusterConfig(c).sticky_seconds for c in others}
     node = check_node(node, "node")
     with conf.store("", lock=False) as store:
         found, owners = store.all_leases(), store.block_owners()

@@ -16,41 +16,51 @@ from ipam.stores.disk import DiskStore
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
 
-class IpamConfig(verbs.IpamConfig):
-    def __init__(self, request):
-        netconf.validate("host-local", request.config, request)
-        super().__init__(request, request.config["ipam"])
+class HostLocalConfig(verbs.IpamConfig):
+    """host-local's config, read by its one loader (the plugin's verbs, `underlay validate` and
+    `pools`, underlayd). With the request (ADD, CHECK, STATUS; validate and pools make one): the
+    schema, then the addresses (verbs.IpamConfig). Always: where the store is, dataDir and
+    lockTimeout, which are all DEL and GC read (as the reference, DEL takes any config it can)."""
+
+    def __init__(self, config, request=None):
+        if request is not None:
+            netconf.validate("host-local", config, request)
+            super().__init__(request, config["ipam"])
+        ipam = config.get("ipam")
+        if not isinstance(ipam, dict):
+            raise CniError(ERR_INVALID_CONFIG, "ipam: must be an object")
+        self.data_dir = data_dir(ipam)
+        self.lock_timeout = verbs.lock_timeout(ipam)
+
+    def open_store(self, request):
+        return DiskStore(self.data_dir, request.network, lock_timeout=self.lock_timeout, netns=request.netns or None)
 
 
 def load_config(request):
     """The config, checked: for a main plugin to load before it changes anything."""
-    return IpamConfig(request)
+    return HostLocalConfig(request.config, request)
 
 
-def open_store(request):
-    """The store for this network; DEL and GC need only this much of the config."""
-    ipam = request.config.get("ipam")
-    if not isinstance(ipam, dict):
-        raise CniError(ERR_INVALID_CONFIG, "ipam: must be an object")
-    data_dir = ipam.get("dataDir")
-    if data_dir in (None, ""):
-        data_dir = DEFAULT_DATA_DIR  # as the reference: unset or empty is the default, any other type an error
-    if not isinstance(data_dir, str) or "\0" in data_dir or not data_dir.isprintable():
-        raise CniError(ERR_INVALID_CONFIG, f"ipam.dataDir: {data_dir!r} is not a path")
-    timeout = verbs.lock_timeout(ipam)
-    return DiskStore(data_dir, request.network, lock_timeout=timeout, netns=request.netns or None)
+def data_dir(ipam):
+    """ipam.dataDir, the default when unset or empty (as the reference; any other type is an error)."""
+    path = ipam.get("dataDir")
+    if path in (None, ""):
+        return DEFAULT_DATA_DIR
+    if not isinstance(path, str) or "\0" in path or not path.isprintable():
+        raise CniError(ERR_INVALID_CONFIG, f"ipam.dataDir: {path!r} is not a path")
+    return path
 
 
 # --------------------------------------------------------------------------
 # Verbs
 
 def cmd_add(request):
-    conf = request.ipam_config or IpamConfig(request)
+    conf = request.ipam_config or load_config(request)
     requested = verbs.assign_requested(conf)
     cid, ifname = request.container_id, request.ifname
     allocated = []
     failure = None
-    with open_store(request) as store:
+    with conf.open_store(request) as store:
         verbs.refuse_duplicate(conf, store.ips_of(cid, ifname), cid, ifname)
         try:
             for s in conf.range_sets:
@@ -68,15 +78,15 @@ def cmd_add(request):
 
 def cmd_del(request):
     cid, ifname = request.container_id, request.ifname
-    with open_store(request) as store:
+    with HostLocalConfig(request.config).open_store(request) as store:
         for ip in store.ips_of(cid, ifname):
             store.release(ip, cid, ifname)
 
 
 def cmd_check(request):
-    conf = request.ipam_config or IpamConfig(request)
+    conf = request.ipam_config or load_config(request)
     ours = verbs.prev_addresses(request, conf)
-    with open_store(request) as store:
+    with conf.open_store(request) as store:
         leased = set(store.ips_of(request.container_id, request.ifname))
     verbs.check_leased(ours, leased, request.container_id, request.ifname)
 
@@ -85,7 +95,7 @@ def cmd_gc(request):
     # a malformed list must not read as "nothing is valid": that would release every lease
     netconf.validate("host-local", request.config, request)
     valid = verbs.ValidAttachments(request.valid_attachments())
-    with open_store(request) as store:
+    with HostLocalConfig(request.config).open_store(request) as store:
         for (cid, ifname), ips in store.attachments().items():
             if valid.keeps(cid, ifname):
                 continue
@@ -94,9 +104,9 @@ def cmd_gc(request):
 
 
 def cmd_status(request):
-    conf = request.ipam_config or IpamConfig(request)
+    conf = request.ipam_config or load_config(request)
     try:
-        with open_store(request) as store:
+        with conf.open_store(request) as store:
             leased = store.leased()
     except CniError as e:
         raise CniError(contract.ERR_NOT_AVAILABLE, f"host-local store not usable: {e.msg}", e.details) from None

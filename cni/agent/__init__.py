@@ -51,6 +51,7 @@ import sys
 import time
 
 from cni import handoff, registry
+from ipam import cluster as cluster_ipam, host_local
 
 DEFAULT_WORKERS = 8
 DEFAULT_SPARES = 2
@@ -59,9 +60,9 @@ REQUEST_WAIT = 30.0      # for the request after b"R": a caller sends it at once
 DRAIN_WAIT = 60.0        # SIGTERM: how long invocations in flight may still take
 TEXTFILE_EVERY = 15.0    # seconds between --textfile writes
 DEFAULT_HEAL_EVERY = 300  # seconds between healing runs (and one at start)
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"   # host-local's default dataDir
+DEFAULT_DATA_DIR = host_local.DEFAULT_DATA_DIR   # host-local's default dataDir
 DEFAULT_CONFIG_DIR = "/etc/cni/net.d"        # the runtime's conflists: the pools' ranges, cluster-ipam's networks
-DEFAULT_CLUSTER_DATA_DIR = "/var/lib/cni/cluster-ipam"   # cluster-ipam's default dataDir: its networks' records
+DEFAULT_CLUSTER_DATA_DIR = cluster_ipam.DEFAULT_DATA_DIR   # cluster-ipam's default dataDir: its networks' records
 POOL_LOCK_TIMEOUT = 2.0  # seconds a scrape waits for one store's lock (then that network is a problem)
 PLUGINS = {}             # name -> module of every plugin served, imported by preload()
 
@@ -163,7 +164,7 @@ USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PAT
          f"  --workers  invocations served at once (default {DEFAULT_WORKERS}); more wait in the queue\n"
          f"  --spares   workers forked ahead of requests (default {DEFAULT_SPARES})\n"
          f"  --queue    connections waiting for a worker (default {DEFAULT_QUEUE})\n"
-         "  --data-dir host-local dataDir to heal and report (repeatable; default /var/lib/cni/networks)\n"
+         f"  --data-dir host-local dataDir to heal and report (repeatable; default {DEFAULT_DATA_DIR})\n"
          f"  --heal-every  seconds between releases of leases whose netns is gone (default {DEFAULT_HEAL_EVERY}; 0: never)\n"
          "  --metrics  serve Prometheus text at http://HOST:PORT/metrics (and /healthz)\n"
          "  --textfile also write it to PATH.prom every 15 s, for node-exporter's textfile collector\n"
@@ -680,6 +681,7 @@ def cluster_networks(config_dir, cluster_data_dirs):
     config to the plugin, no file holds it); what healing and the pool figures read. problems: lines
     for the files and records that could not be read (the others are found all the same)."""
     import json
+    from cni.contract import CniError
     from cni.operator import configs, validate
     from ipam import cluster
     paths, problems = config_files(config_dir)
@@ -689,8 +691,11 @@ def cluster_networks(config_dir, cluster_data_dirs):
     configured = {name for _, name, _ in networks}   # a config file wins over a record of its name
     data_dirs = list(cluster_data_dirs)
     for _, _, _, ipam in found:
-        data_dir = ipam.get("dataDir") or cluster.DEFAULT_DATA_DIR
-        if isinstance(data_dir, str) and data_dir.startswith("/") and data_dir not in data_dirs:
+        try:
+            data_dir = cluster.data_dir(ipam)
+        except CniError:
+            continue   # refused: the config's problem, which healing and the pool figures report
+        if data_dir not in data_dirs:
             data_dirs.append(data_dir)
     for data_dir in data_dirs:
         records, bad = cluster.recorded_networks(data_dir)
@@ -827,6 +832,7 @@ def host_local_pools(config_dir, data_dirs):
     data_dirs and those configs' dataDirs that no config names (a NetworkAttachmentDefinition's):
     only its leases in use are known, its ranges are in no file on this node. A directory holding
     cluster-ipam's record is cluster-ipam's (cluster_pools), as `underlay leases` sees it."""
+    from cni.contract import CniError
     from cni.operator import cluster, configs, hostlocal, validate
     paths, problems = config_files(config_dir)
     rows, readable, configured = [], {}, set()
@@ -837,8 +843,11 @@ def host_local_pools(config_dir, data_dirs):
             rows.append(pool_row(row["network"], "host-local", row))
         users, _ = configs.ipam_users(paths, validate.is_host_local)   # their problems are in bad
         for _, network, _, ipam in users:
-            data_dir = ipam.get("dataDir") or hostlocal.DEFAULT_DATA_DIR
-            if isinstance(data_dir, str) and network.name:
+            try:
+                data_dir = host_local.data_dir(ipam)
+            except CniError:
+                continue   # refused: hostlocal.pools reported it
+            if network.name:
                 configured.add((os.path.abspath(data_dir), network.name))
                 readable[("host-local", network.name)] = any(r["network"] == network.name for r in found)
     roots = []
@@ -903,7 +912,7 @@ def request_timeout(config):
     from cni.contract import CniError
     from ipam import cluster, etcd
     try:
-        return etcd.timeout_setting(cluster.StoreConfig(config).etcd_conf, "requestTimeout")
+        return etcd.timeout_setting(cluster.ClusterConfig(config).etcd_conf, "requestTimeout")
     except (CniError, AttributeError):
         return etcd.DEFAULT_REQUEST_TIMEOUT
 

@@ -16,8 +16,9 @@ from cni import contract
 from cni.contract import OLD_VALID_ATTACHMENTS, VALID_ATTACHMENTS, CniError
 from cni.operator import cluster, configs, hostlocal, output
 from cni.operator.configs import CONFIG_SUFFIXES, DEFAULT_CONFIG_DIR  # noqa: F401 (re-exported)
-from cni.operator.hostlocal import DEFAULT_DATA_DIR, StoreProblem
+from cni.operator.hostlocal import StoreProblem
 from cni.operator.output import UsageError
+from ipam.host_local import DEFAULT_DATA_DIR
 
 # exit codes
 OK, NO, USAGE, STORE, INTERNAL = 0, 1, 2, 3, 4

@@ -157,12 +157,12 @@ def network_of(address, recorded):
     """The name of the recorded network whose ranges hold `address`, or None."""
     if not recorded:   # also a build without cluster-ipam, where cluster_module() would refuse
         return None
-    from ipam import ranges
+    from cni.operator import validate
     cluster = cluster_module()
     ip = ipaddress.ip_address(address)
     for name, (_, ipam) in sorted(recorded.items()):
         try:
-            sets = ranges.range_sets(cluster.with_whereabouts(ipam))
+            sets = validate.load_as_add(cluster.ClusterConfig, {"name": name, "ipam": ipam}, None).range_sets
         except (CniError, ValueError, TypeError, AttributeError):
             continue   # a record no ADD could have written: not one to point at
         if any(s.subnet_range_of(ip) for s in sets):

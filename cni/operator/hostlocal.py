@@ -23,7 +23,6 @@ from cni.contract import CniError
 from ipam.stores import lease_files, lease_index
 from ipam import verbs
 from ipam.stores import disk
-from ipam.host_local import DEFAULT_DATA_DIR  # noqa: F401 (re-exported default)
 from ipam.verbs import DEFAULT_LOCK_TIMEOUT
 
 
@@ -160,13 +159,13 @@ def pools(paths, data_dir=None, lock_timeout=DEFAULT_LOCK_TIMEOUT):
     from ipam import allocator
     rows = []
     found, problems = configs.ipam_users(paths, validate.is_host_local)
-    for path, network, plugin, ipam in found:
+    for path, network, plugin, _ in found:
         try:
-            sets = validate.check_host_local(plugin.config)
+            conf = validate.check_host_local(plugin.config)
         except validate.CniError as e:
             problems.append(network.problem("error", *validate.split_field(e.msg)).line())
             continue
-        root = os.path.abspath(data_dir or ipam.get("dataDir") or DEFAULT_DATA_DIR)
+        root = os.path.abspath(data_dir or conf.data_dir)
         try:
             leased = [x.address for x in read(root, network.name, lock_timeout).leases]
         except StoreProblem as e:
@@ -175,7 +174,7 @@ def pools(paths, data_dir=None, lock_timeout=DEFAULT_LOCK_TIMEOUT):
             else:
                 problems.append(str(e))
                 continue
-        for s in sets:
+        for s in conf.range_sets:
             t = allocator.tally(s, leased)
             rows.append({"network": network.name, "file": path, "data_dir": root, "set": s.index,
                          "ranges": s.describe(), "size": t["addresses"], "excluded": t["excluded"],

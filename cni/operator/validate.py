@@ -130,17 +130,12 @@ def plugin_problems(config, main, host_local, cluster_ipam=False):
 
 
 def check_cluster_ipam(config, warnings=None):
-    """cluster-ipam's ADD checks of its config (schema, then its loader: ranges, whereabouts' keys,
-    blockSize, etcd's endpoints and timeouts), without contacting etcd or reading files: resolvConf
+    """cluster-ipam's ADD checks of its config (its loader: schema, ranges, whereabouts' keys,
+    blockSize; then etcd's endpoints and timeouts), without contacting etcd or reading files: resolvConf
     and the etcd certificates are a node's files (resolvConf is warned of above). Returns the loaded
     config; the loader's warnings, but unknown keys (reported on their own), go to `warnings`."""
     from ipam import cluster, etcd
-    ipam = {k: v for k, v in config["ipam"].items() if k != "resolvConf"}
-    config = dict(config, ipam=ipam)
-    request = contract.Request("ADD", {}, config, b"")
-    loaded = cluster.ClusterConfig(request)
-    if warnings is not None:
-        warnings += [w for w in request.warnings if not w.startswith("unknown key ")]
+    loaded = load_as_add(cluster.ClusterConfig, config, warnings)
     conf = loaded.etcd_conf   # ipam.etcd, or the one made of whereabouts' etcd_host
     if isinstance(conf, dict):
         files = ("certFile", "keyFile", "trustedCAFile")
@@ -153,18 +148,21 @@ def check_cluster_ipam(config, warnings=None):
 
 
 def check_host_local(config, warnings=None):
-    """host-local's ADD checks of its config, without reading files or taking an address."""
-    from ipam import ranges, verbs
-    netconf.validate("host-local", config)
-    ipam = config["ipam"]
-    runtime = config.get("runtimeConfig") or {}
-    sets = ranges.range_sets(ipam, runtime.get("ipRanges"), ranges.host_shim_aux(config), warnings)
-    version = config.get("cniVersion", "0.1.0")
-    if contract.version_key(version) < (0, 3, 0):
-        verbs.check_one_set_per_family(sets, version)
-    for i, route in enumerate(ipam.get("routes") or []):
-        verbs.check_route(route, f"ipam.routes[{i}]")
-    return sets
+    """host-local's ADD checks of its config (its loader), without reading files or taking an
+    address. Returns the loaded config; its warnings, as check_cluster_ipam's, go to `warnings`."""
+    from ipam import host_local
+    return load_as_add(host_local.HostLocalConfig, config, warnings)
+
+
+def load_as_add(loader, config, warnings):
+    """An IPAM's config as its loader reads it for ADD, but for resolvConf: a node's file (ADD reads it)."""
+    ipam = {k: v for k, v in config["ipam"].items() if k != "resolvConf"}
+    config = dict(config, ipam=ipam)
+    request = contract.Request("ADD", {}, config, b"")
+    loaded = loader(config, request)
+    if warnings is not None:
+        warnings += [w for w in request.warnings if not w.startswith("unknown key ")]
+    return loaded
 
 
 def key_problems(config, main, host_local, cluster_ipam=False):
@@ -256,7 +254,7 @@ def pool_of(network, config):
     parent = (config.get("master"), config.get("vlan"))
     try:
         if is_host_local(ipam.get("type")):
-            return ipam, check_host_local(config), parent, ("host-local", network.name)
+            return ipam, check_host_local(config).range_sets, parent, ("host-local", network.name)
         if is_cluster_ipam(ipam.get("type")):
             conf = check_cluster_ipam(config)
             return ipam, conf.range_sets, parent, ("etcd", *conf.store_key(), conf.etcd_prefix)

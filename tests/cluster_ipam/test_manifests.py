@@ -12,7 +12,8 @@ import jsonschema
 import pytest
 import yaml
 
-from ipam import cluster, ranges
+from cni import contract
+from ipam import cluster
 from tests.clients import libcni
 from tests.etcd import ETCD, TlsFiles, _die_with_parent, _free_port
 from tests.plugins import ROOT, run_plugin
@@ -139,9 +140,8 @@ def test_cluster_nad_config_is_valid_for_cluster_ipam(name):
     nad, conflist = libcni.load_nad(name)
     for config in libcni.plugin_configs(conflist, conflist["cniVersion"]):
         jsonschema.validate(config, libcni.schema("cluster-ipam"))
-        cluster.StoreConfig(config)                               # etcd, node, dataDir, sticky, blockSize
-        sets = ranges.range_sets(cluster.with_whereabouts(config["ipam"]), None, [])
-        assert sets and all(s.ranges for s in sets)
+        conf = cluster.ClusterConfig(config, contract.Request("ADD", {}, config, b""))   # the plugin's loader
+        assert conf.range_sets and all(s.ranges for s in conf.range_sets)
 
 
 def test_etcd_tls_copy_step(tmp_path):

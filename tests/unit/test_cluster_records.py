@@ -14,7 +14,7 @@ def store_config(data_dir, **ipam):
                "etcd": {"endpoints": ["https://127.0.0.1:2379"], "certFile": "/etc/uj/client.crt",
                         "keyFile": "/etc/uj/client.key", "trustedCAFile": "/etc/uj/ca.crt"}}
     section.update(ipam)
-    return cluster.StoreConfig({"name": "ujnet", "ipam": section})
+    return cluster.ClusterConfig({"name": "ujnet", "ipam": section})
 
 
 def write(data_dir, network, data):

@@ -22,7 +22,7 @@ CLUSTER = {"type": "cluster-ipam", "node": "n1", "etcd": {"endpoints": ["http://
 HOST_LOCAL = {"type": "host-local", "ranges": [[{"subnet": "10.85.0.0/24"}]], "routes": [{"dst": "10.86.0.0/16"}]}
 
 
-@pytest.mark.parametrize("ipam, kind", [(CLUSTER, cluster.ClusterConfig), (HOST_LOCAL, host_local.IpamConfig)])
+@pytest.mark.parametrize("ipam, kind", [(CLUSTER, cluster.ClusterConfig), (HOST_LOCAL, host_local.HostLocalConfig)])
 def test_a_main_plugin_loads_either_ipam_before_it_changes_anything(ipam, kind):
     r = request(ipam, CNI_ARGS="IP=10.85.0.7")
     contract.load_ipam_config(r)
