@@ -20,37 +20,18 @@ that, what no single ADD can see:
 
 import importlib
 import os
-import re
 
 from cni import config as netconf
 from cni import contract, registry
 from cni.contract import CniError
-from cni.operator.configs import load
-
-FIELD = re.compile(r"^([A-Za-z_][\w./-]*(?:\[\d+\])*(?:\.[\w/-]+(?:\[\d+\])*)*)(?::\s*|\s+)(.*)$", re.S)
+from cni.config_files import is_cluster_ipam, is_host_local, load, split_field
+from ipam.host_local_reader import check_host_local
 
 
 def main_plugin(kind):
     """Our main plugin a config's type names (exact, or prefixed: underlay-macvlan), or None."""
     name = registry.plugin_for(kind) if isinstance(kind, str) else None
     return name if name and registry.EXECUTABLES[name][1] == "main" else None
-
-
-def is_host_local(kind):
-    return isinstance(kind, str) and registry.plugin_for(kind) == "host-local"
-
-
-def is_cluster_ipam(kind):
-    return isinstance(kind, str) and registry.plugin_for(kind) == "cluster-ipam"
-
-
-def split_field(msg):
-    """A plugin's error message -> (field, rest): they start with the field they name."""
-    msg = msg.removeprefix("invalid network config: ")
-    match = FIELD.match(msg)
-    if match and match.group(1) != "config":
-        return match.group(1), match.group(2)
-    return "config", msg.removeprefix("config ")
 
 
 def check_files(paths):
@@ -150,21 +131,6 @@ def check_cluster_ipam(config, warnings=None):
                                   for e in plain["endpoints"]]
         etcd.client_from_config(plain, "ipam.etcd").close()
     return loaded
-
-
-def check_host_local(config, warnings=None):
-    """host-local's ADD checks of its config, without reading files or taking an address."""
-    from ipam import ranges, verbs
-    netconf.validate("host-local", config)
-    ipam = config["ipam"]
-    runtime = config.get("runtimeConfig") or {}
-    sets = ranges.range_sets(ipam, runtime.get("ipRanges"), ranges.host_shim_aux(config), warnings)
-    version = config.get("cniVersion", "0.1.0")
-    if contract.version_key(version) < (0, 3, 0):
-        verbs.check_one_set_per_family(sets, version)
-    for i, route in enumerate(ipam.get("routes") or []):
-        verbs.check_route(route, f"ipam.routes[{i}]")
-    return sets
 
 
 def key_problems(config, main, host_local, cluster_ipam=False):

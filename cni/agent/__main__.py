@@ -1,0 +1,5 @@
+"""`python -m cni.agent`: underlayd."""
+
+from cni.agent import main
+
+main()
