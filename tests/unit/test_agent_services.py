@@ -34,11 +34,22 @@ class Probe:
         pass
 
 
+def until(done, checks=1000):
+    """stopping() for walk: true once done() is, or after `checks` calls (a loop that never gets
+    there then fails the test's assertions instead of spinning for ever)."""
+    left = [checks]
+
+    def stopping():
+        left[0] -= 1
+        return done() or left[0] < 0
+    return stopping
+
+
 def test_a_due_service_runs_and_one_not_due_does_not():
     r, w = os.pipe()
     due = Probe(due=0.0)
     idle = Probe(fds=[r])            # never due, its fd never written
-    service.walk([idle, due], lambda: bool(due.runs))
+    service.walk([idle, due], until(lambda: bool(due.runs)))
     assert due.runs == [set()] and idle.runs == []
 
 
@@ -47,7 +58,7 @@ def test_an_fd_ready_runs_the_service_that_waits_on_it():
     r2, w2 = os.pipe()
     first, second = Probe(fds=[r1]), Probe(fds=[r2])
     os.write(w2, b"x")
-    service.walk([first, second], lambda: bool(second.runs))
+    service.walk([first, second], until(lambda: bool(second.runs)))
     assert second.runs == [{r2}] and first.runs == []
 
 
@@ -74,7 +85,7 @@ def test_a_new_periodic_service_is_walked_beside_the_agents_own(tmp_path):
 
     renewer, forks = Renewer(due=0.0), Forks()
     heal = healing.Healing(options.Options([]), forks, None, metrics.Metrics())
-    service.walk([server.Heartbeat(str(socket_file)), heal, renewer], lambda: len(renewer.runs) == 3)
+    service.walk([server.Heartbeat(str(socket_file)), heal, renewer], until(lambda: len(renewer.runs) == 3))
     assert renewer.runs == [set(), set(), set()]
     assert os.stat(socket_file).st_mtime != 0                     # beaten
     assert len(forks.started) == 1 and heal.healer == 4242        # one run at start, and it is still going
@@ -85,7 +96,7 @@ def test_no_service_runs_once_the_agent_stops():
     stopping = []
     first = Probe(due=0.0, then=lambda probe: stopping.append(True))
     second = Probe(due=0.0)
-    service.walk([first, second], lambda: bool(stopping))
+    service.walk([first, second], until(lambda: bool(stopping)))
     assert first.runs == [set()] and second.runs == []
 
 
@@ -97,7 +108,7 @@ def test_a_childs_exit_wakes_the_loop_and_reaches_whoever_forked_it():
     children.catch_signals()
     try:
         pid = children.fork(lambda: os._exit(3), on_exit=lambda pid, status: exits.append((pid, status)), close=())
-        service.walk([children], lambda: bool(exits))
+        service.walk([children], until(lambda: bool(exits)))
     finally:
         signal.set_wakeup_fd(old_wakeup)
         signal.signal(signal.SIGCHLD, old_chld)
@@ -110,5 +121,5 @@ def test_reports_reach_the_handler_of_their_kind():
     reports.on("R", lambda pid, *fields: seen.append((pid, fields)))
     reports.report("R 12 lease 10.0.0.9")
     reports.report("Z 13")                       # a kind nobody handles: dropped
-    service.walk([reports], lambda: bool(seen))
+    service.walk([reports], until(lambda: bool(seen)))
     assert seen == [(12, ("lease", "10.0.0.9"))]
