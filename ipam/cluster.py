@@ -500,6 +500,11 @@ def recorded_networks(data_dir):
     return found, problems
 
 
+def is_recorded(data_dir, name):
+    """Whether <data_dir>/<name> is a network directory of cluster-ipam's (its ADD's RECORD is there)."""
+    return os.path.exists(os.path.join(data_dir, name, RECORD))
+
+
 def read_record(path, data_dir, network):
     """The config {"name", "ipam"} in the RECORD at `path`, found as <data_dir>/<network>/RECORD;
     ValueError if it is not one, or names another network or dataDir than where it lies."""
@@ -573,7 +578,7 @@ def cmd_gc(request):
 
 
 def heal(config, gone):
-    """underlayd's healing of missed DELs (cni/agent/__init__.py): release this node's attachments of the
+    """underlayd's healing of missed DELs (cni/agent/healing.py): release this node's attachments of the
     config's network whose recorded netns `gone(path)` says is certainly gone, as DEL releases them
     (with sticky, a known pod's become holds), under the node's lock as DEL takes it. Yields
     (containerID, ifname, netns, [ip]) of each once released. Another node's attachments, and

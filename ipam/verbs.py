@@ -193,3 +193,16 @@ def check_free(conf, leased):
     for s in conf.range_sets:
         if allocator.tally(s, leased)["free"] <= 0:
             raise CniError(ERR_NOT_AVAILABLE, f"range set {s.index} ({s.describe()}) has no free address")
+
+
+def load_as_add(loader, config, warnings):
+    """An IPAM's config as its loader reads it for ADD (`underlay validate`, `pools`, underlayd's figures),
+    but for resolvConf: a node's file (ADD reads it). The loader's warnings, but unknown keys (reported
+    on their own), go to `warnings`."""
+    ipam = {k: v for k, v in config["ipam"].items() if k != "resolvConf"}
+    config = dict(config, ipam=ipam)
+    request = contract.Request("ADD", {}, config, b"")
+    loaded = loader(config, request)
+    if warnings is not None:
+        warnings += [w for w in request.warnings if not w.startswith("unknown key ")]
+    return loaded

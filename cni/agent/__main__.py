@@ -1,4 +1,4 @@
-"""`python -m cni.agent`: underlayd run from source."""
+"""`python -m cni.agent`: underlayd."""
 
 from cni.agent import main
 

@@ -1,5 +1,9 @@
 """Network namespaces: open and validate CNI_NETNS, and the one place that setns.
 
+The plugins enter a pod's netns for a moment (`entered`); underlayd's worker and
+healer take on another process's mount and network namespaces for good
+(`enter_for_good`), as an exec'd plugin would have been born in them.
+
 A plugin is a single-threaded process, so switching the whole process into
 the pod's netns for a moment is safe (the Go plugins need a locked OS thread
 for the same thing). Everything that must happen inside the pod (opening its
@@ -14,7 +18,7 @@ import os
 import stat
 from contextlib import contextmanager
 
-CLONE_NEWNET = 0x40000000
+CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
 NS_GET_NSTYPE = 0xB703  # ioctl on an nsfs fd (linux/nsfs.h)
 SELF = "/proc/self/ns/net"
 
@@ -57,23 +61,37 @@ def open_netns(path):
     return fd
 
 
-def is_current(fd):
-    """True if fd is the namespace this process is in."""
-    mine, theirs = os.stat(SELF), os.fstat(fd)
+def is_current(fd, own=SELF):
+    """True if fd is the namespace this process is in (`own`: our /proc/self/ns file of fd's kind)."""
+    mine, theirs = os.stat(own), os.fstat(fd)
     return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 _setns = None
 
 
-def setns(fd):
+def libc_setns(fd, nstype):
+    """setns(2) through libc (loaded on first use): 0, or -1 with ctypes_errno() set."""
     global _setns
     if _setns is None:
         import ctypes
         _setns = ctypes.CDLL(None, use_errno=True).setns
-    if _setns(fd, CLONE_NEWNET) != 0:
+    return _setns(fd, nstype)
+
+
+def setns(fd):
+    if libc_setns(fd, CLONE_NEWNET) != 0:
         err = ctypes_errno()
         raise (NotPermitted if err == errno.EPERM else NetnsError)(f"setns: {os.strerror(err)}")
+
+
+def enter_for_good(fd, nstype, own):
+    """setns() into the namespace `fd` (of kind nstype: CLONE_NEWNS, CLONE_NEWNET) unless it is ours
+    already (`own`: our /proc/self/ns file of that kind); no way back. OSError when refused."""
+    if is_current(fd, own):
+        return
+    if libc_setns(fd, nstype) != 0:
+        raise OSError(ctypes_errno(), f"setns {own.rsplit('/', 1)[1]}")
 
 
 def ctypes_errno():

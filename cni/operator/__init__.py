@@ -14,9 +14,11 @@ import sys
 
 from cni import contract
 from cni.contract import OLD_VALID_ATTACHMENTS, VALID_ATTACHMENTS, CniError
-from cni.operator import cluster, configs, hostlocal, output
-from cni.operator.configs import CONFIG_SUFFIXES, DEFAULT_CONFIG_DIR  # noqa: F401 (re-exported)
-from cni.operator.hostlocal import StoreProblem
+from cni import config_files as configs
+from cni.config_files import CONFIG_SUFFIXES, DEFAULT_CONFIG_DIR  # noqa: F401 (re-exported)
+from cni.operator import cluster, output
+from ipam import host_local_reader as hostlocal
+from ipam.host_local_reader import StoreProblem
 from cni.operator.output import UsageError
 from ipam.host_local import DEFAULT_DATA_DIR
 
@@ -271,9 +273,8 @@ def config_files(paths):
 def cmd_pools(args):
     paths = config_files(args.config)
     rows, problems = hostlocal.pools(paths, args.data_dir, args.lock_timeout)
-    from cni.operator import validate
     notes = [cluster.elsewhere(network.name, "pools", path, "pools")
-             for path, network, _, _ in configs.ipam_users(paths, validate.is_cluster_ipam)[0]]
+             for path, network, _, _ in configs.ipam_users(paths, configs.is_cluster_ipam)[0]]
     if notes and not rows and not problems:
         raise UsageError("; ".join(notes))
     for note in notes:

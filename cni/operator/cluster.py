@@ -8,13 +8,12 @@ still runs every other command.
 
 import importlib
 import ipaddress
-import os
 import sys
 
 from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NOT_AVAILABLE, CniError
 from cni.operator import output
 from cni.operator.output import UsageError
-from cni.operator.hostlocal import StoreProblem
+from ipam.host_local_reader import StoreProblem
 
 CLUSTER_MODULE = "ipam.cluster"
 
@@ -90,7 +89,7 @@ def cluster_module():
 
 def cluster_configs(path):
     """The plugin configs of `path` whose ipam is cluster-ipam: every network of every document."""
-    from cni.operator import configs
+    from cni import config_files as configs
     networks, problems = configs.load(path)
     for p in problems:
         if p.severity == "error":
@@ -173,7 +172,7 @@ def network_of(address, recorded):
 def is_recorded(data_dir, name):
     """Whether <data_dir>/<name> is a network directory of cluster-ipam's (its ADD's RECORD is there)."""
     try:
-        return os.path.exists(os.path.join(data_dir, name, cluster_module().RECORD))
+        return cluster_module().is_recorded(data_dir, name)
     except UsageError:
         return False
 

@@ -20,37 +20,18 @@ that, what no single ADD can see:
 
 import importlib
 import os
-import re
 
 from cni import config as netconf
 from cni import contract, registry
 from cni.contract import CniError
-from cni.operator.configs import load
-
-FIELD = re.compile(r"^([A-Za-z_][\w./-]*(?:\[\d+\])*(?:\.[\w/-]+(?:\[\d+\])*)*)(?::\s*|\s+)(.*)$", re.S)
+from cni.config_files import is_cluster_ipam, is_host_local, load, split_field
+from ipam.host_local_reader import check_host_local
 
 
 def main_plugin(kind):
     """Our main plugin a config's type names (exact, or prefixed: underlay-macvlan), or None."""
     name = registry.plugin_for(kind) if isinstance(kind, str) else None
     return name if name and registry.EXECUTABLES[name][1] == "main" else None
-
-
-def is_host_local(kind):
-    return isinstance(kind, str) and registry.plugin_for(kind) == "host-local"
-
-
-def is_cluster_ipam(kind):
-    return isinstance(kind, str) and registry.plugin_for(kind) == "cluster-ipam"
-
-
-def split_field(msg):
-    """A plugin's error message -> (field, rest): they start with the field they name."""
-    msg = msg.removeprefix("invalid network config: ")
-    match = FIELD.match(msg)
-    if match and match.group(1) != "config":
-        return match.group(1), match.group(2)
-    return "config", msg.removeprefix("config ")
 
 
 def check_files(paths):
@@ -134,8 +115,8 @@ def check_cluster_ipam(config, warnings=None):
     blockSize; then etcd's endpoints and timeouts), without contacting etcd or reading files: resolvConf
     and the etcd certificates are a node's files (resolvConf is warned of above). Returns the loaded
     config; the loader's warnings, but unknown keys (reported on their own), go to `warnings`."""
-    from ipam import cluster, etcd
-    loaded = load_as_add(cluster.ClusterConfig, config, warnings)
+    from ipam import cluster, etcd, verbs
+    loaded = verbs.load_as_add(cluster.ClusterConfig, config, warnings)
     conf = loaded.etcd_conf   # ipam.etcd, or the one made of whereabouts' etcd_host
     if isinstance(conf, dict):
         files = ("certFile", "keyFile", "trustedCAFile")
@@ -144,24 +125,6 @@ def check_cluster_ipam(config, warnings=None):
             plain["endpoints"] = [e.replace("https://", "http://", 1) if isinstance(e, str) else e
                                   for e in plain["endpoints"]]
         etcd.client_from_config(plain, "ipam.etcd").close()
-    return loaded
-
-
-def check_host_local(config, warnings=None):
-    """host-local's ADD checks of its config (its loader), without reading files or taking an
-    address. Returns the loaded config; its warnings, as check_cluster_ipam's, go to `warnings`."""
-    from ipam import host_local
-    return load_as_add(host_local.HostLocalConfig, config, warnings)
-
-
-def load_as_add(loader, config, warnings):
-    """An IPAM's config as its loader reads it for ADD, but for resolvConf: a node's file (ADD reads it)."""
-    ipam = {k: v for k, v in config["ipam"].items() if k != "resolvConf"}
-    config = dict(config, ipam=ipam)
-    request = contract.Request("ADD", {}, config, b"")
-    loaded = loader(config, request)
-    if warnings is not None:
-        warnings += [w for w in request.warnings if not w.startswith("unknown key ")]
     return loaded
 
 

@@ -118,6 +118,12 @@ class DiskStore:
     def owner(self, ip):
         return self.files.owner(ip)
 
+    def reclaim_dead_netns(self, gone):
+        """underlayd's healing: AttachmentIndex.reclaim_dead_netns, committed as the block ends."""
+        released = self.index.reclaim_dead_netns(gone)
+        self.touched = self.touched or bool(released)
+        return released
+
     def leased(self):
         """Every lease file's name (a listing, no reads)."""
         return self.files.lease_names()

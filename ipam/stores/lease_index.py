@@ -188,13 +188,18 @@ class AttachmentIndex:
             self.boot_id = now
             self.commit()
 
-    def reclaim_dead_netns(self):
-        """After a reboot: release the leases of attachments whose netns is gone."""
+    def reclaim_dead_netns(self, gone=netns_gone):
+        """Release the leases of attachments whose recorded netns `gone(path)` says is gone: after
+        a reboot (netns_gone), and underlayd's healing (its own judgement). What was released:
+        [(containerID, ifname or None, netns, [ip, ...])]."""
+        released = []
         for (container_id, ifname), (netns, ips) in self.entries().items():
-            if netns and netns_gone(netns):
+            if netns and gone(netns):
                 for ip in ips:
                     self.files.release(ip, container_id, ifname)
                 self.forget(container_id, ifname)
+                released.append((container_id, ifname, netns, ips))
+        return released
 
     def rebuild_index(self):
         """Rebuild the index from the lease files; drop debris of killed writers.

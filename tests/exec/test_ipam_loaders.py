@@ -6,7 +6,7 @@ exec'd as a runtime execs them; `underlay` as an operator runs it; underlayd's r
 
 import json
 
-from cni import agent
+from cni.agent import pools as agent_pools
 from tests.exec.conftest import error
 from tests.operator import run_underlay
 from tests.plugins import run_plugin
@@ -39,7 +39,7 @@ def test_host_locals_dataDir_rule_is_one_for_the_plugin_validate_pools_and_under
     assert out.code == 3 and out.stdout == "", out
     assert f"network net1: {said}" in out.stderr, out
 
-    rows, readable, problems = agent.host_local_pools(str(tmp_path / "net.d"), [])
+    rows, readable, problems = agent_pools.host_local_pools(str(tmp_path / "net.d"), [])
     assert rows == [] and readable == {}, rows
     assert any(said in p for p in problems), problems
 
@@ -75,7 +75,7 @@ def test_cluster_ipams_store_rules_are_one_for_the_plugin_validate_cluster_comma
         out = run_underlay("cluster", command, "--config", path)
         assert out.code == 2 and said in out.stderr, out
 
-    rows, readable, problems = agent.cluster_pools(str(tmp_path / "net.d"), [])
+    rows, readable, problems = agent_pools.cluster_pools(str(tmp_path / "net.d"), [])
     assert rows == [] and readable == {("cluster-ipam", "uln"): False}, (rows, readable)
     assert problems == [f"cluster-ipam network uln ({path}): {said}"], problems
     assert not any(tmp_path.glob("n1*"))   # refused at load: no lock, no record

@@ -4,33 +4,37 @@ import os
 
 import pytest
 
-from cni import agent
+from cni.agent import metrics, options, pools, server, service, worker
 from ipam import cluster
 
 
-def bookkeeping(idle=(), busy=()):
-    a = agent.Agent(agent.Options([]))
-    a.idle, a.busy = set(idle), set(busy)
-    a.status_r, a.status_w = os.pipe2(os.O_NONBLOCK)
-    a.buffer = b""
-    return a
+class Bookkeeping:
+    """The agent's counting parts as cni/agent/__init__.py joins them, fed through a real report pipe."""
+
+    def __init__(self, idle=(), busy=()):
+        self.options = options.Options([])
+        self.reports, self.metrics = service.Reports(), metrics.Metrics()
+        self.metrics.listen(self.reports)
+        self.server = server.Server(self.options, None, self.reports, self.metrics)
+        self.server.idle, self.server.busy = set(idle), set(busy)
+
+    def report(self, data):
+        os.write(self.reports.write_fd, data)
+        self.reports.read()
 
 
 def test_a_worker_reaped_before_its_busy_report_frees_its_slot():
     """The race that once leaked a slot per occurrence (a burst then stalled with every slot 'busy')."""
-    a = bookkeeping(idle=[101, 102])
-    a.idle.discard(101)                       # reaped: it served and exited before its report was read
-    os.write(a.status_w, b"B 101\nB 102\n")
-    a.read_reports()
-    assert a.busy == {102} and a.idle == set()
+    a = Bookkeeping(idle=[101, 102])
+    a.server.exited(101, 0)                   # reaped: it served and exited before its report was read
+    a.report(b"B 101\nB 102\n")
+    assert a.server.busy == {102} and a.server.idle == set()
 
 
 def test_reports_are_counted_and_split_across_reads():
-    a = bookkeeping(busy=[7])
-    os.write(a.status_w, b"D 7 macvlan ADD 1 101 0.020000 -\nN 8\nA 9\nH 10 net")
-    a.read_reports()
-    os.write(a.status_w, b"1 3\n")
-    a.read_reports()
+    a = Bookkeeping(busy=[7])
+    a.report(b"D 7 macvlan ADD 1 101 0.020000 -\nN 8\nA 9\nH 10 net")
+    a.report(b"1 3\n")
     m = a.metrics
     assert m.requests == {("macvlan", "ADD", 101): 1} and m.refused == 1 and m.abandoned == 1
     assert m.healed == {"net1": 3}
@@ -46,17 +50,17 @@ def test_reports_are_counted_and_split_across_reads():
     (["--cluster-data-dir", "rel"], "--cluster-data-dir: must be an absolute"),
 ])
 def test_bad_options_are_refused_naming_them(args, fragment):
-    with pytest.raises(agent.Usage, match=fragment):
-        agent.Options(args)
+    with pytest.raises(options.Usage, match=fragment):
+        options.Options(args)
 
 
 def test_options_defaults_and_forms():
-    o = agent.Options(["--socket=/run/x/u.sock", "--metrics", ":9377", "--workers", "2", "--spares", "5"])
+    o = options.Options(["--socket=/run/x/u.sock", "--metrics", ":9377", "--workers", "2", "--spares", "5"])
     assert o.socket == "/run/x/u.sock" and o.metrics == ("0.0.0.0", 9377)
     assert o.workers == 2 and o.spares == 2          # never more spares than workers
-    assert o.data_dirs == ["/var/lib/cni/networks"] and o.heal_every == agent.DEFAULT_HEAL_EVERY
+    assert o.data_dirs == ["/var/lib/cni/networks"] and o.heal_every == options.DEFAULT_HEAL_EVERY
     assert o.cluster_data_dirs == [cluster.DEFAULT_DATA_DIR]   # cluster-ipam's own default, where ADD records
-    o = agent.Options(["--cluster-data-dir", "/a", "--cluster-data-dir=/b", "--data-dir", "/c"])
+    o = options.Options(["--cluster-data-dir", "/a", "--cluster-data-dir=/b", "--data-dir", "/c"])
     assert o.cluster_data_dirs == ["/a", "/b"] and o.data_dirs == ["/c"]
 
 
@@ -69,14 +73,13 @@ def test_options_defaults_and_forms():
     ("", "-"),
 ])
 def test_the_served_line_names_the_callers_trace(traceparent, expected):
-    assert agent.trace_id(traceparent) == expected
+    assert worker.trace_id(traceparent) == expected
 
 
 def test_a_served_report_with_a_trace_is_logged_with_it(capfd):
-    a = bookkeeping(busy=[7])
-    os.write(a.status_w, b"D 7 macvlan ADD 0 0 0.002000 0af7651916cd43dd8448eb211c80319c\n"
-                         b"D 8 macvlan DEL 0 0 0.001000 -\n")
-    a.read_reports()
+    a = Bookkeeping(busy=[7])
+    a.report(b"D 7 macvlan ADD 0 0 0.002000 0af7651916cd43dd8448eb211c80319c\n"
+             b"D 8 macvlan DEL 0 0 0.001000 -\n")
     err = capfd.readouterr().err
     assert "served macvlan ADD exit 0 in 2.0 ms (worker 7, trace 0af7651916cd43dd8448eb211c80319c)" in err
     assert "served macvlan DEL exit 0 in 1.0 ms (worker 8)\n" in err
@@ -84,8 +87,8 @@ def test_a_served_report_with_a_trace_is_logged_with_it(capfd):
 
 def test_pool_label_values_are_escaped():
     """Network names come from directory and record names on disk: any character may be there."""
-    rows = [agent.pool_row('a"b\\c\nd', "host-local", in_use=2)]
-    text = agent.render_pools(rows, {("cluster-ipam", 'x"y'): False}, ["one"])
+    rows = [pools.pool_row('a"b\\c\nd', "host-local", in_use=2)]
+    text = pools.render_pools(rows, {("cluster-ipam", 'x"y'): False}, ["one"])
     assert 'underlay_pool_addresses{network="a\\"b\\\\c\\nd",ipam="host-local",state="in_use"} 2\n' in text
     assert 'underlay_pool_readable{network="x\\"y",ipam="cluster-ipam"} 0\n' in text
     assert "underlay_pool_problems 1\n" in text
@@ -98,5 +101,5 @@ def test_a_cluster_ipam_network_directory_is_no_host_local_pool(tmp_path):
     (tmp_path / "hl").mkdir()
     (tmp_path / "ci").mkdir()
     (tmp_path / "ci" / cluster.RECORD).write_text('{"name": "ci", "ipam": {"type": "cluster-ipam"}}')
-    rows, readable, problems = agent.host_local_pools(str(tmp_path / "no-configs"), [str(tmp_path)])
+    rows, readable, problems = pools.host_local_pools(str(tmp_path / "no-configs"), [str(tmp_path)])
     assert [r["network"] for r in rows] == ["hl"] and readable == {("host-local", "hl"): True}, (rows, problems)

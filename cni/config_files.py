@@ -1,5 +1,8 @@
 """Network configs as an operator has them: a config, a conflist, or Kubernetes YAML.
 
+Read by the operator's command (`underlay validate`, `pools`, ...) and by underlayd (its
+pool figures, its healing): both import it from here.
+
 A file is JSON (a network config, or a conflist with `plugins`) or YAML with one
 or more documents: NetworkAttachmentDefinitions (their spec.config holds the
 JSON), a `List` of them, or other kinds, which are skipped. Each network comes
@@ -9,13 +12,15 @@ cniVersion copied into each one (libcni does the same).
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
-from cni import contract
+from cni import contract, registry
 
 NAD_KIND = "NetworkAttachmentDefinition"
 DEFAULT_CONFIG_DIR = "/etc/cni/net.d"
 CONFIG_SUFFIXES = (".conf", ".conflist", ".json")
+FIELD = re.compile(r"^([A-Za-z_][\w./-]*(?:\[\d+\])*(?:\.[\w/-]+(?:\[\d+\])*)*)(?::\s*|\s+)(.*)$", re.S)
 
 
 def files_in(directory):
@@ -37,6 +42,23 @@ def ipam_users(paths, accepts):
                 if accepts(ipam.get("type")):
                     found.append((path, network, plugin, ipam))
     return found, problems
+
+
+def is_host_local(kind):
+    return isinstance(kind, str) and registry.plugin_for(kind) == "host-local"
+
+
+def is_cluster_ipam(kind):
+    return isinstance(kind, str) and registry.plugin_for(kind) == "cluster-ipam"
+
+
+def split_field(msg):
+    """A plugin's error message -> (field, rest): they start with the field they name."""
+    msg = msg.removeprefix("invalid network config: ")
+    match = FIELD.match(msg)
+    if match and match.group(1) != "config":
+        return match.group(1), match.group(2)
+    return "config", msg.removeprefix("config ")
 
 
 @dataclass

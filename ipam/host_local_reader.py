@@ -1,6 +1,6 @@
-"""host-local's stores as the operator reads them: read-only, under the plugins' lock.
+"""host-local's stores as the operator and underlayd read them: read-only, under the plugins' lock.
 
-The one place the operator touches host-local's file store: DiskStore's lock
+The one place they touch host-local's file store: DiskStore's lock
 and close, its lease files' full scan (ipam/stores/lease_files.py), its index's entries
 and parsing helpers (ipam/stores/lease_index.py).
 
@@ -18,7 +18,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field
 
-from cni import files
+from cni import config_files, files
 from cni.contract import CniError
 from ipam.stores import lease_files, lease_index
 from ipam import verbs
@@ -155,15 +155,14 @@ def pools(paths, data_dir=None, lock_timeout=DEFAULT_LOCK_TIMEOUT):
     else the config's ipam.dataDir, else host-local's default). `underlay pools` and underlayd's
     metrics both come from here. Read-only; each store is read under its lock, waiting at most
     lock_timeout."""
-    from cni.operator import configs, validate
     from ipam import allocator
     rows = []
-    found, problems = configs.ipam_users(paths, validate.is_host_local)
+    found, problems = config_files.ipam_users(paths, config_files.is_host_local)
     for path, network, plugin, _ in found:
         try:
-            conf = validate.check_host_local(plugin.config)
-        except validate.CniError as e:
-            problems.append(network.problem("error", *validate.split_field(e.msg)).line())
+            conf = check_host_local(plugin.config)
+        except CniError as e:
+            problems.append(network.problem("error", *config_files.split_field(e.msg)).line())
             continue
         root = os.path.abspath(data_dir or conf.data_dir)
         try:
@@ -181,6 +180,13 @@ def pools(paths, data_dir=None, lock_timeout=DEFAULT_LOCK_TIMEOUT):
                          "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"],
                          "free": t["free"]})
     return rows, problems
+
+
+def check_host_local(config, warnings=None):
+    """host-local's ADD checks of its config (its loader), without reading files or taking an
+    address. Returns the loaded config; its warnings, as cluster-ipam's, go to `warnings`."""
+    from ipam import host_local
+    return verbs.load_as_add(host_local.HostLocalConfig, config, warnings)
 
 
 def not_there(path):

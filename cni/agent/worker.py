@@ -1,0 +1,238 @@
+"""A worker: one invocation served as an exec'd plugin would run it, then exit.
+
+Forked by the server (cni/agent/server.py) as a spare; once it has accepted a
+caller, it receives the request (argv, environment, stdin, the caller's fds and
+namespaces: cni/handoff.py), takes on the caller's context (`become`), runs the
+plugin's own main() and sends its exit code back. It never imports anything
+(cni/agent/preload.py did it all): in the caller's mount namespace the agent's
+own files may not be there.
+"""
+
+import fcntl
+import io
+import os
+import re
+import select
+import socket
+import struct
+import sys
+import time
+
+from cni import handoff, registry
+from cni.agent.service import log
+from cni.net import netns
+
+REQUEST_WAIT = 30.0      # for the request after b"R": a caller sends it at once (unless starved of CPU)
+# name -> module of every plugin served (cni/agent/preload.py imports them)
+PLUGINS = {name: registry.module_of(name) for name in registry.names("main", "ipam")}
+
+
+class Request:
+    def __init__(self, payload, fds):
+        at = 0
+
+        def field():
+            nonlocal at
+            end = payload.index(b"\0", at)
+            value, at = payload[at:end], end + 1
+            return value
+
+        if field() != handoff.PROTOCOL:
+            raise ValueError("protocol version")
+        called = field().decode()
+        # the compiled client sends the name it was called by (`underlay-macvlan`), Python the plugin's
+        self.plugin = registry.plugin_for(called) or called
+        self.umask = int(field(), 8)
+        self.argv = [field().decode("utf-8", "surrogateescape") for _ in range(int(field()))]
+        self.env = [field() for _ in range(int(field()))]
+        self.stdin = payload[at:]
+        if len(fds) != 6:
+            raise ValueError(f"{len(fds)} file descriptors")
+        self.stdout, self.stderr, self.netns, self.mntns, self.root, self.cwd = fds
+
+
+def receive(conn):
+    """The request after b"R", or None when the caller gave up (nothing was started)."""
+    fd_size = 6 * struct.calcsize("i")
+    try:
+        data, ancdata, flags, _ = conn.recvmsg(8, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        return None
+    fds = []
+    for level, kind, blob in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += list(struct.unpack(f"{len(blob) // 4}i", blob[:len(blob) // 4 * 4]))
+    try:
+        if not data or flags & socket.MSG_CTRUNC:
+            return None
+        while len(data) < 8:
+            more = conn.recv(8 - len(data))
+            if not more:
+                return None
+            data += more
+        size = int.from_bytes(data, "big")
+        if size > handoff.MAX_REQUEST:
+            return None
+        payload = bytearray()
+        while len(payload) < size:
+            more = conn.recv(min(size - len(payload), 1 << 20))
+            if not more:
+                return None
+            payload += more
+        request = Request(bytes(payload), fds)
+        fds = []
+        return request
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def become(request):
+    """Take on the caller's context, as an exec'd plugin would have it: its mount and network
+    namespaces (so dataDir, logFile and pod netns paths name what they name for the caller,
+    wherever the agent runs), cwd, umask, fds, environment and argv. Until the fds are taken
+    over nothing is changed that matters: an OSError here means "run it yourself"."""
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        netns.enter_for_good(request.mntns, netns.CLONE_NEWNS, "/proc/self/ns/mnt")
+        netns.enter_for_good(request.netns, netns.CLONE_NEWNET, netns.SELF)
+        os.fchdir(request.root)   # the caller's root, which a chroot may make other than its namespace's
+        os.chroot(".")
+        os.fchdir(request.cwd)
+        os.umask(request.umask)
+    except OSError:
+        os.close(null)
+        raise
+    os.dup2(null, 0)
+    os.dup2(request.stdout, 1)
+    os.dup2(request.stderr, 2)
+    for fd in (null, request.stdout, request.stderr, request.netns, request.mntns, request.root, request.cwd):
+        os.close(fd)
+    os.environb.clear()
+    for entry in request.env:
+        key, _, value = entry.partition(b"=")
+        if key:
+            os.environb[key] = value
+    os.environ["UNDERLAY_AGENT"] = "0"   # a plugin this one execs runs in-process: no slot to wait for
+    sys.argv = request.argv
+    sys.stdin = io.TextIOWrapper(io.BytesIO(request.stdin), encoding="utf-8")
+    sys.stdout = Recorder(io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8"))
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
+                                  errors="backslashreplace", write_through=True)
+    handoff.status = "served by underlayd"
+
+
+class Recorder:
+    """sys.stdout for the plugin, keeping the start of what it writes: the CNI error code for metrics."""
+
+    def __init__(self, stream):
+        self.stream, self.head = stream, ""
+
+    def write(self, text):
+        if len(self.head) < 65536:
+            self.head += text[:65536]
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+    def cni_code(self, exit_code):
+        """0 on success, the error JSON's code, or -1 when there is none."""
+        if exit_code == 0:
+            return 0
+        import json
+        try:
+            code = json.loads(self.head).get("code")
+        except (ValueError, AttributeError):
+            return -1
+        return code if isinstance(code, int) and not isinstance(code, bool) else -1
+
+
+def run_plugin(name):
+    module = PLUGINS.get(name)
+    if module is None:
+        sys.stderr.write(f"underlayd: plugin {name!r} is not part of this build\n")
+        return 2
+    try:
+        sys.modules[module].main()
+    except SystemExit as e:
+        code = e.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code & 0xff
+        sys.stderr.write(f"{code}\n")
+        return 1
+    except BaseException as e:   # the contract never lets one out; say so if it happens
+        sys.stderr.write(f"underlayd: {name}: {type(e).__name__}: {e}\n")
+        return 1
+    return 0
+
+
+def exit_with_caller(conn):
+    """Die (SIGIO, whose default is to terminate) the moment the caller goes away, as an exec'd
+    plugin dies when the runtime kills it: no work continues that the runtime has given up on."""
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, fcntl.fcntl(conn.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
+    if select.select([conn], [], [], 0)[0]:
+        os._exit(0)   # gone already (or speaking out of turn): nothing started
+
+
+def serve(conn, report):
+    """In a worker: the caller's invocation, its exit code sent back; then exit."""
+    conn.setblocking(True)
+    conn.settimeout(REQUEST_WAIT)
+    try:
+        conn.sendall(handoff.READY)
+    except OSError:
+        os._exit(0)
+    request = receive(conn)
+    if request is None:
+        report(f"A {os.getpid()}")
+        os._exit(0)   # the caller gave up before sending: nothing was done
+    started = time.monotonic()
+    conn.settimeout(None)
+    try:
+        become(request)
+    except OSError as e:
+        # nothing done yet: the caller runs the plugin itself
+        log(f"cannot take on the context of caller {handoff.peer_of(conn)[0]}: {e.strerror or e} ({e.filename or ''})")
+        try:
+            conn.sendall(handoff.FALLBACK + f"{e.strerror or e}".encode())
+        except OSError:
+            pass
+        os._exit(0)
+    exit_with_caller(conn)
+    code = run_plugin(request.plugin)
+    cni_code = sys.stdout.cni_code(code) if isinstance(sys.stdout, Recorder) else -1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    flags = fcntl.fcntl(conn.fileno(), fcntl.F_GETFL)
+    fcntl.fcntl(conn.fileno(), fcntl.F_SETFL, flags & ~os.O_ASYNC)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)   # the runtime sees EOF on its pipes as soon as the caller exits
+    os.dup2(null, 2)
+    try:
+        conn.sendall(handoff.EXIT + b"%d" % code)
+    except OSError:
+        pass
+    verb = "".join(c for c in os.environ.get("CNI_COMMAND", "")[:16] if c.isalnum()) or "-"
+    plugin = request.plugin if request.plugin in PLUGINS else "unknown"
+    report(f"D {os.getpid()} {plugin} {verb} {code} {cni_code} {time.monotonic() - started:.6f} "
+           f"{trace_id(os.environ.get('TRACEPARENT', ''))}")
+    os._exit(0)
+
+
+TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def trace_id(traceparent):
+    """The trace id of the caller's W3C TRACEPARENT (libcni passes the runtime's trace context
+    on, spec #1173): the served line names it, so a runtime's trace finds its invocation. "-": none."""
+    match = TRACEPARENT.fullmatch(traceparent.strip())
+    return match.group(1) if match and match.group(1) != "0" * 32 else "-"
