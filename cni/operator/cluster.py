@@ -11,7 +11,7 @@ import ipaddress
 import os
 import sys
 
-from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NOT_AVAILABLE, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NOT_AVAILABLE, CniError
 from cni.operator import output
 from cni.operator.output import UsageError
 from cni.operator.hostlocal import StoreProblem

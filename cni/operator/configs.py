@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from cni import contract
+from cni.errors import CniError
 
 NAD_KIND = "NetworkAttachmentDefinition"
 DEFAULT_CONFIG_DIR = "/etc/cni/net.d"
@@ -107,7 +108,7 @@ def from_json(path, where, document, nad, default_name=None):
         return [], [Problem("error", path, where, None, "config", "must be a JSON object")]
     try:
         contract.check_structure(document, contract.MAX_DEPTH)   # what the plugins refuse at decode
-    except contract.CniError as e:
+    except CniError as e:
         return [], [Problem("error", path, where, None, "config", e.msg.replace("network config on stdin", "it"))]
     name = document.get("name") if isinstance(document.get("name"), str) else default_name
     network = Network(path, where, name, nad=nad)

@@ -35,7 +35,7 @@ import ipaddress
 import json
 import time
 
-from cni.contract import ERR_INVALID_CONFIG, ERR_TRY_AGAIN, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_TRY_AGAIN, CniError
 from ipam import etcd
 from ipam.blocks import Block
 from ipam.stores.lease_index import recordable_netns
