@@ -2,11 +2,10 @@
 
 The store's logic is ipam/cluster.py's (leases, who_has, pools, release_node);
 this module parses, maps cluster-ipam's errors onto the command's exit codes
-and prints. ipam/cluster.py is imported by name so that a build without it
-still runs every other command.
+and prints. ipam/cluster.py is imported when a command first needs it
+(cluster_module), so the other commands start without it.
 """
 
-import importlib
 import ipaddress
 import os
 import sys
@@ -15,8 +14,6 @@ from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NOT_AVAILABLE, C
 from cni.operator import output
 from cni.operator.output import UsageError
 from cni.operator.hostlocal import StoreProblem
-
-CLUSTER_MODULE = "ipam.cluster"
 
 
 class Refused(Exception):
@@ -78,14 +75,9 @@ def add_parsers(sub, common):
 
 
 def cluster_module():
-    # by name: a build without ipam/cluster.py still runs every other command
-    # (the bundle carries every module of ipam/, build/underlay.spec own_modules)
-    try:
-        return importlib.import_module(CLUSTER_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != CLUSTER_MODULE:
-            raise
-        raise UsageError("cluster-ipam is not part of this build (ipam/cluster.py)") from None
+    """ipam/cluster.py, imported when a command first needs it: the others start without it."""
+    from ipam import cluster
+    return cluster
 
 
 def cluster_configs(path):
@@ -142,10 +134,7 @@ def recorded_networks(data_dirs):
     """{network: (RECORD path, ipam)} of the cluster-ipam networks an ADD recorded in `data_dirs`
     (ipam/cluster.py RECORD), and in cluster-ipam's default dataDir: on this node, those are
     cluster-ipam's, their leases in etcd, not host-local's."""
-    try:
-        cluster = cluster_module()
-    except UsageError:
-        return {}
+    cluster = cluster_module()
     found = {}
     for data_dir in dict.fromkeys(list(data_dirs) + [cluster.DEFAULT_DATA_DIR]):
         for path, config in cluster.recorded_networks(data_dir)[0]:
@@ -155,7 +144,7 @@ def recorded_networks(data_dirs):
 
 def network_of(address, recorded):
     """The name of the recorded network whose ranges hold `address`, or None."""
-    if not recorded:   # also a build without cluster-ipam, where cluster_module() would refuse
+    if not recorded:
         return None
     from ipam import ranges
     cluster = cluster_module()
@@ -172,10 +161,7 @@ def network_of(address, recorded):
 
 def is_recorded(data_dir, name):
     """Whether <data_dir>/<name> is a network directory of cluster-ipam's (its ADD's RECORD is there)."""
-    try:
-        return os.path.exists(os.path.join(data_dir, name, cluster_module().RECORD))
-    except UsageError:
-        return False
+    return os.path.exists(os.path.join(data_dir, name, cluster_module().RECORD))
 
 
 def elsewhere(name, command, config=None, what="leases"):
