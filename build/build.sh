@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 PYTHON=${PYTHON:-python3}
-# every executable of cni/registry.py written so far: a symlink each to the one bundle
+# every executable of cni/registry.py: a symlink each to the one bundle
 PLUGINS=$("$PYTHON" -m cni.registry | tr '\n' ' ')
 WORK=$ROOT/build/work
 OUT=$ROOT/dist/bin

@@ -11,8 +11,7 @@ anything else is the operator's command. The compiled thin client (cni/handoff.c
 bundle that way whenever it does not hand the invocation to underlayd.
 
 Plugin modules are imported only once the name is known: each exec pays for
-its own plugin alone, and a plugin not written yet does not break the others.
-VERSION is answered without importing the plugin at all.
+its own plugin alone. VERSION is answered without importing the plugin at all.
 
 UNDERLAY_LIST_MODULES=<file> (or `-` for stderr) writes sorted(sys.modules)
 at exit: tests/build uses it to hold the import deny-list.
@@ -29,7 +28,7 @@ BUNDLE_NAME = "underlay"
 def program_for(argv):
     """The registry name argv stands for (argv[1] dropped when it named it), or None."""
     called = os.path.basename(argv[0])
-    if called in registry.EXECUTABLES and registry.EXECUTABLES[called][1] not in registry.CNI_ROLES:
+    if called in registry.EXECUTABLES and not registry.EXECUTABLES[called].is_cni_plugin:
         if called == BUNDLE_NAME and len(argv) > 1 and argv[1] != BUNDLE_NAME and program_for(argv[1:2]):
             argv[0] = argv.pop(1)   # as if called by that name (the plugin's messages use it)
             return program_for(argv[:1])
@@ -77,37 +76,31 @@ def run(argv):
     plugin = program_for(argv)
     if plugin is None:
         return usage(called, asked=any(a in ("--help", "-h") for a in argv[1:2]))
-    build = build_info()
-    if build is not None and plugin not in build.PLUGINS:
-        sys.stderr.write(f"{called}: plugin {plugin!r} is not part of this build\n")
-        return 2
+    record = registry.EXECUTABLES[plugin]
     if os.environ.get("CNI_COMMAND") == "VERSION":
         # VERSION is the same for every plugin and static: runtimes (podman)
         # call it before each ADD/DEL, so the bundle prints the contract's
         # answer computed at build time, without importing the contract
         # (json, re) or the plugin (netlink).
+        build = build_info()
         if build is not None:
             sys.stdout.write(build.VERSION_OUTPUT)
             return 0
-        from cni import contract
-        contract.main({}, called)
+        from cni import dispatch
+        return dispatch.run(record, {}, argv=argv[1:], program=called)
     if getattr(sys, "frozen", False):
         restore_environment(os.environ)
-    if registry.EXECUTABLES[plugin][1] in registry.CNI_ROLES:
+    if record.is_cni_plugin:
         # the thin path: when underlayd answers, it runs this invocation warm
         from cni import handoff
         code = handoff.hand_off(plugin)
+        if code is None and handoff.refusal is not None:
+            from cni import dispatch   # only now: the thin path imports registry and handoff alone
+            code = dispatch.refused(record)
         if code is not None:
             return code
-    module = registry.module_of(plugin)
-    try:
-        __import__(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        sys.stderr.write(f"{called}: plugin {plugin!r} is not part of this build\n")
-        return 2
-    return sys.modules[module].main() or 0   # the plugins exit themselves; the operator's command returns
+    __import__(record.module)
+    return sys.modules[record.module].main() or 0   # the plugins exit themselves; the operator's command returns
 
 
 def list_modules(target):

@@ -10,7 +10,7 @@ error never quotes a regular expression.
 
 import importlib
 
-from cni.contract import ERR_INVALID_CONFIG, CniError
+from cni.errors import ERR_INVALID_CONFIG, CniError
 
 # Verbs that refuse a likely typo in a key. DEL, GC and STATUS only warn: a config
 # that was ADDed before this rule existed must still be torn down.

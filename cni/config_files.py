@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from cni import contract, registry
+from cni.errors import CniError
 
 NAD_KIND = "NetworkAttachmentDefinition"
 DEFAULT_CONFIG_DIR = "/etc/cni/net.d"
@@ -129,7 +130,7 @@ def from_json(path, where, document, nad, default_name=None):
         return [], [Problem("error", path, where, None, "config", "must be a JSON object")]
     try:
         contract.check_structure(document, contract.MAX_DEPTH)   # what the plugins refuse at decode
-    except contract.CniError as e:
+    except CniError as e:
         return [], [Problem("error", path, where, None, "config", e.msg.replace("network config on stdin", "it"))]
     name = document.get("name") if isinstance(document.get("name"), str) else default_name
     network = Network(path, where, name, nad=nad)

@@ -1,39 +1,23 @@
 """The CNI contract (spec 1.1.0), in one place for every underlay plugin.
 
-Environment per verb, CNI_ARGS, errors, IPAM delegation and dispatch. Plugins
-build results in the newest (1.1.0) form (cni/results.py) and raise CniError;
-`run` prints what the caller's cniVersion asks for and, with `logFile`, writes
-the operation log (cni/oplog.py).
+What a plugin is asked: the environment per verb, CNI_ARGS, the config on
+stdin and the version rules, read into a Request (read_request), and which
+IPAM a config names. Running a verb on it (the answer, the operation log,
+IPAM delegation, the hand-off to underlayd) is cni/dispatch.py's; the error
+type and codes are cni/errors.py's.
 
 Start-up cost matters (every pod attach pays it), so this module imports only
-what the VERSION path needs; the rest is imported where it is used.
+what every invocation needs; the rest is imported where it is used.
 """
 
 import json
-import os
 import re
-import sys
+
+from cni.errors import (ERR_DECODE, ERR_INCOMPATIBLE_VERSION, ERR_INVALID_CONFIG, ERR_INVALID_ENV,
+                        ERR_UNKNOWN_CONTAINER, CniError)
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 CURRENT_VERSION = "1.1.0"
-
-# Spec error codes.
-ERR_INCOMPATIBLE_VERSION = 1
-ERR_UNSUPPORTED_FIELD = 2
-ERR_UNKNOWN_CONTAINER = 3
-ERR_INVALID_ENV = 4
-ERR_IO = 5
-ERR_DECODE = 6
-ERR_INVALID_CONFIG = 7
-ERR_TRY_AGAIN = 11
-ERR_NOT_AVAILABLE = 50
-ERR_NOT_AVAILABLE_DISRUPTIVE = 51
-# underlay's own codes (100+ are plugin-defined).
-ERR_CHECK_FAILED = 100       # CHECK found state that differs from prevResult
-ERR_NO_ADDRESS = 101         # no address can be given: exhausted, taken, duplicate
-ERR_LINK = 102               # the kernel refused a link operation
-ERR_NOT_PERMITTED = 103      # the plugin lacks a privilege it needs (CAP_SYS_ADMIN, CAP_NET_ADMIN): run it as root
-ERR_INTERNAL = 999
 
 # \Z, not $: "$" also matches before a trailing newline, and "abc\n" must not pass.
 VALID_ID = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z")
@@ -62,19 +46,7 @@ REQUIRED_ENV = {
 # The oldest config version that allows a verb.
 MIN_VERSION = {"CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
 
-
-class CniError(Exception):
-    """An error the plugin reports to the runtime as CNI error JSON."""
-
-    def __init__(self, code, msg, details=""):
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-        self.details = details
-
-
-def config_error(field, problem):
-    return CniError(ERR_INVALID_CONFIG, f"{field}: {problem}")
+MAX_WARNINGS = 20   # a config with thousands of unknown keys gets a few lines (stderr, the log), not thousands
 
 
 def version_key(version, field="cniVersion"):
@@ -102,7 +74,7 @@ class Request:
         self.stdin = stdin
         self.version = config.get("cniVersion", "0.1.0")
         self.args = parse_cni_args(env.get("CNI_ARGS", ""))
-        self.warnings = []   # what a config check found and let pass: stderr and the log
+        self.warnings = []   # what a config check found and let pass: stderr and the log (MAX_WARNINGS of them)
         self.ipam_config = None   # an in-process IPAM's config, loaded early (load_ipam_config)
 
     @property
@@ -130,14 +102,6 @@ class Request:
                 raise CniError(ERR_INVALID_CONFIG, f"{key}[{i}]: must be an object with string containerID and ifname")
             valid.add((a["containerID"], a["ifname"]))
         return valid
-
-    def prev_result(self):
-        """prevResult in the newest form, or None."""
-        prev = self.config.get("prevResult")
-        if prev is None:
-            return None
-        from cni.results import upconvert_result
-        return upconvert_result(prev, self.version, "prevResult")
 
 
 def parse_cni_args(text):
@@ -312,9 +276,6 @@ def read_request(env, stdin_bytes):
     return Request(command, env, config, stdin_bytes)
 
 
-# --------------------------------------------------------------------------
-# IPAM delegation.
-
 def ipam_type(config):
     ipam = config.get("ipam")
     if not isinstance(ipam, dict):
@@ -325,202 +286,3 @@ def ipam_type(config):
     if not isinstance(kind, str) or not kind or "/" in kind or kind in (".", ".."):
         raise CniError(ERR_INVALID_CONFIG, f"ipam.type: {kind!r} is not a plugin name")
     return kind
-
-
-def load_ipam_config(request):
-    """An in-process IPAM's config, loaded and checked now: a main plugin calls this before it
-    changes anything, so a bad ipam section costs no link to undo. delegate_ipam hands it on."""
-    from cni import registry
-    module = registry.in_process_ipam(ipam_type(request.config))
-    if module is not None:
-        import importlib
-        load = getattr(importlib.import_module(module), "load_config", None)   # an IPAM may have none
-        request.ipam_config = load(request) if load else None
-
-
-def delegate_ipam(request, command):
-    """Run the IPAM plugin's `command`; return its result (newest form) for ADD."""
-    from cni import registry
-    kind = ipam_type(request.config)
-    module = registry.in_process_ipam(kind)   # our own IPAM: in-process, no second exec
-    if module is not None:
-        import importlib
-        verbs = importlib.import_module(module).VERBS
-        sub = Request(command, dict(request.env, CNI_COMMAND=command), request.config, request.stdin)
-        sub.version = request.version
-        sub.warnings = request.warnings
-        sub.ipam_config = request.ipam_config if command == request.command else None
-        return verbs[command](sub)
-    return exec_plugin(kind, request, command)
-
-
-def find_in_path(name, path):
-    for directory in path:
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise CniError(ERR_INVALID_CONFIG, f"ipam.type: plugin {name!r} not found in CNI_PATH {':'.join(path)!r}")
-
-
-def exec_plugin(name, request, command):
-    import subprocess
-    binary = find_in_path(name, request.path)
-    env = dict(request.env, CNI_COMMAND=command)
-    stdin = json.dumps(request.config).encode()
-    try:
-        proc = subprocess.run([binary], input=stdin, env=env, capture_output=True, timeout=300)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise CniError(ERR_IO, f"running IPAM plugin {name!r} ({command}): {e}") from None
-    out = proc.stdout.strip()
-    if proc.returncode != 0:
-        try:
-            err = json.loads(out)
-            raise CniError(int(err["code"]), f"{name}: {err.get('msg', '')}", err.get("details", ""))
-        except (ValueError, KeyError, TypeError):
-            raise CniError(ERR_INTERNAL, f"IPAM plugin {name!r} failed ({command}, exit {proc.returncode})",
-                           (out or proc.stderr).decode(errors="replace")[-2000:]) from None
-    if command != "ADD":
-        return None
-    from cni.results import upconvert_result
-    try:
-        try:
-            return upconvert_result(json.loads(out), request.version, f"{name} result")
-        except ValueError as e:
-            raise CniError(ERR_DECODE, f"IPAM plugin {name!r} printed no valid result: {e}") from None
-    except CniError:
-        # it has taken addresses we will never use (nor the caller's undo, which needs a result)
-        try:
-            exec_plugin(name, request, "DEL")
-        except CniError:
-            pass  # the refusal is the error that matters
-        raise
-
-
-# --------------------------------------------------------------------------
-# Dispatch.
-
-def error_json(error, version):
-    return {"cniVersion": version, "code": error.code, "msg": error.msg, "details": error.details}
-
-
-USAGE = """\
-{about}
-
-A CNI plugin: a container runtime runs it with the network config (JSON) on
-stdin and the CNI_* variables below; it prints the result, or an error
-{{"code", "msg"}}, as JSON on stdout.
-
-CNI_COMMAND      the verb: {verbs}
-CNI_CONTAINERID  the container's ID (ADD, CHECK, DEL)
-CNI_NETNS        path of the container's network namespace (ADD, CHECK; DEL when it still exists)
-CNI_IFNAME       the interface name in the container (ADD, CHECK, DEL)
-CNI_PATH         directories of the other CNI plugins, ':'-separated (ADD, CHECK, DEL, GC)
-CNI_ARGS         optional KEY=VALUE;...: IP=, MAC=, K8S_POD_*; IgnoreUnknown=1 for other keys
-
-CNI protocol versions supported: {versions}
-Example: CNI_COMMAND=VERSION {program}
-
-Documentation: README.md and docs/ in the underlay source tree; every config
-key is described in conf/schema/*.json there.
-"""
-
-
-def usage(verbs, about, program):
-    names = [v for v in REQUIRED_ENV if v in verbs or v == "VERSION"]
-    return USAGE.format(about=about, verbs=", ".join(names), versions=", ".join(SUPPORTED_VERSIONS),
-                        program=program)
-
-
-def run(verbs, about, env=None, stdin=None, stdout=None, stderr=None, argv=(), program="PLUGIN"):
-    """Run one invocation; return the process exit code.
-
-    verbs maps "ADD", "DEL", "CHECK", "STATUS", "GC" to functions taking a
-    Request; ADD returns a newest-form result. With `logFile` in the config,
-    one line per invocation is appended there (cni/oplog.py). `argv` (the
-    command line, never used by runtimes) only asks for --help / -h.
-    """
-    env = os.environ if env is None else env
-    stdout = sys.stdout if stdout is None else stdout
-    stderr = sys.stderr if stderr is None else stderr
-    if "--help" in argv or "-h" in argv:
-        stdout.write(usage(verbs, about, program))
-        return 0
-    command = env.get("CNI_COMMAND", "")
-    if not command:
-        stderr.write(f"{about}\nCNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n")
-        return 0
-    if command == "VERSION":
-        from cni import version_info
-        stdout.write(json.dumps({"cniVersion": CURRENT_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS),
-                                 "underlay": version_info()}) + "\n")
-        return 0
-    version = CURRENT_VERSION
-    request = result = error = None
-    try:
-        if stdin is None:
-            stdin = sys.stdin.buffer.read()
-        request = read_request(env, stdin)
-        version = request.version
-        verb = verbs.get(command)
-        if verb is None:
-            raise CniError(ERR_INVALID_ENV, f"CNI_COMMAND: {command} is not supported by this plugin")
-        result = verb(request)
-        if command == "ADD":
-            from cni.results import convert_result
-            stdout.write(json.dumps(convert_result(result, version)) + "\n")
-        return 0
-    except CniError as e:
-        error = e
-        if request is None:
-            version = known_version(stdin)
-    except Exception as e:  # never a bare traceback: the runtime only reads stdout
-        import traceback
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        details = f"{type(e).__name__}: {e} (at {os.path.basename(where.filename)}:{where.lineno})"
-        error = CniError(ERR_INTERNAL, f"internal error: {e}", details)
-    finally:
-        if error is not None:
-            stdout.write(json.dumps(error_json(error, version)) + "\n")
-        warnings = request.warnings if request is not None else []
-        for warning in warnings[:MAX_WARNINGS]:
-            stderr.write(f"{plugin_name(about)}: warning: {warning}\n")
-        if len(warnings) > MAX_WARNINGS:
-            stderr.write(f"{plugin_name(about)}: warning: and {len(warnings) - MAX_WARNINGS} more\n")
-        if request is not None and request.config.get("logFile") or request is None and has_log_file(stdin):
-            from cni import oplog
-            config = request.config if request is not None else oplog.peek_config(stdin)
-            if config is not None and config.get("logFile"):
-                oplog.log_operation(config, about, env, request, result, error, stdout, stderr)
-    return 1
-
-
-MAX_WARNINGS = 20   # a config with thousands of unknown keys gets a few lines, not thousands
-
-
-def plugin_name(about):
-    """'macvlan' from the about line 'CNI macvlan plugin (underlay ...)'."""
-    return about.split()[1] if about.startswith("CNI ") and len(about.split()) > 1 else about
-
-
-def has_log_file(stdin):
-    """Cheap test before importing the log: could this undecoded stdin name a logFile?"""
-    return isinstance(stdin, bytes) and b"logFile" in stdin
-
-
-def program_name():
-    """How the user called us, for --help: `macvlan`, or `python3 -m cni.plugins.macvlan` from source."""
-    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "PLUGIN"
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    if name.endswith(".py") and spec is not None:
-        return f"python3 -m {spec.name}"
-    return name
-
-
-def main(verbs, about, plugin=None):
-    """The executable's main: hands the invocation to underlayd when it answers (cni/handoff.py)."""
-    if plugin is not None:
-        from cni import handoff
-        code = handoff.hand_off(plugin)
-        if code is not None:
-            sys.exit(code)
-    sys.exit(run(verbs, about, argv=sys.argv[1:], program=program_name()))

@@ -19,7 +19,9 @@ client does not hand off, it execs the bundle with UNDERLAY_HANDOFF_STATUS
 tests/reliability/test_agent.py runs every case through both.
 
 Only what connecting needs is imported here (`_socket`, `time`: built into
-the interpreter); the error paths import the contract.
+the interpreter). When the agent is there and does not start the invocation,
+hand_off sets `refusal` and returns None; the caller (cni/dispatch.py, or the
+bundle's entry through it) answers code 11 with that message.
 
 The protocol, one SOCK_STREAM connection per invocation:
   agent -> client  b"R"                      a worker took the connection and will serve it
@@ -58,6 +60,7 @@ STATUS_VARIABLE = "UNDERLAY_HANDOFF_STATUS"   # why the plugin runs in-process (
 ERROR_VARIABLE = "UNDERLAY_HANDOFF_ERROR"     # the agent did not serve: answer code 11 with this message
 
 status = None   # why this process ran the plugin itself, or "served by underlayd" in a worker
+refusal = None  # the agent did not start the invocation: answer code 11 with this message (dispatch.refused)
 
 
 def socket_path(environ):
@@ -73,7 +76,8 @@ def timeout_of(environ):
 
 
 def hand_off(plugin, argv=None, environ=None):
-    """The agent's exit code for this invocation, or None: run the plugin in this process."""
+    """The agent's exit code for this invocation, or None: run the plugin in this process
+    (or, with `refusal` set, answer code 11)."""
     global status
     environ = os.environ if environ is None else environ
     if environ.get("CNI_COMMAND", "") in ("", "VERSION") or "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
@@ -85,9 +89,10 @@ def hand_off(plugin, argv=None, environ=None):
         status = environ.pop(STATUS_VARIABLE)
         return None
     if ERROR_VARIABLE in environ:
-        msg = environ.pop(ERROR_VARIABLE)
         status = "underlayd did not serve it"
-        return failed(plugin, sys.stdin.buffer.read() if sys.stdin is not None else b"", msg)
+        if sys.stdin is None:
+            restore_stdin(b"")   # the answer reads an empty config, as with no stdin at all
+        return refuse(environ.pop(ERROR_VARIABLE))
     if environ.get("UNDERLAY_AGENT") == "0":
         status = "agent disabled (UNDERLAY_AGENT=0)"
         return None
@@ -112,7 +117,7 @@ def ask(plugin, argv, environ, stdin):
         try:
             sock.connect(path)
         except BlockingIOError:
-            return busy(plugin, stdin, path, timeout, f"its queue stayed full for {timeout:g} s")
+            return busy(path, f"its queue stayed full for {timeout:g} s")
         except OSError as e:
             status = f"no agent at {path}: {e.strerror or e}"
             return None
@@ -128,7 +133,7 @@ def ask(plugin, argv, environ, stdin):
             return None
         answer = wait_for_worker(sock, path, timeout)
         if answer is None:
-            return busy(plugin, stdin, path, timeout, f"silent for over {timeout:g} s, or {QUEUE_LIMIT:g} s in its queue")
+            return busy(path, f"silent for over {timeout:g} s, or {QUEUE_LIMIT:g} s in its queue")
         if isinstance(answer, OSError):
             status = f"agent at {path} went away before serving: {answer.strerror or answer}"
             return None
@@ -166,8 +171,8 @@ def ask(plugin, argv, environ, stdin):
         if answer[:1] == FALLBACK:
             status = f"agent at {path} could not serve this context: {answer[1:].decode(errors='replace')}"
             return None
-        return failed(plugin, stdin, f"underlayd's worker for this {plugin} request ended without an answer "
-                                     "(killed?); what it did is undone by DEL")
+        return refuse(f"underlayd's worker for this {plugin} request ended without an answer "
+                      "(killed?); what it did is undone by DEL")
     finally:
         sock.close()
 
@@ -235,17 +240,13 @@ def restore_stdin(data):
     sys.stdin = io.TextIOWrapper(io.BytesIO(data))
 
 
-def busy(plugin, stdin, path, timeout, why):
-    return failed(plugin, stdin, f"underlayd at {path} did not start the request ({why}); nothing was done "
-                                "(UNDERLAY_AGENT_TIMEOUT sets the bound)")
+def busy(path, why):
+    return refuse(f"underlayd at {path} did not start the request ({why}); nothing was done "
+                  "(UNDERLAY_AGENT_TIMEOUT sets the bound)")
 
 
-def failed(plugin, stdin, msg):
-    """Answer code 11 (try again) as the plugin would: error JSON in the config's version, logFile line."""
-    from cni import contract
-
-    def fail(request):
-        raise contract.CniError(contract.ERR_TRY_AGAIN, msg)
-
-    verbs = dict.fromkeys(contract.REQUIRED_ENV, fail)
-    return contract.run(verbs, plugin, stdin=stdin)
+def refuse(msg):
+    """None, with `refusal` set: the caller answers code 11 (try again) with `msg`."""
+    global refusal
+    refusal = msg
+    return None

@@ -9,7 +9,7 @@ import fcntl
 import os
 import signal
 
-from cni.contract import ERR_TRY_AGAIN, CniError
+from cni.errors import ERR_TRY_AGAIN, CniError
 
 
 class _WaitExpired(Exception):

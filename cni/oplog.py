@@ -12,7 +12,8 @@ import json
 import os
 import sys
 
-from cni.contract import MAX_WARNINGS, CniError, decode_config, plugin_name
+from cni.contract import MAX_WARNINGS, decode_config
+from cni.errors import CniError
 
 LOG_LEVELS = ("error", "info", "debug")
 LOG_MAGIC = b'{"time": '   # every line starts so: we append only to files that look like ours
@@ -32,7 +33,8 @@ def clip(value):
     return text if len(text) <= LOG_CLIP else text[:LOG_CLIP] + f"...({len(text)} chars)"
 
 
-def log_operation(config, about, env, request, result, error, stdout, stderr):
+def log_operation(config, plugin, env, request, result, error, stdout, stderr):
+    """Append this invocation's line to config's logFile; `plugin` is the executable's name."""
     path, level = config.get("logFile"), config.get("logLevel", "info")
     level = LOG_LEVELS.index(level) if level in LOG_LEVELS else 1
     if error is None and level < 1:
@@ -42,7 +44,7 @@ def log_operation(config, about, env, request, result, error, stdout, stderr):
         now = time.time()
         entry = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
-            "plugin": plugin_name(about),
+            "plugin": plugin,
             "pid": os.getpid(),
             "command": clip(env.get("CNI_COMMAND", "")),
             "network": clip(config.get("name", "")),

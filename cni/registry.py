@@ -1,9 +1,9 @@
-"""Every executable underlay ships, in one table.
+"""Every executable underlay ships, in one table: one record per executable.
 
-Read by the bundle's entry (build/entry.py), the PyInstaller spec, build.sh,
-the install script (through `python3 -m cni.registry`), contract's in-process
-IPAM delegation and the tests. A name whose module is not written yet is
-simply left out of the build.
+Read by the bundle's entry (build/entry.py), the PyInstaller spec, build.sh
+and the install script (through `python3 -m cni.registry`), dispatch (the
+plugins' main and in-process IPAM delegation), `underlay validate` and the
+tests. Every entry is built: the bundle has all of them.
 
 Roles:
   main   a CNI plugin that creates the pod's link (runtimes exec it from /opt/cni/bin)
@@ -11,48 +11,67 @@ Roles:
   agent  the node agent, a long-running process
   tool   the operator's command
 
-Plain dicts and tuples: the bundle's entry imports this on every exec.
+Every module runs as an executable through its main(). The module of a CNI
+plugin (main or ipam) also defines
+  VERBS               {verb: function of a contract.Request}; ADD returns a result
+  load_config(request) the plugin's config, checked as ADD checks it, changing nothing
+(tests/unit/test_registry.py holds every record to that).
+
+Plain tuples, no collections or typing: the bundle's entry imports this on every exec.
 """
 
-EXECUTABLES = {
-    # name: (module, role)
-    "macvlan": ("cni.plugins.macvlan", "main"),
-    "ipvlan": ("cni.plugins.ipvlan", "main"),
-    "host-local": ("ipam.host_local", "ipam"),
-    "cluster-ipam": ("ipam.cluster", "ipam"),
-    "underlayd": ("cni.agent", "agent"),
-    "underlay": ("cni.operator", "tool"),
-}
+
+class Executable(tuple):
+    """One executable: its name, the module that runs it, its role, the schema of its
+    config (conf/schema/<schema>.json; None when it reads no network config) and its
+    about line (the version is added where it is printed)."""
+
+    __slots__ = ()
+
+    def __new__(cls, name, module, role, schema, about):
+        return tuple.__new__(cls, (name, module, role, schema, about))
+
+    name = property(lambda self: self[0])
+    module = property(lambda self: self[1])
+    role = property(lambda self: self[2])
+    schema = property(lambda self: self[3])
+    about = property(lambda self: self[4])
+
+    @property
+    def is_cni_plugin(self):
+        return self.role in CNI_ROLES
+
+    def __repr__(self):
+        return f"Executable{tuple.__repr__(self)}"
+
 
 CNI_ROLES = ("main", "ipam")
+
+EXECUTABLES = {e.name: e for e in (
+    Executable("macvlan", "cni.plugins.macvlan", "main", "macvlan", "CNI macvlan plugin"),
+    Executable("ipvlan", "cni.plugins.ipvlan", "main", "ipvlan", "CNI ipvlan plugin"),
+    Executable("host-local", "ipam.host_local", "ipam", "host-local", "CNI host-local IPAM plugin"),
+    Executable("cluster-ipam", "ipam.cluster", "ipam", "cluster-ipam", "CNI cluster-ipam IPAM plugin"),
+    Executable("underlayd", "cni.agent", "agent", None, "underlay's node agent"),
+    Executable("underlay", "cni.operator", "tool", None, "underlay's operator command"),
+)}
 
 # How our plugins may also be named next to the reference plugins (`make install PLUGIN_PREFIX=underlay-`).
 INSTALL_PREFIX = "underlay-"
 
 
 def module_of(name):
-    return EXECUTABLES[name][0]
+    return EXECUTABLES[name].module
 
 
 def names(*roles):
     """Executable names with one of `roles` (all of them without), in table order."""
-    return [n for n, (_, role) in EXECUTABLES.items() if not roles or role in roles]
+    return [e.name for e in EXECUTABLES.values() if not roles or e.role in roles]
 
 
 def cni_plugins():
     """The names runtimes exec as CNI plugins."""
     return names(*CNI_ROLES)
-
-
-def written(root):
-    """The names whose module exists in the checkout at `root` (a file or a package)."""
-    import os
-    found = []
-    for name, (module, _) in EXECUTABLES.items():
-        path = os.path.join(root, *module.split("."))
-        if os.path.isfile(path + ".py") or os.path.isfile(os.path.join(path, "__init__.py")):
-            found.append(name)
-    return found
 
 
 def plugin_for(called):
@@ -65,17 +84,15 @@ def plugin_for(called):
 
 
 def in_process_ipam(ipam_type):
-    """The module of an IPAM type that is our own code (run in-process, no second exec), or None."""
+    """The record of an IPAM type that is our own code (run in-process, no second exec), or None."""
     if ipam_type is None:
         return None
     name = ipam_type[len(INSTALL_PREFIX):] if ipam_type.startswith(INSTALL_PREFIX) else ipam_type
     entry = EXECUTABLES.get(name)
-    return entry[0] if entry and entry[1] == "ipam" else None
+    return entry if entry is not None and entry.role == "ipam" else None
 
 
 if __name__ == "__main__":
-    # `python3 -m cni.registry [ROLE...]`: the names written in this checkout, one per line, for shell scripts.
-    import os
+    # `python3 -m cni.registry [ROLE...]`: the names, one per line, for shell scripts.
     import sys
-    checkout = written(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    print("\n".join(n for n in names(*sys.argv[1:]) if n in checkout))
+    print("\n".join(names(*sys.argv[1:])))

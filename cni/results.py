@@ -8,7 +8,8 @@ A plugin builds
 back into that form, every value checked before anything is applied.
 """
 
-from cni.contract import ERR_DECODE, ERR_INVALID_CONFIG, CniError, version_key
+from cni.contract import version_key
+from cni.errors import ERR_DECODE, ERR_INVALID_CONFIG, CniError
 
 ROUTE_FIELDS_1_0 = ("dst", "gw")
 INTERFACE_FIELDS_1_0 = ("name", "mac", "sandbox")

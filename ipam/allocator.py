@@ -7,7 +7,7 @@ address is honoured or refused with the rule that refused it.
 
 import ipaddress
 
-from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, CniError
 
 # Candidates tried by creating their lease file before we list the directory
 # once and skip known leases without a syscall each (a nearly full range).

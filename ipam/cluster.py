@@ -27,8 +27,8 @@ import socket
 import time
 
 from cni import config as netconf
-from cni import contract
-from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_NOT_AVAILABLE, CniError
+from cni import contract, dispatch, registry
+from cni.errors import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_NOT_AVAILABLE, CniError
 from ipam import allocator, ranges, verbs
 from ipam.blocks import DEFAULT_BLOCK_SIZE, Grid
 from ipam.stores.block_leases import contention, parse
@@ -765,9 +765,7 @@ def node_blocks(store, node):
 
 
 def main():
-    from cni import version_info
-    v = version_info()
-    contract.main(VERBS, f"CNI cluster-ipam IPAM plugin (underlay {v['version']}, build {v['build']})", "cluster-ipam")
+    dispatch.main(registry.EXECUTABLES["cluster-ipam"], VERBS)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ import select
 import socket
 import time
 
-from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_TRY_AGAIN, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_IO, ERR_TRY_AGAIN, CniError
 
 DEFAULT_DIAL_TIMEOUT = 2.0
 DEFAULT_REQUEST_TIMEOUT = 5.0

@@ -8,8 +8,8 @@ Run from a checkout: `python3 -m ipam.host_local` with the CNI_* environment.
 """
 
 from cni import config as netconf
-from cni import contract
-from cni.contract import ERR_INVALID_CONFIG, CniError
+from cni import dispatch, registry
+from cni.errors import ERR_INVALID_CONFIG, ERR_NOT_AVAILABLE, CniError
 from ipam import allocator, verbs
 from ipam.stores.disk import DiskStore
 
@@ -109,7 +109,7 @@ def cmd_status(request):
         with conf.open_store(request) as store:
             leased = store.leased()
     except CniError as e:
-        raise CniError(contract.ERR_NOT_AVAILABLE, f"host-local store not usable: {e.msg}", e.details) from None
+        raise CniError(ERR_NOT_AVAILABLE, f"host-local store not usable: {e.msg}", e.details) from None
     verbs.check_free(conf, leased)
 
 
@@ -117,9 +117,7 @@ VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STAT
 
 
 def main():
-    from cni import version_info
-    v = version_info()
-    contract.main(VERBS, f"CNI host-local IPAM plugin (underlay {v['version']}, build {v['build']})", "host-local")
+    dispatch.main(registry.EXECUTABLES["host-local"], VERBS)
 
 
 if __name__ == "__main__":

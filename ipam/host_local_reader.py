@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 
 from cni import config_files, files
-from cni.contract import CniError
+from cni.errors import CniError
 from ipam.stores import lease_files, lease_index
 from ipam import verbs
 from ipam.stores import disk

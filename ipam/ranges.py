@@ -11,7 +11,7 @@ import bisect
 import ipaddress
 
 from cni.config import parse_cidr
-from cni.contract import CniError, config_error
+from cni.errors import CniError, config_error
 
 
 def parse_ip(text, field):

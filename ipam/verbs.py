@@ -10,9 +10,9 @@ import ipaddress
 import os
 
 from cni import config as netconf
-from cni import contract
-from cni.contract import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, ERR_NOT_AVAILABLE, \
-    CniError
+from cni import contract, dispatch
+from cni.errors import (ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, ERR_NOT_AVAILABLE,
+                        CniError)
 from ipam import allocator, ranges
 
 DEFAULT_LOCK_TIMEOUT = 10.0
@@ -153,7 +153,7 @@ def add_result(conf, allocated):
 
 def prev_addresses(request, conf):
     """CHECK: the addresses of prevResult in this network's subnets (another plugin may add others)."""
-    prev = request.prev_result()
+    prev = dispatch.prev_result(request)
     if prev is None:
         raise CniError(ERR_INVALID_CONFIG, "prevResult: required for CHECK")
     ours = set()

@@ -23,7 +23,7 @@ def cluster_networks(config_dir, cluster_data_dirs):
     those configs' dataDirs that no config names (a NetworkAttachmentDefinition's: Multus hands its
     config to the plugin, no file holds it); what healing and the pool figures read. problems: lines
     for the files and records that could not be read (the others are found all the same)."""
-    from cni.contract import CniError
+    from cni.errors import CniError
     from ipam import cluster
     paths, problems = config_paths(config_dir)
     found, bad = config_files.ipam_users(paths, config_files.is_cluster_ipam)

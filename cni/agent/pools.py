@@ -51,7 +51,7 @@ def host_local_pools(config_dir, data_dirs):
     data_dirs and those configs' dataDirs that no config names (a NetworkAttachmentDefinition's):
     only its leases in use are known, its ranges are in no file on this node. A directory holding
     cluster-ipam's record is cluster-ipam's (cluster_pools), as `underlay leases` sees it."""
-    from cni.contract import CniError
+    from cni.errors import CniError
     from ipam import cluster, host_local
     from ipam import host_local_reader as hostlocal
     paths, problems = networks.config_paths(config_dir)
@@ -129,7 +129,7 @@ def cluster_pools(config_dir, cluster_data_dirs):
 def request_timeout(config):
     """A cluster-ipam network's requestTimeout, read as its etcd client reads it (whereabouts'
     etcd_host included); the default for a config that is refused: its read says why."""
-    from cni.contract import CniError
+    from cni.errors import CniError
     from ipam import cluster, etcd
     try:
         return etcd.timeout_setting(cluster.ClusterConfig(config).etcd_conf, "requestTimeout")

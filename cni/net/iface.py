@@ -7,7 +7,7 @@ runs `configure` inside the pod netns (sysctls are per netns).
 import ipaddress
 
 from cni.net import netlink, netns
-from cni.contract import ERR_CHECK_FAILED, ERR_LINK, CniError
+from cni.errors import ERR_CHECK_FAILED, ERR_LINK, CniError
 
 
 def check_error(msg):

@@ -26,7 +26,8 @@ import zlib
 
 from cni import files, locks
 from cni.net import netlink
-from cni.contract import ERR_INVALID_CONFIG, ERR_IO, ERR_LINK, CniError, check_ifname, config_error
+from cni.contract import check_ifname
+from cni.errors import ERR_INVALID_CONFIG, ERR_IO, ERR_LINK, CniError, config_error
 
 DEFAULT_STATE_DIR = "/var/lib/cni/underlay"
 LOCK_TIMEOUT = 10.0   # seconds, as the lease store's default lockTimeout

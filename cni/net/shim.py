@@ -32,7 +32,7 @@ import ipaddress
 
 from cni.net import iface, netlink, parents
 from cni.config import parse_cidr
-from cni.contract import ERR_LINK, CniError, config_error
+from cni.errors import ERR_LINK, CniError, config_error
 
 
 class Shim:

@@ -13,7 +13,8 @@ import os
 import sys
 
 from cni import contract
-from cni.contract import OLD_VALID_ATTACHMENTS, VALID_ATTACHMENTS, CniError
+from cni.contract import OLD_VALID_ATTACHMENTS, VALID_ATTACHMENTS
+from cni.errors import CniError
 from cni import config_files as configs
 from cni.config_files import CONFIG_SUFFIXES, DEFAULT_CONFIG_DIR  # noqa: F401 (re-exported)
 from cni.operator import cluster, output

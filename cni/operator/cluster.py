@@ -2,20 +2,17 @@
 
 The store's logic is ipam/cluster.py's (leases, who_has, pools, release_node);
 this module parses, maps cluster-ipam's errors onto the command's exit codes
-and prints. ipam/cluster.py is imported by name so that a build without it
-still runs every other command.
+and prints. ipam/cluster.py is imported when a command first needs it
+(cluster_module), so the other commands start without it.
 """
 
-import importlib
 import ipaddress
 import sys
 
-from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NOT_AVAILABLE, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NOT_AVAILABLE, CniError
 from cni.operator import output
 from cni.operator.output import UsageError
 from ipam.host_local_reader import StoreProblem
-
-CLUSTER_MODULE = "ipam.cluster"
 
 
 class Refused(Exception):
@@ -77,14 +74,9 @@ def add_parsers(sub, common):
 
 
 def cluster_module():
-    # by name: a build without ipam/cluster.py still runs every other command
-    # (the bundle carries every module of ipam/, build/underlay.spec own_modules)
-    try:
-        return importlib.import_module(CLUSTER_MODULE)
-    except ModuleNotFoundError as e:
-        if e.name != CLUSTER_MODULE:
-            raise
-        raise UsageError("cluster-ipam is not part of this build (ipam/cluster.py)") from None
+    """ipam/cluster.py, imported when a command first needs it: the others start without it."""
+    from ipam import cluster
+    return cluster
 
 
 def cluster_configs(path):
@@ -141,10 +133,7 @@ def recorded_networks(data_dirs):
     """{network: (RECORD path, ipam)} of the cluster-ipam networks an ADD recorded in `data_dirs`
     (ipam/cluster.py RECORD), and in cluster-ipam's default dataDir: on this node, those are
     cluster-ipam's, their leases in etcd, not host-local's."""
-    try:
-        cluster = cluster_module()
-    except UsageError:
-        return {}
+    cluster = cluster_module()
     found = {}
     for data_dir in dict.fromkeys(list(data_dirs) + [cluster.DEFAULT_DATA_DIR]):
         for path, config in cluster.recorded_networks(data_dir)[0]:
@@ -154,7 +143,7 @@ def recorded_networks(data_dirs):
 
 def network_of(address, recorded):
     """The name of the recorded network whose ranges hold `address`, or None."""
-    if not recorded:   # also a build without cluster-ipam, where cluster_module() would refuse
+    if not recorded:
         return None
     from cni.operator import validate
     cluster = cluster_module()
@@ -171,10 +160,7 @@ def network_of(address, recorded):
 
 def is_recorded(data_dir, name):
     """Whether <data_dir>/<name> is a network directory of cluster-ipam's (its ADD's RECORD is there)."""
-    try:
-        return cluster_module().is_recorded(data_dir, name)
-    except UsageError:
-        return False
+    return cluster_module().is_recorded(data_dir, name)
 
 
 def elsewhere(name, command, config=None, what="leases"):

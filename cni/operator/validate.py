@@ -18,12 +18,11 @@ that, what no single ADD can see:
     a shared L2 every node hands out the same addresses.
 """
 
-import importlib
 import os
 
 from cni import config as netconf
-from cni import contract, registry
-from cni.contract import CniError
+from cni import contract, dispatch, registry
+from cni.errors import CniError
 from cni.config_files import is_cluster_ipam, is_host_local, load, split_field
 from ipam.host_local_reader import check_host_local
 
@@ -31,7 +30,7 @@ from ipam.host_local_reader import check_host_local
 def main_plugin(kind):
     """Our main plugin a config's type names (exact, or prefixed: underlay-macvlan), or None."""
     name = registry.plugin_for(kind) if isinstance(kind, str) else None
-    return name if name and registry.EXECUTABLES[name][1] == "main" else None
+    return name if name and registry.EXECUTABLES[name].role == "main" else None
 
 
 def check_files(paths):
@@ -85,9 +84,9 @@ def plugin_problems(config, main, host_local, cluster_ipam=False):
             out.append(split_field(e.msg) + ("error",))
 
     if main:
-        kind = importlib.import_module(registry.module_of(main)).KIND
+        load = dispatch.plugin_module(registry.EXECUTABLES[main]).load_config
         try:
-            kind.load(contract.Request("ADD", {}, config, b""))
+            load(contract.Request("ADD", {}, config, b""))
         except CniError as e:
             refused(e)
     warnings = []   # what the plugin accepts and warns of (its log): host bits in exclude, one block

@@ -18,10 +18,9 @@ import re
 import zlib
 
 from cni import config as netconf
-from cni import contract
+from cni import contract, dispatch, registry
 from cni.net import iface, netlink, netns, parents, shim
-from cni.contract import (ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, ERR_NOT_PERMITTED,
-                          CniError)
+from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, ERR_NOT_PERMITTED, CniError
 
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -47,7 +46,7 @@ class Conf:
         self.dns = config.get("dns") or {}
         self.internal = bool(config.get("internal"))
         self.shim = shim.settings(config, strict)
-        self.prev = request.prev_result() if strict else None
+        self.prev = dispatch.prev_result(request) if strict else None
         if strict:
             self.check_combinations(config)
         try:
@@ -231,8 +230,8 @@ def create_child(kind, conf, where, pod, pod_fd, master, request, undo):
 def addresses(kind, conf, request, undo):
     """The IPAM result (its DEL registered in `undo`), prevResult's in a chain, or none (ipam {})."""
     if conf.ipam_type:
-        result = contract.delegate_ipam(request, "ADD")
-        undo.callback(quietly(lambda: contract.delegate_ipam(request, "DEL")))
+        result = dispatch.delegate_ipam(request, "ADD")
+        undo.callback(quietly(lambda: dispatch.delegate_ipam(request, "DEL")))
         if not result.get("ips"):
             raise CniError(ERR_INVALID_CONFIG, f"ipam: {conf.ipam_type} returned no IP addresses")
     elif conf.chained:
@@ -251,7 +250,7 @@ def add(kind, request):
     """Load, open the netns, find the master, create the child, get addresses, apply them,
     add the shim, answer. `resources` close whatever happens; `undo` runs only on failure."""
     conf = kind.load(request)
-    contract.load_ipam_config(request)   # a bad ipam section is refused before the link exists
+    dispatch.load_ipam_config(request)   # a bad ipam section is refused before the link exists
     try:
         with contextlib.ExitStack() as resources, contextlib.ExitStack() as undo:
             pod_fd = open_pod_netns(request)
@@ -304,7 +303,7 @@ def delete(kind, request):
     and any link of ours an ADD killed between create and rename left under its temporary name."""
     conf = kind.load(request, strict=False)
     if conf.ipam_type:
-        contract.delegate_ipam(request, "DEL")
+        dispatch.delegate_ipam(request, "DEL")
     if request.netns:
         try:
             pod_fd = netns.open_netns(request.netns)
@@ -335,7 +334,7 @@ def check(kind, request):
     if prev is None:
         raise CniError(ERR_INVALID_CONFIG, "prevResult: required for CHECK")
     if conf.ipam_type:
-        contract.delegate_ipam(request, "CHECK")
+        dispatch.delegate_ipam(request, "CHECK")
     ours = [i for i, x in enumerate(prev.get("interfaces") or []) if x.get("name") == request.ifname]
     if not ours:
         raise iface.check_error(f"prevResult has no interface {request.ifname}")
@@ -388,7 +387,7 @@ def status(kind, request):
             raise CniError(ERR_NOT_AVAILABLE, reason)
     if conf.ipam_type:
         try:
-            contract.delegate_ipam(request, "STATUS")
+            dispatch.delegate_ipam(request, "STATUS")
         except CniError as e:
             raise CniError(ERR_NOT_AVAILABLE, f"IPAM {conf.ipam_type}: {e.msg}", e.details) from None
 
@@ -396,7 +395,7 @@ def status(kind, request):
 def gc(kind, request):
     conf = kind.load(request, strict=False)
     if conf.ipam_type:
-        contract.delegate_ipam(request, "GC")
+        dispatch.delegate_ipam(request, "GC")
     valid = {parents.user_key(request.network, cid, ifname) for cid, ifname in request.valid_attachments()}
     with netlink.Netlink() as host:
         shim.garbage_collect(host, request.network, valid, conf.state_dir)
@@ -413,6 +412,4 @@ def verbs(kind):
 
 
 def main(kind):
-    from cni import version_info
-    v = version_info()
-    contract.main(verbs(kind), f"CNI {kind.name} plugin (underlay {v['version']}, build {v['build']})", kind.name)
+    dispatch.main(registry.EXECUTABLES[kind.name], verbs(kind))

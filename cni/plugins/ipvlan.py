@@ -13,7 +13,7 @@ Run from a checkout: `python3 -m cni.plugins.ipvlan` with the CNI_* environment.
 
 from cni.plugins import child_link
 from cni.net import iface, netlink
-from cni.contract import ERR_INVALID_CONFIG, ERR_UNSUPPORTED_FIELD, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_UNSUPPORTED_FIELD, CniError
 
 
 class Conf(child_link.Conf):
@@ -69,6 +69,7 @@ class Ipvlan(child_link.Kind):
 
 KIND = Ipvlan()
 VERBS = child_link.verbs(KIND)
+load_config = KIND.load   # the config, checked as ADD checks it (cni/registry.py)
 
 
 def main():

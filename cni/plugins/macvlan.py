@@ -11,7 +11,7 @@ import errno
 
 from cni.plugins import child_link
 from cni.net import iface, netlink
-from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_UNSUPPORTED_FIELD, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_UNSUPPORTED_FIELD, CniError
 
 ARPHRD_ETHER = 1
 
@@ -79,6 +79,7 @@ class Macvlan(child_link.Kind):
 
 KIND = Macvlan()
 VERBS = child_link.verbs(KIND)
+load_config = KIND.load   # the config, checked as ADD checks it (cni/registry.py)
 
 
 def main():

@@ -10,7 +10,7 @@ import ipaddress
 import json
 import time
 
-from cni.contract import ERR_INVALID_CONFIG, ERR_TRY_AGAIN, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_TRY_AGAIN, CniError
 
 # Claims and releases retried after losing a race on the block (others allocate in it too).
 MAX_RACES = 200

@@ -35,7 +35,7 @@ owner) and the block unchanged. No cluster-wide lock.
 import ipaddress
 import json
 
-from cni.contract import ERR_IO, ERR_TRY_AGAIN, CniError
+from cni.errors import ERR_IO, ERR_TRY_AGAIN, CniError
 from cni.files import replace_if_changed
 from ipam import etcd
 from ipam.blocks import Block

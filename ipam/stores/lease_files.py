@@ -22,7 +22,7 @@ import os
 import stat
 
 from cni import files, locks
-from cni.contract import ERR_INVALID_CONFIG, ERR_IO, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_IO, CniError
 from cni.files import NOFOLLOW
 
 LAST_RESERVED = "last_reserved_ip."

@@ -24,7 +24,8 @@ CNI_NETNS) are kept and left to GC.
 import os
 import re
 
-from cni.contract import CniError, check_container_id, check_ifname
+from cni.contract import check_container_id, check_ifname
+from cni.errors import CniError
 from cni.files import boot_id, remove, replace
 from ipam.stores.lease_files import NOFOLLOW, is_ip, io_error, open_dir
 

@@ -18,7 +18,7 @@
    way, and whether the range is whole again (nothing left in etcd but the
    pool's config).
 3. The same 1 000 pods with each node a process running its ADDs in-process
-   (tests/cluster/sim_node.py: contract.run per ADD, config, client and node
+   (tests/cluster/sim_node.py: dispatch.run per ADD, config, client and node
    lock built afresh each time; only the interpreter start-up is saved): what
    the store and etcd cost at this scale, apart from starting Python.
 """

@@ -7,11 +7,11 @@ alternately in the same loop. A script, not a test: it prints, asserts nothing.
 
 This process imports everything once, makes a "host" netns with a veth master
 and enters it; per iteration a fresh pod netns, then ADD, CHECK, DEL each in
-a fork of this process (contract.run with the request's env and stdin). Per
+a fork of this process (dispatch.run with the request's env and stdin). Per
 verb it reports:
   fork->exit  what the parent sees from fork() to the child reaped
-  work        contract.run inside the child
-  cpu         CPU time of contract.run in the child (user + system; waiting for the disk or a lock is not in it)
+  work        dispatch.run inside the child
+  cpu         CPU time of dispatch.run in the child (user + system; waiting for the disk or a lock is not in it)
   faults      minor page faults in it (copy-on-write of the warm parent's pages, mostly)
   rt          netlink requests sent (each waits for its reply)
   objs        pyroute2 message objects built (nlmsg_base instances)
@@ -56,11 +56,12 @@ def warm_imports():
                 importlib.import_module(info.name)
     import cni.plugins.macvlan
     import ipam.host_local
-    from cni import config, contract, registry
+    from cni import config, registry
+    from cni.errors import CniError
     for schema in ("macvlan", "host-local"):
         try:
             config.validate(schema, {})
-        except contract.CniError:
+        except CniError:
             pass
     registry.in_process_ipam("host-local")
     return cni.plugins.macvlan.VERBS, ipam.host_local
@@ -112,7 +113,7 @@ class Counters:
 
 def in_child(verbs, env, stdin, profile=False):
     """fork; run one request in the child; (result dict from the child, fork->exit seconds)."""
-    from cni import contract
+    from cni import dispatch, registry
     r, w = os.pipe()
     started = time.perf_counter()
     pid = os.fork()
@@ -133,8 +134,7 @@ def in_child(verbs, env, stdin, profile=False):
                 gc.collect()   # a spare worker's idle time: copy the pages a collection touches now
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0, c0 = time.perf_counter(), time.process_time()
-            rc = contract.run(verbs, "CNI macvlan plugin (warm bench)", env=env, stdin=stdin, stdout=out,
-                              stderr=err)
+            rc = dispatch.run(registry.EXECUTABLES["macvlan"], verbs, env=env, stdin=stdin, stdout=out, stderr=err)
             work, cpu = time.perf_counter() - t0, time.process_time() - c0
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
             if profile:

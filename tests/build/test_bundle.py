@@ -54,7 +54,7 @@ DENY_ALWAYS = {
 
 # VERSION prints an answer computed at build time: no contract, no plugin.
 DENY_VERSION = dict(DENY_ALWAYS, **{
-    "cni.contract": None, "ipam": None, "cni.net.netlink": None, "pyroute2": None,
+    "cni.contract": None, "cni.dispatch": None, "ipam": None, "cni.net.netlink": None, "pyroute2": None,
     "json": 5.9, "re": 4.3, "enum": 3.1, "ipaddress": 3.0, "ctypes": 2.3, "socket": 5.8,
     "typing": 7.4, "logging": 10.7, "multiprocessing": 10.1, "subprocess": 8.2, "traceback": 7.1,
 })
@@ -113,13 +113,14 @@ def test_checkout_carries_no_build_module():
 # -- VERSION and about ------------------------------------------------------------------
 
 def contract_version_answer(build, monkeypatch):
-    """What cni.contract prints for VERSION, from the checkout, with this build's cni._build."""
-    from cni import contract
+    """What cni.dispatch prints for VERSION, from the checkout, with this build's cni._build."""
+    from cni import dispatch, registry
     module = types.ModuleType("cni._build")
     module.BUILD = build
     monkeypatch.setitem(sys.modules, "cni._build", module)
     out = io.StringIO()
-    assert contract.run({}, "", env={"CNI_COMMAND": "VERSION"}, stdin=b"{}", stdout=out, stderr=io.StringIO()) == 0
+    assert dispatch.run(registry.EXECUTABLES["macvlan"], {}, env={"CNI_COMMAND": "VERSION"}, stdin=b"{}", stdout=out,
+                        stderr=io.StringIO()) == 0
     return json.loads(out.getvalue())
 
 

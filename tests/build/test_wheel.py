@@ -27,10 +27,9 @@ def test_console_scripts_are_the_registry():
     """pyproject's console scripts are the registry's executables, CNI plugins prefixed as installed."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     expected = {}
-    for name in registry.written(ROOT):
-        module, role = registry.EXECUTABLES[name]
-        script = registry.INSTALL_PREFIX + name if role in registry.CNI_ROLES else name
-        expected[script] = f"{module}:main"
+    for e in registry.EXECUTABLES.values():
+        script = registry.INSTALL_PREFIX + e.name if e.is_cni_plugin else e.name
+        expected[script] = f"{e.module}:main"
     assert scripts == expected
 
 

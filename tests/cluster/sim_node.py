@@ -2,7 +2,7 @@
 
     python -m tests.cluster.sim_node CONF.json VERB COUNT CID_PREFIX OUT.json
 
-Each operation goes through contract.run with its own CNI_* environment and
+Each operation goes through dispatch.run with its own CNI_* environment and
 stdin, so it builds its config, etcd client and node lock afresh, as an exec
 does; only the interpreter start-up is saved. OUT.json gets
 [{"cid", "code", "out", "seconds"}, ...].
@@ -13,6 +13,7 @@ import json
 import sys
 import time
 
+from cni import dispatch, registry
 from ipam import cluster
 
 
@@ -26,8 +27,8 @@ def main():
                "CNI_PATH": "/nonexistent", "CNI_ARGS": f"K8S_POD_NAMESPACE=sim;K8S_POD_NAME={cid}"}
         out = io.StringIO()
         start = time.monotonic()
-        code = cluster.contract.run(cluster.VERBS, "CNI cluster-ipam sim", env=env, stdin=stdin, stdout=out,
-                                    stderr=sys.stderr)
+        code = dispatch.run(registry.EXECUTABLES["cluster-ipam"], cluster.VERBS, env=env, stdin=stdin,
+                                    stdout=out, stderr=sys.stderr)
         results.append({"cid": cid, "code": code, "out": out.getvalue(), "seconds": time.monotonic() - start})
     with open(out_path, "w") as f:
         json.dump(results, f)

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from cni.contract import ERR_TRY_AGAIN, CniError
+from cni.errors import ERR_TRY_AGAIN, CniError
 from ipam import ranges
 from ipam.blocks import Grid
 from ipam.stores.etcd import EtcdStore

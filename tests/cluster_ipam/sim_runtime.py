@@ -2,7 +2,7 @@
 
     python -m tests.cluster_ipam.sim_runtime CONF.json VERB COUNT CID_PREFIX OUT.json [PROGRESS]
 
-Like tests/cluster/sim_node.py (each operation goes through contract.run with
+Like tests/cluster/sim_node.py (each operation goes through dispatch.run with
 its own environment, so config, etcd client and node lock are built afresh),
 but an operation answered with code 11 ("try again later") is handled as
 kubelet does: a failed ADD is followed by DEL of that attachment (repeated
@@ -18,6 +18,7 @@ import json
 import sys
 import time
 
+from cni import dispatch, registry
 from ipam import cluster
 
 RETRY_FOR = 30.0
@@ -27,8 +28,8 @@ def once(verb, cid, stdin):
     env = {"CNI_COMMAND": verb, "CNI_CONTAINERID": cid, "CNI_NETNS": "/run/netns/uci-sim", "CNI_IFNAME": "eth0",
            "CNI_PATH": "/nonexistent", "CNI_ARGS": f"K8S_POD_NAMESPACE=sim;K8S_POD_NAME={cid}"}
     out = io.StringIO()
-    code = cluster.contract.run(cluster.VERBS, "CNI cluster-ipam sim", env=env, stdin=stdin, stdout=out,
-                                stderr=sys.stderr)
+    code = dispatch.run(registry.EXECUTABLES["cluster-ipam"], cluster.VERBS, env=env, stdin=stdin,
+                                stdout=out, stderr=sys.stderr)
     return code, out.getvalue()
 
 

@@ -326,7 +326,7 @@ def test_retried_add_after_a_lost_claim_answer_recognises_its_own_lease(lossy):
 def test_a_completion_etcd_never_applies_is_said_to_be_so(make_cl):
     """The ADD's completion write (clearing its leases' pending mark) answered "may have been applied"
     each time, yet never applied: code 11 saying so after LOST_WRITES tries, not that the leases changed."""
-    from cni.contract import ERR_TRY_AGAIN, CniError
+    from cni.errors import ERR_TRY_AGAIN, CniError
     from ipam import etcd
     from ipam.stores.etcd import LOST_WRITES, EtcdStore
 

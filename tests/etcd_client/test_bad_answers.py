@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from cni.contract import ERR_TRY_AGAIN, CniError
+from cni.errors import ERR_TRY_AGAIN, CniError
 from ipam import etcd
 
 pytestmark = pytest.mark.etcd

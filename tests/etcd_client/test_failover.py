@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cni.contract import ERR_INVALID_CONFIG, ERR_TRY_AGAIN, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_TRY_AGAIN, CniError
 from ipam import etcd
 
 pytestmark = pytest.mark.etcd

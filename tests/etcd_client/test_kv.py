@@ -2,8 +2,8 @@
 
 import pytest
 
-from cni.contract import ERR_IO
-from cni.contract import CniError
+from cni.errors import ERR_IO
+from cni.errors import CniError
 from ipam import etcd
 
 pytestmark = pytest.mark.etcd

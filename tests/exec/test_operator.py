@@ -566,22 +566,15 @@ def test_table_summary_of_a_dry_run(hl):
 # -- cluster hook -------------------------------------------------------------------------
 
 def test_cluster_hook(tmp_path):
-    """`underlay cluster` reaches ipam/cluster.py when it is there, and says so when it is not."""
+    """`underlay cluster` reaches ipam/cluster.py."""
     conf = write(tmp_path, "c.conf", {"cniVersion": "1.0.0", "name": "c", "type": "macvlan",
                                       "ipam": {"type": "cluster-ipam"}})
     out = run_underlay("cluster", "release-node", "node1", "--config", conf)
     assert out.code == 2 and "--yes" in out.stderr, out        # refused before anything is asked of a store
-    try:
-        import ipam.cluster as cluster
-    except ModuleNotFoundError:
-        cluster = None
-    if cluster is None:
-        out = run_underlay("cluster", "leases", "--config", conf)
-        assert out.code == 2 and "cluster-ipam is not part of this build" in out.stderr, out
-    else:
-        from cni.operator.cluster import cluster_module
-        assert cluster_module() is cluster
-        assert callable(cluster.leases) and callable(cluster.release_node)
+    import ipam.cluster as cluster
+    from cni.operator.cluster import cluster_module
+    assert cluster_module() is cluster
+    assert callable(cluster.leases) and callable(cluster.release_node)
 
 def test_validate_refuses_near_miss_keys_and_warns_of_unknown_ones(tmp_path):
     typo = {"cniVersion": "1.0.0", "name": "t", "type": "macvlan", "mdoe": "bridge", "master": "eth1", "foo": 1,

@@ -22,16 +22,12 @@ import stat
 import tempfile
 import threading
 
-from cni import contract
+from cni import contract, dispatch, errors, registry
 from cni.net import netlink, netns
 from ipam.stores.lease_files import is_ip
 from tests import netns as nsutil
 
-PLUGINS = {
-    "host-local": ("ipam.host_local", "CNI host-local IPAM plugin (underlay)"),
-    "macvlan": ("cni.plugins.macvlan", "CNI macvlan plugin (underlay)"),
-    "ipvlan": ("cni.plugins.ipvlan", "CNI ipvlan plugin (underlay)"),
-}
+PLUGINS = {name: registry.EXECUTABLES[name] for name in ("host-local", "macvlan", "ipvlan")}
 # Codes a plugin may answer with; 999 is underlay's "internal error", i.e. a bug.
 SPEC_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 102, 103})
 # Places outside the sandbox the plugins would write to with a default dataDir or stateDir.
@@ -40,12 +36,11 @@ HANG_SECONDS = 20
 
 
 class Hang(BaseException):
-    """Raised by the watchdog; a BaseException so contract.run cannot turn it into an answer."""
+    """Raised by the watchdog; a BaseException so dispatch.run cannot turn it into an answer."""
 
 
 def verbs_of(plugin):
-    import importlib
-    return importlib.import_module(PLUGINS[plugin][0]).VERBS
+    return dispatch.plugin_module(PLUGINS[plugin]).VERBS
 
 
 class Outcome:
@@ -86,10 +81,10 @@ def watchdog(seconds=HANG_SECONDS):
 
 
 def invoke(plugin, env, stdin):
-    """Run a plugin in this process as contract.run does for an exec; never raises for the plugin."""
+    """Run a plugin in this process as dispatch.run does for an exec; never raises for the plugin."""
     out, err = io.StringIO(), io.StringIO()
     with watchdog():
-        code = contract.run(verbs_of(plugin), PLUGINS[plugin][1], env=dict(env), stdin=stdin,
+        code = dispatch.run(PLUGINS[plugin], verbs_of(plugin), env=dict(env), stdin=stdin,
                             stdout=out, stderr=err)
     return Outcome(code, out.getvalue(), err.getvalue())
 
@@ -126,7 +121,7 @@ def check_error(outcome):
     assert isinstance(error["msg"], str) and error["msg"], outcome
     assert isinstance(error["details"], str), outcome
     assert error["cniVersion"] in contract.SUPPORTED_VERSIONS, outcome
-    assert error["code"] != contract.ERR_INTERNAL, f"internal error (a bug): {outcome}"
+    assert error["code"] != errors.ERR_INTERNAL, f"internal error (a bug): {outcome}"
     assert error["code"] in SPEC_CODES, outcome
 
 

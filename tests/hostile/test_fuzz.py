@@ -1,6 +1,6 @@
 """Property-based fuzzing of the three plugins' inputs: stdin, CNI_* variables, CNI_ARGS, prevResult.
 
-Each case runs in this process through contract.run (as an exec would, minus
+Each case runs in this process through dispatch.run (as an exec would, minus
 the interpreter start), on a tmpfs sandbox and in a network namespace of the
 test's own; tests/hostile/harness.py says what every answer must be. A
 sample also runs as real processes. The default run takes ~3 500 cases

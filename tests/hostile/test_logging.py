@@ -148,7 +148,7 @@ def test_hostile_values_cannot_forge_or_bloat_lines(sb):
 
 
 def test_every_plugin_logs(sb):
-    """macvlan and ipvlan log through the same contract.run (here failing on a netns that is no netns)."""
+    """macvlan and ipvlan log through the same dispatch.run (here failing on a netns that is no netns)."""
     log = os.path.join(sb.root, "x.log")
     for plugin in ("macvlan", "ipvlan"):
         conf = {"cniVersion": "1.0.0", "name": "net1", "type": plugin, "master": "m1", "logFile": log,
@@ -180,11 +180,12 @@ def test_no_log_no_file_and_no_logging_module(tmp_path):
     """Without logFile nothing is written anywhere, and the stdlib logging module is never imported by us."""
     import subprocess
     import sys
-    code = ("import sys, io, json; from cni import contract; from ipam import host_local;"
+    code = ("import sys, io, json; from cni import dispatch, registry; from ipam import host_local;"
             "conf = json.dumps({'cniVersion': '1.1.0', 'name': 'n', 'ipam': {'type': 'host-local', "
             f"'dataDir': '{tmp_path}/d', 'ranges': [[{{'subnet': '10.1.0.0/24'}}]]}}}}).encode();"
             "env = {'CNI_COMMAND': 'ADD', 'CNI_CONTAINERID': 'c', 'CNI_NETNS': '/x', 'CNI_IFNAME': 'e', 'CNI_PATH': '/x'};"
-            "rc = contract.run(host_local.VERBS, 'CNI host-local', env=env, stdin=conf, stdout=io.StringIO());"
+            "rc = dispatch.run(registry.EXECUTABLES['host-local'], host_local.VERBS, env=env, stdin=conf,"
+            " stdout=io.StringIO());"
             "print(rc, 'logging' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env=dict(os.environ, PYTHONPATH=str(__import__("tests.plugins").plugins.ROOT)))

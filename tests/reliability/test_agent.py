@@ -285,7 +285,8 @@ def test_an_agent_that_accepts_and_hangs_is_code_11_with_nothing_done(via, tmp_p
     assert out.json["cniVersion"] == "1.1.0"
     assert elapsed < 25, elapsed      # bounded (the bound is 1 s; this only rules out waiting for ever)
     assert leases(tmp_path) == []
-    assert oplog(tmp_path / "op.log")[0]["code"] == 11
+    line = oplog(tmp_path / "op.log")[0]
+    assert line["code"] == 11 and line["plugin"] == "host-local"   # the record's name, as an in-process answer logs it
 
 
 def test_a_stopped_agent_is_code_11_and_serves_nothing_late(via, tmp_path):

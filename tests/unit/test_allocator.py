@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from cni.contract import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, CniError
 from ipam import allocator, ranges
 from ipam.stores.memory import Leases, MemoryStore
 

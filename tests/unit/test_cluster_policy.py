@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from cni.contract import CniError
+from cni.errors import CniError
 from ipam import cluster, ranges
 from ipam.blocks import Block, Grid
 from ipam.stores.memory import MemoryBlockStore, Pools

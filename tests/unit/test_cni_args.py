@@ -2,7 +2,8 @@
 
 import pytest
 
-from cni.contract import ERR_INVALID_ENV, CniError, parse_cni_args
+from cni.contract import parse_cni_args
+from cni.errors import ERR_INVALID_ENV, CniError
 
 K8S = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1"
 

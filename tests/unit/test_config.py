@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 
 from cni import config as netconf
-from cni.contract import CniError
+from cni.errors import CniError
 
 
 @pytest.mark.parametrize("text, network", [

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cni.contract import ERR_INVALID_CONFIG, CniError
+from cni.errors import ERR_INVALID_CONFIG, CniError
 from ipam import etcd
 
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cni import contract
-from cni.contract import CniError
+from cni import contract, dispatch
+from cni.errors import CniError
 from ipam import cluster, host_local, verbs
 
 ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/uhs-x", "CNI_IFNAME": "eth0",
@@ -25,13 +25,13 @@ HOST_LOCAL = {"type": "host-local", "ranges": [[{"subnet": "10.85.0.0/24"}]], "r
 @pytest.mark.parametrize("ipam, kind", [(CLUSTER, cluster.ClusterConfig), (HOST_LOCAL, host_local.HostLocalConfig)])
 def test_a_main_plugin_loads_either_ipam_before_it_changes_anything(ipam, kind):
     r = request(ipam, CNI_ARGS="IP=10.85.0.7")
-    contract.load_ipam_config(r)
+    dispatch.load_ipam_config(r)
     assert isinstance(r.ipam_config, kind) and isinstance(r.ipam_config, verbs.IpamConfig)
     assert r.ipam_config.routes == [{"dst": "10.86.0.0/16"}]
     assert {k: v.ip.exploded for k, v in verbs.assign_requested(r.ipam_config).items()} == {0: "10.85.0.7"}
     bad = request(dict(ipam, routes=[{"dst": "10.86.0.0"}]))
     with pytest.raises(CniError) as e:
-        contract.load_ipam_config(bad)
+        dispatch.load_ipam_config(bad)
     assert e.value.code == 7 and "ipam.routes[0].dst" in e.value.msg
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from cni import locks
-from cni.contract import CniError
+from cni.errors import CniError
 
 HOLD = """
 import fcntl, os, sys, time

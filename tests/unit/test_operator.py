@@ -233,14 +233,3 @@ def test_near_miss_keys_with_the_real_key_problems(tmp_path):
     found = {p[1]: p for p in problems_of(tmp_path, config)}
     assert found["ipam.exlude"][0] == "error" and "'exclude'" in found["ipam.exlude"][2]
     assert found["ipam.ranges[0][0].rangStart"][0] == "error" and "'rangeStart'" in found["ipam.ranges[0][0].rangStart"][2]
-
-
-def test_who_has_without_cluster_ipam_in_the_build_says_nobody_holds(tmp_path, monkeypatch, capsys):
-    """A build without ipam/cluster.py (simulated as cluster_module() meets it: the module is not
-    found) records no cluster-ipam network, so an address nobody holds is exit 1, not a usage error."""
-    from cni.operator import cluster, main
-    monkeypatch.setattr(cluster, "CLUSTER_MODULE", "ipam.not_in_this_build")
-    with pytest.raises(UsageError, match="not part of this build"):
-        cluster.cluster_module()
-    assert main(["who-has", "10.1.0.9", "--data-dir", str(tmp_path)]) == 1
-    assert "nobody holds 10.1.0.9" in capsys.readouterr().out

@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from cni.contract import ERR_INVALID_CONFIG, CniError
+from cni.errors import ERR_INVALID_CONFIG, CniError
 from ipam import ranges
 
 

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cni.contract import (ERR_DECODE, ERR_INCOMPATIBLE_VERSION, ERR_INVALID_CONFIG, ERR_INVALID_ENV,
-                          SUPPORTED_VERSIONS, CniError, read_request)
+from cni.contract import SUPPORTED_VERSIONS, read_request
+from cni.errors import ERR_DECODE, ERR_INCOMPATIBLE_VERSION, ERR_INVALID_CONFIG, ERR_INVALID_ENV, CniError
 
 FULL_ENV = {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/p1", "CNI_IFNAME": "eth0",
             "CNI_PATH": "/opt/cni/bin"}

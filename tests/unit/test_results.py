@@ -4,7 +4,8 @@ import copy
 
 import pytest
 
-from cni.contract import ERR_DECODE, SUPPORTED_VERSIONS, CniError
+from cni.contract import SUPPORTED_VERSIONS
+from cni.errors import ERR_DECODE, CniError
 from cni.results import convert_result, upconvert_result
 
 DNS = {"nameservers": ["10.1.0.53"], "domain": "example.test", "search": ["a.test"], "options": ["ndots:2"]}

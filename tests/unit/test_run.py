@@ -1,13 +1,15 @@
-"""contract.run with injected environment, stdin and stdout: what a runtime sees."""
+"""dispatch.run with injected environment, stdin and stdout: what a runtime sees."""
 
 import io
 import json
 
 import pytest
 
-from cni import contract, results
-from cni.contract import CniError
+from cni import contract, dispatch, errors, registry, results
+from cni.errors import CniError
 
+PLUGIN = registry.Executable("test", __name__, "main", None, "CNI test plugin")
+ABOUT = dispatch.about_line(PLUGIN)   # "CNI test plugin (underlay <version>, build <build>)"
 ENV = {"CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/p1", "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
 RESULT = {"ips": [{"address": "10.1.0.5/24", "gateway": "10.1.0.1"}], "routes": [{"dst": "0.0.0.0/0"}],
           "dns": {}}
@@ -40,7 +42,7 @@ def run(command, config=None, plugin=None, verbs=None, **env):
         environ["CNI_COMMAND"] = command
     stdin = config if isinstance(config, bytes) else json.dumps(config or {"cniVersion": "1.1.0",
                                                                            "name": "net1"}).encode()
-    code = contract.run(plugin.verbs() if verbs is None else verbs, "CNI test plugin", env=environ,
+    code = dispatch.run(PLUGIN, plugin.verbs() if verbs is None else verbs, env=environ,
                         stdin=stdin, stdout=stdout, stderr=stderr)
     return code, stdout.getvalue(), stderr.getvalue(), plugin
 
@@ -56,13 +58,13 @@ def test_about():
     code, out, err, plugin = run(None)
     assert code == 0 and out == "" and not plugin.calls
     lines = err.splitlines()
-    assert lines[0] == "CNI test plugin"
+    assert lines[0] == ABOUT
     assert lines[1] == "CNI protocol versions supported: " + ", ".join(contract.SUPPORTED_VERSIONS)
 
 
 def test_empty_command_is_about():
     code, out, err, _ = run("")
-    assert code == 0 and out == "" and err.startswith("CNI test plugin")
+    assert code == 0 and out == "" and err.startswith(ABOUT + "\n")
 
 
 @pytest.mark.parametrize("stdin", [b"", b"garbage", b'{"cniVersion": "0.4.0"}'])
@@ -91,21 +93,21 @@ def test_other_verbs_print_nothing(command):
 
 @pytest.mark.parametrize("version", ["0.3.1", "1.0.0", "1.1.0"])
 def test_plugin_error(version):
-    plugin = Plugin(fail=CniError(contract.ERR_NO_ADDRESS, "no free address", "range set 0"))
+    plugin = Plugin(fail=CniError(errors.ERR_NO_ADDRESS, "no free address", "range set 0"))
     code, out, err, _ = run("ADD", {"cniVersion": version, "name": "net1"}, plugin=plugin)
     assert code != 0 and err == ""
     assert error_of(out) == {"cniVersion": version, "code": 101, "msg": "no free address", "details": "range set 0"}
 
 
 @pytest.mark.parametrize("command, env, stdin, code", [
-    ("ADD", {"CNI_NETNS": ""}, None, contract.ERR_INVALID_ENV),
-    ("ADD", {"CNI_IFNAME": "a/b"}, None, contract.ERR_INVALID_ENV),
-    ("FOO", {}, None, contract.ERR_INVALID_ENV),
-    ("ADD", {}, b"{not json", contract.ERR_DECODE),
-    ("ADD", {}, b'{"cniVersion": "7.0.0", "name": "n"}', contract.ERR_INCOMPATIBLE_VERSION),
-    ("ADD", {}, b'{"cniVersion": "1.0.0"}', contract.ERR_INVALID_CONFIG),
-    ("CHECK", {}, b'{"cniVersion": "0.3.1", "name": "n"}', contract.ERR_INCOMPATIBLE_VERSION),
-    ("GC", {}, b'{"cniVersion": "1.0.0", "name": "n"}', contract.ERR_INCOMPATIBLE_VERSION),
+    ("ADD", {"CNI_NETNS": ""}, None, errors.ERR_INVALID_ENV),
+    ("ADD", {"CNI_IFNAME": "a/b"}, None, errors.ERR_INVALID_ENV),
+    ("FOO", {}, None, errors.ERR_INVALID_ENV),
+    ("ADD", {}, b"{not json", errors.ERR_DECODE),
+    ("ADD", {}, b'{"cniVersion": "7.0.0", "name": "n"}', errors.ERR_INCOMPATIBLE_VERSION),
+    ("ADD", {}, b'{"cniVersion": "1.0.0"}', errors.ERR_INVALID_CONFIG),
+    ("CHECK", {}, b'{"cniVersion": "0.3.1", "name": "n"}', errors.ERR_INCOMPATIBLE_VERSION),
+    ("GC", {}, b'{"cniVersion": "1.0.0", "name": "n"}', errors.ERR_INCOMPATIBLE_VERSION),
 ])
 def test_request_errors(command, env, stdin, code):
     exit_code, out, err, plugin = run(command, stdin, **env)
@@ -117,7 +119,7 @@ def test_verb_the_plugin_lacks():
     code, out, _, _ = run("GC", verbs=Plugin().verbs(("ADD", "DEL")))
     assert code != 0
     error = error_of(out)
-    assert error["code"] == contract.ERR_INVALID_ENV and "GC" in error["msg"]
+    assert error["code"] == errors.ERR_INVALID_ENV and "GC" in error["msg"]
 
 
 @pytest.mark.parametrize("exception", [ValueError("boom"), KeyError("ipam"), ZeroDivisionError("division by zero"),
@@ -127,7 +129,7 @@ def test_unexpected_exception_is_error_999(exception):
     assert code != 0
     assert err == ""  # no traceback anywhere
     error = error_of(out)
-    assert error["code"] == contract.ERR_INTERNAL
+    assert error["code"] == errors.ERR_INTERNAL
     assert error["cniVersion"] == "0.4.0"
     assert f"{type(exception).__name__}: {exception}" in error["details"]
     assert "Traceback" not in out
@@ -138,11 +140,11 @@ def test_unexpected_exception_is_error_999(exception):
 @pytest.mark.parametrize("argv", [["--help"], ["-h"], ["x", "--help"]])
 def test_help_prints_usage_on_stdout_and_exits_0(argv):
     stdout, stderr = io.StringIO(), io.StringIO()
-    code = contract.run(Plugin().verbs(("ADD", "DEL")), "CNI test plugin", env={"CNI_COMMAND": "ADD"},
+    code = dispatch.run(PLUGIN, Plugin().verbs(("ADD", "DEL")), env={"CNI_COMMAND": "ADD"},
                         stdin=b"", stdout=stdout, stderr=stderr, argv=argv, program="testplugin")
     text = stdout.getvalue()
     assert code == 0 and stderr.getvalue() == ""
-    assert text.startswith("CNI test plugin\n")
+    assert text.startswith(ABOUT + "\n")
     assert "CNI_COMMAND      the verb: ADD, DEL, VERSION\n" in text   # the verbs this plugin has
     for variable in ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH", "CNI_ARGS"):
         assert f"\n{variable} " in text
@@ -153,7 +155,7 @@ def test_help_prints_usage_on_stdout_and_exits_0(argv):
 
 def test_without_help_argv_is_ignored():
     stdout = io.StringIO()
-    contract.run(Plugin().verbs(), "CNI test plugin", env=dict(ENV, CNI_COMMAND="DEL"),
+    dispatch.run(PLUGIN, Plugin().verbs(), env=dict(ENV, CNI_COMMAND="DEL"),
                  stdin=b'{"cniVersion": "1.0.0", "name": "n"}', stdout=stdout, stderr=io.StringIO(),
                  argv=["--verbose"])
     assert stdout.getvalue() == ""
@@ -168,14 +170,14 @@ def test_a_near_miss_verb_gets_a_hint(command, hint):
     code, out, _, plugin = run(command)
     assert code != 0 and not plugin.calls
     error = error_of(out)
-    assert error["code"] == contract.ERR_INVALID_ENV
+    assert error["code"] == errors.ERR_INVALID_ENV
     assert error["msg"] == f"CNI_COMMAND: unknown command {command!r}; did you mean {hint!r}?"
 
 
 @pytest.mark.parametrize("command", ["FOO", "X", "ad", "RUN", "DROP"])
 def test_an_unknown_verb_lists_the_verbs(command):
     error = error_of(run(command)[1])
-    assert error["code"] == contract.ERR_INVALID_ENV and "did you mean" not in error["msg"]
+    assert error["code"] == errors.ERR_INVALID_ENV and "did you mean" not in error["msg"]
     assert error["msg"].endswith("(one of ADD, CHECK, DEL, GC, STATUS, VERSION)")
 
 
@@ -204,7 +206,7 @@ def test_warnings_go_to_stderr_after_the_answer_clipped_to_a_few_lines():
         request.warnings.extend(f"unknown key 'k{i}' in ipam is not used" for i in range(25))
         return RESULT
     stdout, stderr = io.StringIO(), io.StringIO()
-    code = contract.run({"ADD": add}, "CNI test plugin", env=dict(ENV, CNI_COMMAND="ADD"),
+    code = dispatch.run(PLUGIN, {"ADD": add}, env=dict(ENV, CNI_COMMAND="ADD"),
                         stdin=b'{"cniVersion": "1.0.0", "name": "n"}', stdout=stdout, stderr=stderr)
     assert code == 0 and json.loads(stdout.getvalue())["ips"]
     lines = stderr.getvalue().splitlines()

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 
 from cni import config as netconf
-from cni.contract import ERR_INVALID_CONFIG, CniError
+from cni.errors import ERR_INVALID_CONFIG, CniError
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CORPORA = sorted((ROOT / "tests" / "unit" / "corpus").glob("*.json"))

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cni.contract import ERR_IO, CniError
+from cni.errors import ERR_IO, CniError
 from ipam import allocator, ranges
 from ipam.stores.lease_files import LeaseFiles
 from ipam.stores.lease_index import AttachmentIndex

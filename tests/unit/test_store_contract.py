@@ -16,7 +16,7 @@ from typing import Protocol
 
 import pytest
 
-from cni.contract import CniError
+from cni.errors import CniError
 from ipam import cluster, ranges
 from ipam.blocks import Grid
 from ipam.stores.disk import DiskStore

@@ -1,0 +1,60 @@
+"""cni/registry.py: one record per executable, and every module behind a record keeps its side of it."""
+
+import pathlib
+
+import pytest
+
+from cni import contract, dispatch, registry
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RECORDS = list(registry.EXECUTABLES.values())
+CNI_PLUGINS = [e for e in RECORDS if e.is_cni_plugin]
+
+
+def test_a_record_is_a_read_only_tuple_with_names():
+    e = registry.EXECUTABLES["host-local"]
+    assert (e.name, e.module, e.role, e.schema, e.about) == tuple(e)
+    assert e == ("host-local", "ipam.host_local", "ipam", "host-local", "CNI host-local IPAM plugin")
+    with pytest.raises(AttributeError):
+        e.name = "other"
+
+
+def test_every_name_is_its_records_name_and_every_role_known():
+    for name, e in registry.EXECUTABLES.items():
+        assert e.name == name and e.role in ("main", "ipam", "agent", "tool")
+    assert registry.cni_plugins() == ["macvlan", "ipvlan", "host-local", "cluster-ipam"]
+
+
+@pytest.mark.parametrize("plugin", CNI_PLUGINS, ids=lambda e: e.name)
+def test_a_cni_plugins_record(plugin):
+    """Its schema is in conf/schema, its about line names it, its module has VERBS and load_config."""
+    assert (ROOT / "conf" / "schema" / f"{plugin.schema}.json").is_file()
+    assert plugin.about.startswith(f"CNI {plugin.name} ")
+    module = dispatch.plugin_module(plugin)
+    assert set(module.VERBS) <= set(contract.REQUIRED_ENV) and "ADD" in module.VERBS
+    assert all(callable(verb) for verb in module.VERBS.values())
+    assert callable(module.load_config) and callable(module.main)
+
+
+@pytest.mark.parametrize("executable", [e for e in RECORDS if not e.is_cni_plugin], ids=lambda e: e.name)
+def test_the_agent_and_the_tool_run_through_main(executable):
+    assert executable.schema is None
+    assert callable(dispatch.plugin_module(executable).main)
+
+
+def test_in_process_ipam_is_our_ipam_record_prefixed_or_not():
+    assert registry.in_process_ipam("host-local") is registry.EXECUTABLES["host-local"]
+    assert registry.in_process_ipam("underlay-cluster-ipam") is registry.EXECUTABLES["cluster-ipam"]
+    assert registry.in_process_ipam("macvlan") is None and registry.in_process_ipam("dhcp") is None
+    assert registry.in_process_ipam(None) is None
+
+
+def test_python_m_registry_lists_names_by_role():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "cni.registry", "main", "ipam"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    assert out.split() == registry.cni_plugins()
+    out = subprocess.run([sys.executable, "-m", "cni.registry"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    assert out.split() == list(registry.EXECUTABLES)
