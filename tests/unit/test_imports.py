@@ -1,4 +1,5 @@
-"""The import graph of cni/ and ipam/: no circle, not even through an import inside a function.
+"""The import graph of cni/ and ipam/: no circle, not even through an import inside a function,
+and no import reaching up a floor (README "Layout").
 
 The layers, bottom up: cni/errors.py (nothing of the project), the contract, results /
 oplog / handoff, cni/dispatch.py (the only module that imports those three), the plugins.
@@ -115,3 +116,38 @@ def test_each_module_imports_alone_in_a_fresh_interpreter(module):
     """What an executable meets: any module first, no other imported before it."""
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+# The floors of README's layout, bottom up; a module may import from its own floor or below.
+FLOORS = [("cni.errors",), ("cni",), ("cni.net",), ("ipam",), ("cni.plugins",), ("cni.agent", "cni.operator")]
+
+
+def floor_of(module):
+    """(floor, the package that places it there): the longest prefix of FLOORS naming it."""
+    found = max(((i, p) for i, prefixes in enumerate(FLOORS) for p in prefixes
+                 if module == p or module.startswith(p + ".")), key=lambda f: len(f[1]))
+    return found
+
+
+def upward_imports(graph):
+    """(importer, imported) pairs that reach a higher floor, or a top-floor neighbour (the agent
+    and the operator share what they need from a module below both)."""
+    out = []
+    for name, targets in sorted(graph.items()):
+        here, package = floor_of(name)
+        for target in sorted(targets):
+            there, other = floor_of(target)
+            if there > here or (there == here == len(FLOORS) - 1 and other != package):
+                out.append((name, target))
+    return out
+
+
+def test_no_module_imports_from_a_floor_above_its_own():
+    assert upward_imports({name: imported(name) for name in MODULES}) == []
+
+
+def test_the_floor_check_finds_an_upward_import():
+    graph = {"cni.net.netlink": {"cni.plugins.macvlan"}, "cni.agent.pools": {"cni.operator.validate"},
+             "cni.plugins.macvlan": {"cni.net.netlink", "ipam.ranges", "cni.errors"}}
+    assert upward_imports(graph) == [("cni.agent.pools", "cni.operator.validate"),
+                                     ("cni.net.netlink", "cni.plugins.macvlan")]
