@@ -145,12 +145,12 @@ def network_of(address, recorded):
     """The name of the recorded network whose ranges hold `address`, or None."""
     if not recorded:
         return None
-    from cni.operator import validate
+    from ipam import verbs
     cluster = cluster_module()
     ip = ipaddress.ip_address(address)
     for name, (_, ipam) in sorted(recorded.items()):
         try:
-            sets = validate.load_as_add(cluster.ClusterConfig, {"name": name, "ipam": ipam}, None).range_sets
+            sets = verbs.load_as_add(cluster.ClusterConfig, {"name": name, "ipam": ipam}, None).range_sets
         except (CniError, ValueError, TypeError, AttributeError):
             continue   # a record no ADD could have written: not one to point at
         if any(s.subnet_range_of(ip) for s in sets):
