@@ -12,7 +12,7 @@ a gRPC stack costs 100 ms+ per exec (REFERENCE.md §6: Debian's python3-etcd3,
 gateway needs (one POST, Content-Length or chunked answers) on a plain socket,
 and imports ssl only when an endpoint is https://. What that buys (import time,
 one txn, a whole process) is measured side by side by
-`python -m tests.etcd_client.bench`, not written down here to go stale.
+`python -m tests.bench.etcd_client`, not written down here to go stale.
 
 Failures. One call is bounded by request_timeout as a whole; each connect by
 dial_timeout as well. The client starts with the endpoint that answered last
