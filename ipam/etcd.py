@@ -42,7 +42,7 @@ write to the dead leader and holds it for etcd's 7 s request timeout, longer
 than the call. Given up at half the call, the caller still has a whole call to
 read the outcome from a member that answers once a new leader is elected (~1-2
 s; the follower then says "leader changed" to reads) and to repeat its guarded
-txn: no ADD is lost to a leader's death (tests/cluster_ipam/test_failures.py).
+txn: no ADD is lost to a leader's death (tests/cluster/test_failures.py).
 A follower's death, or the leader's SIGTERM (etcd hands leadership over), costs
 a write nothing but the failover.
 

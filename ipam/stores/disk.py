@@ -20,7 +20,7 @@ and two reads the allocator's error messages and STATUS need: `owner(ip)` ->
 address. Addresses are strings as ipaddress prints them.
 
 Implementations: DiskStore below (host-local), MemoryStore (ipam/stores/memory.py),
-EtcdStore (ipam/stores/etcd.py, cluster-ipam). tests/unit/test_store_contract.py
+EtcdStore (ipam/stores/etcd.py, cluster-ipam). tests/cluster/test_store_contract.py
 holds every store to this.
 """
 
