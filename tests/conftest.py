@@ -58,10 +58,13 @@ def plugin_path(request, monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-    # Tests under ns/ (and anything marked root) need root and namespaces.
+    # Tests under ns/ (and anything marked root) need root and namespaces. The VM tier
+    # (make test-vm) is tests/vm and every kernel(...) test: `-m "vm or kernel"`.
     for item in items:
         if "/tests/ns/" in str(item.fspath):
             item.add_marker(pytest.mark.root)
+        if "/tests/vm/" in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
 
 
 @pytest.fixture
