@@ -7,7 +7,8 @@ BIN_DIR ?= /usr/local/bin
 PLUGIN_PREFIX ?=
 FORCE ?= 0
 
-.PHONY: deps test unit soak demo build install uninstall bench image-context clean distclean
+.PHONY: deps test test-unit test-exec test-ns test-vm test-clients test-cluster test-build test-hostile \
+	test-reliability soak demo build install uninstall bench image-context clean distclean
 
 deps:
 	build/deps.sh
@@ -16,20 +17,49 @@ deps:
 demo: deps build
 	PYTHON=$(PYTHON) build/demo.sh dist/bin
 
-# The README's test command.
-test: deps
+# The README's test command (what CI runs): every tier, on two workers.
+test: deps build
 	$(PYTHON) -m pytest -n 2
 
-unit: deps
-	$(PYTHON) -m pytest tests/unit
+# One tier alone: its directory under tests/ (README "Tests"). The tiers that run
+# the built executables depend on `build`; the tests never build them.
+# PYTEST_ARGS="-n 1 -x" etc. are passed on.
+test-unit: deps
+	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-exec: build
+	$(PYTHON) -m pytest tests/exec $(PYTEST_ARGS)
+
+test-ns: build
+	$(PYTHON) -m pytest tests/ns $(PYTEST_ARGS)
+
+# tests/vm and every kernel(...) test of every tier (in the VM when this kernel lacks a feature)
+test-vm: build
+	$(PYTHON) -m pytest -m "(vm or kernel) and not fuzz" $(PYTEST_ARGS)
+
+test-clients: build
+	$(PYTHON) -m pytest tests/clients $(PYTEST_ARGS)
+
+test-cluster: build
+	$(PYTHON) -m pytest tests/cluster $(PYTEST_ARGS)
+
+test-build: build
+	$(PYTHON) -m pytest tests/build $(PYTEST_ARGS)
+
+test-hostile: deps
+	$(PYTHON) -m pytest tests/hostile $(PYTEST_ARGS)
+
+test-reliability: build
+	$(PYTHON) -m pytest tests/reliability $(PYTEST_ARGS)
 
 # The reliability scenarios at full size (README "Guarantees"); needs root.
 soak: deps
 	$(PYTHON) -m tests.reliability.soak
 
-# One PyInstaller onedir bundle in dist/bin/.underlay, plugin names as symlinks.
+# One PyInstaller onedir bundle in dist/bin/.underlay, plugin names as symlinks;
+# skipped while dist/bin is the build of these sources (build/source_stamp.py).
 build: deps
-	PYTHON=$(PYTHON) build/build.sh
+	@$(PYTHON) build/source_stamp.py --check || PYTHON=$(PYTHON) build/build.sh
 
 # Installs dist/bin into $(DESTDIR)$(PREFIX) (default /opt/cni/bin) and the
 # `underlay` command into $(DESTDIR)$(BIN_DIR); never replaces a file it did

@@ -12,7 +12,7 @@ a gRPC stack costs 100 ms+ per exec (REFERENCE.md §6: Debian's python3-etcd3,
 gateway needs (one POST, Content-Length or chunked answers) on a plain socket,
 and imports ssl only when an endpoint is https://. What that buys (import time,
 one txn, a whole process) is measured side by side by
-`python -m tests.etcd_client.bench`, not written down here to go stale.
+`python -m tests.bench.etcd_client`, not written down here to go stale.
 
 Failures. One call is bounded by request_timeout as a whole; each connect by
 dial_timeout as well. The client starts with the endpoint that answered last
@@ -42,7 +42,7 @@ write to the dead leader and holds it for etcd's 7 s request timeout, longer
 than the call. Given up at half the call, the caller still has a whole call to
 read the outcome from a member that answers once a new leader is elected (~1-2
 s; the follower then says "leader changed" to reads) and to repeat its guarded
-txn: no ADD is lost to a leader's death (tests/cluster_ipam/test_failures.py).
+txn: no ADD is lost to a leader's death (tests/cluster/test_failures.py).
 A follower's death, or the leader's SIGTERM (etcd hands leadership over), costs
 a write nothing but the failover.
 

@@ -1,11 +1,11 @@
-"""The built executables (dist/bin), built at most once per test session: the `bundle` fixture.
+"""The built executables (dist/bin): the `bundle` fixture.
 
-dist/bin is reused when build/work/bin.stamp matches the digest of the
-sources (build/source_stamp.py); otherwise `build/build.sh` runs (~5-10 s on
-2 cores). pytest-xdist workers share one build through a file lock.
+The tests never build them: `make build` does (the make targets of the tiers
+that run them depend on it). A dist/bin that is missing, or stale against the
+sources (build/source_stamp.py --check), is an error of every test that needs
+it, at once, saying "run make build"; never a skip.
 """
 
-import fcntl
 import json
 import os
 import pathlib
@@ -19,32 +19,26 @@ from cni import registry
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DIST_BIN = ROOT / "dist" / "bin"
-STAMP = ROOT / "build" / "work" / "bin.stamp"
 # the CNI plugins of the registry; tests/build/test_bundle.py checks the rest
 PLUGINS = tuple(registry.cni_plugins())
 
 
-def source_digest():
-    out = subprocess.run([sys.executable, str(ROOT / "build" / "source_stamp.py")], check=True,
-                         capture_output=True, text=True).stdout
-    return out.strip()
-
-
-def fresh():
-    try:
-        return STAMP.read_text().strip() == source_digest() and (DIST_BIN / ".underlay" / "underlay").is_file()
-    except FileNotFoundError:
-        return False
+def stale():
+    """Why dist/bin is not the build of this checkout (build/source_stamp.py --check), or None."""
+    proc = subprocess.run([sys.executable, str(ROOT / "build" / "source_stamp.py"), "--check"],
+                          capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    return proc.stdout.strip() or proc.stderr.strip()
 
 
 class Bundle:
     """dist/bin after a build: the bundle dir, the plugin links, the build info."""
 
-    def __init__(self, bin_dir, build_seconds=None):
+    def __init__(self, bin_dir):
         self.bin_dir = pathlib.Path(bin_dir)
         self.dir = self.bin_dir / ".underlay"
         self.exe = self.dir / "underlay"
-        self.build_seconds = build_seconds
         self.plugins = [p for p in PLUGINS if (self.bin_dir / p).is_symlink()]
         self.info = json.loads(self.run("host-local", {"CNI_COMMAND": "VERSION"}).stdout)["underlay"]
 
@@ -67,25 +61,17 @@ class Bundle:
 
 @pytest.fixture(scope="session")
 def bundle():
-    """The freshly built dist/bin (built here if stale or missing)."""
-    lock_path = ROOT / "build" / "work" / ".test-build.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    seconds = None
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not fresh():
-            start = time.monotonic()
-            proc = subprocess.run([str(ROOT / "build" / "build.sh")], cwd=ROOT, capture_output=True, text=True,
-                                  env=dict(os.environ, PYTHON=sys.executable))
-            if proc.returncode != 0:
-                pytest.fail(f"build/build.sh failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-            seconds = time.monotonic() - start
-    return Bundle(DIST_BIN, seconds)
+    """dist/bin as `make build` left it; an error (cached: every test asking fails at once) when missing or stale."""
+    problem = stale()
+    if problem:
+        pytest.fail(f"{problem}: run `make build` (the tests run the built executables, they never build them)",
+                    pytrace=False)
+    return Bundle(DIST_BIN)
 
 
 def built_bin_dir(request):
     """The built executables for a test that runs what ships: $UNDERLAY_BIN_DIR, else dist/bin (the
-    `bundle` fixture, built if stale); None inside the test VM, which builds no bundle (the checkout's
+    `bundle` fixture: an error when not built or stale); None inside the test VM, which builds no bundle (the checkout's
     Python runs there, handing off through cni/handoff.py)."""
     if os.environ.get("UNDERLAY_BIN_DIR"):
         return os.path.abspath(os.environ["UNDERLAY_BIN_DIR"])

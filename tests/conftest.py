@@ -1,4 +1,7 @@
-"""Shared fixtures: data dirs, a "host" netns with veth parents, pod namespaces."""
+"""Shared fixtures, each built on the one before where it can: data_dir and state_dir
+(under the test's tmp_path); host_ns (a "host" netns) and master (a veth parent in it,
+tests/netns.py add_parent, which also makes further parents); pod_ns (pod namespaces);
+the bundle (tests/bundle.py); the test agent and the path the plugins take."""
 
 import os
 
@@ -55,16 +58,25 @@ def plugin_path(request, monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
-    # Tests under namespaces/ (and anything marked root) need root and namespaces.
+    # Tests under ns/ (and anything marked root) need root and namespaces. The VM tier
+    # (make test-vm) is tests/vm and every kernel(...) test: `-m "vm or kernel"`.
     for item in items:
-        if "/tests/namespaces/" in str(item.fspath):
+        if "/tests/ns/" in str(item.fspath):
             item.add_marker(pytest.mark.root)
+        if "/tests/vm/" in str(item.fspath):
+            item.add_marker(pytest.mark.vm)
 
 
 @pytest.fixture
 def data_dir(tmp_path):
-    path = tmp_path / "networks"
-    return str(path)
+    """host-local's dataDir, private to the test."""
+    return str(tmp_path / "networks")
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    """underlay's stateDir (records of the parents it creates), private to the test."""
+    return str(tmp_path / "state")
 
 
 @pytest.fixture
@@ -98,11 +110,7 @@ def pod_ns():
 @pytest.fixture
 def master(host_ns):
     """A veth parent `m...` in the host netns (peer `p...` stays there too, up)."""
-    name, peer = nsutil.unique("m"), nsutil.unique("p")
-    nsutil.sh("ip", "link", "add", name, "type", "veth", "peer", "name", peer, ns=host_ns)
-    nsutil.sh("ip", "link", "set", name, "up", ns=host_ns)
-    nsutil.sh("ip", "link", "set", peer, "up", ns=host_ns)
-    return name
+    return nsutil.add_parent(host_ns)[0]
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,16 @@ def add_netns(name):
     return name
 
 
+def add_parent(host, name=None, peer=None):
+    """A veth pair in netns `host`, both ends up: `name` (default m...) is a parent for the
+    plugins, `peer` (default p...) stays beside it. Returns (name, peer)."""
+    name, peer = name or unique("m"), peer or unique("p")
+    sh("ip", "link", "add", name, "type", "veth", "peer", "name", peer, ns=host)
+    for link in (name, peer):
+        sh("ip", "link", "set", link, "up", ns=host)
+    return name, peer
+
+
 def del_netns(name):
     sh("ip", "netns", "del", name, check=False)
 

@@ -7,7 +7,7 @@ built ~220 message objects for one ADD (whole link messages with their stats
 and per-family settings decoded to read five fields). Now a request is the
 bytes it needs, a reply is parsed for the attributes we read and nothing else,
 and link queries ask the kernel to leave the statistics out (IFLA_EXT_MASK).
-tests/namespaces/test_netlink_codec.py checks the parsers against pyroute2's
+tests/ns/test_netlink_codec.py checks the parsers against pyroute2's
 full decode of the same kernel bytes.
 
 Kernel errors become NetlinkError with the errno; a missing link is

@@ -2,7 +2,7 @@
 a block store (what cluster-ipam's policy in ipam/cluster.py works over).
 
 A module of its own, imported by no plugin run: the stores implement these by their methods alone (a
-Protocol is structural), so the plugin path never pays for `typing`. tests/unit/test_store_contract.py
+Protocol is structural), so the plugin path never pays for `typing`. tests/cluster/test_store_contract.py
 holds every store to its protocol, members and signatures, and to its behaviour.
 
 Addresses are strings as ipaddress prints them; an ifname is a string or None (an old lease, id only).

@@ -137,7 +137,7 @@ def test_daemonset_kind_and_selector(daemonset):
 def test_daemonset_mounts_hosts_cni_bin_dir_where_the_installer_writes(daemonset):
     pod = daemonset["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    # the other init container, etcd-tls, copies cluster-ipam's client certificate (tests/cluster_ipam)
+    # the other init container, etcd-tls, copies cluster-ipam's client certificate (tests/cluster)
     (install,) = [c for c in pod["initContainers"] if c["name"] == "install"]
     (mount,) = install["volumeMounts"]
     assert volumes[mount["name"]]["hostPath"]["path"] == "/opt/cni/bin"

@@ -88,33 +88,24 @@ def test_installed_host_local_add_check_del(installed, tmp_path):
 
 
 @pytest.mark.root
-def test_installed_macvlan_attaches_a_pod(installed, tmp_path):
-    host, pod = nsutil.unique("uwh"), nsutil.unique("uwp")
-    master, peer = nsutil.unique("uwm"), nsutil.unique("uwq")
-    nsutil.add_netns(host)
-    try:
-        nsutil.add_netns(pod)
-        nsutil.sh("ip", "link", "add", master, "type", "veth", "peer", "name", peer, ns=host)
-        nsutil.sh("ip", "link", "set", master, "up", ns=host)
-        conf = {"cniVersion": "1.0.0", "name": "wheelnet", "type": "underlay-macvlan", "master": master,
-                "ipam": {"type": "underlay-host-local", "dataDir": str(tmp_path / "data"),
-                         "ranges": [[{"subnet": "198.51.100.0/24"}]]}}
-        netns = nsutil.netns_path(pod)
-        argv = ["ip", "netns", "exec", host, str(installed / "underlay-macvlan")]
-        env = {"PATH": f"{installed}:/usr/sbin:/usr/bin:/sbin:/bin", "CNI_CONTAINERID": "wheel2",
-               "CNI_IFNAME": "net1", "CNI_PATH": str(installed), "CNI_NETNS": netns}
-        add = subprocess.run(argv, input=json.dumps(conf).encode(), env=dict(env, CNI_COMMAND="ADD"),
-                             capture_output=True, cwd=tmp_path, timeout=60)
-        assert add.returncode == 0, add.stdout + add.stderr
-        assert nsutil.addrs(pod, "net1") == ["198.51.100.2/24"]
-        delete = subprocess.run(argv, input=json.dumps(conf).encode(), env=dict(env, CNI_COMMAND="DEL"),
-                                capture_output=True, cwd=tmp_path, timeout=60)
-        assert delete.returncode == 0, delete.stdout + delete.stderr
-        assert "net1" not in nsutil.links(pod)
-        assert not (tmp_path / "data" / "wheelnet" / "198.51.100.2").exists()
-    finally:
-        nsutil.del_netns(pod)
-        nsutil.del_netns(host)
+def test_installed_macvlan_attaches_a_pod(installed, tmp_path, host_ns, master, pod_ns):
+    host, pod = host_ns, pod_ns()
+    conf = {"cniVersion": "1.0.0", "name": "wheelnet", "type": "underlay-macvlan", "master": master,
+            "ipam": {"type": "underlay-host-local", "dataDir": str(tmp_path / "data"),
+                     "ranges": [[{"subnet": "198.51.100.0/24"}]]}}
+    netns = nsutil.netns_path(pod)
+    argv = ["ip", "netns", "exec", host, str(installed / "underlay-macvlan")]
+    env = {"PATH": f"{installed}:/usr/sbin:/usr/bin:/sbin:/bin", "CNI_CONTAINERID": "wheel2",
+           "CNI_IFNAME": "net1", "CNI_PATH": str(installed), "CNI_NETNS": netns}
+    add = subprocess.run(argv, input=json.dumps(conf).encode(), env=dict(env, CNI_COMMAND="ADD"),
+                         capture_output=True, cwd=tmp_path, timeout=60)
+    assert add.returncode == 0, add.stdout + add.stderr
+    assert nsutil.addrs(pod, "net1") == ["198.51.100.2/24"]
+    delete = subprocess.run(argv, input=json.dumps(conf).encode(), env=dict(env, CNI_COMMAND="DEL"),
+                            capture_output=True, cwd=tmp_path, timeout=60)
+    assert delete.returncode == 0, delete.stdout + delete.stderr
+    assert "net1" not in nsutil.links(pod)
+    assert not (tmp_path / "data" / "wheelnet" / "198.51.100.2").exists()
 
 
 def test_installed_underlay_command_reads_what_the_installed_plugin_wrote(installed, tmp_path):

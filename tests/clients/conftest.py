@@ -152,12 +152,6 @@ def cnitool():
 
 
 @pytest.fixture
-def state_dir(tmp_path):
-    """underlay's stateDir (records of the parents it creates), private to the test."""
-    return str(tmp_path / "state")
-
-
-@pytest.fixture
 def driver(cnitool, cni_bin_dir, host_ns):
     """libcni run inside the test's "host" netns with its own conflists and result cache;
     at teardown whatever the cache still holds is DELeted and the cache removed."""

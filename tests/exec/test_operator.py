@@ -28,13 +28,9 @@ CID = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture
-def live_netns():
+def live_netns(pod_ns):
     """A real network namespace (a pod that is still there)."""
-    name = nsutil.add_netns(nsutil.unique("uop"))
-    try:
-        yield nsutil.netns_path(name)
-    finally:
-        nsutil.del_netns(name)
+    return nsutil.netns_path(pod_ns())
 
 
 def leases(hl, *extra):

@@ -203,8 +203,7 @@ class Sandbox:
             self.ns_fd = os.open(nsutil.netns_path(self.netns_name), os.O_RDONLY | os.O_CLOEXEC)
             if self.pod_name:
                 # a veth master "m1" in the plugins' "host" netns and a real pod netns
-                nsutil.sh("ip", "-n", self.netns_name, "link", "add", "m1", "type", "veth", "peer", "name", "p1")
-                nsutil.sh("ip", "-n", self.netns_name, "link", "set", "m1", "up")
+                nsutil.add_parent(self.netns_name, "m1", "p1")
                 nsutil.add_netns(self.pod_name)
                 self.pod = nsutil.netns_path(self.pod_name)
             self.home_fd = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)

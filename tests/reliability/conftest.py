@@ -6,7 +6,8 @@ from tests.reliability.node import Node
 
 
 @pytest.fixture
-def node(tmp_path):
-    """A host netns with a veth master, a dataDir and a stateDir; pods added by the test."""
-    with Node(tmp_path / "networks", tmp_path / "state") as n:
+def node(data_dir, state_dir):
+    """A host netns with a veth master, a dataDir and a stateDir; pods added by the test.
+    (A Node, not tests/conftest.py's host_ns: soak.py runs it outside pytest.)"""
+    with Node(data_dir, state_dir) as n:
         yield n

@@ -89,10 +89,7 @@ class Node:
         self.host = None
         try:
             self.host = nsutil.add_netns(nsutil.unique("ulh"))
-            self.master, peer = nsutil.unique("m"), nsutil.unique("p")
-            nsutil.sh("ip", "link", "add", self.master, "type", "veth", "peer", "name", peer, ns=self.host)
-            nsutil.sh("ip", "link", "set", self.master, "up", ns=self.host)
-            nsutil.sh("ip", "link", "set", peer, "up", ns=self.host)
+            self.master, _ = nsutil.add_parent(self.host)
         except BaseException:
             self.close()
             raise

@@ -42,24 +42,19 @@ def pyroute2_classes():
 
 
 @pytest.fixture
-def node():
-    """A netns `uln...` with a veth pair, a macvlan child, addresses and routes of both families."""
-    name = ns.add_netns(ns.unique("ulnc"))
-    try:
-        for argv in (("ip", "link", "add", "ulnv0", "type", "veth", "peer", "name", "ulnv1"),
-                     ("ip", "link", "set", "ulnv0", "up"), ("ip", "link", "set", "ulnv1", "up"),
-                     ("ip", "link", "add", "link", "ulnv0", "name", "ulnmv", "mtu", "1400", "type", "macvlan",
-                      "mode", "private", "bcqueuelen", "333"),
-                     ("ip", "link", "set", "ulnmv", "up"),
-                     ("ip", "addr", "add", "10.77.1.5/24", "dev", "ulnmv"),
-                     ("ip", "addr", "add", "fd77::5/64", "dev", "ulnmv", "nodad"),
-                     ("ip", "route", "add", "default", "via", "10.77.1.1", "dev", "ulnmv", "metric", "7"),
-                     ("ip", "route", "add", "10.78.0.0/16", "dev", "ulnmv", "table", "300", "mtu", "1300"),
-                     ("ip", "-6", "route", "add", "fd78::/48", "via", "fd77::1", "dev", "ulnmv")):
-            ns.sh(*argv, ns=name)
-        yield name
-    finally:
-        ns.del_netns(name)
+def node(host_ns):
+    """The host netns with a veth pair, a macvlan child, addresses and routes of both families."""
+    ns.add_parent(host_ns, "ulnv0", "ulnv1")
+    for argv in (("ip", "link", "add", "link", "ulnv0", "name", "ulnmv", "mtu", "1400", "type", "macvlan",
+                  "mode", "private", "bcqueuelen", "333"),
+                 ("ip", "link", "set", "ulnmv", "up"),
+                 ("ip", "addr", "add", "10.77.1.5/24", "dev", "ulnmv"),
+                 ("ip", "addr", "add", "fd77::5/64", "dev", "ulnmv", "nodad"),
+                 ("ip", "route", "add", "default", "via", "10.77.1.1", "dev", "ulnmv", "metric", "7"),
+                 ("ip", "route", "add", "10.78.0.0/16", "dev", "ulnmv", "table", "300", "mtu", "1300"),
+                 ("ip", "-6", "route", "add", "fd78::/48", "via", "fd77::1", "dev", "ulnmv")):
+        ns.sh(*argv, ns=host_ns)
+    return host_ns
 
 
 def socket_in(name):

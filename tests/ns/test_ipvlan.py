@@ -4,7 +4,7 @@ marked `kernel("ipvlan")` run inside the VM harness (tests/vm), one boot for all
 import pytest
 
 from tests import netns as ns
-from tests.namespaces.test_macvlan import leases, rx_packets
+from tests.ns.test_macvlan import leases, rx_packets
 from tests.plugins import run_on_node, run_plugin
 
 VERSIONS = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
@@ -58,10 +58,7 @@ def test_pods_reach_each_other_in_every_mode(host_ns, master, pod_ns, data_dir, 
 @needs_ipvlan
 @pytest.mark.parametrize("flag", ["private", "vepa"])
 def test_flags_isolate_pods(host_ns, pod_ns, data_dir, flag):
-    parent, peer = ns.unique("m"), ns.unique("p")
-    ns.sh("ip", "link", "add", parent, "type", "veth", "peer", "name", peer, ns=host_ns)
-    for name in (parent, peer):
-        ns.sh("ip", "link", "set", name, "up", ns=host_ns)
+    parent, peer = ns.add_parent(host_ns)
     c = conf(parent, data_dir, flag=flag)
     a, b = pod_ns(), pod_ns()
     ra, rb = add(c, host_ns, a, "ca"), add(c, host_ns, b, "cb")

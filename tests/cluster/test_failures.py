@@ -20,8 +20,8 @@ import pytest
 
 from tests import netns as ns
 from tests.cluster.conftest import addresses, error
-from tests.cluster_ipam.conftest import dir_snapshot, start_nodes, wait_nodes
-from tests.cluster_ipam.proxy import FaultProxy, is_claim, is_release
+from tests.cluster.conftest import dir_snapshot, start_nodes, wait_nodes
+from tests.cluster.proxy import FaultProxy, is_claim, is_release
 from tests.plugins import run_on_node
 
 pytestmark = pytest.mark.etcd

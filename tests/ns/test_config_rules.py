@@ -12,20 +12,9 @@ from tests.plugins import run_on_node
 
 
 @pytest.fixture
-def node():
-    """A "host" netns with a veth master, and a pod netns; all names with the ucf prefix."""
-    host, pod = ns.add_netns(ns.unique("ucfh")), None
-    try:
-        pod = ns.add_netns(ns.unique("ucfp"))
-        master, peer = ns.unique("ucfm"), ns.unique("ucfq")
-        ns.sh("ip", "link", "add", master, "type", "veth", "peer", "name", peer, ns=host)
-        ns.sh("ip", "link", "set", master, "up", ns=host)
-        ns.sh("ip", "link", "set", peer, "up", ns=host)
-        yield host, pod, master
-    finally:
-        for name in (pod, host):
-            if name:
-                ns.del_netns(name)
+def node(host_ns, master, pod_ns):
+    """(host netns, a pod netns, the veth master): tests/conftest.py's fixtures."""
+    return host_ns, pod_ns(), master
 
 
 def conf(master, tmp_path, **extra):
@@ -91,28 +80,25 @@ def test_delegated_ipam_result_without_prefix(node, tmp_path):
     assert_nothing_left(host, pod, master, tmp_path)
 
 
-def test_gc_with_only_the_older_name_keeps_listed_pods_and_their_shim(node, tmp_path):
+def test_gc_with_only_the_older_name_keeps_listed_pods_and_their_shim(node, pod_ns, tmp_path):
     """libcni 1.2.0 sends cni.dev/attachments only: the listed pod keeps its lease, and the
     hostShim it uses stays; the unlisted one is released."""
     host, pod, master = node
-    other = ns.add_netns(ns.unique("ucfp"))
-    try:
-        c = conf(master, tmp_path, cniVersion="1.1.0",
-                 hostShim={"name": "ucfshim1", "address": "10.61.0.250", "routes": ["10.61.0.0/24"]})
-        assert run_on_node("macvlan", "ADD", c, host, pod, cid="keep").ok
-        assert run_on_node("macvlan", "ADD", c, host, other, cid="lost").ok
-        gc = dict(c, **{"cni.dev/attachments": [{"containerID": "keep", "ifname": "eth0"}]})
-        out = run_on_node("macvlan", "GC", gc, host)
-        assert out.ok, out
-        network = tmp_path / "networks" / "ucfnet"
-        owners = [(network / n).read_bytes() for n in os.listdir(network) if n[0].isdigit()]
-        assert owners == [b"keep\r\neth0"]
-        assert "ucfshim1" in ns.links(host)
-        assert run_on_node("macvlan", "DEL", c, host, pod, cid="keep").ok
-        assert run_on_node("macvlan", "DEL", c, host, other, cid="lost").ok
-        assert_nothing_left(host, pod, master, tmp_path, shim="ucfshim1")
-    finally:
-        ns.del_netns(other)
+    other = pod_ns()
+    c = conf(master, tmp_path, cniVersion="1.1.0",
+             hostShim={"name": "ucfshim1", "address": "10.61.0.250", "routes": ["10.61.0.0/24"]})
+    assert run_on_node("macvlan", "ADD", c, host, pod, cid="keep").ok
+    assert run_on_node("macvlan", "ADD", c, host, other, cid="lost").ok
+    gc = dict(c, **{"cni.dev/attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+    out = run_on_node("macvlan", "GC", gc, host)
+    assert out.ok, out
+    network = tmp_path / "networks" / "ucfnet"
+    owners = [(network / n).read_bytes() for n in os.listdir(network) if n[0].isdigit()]
+    assert owners == [b"keep\r\neth0"]
+    assert "ucfshim1" in ns.links(host)
+    assert run_on_node("macvlan", "DEL", c, host, pod, cid="keep").ok
+    assert run_on_node("macvlan", "DEL", c, host, other, cid="lost").ok
+    assert_nothing_left(host, pod, master, tmp_path, shim="ucfshim1")
 
 
 @pytest.mark.parametrize("change, message", [

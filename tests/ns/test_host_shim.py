@@ -21,11 +21,6 @@ def conf(name, master, data_dir, state_dir, ranges, shim, version="1.1.0"):
 
 
 @pytest.fixture
-def state_dir(tmp_path):
-    return str(tmp_path / "state")
-
-
-@pytest.fixture
 def shim_name():
     return ns.unique("shim")
 
@@ -176,9 +171,7 @@ def test_gc_withdraws_a_network_whose_del_never_came_from_a_shared_shim(host_ns,
 
 def test_a_shim_name_on_another_master_is_refused_naming_the_network(host_ns, master, pod_ns, data_dir,
                                                                      state_dir, shim_name):
-    other = ns.unique("m")
-    ns.sh("ip", "link", "add", other, "type", "veth", "peer", "name", ns.unique("p"), ns=host_ns)
-    ns.sh("ip", "link", "set", other, "up", ns=host_ns)
+    other, _ = ns.add_parent(host_ns)   # its peer up too, as every parent's
     ca, cb = two_networks(master, data_dir, state_dir, shim_name)
     cb["master"] = other
     add(ca, host_ns, pod_ns(), "ca")

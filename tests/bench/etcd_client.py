@@ -1,6 +1,6 @@
 """Figures for ipam/etcd.py's docstring: import cost, per-txn cost, a whole process.
 
-    /work/venv/bin/python -m tests.etcd_client.bench
+    /work/venv/bin/python -m tests.bench.etcd_client
 
 Prints min / median (and p99 for txns) and the load average; asserts nothing. Noisy on a
 shared machine: the minimum is the closest to an idle machine; compare ratios.

@@ -5,7 +5,7 @@ run inside the VM harness (tests/vm)."""
 import pytest
 
 from tests import netns as ns
-from tests.namespaces.test_macvlan import leases
+from tests.ns.test_macvlan import leases
 from tests.plugins import run_on_node
 
 
@@ -17,11 +17,6 @@ def conf(kind, name, master, data_dir, state_dir, subnet, **extra):
 
 
 plugin = run_on_node
-
-
-@pytest.fixture
-def state_dir(tmp_path):
-    return str(tmp_path / "state")
 
 
 @pytest.mark.parametrize("kind", [

@@ -4,7 +4,7 @@ that lets the node reach its own pods."""
 import pytest
 
 from tests import netns as ns
-from tests.namespaces.test_macvlan import leases
+from tests.ns.test_macvlan import leases
 from tests.plugins import run_on_node
 from tests.vm.plugin import kernel_features
 
@@ -22,11 +22,6 @@ plugin = run_on_node
 def ip_of(outcome):
     assert outcome.ok, outcome
     return outcome.json["ips"][0]["address"].split("/")[0]
-
-
-@pytest.fixture
-def state_dir(tmp_path):
-    return str(tmp_path / "state")
 
 
 # -- STATUS ------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """One simulated node that behaves like a runtime: it retries what etcd asked it to retry.
 
-    python -m tests.cluster_ipam.sim_runtime CONF.json VERB COUNT CID_PREFIX OUT.json [PROGRESS]
+    python -m tests.cluster.sim_runtime CONF.json VERB COUNT CID_PREFIX OUT.json [PROGRESS]
 
 Like tests/cluster/sim_node.py (each operation goes through dispatch.run with
 its own environment, so config, etcd client and node lock are built afresh),

@@ -79,10 +79,7 @@ def rx_packets(host_ns, name):
 
 @pytest.mark.parametrize("mode,leaves", [("vepa", True), ("bridge", False)])
 def test_vepa_sends_pod_to_pod_traffic_out_through_the_parent(host_ns, pod_ns, data_dir, mode, leaves):
-    parent, peer = ns.unique("m"), ns.unique("p")
-    ns.sh("ip", "link", "add", parent, "type", "veth", "peer", "name", peer, ns=host_ns)
-    for name in (parent, peer):
-        ns.sh("ip", "link", "set", name, "up", ns=host_ns)
+    parent, peer = ns.add_parent(host_ns)
     c = conf(parent, data_dir, mode=mode)
     a, b = pod_ns(), pod_ns()
     for pod in (a, b):  # no IPv6 chatter (MLD, router solicitations) to count
