@@ -381,6 +381,19 @@ def test_timeout_kills_the_vm_and_leaves_nothing(backend, monkeypatch, tmp_path)
 
 
 @needs_host
+def test_what_the_guest_wrote_to_a_share_survives_its_crash(tmp_path):
+    """The guest's per-test report relies on this: the lines written before the guest's
+    kernel dies are on the host (a cached share loses them)."""
+    kernel = harness.prepare("qemu")
+    share = tmp_path / "share"
+    share.mkdir()
+    script = f"echo written-before-the-crash >> {share}/report; echo c > /proc/sysrq-trigger; sleep 600"
+    with pytest.raises(harness.VMError, match="before the command finished"):
+        harness.run_in_vm(["sh", "-c", script], timeout=300, kernel=kernel, shares=[share])
+    assert (share / "report").read_text() == "written-before-the-crash\n"
+
+
+@needs_host
 def test_vm_that_cannot_start_is_an_error_with_the_reason(monkeypatch):
     kernel = harness.prepare("qemu")
     monkeypatch.setattr(harness, "qemu_argv",
