@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import lzma
 import os
 import shlex
 import stat
 import subprocess
+import sys
 import tempfile
 import uuid
 from types import SimpleNamespace
@@ -125,21 +127,202 @@ def test_unknown_feature_is_a_usage_error():
         plugin.split_items([fake_item("a", ("vxlan",))], have=frozenset())
 
 
-@pytest.mark.parametrize("returncode, outcomes, problem", [
-    (0, {"t1": "passed", "t2": "passed"}, None),
-    (0, {"t1": "passed", "t2": "skipped"}, "t2: skipped"),
-    (1, {"t1": "passed", "t2": "failed"}, "t2: failed"),
-    (4, {"t1": "passed"}, "t2: did not run"),
-    (0, {"t1": "passed", "t2": "passed", "t3": "passed"}, "not asked to: t3"),
-    (1, None, "wrote no report"),
+def events(*rows) -> list[dict]:
+    """Guest event lines from (nodeid, when, outcome[, message]); when "start" is a test starting."""
+    out = []
+    for nodeid, when, *rest in rows:
+        if when == "start":
+            out.append({"nodeid": nodeid, "event": "start"})
+        else:
+            outcome, message = rest[0], rest[1] if len(rest) > 1 else ""
+            # pytest reports an xfail as a skip that has wasxfail
+            out.append({"nodeid": nodeid, "event": "report", "when": when,
+                        "outcome": "skipped" if outcome == "xfailed" else outcome,
+                        "xfail": outcome == "xfailed", "message": message})
+    return out
+
+
+def ran(*names, outcome="passed"):
+    return [row for n in names for row in [(n, "start"), (n, "setup", "passed"), (n, "call", outcome),
+                                            (n, "teardown", "passed")]]
+
+
+def guest_run(rows, returncode=0, error=""):
+    return plugin.GuestRun(["t1", "t2"], events(*rows), returncode, error, "inner output", "summary")
+
+
+@pytest.mark.parametrize("run, problem", [
+    (guest_run(ran("t1", "t2")), None),
+    (guest_run(ran("t1") + ran("t2", outcome="failed"), returncode=1), None),   # t2's own item fails
+    (guest_run(ran("t1", "t2"), returncode=1), "exited 1"),
+    (guest_run(ran("t1") + ran("t2", outcome="failed"), returncode=0), "exited 0"),
+    (guest_run(ran("t1", "t2", "t3")), "not asked to: t3"),
+    (guest_run([], returncode=0), "wrote no report"),
+    (guest_run(ran("t1"), returncode=None, error="the VM stopped (exit -9)"), "could not run 2 kernel-feature"),
 ])
-def test_inner_run_counts_only_when_every_expected_test_passed(returncode, outcomes, problem):
-    problems = plugin.judge(["t1", "t2"], returncode, outcomes)
+def test_the_guest_session_is_sound_only_when_its_exit_fits_what_it_ran(run, problem):
+    problems = run.problems()
     if problem is None:
         assert problems == []
     else:
         assert any(problem in p for p in problems), problems
-        assert returncode == 0 or any("exited" in p for p in problems)
+
+
+@pytest.mark.parametrize("rows, returncode, verdict", [
+    (ran("t1", "t2"), 0, None),
+    (ran("t1") + [("t2", "start"), ("t2", "setup", "passed"), ("t2", "call", "failed", "assert 4 == 5")], 1,
+     "assert 4 == 5"),
+    (ran("t1") + [("t2", "start"), ("t2", "setup", "skipped", "no tool")], 0, "skipped in the VM (not a pass): no tool"),
+    (ran("t1") + [("t2", "start"), ("t2", "setup", "passed"), ("t2", "call", "xfailed", "known")], 0, "xfailed"),
+    (ran("t1") + [("t2", "start"), ("t2", "setup", "failed", "no fixture")], 1, "(in setup) no fixture"),
+    (ran("t1") + ran("t2") + [("t2", "teardown", "failed", "left a link")], 1, "(in teardown) left a link"),
+    (ran("t1") + [("t2", "start"), ("t2", "setup", "passed")], None, "stopped while this test ran"),
+    (ran("t1"), None, "did not run in the VM (the VM stopped"),
+    (ran("t1"), 2, "did not run in the VM (the inner pytest exited 2)"),
+])
+def test_each_moved_test_gets_the_outcome_it_had_in_the_guest(rows, returncode, verdict):
+    run = guest_run(rows, returncode, error="" if returncode is not None else "the VM stopped (exit -9)\ntail")
+    assert run.verdict("t1") is None
+    if verdict is None:
+        assert run.verdict("t2") is None
+    else:
+        assert verdict in run.verdict("t2")
+
+
+def test_a_line_cut_short_by_a_dying_vm_is_dropped(tmp_path):
+    report = tmp_path / "events.jsonl"
+    report.write_text('{"nodeid": "t1", "event": "start"}\n{"nodeid": "t1", "ev')
+    assert plugin.read_events(report) == [{"nodeid": "t1", "event": "start"}]
+    assert plugin.read_events(tmp_path / "absent") == []
+
+
+# --- the guest session end to end, a host process standing in for the VM --
+
+STAND_IN_CONFTEST = """
+import os, subprocess
+from tests.vm import harness, plugin
+
+pytest_plugins = ["tests.vm.plugin"]
+plugin.kernel_features = lambda: frozenset()   # every kernel-marked test moves
+
+
+def boot(argv, timeout, env=None, cwd=None, shares=(), **kw):
+    # What the harness runs in the VM, run here; a test that leaves a "died" file stands for a VM
+    # that dies under it (the harness then raises).
+    with open(os.environ["UVM_BOOTS"], "a") as f:
+        f.write("boot\\n")
+    proc = subprocess.run(argv, env={**os.environ, harness.IN_VM_ENV: "1", **env}, cwd=cwd,
+                          capture_output=True, text=True)
+    if os.path.exists(os.environ["UVM_BOOTS"] + ".died"):
+        raise harness.VMError("the VM stopped (exit -9) before the command finished")
+    return harness.Run(proc.returncode, proc.stdout + proc.stderr, 1.0, 2.0)
+
+
+harness.boot = boot
+"""
+
+# A plugin (not a conftest hook, which sees only the items under its folder): the host's reports.
+STAND_IN_RECORDER = """
+import os
+from tests.vm import harness
+
+
+def pytest_runtest_logreport(report):
+    # once: on the host, and under xdist in the controller only
+    if not os.environ.get(harness.IN_VM_ENV) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        with open(os.environ["UVM_HOST"], "a") as f:
+            f.write(f"{report.nodeid} {report.when} {report.outcome} {report.longreprtext!r}\\n")
+"""
+
+STAND_IN_TESTS = """
+import os, pytest
+
+@pytest.fixture
+def host_fixture():
+    # runs only where the test body runs
+    assert os.environ.get("UNDERLAY_VM"), "a moved test's fixture ran on the host"
+
+@pytest.mark.kernel("ipvlan")
+def test_passes(host_fixture):
+    pass
+
+@pytest.mark.kernel("ipvlan")
+def test_fails():
+    assert 2 + 2 == 5, "arithmetic in the guest"
+
+@pytest.mark.kernel("8021q")
+def test_skips():
+    pytest.skip("no tool in the guest")
+
+@pytest.mark.kernel("dummy")
+def test_kills_the_vm():
+    if os.environ.get("UVM_DIE"):
+        open(os.environ["UVM_BOOTS"] + ".died", "w").close()
+        os._exit(1)
+
+@pytest.mark.kernel("dummy")
+def test_after():
+    pass
+
+def test_on_the_host():
+    assert not os.environ.get("UNDERLAY_VM")
+"""
+
+
+def outer_run(tmp_path, *args, die=False):
+    """Run the stand-in suite through the plugin; (boots, {test: (outcome, message)}, exit code)."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    kernel: x\n")
+    (tmp_path / "conftest.py").write_text(STAND_IN_CONFTEST)
+    (tmp_path / "test_moved.py").write_text(STAND_IN_TESTS)
+    (tmp_path / "uvm_recorder.py").write_text(STAND_IN_RECORDER)
+    boots, host = tmp_path / "boots", tmp_path / "host"
+    env = {**os.environ, "PYTHONPATH": f"{harness.REPO}:{tmp_path}", "UVM_BOOTS": str(boots), "UVM_HOST": str(host)}
+    env.pop(harness.IN_VM_ENV, None)
+    if die:
+        env["UVM_DIE"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "uvm_recorder", "-q",
+                           "--basetemp", str(tmp_path / "base"), *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    results = {}
+    for line in host.read_text().splitlines():
+        nodeid, when, outcome, message = line.split(" ", 3)
+        name = nodeid.rsplit("::", 1)[-1]
+        if outcome != "passed" or name not in results:
+            results[name] = (outcome, ast.literal_eval(message))
+    return len(boots.read_text().splitlines()), results, proc.returncode
+
+
+def test_one_boot_runs_every_moved_test_and_each_keeps_its_own_outcome(tmp_path):
+    boots, results, code = outer_run(tmp_path)
+    assert boots == 1
+    assert {name: outcome for name, (outcome, _) in results.items()} == {
+        plugin.VM_ITEM: "passed", "test_passes": "passed", "test_fails": "failed", "test_skips": "failed",
+        "test_kills_the_vm": "passed", "test_after": "passed", "test_on_the_host": "passed"}
+    assert "arithmetic in the guest" in results["test_fails"][1]
+    assert "assert (2 + 2) == 5" in results["test_fails"][1]
+    assert "skipped in the VM (not a pass)" in results["test_skips"][1]
+    assert "no tool in the guest" in results["test_skips"][1]
+    assert code == 1
+
+
+def test_a_vm_that_dies_mid_run_fails_the_tests_it_did_not_finish(tmp_path):
+    boots, results, code = outer_run(tmp_path, "-k", "passes or kills or after", die=True)
+    assert boots == 1   # a VM that dies after the command started is never booted again
+    assert results["test_passes"][0] == "passed"   # finished before the VM died
+    assert results["test_kills_the_vm"][0] == "failed"
+    assert "the VM stopped while this test ran" in results["test_kills_the_vm"][1]
+    assert results["test_after"][0] == "failed"
+    assert "did not run in the VM" in results["test_after"][1]
+    assert results[plugin.VM_ITEM][0] == "failed"
+    assert "before the command finished" in results[plugin.VM_ITEM][1]
+    assert code == 1
+
+
+def test_xdist_workers_share_the_one_boot(tmp_path):
+    boots, results, code = outer_run(tmp_path, "-n", "2")
+    assert boots == 1
+    assert results["test_fails"][0] == "failed" and "arithmetic in the guest" in results["test_fails"][1]
+    assert sorted(name for name, (outcome, _) in results.items() if outcome != "passed") == ["test_fails", "test_skips"]
 
 
 def test_feature_probe_names_only_known_features():
@@ -165,13 +348,25 @@ backends = pytest.mark.parametrize("backend", harness.BACKENDS)
 
 @needs_host
 @backends
-def test_exit_code_and_output_come_back(backend, tmp_path):
+def test_exit_code_and_output_come_back(backend, monkeypatch, tmp_path):
+    """Also: a stalled first boot (a stand-in, no VM) is followed by a real one that runs the
+    command, once. One real boot checks both."""
     kernel = harness.prepare(backend)
+    real_wait, calls = harness._wait, []
+
+    def first_stalls(launch, rundir, timeout, stream):
+        calls.append(rundir)
+        if len(calls) == 1:
+            raise harness.BootStalled("stalled")
+        return real_wait(launch, rundir, timeout, stream)
+
+    monkeypatch.setattr(harness, "_wait", first_stalls)
     (tmp_path / "host-file").write_text("from the host")   # under /tmp: must not be hidden
     script = f'echo hi; echo oops >&2; echo "vm=$UNDERLAY_VM $(uname -r)"; cat {tmp_path}/host-file; exit 3'
     code, output = harness.run_in_vm(["sh", "-c", script], timeout=300, kernel=kernel)
     assert code == 3
     assert output.splitlines() == ["hi", "oops", f"vm=1 {kernel.release}", "from the host"]
+    assert len(calls) == 2
 
 
 @needs_host
@@ -183,6 +378,19 @@ def test_timeout_kills_the_vm_and_leaves_nothing(backend, monkeypatch, tmp_path)
         harness.run_in_vm(["sleep", "600"], timeout=1, kernel=kernel)
     assert list(tmp_path.iterdir()) == []
     assert vm_processes(str(tmp_path)) == []
+
+
+@needs_host
+def test_what_the_guest_wrote_to_a_share_survives_its_crash(tmp_path):
+    """The guest's per-test report relies on this: the lines written before the guest's
+    kernel dies are on the host (a cached share loses them)."""
+    kernel = harness.prepare("qemu")
+    share = tmp_path / "share"
+    share.mkdir()
+    script = f"echo written-before-the-crash >> {share}/report; echo c > /proc/sysrq-trigger; sleep 600"
+    with pytest.raises(harness.VMError, match="before the command finished"):
+        harness.run_in_vm(["sh", "-c", script], timeout=300, kernel=kernel, shares=[share])
+    assert (share / "report").read_text() == "written-before-the-crash\n"
 
 
 @needs_host
@@ -285,19 +493,3 @@ def test_a_vm_that_dies_before_the_command_is_booted_again_once(monkeypatch, tmp
         harness.run_in_vm(["true"], timeout=60, kernel=kernel)
     assert len(launches) == harness.BOOT_ATTEMPTS == 2
     assert list(tmp_path.iterdir()) == []
-
-
-@needs_host
-def test_a_stalled_first_boot_then_a_good_one_runs_the_command(monkeypatch):
-    kernel = harness.prepare("qemu")
-    real_wait, calls = harness._wait, []
-
-    def first_stalls(launch, rundir, timeout, stream):
-        calls.append(rundir)
-        if len(calls) == 1:
-            raise harness.BootStalled("stalled")
-        return real_wait(launch, rundir, timeout, stream)
-
-    monkeypatch.setattr(harness, "_wait", first_stalls)
-    code, output = harness.run_in_vm(["sh", "-c", "echo second boot"], timeout=300, kernel=kernel)
-    assert (code, output.strip(), len(calls)) == (0, "second boot", 2)
