@@ -7,8 +7,9 @@ BIN_DIR ?= /usr/local/bin
 PLUGIN_PREFIX ?=
 FORCE ?= 0
 
-.PHONY: deps test test-unit test-exec test-ns test-vm test-clients test-cluster test-build test-hostile \
-	test-reliability soak demo build install uninstall bench image-context clean distclean
+TIERS = test-unit test-exec test-ns test-vm test-clients test-cluster test-build test-hostile test-reliability
+
+.PHONY: deps test $(TIERS) soak demo build install uninstall bench image-context clean distclean
 
 deps:
 	build/deps.sh
@@ -21,36 +22,19 @@ demo: deps build
 test: deps build
 	$(PYTHON) -m pytest -n 2
 
-# One tier alone: its directory under tests/ (README "Tests"). The tiers that run
-# the built executables depend on `build`; the tests never build them.
-# PYTEST_ARGS="-n 1 -x" etc. are passed on.
-test-unit: deps
-	$(PYTHON) -m pytest tests/unit $(PYTEST_ARGS)
+# One tier alone: its directory under tests/ (README "Tests"); PYTEST_ARGS="-n 1 -x"
+# etc. are passed on. The tiers that run the built executables depend on `build`
+# (the tests never build them)...
+$(filter-out test-unit test-hostile test-vm,$(TIERS)): test-%: build
+	$(PYTHON) -m pytest tests/$* $(PYTEST_ARGS)
 
-test-exec: build
-	$(PYTHON) -m pytest tests/exec $(PYTEST_ARGS)
-
-test-ns: build
-	$(PYTHON) -m pytest tests/ns $(PYTEST_ARGS)
+# ...the others do not.
+test-unit test-hostile: test-%: deps
+	$(PYTHON) -m pytest tests/$* $(PYTEST_ARGS)
 
 # tests/vm and every kernel(...) test of every tier (in the VM when this kernel lacks a feature)
 test-vm: build
 	$(PYTHON) -m pytest -m "(vm or kernel) and not fuzz" $(PYTEST_ARGS)
-
-test-clients: build
-	$(PYTHON) -m pytest tests/clients $(PYTEST_ARGS)
-
-test-cluster: build
-	$(PYTHON) -m pytest tests/cluster $(PYTEST_ARGS)
-
-test-build: build
-	$(PYTHON) -m pytest tests/build $(PYTEST_ARGS)
-
-test-hostile: deps
-	$(PYTHON) -m pytest tests/hostile $(PYTEST_ARGS)
-
-test-reliability: build
-	$(PYTHON) -m pytest tests/reliability $(PYTEST_ARGS)
 
 # The reliability scenarios at full size (README "Guarantees"); needs root.
 soak: deps

@@ -25,16 +25,16 @@ class Leases:
         self.lock = threading.Lock()
 
 
-class MemoryStore:
-    def __init__(self, backing=None):
-        self.backing = backing if backing is not None else Leases()
-        self.leases = self.backing.leases
-        self.last = self.backing.last
-        self.locked = False
+class Held:
+    """`with store:` holds the store's lock (None: there is nothing to hold) until it is closed."""
+
+    lock = None
+    locked = False
 
     def __enter__(self):
-        self.backing.lock.acquire()
-        self.locked = True
+        if self.lock is not None:
+            self.lock.acquire()
+            self.locked = True
         return self
 
     def __exit__(self, exc_type=None, exc=None, tb=None):
@@ -44,7 +44,15 @@ class MemoryStore:
     def close(self):
         if self.locked:
             self.locked = False
-            self.backing.lock.release()
+            self.lock.release()
+
+
+class MemoryStore(Held):
+    def __init__(self, backing=None):
+        self.backing = backing if backing is not None else Leases()
+        self.leases = self.backing.leases
+        self.last = self.backing.last
+        self.lock = self.backing.lock
 
     def reserve(self, ip, container_id, ifname, set_index=None):
         if ip in self.leases:
@@ -110,7 +118,7 @@ def copy_block(block):
     return Block(block.first, block.last, block.key, block.node, block.used, block.held, block.revision)
 
 
-class MemoryBlockStore(BlockLeases):
+class MemoryBlockStore(Held, BlockLeases):
     """The block store (ipam/stores/protocols.py BlockStore) in memory: cluster-ipam's policy over it
     behaves as over etcd, without etcd (its tests; simulations). Stores over one Pools share leases as
     nodes share an etcd prefix; `lock` takes the node's lock of the network, as the etcd store's files."""
@@ -122,24 +130,8 @@ class MemoryBlockStore(BlockLeases):
         self.netns = recordable_netns(netns)
         self.files = backing.node_files.setdefault((network, node), {"last": {}})
         self.lock = backing.locks.setdefault((network, node), threading.Lock()) if lock else None
-        self.locked = False
         self.pools = {}          # subnet -> {first: Block} as last read
         self.foreign = set()
-
-    def __enter__(self):
-        if self.lock is not None:
-            self.lock.acquire()
-            self.locked = True
-        return self
-
-    def __exit__(self, exc_type=None, exc=None, tb=None):
-        self.close()
-        return False
-
-    def close(self):
-        if self.locked:
-            self.locked = False
-            self.lock.release()
 
     def status(self):
         pass    # memory always answers
