@@ -276,8 +276,9 @@ def outer_run(tmp_path, *args, die=False):
     (tmp_path / "test_moved.py").write_text(STAND_IN_TESTS)
     (tmp_path / "uvm_recorder.py").write_text(STAND_IN_RECORDER)
     boots, host = tmp_path / "boots", tmp_path / "host"
-    env = {**os.environ, "PYTHONPATH": f"{harness.REPO}:{tmp_path}", "UVM_BOOTS": str(boots), "UVM_HOST": str(host)}
-    env.pop(harness.IN_VM_ENV, None)
+    # the stand-in suite is a pytest run of its own, not a worker of ours (make test runs this under xdist)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_") and k != harness.IN_VM_ENV}
+    env.update(PYTHONPATH=f"{harness.REPO}:{tmp_path}", UVM_BOOTS=str(boots), UVM_HOST=str(host))
     if die:
         env["UVM_DIE"] = "1"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "uvm_recorder", "-q",
