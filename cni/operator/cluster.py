@@ -151,7 +151,7 @@ def network_of(address, recorded):
     for name, (_, ipam) in sorted(recorded.items()):
         try:
             sets = verbs.load_as_add(cluster.ClusterConfig, {"name": name, "ipam": ipam}, None).range_sets
-        except (CniError, ValueError, TypeError, AttributeError):
+        except CniError:
             continue   # a record no ADD could have written: not one to point at
         if any(s.subnet_range_of(ip) for s in sets):
             return name

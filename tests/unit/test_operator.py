@@ -233,3 +233,16 @@ def test_near_miss_keys_with_the_real_key_problems(tmp_path):
     found = {p[1]: p for p in problems_of(tmp_path, config)}
     assert found["ipam.exlude"][0] == "error" and "'exclude'" in found["ipam.exlude"][2]
     assert found["ipam.ranges[0][0].rangStart"][0] == "error" and "'rangeStart'" in found["ipam.ranges[0][0].rangStart"][2]
+
+
+def test_network_of_points_at_the_recorded_network_holding_the_address_and_skips_bad_records():
+    """who-has on a cluster-ipam dataDir: a record no ADD could have written is passed over, and only
+    the loader's refusal (CniError) is: any other exception is a bug and must surface."""
+    from cni.operator import cluster
+    good = {"type": "cluster-ipam", "range": "10.91.0.0/24", "node": "n1", "dataDir": "/var/lib/uj",
+            "etcd": {"endpoints": ["http://127.0.0.1:2379"]}}
+    recorded = {"abad": ("/var/lib/uj/abad/RECORD", dict(good, range="not a range")),
+                "bnoranges": ("/var/lib/uj/bnoranges/RECORD", {"type": "cluster-ipam", "dataDir": "/var/lib/uj"}),
+                "cgood": ("/var/lib/uj/cgood/RECORD", good)}
+    assert cluster.network_of("10.91.0.7", recorded) == "cgood"
+    assert cluster.network_of("10.92.0.7", recorded) is None
