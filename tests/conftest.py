@@ -4,6 +4,7 @@ tests/netns.py add_parent, which also makes further parents); pod_ns (pod namesp
 the bundle (tests/bundle.py); the test agent and the path the plugins take."""
 
 import os
+import signal
 
 import pytest
 
@@ -11,6 +12,22 @@ from tests import netns as nsutil
 from tests import plugins
 from tests.agent import new_traceparent
 from tests.bundle import built_bin_dir, bundle  # noqa: F401  (bundle: a fixture for every tier)
+
+
+def pytest_configure(config):
+    # A run stopped from outside (SIGTERM: CI's timeout, a kill of the run or of an xdist worker)
+    # unwinds as Ctrl-C does, so pytest still tears the fixtures down: namespaces, links, agents.
+    signal.signal(signal.SIGTERM, stop_as_interrupt(os.getpid()))
+
+
+def stop_as_interrupt(pid):
+    def stop(signum, frame):
+        if os.getpid() != pid:   # a child forked by a test: SIGTERM does what it would have done there
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+    return stop
 
 
 def pytest_addoption(parser):
