@@ -533,7 +533,8 @@ def rollback(store, allocated, cid, ifname):
     """Give back what a failed ADD took, and the claim it was in the middle of if etcd may have
     applied it. With etcd gone the leases stay (no pod holds them: DEL or GC releases them)."""
     store.limit_wait(ROLLBACK_BUDGET)
-    texts = [r.text(v) for r, v in allocated] + ([store.in_doubt()] if store.in_doubt() else [])
+    doubt = store.in_doubt()
+    texts = [r.text(v) for r, v in allocated] + ([doubt] if doubt else [])
     for text in texts:
         try:
             store.release(text, cid, ifname, hold=False)   # an address never handed out is no pod's to keep
