@@ -24,7 +24,7 @@ from cni.net import netns
 
 REQUEST_WAIT = 30.0      # for the request after b"R": a caller sends it at once (unless starved of CPU)
 # name -> module of every plugin served (cni/agent/preload.py imports them)
-PLUGINS = {name: registry.module_of(name) for name in registry.names("main", "ipam")}
+PLUGINS = {name: registry.module_of(name) for name in registry.cni_plugins()}
 
 
 class Request:
