@@ -272,16 +272,12 @@ def _attach_filter(sock, program):
 
 
 def _packet4(ifname):
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                         socket.htons(ETH_P_IP))
+    # Protocol 0 until bind: the socket sees nothing before its filter is on, and binding a socket
+    # that was not yet hooked skips the kernel's synchronize_net() (milliseconds on a busy node).
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
     try:
         _attach_filter(sock, _BPF_DHCP4_CLIENT)
         sock.bind((ifname, ETH_P_IP))
-        while True:   # what arrived before the filter was attached
-            try:
-                sock.recv(4096)
-            except BlockingIOError:
-                break
     except OSError:
         sock.close()
         raise
