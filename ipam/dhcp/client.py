@@ -102,18 +102,25 @@ def acquire(netns_fd, ifname, family, identity, options, timeout) -> Lease:
         conversation.close()
 
 
-def release(netns_fd, lease) -> None:
+def release(netns_fd, lease, ifname=None) -> None:
     """DHCPRELEASE (v6 Release) from the leased address to the server that granted it; sent once,
     best effort: no answer is awaited (v4: up to RELEASE_FLUSH for the datagram to leave, the
-    server's address being resolved first). DhcpError when it could not be sent (the interface or
-    the address gone...): the caller logs it and goes on."""
+    server's address being resolved first). DhcpError when it could not be sent: the caller logs it
+    and goes on.
+
+    `ifname`: send on that interface of the netns instead of the lease's (healing, the pod netns
+    gone: the master in the node's netns). v4 then sends, as it does when the address is no longer
+    on the pod's interface, a whole frame on a packet socket: from the lease's MAC and address, to
+    the server's address in a broadcast frame (no ARP: nothing of the pod is left to answer it)."""
     try:
-        if lease.family == 4:
-            _release4(netns_fd, lease)
+        if lease.family == 6:
+            _release6(netns_fd, lease, ifname or lease.ifname)
+        elif ifname is None and _release4(netns_fd, lease):
+            pass
         else:
-            _release6(netns_fd, lease)
+            _release4_frame(netns_fd, ifname or lease.ifname, lease)
     except (OSError, NetnsError) as e:
-        raise DhcpError(f"DHCP release of {lease.address} on {lease.ifname} not sent: "
+        raise DhcpError(f"DHCP release of {lease.address} on {ifname or lease.ifname} not sent: "
                         f"{getattr(e, 'strerror', None) or e}") from None
 
 
@@ -415,6 +422,7 @@ _GRANTED = ("prefixlen", "server_id", "server_address", "routers", "routes", "dn
 
 
 def _release4(netns_fd, lease):
+    """Sent over UDP from the leased address: True; False when that address is not on the interface."""
     cid = bytes.fromhex(lease.client_id)
     data = wire4.release(_xid(32), lease.mac, cid, lease.address, lease.server_id)
     with entered(netns_fd):
@@ -422,9 +430,47 @@ def _release4(netns_fd, lease):
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, lease.ifname.encode())
-        sock.bind((lease.address, wire4.CLIENT_PORT))   # from the leased address: servers ignore 0.0.0.0
+        try:
+            sock.bind((lease.address, wire4.CLIENT_PORT))   # from the leased address: servers ignore 0.0.0.0
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                return False
+            raise
         sock.sendto(data, (lease.server_address, wire4.SERVER_PORT))
         _wait_sent(sock, time.monotonic() + RELEASE_FLUSH)
+        return True
+    finally:
+        sock.close()
+
+
+def _checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def release_frame(lease, xid):
+    """The DHCPRELEASE as an Ethernet frame: lease MAC and address -> broadcast MAC, server address."""
+    payload = wire4.release(xid, lease.mac, bytes.fromhex(lease.client_id), lease.address, lease.server_id)
+    src, dst = (ipaddress.IPv4Address(a).packed for a in (lease.address, lease.server_address))
+    udp_len = 8 + len(payload)
+    pseudo = src + dst + struct.pack("!BBH", 0, 17, udp_len)
+    udp = struct.pack("!HHHH", wire4.CLIENT_PORT, wire4.SERVER_PORT, udp_len, 0) + payload
+    udp = udp[:6] + struct.pack("!H", _checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, xid & 0xFFFF, 0, 64, 17, 0, src, dst)
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return b"\xff" * 6 + _mac_bytes(lease.mac) + struct.pack("!H", ETH_P_IP) + header + udp
+
+
+def _release4_frame(netns_fd, ifname, lease):
+    with entered(netns_fd):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    try:
+        sock.bind((ifname, 0))
+        sock.send(release_frame(lease, _xid(32)))
     finally:
         sock.close()
 
@@ -596,14 +642,11 @@ class _Refresh6(_V6):
         return dataclasses.replace(self.lease, **{f: fields[f] for f in _GRANTED if f != "prefixlen"})
 
 
-def _release6(netns_fd, lease):
+def _release6(netns_fd, lease, ifname):
     data = wire6.release(_xid(24), bytes.fromhex(lease.client_id), lease.iaid, bytes.fromhex(lease.server_id),
                          lease.address)
-
-    def opener():
-        return socket.if_nametoindex(lease.ifname), _udp6(lease.ifname, time.monotonic())
     with entered(netns_fd):
-        ifindex, sock = opener()
+        ifindex, sock = socket.if_nametoindex(ifname), _udp6(ifname, time.monotonic())
     try:
         sock.sendto(data, (wire6.ALL_SERVERS, wire6.SERVER_PORT, 0, ifindex))
     finally:

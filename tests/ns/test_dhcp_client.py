@@ -43,15 +43,15 @@ def pod(lan, pod_ns):
                   ns=lan.host_ns)
         nsutil.sh("ip", "link", "set", ifname, "up", ns=ns)
         mac = nsutil.link_json(ns, ifname)["address"]
-        fd = open_netns(nsutil.netns_path(ns))
-        made.append(fd)
-        return Pod(ns, ifname, mac, fd)
+        pod = Pod(ns, ifname, mac, open_netns(nsutil.netns_path(ns)))
+        made.append(pod)
+        return pod
 
     try:
         yield make
     finally:
-        for fd in made:
-            os.close(fd)
+        for p in made:
+            os.close(p.fd)
 
 
 def a_second_passed(expires, lifetime):
@@ -150,6 +150,39 @@ def test_kea4_release_frees_the_lease(kea4, pod):
     assert lease.address in server.leased()
     client.release(p.fd, lease)
     wait_for(lambda: lease.address not in server.leased(), what="the lease freed in Kea's lease file")
+
+
+def test_kea4_release_without_the_address_on_the_interface_goes_as_a_frame(kea4, pod):
+    server = kea4()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(), Options(), HANG)
+    assert lease.address in server.leased()
+    client.release(p.fd, lease)   # the address never configured: UDP cannot send from it
+    wait_for(lambda: lease.address not in server.leased(), what="the lease freed in Kea's lease file")
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_release_through_the_master_once_the_pod_netns_is_gone(kea4, kea6, pod, lan, family):
+    """Healing's case: nothing of the pod is left; the node's master sends the release."""
+    server = kea4() if family == 4 else kea6()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, family, p.identity(), Options(), HANG)
+    assert lease.address in server.leased()
+    os.close(p.fd)
+    p.fd = open_netns(nsutil.netns_path(lan.host_ns))   # closed by the fixture
+    nsutil.del_netns(p.ns)
+    if family == 6:
+        wait_for(lambda: lanmod.usable_link_local(lan.host_ns, lan.master), what="the master's link-local")
+    client.release(p.fd, lease, ifname=lan.master)
+    wait_for(lambda: lease.address not in server.leased(), what="the lease freed in the server's lease file")
+
+
+def test_release_on_a_missing_interface_is_a_dhcp_error(lan, pod):
+    import dataclasses
+    from tests.unit.test_dhcp_lease import a_lease
+    p = pod()
+    with pytest.raises(client.DhcpError, match="not sent"):
+        client.release(p.fd, dataclasses.replace(a_lease(), ifname="nosuch"))
 
 
 def test_kea4_same_mac_different_client_ids_get_distinct_leases(kea4, pod):
