@@ -76,6 +76,7 @@ class ServerLease(NamedTuple):
     expires: float       # wall clock
     hostname: str
     iaid: Optional[int] = None
+    state: str = "0"     # Kea: 0 default, 1 declined, 2 expired-reclaimed
 
 
 class SocketFailed(RuntimeError):
@@ -236,7 +237,7 @@ class Kea4(Kea):
         rows = {}
         for row in _csv_rows(self.leasefile):
             rows[row["address"]] = ServerLease(row["address"], _hex(row["client_id"]), row["hwaddr"].lower(),
-                                               _expiry(row), row["hostname"])
+                                               _expiry(row), row["hostname"], None, row.get("state", "0"))
         return list(rows.values())
 
 
@@ -262,7 +263,8 @@ class Kea6(Kea):
         rows = {}
         for row in _csv_rows(self.leasefile):
             rows[row["address"]] = ServerLease(row["address"], _hex(row["duid"]), row.get("hwaddr", "").lower(),
-                                               _expiry(row), row["hostname"], int(row["iaid"]))
+                                               _expiry(row), row["hostname"], int(row["iaid"]),
+                                               row.get("state", "0"))
         return list(rows.values())
 
 

@@ -84,6 +84,14 @@ def duid(client_id) -> bytes:
     return b"\x00\x04" + uuid.uuid5(_DUID_NAMESPACE, bytes(client_id).hex()).bytes
 
 
+def attachment_identity(mac, container_id, network, ifname, hostname=None) -> Identity:
+    """The Identity of one attachment (container, network, interface): its client id and IAID are
+    a hash of those, stable across agent restarts and distinct between attachments sharing a MAC."""
+    import hashlib
+    digest = hashlib.sha256("\0".join((container_id, network, ifname)).encode()).digest()
+    return Identity(mac, digest[:16], int.from_bytes(digest[16:20], "big"), hostname)
+
+
 def acquire(netns_fd, ifname, family, identity, options, timeout) -> Lease:
     """A new lease on `ifname` in the netns `netns_fd` (the link is up): DISCOVER/OFFER/REQUEST/ACK,
     v6 Solicit/Advertise/Request/Reply, retransmitted with backoff. NoAnswer after `timeout` seconds
@@ -121,6 +129,31 @@ def release(netns_fd, lease, ifname=None) -> None:
             _release4_frame(netns_fd, ifname or lease.ifname, lease)
     except (OSError, NetnsError) as e:
         raise DhcpError(f"DHCP release of {lease.address} on {ifname or lease.ifname} not sent: "
+                        f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def decline(netns_fd, lease) -> None:
+    """DHCPDECLINE (v6 Decline): the granted address is in use by another host (a conflict probe
+    answered); the server sets it aside. Sent once from the pod's interface (v4 from 0.0.0.0, the
+    address never configured), best effort; DhcpError when it could not be sent."""
+    try:
+        with entered(netns_fd):
+            if lease.family == 4:
+                sock = _udp4(lease.ifname)
+                data = wire4.decline(_xid(32), lease.mac, bytes.fromhex(lease.client_id), lease.address,
+                                     lease.server_id)
+                to = ("255.255.255.255", wire4.SERVER_PORT)
+            else:
+                sock = _udp6(lease.ifname, time.monotonic())
+                data = wire6.decline(_xid(24), bytes.fromhex(lease.client_id), lease.iaid,
+                                     bytes.fromhex(lease.server_id), lease.address)
+                to = (wire6.ALL_SERVERS, wire6.SERVER_PORT, 0, socket.if_nametoindex(lease.ifname))
+        try:
+            sock.sendto(data, to)
+        finally:
+            sock.close()
+    except (OSError, NetnsError) as e:
+        raise DhcpError(f"DHCP decline of {lease.address} on {lease.ifname} not sent: "
                         f"{getattr(e, 'strerror', None) or e}") from None
 
 

@@ -185,6 +185,16 @@ def test_release_on_a_missing_interface_is_a_dhcp_error(lan, pod):
         client.release(p.fd, dataclasses.replace(a_lease(), ifname="nosuch"))
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_decline_sets_the_address_aside(kea4, kea6, pod, family):
+    server = kea4() if family == 4 else kea6()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, family, p.identity(), Options(), HANG)
+    client.decline(p.fd, lease)
+    wait_for(lambda: server.leased().get(lease.address, lanmod.ServerLease("", "", "", 0, "")).state == "1",
+             what="the address declined in the server's lease file")
+
+
 def test_kea4_same_mac_different_client_ids_get_distinct_leases(kea4, pod):
     """ipvlan's case: children share the parent's MAC; the client identifier tells them apart."""
     server = kea4()
