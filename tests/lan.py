@@ -269,10 +269,20 @@ class Kea6(Kea):
 
 
 def _csv_rows(path):
+    """Complete rows only: Kea may be half way through appending one."""
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        text = f.read()
+    text = text[:text.rfind("\n") + 1]
+    rows = []
+    for row in csv.DictReader(text.splitlines()):
+        try:
+            int(row["valid_lifetime"]), float(row["expire"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        rows.append(row)
+    return rows
 
 
 def _expiry(row):

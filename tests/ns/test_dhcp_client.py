@@ -112,7 +112,8 @@ def test_kea4_renew_extends_the_lease_in_the_servers_file(kea4, pod):
     renewed = drive(Exchange(p.fd, lease, "renew", Options(), time.monotonic()))
     assert renewed is not None and renewed.address == lease.address and renewed.bound_at > lease.bound_at
     assert (renewed.hostname, renewed.client_id, renewed.ifname) == ("renewer", lease.client_id, lease.ifname)
-    assert server.leased()[lease.address].expires > before
+    held = server.leased()[lease.address]
+    assert held.expires > before and held.hostname.split(".")[0] == "renewer"   # the hostname sent again
 
 
 def test_kea4_rebind_answers_when_the_unicast_renew_is_not(kea4, pod):

@@ -203,3 +203,21 @@ def test_the_release_frame_of_healing():
     opts = sent_options(payload)
     assert opts[53] == b"\x07" and opts[61] == CID and payload[12:16] == bytes((10, 88, 0, 23))
     assert udp_payload(ip[:22] + b"\x00\x44" + ip[24:]) == payload   # the same datagram, as if to port 68
+
+
+def test_garbage_frames_on_the_packet_socket_are_ignored():
+    """What acquire's packet socket may read: anything; udp_payload + parse never raise."""
+    from ipam.dhcp.client import udp_payload
+    rng = random.Random(2131)
+    payload = ack()
+    good = (struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0, 64, 17, 0, bytes(4), bytes(4))
+            + struct.pack("!HHHH", 67, 68, 8 + len(payload), 0) + payload)
+    assert wire4.parse(udp_payload(good)).msg_type == wire4.ACK
+    for _ in range(3000):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(min(len(data), 60))] = rng.randrange(256)
+        data = bytes(data[:rng.randint(0, len(data))]) if rng.random() < 0.3 else bytes(data)
+        inner = udp_payload(data)
+        if inner is not None:
+            wire4.parse(inner)
