@@ -23,7 +23,7 @@ The same DUID goes in v4's option 61 (type 255, IAID, DUID: RFC 4361).
 
 Retransmissions: 1 s, then doubling up to 60 s, each ±10 % (RFC 2131 starts at 4 s and RFC 8415's
 Renew at 10 s: far too slow for a pod start or a lease of a few seconds). A renew gives up at T2,
-a rebind at expiry, a reboot after REBOOT_WINDOW or at expiry.
+a rebind at expiry, a reboot after REBOOT_WINDOW (even for an expired lease: it asks the address back).
 """
 
 import dataclasses
@@ -263,6 +263,14 @@ def _mono(wall):
     return time.monotonic() + (wall - time.time())
 
 
+def _give_up(lease, kind, now):
+    """When a renewal attempt ends: a renew at T2, a rebind at expiry, a reboot REBOOT_WINDOW from
+    now (expired or not: it asks for the address back, it does not use it)."""
+    if kind == "reboot":
+        return now + REBOOT_WINDOW
+    return _mono(lease.rebind_at() if kind == "renew" else lease.expires_at())
+
+
 def _xid(bits):
     return random.getrandbits(bits)
 
@@ -413,9 +421,7 @@ def _lease4(reply, mac, cid, iaid, ifname, hostname):
 
 class _Refresh4(_Conversation):
     def __init__(self, netns_fd, lease, kind, options, now):
-        give_up = _mono(lease.rebind_at() if kind == "renew" else lease.expires_at())
-        if kind == "reboot":
-            give_up = min(give_up, now + REBOOT_WINDOW)
+        give_up = _give_up(lease, kind, now)
         super().__init__(give_up)
         self.lease, self.kind, self.options = lease, kind, options
         self.cid, self.chaddr, self.xid = bytes.fromhex(lease.client_id), _mac_bytes(lease.mac), _xid(32)
@@ -643,9 +649,7 @@ class _Refresh6(_V6):
     confirms the address with lifetimes, which Confirm would not."""
 
     def __init__(self, netns_fd, lease, kind, options, now):
-        give_up = _mono(lease.rebind_at() if kind == "renew" else lease.expires_at())
-        if kind == "reboot":
-            give_up = min(give_up, now + REBOOT_WINDOW)
+        give_up = _give_up(lease, kind, now)
         super().__init__(give_up)
         self.lease, self.kind, self.options = lease, kind, options
         self.duid, self.xid, self.ifname = bytes.fromhex(lease.client_id), _xid(24), lease.ifname

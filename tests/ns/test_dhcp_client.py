@@ -143,6 +143,18 @@ def test_kea4_reboot_after_a_server_restart(kea4, pod):
     assert lease.address in server.leased()
 
 
+def test_kea4_reboot_asks_an_expired_lease_back(kea4, pod):
+    import dataclasses
+    server = kea4()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(), Options(), HANG)
+    p.configure(lease)
+    expired = dataclasses.replace(lease, bound_at=lease.bound_at - 2 * lease.lease_time)
+    again = drive(Exchange(p.fd, expired, "reboot", Options(), time.monotonic()))
+    assert again is not None and again.address == lease.address and again.expires_at() > time.time()
+    assert lease.address in server.leased()
+
+
 def test_kea4_release_frees_the_lease(kea4, pod):
     server = kea4()
     p = pod()
