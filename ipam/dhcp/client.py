@@ -361,7 +361,8 @@ class _Acquire4(_Conversation):
     def __init__(self, netns_fd, ifname, identity, options, deadline):
         super().__init__(deadline)
         self.ifname, self.identity, self.options = ifname, identity, options
-        self.cid = wire4.client_id(identity.iaid, duid(identity.client_id))
+        # a client identifier the config provides (option 61) goes as it is; else RFC 4361's
+        self.cid = dict(options.send).get(wire4.CLIENT_ID) or wire4.client_id(identity.iaid, duid(identity.client_id))
         self.chaddr, self.xid, self.offer = _mac_bytes(identity.mac), _xid(32), None
         self.socks = _open(netns_fd, lambda: self._sockets(ifname), f"on {ifname}")
 

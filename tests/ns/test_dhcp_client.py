@@ -102,6 +102,14 @@ def test_kea4_acquire_gives_the_servers_address_mask_router_dns_routes_and_recor
     assert lease.client_id.startswith("ff00000001" + "0004")   # RFC 4361: type 255, IAID 1, a DUID-UUID
 
 
+def test_kea4_a_provided_client_identifier_is_sent_as_it_is(kea4, pod):
+    server = kea4()
+    p = pod()
+    provided = b"\x01" + bytes.fromhex(p.mac.replace(":", ""))   # type 1 + MAC, as many clients send
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(), Options(send=((61, provided),)), HANG)
+    assert lease.client_id == provided.hex() == server.leased()[lease.address].client_id
+
+
 def test_kea4_renew_extends_the_lease_in_the_servers_file(kea4, pod):
     server = kea4(valid_lifetime=40)
     p = pod()
