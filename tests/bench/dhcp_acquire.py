@@ -12,6 +12,7 @@ closed included) and of release; everything is removed at the end.
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -32,6 +33,7 @@ def main():
     args = parser.parse_args()
     host, lan_ns, pod = nsutil.unique("dwbh"), nsutil.unique("dwbl"), nsutil.unique("dwbp")
     server = fd = None
+    workdir = tempfile.mkdtemp(prefix="dw-bench-")
     try:
         for ns in (host, lan_ns, pod):
             nsutil.add_netns(ns)
@@ -43,7 +45,6 @@ def main():
         nsutil.sh("ip", "link", "set", peer, "up", ns=lan_ns)
         lanmod.wait_for(lambda: lanmod.usable_link_local(lan_ns, peer))
         lan = lanmod.Lan(lan_ns, peer, host, master)
-        workdir = tempfile.mkdtemp(prefix="dw-bench-")
         server = (lanmod.Kea4 if args.family == 4 else lanmod.Kea6)(lan, workdir).start()
         ifname = "eth0"
         nsutil.sh("ip", "link", "add", ifname, "link", master, "netns", pod, "type", "macvlan", "mode", "bridge",
@@ -76,6 +77,7 @@ def main():
             server.kill()
         for ns in (pod, lan_ns, host):
             nsutil.del_netns(ns)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
