@@ -119,7 +119,9 @@ def release(netns_fd, lease, ifname=None) -> None:
     `ifname`: send on that interface of the netns instead of the lease's (healing, the pod netns
     gone: the master in the node's netns). v4 then sends, as it does when the address is no longer
     on the pod's interface, a whole frame on a packet socket: from the lease's MAC and address, to
-    the server's address in a broadcast frame (no ARP: nothing of the pod is left to answer it)."""
+    the server's address in a broadcast frame (no ARP: nothing of the pod is left to answer it).
+    That path never waits: underlayd's loop may pass ifname=lease.ifname to release without the
+    up to RELEASE_FLUSH seconds the UDP path spends when the server's address does not resolve."""
     try:
         if lease.family == 6:
             _release6(netns_fd, lease, ifname or lease.ifname)
