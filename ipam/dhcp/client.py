@@ -445,6 +445,8 @@ class _Refresh4(_Conversation):
         reply = wire4.parse(data)
         if not _ours4(reply, self.xid, self.chaddr, self.cid):
             return None
+        if self.kind == "renew" and reply.server_id not in (None, self.lease.server_id):
+            return None   # a renew is unicast to the server that granted the lease; anyone answers a rebind
         if reply.msg_type == wire4.NAK:
             raise Declined(f"DHCPNAK from {reply.server_id or source[0]} for {self.lease.address} ({self.kind})"
                            + (f": {reply.message}" if reply.message else ""))
@@ -674,6 +676,8 @@ class _Refresh6(_V6):
         reply = self.ours(data)
         if reply is None or reply.msg_type != wire6.REPLY:
             return None
+        if self.kind == "renew" and reply.server_duid.hex() != self.lease.server_id:
+            return None   # a Renew is for the server that granted the lease; anyone answers a Rebind
         fields = self.granted(reply, source, self.lease.to_json())
         if fields is None:
             return None
