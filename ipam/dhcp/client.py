@@ -19,7 +19,13 @@ setns back; a socket keeps its netns) and bound to the interface (SO_BINDTODEVIC
 
 Identity: the client DUID is a DUID-UUID (RFC 6355) derived from Identity.client_id, not a DUID-LL
 from the MAC: ipvlan children share their parent's MAC, and two attachments must be two clients.
-The same DUID goes in v4's option 61 (type 255, IAID, DUID: RFC 4361).
+The same DUID goes in v4's option 61 (type 255, IAID, DUID: RFC 4361), unless the config provides
+option 61 itself (Options.send), which is then sent as it is.
+
+release: v4 over UDP from the leased address when it is on the interface (waiting up to
+RELEASE_FLUSH for the datagram to leave), else as a whole frame on a packet socket (from the
+lease's MAC and address, broadcast at L2); v6 from the link-local address to ff02::1:2.
+A renew counts only the granting server's answer; a rebind or reboot anyone's.
 
 Retransmissions: 1 s, then doubling up to 60 s, each ±10 % (RFC 2131 starts at 4 s and RFC 8415's
 Renew at 10 s: far too slow for a pod start or a lease of a few seconds). A renew gives up at T2,
