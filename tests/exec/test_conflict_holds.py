@@ -178,3 +178,16 @@ def test_64_parallel_adds_never_get_a_held_address(hl):
     assert len(given) == len(set(given)) == 64
     assert not set(given) & set(held)
     assert sorted(conflicts(hl)) == sorted(held)
+
+
+@pytest.mark.parametrize("ipam, fragment", [
+    ({"reuseCooldown": -1}, "ipam.reuseCooldown"),
+    ({"reuseCooldown": True}, "ipam.reuseCooldown"),
+    ({"conflictCooldown": 0}, "ipam.conflictCooldown"),
+    ({"conflictCooldown": 1e9}, "ipam.conflictCooldown"),
+])
+def test_bad_cooldowns_are_code_7_naming_the_field(hl, ipam, fragment):
+    conf = hl.config("10.1.0.0/24", **ipam)
+    error(hl.add(conf, "c1"), 7, fragment)                    # the schema's words
+    error(hl.delete(conf, "c1"), 7, f"{fragment}: ")          # the loader's (DEL checks no schema)
+    assert not os.path.isdir(hl.net_dir()) or hl.leases() == {}
