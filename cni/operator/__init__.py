@@ -292,6 +292,10 @@ def cmd_who_has(args):
         raise UsageError(f"{args.address!r} is not an IP address") from None
     snaps, problems = snapshots(args, note=False)
     found = [lease for snap in snaps for lease in snap.leases if lease.address == wanted]
+    held = [c for snap in snaps for c in snap.conflicts if c.address == wanted]
+    if held and not found and not problems:   # nobody's lease: held as a conflict record
+        output.emit(args, [conflict_json(c) for c in held], CONFLICT_COLUMNS, [conflict_json(c) for c in held], "")
+        return OK
     if not found and not problems:   # "nobody holds" must not be said of a cluster-ipam network's address
         network = cluster.network_of(wanted, cluster.recorded_networks([data_dir(args)]))
         if network:

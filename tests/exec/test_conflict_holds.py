@@ -68,6 +68,8 @@ def test_a_held_conflict_is_never_handed_out_and_the_next_add_gets_the_next_addr
     assert list(conflicts(hl)) == ["10.1.0.2"] and "10.1.0.2" in hl.leases()
     error(hl.add(conf, "c2", args="IP=10.1.0.2"), 101, "requested IP 10.1.0.2 is held as a conflict",
           f"{MAC} answered for it")
+    who = run_underlay("who-has", "10.1.0.2", "--data-dir", hl.data_dir, "-o", "json")
+    assert who.code == 0 and [(r["kind"], r["mac"]) for r in who.json] == [("conflict", MAC)], who
     table = run_underlay("leases", "--data-dir", hl.data_dir)
     assert table.code == 0 and "no leases" in table.stdout
     assert table.stdout.splitlines()[-2].split() == ["NETWORK", "ADDRESS", "CONFLICT", "SINCE", "UNTIL"]
