@@ -76,6 +76,16 @@ def test_a_held_conflict_is_never_handed_out_and_the_next_add_gets_the_next_addr
     assert table.stdout.splitlines()[-1].split()[:3] == ["net1", "10.1.0.2", MAC]
 
 
+def test_ipv6_conflicts_are_held_alike(hl):
+    conf = hl.config("10.1.0.0/24", "fd00:1::/64", conflictCooldown=HOUR)
+    assert addresses(hl.add(conf, "c1")) == ["10.1.0.2", "fd00:1::2"]
+    assert hold(hl, conf, "fd00:1::2/64", mac="02:00:5E:10:00:06")   # DAD failed: a neighbour has it
+    assert hl.delete(conf, "c1").ok
+    assert addresses(hl.add(conf, "c2")) == ["10.1.0.3", "fd00:1::3"]
+    assert {a: r["mac"] for a, r in conflicts(hl).items()} == {"fd00:1::2": "02:00:5e:10:00:06"}
+    error(hl.add(conf, "c3", args="IP=fd00:1::2"), 101, "held as a conflict")
+
+
 def test_the_cool_down_gives_a_conflict_back_to_the_next_add(hl):
     conf = hl.config("10.1.0.0/24", conflictCooldown=1)
     assert addresses(hl.add(conf, "c1")) == ["10.1.0.2"]
