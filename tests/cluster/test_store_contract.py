@@ -237,6 +237,20 @@ def test_a_conflict_hold_takes_the_address_from_its_attachment_and_keeps_it(stor
         assert store.reserve("10.1.0.2", "c3", "eth0") and store.owner("10.1.0.2") == ("c3", "eth0")
 
 
+def test_a_run_cut_short_after_a_conflict_hold_leaves_the_record_whole(stores, clock):
+    # killed before the block ends (host-local: before the index is committed): never half a record
+    with pytest.raises(RuntimeError):
+        with stores(reuse_cooldown=60) as store:
+            assert store.reserve("10.1.0.2", "c1", "eth0") and store.reserve("10.1.0.3", "c1", "eth1")
+            assert store.hold_conflict("10.1.0.2", "c1", "eth0", MAC, 60)
+            store.release("10.1.0.3", "c1", "eth1")
+            raise RuntimeError("killed")
+    with stores(reuse_cooldown=60) as store:
+        assert list(store.conflicts()) == ["10.1.0.2"] and store.owner("10.1.0.2") is None
+        assert store.ips_of("c1", "eth0") == [] and store.attachments() == {}
+        assert not store.reserve("10.1.0.2", "c2", "eth0")
+
+
 def test_released_addresses_cool_for_reuse_cooldown(stores, clock):
     with stores(reuse_cooldown=30) as store:
         assert store.cooling() == {}
