@@ -21,7 +21,7 @@ RESOLV_CONF_MAX = 64 * 1024
 # How long an address someone else answered for stays held: Kea's decline-probation-period default,
 # the DHCP server's answer to the same event (a client's DHCPDECLINE). Whoever answers is mostly a
 # device with a static address that stays for days; a short hold would have each next ADD probe it
-# again and fail on it again. The operator gives one back at once (`underlay leases release-conflict`).
+# again and fail on it again. The operator gives one back at once (`underlay release-conflict`).
 DEFAULT_CONFLICT_COOLDOWN = 86400.0
 MAX_COOLDOWN = 366 * 86400
 

@@ -274,7 +274,11 @@ def cmd_release_conflict(args):
     except ValueError:
         raise UsageError(f"{args.address!r} is not an IP address") from None
     root = data_dir(args)
-    names = args.network or [name for name in hostlocal.networks(root) if not cluster.is_recorded(root, name)]
+    known = [name for name in hostlocal.networks(root) if not cluster.is_recorded(root, name)]
+    for name in args.network or ():
+        if name not in known:   # opening a store would make its directory: a typo must not
+            raise UsageError(f"no host-local network {name} in {root}")
+    names = args.network or known
     released = [name for name in names if hostlocal.release_conflict(root, name, wanted, args.lock_timeout)]
     if args.output == "json":
         sys.stdout.write(output.dump({"address": wanted, "released": released}))

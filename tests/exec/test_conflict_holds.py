@@ -108,7 +108,10 @@ def test_the_operator_gives_a_conflict_back(hl):
     assert iso_seconds(row["until"]) - iso_seconds(row["since"]) == 86400
     out = run_underlay("release-conflict", "10.1.0.3", "--data-dir", hl.data_dir)
     assert out.code == 1 and "no conflict record of 10.1.0.3" in out.stdout, out
-    out = run_underlay("release-conflict", "10.1.0.2", "--data-dir", hl.data_dir)
+    out = run_underlay("release-conflict", "10.1.0.2", "--data-dir", hl.data_dir, "--network", "nett1")
+    assert out.code == 2 and "no host-local network nett1" in out.stderr, out
+    assert not os.path.exists(os.path.join(hl.data_dir, "nett1"))
+    out = run_underlay("release-conflict", "10.1.0.2", "--data-dir", hl.data_dir, "--network", "net1")
     assert out.code == 0 and "gave back 10.1.0.2 in net1" in out.stdout, out
     assert conflicts(hl) == {}
     assert addresses(hl.add(conf, "c2", args="IP=10.1.0.2")) == ["10.1.0.2"]
