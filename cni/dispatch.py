@@ -208,6 +208,19 @@ def delegate_ipam(request, command):
     return exec_plugin(kind, request, command)
 
 
+def hold_ipam_conflict(request, address: str, mac: str) -> bool:
+    """conflictDetection found `address` (just given to this attachment by its IPAM) answered for by
+    `mac`. Our in-process IPAM keeps it as a conflict record (its module's hold_conflict), no longer
+    this attachment's lease, so its next ADD gets the next address: True. Any other IPAM (or one of
+    ours without hold_conflict): False, and the caller releases the lease itself and fails."""
+    ipam = registry.in_process_ipam(contract.ipam_type(request.config))
+    hold = getattr(plugin_module(ipam), "hold_conflict", None) if ipam is not None else None
+    if hold is None:
+        return False
+    hold(request, address, mac)
+    return True
+
+
 def find_in_path(name, path):
     for directory in path:
         candidate = os.path.join(directory, name)

@@ -15,6 +15,10 @@ Every module runs as an executable through its main(). The module of a CNI
 plugin (main or ipam) also defines
   VERBS               {verb: function of a contract.Request}; ADD returns a result
   load_config(request) the plugin's config, checked as ADD checks it, changing nothing
+and an IPAM's module may define (optional; dispatch.hold_ipam_conflict calls it)
+  hold_conflict(request, address, mac)  conflictDetection: the address the attachment was just
+                      given, answered for by `mac`, becomes a conflict record the IPAM holds (no
+                      longer the attachment's lease); raises CniError if it cannot
 (tests/unit/test_registry.py holds every record to that).
 
 Plain tuples, no collections or typing: the bundle's entry imports this on every exec.

@@ -6,8 +6,10 @@ address is honoured or refused with the rule that refused it.
 """
 
 import ipaddress
+import time
 
 from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, CniError
+from ipam.stores import holds
 
 # Candidates tried by creating their lease file before we list the directory
 # once and skip known leases without a syscall each (a nearly full range).
@@ -38,16 +40,17 @@ def allocate(range_set, store, container_id, ifname, requested=None):
         last_ip = None  # a torn or foreign last_reserved_ip: start from the beginning
     leased = None
     probes = 0
+    cooling = store.cooling()   # released too recently (reuseCooldown): skipped, never reserved
     for r, value in range_set.candidates(last_ip):
         text = r.text(value)
-        if leased is not None and text in leased:
+        if leased is not None and text in leased or text in cooling:
             continue
         if store.reserve(text, container_id, ifname, range_set.index):
             return r, value
         probes += 1
         if leased is None and probes >= PROBES_BEFORE_LISTING:
             leased = store.leased()
-    raise exhausted(range_set, store)
+    raise exhausted(range_set, store, cooling)
 
 
 def reserve_requested(range_set, store, container_id, ifname, requested):
@@ -67,38 +70,68 @@ def reserve_requested(range_set, store, container_id, ifname, requested):
     set_index = range_set.index if r.in_range(requested.value) else None
     if not store.reserve(text, container_id, ifname, set_index):
         owner = store.owner(text)
+        conflict = None if owner else store.conflicts().get(text)
+        if conflict is not None:
+            raise CniError(ERR_NO_ADDRESS, f"{requested.source}: requested IP {requested.ip} is held as a "
+                                           f"conflict: {conflict.mac} answered for it at {when(conflict.since)}; "
+                                           f"given back at {when(conflict.until)} (or by `underlay`, see README)")
         holder = f" to container {owner[0]}" if owner else ""
         raise CniError(ERR_NO_ADDRESS, f"{requested.source}: requested IP {requested.ip} is already "
                                        f"allocated{holder}")
     return r, requested.value
 
 
-def exhausted(range_set, store):
-    t = tally(range_set, store.leased())
-    return CniError(ERR_NO_ADDRESS,
-                    f"no free address in range set {range_set.index} ({range_set.describe()}): "
-                    f"{t['addresses']} addresses, {t['excluded']} excluded, {t['aux']} aux, "
-                    f"{t['reserved']} reserved (network, broadcast, gateway), {t['in use']} in use")
+def when(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t != float("inf") else "never"
 
 
-def tally(range_set, leased):
-    """How the addresses of a range set are spent; 'free' is what ADD could still hand out."""
-    values = []
-    for name in leased:
-        try:
-            ip = ipaddress.ip_address(name)
-        except ValueError:
-            continue  # not a lease: some other file in the directory
-        if ip.version == range_set.version:
-            values.append(int(ip))
-    t = dict.fromkeys(("addresses", "usable", "excluded", "aux", "in use"), 0)
+def exhausted(range_set, store, cooling=()):
+    """Code 101 for a range set with nothing left to hand out, saying how its addresses are spent;
+    `cooling` ({ip: when it comes back}): free ones held back by reuseCooldown."""
+    conflicts = store.conflicts()
+    t = tally(range_set, store.leased(), conflicts, cooling)
+    msg = (f"no free address in range set {range_set.index} ({range_set.describe()}): "
+           f"{t['addresses']} addresses, {t['excluded']} excluded, {t['aux']} aux, "
+           f"{t['reserved']} reserved (network, broadcast, gateway), {t['in use']} in use")
+    if t["conflict"]:
+        msg += f", {t['conflict']} held as conflicts (conflictDetection)"
+    if t["cooling"]:
+        back = min(until for ip, until in cooling.items() if in_set(range_set, ip))
+        msg += (f", {t['cooling']} released less than ipam.reuseCooldown ago: the first comes back at "
+                f"{when(back)} (in {max(0.0, back - holds.now()):.0f} s)")
+    return CniError(ERR_NO_ADDRESS, msg)
+
+
+def in_set(range_set, text):
+    ip = ipaddress.ip_address(text)
+    return ip.version == range_set.version and any(r.may_hand_out(int(ip)) for r in range_set.ranges)
+
+
+def tally(range_set, leased, conflicts=(), cooling=()):
+    """How the addresses of a range set are spent; 'free' is what ADD could still hand out.
+    `leased` may include the conflict records; those of `conflicts` count as 'conflict', not 'in use';
+    `cooling` (free, but held back by reuseCooldown) count as 'cooling' and not as free."""
+    def values(names):
+        found = set()
+        for name in names:
+            try:
+                ip = ipaddress.ip_address(name)
+            except ValueError:
+                continue  # not a lease: some other file in the directory
+            if ip.version == range_set.version:
+                found.add(int(ip))
+        return found
+    held, cools = values(conflicts), values(cooling)   # a cooling address is leased by nobody (an expired hold)
+    kinds = {"in use": values(leased) - held - cools, "conflict": held, "cooling": cools - held}
+    t = dict.fromkeys(("addresses", "usable", "excluded", "aux", *kinds), 0)
     for r in range_set.ranges:
         total, usable, excluded, aux = r.counts()
         t["addresses"] += total
         t["usable"] += usable
         t["excluded"] += excluded
         t["aux"] += aux
-        t["in use"] += sum(1 for v in values if r.may_hand_out(v))
+        for kind, found in kinds.items():
+            t[kind] += sum(1 for v in found if r.may_hand_out(v))
     t["reserved"] = t["addresses"] - t["usable"] - t["excluded"] - t["aux"]
-    t["free"] = t["usable"] - t["in use"]
+    t["free"] = t["usable"] - t["in use"] - t["conflict"] - t["cooling"]
     return t

@@ -8,10 +8,12 @@ block affinity). Each block's etcd value says who owns it and which of its
 addresses are taken, so one range over the pool shows every free address
 without reading a lease:
 
-    {"node": "n1", "used": [offset, ...], "held": {"offset": until}}
+    {"node": "n1", "used": [offset, ...], "held": {"offset": until}, "cooling": {"offset": released}}
 
-`used` are leases, `held` sticky addresses kept for a pod until a wall-clock
-time (ipam/cluster.py). "node": null is an orphan: its node was released by
+`used` are leases (and conflict records: taken until given back), `held` sticky
+addresses kept for a pod until a wall-clock time (ipam/cluster.py), `cooling`
+the release times of addresses released with reuseCooldown (free, but not
+handed out before released + reuseCooldown; dropped once past it). "node": null is an orphan: its node was released by
 the dead-node command while borrowers still held addresses in it; any node may
 adopt it. A block with nothing used or held is deleted (returned to the pool).
 """
@@ -25,14 +27,15 @@ DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
 class Block:
     """One block's state as read from etcd (revision 0: no key, nobody owns it)."""
 
-    __slots__ = ("first", "last", "key", "node", "used", "held", "revision")
+    __slots__ = ("first", "last", "key", "node", "used", "held", "revision", "cooling")
 
-    def __init__(self, first, last, key, node=None, used=(), held=None, revision=0):
+    def __init__(self, first, last, key, node=None, used=(), held=None, revision=0, cooling=None):
         self.first, self.last, self.key = first, last, key
         self.node = node
         self.used = set(used)
         self.held = dict(held or {})          # offset -> until (epoch seconds)
         self.revision = revision
+        self.cooling = dict(cooling or {})    # offset -> released (epoch seconds)
 
     @classmethod
     def decode(cls, first, last, key, value, revision):
@@ -41,15 +44,30 @@ class Block:
             node = doc.get("node")
             used = [int(o) for o in doc.get("used", ())]
             held = {int(o): float(t) for o, t in (doc.get("held") or {}).items()}
+            cooling = {int(o): float(t) for o, t in (doc.get("cooling") or {}).items()}
         except (ValueError, TypeError, AttributeError):
-            node, used, held = "?", range(last - first + 1), {}   # unreadable: treat as full, owned by nobody we know
-        return cls(first, last, key, node if node is None or isinstance(node, str) else "?", used, held, revision)
+            node, used, held, cooling = "?", range(last - first + 1), {}, {}   # unreadable: full, nobody's we know
+        return cls(first, last, key, node if node is None or isinstance(node, str) else "?", used, held, revision,
+                   cooling)
 
     def encode(self):
         doc = {"node": self.node, "used": sorted(self.used)}
         if self.held:
             doc["held"] = {str(o): t for o, t in sorted(self.held.items())}
+        if self.cooling:
+            doc["cooling"] = {str(o): t for o, t in sorted(self.cooling.items())}
         return json.dumps(doc, separators=(",", ":"))
+
+    def cools(self, value, now, cooldown):
+        """Released less than `cooldown` seconds before `now` (free, but not to be handed out yet)."""
+        released = self.cooling.get(value - self.first)
+        return released is not None and released + cooldown > now
+
+    def prune_cooling(self, now, cooldown):
+        """Forget the release times whose cool-down is over. With cooldown 0 (a writer that does not
+        use it) they are left as they are, as every store leaves them."""
+        if cooldown:
+            self.cooling = {o: t for o, t in self.cooling.items() if t + cooldown > now}
 
     def taken(self, value, now):
         """Leased, or held for a pod until after `now`."""
@@ -58,7 +76,7 @@ class Block:
 
     @property
     def empty(self):
-        return not self.used and not self.held
+        return not self.used and not self.held and not self.cooling
 
     def values(self):
         """Every used or held address, as ints."""

@@ -24,13 +24,13 @@ import ipaddress
 import json
 import os
 import socket
-import time
 
 from cni import config as netconf
 from cni import contract, dispatch, registry
 from cni.errors import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_NOT_AVAILABLE, CniError
 from ipam import allocator, ranges, verbs
 from ipam.blocks import DEFAULT_BLOCK_SIZE, Grid
+from ipam.stores import holds as clock
 from ipam.stores.block_leases import contention, parse
 
 DEFAULT_PREFIX = "/underlay/ipam"
@@ -316,6 +316,7 @@ class ClusterConfig(verbs.IpamConfig):
                                                     f"(0, {MAX_STICKY_SECONDS}]")
         self.sticky_seconds = float(seconds) if sticky else None
         self.block_sizes = block_sizes(ipam.get("blockSize"))
+        verbs.cooldowns(self, ipam)
         if request is not None:
             self.load_addresses(request)
 
@@ -349,7 +350,8 @@ class ClusterConfig(verbs.IpamConfig):
         try:
             if lock:
                 files = LeaseFiles(self.data_dir, network, self.lock_timeout)
-            return EtcdStore(client, self.prefix, network, self.node, grids, files, pod, self.sticky_seconds, netns)
+            return EtcdStore(client, self.prefix, network, self.node, grids, files, pod, self.sticky_seconds, netns,
+                             self.reuse_cooldown)
         except BaseException:
             client.close()
             raise
@@ -379,9 +381,9 @@ def allocate(range_set, grids, store, container_id, ifname, requested=None, hold
     except ValueError:
         last = None
     for _ in range(MAX_ATTEMPTS):
-        found = candidate(grids, store, last, time.time())
+        found = candidate(grids, store, last, clock.now())
         if found is None:
-            raise allocator.exhausted(range_set, store)
+            raise allocator.exhausted(range_set, store, store.cooling())
         grid, block, value = found
         if store.claim(grid, block, value, container_id, ifname):
             store.set_last_reserved(range_set.index, grid.range.text(value))
@@ -404,14 +406,19 @@ def take_hold(grids, store, hold, container_id, ifname):
 
 def candidate(grids, store, last, now):
     """(grid, block, value) to try next: this node's blocks round-robin after `last`, then a
-    free (or orphaned) block, then a borrowed address; None when nothing is left."""
-    node = store.node
+    free (or orphaned) block, then a borrowed address; None when nothing is left. An address
+    released less than reuseCooldown ago is never one."""
+    node, cooldown = store.node, store.reuse_cooldown
+
+    def free(grid, block, value):
+        return not store.taken(grid, block, value, now) and not block.cools(value, now, cooldown)
+
     own = sorted(((g, b) for g in grids for b in store.blocks(g).values() if b.node == node),
                  key=lambda gb: gb[1].first)
     for after in ((last, None) if last is not None else (None,)):   # after `last` first, then wrapped
         for grid, block in own:
             for value in grid.free_in(block, now, after):
-                if not store.taken(grid, block, value, now):
+                if free(grid, block, value):
                     return grid, block, value
     for grid in grids:
         blocks = store.blocks(grid)
@@ -419,13 +426,13 @@ def candidate(grids, store, last, now):
             block = blocks.get(first)
             if block is None or block.node is None:
                 block = store.block(grid, first)
-                value = next((v for v in grid.free_in(block, now) if not store.taken(grid, block, v, now)), None)
+                value = next((v for v in grid.free_in(block, now) if free(grid, block, v)), None)
                 if value is not None:
                     return grid, block, value
     for grid in grids:
         for block in sorted(store.blocks(grid).values(), key=lambda b: b.first):
             if block.node not in (node, None):
-                value = next((v for v in grid.free_in(block, now) if not store.taken(grid, block, v, now)), None)
+                value = next((v for v in grid.free_in(block, now) if free(grid, block, v)), None)
                 if value is not None:
                     return grid, block, value
     return None
@@ -455,6 +462,7 @@ def cmd_add(request):
         verbs.refuse_duplicate(conf, done, cid, ifname)
         for ip in pending:
             store.release(ip, cid, ifname)
+        verbs.give_back_conflicts(store)
         try:
             pod = pod_of(request)
             holds = store.holds_of(*pod) if conf.sticky_seconds and pod else []
@@ -576,6 +584,15 @@ def cmd_gc(request):
             for ip in ips:
                 store.release(ip, cid, ifname)
         drop_expired_holds(store)
+        verbs.give_back_conflicts(store)
+
+
+def hold_conflict(request, address, mac):
+    """conflictDetection (cni/dispatch.py hold_ipam_conflict): the address this attachment was just
+    given, which someone with `mac` answered for, becomes a conflict record in etcd."""
+    conf = request.ipam_config or load_config(request)
+    with conf.open_store(request) as store:
+        verbs.hold_conflict(conf, store, request, address, mac)
 
 
 def heal(config, gone):
@@ -597,7 +614,7 @@ def heal(config, gone):
 
 def drop_expired_holds(store):
     """Sticky holds of this network released by this node whose time is up go back to the pool."""
-    now = time.time()
+    now = clock.now()
     for lease in store.holds():
         if lease.expired(now) and lease.doc.get("node") == store.node:
             store.release_lease(lease, None)
@@ -626,9 +643,9 @@ def store_key(config):
 
 
 def leases(config):
-    """Every lease and sticky hold under the config's etcd prefix, all networks and nodes: a list of
-    dicts {ip, kind ("lease" or "hold"), network, containerID, ifname, node, namespace, pod, time,
-    released, until, pool, block}, sorted by address. Reads only."""
+    """Every lease, sticky hold and conflict record under the config's etcd prefix, all networks and
+    nodes: a list of dicts {ip, kind ("lease", "hold" or "conflict"), network, containerID, ifname,
+    node, namespace, pod, time, released, until, pool, block, mac, since}, sorted by address. Reads only."""
     conf = ClusterConfig(config)
     with conf.store("", lock=False) as store:
         found = store.all_leases()
@@ -645,13 +662,21 @@ def who_has(config, address):
 
 
 LEASE_FIELDS = ("ip", "kind", "network", "node", "containerID", "ifname", "namespace", "pod", "time", "released",
-                "until", "pool", "block")
+                "until", "pool", "block", "mac", "since")
 
 
 def lease_row(lease):
     row = {key: lease.doc.get(key) for key in LEASE_FIELDS}   # every row the same keys: a table's columns
-    row.update(ip=lease.ip, kind="hold" if lease.hold else "lease")
+    row.update(ip=lease.ip, kind="hold" if lease.hold else "conflict" if lease.conflict else "lease")
     return row
+
+
+def release_conflict(config, address):
+    """Give the conflict record of `address` back now (the operator's word); False if it holds none."""
+    text = str(ipaddress.ip_address(address))
+    conf = ClusterConfig(config)
+    with conf.store("", lock=False) as store:
+        return store.release_conflict(text)
 
 
 def ip_key(text):
@@ -667,7 +692,7 @@ def pools(config):
     nodes: [{node, blocks, leases, borrowed}]}; node None: blocks orphaned by release-node."""
     request = contract.Request("STATUS", {}, config, b"")
     conf = ClusterConfig(config, request)
-    now = time.time()
+    now = clock.now()
     with conf.store(request.network, list(conf.grids.values()), lock=False) as store:
         found = [x for x in store.all_leases() if not x.expired(now)]
         by_pool = {}
@@ -677,7 +702,7 @@ def pools(config):
     for s in conf.range_sets:
         subnets = {str(r.subnet) for r in s.ranges}
         mine = [x for x in found if s.subnet_range_of(ipaddress.ip_address(x.ip))]
-        t = allocator.tally(s, [x.ip for x in mine])
+        t = allocator.tally(s, [x.ip for x in mine], [x.ip for x in mine if x.conflict])
         nodes = {}
 
         def node_row(name):
@@ -694,6 +719,7 @@ def pools(config):
         for x in mine:
             if x.hold:
                 held += 1
+            if x.hold or x.conflict:
                 continue
             row = node_row(x.doc.get("node"))
             row["leases"] += 1
@@ -702,6 +728,7 @@ def pools(config):
         listed = sorted(nodes.values(), key=lambda n: (n["node"] is None, str(n["node"])))
         rows.append({"set": s.index, "ranges": s.describe(), "size": t["addresses"], "excluded": t["excluded"],
                      "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"], "free": t["free"],
+                     "conflict": t["conflict"],
                      "held": held, "blocks": sum(n["blocks"] for n in listed),
                      "borrowed": sum(n["borrowed"] for n in listed), "nodes": listed})
     return rows
@@ -732,7 +759,7 @@ def release_node(config, node, force=False, others=()):
             raise UnknownNode(f"no node {node} in etcd under {conf.prefix}: no lease, hold, block or attachment "
                               f"names it (released already, or never ran here; known nodes: "
                               f"{', '.join(sorted(known)) or 'none'})")
-        live = [lease for lease in found if not lease.hold and lease.doc.get("node") == node]
+        live = [lease for lease in found if lease.owner() is not None and lease.doc.get("node") == node]
         if live and not force:
             sample = ", ".join(f"{lease.ip} ({lease.doc.get('network')}/{lease.doc.get('containerID')})"
                                for lease in live[:5])

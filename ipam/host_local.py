@@ -20,7 +20,8 @@ class HostLocalConfig(verbs.IpamConfig):
     """host-local's config, read by its one loader (the plugin's verbs, `underlay validate` and
     `pools`, underlayd). With the request (ADD, CHECK, STATUS; validate and pools make one): the
     schema, then the addresses (verbs.IpamConfig). Always: where the store is, dataDir and
-    lockTimeout, which are all DEL and GC read (as the reference, DEL takes any config it can)."""
+    lockTimeout, reuseCooldown and conflictCooldown, which are all DEL and GC read (as the reference,
+    DEL takes any config it can)."""
 
     def __init__(self, config, request=None):
         if request is not None:
@@ -31,9 +32,11 @@ class HostLocalConfig(verbs.IpamConfig):
             raise CniError(ERR_INVALID_CONFIG, "ipam: must be an object")
         self.data_dir = data_dir(ipam)
         self.lock_timeout = verbs.lock_timeout(ipam)
+        verbs.cooldowns(self, ipam)
 
     def open_store(self, request):
-        return DiskStore(self.data_dir, request.network, lock_timeout=self.lock_timeout, netns=request.netns or None)
+        return DiskStore(self.data_dir, request.network, lock_timeout=self.lock_timeout, netns=request.netns or None,
+                         reuse_cooldown=self.reuse_cooldown)
 
 
 def load_config(request):
@@ -62,6 +65,7 @@ def cmd_add(request):
     failure = None
     with conf.open_store(request) as store:
         verbs.refuse_duplicate(conf, store.ips_of(cid, ifname), cid, ifname)
+        verbs.give_back_conflicts(store)
         try:
             for s in conf.range_sets:
                 allocated.append(allocator.allocate(s, store, cid, ifname, requested.get(s.index)))
@@ -101,6 +105,15 @@ def cmd_gc(request):
                 continue
             for ip in ips:
                 store.release(ip, cid, ifname)
+        verbs.give_back_conflicts(store)
+
+
+def hold_conflict(request, address, mac):
+    """conflictDetection (cni/dispatch.py hold_ipam_conflict): the address this attachment was just
+    given, which someone with `mac` answered for, becomes a conflict record of the store."""
+    conf = request.ipam_config or load_config(request)
+    with conf.open_store(request) as store:
+        verbs.hold_conflict(conf, store, request, address, mac)
 
 
 def cmd_status(request):

@@ -41,12 +41,22 @@ class Lease:
 
 
 @dataclass
+class ConflictHold:
+    network: str
+    address: str
+    mac: str                   # who answered for the address (conflictDetection)
+    since: float
+    until: float               # when it is given back (by the next ADD or GC once past)
+
+
+@dataclass
 class Snapshot:
-    """One network's leases, read in one go under its lock."""
+    """One network's leases and conflict records, read in one go under its lock."""
     network: str
     path: str
     leases: list = field(default_factory=list)
     rebooted: bool = False     # the index was stamped under another boot: the next call heals
+    conflicts: list = field(default_factory=list)
 
 
 class _ReadOnlyIndex(lease_index.AttachmentIndex):
@@ -115,7 +125,10 @@ def _snapshot(store, network, path, had_index):
         except _IndexUnreadable:
             entries = {}   # torn: no netns paths, the leases stand on their own
     snap = Snapshot(network, path, rebooted=had_index and _rebooted(path))
-    for ip, owner in sorted(store.files.leases().items(), key=lambda item: _sort_key(item[0])):
+    leases, conflicts = store.files.records()
+    snap.conflicts = [ConflictHold(network, ip, c.mac, c.since, c.until)
+                      for ip, c in sorted(conflicts.items(), key=lambda item: _sort_key(item[0]))]
+    for ip, owner in sorted(leases.items(), key=lambda item: _sort_key(item[0])):
         container, ifname = owner if owner else (None, None)
         netns = None
         entry = entries.get((container, ifname)) if owner else None
@@ -166,20 +179,32 @@ def pools(paths, data_dir=None, lock_timeout=DEFAULT_LOCK_TIMEOUT):
             continue
         root = os.path.abspath(data_dir or conf.data_dir)
         try:
-            leased = [x.address for x in read(root, network.name, lock_timeout).leases]
+            snap = read(root, network.name, lock_timeout)
+            leased, conflicts = [x.address for x in snap.leases], [x.address for x in snap.conflicts]
         except StoreProblem as e:
             if not_there(os.path.join(root, network.name)):
-                leased = []   # no ADD yet on this node: nothing in use
+                leased = conflicts = []   # no ADD yet on this node: nothing in use
             else:
                 problems.append(str(e))
                 continue
         for s in conf.range_sets:
-            t = allocator.tally(s, leased)
+            t = allocator.tally(s, leased, conflicts)
             rows.append({"network": network.name, "file": path, "data_dir": root, "set": s.index,
                          "ranges": s.describe(), "size": t["addresses"], "excluded": t["excluded"],
                          "aux": t["aux"], "reserved": t["reserved"], "in_use": t["in use"],
-                         "free": t["free"]})
+                         "free": t["free"], "conflict": t["conflict"]})
     return rows, problems
+
+
+def release_conflict(data_dir, network, address, lock_timeout=DEFAULT_LOCK_TIMEOUT):
+    """The operator's give-back of one conflict record (`underlay release-conflict`): the one write
+    of the operator's host-local commands, through the plugins' own store under their lock. True if
+    `address` held one in `network`."""
+    try:
+        with disk.DiskStore(data_dir, network, lock_timeout=lock_timeout) as store:
+            return store.release_conflict(address)
+    except CniError as e:
+        raise StoreProblem(f"network {network}: {e.msg}") from None
 
 
 def check_host_local(config, warnings=None):

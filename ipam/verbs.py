@@ -14,9 +14,16 @@ from cni import contract, dispatch
 from cni.errors import (ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_NO_ADDRESS, ERR_NOT_AVAILABLE,
                         CniError)
 from ipam import allocator, ranges
+from ipam.stores import holds
 
 DEFAULT_LOCK_TIMEOUT = 10.0
 RESOLV_CONF_MAX = 64 * 1024
+# How long an address someone else answered for stays held: Kea's decline-probation-period default,
+# the DHCP server's answer to the same event (a client's DHCPDECLINE). Whoever answers is mostly a
+# device with a static address that stays for days; a short hold would have each next ADD probe it
+# again and fail on it again. The operator gives one back at once (`underlay release-conflict`).
+DEFAULT_CONFLICT_COOLDOWN = 86400.0
+MAX_COOLDOWN = 366 * 86400
 
 
 class IpamConfig:
@@ -41,6 +48,22 @@ def lock_timeout(ipam):
     if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
         raise CniError(ERR_INVALID_CONFIG, f"ipam.lockTimeout: {timeout!r} must be a number of seconds in (0, 3600]")
     return float(timeout)
+
+
+def cooldown(ipam, key, default=0.0, zero=True):
+    """ipam.reuseCooldown / ipam.conflictCooldown: seconds, 0 allowed only where it means "off"."""
+    value = ipam.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 <= value if zero else 0 < value) \
+            or not value <= MAX_COOLDOWN:
+        raise CniError(ERR_INVALID_CONFIG, f"ipam.{key}: {value!r} must be a number of seconds in "
+                                           f"{'[' if zero else '('}0, {MAX_COOLDOWN}]")
+    return float(value)
+
+
+def cooldowns(conf, ipam):
+    """The store's part both IPAMs read for every verb: reuse_cooldown, conflict_cooldown."""
+    conf.reuse_cooldown = cooldown(ipam, "reuseCooldown")
+    conf.conflict_cooldown = cooldown(ipam, "conflictCooldown", DEFAULT_CONFLICT_COOLDOWN, zero=False)
 
 
 def check_one_set_per_family(range_sets, version):
@@ -138,6 +161,26 @@ def refuse_duplicate(conf, existing, container_id, ifname):
             if s.subnet_range_of(ipaddress.ip_address(ip)):
                 raise CniError(ERR_NO_ADDRESS, f"{ip} has been allocated to {container_id}/{ifname}, "
                                                "duplicate allocation is not allowed")
+
+
+def give_back_conflicts(store):
+    """ADD (and GC): conflict records past their time go back to the pool, before anything is allocated."""
+    now = holds.now()
+    for ip, conflict in store.conflicts().items():
+        if not conflict.held(now):
+            store.release_conflict(ip)
+
+
+def hold_conflict(conf, store, request, address, mac):
+    """The attachment's lease of `address` becomes a conflict record held conf.conflict_cooldown seconds."""
+    try:
+        ip = str(ipaddress.ip_interface(address).ip)
+        mac = holds.check_mac(mac)
+    except ValueError as e:
+        raise CniError(ERR_INVALID_CONFIG, f"conflict hold: {e}") from None
+    cid, ifname = request.container_id, request.ifname
+    if not store.hold_conflict(ip, cid, ifname, mac, conf.conflict_cooldown):
+        raise CniError(ERR_NO_ADDRESS, f"conflict hold: {ip} is not leased to {cid}/{ifname}")
 
 
 def add_result(conf, allocated):

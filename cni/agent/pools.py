@@ -42,7 +42,7 @@ def pool_row(network, ipam, figures=None, in_use=None):
     return row
 
 
-POOL_STATES = ("excluded", "aux", "reserved", "in_use", "free")
+POOL_STATES = ("excluded", "aux", "reserved", "in_use", "conflict", "free")
 
 
 def host_local_pools(config_dir, data_dirs):
@@ -162,7 +162,8 @@ def render_pools(rows, readable, problems):
         if row["set"] is not None:
             out.append(f'underlay_pool_size_addresses{{{labels(row)}}} {row["size"]}\n')
     out.append("# HELP underlay_pool_addresses addresses of a range set by state: excluded, aux, reserved "
-               "(network, broadcast, gateway), in_use, free (their sum is the size); a network whose ranges "
+               "(network, broadcast, gateway), in_use, conflict (held: someone else on the LAN answered for "
+               "it, conflictDetection), free (their sum is the size); a network whose ranges "
                "are unknown (no config on this node) has only in_use, without set and ranges\n"
                "# TYPE underlay_pool_addresses gauge\n")
     for row in once.values():

@@ -1,7 +1,8 @@
 """`underlay`: the operator's command for leases, pools and configs.
 
 Reads host-local's stores under the lock the plugins take and cluster-ipam's
-in etcd, and never changes them (but for `cluster release-node --yes`); checks
+in etcd, and never changes them (but for `release-conflict`, `cluster
+release-conflict` and `cluster release-node --yes`); checks
 network configs with the plugins' own code. See `underlay --help`
 and the README section "The underlay command".
 """
@@ -29,16 +30,19 @@ OK, NO, USAGE, STORE, INTERNAL = 0, 1, 2, 3, 4
 DESCRIPTION = """\
 The operator's command of underlay's CNI plugins. It reads host-local's lease
 stores under the same lock the plugins take, and cluster-ipam's in etcd, and
-never changes them (but for `cluster release-node --yes`); it checks network
-configs with the plugins' own code.
+never changes them (but for `release-conflict` and `cluster release-conflict`,
+`cluster release-node --yes`); it checks network configs with the plugins' own
+code.
 
 commands:
-  leases     every lease: network, address, container, ifname, pod netns, since
+  leases     every lease: network, address, container, ifname, pod netns, since;
+             then the conflict records (conflictDetection): address, MAC, since, until
+  release-conflict  give a conflict record back now (the address is handed out again)
   who-has    the container holding an address
   pools      per network and range set: size, excluded, aux, reserved, in use, free
   validate   check network configs, conflists and NetworkAttachmentDefinition YAML
   gc         what host-local's GC would release for a valid list, and why (--dry-run)
-  cluster    cluster-ipam's store in etcd: leases, who-has, pools, release-node
+  cluster    cluster-ipam's store in etcd: leases, who-has, pools, release-conflict, release-node
 
 In the built bundle, `underlay PLUGIN` (macvlan, ipvlan, host-local) runs that
 plugin, as a runtime would, for debugging by hand.
@@ -95,6 +99,16 @@ def parser():
                        description="Every host-local lease under the data directory.")
     p.add_argument("--network", action="append", metavar="NAME", help="only this network (repeatable)")
     p.set_defaults(run=cmd_leases)
+
+    p = sub.add_parser("release-conflict", parents=[common, store], help="give a conflict record back now",
+                       description="Give back the conflict record of ADDRESS (an address someone else on the "
+                                   "LAN answered for, held by host-local since conflictDetection found it): "
+                                   "the next ADD may hand it out again. The one host-local command that "
+                                   "changes a store, under the plugins' lock. Exit 1 if ADDRESS holds no "
+                                   "conflict record.")
+    p.add_argument("address", metavar="ADDRESS")
+    p.add_argument("--network", action="append", metavar="NAME", help="only in this network (repeatable)")
+    p.set_defaults(run=cmd_release_conflict)
 
     p = sub.add_parser("who-has", parents=[common, store], help="who holds an address",
                        description="The lease of ADDRESS in every network of the data directory; "
@@ -232,11 +246,47 @@ def answer(args, problems, data, columns, rows, empty):
     return OK
 
 
+CONFLICT_COLUMNS = [("NETWORK", "network"), ("ADDRESS", "address"), ("CONFLICT", "mac"), ("SINCE", "since"),
+                    ("UNTIL", "until")]
+
+
+def conflict_json(conflict):
+    return {"network": conflict.network, "address": conflict.address, "kind": "conflict", "container": None,
+            "ifname": None, "netns": None, "since": output.when(conflict.since), "mac": conflict.mac,
+            "until": output.when(conflict.until) if conflict.until != float("inf") else None}
+
+
 def cmd_leases(args):
     snaps, problems = snapshots(args, args.network)
     leases = [lease for snap in snaps for lease in snap.leases]
-    return answer(args, problems, [lease_json(x) for x in leases], LEASE_COLUMNS,
-                  [lease_row(x, args) for x in leases], f"no leases in {data_dir(args)}")
+    conflicts = [c for snap in snaps for c in snap.conflicts]
+    data = [dict(lease_json(x), kind="lease") for x in leases] + [conflict_json(c) for c in conflicts]
+    code = answer(args, problems, data, LEASE_COLUMNS, [lease_row(x, args) for x in leases],
+                  f"no leases in {data_dir(args)}")
+    if conflicts and not code and args.output == "table":
+        sys.stdout.write("\n" + output.table(CONFLICT_COLUMNS, [conflict_json(c) for c in conflicts]))
+    return code
+
+
+def cmd_release_conflict(args):
+    try:
+        wanted = str(ipaddress.ip_address(args.address.split("/", 1)[0]))
+    except ValueError:
+        raise UsageError(f"{args.address!r} is not an IP address") from None
+    root = data_dir(args)
+    known = [name for name in hostlocal.networks(root) if not cluster.is_recorded(root, name)]
+    for name in args.network or ():
+        if name not in known:   # opening a store would make its directory: a typo must not
+            raise UsageError(f"no host-local network {name} in {root}")
+    names = args.network or known
+    released = [name for name in names if hostlocal.release_conflict(root, name, wanted, args.lock_timeout)]
+    if args.output == "json":
+        sys.stdout.write(output.dump({"address": wanted, "released": released}))
+    elif released:
+        sys.stdout.write(f"gave back {wanted} in {', '.join(released)}: the next ADD may hand it out\n")
+    else:
+        sys.stdout.write(f"no conflict record of {wanted} in {root}\n")
+    return OK if released else NO
 
 
 def cmd_who_has(args):
@@ -246,6 +296,10 @@ def cmd_who_has(args):
         raise UsageError(f"{args.address!r} is not an IP address") from None
     snaps, problems = snapshots(args, note=False)
     found = [lease for snap in snaps for lease in snap.leases if lease.address == wanted]
+    held = [c for snap in snaps for c in snap.conflicts if c.address == wanted]
+    if held and not found and not problems:   # nobody's lease: held as a conflict record
+        output.emit(args, [conflict_json(c) for c in held], CONFLICT_COLUMNS, [conflict_json(c) for c in held], "")
+        return OK
     if not found and not problems:   # "nobody holds" must not be said of a cluster-ipam network's address
         network = cluster.network_of(wanted, cluster.recorded_networks([data_dir(args)]))
         if network:
@@ -274,13 +328,14 @@ def config_files(paths):
 def cmd_pools(args):
     paths = config_files(args.config)
     rows, problems = hostlocal.pools(paths, args.data_dir, args.lock_timeout)
+    columns = POOL_COLUMNS + ([("CONFLICTS", "conflict")] if any(r["conflict"] for r in rows) else [])
     notes = [cluster.elsewhere(network.name, "pools", path, "pools")
              for path, network, _, _ in configs.ipam_users(paths, configs.is_cluster_ipam)[0]]
     if notes and not rows and not problems:
         raise UsageError("; ".join(notes))
     for note in notes:
         sys.stderr.write(f"underlay: note: {note}\n")
-    return answer(args, problems, rows, POOL_COLUMNS, rows, "no host-local networks in the configs")
+    return answer(args, problems, rows, columns, rows, "no host-local networks in the configs")
 
 
 # -- validate ---------------------------------------------------------------

@@ -30,8 +30,9 @@ def add_parsers(sub, common):
     config = dict(required=True, metavar="FILE", help="a network config with cluster-ipam as its ipam")
 
     c = csub.add_parser("leases", parents=[common], help="leases and sticky holds in etcd",
-                        description="Every lease (and sticky hold) under the config's etcd prefix: network, "
-                                    "address, node, kind, container, ifname, pod, since.")
+                        description="Every lease (and sticky hold, and conflict record) under the config's etcd "
+                                    "prefix: network, address, node, kind, container, ifname, pod, since; "
+                                    "with conflicts, the MAC that answered and when it is given back.")
     c.add_argument("--config", **config)
     c.add_argument("--node", action="append", metavar="NODE", help="only this node's (repeatable)")
     c.add_argument("--network", action="append", metavar="NAME", help="only this network's (repeatable)")
@@ -55,6 +56,14 @@ def add_parsers(sub, common):
                                     "config's blockSize says now).")
     c.add_argument("--config", **config)
     c.set_defaults(run=cmd_pools)
+
+    c = csub.add_parser("release-conflict", parents=[common], help="give a conflict record back now",
+                        description="Give back the conflict record of ADDRESS (an address someone else on the "
+                                    "LAN answered for, held in etcd since conflictDetection found it): any "
+                                    "node's next ADD may hand it out again. Exit 1 if ADDRESS holds none.")
+    c.add_argument("address", metavar="ADDRESS")
+    c.add_argument("--config", **config)
+    c.set_defaults(run=cmd_release_conflict)
 
     c = csub.add_parser("release-node", parents=[common], help="release a node that never comes back",
                         description="Release every lease (every network) and block a node holds. Refused "
@@ -179,11 +188,14 @@ LEASE_COLUMNS = [("NETWORK", "network"), ("ADDRESS", "address"), ("NODE", "node"
 
 def lease_json(row):
     """A row of ipam.cluster.leases() as the command shows it (the host-local listing's names)."""
+    since = {"lease": row["time"], "hold": row["released"]}.get(row["kind"])
+    if row["kind"] == "conflict" and isinstance(row["since"], (int, float)):
+        since = output.when(row["since"])
     return {"network": row["network"], "address": row["ip"], "node": row["node"], "kind": row["kind"],
             "container": row["containerID"], "ifname": row["ifname"], "namespace": row["namespace"],
-            "pod": row["pod"], "since": row["time"] if row["kind"] == "lease" else row["released"],
+            "pod": row["pod"], "since": since,
             "until": output.when(row["until"]) if isinstance(row["until"], (int, float)) else None,
-            "pool": row["pool"], "block": row["block"]}
+            "pool": row["pool"], "block": row["block"], "mac": row["mac"]}
 
 
 def lease_table_row(lease, args):
@@ -196,8 +208,23 @@ def cmd_leases(args):
     found = [lease_json(r) for rows in each_store(args, "leases") for r in rows]
     found = [x for x in found if (not args.node or x["node"] in args.node)
              and (not args.network or x["network"] in args.network)]
-    output.emit(args, found, LEASE_COLUMNS, [lease_table_row(x, args) for x in found], "no leases")
+    columns = LEASE_COLUMNS + ([("MAC", "mac"), ("UNTIL", "until")] if any(x["mac"] for x in found) else [])
+    output.emit(args, found, columns, [lease_table_row(x, args) for x in found], "no leases")
     return 0
+
+
+def cmd_release_conflict(args):
+    try:
+        wanted = str(ipaddress.ip_address(args.address.split("/", 1)[0]))
+    except ValueError:
+        raise UsageError(f"{args.address!r} is not an IP address") from None
+    released = any(each_store(args, "release_conflict", wanted))
+    if args.output == "json":
+        sys.stdout.write(output.dump({"address": wanted, "released": released}))
+    else:
+        sys.stdout.write(f"gave back {wanted}: any node's next ADD may hand it out\n" if released
+                         else f"no conflict record of {wanted} in etcd\n")
+    return 0 if released else 1
 
 
 def cmd_who_has(args):
@@ -225,7 +252,8 @@ def cmd_pools(args):
     if args.output == "json":
         sys.stdout.write(output.dump(sets))
         return 0
-    sys.stdout.write(output.table(POOL_COLUMNS, sets))
+    conflicts = [("CONFLICTS", "conflict")] if any(s["conflict"] for s in sets) else []
+    sys.stdout.write(output.table(POOL_COLUMNS + conflicts, sets))
     nodes = [dict(n, network=s["network"], set=s["set"],
                   node=n["node"] if n["node"] is not None else "(orphaned)")
              for s in sets for n in s["nodes"]]

@@ -285,6 +285,26 @@ def validate_https___underlay_invalid_schema_cluster_ipam_json(data, custom_form
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.lockTimeout must be smaller than or equal to 3600', value=data__ipam__lockTimeout, name='' + (name_prefix or 'data') + '.ipam.lockTimeout', rule='maximum')
                         if data__ipam__lockTimeout <= 0:
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.lockTimeout must be bigger than 0', value=data__ipam__lockTimeout, name='' + (name_prefix or 'data') + '.ipam.lockTimeout', rule='exclusiveMinimum')
+                if 'reuseCooldown' in data__ipam_keys:
+                    data__ipam_keys.remove('reuseCooldown')
+                    data__ipam__reuseCooldown = data__ipam['reuseCooldown']
+                    if not isinstance(data__ipam__reuseCooldown, (int, float, Decimal)) or isinstance(data__ipam__reuseCooldown, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.reuseCooldown must be number', value=data__ipam__reuseCooldown, name='' + (name_prefix or 'data') + '.ipam.reuseCooldown', rule='type')
+                    if isinstance(data__ipam__reuseCooldown, (int, float, Decimal)) and (not isinstance(data__ipam__reuseCooldown, bool)):
+                        if data__ipam__reuseCooldown < 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.reuseCooldown must be bigger than or equal to 0', value=data__ipam__reuseCooldown, name='' + (name_prefix or 'data') + '.ipam.reuseCooldown', rule='minimum')
+                        if data__ipam__reuseCooldown > 31622400:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.reuseCooldown must be smaller than or equal to 31622400', value=data__ipam__reuseCooldown, name='' + (name_prefix or 'data') + '.ipam.reuseCooldown', rule='maximum')
+                if 'conflictCooldown' in data__ipam_keys:
+                    data__ipam_keys.remove('conflictCooldown')
+                    data__ipam__conflictCooldown = data__ipam['conflictCooldown']
+                    if not isinstance(data__ipam__conflictCooldown, (int, float, Decimal)) or isinstance(data__ipam__conflictCooldown, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.conflictCooldown must be number', value=data__ipam__conflictCooldown, name='' + (name_prefix or 'data') + '.ipam.conflictCooldown', rule='type')
+                    if isinstance(data__ipam__conflictCooldown, (int, float, Decimal)) and (not isinstance(data__ipam__conflictCooldown, bool)):
+                        if data__ipam__conflictCooldown > 31622400:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.conflictCooldown must be smaller than or equal to 31622400', value=data__ipam__conflictCooldown, name='' + (name_prefix or 'data') + '.ipam.conflictCooldown', rule='maximum')
+                        if data__ipam__conflictCooldown <= 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.conflictCooldown must be bigger than 0', value=data__ipam__conflictCooldown, name='' + (name_prefix or 'data') + '.ipam.conflictCooldown', rule='exclusiveMinimum')
                 if 'etcd' in data__ipam_keys:
                     data__ipam_keys.remove('etcd')
                     data__ipam__etcd = data__ipam['etcd']
@@ -773,6 +793,7 @@ validate = validate_https___underlay_invalid_schema_cluster_ipam_json
 KEYS = {'props': {'ipam': {'keys': ['auxAddresses',
                              'blockSize',
                              'configuration_path',
+                             'conflictCooldown',
                              'dataDir',
                              'datastore',
                              'dns',
@@ -805,6 +826,7 @@ KEYS = {'props': {'ipam': {'keys': ['auxAddresses',
                              'ranges',
                              'reconciler_cron_expression',
                              'resolvConf',
+                             'reuseCooldown',
                              'routes',
                              'sleep_for_race',
                              'sticky',

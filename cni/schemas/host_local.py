@@ -239,6 +239,26 @@ def validate_https___underlay_invalid_schema_host_local_json(data, custom_format
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.lockTimeout must be smaller than or equal to 3600', value=data__ipam__lockTimeout, name='' + (name_prefix or 'data') + '.ipam.lockTimeout', rule='maximum')
                         if data__ipam__lockTimeout <= 0:
                             raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.lockTimeout must be bigger than 0', value=data__ipam__lockTimeout, name='' + (name_prefix or 'data') + '.ipam.lockTimeout', rule='exclusiveMinimum')
+                if 'reuseCooldown' in data__ipam_keys:
+                    data__ipam_keys.remove('reuseCooldown')
+                    data__ipam__reuseCooldown = data__ipam['reuseCooldown']
+                    if not isinstance(data__ipam__reuseCooldown, (int, float, Decimal)) or isinstance(data__ipam__reuseCooldown, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.reuseCooldown must be number', value=data__ipam__reuseCooldown, name='' + (name_prefix or 'data') + '.ipam.reuseCooldown', rule='type')
+                    if isinstance(data__ipam__reuseCooldown, (int, float, Decimal)) and (not isinstance(data__ipam__reuseCooldown, bool)):
+                        if data__ipam__reuseCooldown < 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.reuseCooldown must be bigger than or equal to 0', value=data__ipam__reuseCooldown, name='' + (name_prefix or 'data') + '.ipam.reuseCooldown', rule='minimum')
+                        if data__ipam__reuseCooldown > 31622400:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.reuseCooldown must be smaller than or equal to 31622400', value=data__ipam__reuseCooldown, name='' + (name_prefix or 'data') + '.ipam.reuseCooldown', rule='maximum')
+                if 'conflictCooldown' in data__ipam_keys:
+                    data__ipam_keys.remove('conflictCooldown')
+                    data__ipam__conflictCooldown = data__ipam['conflictCooldown']
+                    if not isinstance(data__ipam__conflictCooldown, (int, float, Decimal)) or isinstance(data__ipam__conflictCooldown, bool):
+                        raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.conflictCooldown must be number', value=data__ipam__conflictCooldown, name='' + (name_prefix or 'data') + '.ipam.conflictCooldown', rule='type')
+                    if isinstance(data__ipam__conflictCooldown, (int, float, Decimal)) and (not isinstance(data__ipam__conflictCooldown, bool)):
+                        if data__ipam__conflictCooldown > 31622400:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.conflictCooldown must be smaller than or equal to 31622400', value=data__ipam__conflictCooldown, name='' + (name_prefix or 'data') + '.ipam.conflictCooldown', rule='maximum')
+                        if data__ipam__conflictCooldown <= 0:
+                            raise JsonSchemaValueException('' + (name_prefix or 'data') + '.ipam.conflictCooldown must be bigger than 0', value=data__ipam__conflictCooldown, name='' + (name_prefix or 'data') + '.ipam.conflictCooldown', rule='exclusiveMinimum')
     return data
 
 def validate_https___underlay_invalid_schema_host_local_json__definitions_exclude(data, custom_formats={}, name_prefix=None):
@@ -396,6 +416,7 @@ validate = validate_https___underlay_invalid_schema_host_local_json
 # The keys known at each place of a config (cni/config.py key_problems): 'keys' where they are
 # checked, 'props' and 'items' to walk on. A place with additionalProperties is free.
 KEYS = {'props': {'ipam': {'keys': ['auxAddresses',
+                             'conflictCooldown',
                              'dataDir',
                              'exclude',
                              'gateway',
@@ -404,6 +425,7 @@ KEYS = {'props': {'ipam': {'keys': ['auxAddresses',
                              'rangeStart',
                              'ranges',
                              'resolvConf',
+                             'reuseCooldown',
                              'routes',
                              'subnet',
                              'type'],

@@ -3,7 +3,9 @@ store made of the block store's own operations (so the etcd and the memory store
 
 A lease (or a sticky hold) of one address is a JSON object: {network, containerID, ifname, node,
 namespace, pod, time, pool, block}; a hold: {sticky, network, namespace, pod, until, pool, block, node,
-released}. Its bytes are kept as written: a release is conditioned on the very lease it read.
+released}; a conflict record (ipam/stores/holds.py): {conflict, network, node, mac, since, until, pool,
+block}, its address `used` in its block until given back. Its bytes are kept as written: a release is
+conditioned on the very lease it read. Time is ipam/stores/holds.py's clock.
 """
 
 import ipaddress
@@ -11,6 +13,7 @@ import json
 import time
 
 from cni.errors import ERR_INVALID_CONFIG, ERR_TRY_AGAIN, CniError
+from ipam.stores import holds
 
 # Claims and releases retried after losing a race on the block (others allocate in it too).
 MAX_RACES = 200
@@ -57,8 +60,12 @@ class Lease:
     def hold(self):
         return bool(self.doc.get("sticky"))
 
+    @property
+    def conflict(self):
+        return self.doc.get("conflict") is True
+
     def owner(self):
-        return None if self.hold else (self.doc.get("containerID"), self.doc.get("ifname"))
+        return None if self.hold or self.conflict else (self.doc.get("containerID"), self.doc.get("ifname"))
 
     def expired(self, now):
         until = self.doc.get("until")
@@ -68,7 +75,7 @@ class Lease:
 def lease_doc(network, node, pod, grid, block, container_id, ifname):
     namespace, name = pod or (None, None)
     return {"network": network, "containerID": container_id, "ifname": ifname, "node": node,
-            "namespace": namespace, "pod": name, "time": now_text(time.time()),
+            "namespace": namespace, "pod": name, "time": now_text(holds.now()),
             "pool": str(grid.range.subnet), "block": grid.key(block.first)}
 
 
@@ -79,9 +86,28 @@ def hold_doc(doc, sticky_seconds, node):
     if not sticky_seconds or doc.get("sticky") or not (isinstance(namespace, str) and namespace
                                                        and isinstance(pod, str) and pod):
         return None
+    now = holds.now()
     return {"sticky": True, "network": doc.get("network"), "namespace": namespace, "pod": pod,
-            "until": round(time.time() + sticky_seconds, 3), "pool": doc.get("pool"),
-            "block": doc.get("block"), "node": doc.get("node") or node, "released": now_text(time.time())}
+            "until": round(now + sticky_seconds, 3), "pool": doc.get("pool"),
+            "block": doc.get("block"), "node": doc.get("node") or node, "released": now_text(now)}
+
+
+def conflict_doc(doc, mac, seconds, node):
+    """The conflict record the lease `doc` becomes: its address, pool and block, the answering MAC."""
+    conflict = holds.Conflict(holds.check_mac(mac), holds.now(), holds.now() + seconds)
+    return dict(conflict.doc(), conflict=True, network=doc.get("network"), node=doc.get("node") or node,
+                pool=doc.get("pool"), block=doc.get("block"))
+
+
+def released_cooling(block, offset, lease, cooldown, now):
+    """The block's cool-down record as a release of `lease` (to a sticky hold, or free) leaves it: a lease
+    released cools from now (also into a sticky hold, for when the hold ends); a conflict given back
+    is free at once; a hold dropped keeps the time its lease was released. Past ones are forgotten."""
+    if lease.conflict:
+        block.cooling.pop(offset, None)
+    elif not lease.hold and cooldown:
+        block.cooling[offset] = round(now, 3)
+    block.prune_cooling(now, cooldown)
 
 
 class BlockLeases:
@@ -102,7 +128,7 @@ class BlockLeases:
             raise CniError(ERR_INVALID_CONFIG, f"{ip} is in no range of network {self.network}")
         for _ in range(MAX_RACES):
             block = self.block(grid, grid.first_of(value))
-            if self.taken(grid, block, value, time.time()):
+            if self.taken(grid, block, value, holds.now()):
                 return False
             outcome = self.claim(grid, block, value, container_id, ifname)
             if outcome is not None:
@@ -113,7 +139,7 @@ class BlockLeases:
 
     def release(self, ip, container_id, ifname, hold=True):
         lease = self.read(ip)
-        if lease is None or lease.hold or lease.doc.get("network") != self.network:
+        if lease is None or lease.hold or lease.conflict or lease.doc.get("network") != self.network:
             self.forget(container_id, ifname, ip)   # a stale attachment record, if any
             return
         cid, lease_ifname = lease.owner()
@@ -130,17 +156,42 @@ class BlockLeases:
         if current is None:
             return None
         taken = Lease(grid.range.text(value), current)
-        if hold is None and taken.expired(time.time()) and block.revision:
+        if hold is None and taken.expired(holds.now()) and block.revision:
             return self.claim(grid, block, value, container_id, ifname, taken)   # an expired hold: take it
         if hold is not None and taken.raw != hold.raw:
             return False
-        if not block.taken(value, time.time()):
+        if not block.taken(value, holds.now()):
             self.foreign.add((grid.range.version, value))   # held through a pool we did not read
             return False
         return False if hold is None else None
 
     def attachments(self):
         return {owner: ips for owner, (_, _, ips) in self.attachment_records().items()}
+
+    def hold_conflict(self, ip, container_id, ifname, mac, seconds):
+        lease = self.read(ip)
+        if lease is None or lease.owner() is None or lease.doc.get("network") != self.network:
+            return False
+        cid, lease_ifname = lease.owner()
+        if cid != container_id or lease_ifname not in (ifname, None):
+            return False
+        return self.make_conflict(lease, conflict_doc(lease.doc, mac, seconds, self.node))
+
+    def release_conflict(self, ip):
+        lease = self.read(ip)
+        return lease is not None and lease.conflict and self.release_lease(lease, None)
+
+    def cooling(self):
+        if not self.reuse_cooldown:
+            return {}
+        now, found = holds.now(), {}
+        for grid in self.grids:
+            for block in self.blocks(grid).values():
+                for offset, released in block.cooling.items():
+                    value = block.first + offset
+                    if released + self.reuse_cooldown > now and not block.taken(value, now):
+                        found[grid.range.text(value)] = released + self.reuse_cooldown
+        return found
 
     def owner(self, ip):
         lease = self.read(ip)

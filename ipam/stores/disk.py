@@ -4,6 +4,7 @@ attachment index, kept in step.
 Beside the protocol, `lock()` takes the flock alone (a reader's: the operator command).
 """
 
+from ipam.stores import holds
 from ipam.stores.lease_files import LeaseFiles, io_error
 from ipam.stores.lease_index import INDEX_DIR, STAMP, AttachmentIndex  # noqa: F401 (the tests' paths)
 
@@ -14,7 +15,7 @@ class DiskStore:
 
     Index = AttachmentIndex    # a reader that must never repair the index substitutes its own
 
-    def __init__(self, data_dir, network, lock_timeout=10.0, netns=None):
+    def __init__(self, data_dir, network, lock_timeout=10.0, netns=None, reuse_cooldown=0):
         self.files = LeaseFiles(data_dir, network, lock_timeout)
         try:
             self.index = self.Index(self.files)
@@ -25,6 +26,9 @@ class DiskStore:
         self.netns = netns     # recorded for the attachments this store reserves for (healing)
         self.pending = {}      # (containerID, ifname or None) -> [netns, [ip, ...]] to write to the index
         self.touched = False   # anything written: the index must be committed
+        self.reuse_cooldown = reuse_cooldown
+        self.held = None       # the addresses holding conflict records, once read (a set)
+        self.released = None  # {ip: release time} once read, with reuse_cooldown
 
     def close(self):
         self.index.close()
@@ -60,6 +64,11 @@ class DiskStore:
         return False
 
     def flush(self):
+        if self.held is not None:
+            self.index.record_conflicts(self.held)
+        if self.released is not None:
+            now = holds.now()
+            self.files.write_released({ip: t for ip, t in self.released.items() if t + self.reuse_cooldown > now})
         for (container_id, ifname), (netns, ips) in self.pending.items():
             if ips:
                 self.index.record(container_id, ifname, ips, netns)
@@ -86,6 +95,8 @@ class DiskStore:
         entry[1].append(ip)
         if set_index is not None:
             self.files.set_last_reserved(set_index, ip)
+        if self.reuse_cooldown and ip in self._released():
+            del self.released[ip]      # leased again: no longer cooling
         return True
 
     def last_reserved(self, set_index):
@@ -93,7 +104,11 @@ class DiskStore:
 
     def release(self, ip, container_id, ifname):
         self.touched = True
-        self.files.release(ip, container_id, ifname)
+        if self.files.release(ip, container_id, ifname) and self.reuse_cooldown:
+            self._released()[ip] = holds.now()
+        self._unindex(ip, container_id, ifname)
+
+    def _unindex(self, ip, container_id, ifname):
         for key in {ifname, None}:
             entry = self._pending(container_id, key)
             if ip in entry[1]:
@@ -118,6 +133,49 @@ class DiskStore:
     def owner(self, ip):
         return self.files.owner(ip)
 
+    def hold_conflict(self, ip, container_id, ifname, mac, seconds):
+        owner = self.files.owner(ip)
+        if owner is None or owner[0] != container_id or owner[1] not in (ifname, None):
+            return False
+        self.touched = True
+        since = holds.now()
+        self.files.write_conflict(ip, holds.Conflict(holds.check_mac(mac), since, since + seconds))
+        self._held().add(ip)
+        self._unindex(ip, container_id, ifname)
+        return True
+
+    def conflicts(self):
+        found = {}
+        for ip in sorted(self._held()):
+            conflict = self.files.conflict(ip)
+            if conflict is not None:
+                found[ip] = conflict
+        return found
+
+    def release_conflict(self, ip):
+        if ip not in self._held() or self.files.conflict(ip) is None:
+            return False
+        self.touched = True
+        self.files.unlink_lease(ip)
+        self.held.discard(ip)
+        return True
+
+    def cooling(self):
+        if not self.reuse_cooldown:
+            return {}
+        now = holds.now()
+        return {ip: t + self.reuse_cooldown for ip, t in self._released().items() if t + self.reuse_cooldown > now}
+
+    def _held(self):
+        if self.held is None:
+            self.held = set(self.index.conflict_ips())
+        return self.held
+
+    def _released(self):
+        if self.released is None:
+            self.released = self.files.released()
+        return self.released
+
     def reclaim_dead_netns(self, gone):
         """underlayd's healing: AttachmentIndex.reclaim_dead_netns, committed as the block ends."""
         released = self.index.reclaim_dead_netns(gone)
@@ -125,5 +183,5 @@ class DiskStore:
         return released
 
     def leased(self):
-        """Every lease file's name (a listing, no reads)."""
+        """Every lease file's name, conflict records' included (a listing, no reads)."""
         return self.files.lease_names()

@@ -15,6 +15,9 @@ Keys under the prefix (default /underlay/ipam):
                                             CNI_NETNS, when absolute) lets the node's agent heal a missed
                                             DEL; records written before it have none and are never healed
     sticky/<network>/<namespace>/<pod>/<ip>     the hold again, found by the pod's name
+    conflicts/<network>/<ip>                a conflict record (ips/<ip> holds it too, and its block
+                                            counts it used): {conflict, network, node, mac, since,
+                                            until, pool, block}; found by the network's ADD
 
 A claim marks its attachment record pending; the ADD clears the mark (one more
 transaction, `complete`) once every range set has its address. A lease still
@@ -39,8 +42,9 @@ from cni.errors import ERR_IO, ERR_TRY_AGAIN, CniError
 from cni.files import replace_if_changed
 from ipam import etcd
 from ipam.blocks import Block
+from ipam.stores import holds
 from ipam.stores.block_leases import MAX_RACES, BlockLeases, Lease, block_size_refused, changed_before_completion, \
-    contention, hold_doc, lease_doc, parse
+    contention, hold_doc, lease_doc, parse, released_cooling
 from ipam.stores.lease_index import recordable_netns
 
 # A write repeated after etcd lost it (its answer lost, the outcome read back: not applied).
@@ -58,7 +62,7 @@ class EtcdStore(BlockLeases):
     operations below)."""
 
     def __init__(self, client, prefix, network, node, grids=(), files=None, pod=None, sticky_seconds=None,
-                 netns=None):
+                 netns=None, reuse_cooldown=0):
         self.client = client
         self.prefix = prefix.rstrip("/")
         self.network = network
@@ -71,6 +75,7 @@ class EtcdStore(BlockLeases):
         self.pools = {}                 # subnet -> {first: Block} as last read
         self.foreign = set()            # (version, value) taken outside any block we read (an overlapping pool)
         self.inflight = None            # the address of a claim etcd may have applied when its answer was lost
+        self.reuse_cooldown = reuse_cooldown
 
     # -- keys -----------------------------------------------------------------
 
@@ -85,6 +90,9 @@ class EtcdStore(BlockLeases):
 
     def k_sticky(self, network, namespace, pod, text=""):
         return self.k("sticky", network, namespace, pod, text)
+
+    def k_conflict(self, network, text=""):
+        return self.k("conflicts", network, text)
 
     # -- the operation: etcd first, then the node's lock ---------------------------
 
@@ -315,6 +323,16 @@ class EtcdStore(BlockLeases):
         leases = (self.read(kv.key.decode().rsplit("/", 1)[-1]) for kv in self.client.range(prefix, keys_only=True))
         return [lease for lease in leases if lease is not None]
 
+    def conflicts(self):
+        prefix = self.k_conflict(self.network)
+        found = {}
+        for kv in self.client.range(prefix):
+            conflict = Lease(kv.key.decode()[len(prefix):], kv.value)
+            record = holds.conflict_from_doc(conflict.doc)
+            if record is not None:
+                found[conflict.ip] = record
+        return found
+
     def all_leases(self):
         """[Lease] of every address key under the prefix (every network, every node)."""
         prefix = self.k("ips") + "/"
@@ -345,12 +363,14 @@ class EtcdStore(BlockLeases):
         ip_key = self.k_ip(text)
         offset = value - block.first
         new = Block(block.first, block.last, block.key, block.node or self.node,
-                    block.used | {offset}, {o: t for o, t in block.held.items() if o != offset})
+                    block.used | {offset}, {o: t for o, t in block.held.items() if o != offset},
+                    cooling={o: t for o, t in block.cooling.items() if o != offset})
+        new.prune_cooling(holds.now(), self.reuse_cooldown)
         lease = self.lease_value(grid, block, container_id, ifname)
         success = [etcd.put(ip_key, lease),
                    etcd.put(self.k_attachment(container_id, ifname, text), self.attachment_value(True)),
                    etcd.put(block.key, new.encode())]
-        if hold is not None:
+        if hold is not None and hold.hold:
             success.append(etcd.delete(self.k_sticky(hold.doc.get("network", ""), hold.doc.get("namespace", ""),
                                                      hold.doc.get("pod", ""), text)))
         compares = [etcd.absent(ip_key) if hold is None else etcd.value_is(ip_key, hold.raw),
@@ -383,8 +403,24 @@ class EtcdStore(BlockLeases):
         if kvs:
             fresh = Block.decode(block.first, block.last, block.key, kvs[0].value, kvs[0].mod_revision)
             block.node, block.used, block.held, block.revision = fresh.node, fresh.used, fresh.held, fresh.revision
+            block.cooling = fresh.cooling
         else:
-            block.node, block.used, block.held, block.revision = None, set(), {}, 0
+            block.node, block.used, block.held, block.revision, block.cooling = None, set(), {}, 0, {}
+
+    def make_conflict(self, lease, doc):
+        """One transaction: the lease read as `lease` becomes the conflict record `doc` (its block unchanged:
+        the address stays used); its attachment record goes. False if the lease changed meanwhile."""
+        raw = json.dumps(doc, separators=(",", ":"))
+        ip_key = self.k_ip(lease.ip)
+        ops = [etcd.put(ip_key, raw), etcd.put(self.k_conflict(self.network, lease.ip), raw),
+               etcd.delete(self.k_attachment(lease.doc.get("containerID"), lease.doc.get("ifname"), lease.ip))]
+        try:
+            return self.client.txn([etcd.value_is(ip_key, lease.raw)], ops).succeeded
+        except CniError as e:
+            if not maybe_applied(e):
+                raise
+            kv = self.client.get(ip_key)      # applied if the address holds our record now
+            return kv is not None and kv.value == raw.encode()
 
     def release_lease(self, lease, sticky_seconds):
         """Drop one lease read as `lease` (a hold instead with sticky_seconds and a known pod); one transaction."""
@@ -398,7 +434,7 @@ class EtcdStore(BlockLeases):
         except ValueError:
             first = last = None
         namespace, pod = doc.get("namespace"), doc.get("pod")
-        hold = hold_doc(doc, sticky_seconds, self.node)
+        hold = None if lease.conflict else hold_doc(doc, sticky_seconds, self.node)
         for _ in range(MAX_RACES):
             block_kv = self.client.get(block_key) if first is not None else None
             ops = []
@@ -408,6 +444,7 @@ class EtcdStore(BlockLeases):
                 offset = value - first
                 block.used.discard(offset)
                 block.held.pop(offset, None)
+                released_cooling(block, offset, lease, self.reuse_cooldown, holds.now())
                 if hold is not None:
                     block.held[offset] = hold["until"]
                 compares.append(etcd.mod_revision_is(block_key, block.revision))
@@ -419,7 +456,9 @@ class EtcdStore(BlockLeases):
                 ops.append(etcd.delete(ip_key))
                 if lease.hold:
                     ops.append(etcd.delete(self.k_sticky(str(doc.get("network")), str(namespace), str(pod), lease.ip)))
-            if not lease.hold:
+                if lease.conflict:
+                    ops.append(etcd.delete(self.k_conflict(str(doc.get("network")), lease.ip)))
+            if not lease.hold and not lease.conflict:
                 ops.append(etcd.delete(self.k("attachments", str(doc.get("network")),
                                               f"{doc.get('containerID')}@{doc.get('ifname') or ''}", lease.ip)))
             try:

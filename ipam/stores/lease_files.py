@@ -6,6 +6,13 @@ Under `<dataDir>/<network>/`, exactly as containernetworking/plugins writes it:
   last_reserved_ip.<N>  the last address handed out from range set N
   lock                  flock'ed for the whole of every operation
 
+and underlay's own, which the reference never matches to a container (no container ID starts
+with "!") nor hands out (the address's file exists):
+  <ip>                  a conflict record instead of a lease (ipam/stores/holds.py):
+                        "!conflict\\r\\n<mac>\\r\\n<since>\\r\\n<until>"
+  .underlay-released    with reuseCooldown: "!released" then a line "<ip> <epoch>" per address
+                        released and still cooling
+
 Lease files are the truth; the attachment index (ipam/stores/lease_index.py) only ever
 names them.
 
@@ -24,9 +31,13 @@ import stat
 from cni import files, locks
 from cni.errors import ERR_INVALID_CONFIG, ERR_IO, CniError
 from cni.files import NOFOLLOW
+from ipam.stores.holds import Conflict, seconds_text
 
 LAST_RESERVED = "last_reserved_ip."
 LOCK = "lock"
+CONFLICT = b"!conflict\r\n"
+RELEASED = ".underlay-released"
+RELEASED_HEAD = "!released"
 
 
 def io_error(what, err):
@@ -64,6 +75,22 @@ def parse_owner(data):
         return None
     container_id, _, ifname = text.partition("\r\n")
     return container_id.strip(), (ifname.strip() or None)
+
+
+def conflict_content(conflict):
+    return CONFLICT + "\r\n".join([conflict.mac, seconds_text(conflict.since), seconds_text(conflict.until)]).encode()
+
+
+def parse_conflict(data):
+    """A conflict record's Conflict; None if `data` is no conflict record (a torn one reads as
+    held for ever from now: never handed out, the operator can give it back)."""
+    if not data or not data.startswith(CONFLICT):
+        return None
+    fields = data[len(CONFLICT):].decode(errors="replace").split("\r\n")
+    try:
+        return Conflict(fields[0], float(fields[1]), float(fields[2]))
+    except (IndexError, ValueError):
+        return Conflict(fields[0] or "?", 0.0, float("inf"))
 
 
 def looks_like_ip(name):
@@ -165,18 +192,56 @@ class LeaseFiles:
             self.lease_tmp = None
 
     def owner(self, ip):
-        """(containerID, ifname or None) of a lease; None if there is none we can read."""
+        """(containerID, ifname or None) of a lease; None if there is none we can read (or ip holds
+        a conflict record: nobody's)."""
         try:
             data = self._read(ip)
         except CniError:
             return None  # a symlink or an unreadable file: nobody we could name
-        return None if data is None else parse_owner(data)
+        return None if data is None or data.startswith(CONFLICT) else parse_owner(data)
 
     def release(self, ip, container_id, ifname):
-        """Remove the lease of ip if it still belongs to (container_id, ifname)."""
+        """Remove the lease of ip if it still belongs to (container_id, ifname); True if it did."""
         owner = self.owner(ip)
         if owner is not None and owner[0] == container_id and owner[1] in (ifname, None):
             files.remove(ip, self.dir_fd)
+            return True
+        return False
+
+    # -- conflict records and release times ----------------------------------------
+
+    def write_conflict(self, ip, conflict):
+        """Turn the file of ip into a conflict record, in one rename (never a moment without either)."""
+        files.replace(ip, conflict_content(conflict), self.dir_fd, sync=True)
+
+    def conflict(self, ip):
+        """The Conflict recorded at ip, or None."""
+        try:
+            return parse_conflict(self._read(ip))
+        except CniError:
+            return None
+
+    def released(self):
+        """{ip: release time} of .underlay-released (a torn line is skipped: that address just does not cool)."""
+        try:
+            data = self._read(RELEASED)
+        except CniError:
+            return {}
+        found = {}
+        for line in (data or b"").decode(errors="replace").split("\r\n")[1:]:
+            ip, _, t = line.partition(" ")
+            try:
+                found[ip] = float(t)
+            except ValueError:
+                continue
+        return found
+
+    def write_released(self, released):
+        if released:
+            lines = [RELEASED_HEAD] + [f"{ip} {seconds_text(t)}" for ip, t in sorted(released.items())]
+            files.replace(RELEASED, "\r\n".join(lines).encode(), self.dir_fd)
+        else:
+            files.remove(RELEASED, self.dir_fd)
 
     def unlink_lease(self, ip):
         files.remove(ip, self.dir_fd)
@@ -198,13 +263,23 @@ class LeaseFiles:
         return {name for name in os.listdir(self.dir_fd) if looks_like_ip(name)}
 
     def leases(self):
-        """Every lease on disk: {ip: (containerID, ifname or None) or None if empty}; a full scan.
-        Only regular files named by an IP count: symlinks and stray files are never read."""
-        result = {}
+        """Every lease on disk: {ip: (containerID, ifname or None) or None if empty}; a full scan."""
+        return self.records()[0]
+
+    def records(self):
+        """({ip: owner or None}, {ip: Conflict}): every lease (as leases()) and conflict record on
+        disk; a full scan. Only regular files named by an IP count: symlinks and stray files are
+        never read."""
+        leases, conflicts = {}, {}
         with os.scandir(self.dir_fd) as entries:
             for entry in entries:
                 if looks_like_ip(entry.name) and entry.is_file(follow_symlinks=False) and is_ip(entry.name):
                     data = self._read(entry.name)
-                    if data is not None:
-                        result[entry.name] = parse_owner(data)
-        return result
+                    if data is None:
+                        continue
+                    conflict = parse_conflict(data)
+                    if conflict is not None:
+                        conflicts[entry.name] = conflict
+                    else:
+                        leases[entry.name] = parse_owner(data)
+        return leases, conflicts

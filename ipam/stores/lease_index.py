@@ -4,6 +4,8 @@ One addition the reference ignores (it reads it but never matches it):
   .underlay-index/<containerID>@<ifname>   "containerID\\r\\nifname\\r\\nnetns\\r\\n<ip>..." per attachment
   .underlay-index/.stamp                    "2 <mtime> <boot>": the index format, the network
                                             directory's mtime as our last commit left it, the boot ID
+  .underlay-index/!conflicts                "!conflicts\\r\\n<ip>..." the addresses holding a conflict
+                                            record (ipam/stores/holds.py), so ADD finds them unread
 
 The index makes DEL, CHECK and GC O(attachment) instead of reading every lease.
 It is trusted only while the directory's mtime equals the stamp: any write we did
@@ -31,6 +33,7 @@ from ipam.stores.lease_files import NOFOLLOW, is_ip, io_error, open_dir
 
 INDEX_DIR = ".underlay-index"
 STAMP = ".stamp"
+CONFLICTS = "!conflicts"     # no container ID starts with "!": never an attachment's name
 INDEX_FORMAT = "2"
 BOOT_ID_FORM = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -148,12 +151,24 @@ class AttachmentIndex:
         """Drop the index entry of exactly (container_id, ifname or None)."""
         remove(index_name(container_id, ifname), self.index_fd)
 
+    def conflict_ips(self):
+        """The addresses indexed as holding a conflict record."""
+        data = self.files._read(CONFLICTS, self.index_fd)
+        lines = data.decode(errors="replace").split("\r\n") if data else []
+        return [ip for ip in lines[1:] if is_ip(ip)]
+
+    def record_conflicts(self, ips):
+        if ips:
+            replace(CONFLICTS, "\r\n".join([CONFLICTS] + sorted(ips)).encode(), self.index_fd)
+        else:
+            remove(CONFLICTS, self.index_fd)
+
     def entries(self):
         """{(containerID, ifname or None): (netns, [ip, ...])} from the index."""
         def read():
             result = {}
             for name in os.listdir(self.index_fd):
-                if not name.startswith("."):
+                if not name.startswith((".", "!")):
                     entry = self._entry(name)
                     if entry:
                         result[entry[:2]] = entry[2:]
@@ -210,7 +225,7 @@ class AttachmentIndex:
         files.drop_debris()
         old = {}
         for name in os.listdir(self.index_fd):
-            if name == STAMP:
+            if name in (STAMP, CONFLICTS):
                 continue
             try:
                 old[name] = None if name.startswith(".") else parse_index(name, files._read(name, self.index_fd))
@@ -219,7 +234,9 @@ class AttachmentIndex:
             if old[name] is None:
                 remove(name, self.index_fd)
         owners = {}
-        for ip, owner in files.leases().items():
+        leases, conflicts = files.records()
+        self.record_conflicts(list(conflicts))
+        for ip, owner in leases.items():
             if owner is None:
                 files.unlink_lease(ip)  # an empty lease (reference #498) belongs to nobody
             elif indexable(owner):

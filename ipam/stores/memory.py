@@ -11,17 +11,21 @@ import json
 import threading
 
 from ipam.blocks import Block
+from ipam.stores import holds
 from ipam.stores.block_leases import BlockLeases, Lease, block_size_refused, changed_before_completion, hold_doc, \
-    lease_doc, parse
+    lease_doc, parse, released_cooling
 from ipam.stores.lease_index import recordable_netns
 
 
 class Leases:
-    """The shared state: {ip: (containerID, ifname or None)}, {set_index: ip} and a lock."""
+    """The shared state: {ip: (containerID, ifname or None)}, {set_index: ip}, conflict records
+    {ip: holds.Conflict}, release times {ip: epoch seconds} and a lock."""
 
     def __init__(self, leases=None, last=None):
         self.leases = dict(leases or {})
         self.last = dict(last or {})
+        self.conflicts = {}
+        self.released = {}
         self.lock = threading.Lock()
 
 
@@ -48,16 +52,18 @@ class Held:
 
 
 class MemoryStore(Held):
-    def __init__(self, backing=None):
+    def __init__(self, backing=None, reuse_cooldown=0):
         self.backing = backing if backing is not None else Leases()
         self.leases = self.backing.leases
         self.last = self.backing.last
         self.lock = self.backing.lock
+        self.reuse_cooldown = reuse_cooldown
 
     def reserve(self, ip, container_id, ifname, set_index=None):
-        if ip in self.leases:
+        if ip in self.leases or ip in self.backing.conflicts:
             return False
         self.leases[ip] = (container_id, ifname)
+        self.backing.released.pop(ip, None)
         if set_index is not None:
             self.last[set_index] = ip
         return True
@@ -69,6 +75,8 @@ class MemoryStore(Held):
         owner = self.leases.get(ip)
         if owner is not None and owner[0] == container_id and owner[1] in (ifname, None):
             del self.leases[ip]
+            if self.reuse_cooldown:
+                self.backing.released[ip] = holds.now()
 
     def ips_of(self, container_id, ifname):
         return [ip for ip, (cid, i) in self.leases.items() if cid == container_id and i in (ifname, None)]
@@ -83,7 +91,29 @@ class MemoryStore(Held):
         return self.leases.get(ip)
 
     def leased(self):
-        return set(self.leases)
+        return set(self.leases) | set(self.backing.conflicts)
+
+    def hold_conflict(self, ip, container_id, ifname, mac, seconds):
+        owner = self.leases.get(ip)
+        if owner is None or owner[0] != container_id or owner[1] not in (ifname, None):
+            return False
+        del self.leases[ip]
+        since = holds.now()
+        self.backing.conflicts[ip] = holds.Conflict(holds.check_mac(mac), since, since + seconds)
+        return True
+
+    def conflicts(self):
+        return dict(self.backing.conflicts)
+
+    def release_conflict(self, ip):
+        return self.backing.conflicts.pop(ip, None) is not None
+
+    def cooling(self):
+        if not self.reuse_cooldown:
+            return {}
+        now = holds.now()
+        return {ip: t + self.reuse_cooldown for ip, t in self.backing.released.items()
+                if t + self.reuse_cooldown > now and ip not in self.leases}
 
 
 class Pools:
@@ -98,6 +128,7 @@ class Pools:
         self.sizes = {}          # subnet -> block prefix, fixed by the pool's first user
         self.records = {}        # (network, containerID, ifname or "", ip) -> {"node", "pending"?, "netns"?}
         self.sticky = {}         # (network, namespace, pod, ip) -> the hold's JSON text
+        self.conflicts = {}      # (network, ip) -> the conflict record's JSON text
         self.node_files = {}     # (network, node) -> {"last": {set_index: ip}, name: bytes}
         self.locks = {}          # (network, node) -> the node's lock of the network
         self.revision = 0
@@ -115,7 +146,7 @@ class Pools:
 
 
 def copy_block(block):
-    return Block(block.first, block.last, block.key, block.node, block.used, block.held, block.revision)
+    return Block(block.first, block.last, block.key, block.node, block.used, block.held, block.revision, block.cooling)
 
 
 class MemoryBlockStore(Held, BlockLeases):
@@ -123,8 +154,10 @@ class MemoryBlockStore(Held, BlockLeases):
     behaves as over etcd, without etcd (its tests; simulations). Stores over one Pools share leases as
     nodes share an etcd prefix; `lock` takes the node's lock of the network, as the etcd store's files."""
 
-    def __init__(self, backing, network, node, grids=(), pod=None, sticky_seconds=None, netns=None, lock=True):
+    def __init__(self, backing, network, node, grids=(), pod=None, sticky_seconds=None, netns=None, lock=True,
+                 reuse_cooldown=0):
         self.backing = backing
+        self.reuse_cooldown = reuse_cooldown
         self.network, self.node, self.grids = network, node, list(grids)
         self.pod, self.sticky_seconds = pod, sticky_seconds
         self.netns = recordable_netns(netns)
@@ -262,18 +295,20 @@ class MemoryBlockStore(Held, BlockLeases):
             current = b.leases.get(text)
             if current != (None if hold is None else hold.raw) or (now.revision if now else 0) != block.revision:
                 fresh = now or Block(block.first, block.last, block.key)
-                block.node, block.used, block.held, block.revision = \
-                    fresh.node, set(fresh.used), dict(fresh.held), fresh.revision
+                block.node, block.used, block.held, block.revision, block.cooling = \
+                    fresh.node, set(fresh.used), dict(fresh.held), fresh.revision, dict(fresh.cooling)
                 refused = True
             else:
                 block.node = block.node or self.node
                 block.used.add(value - block.first)
                 block.held.pop(value - block.first, None)
+                block.cooling.pop(value - block.first, None)
+                block.prune_cooling(holds.now(), self.reuse_cooldown)
                 b.put_block(block)
                 b.leases[text] = json.dumps(lease_doc(self.network, self.node, self.pod, grid, block, container_id,
                                                       ifname), separators=(",", ":"))
                 b.records[(self.network, container_id, ifname or "", text)] = self.record(True)
-                if hold is not None:
+                if hold is not None and hold.hold:
                     b.sticky.pop((hold.doc.get("network", ""), hold.doc.get("namespace", ""),
                                   hold.doc.get("pod", ""), text), None)
                 refused = False
@@ -281,9 +316,27 @@ class MemoryBlockStore(Held, BlockLeases):
             return self.refused(grid, block, value, container_id, ifname, hold, current)
         return True
 
+    def conflicts(self):
+        found = {}
+        for (network, ip), raw in self.backing.conflicts.items():
+            record = holds.conflict_from_doc(Lease(ip, raw).doc) if network == self.network else None
+            if record is not None:
+                found[ip] = record
+        return found
+
+    def make_conflict(self, lease, doc):
+        b, raw = self.backing, json.dumps(doc, separators=(",", ":"))
+        with b.mutex:
+            if b.leases.get(lease.ip) != lease.raw:
+                return False
+            b.leases[lease.ip] = b.conflicts[(self.network, lease.ip)] = raw
+            b.records.pop((self.network, str(lease.doc.get("containerID")), lease.doc.get("ifname") or "",
+                           lease.ip), None)
+        return True
+
     def release_lease(self, lease, sticky_seconds):
         doc, b = lease.doc, self.backing
-        hold = hold_doc(doc, sticky_seconds, self.node)
+        hold = None if lease.conflict else hold_doc(doc, sticky_seconds, self.node)
         with b.mutex:
             if b.leases.get(lease.ip) != lease.raw:
                 return False     # released, or re-leased, by someone else meanwhile
@@ -293,6 +346,7 @@ class MemoryBlockStore(Held, BlockLeases):
                 offset = parse(lease.ip)[1] - block.first
                 block.used.discard(offset)
                 block.held.pop(offset, None)
+                released_cooling(block, offset, lease, self.reuse_cooldown, holds.now())
                 if hold is not None:
                     block.held[offset] = hold["until"]
                 b.put_block(block)
@@ -304,7 +358,8 @@ class MemoryBlockStore(Held, BlockLeases):
                 if lease.hold:
                     b.sticky.pop((str(doc.get("network")), str(doc.get("namespace")), str(doc.get("pod")),
                                   lease.ip), None)
-            if not lease.hold:
+                b.conflicts.pop((str(doc.get("network")), lease.ip), None)
+            if not lease.hold and not lease.conflict:
                 b.records.pop((str(doc.get("network")), str(doc.get("containerID")), doc.get("ifname") or "",
                                lease.ip), None)
         self.pools.pop(str(doc.get("pool")), None)   # re-read when needed again

@@ -47,7 +47,30 @@ class LeaseStore(Protocol):
         """(containerID, ifname or None) holding ip, or None."""
 
     def leased(self) -> set:
-        """Every leased address."""
+        """Every address taken: leased, or held (a conflict record; a block store's sticky holds)."""
+
+    # -- conflict holds and reuse cool-down (ipam/stores/holds.py) -------------
+
+    reuse_cooldown: float   # seconds a released address cools before it is handed out again (0: never)
+
+    def hold_conflict(self, ip, container_id, ifname, mac, seconds) -> bool:
+        """The attachment's lease of ip becomes a conflict record: held with the answering `mac` from
+        now for `seconds`, no longer the attachment's (ips_of, attachments, owner, release and DEL
+        never see it), refused to every reserve until released. False (nothing changed) if the
+        attachment holds no lease of ip."""
+
+    def conflicts(self) -> dict:
+        """{ip: holds.Conflict} of this network's conflict records, those past their time included."""
+
+    def release_conflict(self, ip) -> bool:
+        """Give the conflict record of ip back: the address is free at once (it does not cool).
+        False if ip has none."""
+
+    def cooling(self) -> dict:
+        """{ip: when it may be handed out again} of the addresses released less than reuse_cooldown
+        seconds ago (by the clock of ipam/stores/holds.py), not leased since. With reuse_cooldown 0:
+        {} (releases are not recorded). A cooling address is still free to reserve: the allocator
+        skips it, a requested address takes it (and ends its cooling)."""
 
 
 class BlockStore(LeaseStore, Protocol):
@@ -134,7 +157,13 @@ class BlockStore(LeaseStore, Protocol):
 
     def release_lease(self, lease, sticky_seconds) -> bool:
         """Drop the lease read as `lease` (a hold for sticky_seconds instead, when it is a known
-        pod's lease and sticky_seconds is not None). False if someone else released or re-leased it."""
+        pod's lease and sticky_seconds is not None), or the hold or conflict record read as `lease`.
+        A lease released cools (reuse_cooldown) from now, also into a hold; a conflict record does
+        not. False if someone else released or re-leased it."""
+
+    def make_conflict(self, lease, doc) -> bool:
+        """Turn the lease read as `lease` into the conflict record `doc` (block_leases.conflict_doc),
+        in one step, its attachment record dropped. False if the lease changed since it was read."""
 
     # -- nodes ----------------------------------------------------------------
 

@@ -17,8 +17,9 @@ from typing import Protocol
 import pytest
 
 from cni.errors import CniError
-from ipam import cluster, ranges
+from ipam import allocator, cluster, ranges
 from ipam.blocks import Grid
+from ipam.stores import holds
 from ipam.stores.disk import DiskStore
 from ipam.stores.etcd import EtcdStore
 from ipam.stores.lease_files import LeaseFiles
@@ -34,19 +35,19 @@ def grids_of(ipam, sizes=None):
 
 
 def disk_stores(tmp_path, request):
-    return lambda: DiskStore(str(tmp_path / "networks"), "net1")
+    return lambda **kw: DiskStore(str(tmp_path / "networks"), "net1", **kw)
 
 
 def memory_stores(tmp_path, request):
     backing = Leases()
-    return lambda: MemoryStore(backing)
+    return lambda **kw: MemoryStore(backing, **kw)
 
 
 def block_stores(kind):
     """A lease-store opener over the block stores' opener: node n1, network net1, RANGES."""
     def opener(tmp_path, request):
         make = BLOCK_STORES[kind](tmp_path, request)
-        return lambda: make("n1", grids=grids_of(RANGES))
+        return lambda **kw: make("n1", grids=grids_of(RANGES), **kw)
     return opener
 
 
@@ -81,8 +82,28 @@ def contract_etcd():
 
 @pytest.fixture(params=sorted(LEASE_STORES))
 def stores(request, tmp_path):
-    """A function opening a new lease store over this test's backing."""
+    """A function opening a new lease store over this test's backing (reuse_cooldown=... passed on)."""
     return LEASE_STORES[request.param](tmp_path, request)
+
+
+class Clock:
+    """ipam/stores/holds.py's clock, moved by the test."""
+
+    def __init__(self):
+        self.t = 1_800_000_000.0
+
+    def __call__(self):
+        return self.t
+
+    def move(self, seconds):
+        self.t += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    c = Clock()
+    monkeypatch.setattr(holds, "now", c)
+    return c
 
 
 @pytest.fixture(params=sorted(BLOCK_STORES))
@@ -177,6 +198,126 @@ def test_a_store_closed_without_leaving_the_block_cleanly_keeps_what_it_reserved
         assert store.owner("10.1.0.2") == ("c1", "eth0")
         assert store.ips_of("c1", "eth0") == ["10.1.0.2"]
         assert not store.reserve("10.1.0.2", "c2", "eth0")
+
+
+# --------------------------------------------------------------------------
+# Conflict holds and reuse cool-down (the lease contract)
+
+MAC = "02:AA:BB:CC:DD:01"
+
+
+def test_a_conflict_hold_takes_the_address_from_its_attachment_and_keeps_it(stores, clock):
+    with stores() as store:
+        assert store.reserve("10.1.0.2", "c1", "eth0", 0) and store.reserve("fd00::2", "c1", "eth0", 1)
+        assert store.reserve("10.1.0.3", "c2", "eth0", 0)
+        assert not store.hold_conflict("10.1.0.2", "c2", "eth0", MAC, 60)     # not c2's
+        assert not store.hold_conflict("10.1.0.9", "c1", "eth0", MAC, 60)     # nobody's
+        assert store.conflicts() == {}
+        assert store.hold_conflict("10.1.0.2", "c1", "eth0", MAC, 60)
+        assert store.owner("10.1.0.2") is None and store.ips_of("c1", "eth0") == ["fd00::2"]
+        assert not store.reserve("10.1.0.2", "c3", "eth0")
+    t = clock.t
+    with stores() as store:
+        assert store.conflicts() == {"10.1.0.2": holds.Conflict(MAC.lower(), t, t + 60)}
+        assert "10.1.0.2" in store.leased() and store.owner("10.1.0.2") is None
+        assert store.attachments() == {("c1", "eth0"): ["fd00::2"], ("c2", "eth0"): ["10.1.0.3"]}
+        store.release("10.1.0.2", "c1", "eth0")                 # DEL of the attachment: not its lease
+        store.release("fd00::2", "c1", "eth0")
+        assert not store.hold_conflict("10.1.0.2", "c1", "eth0", MAC, 60)   # a record is no lease
+    clock.move(61)
+    with stores() as store:
+        [conflict] = store.conflicts().values()
+        assert not conflict.held(clock.t)                     # due: given back by whoever asks, not by itself
+        assert not store.reserve("10.1.0.2", "c3", "eth0")
+        assert store.attachments() == {("c2", "eth0"): ["10.1.0.3"]}
+        assert store.release_conflict("10.1.0.2") and not store.release_conflict("10.1.0.2")
+        assert not store.release_conflict("10.1.0.3")           # a lease is no conflict record
+        assert store.conflicts() == {} and store.leased() == {"10.1.0.3"}
+    with stores() as store:
+        assert store.reserve("10.1.0.2", "c3", "eth0") and store.owner("10.1.0.2") == ("c3", "eth0")
+
+
+def test_a_run_cut_short_after_a_conflict_hold_leaves_the_record_whole(stores, clock):
+    # killed before the block ends (host-local: before the index is committed): never half a record
+    with pytest.raises(RuntimeError):
+        with stores(reuse_cooldown=60) as store:
+            assert store.reserve("10.1.0.2", "c1", "eth0") and store.reserve("10.1.0.3", "c1", "eth1")
+            assert store.hold_conflict("10.1.0.2", "c1", "eth0", MAC, 60)
+            store.release("10.1.0.3", "c1", "eth1")
+            raise RuntimeError("killed")
+    with stores(reuse_cooldown=60) as store:
+        assert list(store.conflicts()) == ["10.1.0.2"] and store.owner("10.1.0.2") is None
+        assert store.ips_of("c1", "eth0") == [] and store.attachments() == {}
+        assert not store.reserve("10.1.0.2", "c2", "eth0")
+
+
+def test_released_addresses_cool_for_reuse_cooldown(stores, clock):
+    with stores(reuse_cooldown=30) as store:
+        assert store.cooling() == {}
+        for i, ip in enumerate(("10.1.0.2", "10.1.0.3", "fd00::2")):
+            assert store.reserve(ip, f"c{i}", "eth0")
+        store.release("10.1.0.2", "c0", "eth0")
+        store.release("10.1.0.3", "c9", "eth0")              # not c9's: nothing released, nothing cools
+        assert store.cooling() == {"10.1.0.2": clock.t + 30}
+    released = clock.t
+    clock.move(10)
+    with stores(reuse_cooldown=30) as store:
+        store.release("fd00::2", "c2", "eth0")
+        assert store.cooling() == {"10.1.0.2": released + 30, "fd00::2": clock.t + 30}
+        assert "10.1.0.2" not in store.leased()                 # free: a requested address takes it
+        assert store.reserve("10.1.0.2", "c5", "eth0") and store.owner("10.1.0.2") == ("c5", "eth0")
+    with stores(reuse_cooldown=30) as store:
+        assert list(store.cooling()) == ["fd00::2"]             # leased again: no longer cooling
+        assert store.cooling() == {"fd00::2": clock.t + 30}
+    clock.move(30)
+    with stores(reuse_cooldown=30) as store:
+        assert store.cooling() == {}
+        store.release("10.1.0.2", "c5", "eth0")
+        assert store.cooling() == {"10.1.0.2": clock.t + 30}
+    with stores() as store:                                     # reuseCooldown 0: nothing cools, nothing recorded
+        assert store.cooling() == {}
+        assert store.reserve("10.1.0.4", "c6", "eth0")
+        store.release("10.1.0.4", "c6", "eth0")
+    with stores(reuse_cooldown=30) as store:
+        assert list(store.cooling()) == ["10.1.0.2"]
+
+
+def test_a_conflict_given_back_is_free_at_once_and_never_cools(stores, clock):
+    with stores(reuse_cooldown=300) as store:
+        assert store.reserve("10.1.0.2", "c1", "eth0")
+        assert store.hold_conflict("10.1.0.2", "c1", "eth0", MAC, 60)
+        assert store.cooling() == {}                            # no release of a lease
+    with stores(reuse_cooldown=300) as store:
+        assert store.release_conflict("10.1.0.2")
+        assert store.cooling() == {}
+        assert store.reserve("10.1.0.2", "c2", "eth0")
+
+
+SMALL_SET = {"ranges": [[{"subnet": "10.1.0.0/29"}]]}         # .2-.6 handed out (.1 the gateway)
+
+
+def test_host_local_allocation_skips_held_and_cooling_addresses(stores, clock):
+    [s] = ranges.range_sets(SMALL_SET)
+    given = []
+    with stores(reuse_cooldown=60) as store:
+        for i in range(5):
+            r, v = allocator.allocate(s, store, f"c{i}", "eth0")
+            given.append(r.text(v))
+        assert given == ["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"]
+        assert store.hold_conflict("10.1.0.3", "c1", "eth0", MAC, 3600)
+        store.release("10.1.0.4", "c2", "eth0")
+        with pytest.raises(CniError) as e:
+            allocator.allocate(s, store, "c9", "eth0")
+    assert e.value.code == 101
+    assert "1 held as conflicts" in e.value.msg and "1 released less than ipam.reuseCooldown ago" in e.value.msg
+    assert f"the first comes back at {allocator.when(clock.t + 60)} (in 60 s)" in e.value.msg
+    clock.move(60)
+    with stores(reuse_cooldown=60) as store:
+        r, v = allocator.allocate(s, store, "c9", "eth0")
+        assert r.text(v) == "10.1.0.4"                          # cooled down; the conflict is still held
+        with pytest.raises(CniError) as e:
+            allocator.allocate(s, store, "c10", "eth0")
+        assert "held as conflicts" in e.value.msg and "reuseCooldown" not in e.value.msg
 
 
 # --------------------------------------------------------------------------
@@ -341,6 +482,40 @@ def test_cluster_ipam_allocates_over_every_block_store(block_store):
         with pytest.raises(CniError) as e:
             cluster.allocate(s, [grid], store, "c-last", "eth0")
     assert e.value.code == 101 and "13 in use" in e.value.msg
+
+
+def test_cluster_ipam_skips_cooling_addresses_but_a_sticky_pod_takes_its_own_back(block_store, clock):
+    [s] = ranges.range_sets(SMALL)
+    grid = small_grid()
+    given = []
+    for i in range(13):                                          # every address of the range handed out
+        with block_store("n1", grids=[grid], pod=("ns", f"p{i}"), reuse_cooldown=600) as store:
+            r, v = cluster.allocate(s, [grid], store, f"c{i}", "eth0")
+            store.complete(f"c{i}", "eth0", [r.text(v)])
+            given.append(r.text(v))
+    with block_store("n1", grids=[grid], sticky_seconds=100, reuse_cooldown=600) as store:
+        store.release(given[0], "c0", "eth0")                    # p0's and p2's: holds for 100 s, cooling from now
+        store.release(given[2], "c2", "eth0")
+    with block_store("n1", grids=[grid], reuse_cooldown=600) as store:
+        store.release(given[1], "c1", "eth0")                    # free, cooling
+        assert store.cooling() == {given[1]: clock.t + 600}      # the holds' addresses are held, not cooling
+        with pytest.raises(CniError) as e:
+            cluster.allocate(s, [grid], store, "new", "eth0")
+    assert e.value.code == 101 and "1 released less than ipam.reuseCooldown ago" in e.value.msg
+    with block_store("n1", grids=[grid], pod=("ns", "p0"), sticky_seconds=100, reuse_cooldown=600) as store:
+        r, v = cluster.allocate(s, [grid], store, "c0-back", "eth0", holds=store.holds_of("ns", "p0"))
+        assert r.text(v) == given[0]                             # the same pod: its own address, cooling or not
+    clock.move(101)                                              # p2's hold is over; its address still cools
+    with block_store("n1", grids=[grid], reuse_cooldown=600) as store:
+        assert sorted(store.cooling()) == sorted(given[1:3])
+        with pytest.raises(CniError) as e:
+            cluster.allocate(s, [grid], store, "new", "eth0")
+    assert "2 released less than ipam.reuseCooldown ago" in e.value.msg
+    clock.move(500)
+    with block_store("n1", grids=[grid], reuse_cooldown=600) as store:
+        assert store.cooling() == {}
+        r, v = cluster.allocate(s, [grid], store, "new", "eth0")
+        assert r.text(v) in given[1:3]
 
 
 # --------------------------------------------------------------------------

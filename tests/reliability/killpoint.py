@@ -65,7 +65,7 @@ POINTS = {
     "del:after-link": ("cni.net.netlink", "Netlink.delete_link", "after", None),
     "gc:after-release": ("ipam.stores.disk", "DiskStore.release", "after", _caller("cmd_gc")),
     # any verb after an earlier kill: the index cleared, the new one not written yet
-    "rebuild": ("ipam.stores.lease_files", "LeaseFiles.leases", "after", _caller("rebuild_index")),
+    "rebuild": ("ipam.stores.lease_files", "LeaseFiles.records", "after", _caller("rebuild_index")),
     # the first verb after a reboot: one dead pod's lease released, the others not yet
     "heal": ("ipam.stores.lease_files", "LeaseFiles.release", "after", _caller("reclaim_dead_netns")),
 }

@@ -604,7 +604,7 @@ def test_metrics_count_requests_by_plugin_verb_and_code(tmp_path, via):
         agent.close()
 
 
-POOL_STATES = ("excluded", "aux", "reserved", "in_use", "free")
+POOL_STATES = ("excluded", "aux", "reserved", "in_use", "conflict", "free")
 
 
 def series(got, name, **want):
@@ -671,7 +671,7 @@ def test_metrics_show_the_pools_as_underlay_pools_counts_them(tmp_path, via):
             assert figures == {k: row[k] for k in figures}, (row, figures)
             assert sum(figures[s] for s in POOL_STATES) == figures["size"]   # the states partition the size
         assert pool_samples(got, "umxpool", 0) == {"size": 14, "excluded": 4, "aux": 1, "reserved": 1,
-                                                   "in_use": 3, "free": 5}
+                                                   "in_use": 3, "conflict": 0, "free": 5}
         assert got["underlay_pool_problems"] == 0
         assert plugins.run_plugin("host-local", "DEL", plugin_conf, container_id="umx0", netns="/run/netns/umx0").ok
         agent.wait_served(4)
@@ -679,7 +679,7 @@ def test_metrics_show_the_pools_as_underlay_pools_counts_them(tmp_path, via):
         agent.stop()                   # its last textfile: the figures of then
         written = samples(textfile.read_text())
         assert pool_samples(written, "umxpool", 0) == {"size": 14, "excluded": 4, "aux": 1, "reserved": 1,
-                                                       "in_use": 2, "free": 6}
+                                                       "in_use": 2, "conflict": 0, "free": 6}
         assert pool_samples(written, "umxidle", 0)["free"] == 253
     finally:
         agent.close()
@@ -748,7 +748,7 @@ def test_metrics_show_the_host_local_networks_served_without_a_config_file(tmp_p
             (("ipam", "host-local"), ("network", "umxnad"), ("state", "in_use")): 4}
         assert series(got, "underlay_pool_size_addresses", network="umxnad") == {}
         assert pool_samples(got, "umxfile", 0) == {"size": 14, "excluded": 0, "aux": 0, "reserved": 1,
-                                                   "in_use": 1, "free": 12}
+                                                   "in_use": 1, "conflict": 0, "free": 12}
         assert series(got, "underlay_pool_size_addresses", network="umxfile") == {
             (("ipam", "host-local"), ("network", "umxfile"), ("ranges", "10.4.0.0/28 10.4.0.1-10.4.0.14"),
              ("set", "0")): 14}

@@ -103,3 +103,22 @@ def test_a_cluster_ipam_network_directory_is_no_host_local_pool(tmp_path):
     (tmp_path / "ci" / cluster.RECORD).write_text('{"name": "ci", "ipam": {"type": "cluster-ipam"}}')
     rows, readable, problems = pools.host_local_pools(str(tmp_path / "no-configs"), [str(tmp_path)])
     assert [r["network"] for r in rows] == ["hl"] and readable == {("host-local", "hl"): True}, (rows, problems)
+
+
+def test_conflict_records_are_a_pool_state_of_their_own(tmp_path):
+    """An address held as a conflict (conflictDetection) is neither in use nor free: state="conflict"."""
+    import json
+    from ipam.stores.disk import DiskStore
+    data_dir, config_dir = tmp_path / "networks", tmp_path / "net.d"
+    config_dir.mkdir()
+    (config_dir / "lan.conf").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "lan", "type": "macvlan", "master": "eth0",
+         "ipam": {"type": "host-local", "dataDir": str(data_dir), "ranges": [[{"subnet": "10.9.0.0/29"}]]}}))
+    with DiskStore(str(data_dir), "lan") as store:
+        assert store.reserve("10.9.0.2", "c1", "eth0", 0) and store.reserve("10.9.0.3", "c2", "eth0", 0)
+        assert store.hold_conflict("10.9.0.3", "c2", "eth0", "02:00:00:00:00:09", 60)
+    rows, readable, problems = pools.host_local_pools(str(config_dir), [])
+    assert [(r["in_use"], r["conflict"], r["free"]) for r in rows] == [(1, 1, 3)] and not problems
+    text = pools.render_pools(rows, readable, problems)
+    assert 'underlay_pool_addresses{network="lan",ipam="host-local",set="0",ranges="10.9.0.0/29 ' \
+           '10.9.0.1-10.9.0.6",state="conflict"} 1\n' in text

@@ -36,6 +36,25 @@ def test_a_cni_plugins_record(plugin):
     assert callable(module.load_config) and callable(module.main)
 
 
+@pytest.mark.parametrize("plugin", [e for e in CNI_PLUGINS if e.role == "ipam"], ids=lambda e: e.name)
+def test_an_ipams_optional_hold_conflict_takes_request_address_mac(plugin):
+    """Where an IPAM module defines hold_conflict (dispatch.hold_ipam_conflict), it is
+    hold_conflict(request, address, mac); host-local and cluster-ipam define it."""
+    import inspect
+    hold = getattr(dispatch.plugin_module(plugin), "hold_conflict", None)
+    if plugin.name in ("host-local", "cluster-ipam"):
+        assert hold is not None
+    if hold is not None:
+        assert list(inspect.signature(hold).parameters) == ["request", "address", "mac"]
+
+
+def test_hold_ipam_conflict_is_false_for_an_ipam_that_is_not_ours():
+    request = contract.Request("ADD", {}, {"name": "n", "type": "macvlan", "ipam": {"type": "dhcp-of-others"}}, b"")
+    assert dispatch.hold_ipam_conflict(request, "10.0.0.2", "02:00:00:00:00:01") is False
+    request = contract.Request("ADD", {}, {"name": "n", "type": "macvlan"}, b"")
+    assert dispatch.hold_ipam_conflict(request, "10.0.0.2", "02:00:00:00:00:01") is False
+
+
 @pytest.mark.parametrize("executable", [e for e in RECORDS if not e.is_cni_plugin], ids=lambda e: e.name)
 def test_the_agent_and_the_tool_run_through_main(executable):
     assert executable.schema is None
