@@ -23,7 +23,8 @@ NADS = ROOT / "conf" / "nads"
 SCHEMAS = ROOT / "conf" / "schema"
 DRIVER_SRC = pathlib.Path(__file__).resolve().parent / "cnitool"
 LIBCNI_SRC = "/usr/share/gocode/src/github.com/containernetworking/cni"
-OUR_PLUGINS = {"macvlan": "cni.plugins.macvlan", "ipvlan": "cni.plugins.ipvlan", "host-local": "ipam.host_local"}
+OUR_PLUGINS = {"macvlan": "cni.plugins.macvlan", "ipvlan": "cni.plugins.ipvlan", "host-local": "ipam.host_local",
+               "cluster-access": "cni.plugins.cluster_access"}
 REFERENCE_DIR = "/usr/lib/cni"
 
 
