@@ -282,8 +282,10 @@ def rules(ns):
 
 
 def snapshot(ns):
-    """What a DEL must leave as it was: links, routes of every table, rules, neighbours, sysctl files."""
+    """What a DEL must leave as it was: links, routes of every table, rules, permanent neighbours.
+    The local table is left out: the kernel fills it as link-local addresses finish their DAD."""
     return {"links": sorted(nsutil.links(ns)),
-            "routes": sorted(json.dumps(r, sort_keys=True) for r in routes(ns, "table", "all")),
+            "routes": sorted(json.dumps(r, sort_keys=True) for r in routes(ns, "table", "all")
+                             if r.get("table") != "local"),
             "rules": sorted(json.dumps(r, sort_keys=True) for r in rules(ns)),
             "neigh": sorted(sh("ip", "neigh", "show", "nud", "permanent", ns=ns).stdout.splitlines())}

@@ -2,6 +2,8 @@
 its uplink, the cluster's bridge network with a backend pod and kube-proxy's nftables rules
 (tests/cluster_lab.py), and pods attached with macvlan + cluster-access."""
 
+import re
+
 import pytest
 
 from tests import cluster_lab as lab_
@@ -49,3 +51,116 @@ def test_primary_ipv4_clusterip_node_and_lan(lab, pod_ns, data_dir, state_dir):
     result = attach(lab, chain, pod)
     assert [i["name"] for i in result["interfaces"]] == ["eth0"]   # the veth is no interface of the result
     reaches_everything(lab, pod, result, (4,))
+
+
+@pytest.mark.parametrize("node_rp_filter,pod_rp_filter", [(1, 1), (2, 2), (0, 1)])
+def test_primary_dual_stack_with_reverse_path_filters(lab, pod_ns, data_dir, state_dir, node_rp_filter,
+                                                      pod_rp_filter):
+    """Strict (1) or loose (2) reverse-path filtering on the node and in the pod: every source
+    arrives on the link its route leaves by, so nothing is dropped and no sysctl is changed."""
+    lab.build(node_rp_filter=node_rp_filter)
+    pod = pod_ns()
+    for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"):
+        lab_.sysctl(pod, key, pod_rp_filter)
+    before = {key: lab_.sh("sysctl", "-n", key, ns=lab.node).stdout for key in
+              ("net.ipv4.conf.all.rp_filter", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")}
+    chain = [macvlan_conf(lab, data_dir, state_dir), access_conf(serviceCIDRs=SERVICE_CIDRS)]   # mode auto
+    result = attach(lab, chain, pod)
+    reaches_everything(lab, pod, result, (4, 6))
+    assert {key: lab_.sh("sysctl", "-n", key, ns=lab.node).stdout for key in before} == before
+
+
+def test_primary_ipv6_only(lab, pod_ns, data_dir, state_dir):
+    lab.build()
+    pod = pod_ns()
+    result = attach(lab, [macvlan_conf(lab, data_dir, state_dir, families=(6,)),
+                          access_conf(mode="primary", serviceCIDRs=SERVICE_CIDRS)], pod)
+    reaches_everything(lab, pod, result, (6,))
+    assert not any(r["dst"].startswith("10.") for r in lab_.routes(pod))   # no IPv4 plumbing for an IPv6 pod
+
+
+def test_primary_after_debians_go_macvlan(lab, pod_ns, data_dir, state_dir):
+    lab.build()
+    pod = pod_ns()
+    chain = [macvlan_conf(lab, data_dir, state_dir, plugin="macvlan"), access_conf(serviceCIDRs=SERVICE_CIDRS)]
+    result = attach(lab, chain, pod, reference=("macvlan",))
+    reaches_everything(lab, pod, result, (4, 6))
+    out, _ = run_chain(chain, "CHECK", lab, pod, "ca-pod-1", prev=result, reference=("macvlan",))
+    assert out.ok, out
+    out, _ = run_chain(chain, "DEL", lab, pod, "ca-pod-1", prev=result, reference=("macvlan",))
+    assert out.ok, out
+
+
+def test_del_leaves_nothing_and_tolerates_a_gone_netns_and_a_repeat(lab, pod_ns, data_dir, state_dir):
+    lab.build()
+    pod = pod_ns()
+    node_before, pod_before = lab_.snapshot(lab.node), lab_.snapshot(pod)
+    chain = [macvlan_conf(lab, data_dir, state_dir), access_conf(serviceCIDRs=SERVICE_CIDRS)]
+    result = attach(lab, chain, pod)
+    assert lab_.snapshot(lab.node) != node_before
+    for _ in range(2):   # kubelet retries a DEL
+        out, _ = run_chain(chain, "DEL", lab, pod, "ca-pod-1", prev=result)
+        assert out.ok, out
+        assert lab_.snapshot(lab.node) == node_before and lab_.snapshot(pod) == pod_before
+    # a pod whose netns went first: its veth went with it, DEL still succeeds
+    gone = pod_ns()
+    result = attach(lab, chain, gone, cid="ca-pod-2")
+    nsutil.del_netns(gone)
+    out, _ = run_chain(chain, "DEL", lab, gone, "ca-pod-2", prev=result)
+    assert out.ok, out
+    # the kernel dismantles a deleted netns (and the veth end in it) asynchronously
+    lab_.until(lambda: lab_.snapshot(lab.node) == node_before, "the node is as it was")
+
+
+def test_check_catches_a_removed_route(lab, pod_ns, data_dir, state_dir):
+    lab.build()
+    pod = pod_ns()
+    chain = [macvlan_conf(lab, data_dir, state_dir), access_conf(serviceCIDRs=SERVICE_CIDRS)]
+    result = attach(lab, chain, pod)
+    out, _ = run_chain(chain, "CHECK", lab, pod, "ca-pod-1", prev=result)
+    assert out.ok, out
+    lab_.sh("ip", "route", "del", "10.96.0.0/16", ns=pod)
+    out, _ = run_chain(chain, "CHECK", lab, pod, "ca-pod-1", prev=result)
+    assert out.cni_code == 100 and "10.96.0.0/16" in out.json["msg"], out
+    run_chain(chain, "DEL", lab, pod, "ca-pod-1", prev=result)
+    result = attach(lab, chain, pod)
+    mine = pod_addresses(result, 6)[0]
+    lab_.sh("ip", "-6", "route", "del", f"{mine}/128", ns=lab.node)
+    out, _ = run_chain(chain, "CHECK", lab, pod, "ca-pod-1", prev=result)
+    assert out.cni_code == 100 and mine in out.json["msg"], out
+
+
+@pytest.mark.parametrize("settings,field", [
+    ({"mode": "primary"}, "serviceCIDRs"),
+    ({}, "serviceCIDRs"),                                       # auto: eth0 holds the default route
+    ({"mode": "sideways", "serviceCIDRs": SERVICE_CIDRS}, "mode"),
+    ({"serviceCIDRs": ["10.96.0.1/12"]}, "serviceCIDRs[0]"),
+    ({"serviceCIDRs": SERVICE_CIDRS, "prevResult": {"ips": [{"address": "192.168.50.9"}]}}, "prevResult"),
+    ({"serviceCIDRs": SERVICE_CIDRS, "prevResult": None}, "prevResult"),
+])
+def test_bad_configs_are_refused_naming_the_field_with_nothing_left(lab, pod_ns, data_dir, state_dir, settings,
+                                                                     field):
+    lab.build(cluster=False)
+    pod = pod_ns()
+    macvlan = macvlan_conf(lab, data_dir, state_dir)
+    _, result = run_chain([macvlan], "ADD", lab, pod, "ca-pod-1")
+    node_before, pod_before = lab_.snapshot(lab.node), lab_.snapshot(pod)
+    access = access_conf(**{k: v for k, v in settings.items() if k != "prevResult"})
+    prev = settings.get("prevResult", result)
+    out, _ = run_chain([access], "ADD", lab, pod, "ca-pod-1", prev=prev)
+    assert out.cni_code in (6, 7) and re.search(rf"(^|: ){re.escape(field)}[ :.]", out.json["msg"]), out
+    assert lab_.snapshot(lab.node) == node_before and lab_.snapshot(pod) == pod_before
+    out, _ = run_chain([access], "DEL", lab, pod, "ca-pod-1", prev=prev)   # kubelet's DEL after the refused ADD
+    assert out.ok, out
+
+
+def test_a_node_without_forwarding_is_an_error_not_a_change(lab, pod_ns, data_dir, state_dir):
+    lab.build(forwarding=False, cluster=False)
+    pod = pod_ns()
+    node_before = lab_.snapshot(lab.node)
+    out, _ = run_chain([macvlan_conf(lab, data_dir, state_dir, families=(4,)),
+                        access_conf(serviceCIDRs=SERVICE_CIDRS)], "ADD", lab, pod, "ca-pod-1")
+    assert out.cni_code == 50 and "forward" in out.json["msg"], out
+    assert lab_.sh("sysctl", "-n", "net.ipv4.ip_forward", ns=lab.node).stdout.strip() == "0"
+    assert [link for link in nsutil.links(lab.node) if link.startswith("ulca")] == []
+    assert lab_.snapshot(lab.node)["routes"] == node_before["routes"]
