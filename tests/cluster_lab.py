@@ -133,6 +133,7 @@ class Lab:
         self.master = nsutil.unique("cam")
         self.bridge = nsutil.unique("cab")
         self.backend = None
+        self.cluster_pods = []
 
     def netns(self, prefix):
         name = nsutil.unique(prefix)
@@ -189,6 +190,15 @@ class Lab:
                               capture_output=True)
         assert proc.returncode == 0, proc.stderr
 
+    def cluster_pod(self, pod, cid):
+        """eth0 of a pod on the cluster's primary network (the Go bridge), with its default routes."""
+        added = run_reference("bridge", "ADD", self.bridge_conf(), in_netns=self.node, container_id=cid,
+                              netns=nsutil.netns_path(pod), ifname="eth0")
+        assert added.ok, added
+        self.cluster_pods.append((pod, cid))
+        until(lambda: not self.tentative(pod), "the pod's IPv6 address on eth0 is usable")
+        return added.json
+
     def bridge_conf(self):
         return {"cniVersion": "0.4.0", "name": "ca-cluster", "type": "bridge", "bridge": self.bridge,
                 "isGateway": True, "ipMasq": False,
@@ -209,11 +219,20 @@ class Lab:
         for proc in self.servers:
             proc.kill()
             proc.wait()
+        for pod, cid in self.cluster_pods:
+            run_reference("bridge", "DEL", self.bridge_conf(), in_netns=self.node, container_id=cid,
+                          netns=nsutil.netns_path(pod), ifname="eth0")
         if self.backend:
             run_reference("bridge", "DEL", self.bridge_conf(), in_netns=self.node, container_id="ca-backend",
                           netns=nsutil.netns_path(self.backend), ifname="eth0")
         for name in self.namespaces:
             nsutil.del_netns(name)
+
+
+def route_dev(ns, destination, source):
+    """The interface a packet from `source` to `destination` leaves the netns by."""
+    family = "-6" if ":" in destination else "-4"
+    return json.loads(sh("ip", family, "-j", "route", "get", destination, "from", source, ns=ns).stdout)[0]["dev"]
 
 
 def connect(ns, address, port=80, timeout=10):
@@ -225,7 +244,8 @@ def connect(ns, address, port=80, timeout=10):
 
 # -- attaching pods ---------------------------------------------------------------
 
-def macvlan_conf(lab, data_dir, state_dir, families=(4, 6), name="ca-lan", plugin="macvlan"):
+def macvlan_conf(lab, data_dir, state_dir, families=(4, 6), name="ca-lan", plugin="macvlan", default=True):
+    """The LAN network (`default`: with default routes via the router, as a primary network has)."""
     ranges, routes = [], []
     if 4 in families:
         ranges.append([{"subnet": f"{LAN4}.0/24", "rangeStart": f"{LAN4}.10", "rangeEnd": f"{LAN4}.200",
@@ -237,7 +257,8 @@ def macvlan_conf(lab, data_dir, state_dir, families=(4, 6), name="ca-lan", plugi
         routes.append({"dst": "::/0"})
     return {"cniVersion": "1.0.0", "name": name, "type": plugin, "master": lab.master,
             **({"stateDir": state_dir} if plugin == "macvlan" else {}),
-            "ipam": {"type": "host-local", "dataDir": data_dir, "ranges": ranges, "routes": routes}}
+            "ipam": {"type": "host-local", "dataDir": data_dir, "ranges": ranges,
+                     **({"routes": routes} if default else {})}}
 
 
 def access_conf(name="ca-lan", **settings):

@@ -236,10 +236,11 @@ def add_primary(conf, request, pod, pod_fd, host, addresses, undo):
 
 
 def prepare(ifname, families):
-    """Sysctls of a veth end (ours, in the netns we are in): IPv6 on, without autoconfiguration."""
+    """Sysctls of a veth end (ours, in the netns we are in), before it is up: IPv6 on, without
+    autoconfiguration, not even a link-local address (the next hops are neighbour entries)."""
     if 6 in families:
         try:
-            for key, value in (("disable_ipv6", 0), ("accept_ra", 0), ("accept_dad", 0)):
+            for key, value in (("disable_ipv6", 0), ("accept_ra", 0), ("accept_dad", 0), ("addr_gen_mode", 1)):
                 netns.set_interface_sysctl("ipv6", ifname, key, value)
         except FileNotFoundError:
             raise CniError(ERR_LINK, "the pod has IPv6 addresses but IPv6 is disabled on the node or in the pod") \

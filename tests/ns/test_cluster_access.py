@@ -164,3 +164,61 @@ def test_a_node_without_forwarding_is_an_error_not_a_change(lab, pod_ns, data_di
     assert lab_.sh("sysctl", "-n", "net.ipv4.ip_forward", ns=lab.node).stdout.strip() == "0"
     assert [link for link in nsutil.links(lab.node) if link.startswith("ulca")] == []
     assert lab_.snapshot(lab.node)["routes"] == node_before["routes"]
+
+
+# -- secondary mode ------------------------------------------------------------------
+
+def test_secondary_the_lan_host_is_answered_through_net1(lab, pod_ns, data_dir, state_dir):
+    """eth0 from the cluster's bridge holds the default route; net1 is ours. A host behind the
+    router connects to net1's address: without cluster-access the answer would leave by eth0 and
+    the router's strict reverse-path filter would drop it; with it, it leaves by net1."""
+    lab.build()
+    pod = pod_ns()
+    lab.cluster_pod(pod, "ca-pod-1")
+    macvlan = macvlan_conf(lab, data_dir, state_dir, default=False)
+    _, result = run_chain([macvlan], "ADD", lab, pod, "ca-pod-1", ifname="net1")
+    mine = {v: pod_addresses(result, v)[0] for v in (4, 6)}
+    assert lab_.route_dev(pod, FAR4, mine[4]) == "eth0"      # the asymmetric path, before
+    node_before, pod_before = lab_.snapshot(lab.node), lab_.snapshot(pod)
+
+    access = access_conf()   # auto: eth0 holds the default route, so secondary; no serviceCIDRs needed
+    out, result = run_chain([access], "ADD", lab, pod, "ca-pod-1", ifname="net1", prev=result)
+    assert out.ok, out
+    assert [i["name"] for i in result["interfaces"]] == ["net1"]
+    lab.serve(pod, "pod")
+    for version, far in ((4, FAR4), (6, FAR6)):
+        assert lab_.route_dev(pod, far, mine[version]) == "net1"
+        assert connect(lab.far, mine[version], lab_.PORT) == f"pod {far}"
+    assert lab_.snapshot(lab.node) == node_before             # secondary mode changes nothing on the node
+    out, _ = run_chain([access], "CHECK", lab, pod, "ca-pod-1", ifname="net1", prev=result)
+    assert out.ok, out
+
+    lab_.sh("ip", "-6", "rule", "del", "from", mine[6], ns=pod)
+    out, _ = run_chain([access], "CHECK", lab, pod, "ca-pod-1", ifname="net1", prev=result)
+    assert out.cni_code == 100 and mine[6] in out.json["msg"], out
+    for _ in range(2):
+        out, _ = run_chain([access], "DEL", lab, pod, "ca-pod-1", ifname="net1", prev=result)
+        assert out.ok, out
+        assert lab_.snapshot(pod) == pod_before
+
+
+def test_secondary_routes_and_default_route(lab, pod_ns, data_dir, state_dir):
+    lab.build(cluster=False)
+    lab.build_cluster()
+    pod = pod_ns()
+    lab.cluster_pod(pod, "ca-pod-1")
+    _, result = run_chain([macvlan_conf(lab, data_dir, state_dir, default=False)], "ADD", lab, pod, "ca-pod-1",
+                          ifname="net1")
+    mine = pod_addresses(result, 4)[0]
+    access = access_conf(mode="secondary", routes=["10.99.0.0/24"])
+    out, result = run_chain([access], "ADD", lab, pod, "ca-pod-1", ifname="net1", prev=result)
+    assert out.ok, out
+    assert connect(pod, FAR4, lab_.PORT) == f"far {mine}"     # the pod's own connection goes through net1
+    out, _ = run_chain([access], "DEL", lab, pod, "ca-pod-1", ifname="net1", prev=result)
+    assert out.ok, out
+    assert not [r for r in lab_.routes(pod) if r["dst"] == "10.99.0.0/24"]
+
+    access = access_conf(mode="secondary", defaultRoute=True)
+    out, result = run_chain([access], "ADD", lab, pod, "ca-pod-1", ifname="net1", prev=result)
+    assert out.ok, out
+    assert sorted(r["dev"] for r in lab_.routes(pod, "default")) == ["net1", "net1"]
