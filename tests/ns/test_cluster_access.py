@@ -222,3 +222,36 @@ def test_secondary_routes_and_default_route(lab, pod_ns, data_dir, state_dir):
     out, result = run_chain([access], "ADD", lab, pod, "ca-pod-1", ifname="net1", prev=result)
     assert out.ok, out
     assert sorted(r["dev"] for r in lab_.routes(pod, "default")) == ["net1", "net1"]
+
+
+# -- GC and STATUS ---------------------------------------------------------------------
+
+def test_gc_removes_the_veths_of_attachments_no_longer_valid(lab, pod_ns, data_dir, state_dir):
+    """A pod whose DEL never came but whose netns lives on (its veth would otherwise stay)."""
+    lab.build(cluster=False)
+    chain = [macvlan_conf(lab, data_dir, state_dir), access_conf(serviceCIDRs=SERVICE_CIDRS)]
+    kept, lost = pod_ns(), pod_ns()
+    attach(lab, chain, kept, cid="ca-kept")
+    attach(lab, chain, lost, cid="ca-lost")
+    other = [macvlan_conf(lab, data_dir, state_dir, name="ca-other"),
+             access_conf(name="ca-other", serviceCIDRs=SERVICE_CIDRS)]
+    attach(lab, other, pod_ns(), cid="ca-lost")   # another network's: not this GC's to take
+    ours = lambda: sorted(link for link in nsutil.links(lab.node) if link.startswith("ulca"))  # noqa: E731
+    assert len(ours()) == 3
+    gc = dict(access_conf(serviceCIDRs=SERVICE_CIDRS), cniVersion="1.1.0",
+              **{"cni.dev/valid-attachments": [{"containerID": "ca-kept", "ifname": "eth0"}]})
+    out = lab_.run_plugin("cluster-access", "GC", gc, in_netns=lab.node)
+    assert out.ok, out
+    from cni.plugins.cluster_access import node_link_name
+    assert ours() == sorted([node_link_name("ca-lan", "ca-kept", "eth0"), node_link_name("ca-other", "ca-lost", "eth0")])
+    assert nsutil.links(lost) == ["lo", "eth0"]
+
+
+@pytest.mark.parametrize("forwarding", [True, False])
+def test_status_says_whether_the_node_forwards(lab, forwarding):
+    lab.build(forwarding=forwarding, cluster=False)
+    conf = dict(access_conf(serviceCIDRs=SERVICE_CIDRS), cniVersion="1.1.0")
+    out = lab_.run_plugin("cluster-access", "STATUS", conf, in_netns=lab.node)
+    assert (out.ok, out.cni_code) == ((True, None) if forwarding else (False, 50)), out
+    out = lab_.run_plugin("cluster-access", "STATUS", dict(conf, mode="secondary"), in_netns=lab.node)
+    assert out.ok, out

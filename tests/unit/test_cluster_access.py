@@ -1,0 +1,69 @@
+"""cluster-access's names and config, in process (the packet paths: tests/ns/test_cluster_access.py)."""
+
+import pytest
+
+from cni import contract
+from cni.errors import CniError
+from cni.plugins import cluster_access
+
+
+def request(config, command="ADD", ifname="eth0"):
+    return contract.Request(command, {"CNI_IFNAME": ifname}, dict({"name": "n", "type": "cluster-access"}, **config),
+                            b"")
+
+
+def test_node_side_names_never_collide_and_fit_an_interface_name():
+    """Two networks, container IDs sharing all but the last character, two interfaces of one pod."""
+    shared = "f" * 63
+    attachments = [(net, shared + last, ifname) for net in ("lan", "lan2") for last in "0123456789abcdef"
+                   for ifname in ("eth0", "net1", "net2")]
+    names = {cluster_access.node_link_name(*a) for a in attachments}
+    assert len(names) == len(attachments)
+    for name in names:
+        contract.check_ifname(name)
+        assert len(name) == 15 and name.startswith("ulca")
+
+
+def test_policy_tables_differ_per_interface():
+    ifnames = ["eth0"] + [f"net{i}" for i in range(1, 33)]
+    assert len({cluster_access.table_of(i) for i in ifnames}) == len(ifnames)
+    assert all(t > 255 for t in map(cluster_access.table_of, ifnames))   # never main, local or default
+
+
+@pytest.mark.parametrize("config,field", [
+    ({"mode": "primary"}, "serviceCIDRs"),
+    ({"mode": "upside-down"}, "mode"),
+    ({"serviceCIDRs": ["10.96.0.0"]}, "serviceCIDRs[0]"),
+    ({"nodeAddresses": ["node-1"]}, "nodeAddresses[0]"),
+    ({"clusterCIDRs": "10.244.0.0/16"}, "clusterCIDRs"),
+])
+def test_config_errors_name_the_field(config, field):
+    with pytest.raises(CniError) as e:
+        cluster_access.load_config(request(config))
+    assert e.value.code == 7 and field in e.value.msg
+
+
+def test_a_config_file_without_prevresult_loads():
+    """`underlay validate` loads a conflist's config, which has no prevResult."""
+    conf = cluster_access.load_config(request({"serviceCIDRs": ["10.96.0.0/12"]}))
+    assert conf.prev is None and conf.mode == "auto" and conf.veth_name == "veth0"
+
+
+@pytest.mark.parametrize("prev,field", [
+    (None, "prevResult: missing"),
+    ({"interfaces": [{"name": "other", "sandbox": "/run/netns/x"}], "ips": [{"address": "10.0.0.2/24"}]},
+     "prevResult.interfaces"),
+    ({"interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}]}, "prevResult.ips"),
+])
+def test_prev_result_must_name_the_underlay_interface_and_its_addresses(prev, field):
+    with pytest.raises(CniError) as e:
+        cluster_access.underlay_addresses(prev, "eth0")
+    assert e.value.code == 7 and e.value.msg.startswith(field)
+
+
+def test_addresses_of_the_interface_alone():
+    prev = {"interfaces": [{"name": "eth0", "sandbox": "/x"}, {"name": "net1", "sandbox": "/x"}],
+            "ips": [{"address": "10.0.0.2/24", "interface": 0, "gateway": "10.0.0.1"},
+                    {"address": "192.168.50.7/24", "interface": 1, "gateway": "192.168.50.1"}]}
+    addresses, gateways = cluster_access.underlay_addresses(prev, "net1")
+    assert [str(a) for a in addresses] == ["192.168.50.7/24"] and gateways == {4: "192.168.50.1"}
