@@ -244,8 +244,10 @@ def connect(ns, address, port=80, timeout=10):
 
 # -- attaching pods ---------------------------------------------------------------
 
-def macvlan_conf(lab, data_dir, state_dir, families=(4, 6), name="ca-lan", plugin="macvlan", default=True):
-    """The LAN network (`default`: with default routes via the router, as a primary network has)."""
+def macvlan_conf(lab, data_dir, state_dir, families=(4, 6), name="ca-lan", plugin="macvlan", default=True,
+                 reference=False):
+    """The LAN network on our macvlan (or `plugin`, Debian's Go one when `reference`); `default`:
+    with default routes via the router, as a primary network has."""
     ranges, routes = [], []
     if 4 in families:
         ranges.append([{"subnet": f"{LAN4}.0/24", "rangeStart": f"{LAN4}.10", "rangeEnd": f"{LAN4}.200",
@@ -256,7 +258,7 @@ def macvlan_conf(lab, data_dir, state_dir, families=(4, 6), name="ca-lan", plugi
                         "gateway": f"{LAN6}:1"}])
         routes.append({"dst": "::/0"})
     return {"cniVersion": "1.0.0", "name": name, "type": plugin, "master": lab.master,
-            **({"stateDir": state_dir} if plugin == "macvlan" else {}),
+            **({"stateDir": state_dir} if not reference else {}),
             "ipam": {"type": "host-local", "dataDir": data_dir, "ranges": ranges,
                      **({"routes": routes} if default else {})}}
 

@@ -280,8 +280,9 @@ def delete(request):
     rules and table. Needs no config beyond the name, nor the netns: a DEL after a refused
     ADD, a repeated DEL and a DEL after the pod is gone all succeed."""
     with netlink.Netlink() as host:
+        # the name is this attachment's hash (its alias may be missing: an ADD killed before it was set)
         node_end = host.find_link(node_link_name(request.network, request.container_id, request.ifname))
-        if node_end is not None and node_end.alias == alias(request):
+        if node_end is not None and node_end.kind == "veth":
             delete_quietly(host, node_end.index)
     if not request.netns:
         return

@@ -82,12 +82,29 @@ def test_primary_ipv6_only(lab, pod_ns, data_dir, state_dir):
 def test_primary_after_debians_go_macvlan(lab, pod_ns, data_dir, state_dir):
     lab.build()
     pod = pod_ns()
-    chain = [macvlan_conf(lab, data_dir, state_dir, plugin="macvlan"), access_conf(serviceCIDRs=SERVICE_CIDRS)]
+    chain = [macvlan_conf(lab, data_dir, state_dir, reference=True), access_conf(serviceCIDRs=SERVICE_CIDRS)]
     result = attach(lab, chain, pod, reference=("macvlan",))
     reaches_everything(lab, pod, result, (4, 6))
     out, _ = run_chain(chain, "CHECK", lab, pod, "ca-pod-1", prev=result, reference=("macvlan",))
     assert out.ok, out
     out, _ = run_chain(chain, "DEL", lab, pod, "ca-pod-1", prev=result, reference=("macvlan",))
+    assert out.ok, out
+
+
+@pytest.mark.kernel("ipvlan")
+@pytest.mark.parametrize("reference", [False, True], ids=["ours", "debians-go"])
+def test_primary_after_ipvlan(lab, pod_ns, data_dir, state_dir, reference):
+    """ipvlan l2 children share the master's MAC; the veth does not care (run in the VM: tests/vm)."""
+    lab.build()
+    pod = pod_ns()
+    chain = [macvlan_conf(lab, data_dir, state_dir, plugin="ipvlan", reference=reference),
+             access_conf(serviceCIDRs=SERVICE_CIDRS)]
+    runners = ("ipvlan",) if reference else ()
+    result = attach(lab, chain, pod, reference=runners)
+    reaches_everything(lab, pod, result, (4, 6))
+    out, _ = run_chain(chain, "CHECK", lab, pod, "ca-pod-1", prev=result, reference=runners)
+    assert out.ok, out
+    out, _ = run_chain(chain, "DEL", lab, pod, "ca-pod-1", prev=result, reference=runners)
     assert out.ok, out
 
 
