@@ -169,8 +169,8 @@ def choose_mode(conf, pod, link):
         defaults = [r["oif"] for r in pod.routes() if r["dst"].endswith("/0") and r["table"] == netlink.RT_TABLE_MAIN]
         mode = "secondary" if defaults and link.index not in defaults else "primary"
     if mode == "primary" and not conf.service_cidrs:
-        raise config_error("serviceCIDRs", f"required in primary mode (chosen because {link.name} holds the pod's "
-                                           "default route): the cluster's service ranges")
+        raise config_error("serviceCIDRs", f"required in primary mode (chosen because no interface but {link.name} "
+                                           "holds the pod's default route): the cluster's service ranges")
     return mode
 
 
