@@ -145,6 +145,9 @@ def test_check_catches_a_removed_route(lab, pod_ns, data_dir, state_dir):
     lab_.sh("ip", "-6", "route", "del", f"{mine}/128", ns=lab.node)
     out, _ = run_chain(chain, "CHECK", lab, pod, "ca-pod-1", prev=result)
     assert out.cni_code == 100 and mine in out.json["msg"], out
+    lab_.sh("ip", "link", "del", "veth0", ns=pod)   # the node's end goes with it
+    out, _ = run_chain([dict(chain[1], mode="primary")], "CHECK", lab, pod, "ca-pod-1", prev=result)
+    assert out.cni_code == 100 and "veth" in out.json["msg"], out
 
 
 @pytest.mark.parametrize("settings,field", [

@@ -67,3 +67,18 @@ def test_addresses_of_the_interface_alone():
                     {"address": "192.168.50.7/24", "interface": 1, "gateway": "192.168.50.1"}]}
     addresses, gateways = cluster_access.underlay_addresses(prev, "net1")
     assert [str(a) for a in addresses] == ["192.168.50.7/24"] and gateways == {4: "192.168.50.1"}
+
+
+def test_underlay_validate_checks_a_chain_with_cluster_access(tmp_path):
+    """The shipped NADs pass; a primary-mode config without serviceCIDRs is an error naming it."""
+    import json
+    import pathlib
+    from cni.operator import validate
+    nads = sorted(pathlib.Path(__file__).resolve().parents[2].glob("conf/nads/*cluster-access.yaml"))
+    assert len(nads) == 2
+    assert [p for p in validate.check_files([str(p) for p in nads]) if p.severity == "error"] == []
+    bad = tmp_path / "bad.conflist"
+    bad.write_text(json.dumps({"cniVersion": "1.0.0", "name": "x", "plugins": [
+        {"type": "macvlan", "master": "eth1", "ipam": {}}, {"type": "cluster-access", "mode": "primary"}]}))
+    errors = [p for p in validate.check_files([str(bad)]) if p.severity == "error"]
+    assert len(errors) == 1 and "serviceCIDRs" in str(errors[0].field) + str(errors[0].message)
