@@ -82,3 +82,31 @@ def test_underlay_validate_checks_a_chain_with_cluster_access(tmp_path):
         {"type": "macvlan", "master": "eth1", "ipam": {}}, {"type": "cluster-access", "mode": "primary"}]}))
     errors = [p for p in validate.check_files([str(bad)]) if p.severity == "error"]
     assert len(errors) == 1 and "serviceCIDRs" in str(errors[0].field) + str(errors[0].message)
+
+
+HOSTILE = [
+    {"prevResult": []}, {"prevResult": {"ips": "x"}}, {"prevResult": {"ips": [{"address": 5}]}},
+    {"prevResult": {"interfaces": "eth0", "ips": []}}, {"prevResult": {"interfaces": [5]}},
+    {"prevResult": {"ips": [{"address": "10.0.0.2/24", "gateway": "nope"}]}},
+    {"prevResult": {"ips": [{"address": "10.0.0.2/24", "interface": -1}]}},
+    {"serviceCIDRs": [5]}, {"serviceCIDRs": "10.96.0.0/12"}, {"serviceCIDRs": []}, {"nodeAddresses": [None]},
+    {"routes": "x"}, {"routes": [["10.0.0.0/8"]]}, {"vethName": "a/b"}, {"vethName": "x" * 16}, {"mode": 5},
+    {"defaultRoute": "yes"}, {"name": 7}, {"clusterCIDRs": ["::/129"]},
+]
+
+
+@pytest.mark.parametrize("config", HOSTILE)
+@pytest.mark.parametrize("command", ["ADD", "CHECK"])
+def test_hostile_configs_get_a_cni_error_never_a_traceback(config, command):
+    import io
+    import json
+    from cni import dispatch, registry
+    conf = dict({"cniVersion": "1.0.0", "name": "n", "type": "cluster-access", "mode": "primary",
+                 "serviceCIDRs": ["10.96.0.0/12"]}, **config)
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c", "CNI_NETNS": "/nonexistent/netns", "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/nonexistent"}
+    out = io.StringIO()
+    code = dispatch.run(registry.EXECUTABLES["cluster-access"], cluster_access.VERBS, env=env,
+                        stdin=json.dumps(conf).encode(), stdout=out, stderr=io.StringIO())
+    answer = json.loads(out.getvalue())
+    assert code == 1 and answer["code"] in (4, 6, 7), answer
