@@ -70,6 +70,21 @@ def test_primary_dual_stack_with_reverse_path_filters(lab, pod_ns, data_dir, sta
     assert {key: lab_.sh("sysctl", "-n", key, ns=lab.node).stdout for key in before} == before
 
 
+def test_primary_cluster_cidrs_and_listed_node_addresses(lab, pod_ns, data_dir, state_dir):
+    """clusterCIDRs: the pod reaches the cluster's pods directly through the node (no NAT: the backend
+    sees the pod's own address); nodeAddresses: only those are routed through the veth."""
+    lab.build()
+    pod = pod_ns()
+    access = access_conf(serviceCIDRs=SERVICE_CIDRS, clusterCIDRs=[lab_.CLUSTER4, lab_.CLUSTER6],
+                         nodeAddresses=[NODE_UPLINK4, NODE_UPLINK6])
+    result = attach(lab, [macvlan_conf(lab, data_dir, state_dir), access], pod)
+    for version in (4, 6):
+        assert connect(pod, lab.backend_ips[version], lab_.PORT) == f"backend {pod_addresses(result, version)[0]}"
+    through_veth = {r["dst"] for r in lab_.routes(pod) if r.get("dev") == "veth0"}
+    assert through_veth == {"10.96.0.0/16", "fd00:96::/112", lab_.CLUSTER4, lab_.CLUSTER6, NODE_UPLINK4,
+                            NODE_UPLINK6}
+
+
 def test_primary_ipv6_only(lab, pod_ns, data_dir, state_dir):
     lab.build()
     pod = pod_ns()
