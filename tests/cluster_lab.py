@@ -1,7 +1,7 @@
 """A Kubernetes node around an underlay pod, in network namespaces (issue 20's tests).
 
-    far host ──(10.99.0.0/24)── router ──(192.168.50.0/24, the LAN)── node's master ── pods' macvlan/ipvlan
-                                   └────(172.16.0.0/24, the uplink)── node (InternalIP 172.16.0.2, default route)
+    far host ─(10.99.0.0/24)─ router ─(192.168.50.0/24, the LAN)─ node's master ─ pods' macvlan/ipvlan
+                                 └─(172.16.0.0/24, the uplink)─ node (InternalIP 172.16.0.2, default route)
     node: cni0-like bridge (Debian's Go `bridge` plugin + host-local) with a backend pod serving TCP 8080,
           kube-proxy's nftables-mode rules for a ClusterIP service 10.96.0.10:80 (and fd00:96::10)
 
@@ -184,7 +184,8 @@ class Lab:
                                   cluster="10.244.0.0/16", backend=ips[4], backend_name=ips[4], port=PORT,
                                   backend_dnat=f"{ips[4]}:{PORT}")
         rules += KUBE_PROXY.format(family="ip6", addr_type="ipv6_addr", proto="ip6", service=SERVICE6,
-                                   cluster="fd00:244::/56", backend=ips[6], backend_name=ips[6].replace(":", "."), port=PORT,
+                                   cluster="fd00:244::/56", backend=ips[6], port=PORT,
+                                   backend_name=ips[6].replace(":", "."),
                                    backend_dnat=f"[{ips[6]}]:{PORT}")
         proc = subprocess.run(["ip", "netns", "exec", self.node, "nft", "-f", "-"], input=rules, text=True,
                               capture_output=True)

@@ -278,7 +278,8 @@ def test_gc_removes_the_veths_of_attachments_no_longer_valid(lab, pod_ns, data_d
     out = lab_.run_plugin("cluster-access", "GC", gc, in_netns=lab.node)
     assert out.ok, out
     from cni.plugins.cluster_access import node_link_name
-    assert ours() == sorted([node_link_name("ca-lan", "ca-kept", "eth0"), node_link_name("ca-other", "ca-lost", "eth0")])
+    assert ours() == sorted([node_link_name("ca-lan", "ca-kept", "eth0"),
+                             node_link_name("ca-other", "ca-lost", "eth0")])
     assert nsutil.links(lost) == ["lo", "eth0"]
 
 
