@@ -291,3 +291,43 @@ def test_status_says_whether_the_node_forwards(lab, forwarding):
     assert (out.ok, out.cni_code) == ((True, None) if forwarding else (False, 50)), out
     out = lab_.run_plugin("cluster-access", "STATUS", dict(conf, mode="secondary"), in_netns=lab.node)
     assert out.ok, out
+
+
+def test_del_removes_the_veth_of_an_add_killed_before_its_alias(lab, pod_ns):
+    """An ADD killed right after creating the veth: DEL finds the node's end by its hash name."""
+    lab.build(cluster=False)
+    pod = pod_ns()
+    from cni.plugins.cluster_access import node_link_name
+    name = node_link_name("ca-lan", "ca-killed", "eth0")
+    lab_.sh("ip", "link", "add", name, "type", "veth", "peer", "name", "veth0", "netns", pod, ns=lab.node)
+    out, _ = run_chain([access_conf(serviceCIDRs=SERVICE_CIDRS)], "DEL", lab, pod, "ca-killed")
+    assert out.ok, out
+    assert name not in nsutil.links(lab.node) and nsutil.links(pod) == ["lo"]
+
+
+def test_one_pod_primary_on_eth0_and_secondary_on_net1(lab, pod_ns, data_dir, state_dir):
+    """Two underlay interfaces: eth0 (primary, its veth) and net1 on another LAN subnet (secondary,
+    its table): both work, and each DEL takes only its own."""
+    lab.build()
+    lab_.address(lab.lan, "lan", "192.168.51.1/24")
+    lab_.address(lab.node, lab.master, "192.168.51.2/24")
+    pod = pod_ns()
+    primary = [macvlan_conf(lab, data_dir, state_dir, families=(4,)), access_conf(serviceCIDRs=SERVICE_CIDRS)]
+    eth0 = attach(lab, primary, pod)
+    net1_ipam = {"type": "host-local", "dataDir": data_dir,
+                 "ranges": [[{"subnet": "192.168.51.0/24", "rangeStart": "192.168.51.10", "gateway": "192.168.51.1"}]]}
+    secondary = [dict(macvlan_conf(lab, data_dir, state_dir, name="ca-lan2"), ipam=net1_ipam),
+                 access_conf(name="ca-lan2")]
+    net1 = attach(lab, secondary, pod, ifname="net1")
+    lab.serve(pod, "pod")
+    answer = connect(pod, SERVICE4)
+    assert answer is not None and answer.startswith("backend ")
+    mine = pod_addresses(net1, 4)[0]
+    assert lab_.route_dev(pod, FAR4, mine) == "net1"
+    assert connect(lab.far, mine, lab_.PORT) == f"pod {FAR4}"
+    out, _ = run_chain(secondary, "DEL", lab, pod, "ca-pod-1", ifname="net1", prev=net1)
+    assert out.ok, out
+    assert connect(pod, SERVICE4).startswith("backend ")   # eth0's veth is untouched
+    out, _ = run_chain(primary, "DEL", lab, pod, "ca-pod-1", prev=eth0)
+    assert out.ok, out
+    assert nsutil.links(pod) == ["lo"]
