@@ -98,8 +98,12 @@ def sh(*argv, ns=None):
     return nsutil.sh(*argv, ns=ns)
 
 
-def sysctl(ns, key, value):
-    sh("sysctl", "-qw", f"{key}={value}", ns=ns)
+def sysctl(ns, key, value=None):
+    """Write (or, without value, read) a sysctl of netns `ns` (no procps: a bare Debian has none)."""
+    path = "/proc/sys/" + key.replace(".", "/")
+    if value is None:
+        return sh("cat", path, ns=ns).stdout.strip()
+    sh("sh", "-c", f"echo {value} > {path}", ns=ns)
 
 
 def veth(ns_a, name_a, ns_b, name_b):

@@ -62,12 +62,12 @@ def test_primary_dual_stack_with_reverse_path_filters(lab, pod_ns, data_dir, sta
     pod = pod_ns()
     for key in ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"):
         lab_.sysctl(pod, key, pod_rp_filter)
-    before = {key: lab_.sh("sysctl", "-n", key, ns=lab.node).stdout for key in
+    before = {key: lab_.sysctl(lab.node, key) for key in
               ("net.ipv4.conf.all.rp_filter", "net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding")}
     chain = [macvlan_conf(lab, data_dir, state_dir), access_conf(serviceCIDRs=SERVICE_CIDRS)]   # mode auto
     result = attach(lab, chain, pod)
     reaches_everything(lab, pod, result, (4, 6))
-    assert {key: lab_.sh("sysctl", "-n", key, ns=lab.node).stdout for key in before} == before
+    assert {key: lab_.sysctl(lab.node, key) for key in before} == before
 
 
 def test_primary_cluster_cidrs_and_listed_node_addresses(lab, pod_ns, data_dir, state_dir):
@@ -196,7 +196,7 @@ def test_a_node_without_forwarding_is_an_error_not_a_change(lab, pod_ns, data_di
     out, _ = run_chain([macvlan_conf(lab, data_dir, state_dir, families=(4,)),
                         access_conf(serviceCIDRs=SERVICE_CIDRS)], "ADD", lab, pod, "ca-pod-1")
     assert out.cni_code == 50 and "forward" in out.json["msg"], out
-    assert lab_.sh("sysctl", "-n", "net.ipv4.ip_forward", ns=lab.node).stdout.strip() == "0"
+    assert lab_.sysctl(lab.node, "net.ipv4.ip_forward") == "0"
     assert [link for link in nsutil.links(lab.node) if link.startswith("ulca")] == []
     assert lab_.snapshot(lab.node)["routes"] == node_before["routes"]
 
