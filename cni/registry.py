@@ -6,7 +6,8 @@ plugins' main and in-process IPAM delegation), `underlay validate` and the
 tests. Every entry is built: the bundle has all of them.
 
 Roles:
-  main   a CNI plugin that creates the pod's link (runtimes exec it from /opt/cni/bin)
+  main   a CNI plugin a network config names (runtimes exec it from /opt/cni/bin): it creates the
+         pod's link, or, chained after the one that does (cluster-access), adds to it
   ipam   a CNI IPAM plugin; our main plugins also run it in-process
   agent  the node agent, a long-running process
   tool   the operator's command
@@ -54,6 +55,7 @@ CNI_ROLES = ("main", "ipam")
 EXECUTABLES = {e.name: e for e in (
     Executable("macvlan", "cni.plugins.macvlan", "main", "macvlan", "CNI macvlan plugin"),
     Executable("ipvlan", "cni.plugins.ipvlan", "main", "ipvlan", "CNI ipvlan plugin"),
+    Executable("cluster-access", "cni.plugins.cluster_access", "main", "cluster-access", "CNI cluster-access plugin"),
     Executable("host-local", "ipam.host_local", "ipam", "host-local", "CNI host-local IPAM plugin"),
     Executable("cluster-ipam", "ipam.cluster", "ipam", "cluster-ipam", "CNI cluster-ipam IPAM plugin"),
     Executable("underlayd", "cni.agent", "agent", None, "underlay's node agent"),

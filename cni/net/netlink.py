@@ -1,6 +1,7 @@
 """Netlink for underlay: the one module that speaks rtnetlink.
 
-The few messages the plugins need (links, addresses, routes) are packed and
+The few messages the plugins need (links, addresses, routes, FIB rules,
+permanent neighbours) are packed and
 parsed here with struct on a plain NETLINK_ROUTE socket. pyroute2 did this
 before, but its message classes cost ~18 ms to import on every exec and, warm,
 built ~220 message objects for one ADD (whole link messages with their stats
@@ -26,6 +27,8 @@ IPVLAN_FLAGS = {"bridge": 0, "private": 1, "vepa": 2}
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x800, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 0x1
@@ -34,22 +37,29 @@ RT_TABLE_MAIN = 254
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTPROT_BOOT, RTPROT_STATIC = 3, 4
 RTN_UNICAST = 1
+RTNH_F_ONLINK = 4            # rtm_flags: the gateway is on the link, whatever its addresses
+FR_ACT_TO_TBL = 1            # fib_rule_hdr action: look the route up in the rule's table
+NUD_PERMANENT = 0x80
 RTAX_MTU, RTAX_ADVMSS = 2, 8
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 
 # attribute numbers (linux/if_link.h, if_addr.h, rtnetlink.h, veth.h)
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_TXQLEN = 1, 3, 4, 5, 13
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_TXQLEN, IFLA_IFALIAS = 1, 3, 4, 5, 13, 20
 IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_LINK_NETNSID = 18, 28, 29, 37
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 VETH_INFO_PEER = 1
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST, IFA_FLAGS = 1, 2, 4, 8
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE = 1, 4, 5, 6, 7, 8, 15
+FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_TABLE = 1, 2, 6, 15
+NDA_DST, NDA_LLADDR = 1, 2
 NLA_TYPE_MASK = 0x3FFF   # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 HEADER = struct.Struct("=IHHII")        # nlmsghdr: length, type, flags, seq, pid
 IFINFO = struct.Struct("=BxHiII")       # ifinfomsg: family, type, index, flags, change
 IFADDR = struct.Struct("=BBBBI")        # ifaddrmsg: family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")     # rtmsg: family, dst_len, src_len, tos, table, proto, scope, type, flags
+RULEMSG = struct.Struct("=BBBBBBBBI")   # fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags
+NDMSG = struct.Struct("=BxxxiHBB")      # ndmsg: family, ifindex, state, flags, type
 NLA = struct.Struct("=HH")
 U32, U16, S32 = struct.Struct("=I"), struct.Struct("=H"), struct.Struct("=i")
 
@@ -148,6 +158,8 @@ class Link:
         mac = attrs.get(IFLA_ADDRESS)
         self.mac = None if mac is None else mac_text(mac)
         self.parent_index = u32_of(attrs, IFLA_LINK)
+        alias = attrs.get(IFLA_IFALIAS)
+        self.alias = None if alias is None else asciiz(alias)
         netnsid = attrs.get(IFLA_LINK_NETNSID)
         self.parent_netnsid = None if netnsid is None else S32.unpack_from(netnsid)[0]
         self.kind = None
@@ -180,10 +192,11 @@ def parse_address(message):
 
 def parse_route(message):
     """The route of an RTM_NEWROUTE message as routes() gives it."""
-    family, dst_len, _src, _tos, table, _proto, scope, _type, _flags = RTMSG.unpack_from(message, HEADER.size)
+    family, dst_len, _src, _tos, table, _proto, scope, _type, flags = RTMSG.unpack_from(message, HEADER.size)
     attrs = parse_attrs(message, HEADER.size + RTMSG.size)
     dst = attrs.get(RTA_DST)
     gw = attrs.get(RTA_GATEWAY)
+    prefsrc = attrs.get(RTA_PREFSRC)
     return {
         "dst": f"{ip_text(dst) if dst is not None else ('::' if family == socket.AF_INET6 else '0.0.0.0')}"
                f"/{dst_len}",
@@ -192,6 +205,23 @@ def parse_route(message):
         "priority": u32_of(attrs, RTA_PRIORITY),
         "table": u32_of(attrs, RTA_TABLE) or table,
         "scope": scope,
+        "src": None if prefsrc is None else ip_text(prefsrc),
+        "onlink": bool(flags & RTNH_F_ONLINK),
+    }
+
+
+def parse_rule(message):
+    """A FIB rule of an RTM_NEWRULE message as rules() gives it: {family, src, dst, table, priority}."""
+    family, dst_len, src_len, _tos, table, _r1, _r2, action, _flags = RULEMSG.unpack_from(message, HEADER.size)
+    attrs = parse_attrs(message, HEADER.size + RULEMSG.size)
+    src, dst = attrs.get(FRA_SRC), attrs.get(FRA_DST)
+    return {
+        "family": family,
+        "src": None if src is None else f"{ip_text(src)}/{src_len}",
+        "dst": None if dst is None else f"{ip_text(dst)}/{dst_len}",
+        "table": u32_of(attrs, FRA_TABLE) or table,
+        "priority": u32_of(attrs, FRA_PRIORITY),
+        "action": action,
     }
 
 
@@ -201,9 +231,12 @@ def family_of(address):
 
 def link_data(kind, data):
     """IFLA_INFO_DATA payload from {attribute name: value}."""
-    if kind == "veth":   # {"VETH_INFO_PEER": {"attrs": [("IFLA_IFNAME", name)]}}
+    if kind == "veth":   # {"VETH_INFO_PEER": {"attrs": [("IFLA_IFNAME", name), ("IFLA_NET_NS_FD", fd)]}}
         peer = dict(data["VETH_INFO_PEER"]["attrs"])
-        return nla(VETH_INFO_PEER, IFINFO.pack(0, 0, 0, 0, 0) + nla_str(IFLA_IFNAME, peer["IFLA_IFNAME"]))
+        attrs = nla_str(IFLA_IFNAME, peer["IFLA_IFNAME"])
+        if peer.get("IFLA_NET_NS_FD") is not None:   # the peer is born in that netns: no move afterwards
+            attrs += nla_u32(IFLA_NET_NS_FD, peer["IFLA_NET_NS_FD"])
+        return nla(VETH_INFO_PEER, IFINFO.pack(0, 0, 0, 0, 0) + attrs)
     table = LINK_DATA.get(kind, {})
     out = b""
     for name, value in data.items():
@@ -323,10 +356,12 @@ class Netlink:
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, IFINFO.pack(0, 0, 0, 0, 0) + attrs,
                      f"creating {kind} link {name}")
 
-    def set_link(self, index, name=None, up=None, mtu=None, mac=None):
+    def set_link(self, index, name=None, up=None, mtu=None, mac=None, alias=None):
         attrs = b""
         if name is not None:
             attrs += nla_str(IFLA_IFNAME, name)
+        if alias is not None:
+            attrs += nla_str(IFLA_IFALIAS, alias)
         if mtu:
             attrs += nla_u32(IFLA_MTU, mtu)
         if mac:
@@ -362,6 +397,16 @@ class Netlink:
             if e.errno not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
                 raise
 
+    def global_addresses(self):
+        """[address] of scope global on every link: the namespace's own addresses (no loopback, no link-local)."""
+        out = []
+        for m in self.dump(RTM_GETADDR, IFADDR.pack(0, 0, 0, 0, 0), "listing addresses"):
+            _family, _plen, _flags, scope, _index = IFADDR.unpack_from(m, HEADER.size)
+            address = parse_address(m)[1]
+            if scope == RT_SCOPE_UNIVERSE and address is not None:
+                out.append(address)
+        return out
+
     def addresses(self, index):
         """[(address, prefixlen, flags)] of a link."""
         out = []
@@ -374,14 +419,15 @@ class Netlink:
     # -- routes ----------------------------------------------------------------
 
     def add_route(self, dst, index, gw=None, priority=None, table=None, scope=None, mtu=None, advmss=None,
-                  exclusive=False, src=None):
+                  exclusive=False, src=None, onlink=False):
         """Add a route; dst is 'a.b.c.d/n' or 'x::/n'. exclusive: EEXIST if any route to dst exists.
-        src: the source address the node uses on it (RTA_PREFSRC)."""
+        src: the source address the node uses on it (RTA_PREFSRC). onlink: the gateway is
+        reached on the link whatever its addresses (a link-local next hop on a link without one)."""
         address, _, plen = dst.partition("/")
         family = family_of(address)
         header = RTMSG.pack(family, int(plen), 0, 0, table if table is not None and table < 256 else RT_TABLE_MAIN,
                             RTPROT_BOOT, scope if scope is not None else (RT_SCOPE_UNIVERSE if gw else RT_SCOPE_LINK),
-                            RTN_UNICAST, 0)
+                            RTN_UNICAST, RTNH_F_ONLINK if onlink else 0)
         attrs = nla_u32(RTA_OIF, index)
         if int(plen):
             attrs += nla_ip(RTA_DST, address)
@@ -405,12 +451,15 @@ class Netlink:
         self.request(RTM_NEWROUTE, NLM_F_CREATE | (NLM_F_EXCL if exclusive else NLM_F_APPEND), header + attrs,
                      f"adding route {dst} via {gw or 'link'}")
 
-    def delete_route(self, dst, index):
-        """Remove the main-table route to dst out of link `index`; one already gone is no error."""
+    def delete_route(self, dst, index, table=RT_TABLE_MAIN):
+        """Remove the route to dst out of link `index` (main table by default); one already gone is no error."""
         address, _, plen = dst.partition("/")
         # scope NOWHERE matches any scope: IPv4 would otherwise match it exactly
-        header = RTMSG.pack(family_of(address), int(plen), 0, 0, RT_TABLE_MAIN, 0, RT_SCOPE_NOWHERE, 0, 0)
+        header = RTMSG.pack(family_of(address), int(plen), 0, 0, table if table < 256 else 0, 0,
+                            RT_SCOPE_NOWHERE, 0, 0)
         attrs = nla_u32(RTA_OIF, index) + (nla_ip(RTA_DST, address) if int(plen) else b"")
+        if table >= 256:
+            attrs += nla_u32(RTA_TABLE, table)
         try:
             self.request(RTM_DELROUTE, 0, header + attrs, f"removing route {dst}")
         except NetlinkError as e:
@@ -423,6 +472,59 @@ class Netlink:
         for fam in ([family] if family else [socket.AF_INET, socket.AF_INET6]):
             body = RTMSG.pack(fam, 0, 0, 0, 0, 0, 0, 0, 0)
             out.extend(parse_route(m) for m in self.dump(RTM_GETROUTE, body, "listing routes"))
+        return out
+
+    # -- FIB rules -------------------------------------------------------------
+
+    def add_rule(self, src, table, priority):
+        """`from <src> lookup <table>` at `priority`; src is 'a.b.c.d/n' or 'x::/n'. EEXIST if the same rule exists."""
+        address, _, plen = src.partition("/")
+        family = family_of(address)
+        header = RULEMSG.pack(family, 0, int(plen), 0, table if table < 256 else 0, 0, 0, FR_ACT_TO_TBL, 0)
+        attrs = nla_ip(FRA_SRC, address) + nla_u32(FRA_PRIORITY, priority) + nla_u32(FRA_TABLE, table)
+        self.request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, header + attrs, f"adding rule from {src} lookup {table}")
+
+    def delete_rule(self, rule):
+        """Remove a rule as rules() gives it; one already gone is no error."""
+        src_len = int(rule["src"].partition("/")[2]) if rule["src"] else 0
+        header = RULEMSG.pack(rule["family"], 0, src_len, 0, rule["table"] if rule["table"] < 256 else 0, 0, 0,
+                              rule["action"], 0)
+        attrs = nla_u32(FRA_TABLE, rule["table"])
+        if rule["src"]:
+            attrs += nla_ip(FRA_SRC, rule["src"].partition("/")[0])
+        if rule["priority"] is not None:
+            attrs += nla_u32(FRA_PRIORITY, rule["priority"])
+        try:
+            self.request(RTM_DELRULE, 0, header + attrs, f"removing rule from {rule['src']} lookup {rule['table']}")
+        except NetlinkError as e:
+            if e.errno not in (errno.ENOENT, errno.ESRCH):
+                raise
+
+    def rules(self, family=None):
+        """[{family, src, dst, table, priority, action}] of both families (or one)."""
+        out = []
+        for fam in ([family] if family else [socket.AF_INET, socket.AF_INET6]):
+            body = RULEMSG.pack(fam, 0, 0, 0, 0, 0, 0, 0, 0)
+            out.extend(parse_rule(m) for m in self.dump(RTM_GETRULE, body, "listing rules"))
+        return out
+
+    # -- neighbours ------------------------------------------------------------
+
+    def add_neighbour(self, index, address, mac):
+        """A permanent neighbour entry: `address` is at `mac` on link `index`, no ARP or NDP asked."""
+        header = NDMSG.pack(family_of(address), index, NUD_PERMANENT, 0, 0)
+        attrs = nla_ip(NDA_DST, address) + nla_mac(NDA_LLADDR, mac)
+        self.request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_EXCL, header + attrs, f"adding neighbour {address}")
+
+    def neighbours(self, index):
+        """{address: mac} of the permanent neighbour entries of link `index`."""
+        out = {}
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            for m in self.dump(RTM_GETNEIGH, NDMSG.pack(fam, 0, 0, 0, 0), "listing neighbours"):
+                family, link, state, _flags, _type = NDMSG.unpack_from(m, HEADER.size)
+                attrs = parse_attrs(m, HEADER.size + NDMSG.size)
+                if link == index and state & NUD_PERMANENT and NDA_DST in attrs and NDA_LLADDR in attrs:
+                    out[ip_text(attrs[NDA_DST])] = mac_text(attrs[NDA_LLADDR])
         return out
 
     def default_route_link(self):

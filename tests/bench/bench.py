@@ -24,6 +24,10 @@ Sections:
             ADD+DEL, macvlan ADD/CHECK/DEL, 64 parallel macvlan ADDs and DELs;
             the agent's memory idle and under the burst (PSS and RSS of the
             agent and its workers); the thin exec against a bare interpreter
+  cluster-access
+            macvlan + host-local ADD and DEL without and with cluster-access
+            after it (primary mode: a veth pair, routes on both sides), through
+            underlayd and without it: what the chained plugin costs
   cluster   cluster-ipam (tests/bench/cluster_bench.py): whole-exec ADD vs
             host-local, 1 000 pods over 10 simulated nodes on 3 etcd members;
             not in the default set (it starts etcd): --sections cluster
@@ -650,6 +654,63 @@ def bench_agent(n, parallel_count, workdir, figures):
         agent.stop()
 
 
+# -- cluster-access ---------------------------------------------------------------------------
+
+def bench_cluster_access(n, workdir, figures):
+    """The chain macvlan+host-local[+cluster-access] as libcni runs it: ADD in order (each exec given the
+    result so far), DEL in reverse; the figure is the whole chain's wall time, per variant."""
+    global AGENT_SOCKET
+    agent = AgentProcess(workdir)
+    AGENT_SOCKET = agent.socket
+    variants = [(impl, access) for impl in ("agent", "ours") for access in (False, True)]
+    ms = {(v, verb): [] for v in variants for verb in ("ADD", "DEL")}
+    failures = {v: 0 for v in variants}
+    try:
+        with Namespaces() as ns:
+            with open("/proc/sys/net/ipv4/ip_forward", "w") as f:   # the bench's node (we are in it) forwards
+                f.write("1")
+            sh("ip", "addr", "add", "10.215.255.254/16", "dev", ns.master)
+            confs = {impl: macvlan_conf(impl, ns.master, os.path.join(workdir, f"ca-{impl}"),
+                                        ipaddress.ip_network("10.215.0.0/16")) for impl in ("agent", "ours")}
+            access = {"cniVersion": CNI_VERSION, "type": "cluster-access", "mode": "primary",
+                      "serviceCIDRs": ["10.96.0.0/12"]}
+            for i in range(n + 1):     # iteration 0 warms caches, not counted
+                for impl, with_access in rotate(variants, i):
+                    pod = ns.pod()
+                    env = cni_env(impl, "ADD", f"ca-{i}", netns=f"/run/netns/{pod}")
+                    chain = [("macvlan", confs[impl])] + \
+                        ([("cluster-access", dict(access, name=confs[impl]["name"]))] if with_access else [])
+                    result, execs = None, {"ADD": [], "DEL": []}
+                    for name, conf in chain:
+                        e = run([plugin(impl, name)], env, json.dumps(dict(conf, prevResult=result) if result
+                                                                      else conf).encode())
+                        execs["ADD"].append(e)
+                        result = e.json if e.code == 0 else result
+                    for name, conf in reversed(chain):
+                        execs["DEL"].append(run([plugin(impl, name)], dict(env, CNI_COMMAND="DEL"),
+                                                json.dumps(dict(conf, prevResult=result)).encode()))
+                    bad = [e for verb in execs.values() for e in verb if e.code != 0]
+                    if bad:
+                        failures[(impl, with_access)] += 1
+                        print(f"    {impl} failed: {(bad[0].stdout or bad[0].stderr).decode(errors='replace')[:300]}")
+                    elif i:
+                        for verb in ("ADD", "DEL"):
+                            ms[((impl, with_access), verb)].append(sum(e.seconds for e in execs[verb]) * 1000)
+                    ns.drop(pod)
+        print(f"{'chain':<44} {'ADD med':>8} {'DEL med':>8}  failures")
+        for impl, with_access in variants:
+            label = (f"macvlan+host-local{' + cluster-access' if with_access else ''}, "
+                     f"{'agent' if impl == 'agent' else 'no agent'}")
+            add, dele = (statistics.median(ms[((impl, with_access), verb)] or [float("nan")]) for verb in ("ADD", "DEL"))
+            print(f"{label:<44} {add:>8.2f} {dele:>8.2f}  {failures[(impl, with_access)] or ''}", flush=True)
+            figures[f"cluster-access: {label}"] = {"add_median_ms": add, "del_median_ms": dele,
+                                                   "n": len(ms[((impl, with_access), 'ADD')]),
+                                                   "failures": failures[(impl, with_access)]}
+    finally:
+        AGENT_SOCKET = None
+        agent.stop()
+
+
 # -- main -----------------------------------------------------------------------------------
 
 def describe():
@@ -665,7 +726,7 @@ def describe():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="version,macvlan,leases,parallel,agent")
+    parser.add_argument("--sections", default="version,macvlan,leases,parallel,agent,cluster-access")
     parser.add_argument("--iterations", type=int, default=40, help="per measured operation (default 40)")
     parser.add_argument("--lease-iterations", type=int, default=20)
     parser.add_argument("--leases", default=",".join(map(str, LEASE_COUNTS)))
@@ -694,9 +755,9 @@ def main():
             if not os.access(plugin(impl, name), os.X_OK):
                 sys.exit(f"bench: {plugin(impl, name)} is missing "
                          f"({'make build' if impl == 'ours' else 'apt-get install containernetworking-plugins'})")
-    if "agent" in sections and not os.access(plugin("ours", "underlayd"), os.X_OK):
+    if ("agent" in sections or "cluster-access" in sections) and not os.access(plugin("ours", "underlayd"), os.X_OK):
         sys.exit(f"bench: {plugin('ours', 'underlayd')} is missing (make build)")
-    if ("macvlan" in sections or "agent" in sections) and os.geteuid() != 0:
+    if {"macvlan", "agent", "cluster-access"} & set(sections) and os.geteuid() != 0:
         sys.exit("bench: the macvlan section needs root (network namespaces); or pass --sections")
 
     figures = {"setup": describe(), **({"cluster": cluster} if cluster else {})}
@@ -715,6 +776,9 @@ def main():
         if "agent" in sections:
             print("\nthe same plugins through underlayd (agent), without it (no agent) and Go, in one loop")
             bench_agent(args.iterations, args.parallel, workdir, figures)
+        if "cluster-access" in sections:
+            print("\nmacvlan+host-local with and without cluster-access (primary mode), through underlayd and not")
+            bench_cluster_access(args.iterations, workdir, figures)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:

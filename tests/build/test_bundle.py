@@ -211,7 +211,7 @@ def test_help_under_a_name_we_do_not_know_lists_the_names(bundle, tmp_path):
     os.symlink(bundle.exe, tmp_path / "ucf-unknown")
     for flag in ("--help", "-h"):
         proc = bundle.run(None, {}, argv=[str(tmp_path / "ucf-unknown"), flag])
-        assert proc.returncode == 0 and b"call me as one of macvlan, ipvlan, host-local" in proc.stdout, proc
+        assert proc.returncode == 0 and b"call me as one of macvlan, ipvlan, cluster-access, host-local" in proc.stdout, proc
 
 
 # -- host-local through the executable --------------------------------------------------
@@ -298,7 +298,7 @@ def test_prefixed_and_direct_names_run_the_same_plugin(bundle, tmp_path):
 
     os.symlink(bundle.exe, tmp_path / "bridge")
     proc = bundle.run(None, {"CNI_COMMAND": "VERSION"}, argv=[str(tmp_path / "bridge")])
-    assert proc.returncode == 2 and b"call me as one of macvlan, ipvlan, host-local, cluster-ipam" in proc.stderr
+    assert proc.returncode == 2 and b"call me as one of macvlan, ipvlan, cluster-access, host-local, cluster-ipam" in proc.stderr
 
 
 # -- no Python on the node --------------------------------------------------------------

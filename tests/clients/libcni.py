@@ -23,7 +23,8 @@ NADS = ROOT / "conf" / "nads"
 SCHEMAS = ROOT / "conf" / "schema"
 DRIVER_SRC = pathlib.Path(__file__).resolve().parent / "cnitool"
 LIBCNI_SRC = "/usr/share/gocode/src/github.com/containernetworking/cni"
-OUR_PLUGINS = {"macvlan": "cni.plugins.macvlan", "ipvlan": "cni.plugins.ipvlan", "host-local": "ipam.host_local"}
+OUR_PLUGINS = {"macvlan": "cni.plugins.macvlan", "ipvlan": "cni.plugins.ipvlan", "host-local": "ipam.host_local",
+               "cluster-access": "cni.plugins.cluster_access"}
 REFERENCE_DIR = "/usr/lib/cni"
 
 
@@ -75,7 +76,7 @@ def localize(conflist, master, data_dir, state_dir=None, name=None):
         if "master" in plugin:
             _, dot, vid = plugin["master"].rpartition(".")
             plugin["master"] = f"{master}.{vid}" if dot and vid.isdigit() else master  # keep an 802.1q parent
-        if plugin.get("type") in OUR_PLUGINS and state_dir:
+        if plugin.get("type") in OUR_PLUGINS and plugin["type"] != "cluster-access" and state_dir:
             plugin["stateDir"] = state_dir
         if plugin.get("type") == "tuning" and state_dir:
             plugin["dataDir"] = os.path.join(state_dir, "tuning")  # else /run/cni/tuning

@@ -67,6 +67,9 @@ def test_nad_attaches_as_a_secondary_network(name, driver, host_ns, master, pod_
     _, conflist = libcni.load_nad(name)
     node_links = sorted(nsutil.links(host_ns))
     net = driver.install(libcni.localize(conflist, master, data_dir, state_dir))
+    if any(p["type"] == "cluster-access" for p in conflist["plugins"]):
+        for family in ("ipv4/ip_forward", "ipv6/conf/all/forwarding"):   # a Kubernetes node forwards
+            nsutil.sh("sh", "-c", f"echo 1 > /proc/sys/net/{family}", ns=host_ns)
     ns = pod_ns()
     netns = nsutil.netns_path(ns)
     cid = uuid.uuid4().hex

@@ -144,7 +144,8 @@ def test_route_parser_agrees_with_pyroute2(node, pyroute2_classes):
                 assert route == {"dst": f"{dst}/{theirs['dst_len']}", "gw": theirs.get_attr("RTA_GATEWAY"),
                                  "oif": theirs.get_attr("RTA_OIF"), "priority": theirs.get_attr("RTA_PRIORITY"),
                                  "table": theirs.get_attr("RTA_TABLE") or theirs["table"],
-                                 "scope": theirs["scope"]}
+                                 "scope": theirs["scope"], "src": theirs.get_attr("RTA_PREFSRC"),
+                                 "onlink": bool(theirs["flags"] & netlink.RTNH_F_ONLINK)}
                 seen.append(route)
         index = nl.link("ulnmv").index
         assert nl.default_route_link() == index
@@ -193,3 +194,51 @@ def test_encoded_requests_make_what_they_say(node):
         nl.delete_link(back.index)
         with pytest.raises(netlink.LinkNotFound):
             nl.delete_link(back.index)
+
+
+def test_veth_into_another_netns_rules_neighbours_aliases_and_onlink_routes(node, pod_ns):
+    """What cluster-access asks of the kernel, as `ip -j` then shows it, and read back by our parsers."""
+    pod = pod_ns()
+    pod_fd = netns.open_netns(ns.netns_path(pod))
+    try:
+        with socket_in(node) as nl:
+            nl.create_link("ulnca", "veth", data={"VETH_INFO_PEER": {"attrs": [("IFLA_IFNAME", "veth0"),
+                                                                               ("IFLA_NET_NS_FD", pod_fd)]}})
+            end = nl.link("ulnca")
+            nl.set_link(end.index, alias="underlay cluster-access n c eth0", up=True)
+            assert nl.link("ulnca").alias == "underlay cluster-access n c eth0"
+            nl.add_neighbour(end.index, "10.81.0.7", "02:00:00:00:00:07")
+            nl.add_neighbour(end.index, "fd81::7", "02:00:00:00:00:07")
+            assert nl.neighbours(end.index) == {"10.81.0.7": "02:00:00:00:00:07", "fd81::7": "02:00:00:00:00:07"}
+            nl.add_route("10.82.0.0/16", end.index, gw="169.254.1.1", onlink=True, src="10.77.1.5")
+            nl.add_route("fd82::/64", end.index, gw="fe80::1", table=0x55000001)
+            nl.add_rule("10.81.0.7/32", 0x55000001, 1000)
+            nl.add_rule("fd81::7/128", 0x55000001, 1000)
+            with pytest.raises(netlink.NetlinkError) as e:
+                nl.add_rule("fd81::7/128", 0x55000001, 1000)
+            assert e.value.errno == 17
+            routes = {r["dst"]: r for r in nl.routes() if r["oif"] == end.index}
+            rules = [r for r in nl.rules() if r["table"] == 0x55000001]
+        assert nsutil_links(pod) == ["lo", "veth0"]
+        assert routes["10.82.0.0/16"]["onlink"] and routes["10.82.0.0/16"]["src"] == "10.77.1.5"
+        assert routes["fd82::/64"]["table"] == 0x55000001 and routes["fd82::/64"]["gw"] == "fe80::1"
+        shown = json.loads(ns.sh("ip", "-j", "rule", "show", ns=node).stdout) + \
+            json.loads(ns.sh("ip", "-6", "-j", "rule", "show", ns=node).stdout)
+        assert sorted((r["src"], r["priority"]) for r in shown if r.get("table") == str(0x55000001)) == \
+            [("10.81.0.7", 1000), ("fd81::7", 1000)]
+        assert sorted((r["src"], r["priority"]) for r in rules) == [("10.81.0.7/32", 1000), ("fd81::7/128", 1000)]
+        with socket_in(node) as nl:
+            for rule in rules:
+                nl.delete_rule(rule)
+                nl.delete_rule(rule)   # already gone: no error
+            nl.delete_route("fd82::/64", end.index, table=0x55000001)
+            assert not [r for r in nl.rules() if r["table"] == 0x55000001]
+            assert not [r for r in nl.routes() if r["table"] == 0x55000001]
+            nl.delete_link(end.index)
+        assert nsutil_links(pod) == ["lo"]
+    finally:
+        os.close(pod_fd)
+
+
+def nsutil_links(name):
+    return sorted(ns.links(name))

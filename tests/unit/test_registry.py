@@ -22,7 +22,7 @@ def test_a_record_is_a_read_only_tuple_with_names():
 def test_every_name_is_its_records_name_and_every_role_known():
     for name, e in registry.EXECUTABLES.items():
         assert e.name == name and e.role in ("main", "ipam", "agent", "tool")
-    assert registry.cni_plugins() == ["macvlan", "ipvlan", "host-local", "cluster-ipam"]
+    assert registry.cni_plugins() == ["macvlan", "ipvlan", "cluster-access", "host-local", "cluster-ipam"]
 
 
 @pytest.mark.parametrize("plugin", CNI_PLUGINS, ids=lambda e: e.name)
