@@ -208,6 +208,13 @@ def delegate_ipam(request, command):
     return exec_plugin(kind, request, command)
 
 
+def hold_ipam_conflict(request, address: str, mac: str) -> bool:
+    """Have the request's IPAM hold `address`, which `mac` answers for on the LAN, as a conflict
+    (conflictDetection, cni/plugins/lan.py): True when it took it, False when the IPAM is not
+    ours or cannot. Until the holds work is merged no IPAM can: False."""
+    return False
+
+
 def find_in_path(name, path):
     for directory in path:
         candidate = os.path.join(directory, name)
