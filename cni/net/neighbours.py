@@ -226,8 +226,8 @@ def ask(questions, ports, wait, answer):
 
 def conflicts(send, hear, addresses, wait):
     """{address: MAC that holds it} for the candidate addresses (ip_address objects) another
-    host answers for, or probes for itself, within `wait` seconds. send/hear: {ethertype: Port}
-    (hear may be the master's for ipvlan, whose children share its MAC)."""
+    host answers for, or probes for itself, within `wait` seconds. send: {ethertype: Port};
+    hear: the Ports answers may come in on (for ipvlan the master's too)."""
     questions = {}
     for address in addresses:
         if address.version == 4:
@@ -254,12 +254,12 @@ def conflicts(send, hear, addresses, wait):
                 return target, mac_text(sha)
         return None
 
-    return ask(questions, list(hear.values()), wait, answer)
+    return ask(questions, hear, wait, answer)
 
 
 def unanswered_gateways(send, hear, pairs, wait):
     """The gateways that did not answer (ARP reply / neighbour advertisement) within `wait`
-    seconds. pairs: [(our address, its gateway)] as ip_address objects."""
+    seconds. pairs: [(our address, its gateway)] as ip_address objects; send and hear as for conflicts."""
     questions = {}
     for ours, gateway in pairs:
         if gateway.version == 4:
@@ -280,7 +280,7 @@ def unanswered_gateways(send, hear, pairs, wait):
             return nd[3], mac_text(nd[1])
         return None
 
-    answered = ask(questions, list(hear.values()), wait, answer)
+    answered = ask(questions, hear, wait, answer)
     return [gateway for gateway in questions if gateway not in answered]
 
 

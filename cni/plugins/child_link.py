@@ -2,7 +2,9 @@
 
 ADD creates the child directly inside the pod's netns under a temporary name
 (IFLA_NET_NS_FD: moving it afterwards costs ~16 ms of kernel time), renames it
-to CNI_IFNAME there, gets addresses from IPAM and applies them. Every step
+to CNI_IFNAME there, gets addresses from IPAM (with conflictDetection: ones
+nobody on the LAN answers for), applies them, checks the gateways
+(gatewayDetection) and announces the addresses (cni/plugins/lan.py). Every step
 registers its undo right after it succeeds, so a failure leaves no link, no
 lease and no parent behind. DEL releases IPAM first and accepts whatever is
 already gone. CHECK compares prevResult with what the kernel has.
@@ -20,6 +22,7 @@ import zlib
 from cni import config as netconf
 from cni import contract, dispatch, registry
 from cni.net import iface, netlink, netns, parents, shim
+from cni.plugins import lan
 from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, ERR_NOT_PERMITTED, CniError
 
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -46,6 +49,7 @@ class Conf:
         self.dns = config.get("dns") or {}
         self.internal = bool(config.get("internal"))
         self.shim = shim.settings(config, strict)
+        self.lan = lan.Settings(config)
         self.prev = dispatch.prev_result(request) if strict else None
         if strict:
             self.check_combinations(config)
@@ -131,6 +135,8 @@ class Kind:
 
     def parent_for_chain(self, conf):
         return None
+
+    hears_on_master = False   # True: answers to the child's probes reach the master, not the child (ipvlan)
 
 
 def open_pod_netns(request):
@@ -268,11 +274,18 @@ def add(kind, request):
             link = create_child(kind, conf, where, pod, pod_fd, master, request, undo)
             result = addresses(kind, conf, request, undo)
             with netns.entered(pod_fd):
-                if result["ips"]:
-                    iface.configure(pod, link, request.ifname, result, device_default=kind.device_routes(conf))
-                else:
-                    iface.prepare(request.ifname, False)
-                    pod.set_link(link.index, up=True)  # ipam {}: an L2-only attachment
+                iface.up(pod, link, request.ifname, result)
+            ports = None
+            if result["ips"] and not kind.device_routes(conf):   # ipvlan l3/l3s: no ARP/ND of its own
+                ports = open_ports(kind, conf, request, pod, pod_fd, link, master, result, resources)
+            if ports and conf.lan.conflicts:   # the probes go out before the addresses exist
+                result = lan.unused_addresses(conf.lan, request, result, ports,
+                                              lambda: addresses_again(kind, conf, request, undo))
+            iface.configure(pod, link, result, device_default=kind.device_routes(conf))
+            if ports and conf.lan.gateways:
+                lan.check_gateways(conf.lan, result, ports, master, conf.vlan)
+            if ports:
+                lan.announce(result, ports)   # neighbours that cached another MAC for an address switch now
             if conf.shim:
                 undo.callback(quietly(shim.ensure(host, kind, conf, master, request, result)))
 
@@ -285,6 +298,26 @@ def add(kind, request):
             return result
     except netlink.NetlinkError as e:
         raise CniError(ERR_LINK, str(e)) from None
+
+
+def addresses_again(kind, conf, request, undo):
+    """After a conflict is held: this attachment's lease released, IPAM asked for the next one."""
+    dispatch.delegate_ipam(request, "DEL")
+    return addresses(kind, conf, request, undo)
+
+
+def open_ports(kind, conf, request, pod, pod_fd, link, master, result, resources):
+    """The raw sockets the LAN is asked and told through (cni/plugins/lan.py), closed with `resources`."""
+    versions = {lan.ip_of(ip).version for ip in result["ips"]}
+    mac = pod.link(index=link.index).mac
+    try:
+        ports = lan.Ports(kind, pod_fd, request.ifname, mac, master, pod_fd if conf.link_in_container else None,
+                          versions)
+    except OSError as e:
+        raise CniError(ERR_LINK, f"opening a packet socket on {request.ifname} to reach the LAN: {e.strerror}") \
+            from None
+    resources.callback(ports.close)
+    return ports
 
 
 def device_default_routes(result):
