@@ -145,6 +145,42 @@ def test_conflict_detection_on_a_quiet_lan_gives_the_first_address(host_ns, lan,
     assert ns.addrs(pod, "eth0") == ["10.40.0.2/24", "fd40::2/64"]
 
 
+def test_another_host_probing_for_the_address_is_a_conflict(host_ns, lan, pod_ns, tmp_path):
+    """RFC 5227 2.1.1: a probe for the same address from another host during ours is a conflict
+    (both are about to take it). The LAN probes for 10.40.0.5 until the ADD is over."""
+    import ipaddress
+    import threading
+    from cni.net import neighbours, netns
+    fd = netns.open_netns(ns.netns_path(lan.name))
+    try:
+        with netns.entered(fd):
+            port = neighbours.Port(lan.peer, neighbours.ETH_P_ARP, lan.mac)
+    finally:
+        os.close(fd)
+    probe = neighbours.arp_frame(neighbours.ARP_REQUEST, port.mac, neighbours.ZERO4, ipaddress.ip_address("10.40.0.5"))
+    done = threading.Event()
+
+    def keep_probing():
+        while not done.wait(0.02):
+            port.send(probe)
+
+    data_dir = str(tmp_path / "leases")
+    c = lan_conf(lan, data_dir, [[{"subnet": "10.40.0.0/24", "rangeStart": "10.40.0.5", "rangeEnd": "10.40.0.5"}]],
+                 conflictDetection=True)
+    path = go_host_local(c, tmp_path)
+    pod = pod_ns()
+    prober = threading.Thread(target=keep_probing)
+    prober.start()
+    try:
+        out = plugin("ADD", c, host_ns, pod, path=path)
+    finally:
+        done.set()
+        prober.join()
+        port.close()
+    assert out.cni_code == 101 and "10.40.0.5" in out.json["msg"] and lan.mac in out.json["msg"], out
+    nothing_left(pod, data_dir)
+
+
 # Our IPAMs hold a conflict and hand out the next address: dispatch.hold_ipam_conflict is the
 # holds work's (until it is merged it answers False for every IPAM, and these fail as expected).
 needs_holds = pytest.mark.xfail(strict=True, reason="dispatch.hold_ipam_conflict: the holds branch")
@@ -217,6 +253,18 @@ def test_a_gateway_that_does_not_answer_fails_naming_it_and_the_master(host_ns, 
     assert out.cni_code == 104, out
     assert gateway in out.json["msg"] and f"master {lan.master}" in out.json["msg"], out
     nothing_left(pod, data_dir)
+
+
+@pytest.mark.kernel("8021q")
+def test_a_gateway_missing_behind_a_vlan_names_the_vlan(host_ns, lan, pod_ns, data_dir, state_dir):
+    lan.hold("10.40.0.1/24")   # on the untagged LAN: VLAN 50 does not reach it
+    pod = pod_ns()
+    c = lan_conf(lan, data_dir, V4, vlan=50, stateDir=state_dir, gatewayDetection=True, gatewayProbeTime=300)
+    out = plugin("ADD", c, host_ns, pod)
+    assert out.cni_code == 104, out
+    assert all(words in out.json["msg"] for words in ("10.40.0.1", f"master {lan.master}.50", "VLAN 50", "trunked")), out
+    nothing_left(pod, data_dir)
+    assert f"{lan.master}.50" not in ns.links(host_ns)   # the VLAN parent it made is gone too
 
 
 @pytest.mark.both_paths
