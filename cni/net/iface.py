@@ -1,7 +1,7 @@
 """Applying an IPAM result to a pod interface, and checking one against prevResult.
 
 Shared by macvlan and ipvlan. The caller has the pod's netlink socket and
-runs `up` inside the pod netns (sysctls are per netns).
+runs `configure` inside the pod netns (sysctls are per netns).
 """
 
 import ipaddress
@@ -31,20 +31,23 @@ def prepare(ifname, has_ipv6):
 
 
 def up(nl, link, ifname, result):
-    """Sysctls for the result's families, then the link up (before its addresses: conflict
-    probes go out on it first, and cni/plugins/lan.py announces the addresses once they are on)."""
+    """Sysctls for the result's families, then the link up before it has addresses: for
+    conflictDetection's probes (cni/plugins/lan.py). configure does both again, harmlessly."""
     prepare(ifname, any(":" in ip["address"] for ip in result.get("ips") or []))
     nl.set_link(link.index, up=True)
 
 
-def configure(nl, link, result, device_default=False):
-    """Addresses and routes, on a link that is up. `device_default` adds `default dev <ifname>`
-    per family instead of gateway routes (ipvlan l3/l3s)."""
+def configure(nl, link, ifname, result, device_default=False):
+    """Addresses, link up (coming up with them, it has arp_notify announce the IPv4 ones), routes.
+    `device_default` adds `default dev <ifname>` per family instead of gateway routes (ipvlan l3/l3s)."""
     ips = [ip for ip in result.get("ips") or []]
+    has_ipv6 = any(":" in ip["address"] for ip in ips)
+    prepare(ifname, has_ipv6)
     for ip in ips:
         iface = ipaddress.ip_interface(ip["address"])
         flags = netlink.IFA_F_OPTIMISTIC if iface.version == 6 else 0
         nl.add_address(link.index, str(iface.ip), iface.network.prefixlen, flags)
+    nl.set_link(link.index, up=True)
     for address, plen, flags in nl.addresses(link.index):
         if flags & netlink.IFA_F_DADFAILED:
             raise CniError(ERR_LINK, f"IPv6 duplicate address detection failed for {address}/{plen}")

@@ -168,10 +168,15 @@ def ns_frame(mac, src, target):
     return icmp6_frame(mac, src, dst, multicast_mac(dst), icmp)
 
 
+def na_message(mac, address):
+    """An unsolicited neighbour advertisement of `address` (ICMPv6, checksum 0): override set,
+    not solicited, our link-layer address as target's."""
+    return struct.pack("!BBHI16sBB6s", ND_NA, 0, 0, NA_OVERRIDE, address.packed, OPT_TARGET_LLADDR, 1, mac)
+
+
 def na_frame(mac, address):
-    """An unsolicited neighbour advertisement of `address` to all nodes, override set."""
-    icmp = struct.pack("!BBHI16sBB6s", ND_NA, 0, 0, NA_OVERRIDE, address.packed, OPT_TARGET_LLADDR, 1, mac)
-    return icmp6_frame(mac, address, ALL_NODES, multicast_mac(ALL_NODES), icmp)
+    """na_message from `address` to all nodes, as a frame."""
+    return icmp6_frame(mac, address, ALL_NODES, multicast_mac(ALL_NODES), na_message(mac, address))
 
 
 def parse_nd(frame):
@@ -286,7 +291,7 @@ def unanswered_gateways(send, hear, pairs, wait):
 
 def announce(send, addresses):
     """A gratuitous ARP (a request with sender = target = the address, to all) per IPv4 address
-    and an unsolicited neighbour advertisement (override) per IPv6 address."""
+    and an unsolicited neighbour advertisement (override) per IPv6 address, on packet Ports."""
     for address in addresses:
         if address.version == 4:
             port = send[ETH_P_ARP]
@@ -294,3 +299,18 @@ def announce(send, addresses):
         else:
             port = send[ETH_P_IPV6]
             port.send(na_frame(port.mac, address))
+
+
+def advertise(ifindex, mac, addresses):
+    """An unsolicited neighbour advertisement per IPv6 address (configured on interface `ifindex`),
+    from that address to all nodes, through the IPv6 stack: a raw ICMPv6 socket, which the kernel closes at
+    once where a packet socket's close waits for an RCU grace period (~10 ms on a busy node).
+    Open in the interface's netns."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_ICMPV6) as sock:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)   # neighbour discovery's
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+        raw = mac_bytes(mac)
+        for address in addresses:
+            # from the address itself, as the kernel's own; the kernel fills in the checksum
+            source = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, address.packed + struct.pack("@I", ifindex))]
+            sock.sendmsg([na_message(raw, address)], source, 0, (str(ALL_NODES), 0, 0, ifindex))

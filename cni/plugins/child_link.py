@@ -273,19 +273,19 @@ def add(kind, request):
                                                    f"MTU {master.mtu}")
             link = create_child(kind, conf, where, pod, pod_fd, master, request, undo)
             result = addresses(kind, conf, request, undo)
+            neighbours = resources.enter_context(lan.Neighbours(kind, conf, request, pod, pod_fd, link, master))
+            if conf.lan.conflicts:
+                result = neighbours.unused_addresses(result, lambda: addresses_again(kind, conf, request, undo))
             with netns.entered(pod_fd):
-                iface.up(pod, link, request.ifname, result)
-            ports = None
-            if result["ips"] and not kind.device_routes(conf):   # ipvlan l3/l3s: no ARP/ND of its own
-                ports = open_ports(kind, conf, request, pod, pod_fd, link, master, result, resources)
-            if ports and conf.lan.conflicts:   # the probes go out before the addresses exist
-                result = lan.unused_addresses(conf.lan, request, result, ports,
-                                              lambda: addresses_again(kind, conf, request, undo))
-            iface.configure(pod, link, result, device_default=kind.device_routes(conf))
-            if ports and conf.lan.gateways:
-                lan.check_gateways(conf.lan, result, ports, master, conf.vlan)
-            if ports:
-                lan.announce(result, ports)   # neighbours that cached another MAC for an address switch now
+                if result["ips"]:
+                    iface.configure(pod, link, request.ifname, result, device_default=kind.device_routes(conf))
+                else:
+                    iface.prepare(request.ifname, False)
+                    pod.set_link(link.index, up=True)  # ipam {}: an L2-only attachment
+            if conf.lan.gateways:
+                neighbours.check_gateways(result)
+            if not kind.device_routes(conf):   # ipvlan l3/l3s children have no ARP or ND of their own
+                neighbours.announce(result)
             if conf.shim:
                 undo.callback(quietly(shim.ensure(host, kind, conf, master, request, result)))
 
@@ -304,20 +304,6 @@ def addresses_again(kind, conf, request, undo):
     """After a conflict is held: this attachment's lease released, IPAM asked for the next one."""
     dispatch.delegate_ipam(request, "DEL")
     return addresses(kind, conf, request, undo)
-
-
-def open_ports(kind, conf, request, pod, pod_fd, link, master, result, resources):
-    """The raw sockets the LAN is asked and told through (cni/plugins/lan.py), closed with `resources`."""
-    versions = {lan.ip_of(ip).version for ip in result["ips"]}
-    mac = pod.link(index=link.index).mac
-    try:
-        ports = lan.Ports(kind, pod_fd, request.ifname, mac, master, pod_fd if conf.link_in_container else None,
-                          versions)
-    except OSError as e:
-        raise CniError(ERR_LINK, f"opening a packet socket on {request.ifname} to reach the LAN: {e.strerror}") \
-            from None
-    resources.callback(ports.close)
-    return ports
 
 
 def device_default_routes(result):

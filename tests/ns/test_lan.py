@@ -45,7 +45,9 @@ def lan(host_ns):
         master, peer = ns.add_parent(host_ns)
         ns.sh("ip", "link", "set", peer, "netns", name, ns=host_ns)
         ns.sh("ip", "link", "set", peer, "up", ns=name)
-        yield Lan(name, master, peer)
+        lan = Lan(name, master, peer)
+        lan.hold("10.40.0.254/24", "fd40::fe/64")   # a LAN host's own addresses, in the pods' subnets
+        yield lan
     finally:
         ns.del_netns(name)
 
@@ -96,13 +98,17 @@ def nothing_left(pod, data_dir, cid="c1"):
 # -- announcements ----------------------------------------------------------------
 
 @pytest.mark.both_paths
-def test_add_announces_every_address_to_a_neighbour_that_cached_another_mac(host_ns, lan, pod_ns, data_dir):
+@pytest.mark.parametrize("detection", [{}, {"conflictDetection": True}], ids=["plain", "conflictDetection"])
+def test_add_announces_every_address_to_a_neighbour_that_cached_another_mac(host_ns, lan, pod_ns, data_dir,
+                                                                            detection):
     """Before: arp_notify's gratuitous ARP at link up carried the IPv4 address (it was added before
-    the link went up), and nothing told the LAN of the IPv6 one: its entry kept the old MAC."""
+    the link went up), and nothing told the LAN of the IPv6 one: its entry kept the old MAC. With
+    conflictDetection the link is up before its addresses, so arp_notify has nothing to announce:
+    the plugin's own gratuitous ARP does."""
     lan.cache("10.40.0.2", OLD_MAC)
     lan.cache("fd40::2", OLD_MAC)
     pod = pod_ns()
-    out = plugin("ADD", lan_conf(lan, data_dir, V4 + V6), host_ns, pod)
+    out = plugin("ADD", lan_conf(lan, data_dir, V4 + V6, **detection), host_ns, pod)
     assert out.ok, out
     mac = out.json["interfaces"][0]["mac"]
     assert [ip["address"] for ip in out.json["ips"]] == ["10.40.0.2/24", "fd40::2/64"]
