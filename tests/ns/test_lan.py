@@ -206,6 +206,10 @@ def test_our_ipam_holds_conflicts_and_gives_the_next_address(host_ns, lan, pod_n
         got.append(out.json["ips"][0]["address"].split("/")[0])
     assert got == given
     assert leases_of(data_dir, "c1") == given[:1] and leases_of(data_dir, "c2") == given[1:]
+    from tests.operator import run_underlay
+    rows = run_underlay("leases", "--data-dir", data_dir, "-o", "json").json
+    conflicts = sorted((row["address"], row["mac"]) for row in rows if row.get("kind") == "conflict")
+    assert conflicts == [(address.split("/")[0], lan.mac) for address in taken], rows
 
 
 @needs_holds
