@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests import netns as ns
+from tests.cluster.test_netns import node_etcd  # noqa: F401  (a fixture: etcd in the host netns)
 from tests.ns.test_macvlan import conf, leases, plugin
 
 GO_HOST_LOCAL = "/usr/lib/cni/host-local"   # Debian's reference host-local: an IPAM that is not ours
@@ -351,3 +352,28 @@ def test_ipvlan_l2_announcements_and_gateways(host_ns, lan, pod_ns, data_dir):
     out = ipvlan("ADD", ipvlan_conf(lan, data_dir, V4 + V6, gatewayDetection=True, conflictDetection=True),
                  host_ns, pod)
     assert out.ok, out
+
+
+# -- cluster-ipam -------------------------------------------------------------------
+
+@needs_holds
+def test_cluster_ipam_holds_conflicts_in_etcd(host_ns, lan, pod_ns, node_etcd, tmp_path):
+    """cluster-ipam (in-process, its etcd member in the host netns) holds the addresses the LAN
+    answers for: the pod gets the one left, whatever order the blocks hand them out in."""
+    import sys
+    from tests.plugins import ROOT
+    lan.hold("10.40.0.2/24", "10.40.0.3/24", "10.40.0.4/24")
+    c = lan_conf(lan, str(tmp_path), V4, conflictDetection=True)
+    c["ipam"] = {"type": "cluster-ipam", "node": "n1", "dataDir": str(tmp_path / "n1"),
+                 "etcd": {"endpoints": [node_etcd], "prefix": "/ullan"},
+                 "ranges": [[{"subnet": "10.40.0.0/24", "rangeStart": "10.40.0.2", "rangeEnd": "10.40.0.5"}]]}
+    pod = pod_ns()
+    out = plugin("ADD", c, host_ns, pod)
+    assert out.ok, out
+    assert ns.addrs(pod, "eth0") == ["10.40.0.5/24"]
+    path = tmp_path / "lan.conf"
+    path.write_text(json.dumps(c))
+    listing = ns.sh("env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "cni.operator", "cluster", "leases",
+                    "--config", str(path), "-o", "json", ns=host_ns).stdout
+    conflicts = sorted((row["address"], row["mac"]) for row in json.loads(listing) if row.get("kind") == "conflict")
+    assert conflicts == [(f"10.40.0.{i}", lan.mac) for i in (2, 3, 4)], listing
