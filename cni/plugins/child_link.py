@@ -136,7 +136,7 @@ class Kind:
     def parent_for_chain(self, conf):
         return None
 
-    hears_on_master = False   # True: answers to the child's probes reach the master, not the child (ipvlan)
+    hears_on_master = False   # True: some answers to the child's probes reach the master instead (ipvlan)
 
 
 def open_pod_netns(request):

@@ -112,8 +112,8 @@ class Neighbours:
                                                f"(the most one ADD tries): {listed(held)}; held as conflicts")
             try:
                 result = ask_ipam()
-            except CniError as e:
-                raise CniError(ERR_NO_ADDRESS, f"{e.msg}; conflictDetection held {listed(held)} as conflicts",
+            except CniError as e:   # its code kept: 101 when the range ran out, another for another failure
+                raise CniError(e.code, f"{e.msg}; conflictDetection held {listed(held)} as conflicts",
                                e.details) from None
 
     def check_gateways(self, result):
