@@ -21,6 +21,7 @@ ERR_CHECK_FAILED = 100       # CHECK found state that differs from prevResult
 ERR_NO_ADDRESS = 101         # no address can be given: exhausted, taken, duplicate
 ERR_LINK = 102               # the kernel refused a link operation
 ERR_NOT_PERMITTED = 103      # the plugin lacks a privilege it needs (CAP_SYS_ADMIN, CAP_NET_ADMIN): run it as root
+ERR_NO_GATEWAY = 104         # gatewayDetection: a gateway did not answer (wrong master, VLAN not trunked)
 ERR_INTERNAL = 999
 
 

@@ -30,9 +30,16 @@ def prepare(ifname, has_ipv6):
             raise CniError(ERR_LINK, "IPv6 addresses requested but IPv6 is disabled in the pod netns")
 
 
+def up(nl, link, ifname, result):
+    """Sysctls for the result's families, then the link up before it has addresses: for
+    conflictDetection's probes (cni/plugins/lan.py). configure does both again, harmlessly."""
+    prepare(ifname, any(":" in ip["address"] for ip in result.get("ips") or []))
+    nl.set_link(link.index, up=True)
+
+
 def configure(nl, link, ifname, result, device_default=False):
-    """Addresses, link up, routes. `device_default` adds `default dev <ifname>`
-    per family instead of gateway routes (ipvlan l3/l3s)."""
+    """Addresses, link up (coming up with them, it has arp_notify announce the IPv4 ones), routes.
+    `device_default` adds `default dev <ifname>` per family instead of gateway routes (ipvlan l3/l3s)."""
     ips = [ip for ip in result.get("ips") or []]
     has_ipv6 = any(":" in ip["address"] for ip in ips)
     prepare(ifname, has_ipv6)

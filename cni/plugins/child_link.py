@@ -2,7 +2,9 @@
 
 ADD creates the child directly inside the pod's netns under a temporary name
 (IFLA_NET_NS_FD: moving it afterwards costs ~16 ms of kernel time), renames it
-to CNI_IFNAME there, gets addresses from IPAM and applies them. Every step
+to CNI_IFNAME there, gets addresses from IPAM (with conflictDetection: ones
+nobody on the LAN answers for), applies them, checks the gateways
+(gatewayDetection) and announces the addresses (cni/plugins/lan.py). Every step
 registers its undo right after it succeeds, so a failure leaves no link, no
 lease and no parent behind. DEL releases IPAM first and accepts whatever is
 already gone. CHECK compares prevResult with what the kernel has.
@@ -20,6 +22,7 @@ import zlib
 from cni import config as netconf
 from cni import contract, dispatch, registry
 from cni.net import iface, netlink, netns, parents, shim
+from cni.plugins import lan
 from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, ERR_NOT_PERMITTED, CniError
 
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -46,6 +49,7 @@ class Conf:
         self.dns = config.get("dns") or {}
         self.internal = bool(config.get("internal"))
         self.shim = shim.settings(config, strict)
+        self.lan = lan.Settings(config)
         self.prev = dispatch.prev_result(request) if strict else None
         if strict:
             self.check_combinations(config)
@@ -131,6 +135,8 @@ class Kind:
 
     def parent_for_chain(self, conf):
         return None
+
+    hears_on_master = False   # True: some answers to the child's probes reach the master instead (ipvlan)
 
 
 def open_pod_netns(request):
@@ -267,12 +273,19 @@ def add(kind, request):
                                                    f"MTU {master.mtu}")
             link = create_child(kind, conf, where, pod, pod_fd, master, request, undo)
             result = addresses(kind, conf, request, undo)
+            neighbours = resources.enter_context(lan.Neighbours(kind, conf, request, pod, pod_fd, link, master))
+            if conf.lan.conflicts:
+                result = neighbours.unused_addresses(result, lambda: addresses_again(kind, conf, request, undo))
             with netns.entered(pod_fd):
                 if result["ips"]:
                     iface.configure(pod, link, request.ifname, result, device_default=kind.device_routes(conf))
                 else:
                     iface.prepare(request.ifname, False)
                     pod.set_link(link.index, up=True)  # ipam {}: an L2-only attachment
+            if conf.lan.gateways:
+                neighbours.check_gateways(result)
+            if not kind.device_routes(conf):   # ipvlan l3/l3s children have no ARP or ND of their own
+                neighbours.announce(result)
             if conf.shim:
                 undo.callback(quietly(shim.ensure(host, kind, conf, master, request, result)))
 
@@ -285,6 +298,12 @@ def add(kind, request):
             return result
     except netlink.NetlinkError as e:
         raise CniError(ERR_LINK, str(e)) from None
+
+
+def addresses_again(kind, conf, request, undo):
+    """After a conflict is held: this attachment's lease released, IPAM asked for the next one."""
+    dispatch.delegate_ipam(request, "DEL")
+    return addresses(kind, conf, request, undo)
 
 
 def device_default_routes(result):

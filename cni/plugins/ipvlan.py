@@ -20,6 +20,8 @@ class Conf(child_link.Conf):
     def __init__(self, request, strict=True):
         super().__init__(request, "ipvlan", "l2", strict)
         self.flag = request.config.get("flag") or "bridge"
+        if strict and self.mode in ("l3", "l3s"):
+            self.lan.refuse_without_l2(self.mode)
         runtime = request.config.get("runtimeConfig") or {}
         for field, value in (("mac", request.config.get("mac")), ("runtimeConfig.mac", runtime.get("mac")),
                              ("CNI_ARGS MAC", request.args.get("MAC"))):
@@ -50,6 +52,9 @@ class Ipvlan(child_link.Kind):
                 names = {v: k for k, v in table.items()}
                 raise iface.check_error(f"interface {link.name}: {what} {names.get(value, value)}, "
                                         f"config says {wanted}")
+
+    # a reply to a probe (to 0.0.0.0) matches no child's address: the kernel hands it to the master
+    hears_on_master = True
 
     def settings(self, conf):
         return f"mode {conf.mode}, flag {conf.flag}"

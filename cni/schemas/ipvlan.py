@@ -297,6 +297,36 @@ def validate_https___underlay_invalid_schema_ipvlan_json(data, custom_formats={}
                                 raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim.routes[{data__hostShim__routes_x}]'.format(**locals()) + ' must be string', value=data__hostShim__routes_item, name='' + (name_prefix or 'data') + '.hostShim.routes[{data__hostShim__routes_x}]'.format(**locals()) + '', rule='type')
                 if data__hostShim_keys:
                     raise JsonSchemaValueException('' + (name_prefix or 'data') + '.hostShim must not contain ' + str(data__hostShim_keys) + ' properties', value=data__hostShim, name='' + (name_prefix or 'data') + '.hostShim', rule='additionalProperties')
+        if 'conflictDetection' in data_keys:
+            data_keys.remove('conflictDetection')
+            data__conflictDetection = data['conflictDetection']
+            if not isinstance(data__conflictDetection, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.conflictDetection must be boolean', value=data__conflictDetection, name='' + (name_prefix or 'data') + '.conflictDetection', rule='type')
+        if 'conflictProbeTime' in data_keys:
+            data_keys.remove('conflictProbeTime')
+            data__conflictProbeTime = data['conflictProbeTime']
+            if not isinstance(data__conflictProbeTime, int) and (not (isinstance(data__conflictProbeTime, float) and data__conflictProbeTime.is_integer())) or isinstance(data__conflictProbeTime, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.conflictProbeTime must be integer', value=data__conflictProbeTime, name='' + (name_prefix or 'data') + '.conflictProbeTime', rule='type')
+            if isinstance(data__conflictProbeTime, (int, float, Decimal)) and (not isinstance(data__conflictProbeTime, bool)):
+                if data__conflictProbeTime < 10:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.conflictProbeTime must be bigger than or equal to 10', value=data__conflictProbeTime, name='' + (name_prefix or 'data') + '.conflictProbeTime', rule='minimum')
+                if data__conflictProbeTime > 10000:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.conflictProbeTime must be smaller than or equal to 10000', value=data__conflictProbeTime, name='' + (name_prefix or 'data') + '.conflictProbeTime', rule='maximum')
+        if 'gatewayDetection' in data_keys:
+            data_keys.remove('gatewayDetection')
+            data__gatewayDetection = data['gatewayDetection']
+            if not isinstance(data__gatewayDetection, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.gatewayDetection must be boolean', value=data__gatewayDetection, name='' + (name_prefix or 'data') + '.gatewayDetection', rule='type')
+        if 'gatewayProbeTime' in data_keys:
+            data_keys.remove('gatewayProbeTime')
+            data__gatewayProbeTime = data['gatewayProbeTime']
+            if not isinstance(data__gatewayProbeTime, int) and (not (isinstance(data__gatewayProbeTime, float) and data__gatewayProbeTime.is_integer())) or isinstance(data__gatewayProbeTime, bool):
+                raise JsonSchemaValueException('' + (name_prefix or 'data') + '.gatewayProbeTime must be integer', value=data__gatewayProbeTime, name='' + (name_prefix or 'data') + '.gatewayProbeTime', rule='type')
+            if isinstance(data__gatewayProbeTime, (int, float, Decimal)) and (not isinstance(data__gatewayProbeTime, bool)):
+                if data__gatewayProbeTime < 10:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.gatewayProbeTime must be bigger than or equal to 10', value=data__gatewayProbeTime, name='' + (name_prefix or 'data') + '.gatewayProbeTime', rule='minimum')
+                if data__gatewayProbeTime > 10000:
+                    raise JsonSchemaValueException('' + (name_prefix or 'data') + '.gatewayProbeTime must be smaller than or equal to 10000', value=data__gatewayProbeTime, name='' + (name_prefix or 'data') + '.gatewayProbeTime', rule='maximum')
         if 'logFile' in data_keys:
             data_keys.remove('logFile')
             data__logFile = data['logFile']
@@ -359,8 +389,12 @@ KEYS = {'keys': ['args',
           'cni.dev/valid-attachments',
           'cniVersion',
           'cniVersions',
+          'conflictDetection',
+          'conflictProbeTime',
           'dns',
           'flag',
+          'gatewayDetection',
+          'gatewayProbeTime',
           'hostShim',
           'internal',
           'ipam',

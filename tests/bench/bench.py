@@ -28,6 +28,9 @@ Sections:
             macvlan + host-local ADD and DEL without and with cluster-access
             after it (primary mode: a veth pair, routes on both sides), through
             underlayd and without it: what the chained plugin costs
+  detection macvlan + host-local ADD and DEL through underlayd with conflictDetection,
+            with gatewayDetection (the veth peer holds the gateway), with both and
+            without, alternately in one loop: what each detection costs an ADD
   cluster   cluster-ipam (tests/bench/cluster_bench.py): whole-exec ADD vs
             host-local, 1 000 pods over 10 simulated nodes on 3 etcd members;
             not in the default set (it starts etcd): --sections cluster
@@ -706,6 +709,42 @@ def bench_cluster_access(n, workdir, figures):
             figures[f"cluster-access: {label}"] = {"add_median_ms": add, "del_median_ms": dele,
                                                    "n": len(ms[((impl, with_access), 'ADD')]),
                                                    "failures": failures[(impl, with_access)]}
+# -- conflict and gateway detection ---------------------------------------------------------
+
+DETECTIONS = {"without": {}, "conflictDetection": {"conflictDetection": True},
+              "gatewayDetection": {"gatewayDetection": True},
+              "both": {"conflictDetection": True, "gatewayDetection": True}}
+
+
+def bench_detection(n, workdir, figures):
+    """ADD (and DEL) through underlayd with each detection and without, default probe times, IPv4."""
+    global AGENT_SOCKET
+    agent = AgentProcess(workdir)
+    AGENT_SOCKET = agent.socket
+    try:
+        with Namespaces() as ns:
+            sh("ip", "addr", "add", "10.215.0.1/16", "dev", f"{PREFIX}p")   # the gateway, beside the master
+            base = macvlan_conf("agent", ns.master, os.path.join(workdir, "detection"),
+                                ipaddress.ip_network("10.215.0.0/16"))
+            ms = {label: {"ADD": [], "DEL": []} for label in DETECTIONS}
+            for i in range(n + 1):     # iteration 0 warms caches, not counted
+                for label in rotate(list(DETECTIONS), i):
+                    pod = ns.pod()
+                    conf = json.dumps(dict(base, **DETECTIONS[label])).encode()
+                    env = cni_env("agent", "ADD", f"det-{i}", netns=f"/run/netns/{pod}")
+                    for verb in ("ADD", "DEL"):
+                        e = run([plugin("ours", "macvlan")], dict(env, CNI_COMMAND=verb), conf)
+                        if e.code != 0:
+                            print(f"    {label} {verb} failed: {(e.stdout or e.stderr).decode(errors='replace')[:300]}")
+                        elif i:
+                            ms[label][verb].append(e.seconds * 1000)
+                    ns.drop(pod)
+        print(f"\n{'macvlan+host-local through underlayd':<40} {'ADD':>8} {'+ vs without':>13} {'DEL':>8}")
+        without = statistics.median(ms["without"]["ADD"])
+        for label, verbs in ms.items():
+            add, dele = statistics.median(verbs["ADD"]), statistics.median(verbs["DEL"])
+            print(f"  {label:<38} {add:>8.2f} {add - without:>+13.2f} {dele:>8.2f}", flush=True)
+            figures[f"detection: {label}"] = {"add_median_ms": add, "del_median_ms": dele, "n": len(verbs["ADD"])}
     finally:
         AGENT_SOCKET = None
         agent.stop()
@@ -726,7 +765,7 @@ def describe():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="version,macvlan,leases,parallel,agent,cluster-access")
+    parser.add_argument("--sections", default="version,macvlan,leases,parallel,agent,cluster-access,detection")
     parser.add_argument("--iterations", type=int, default=40, help="per measured operation (default 40)")
     parser.add_argument("--lease-iterations", type=int, default=20)
     parser.add_argument("--leases", default=",".join(map(str, LEASE_COUNTS)))
@@ -755,9 +794,10 @@ def main():
             if not os.access(plugin(impl, name), os.X_OK):
                 sys.exit(f"bench: {plugin(impl, name)} is missing "
                          f"({'make build' if impl == 'ours' else 'apt-get install containernetworking-plugins'})")
-    if ("agent" in sections or "cluster-access" in sections) and not os.access(plugin("ours", "underlayd"), os.X_OK):
+    served = {"agent", "cluster-access", "detection"}
+    if served & set(sections) and not os.access(plugin("ours", "underlayd"), os.X_OK):
         sys.exit(f"bench: {plugin('ours', 'underlayd')} is missing (make build)")
-    if {"macvlan", "agent", "cluster-access"} & set(sections) and os.geteuid() != 0:
+    if ({"macvlan"} | served) & set(sections) and os.geteuid() != 0:
         sys.exit("bench: the macvlan section needs root (network namespaces); or pass --sections")
 
     figures = {"setup": describe(), **({"cluster": cluster} if cluster else {})}
@@ -779,6 +819,8 @@ def main():
         if "cluster-access" in sections:
             print("\nmacvlan+host-local with and without cluster-access (primary mode), through underlayd and not")
             bench_cluster_access(args.iterations, workdir, figures)
+        if "detection" in sections:
+            bench_detection(args.iterations, workdir, figures)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:
