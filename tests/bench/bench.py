@@ -709,6 +709,11 @@ def bench_cluster_access(n, workdir, figures):
             figures[f"cluster-access: {label}"] = {"add_median_ms": add, "del_median_ms": dele,
                                                    "n": len(ms[((impl, with_access), 'ADD')]),
                                                    "failures": failures[(impl, with_access)]}
+    finally:
+        AGENT_SOCKET = None
+        agent.stop()
+
+
 # -- conflict and gateway detection ---------------------------------------------------------
 
 DETECTIONS = {"without": {}, "conflictDetection": {"conflictDetection": True},
