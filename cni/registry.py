@@ -52,6 +52,7 @@ EXECUTABLES = {e.name: e for e in (
     Executable("ipvlan", "cni.plugins.ipvlan", "main", "ipvlan", "CNI ipvlan plugin"),
     Executable("host-local", "ipam.host_local", "ipam", "host-local", "CNI host-local IPAM plugin"),
     Executable("cluster-ipam", "ipam.cluster", "ipam", "cluster-ipam", "CNI cluster-ipam IPAM plugin"),
+    Executable("dhcp", "ipam.dhcp.plugin", "ipam", "dhcp", "CNI dhcp IPAM plugin"),
     Executable("underlayd", "cni.agent", "agent", None, "underlay's node agent"),
     Executable("underlay", "cni.operator", "tool", None, "underlay's operator command"),
 )}
