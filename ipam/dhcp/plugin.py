@@ -12,9 +12,9 @@ The agent sets the hook (`serve_from_agent`) before it forks its workers; withou
 would renew a lease, so ADD refuses at once with code 11 (try again: the agent is a node
 DaemonSet that may be starting) and STATUS answers 50.
 
-The client identity is stable for the attachment (network, container ID, ifname): a DUID-UUID
-and an IAID derived from them, v4 option 61 per RFC 4361. ipvlan children share their parent's
-MAC, so servers tell them apart by it.
+The client identity is stable for the attachment (network, container ID, ifname): the client id
+and IAID are derived from them (the client makes its DUID-UUID of the id, v4 option 61 per RFC
+4361). ipvlan children share their parent's MAC, so servers tell them apart by it.
 """
 
 import ipaddress
@@ -28,15 +28,12 @@ from cni.errors import (ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_INVALID_ENV, E
                         ERR_NOT_AVAILABLE, ERR_TRY_AGAIN, CniError)
 from cni.net import iface, netlink, netns
 from ipam import verbs
-from ipam.dhcp import client, records
+from ipam.dhcp import client, records, wire4
 
 DEFAULT_TIMEOUT = 10.0     # seconds, as the reference daemon's -timeout
 MAX_TIMEOUT = 300.0
 FAMILIES = {"ipv4": 4, "ipv6": 6}
-# the reference's option names (plugins/ipam/dhcp/options.go); any other option is its number
-OPTION_NAMES = {"dhcp-client-identifier": 61, "subnet-mask": 1, "routers": 3, "host-name": 12, "user-class": 77,
-                "vendor-class-identifier": 60}
-OPTION_CLIENT_ID, OPTION_HOSTNAME = 61, 12
+OPTION_CLIENT_ID, OPTION_HOSTNAME = wire4.CLIENT_ID, wire4.HOST_NAME
 
 # Set in underlayd before it forks its workers (serve_from_agent): (dhcp dir fd, report function).
 AGENT = None
@@ -115,14 +112,12 @@ def parse_timeout(value, field):
 
 
 def option_code(option, field):
-    if isinstance(option, str) and option in OPTION_NAMES:
-        return OPTION_NAMES[option]
-    if isinstance(option, str) and option.isdigit():
-        option = int(option)
-    if isinstance(option, int) and not isinstance(option, bool) and 1 <= option <= 254:
-        return option
-    raise CniError(ERR_INVALID_CONFIG, f"{field}: {option!r} is not a DHCP option: a number 1-254 or one of "
-                                       f"{', '.join(sorted(OPTION_NAMES))}")
+    """A DHCPv4 option by the reference's names (and RFC 2132's), or its number 1-254."""
+    try:
+        return wire4.option_code(option)
+    except ValueError as e:
+        raise CniError(ERR_INVALID_CONFIG, f"{field}: {e} (a number 1-254 or a name such as host-name, "
+                                           "routers, classless-static-routes)") from None
 
 
 def provided_value(provide, field, request):
@@ -174,10 +169,8 @@ def identity(request, conf, family, mac):
     """Who asks, stable for the attachment: the same IAID and DUID on every ADD of it (a retried ADD gets
     the same lease), whatever the MAC (ipvlan children share their parent's)."""
     digest = records.attachment_digest(request.network, request.container_id, request.ifname)
-    iaid = int.from_bytes(digest[:4], "big")
-    duid = b"\x00\x04" + digest[4:20]     # DUID-UUID (RFC 6355), derived from the attachment
-    client_id = conf.client_id or (b"\xff" + iaid.to_bytes(4, "big") + duid if family == 4 else duid)
-    return client.Identity(mac=mac, client_id=client_id, iaid=iaid, hostname=conf.hostname)
+    return client.Identity(mac=mac, client_id=conf.client_id or digest[4:20], iaid=int.from_bytes(digest[:4], "big"),
+                           hostname=conf.hostname)
 
 
 def open_pod(path):
