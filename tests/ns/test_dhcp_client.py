@@ -1,0 +1,281 @@
+"""The DHCP client (ipam/dhcp/client.py) against real servers on a LAN (tests/lan.py): Kea4, Kea6
+and dnsmasq in their own netns on the test's master; the client in a pod netns on a macvlan child
+the test makes itself. What the servers' lease files say is the evidence."""
+
+import os
+import time
+
+import pytest
+
+from cni.net.netns import open_netns
+from ipam.dhcp import client
+from ipam.dhcp.client import Declined, Exchange, Identity, NoAnswer, Options
+from tests import lan as lanmod
+from tests import netns as nsutil
+from tests.lan import DNS4, DNS6, DOMAIN, ROUTER4, dnsmasq, kea4, kea6, lan, wait_for  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.root
+
+HANG = 30   # acquire's bound: only rules out a hang
+
+
+class Pod:
+    def __init__(self, ns, ifname, mac, fd):
+        self.ns, self.ifname, self.mac, self.fd = ns, ifname, mac, fd
+
+    def identity(self, cid=b"attachment-1", iaid=1, hostname=None, mac=None):
+        return Identity(mac or self.mac, cid, iaid, hostname)
+
+    def configure(self, lease):
+        nsutil.sh("ip", "addr", "add", f"{lease.address}/{lease.prefixlen}", "dev", self.ifname,
+                  *(["nodad"] if lease.family == 6 else []), ns=self.ns)
+
+
+@pytest.fixture
+def pod(lan, pod_ns):
+    """A macvlan child of the master in a fresh pod netns, up, no address (closed fds at teardown)."""
+    made = []
+
+    def make(mode="bridge"):
+        ns = pod_ns()
+        ifname = nsutil.unique("dwc")
+        nsutil.sh("ip", "link", "add", ifname, "link", lan.master, "netns", ns, "type", "macvlan", "mode", mode,
+                  ns=lan.host_ns)
+        nsutil.sh("ip", "link", "set", ifname, "up", ns=ns)
+        mac = nsutil.link_json(ns, ifname)["address"]
+        fd = open_netns(nsutil.netns_path(ns))
+        made.append(fd)
+        return Pod(ns, ifname, mac, fd)
+
+    try:
+        yield make
+    finally:
+        for fd in made:
+            os.close(fd)
+
+
+def drive(exchange):
+    """Run a non-blocking Exchange as the agent would (select on fileno until due)."""
+    import select
+    try:
+        while True:
+            now = time.monotonic()
+            if not exchange.timer(now):
+                return None
+            ready, _, _ = select.select([exchange], [], [], max(0.0, exchange.due() - now))
+            if ready:
+                lease = exchange.readable()
+                if lease is not None:
+                    return lease
+    finally:
+        exchange.close()
+
+
+ROUTES = [{"dst": "10.99.0.0/16", "gw": "10.88.0.254"}, {"dst": "0.0.0.0/0", "gw": "10.88.0.1"}]
+
+
+def in_pool4(address):
+    first, last = lanmod.POOL4
+    return tuple(map(int, first.split("."))) <= tuple(map(int, address.split("."))) <= tuple(map(int, last.split(".")))
+
+
+# --- DHCPv4 against Kea ---
+
+def test_kea4_acquire_gives_the_servers_address_mask_router_dns_routes_and_records_the_hostname(kea4, pod):
+    server = kea4(routes121=ROUTES)
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(hostname="pod-one"), Options(), HANG)
+    assert in_pool4(lease.address) and lease.prefixlen == 24
+    assert lease.routers == [ROUTER4] and lease.routes == ROUTES
+    assert lease.dns == {"nameservers": [DNS4], "domain": DOMAIN}
+    assert lease.server_id == lanmod.SERVER4 == lease.server_address
+    assert (lease.lease_time, lease.mac, lease.ifname, lease.hostname) == (60, p.mac, p.ifname, "pod-one")
+    held = server.leased()[lease.address]
+    assert held.client_id == lease.client_id and held.hwaddr == p.mac
+    assert held.hostname.split(".")[0] == "pod-one"
+    assert lease.client_id.startswith("ff00000001" + "0004")   # RFC 4361: type 255, IAID 1, a DUID-UUID
+
+
+def test_kea4_renew_extends_the_lease_in_the_servers_file(kea4, pod):
+    server = kea4(valid_lifetime=40)
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(hostname="renewer"), Options(), HANG)
+    p.configure(lease)
+    before = server.leased()[lease.address].expires
+    wait_for(lambda: time.time() >= before - 39, what="a second of the lease to pass")   # a later expiry to see
+    renewed = drive(Exchange(p.fd, lease, "renew", Options(), time.monotonic()))
+    assert renewed is not None and renewed.address == lease.address and renewed.bound_at > lease.bound_at
+    assert (renewed.hostname, renewed.client_id, renewed.ifname) == ("renewer", lease.client_id, lease.ifname)
+    assert server.leased()[lease.address].expires > before
+
+
+def test_kea4_rebind_answers_when_the_unicast_renew_is_not(kea4, pod):
+    import dataclasses
+    server = kea4(valid_lifetime=12, renew_timer=1, rebind_timer=3)
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(), Options(), HANG)
+    p.configure(lease)
+    before = server.leased()[lease.address].expires
+    # the server's unicast address unreachable: nobody answers the renew, which gives up at T2
+    lost = dataclasses.replace(lease, server_address="10.88.0.250")
+    assert drive(Exchange(p.fd, lost, "renew", Options(), time.monotonic())) is None
+    rebound = drive(Exchange(p.fd, lost, "rebind", Options(), time.monotonic()))
+    assert rebound is not None and rebound.address == lease.address and rebound.server_address == lanmod.SERVER4
+    assert server.leased()[lease.address].expires > before
+
+
+def test_kea4_reboot_after_a_server_restart(kea4, pod):
+    server = kea4()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(), Options(), HANG)
+    p.configure(lease)
+    server.kill()
+    server.start()
+    again = drive(Exchange(p.fd, lease, "reboot", Options(), time.monotonic()))
+    assert again is not None and again.address == lease.address
+    assert lease.address in server.leased()
+
+
+def test_kea4_release_frees_the_lease(kea4, pod):
+    server = kea4()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(), Options(), HANG)
+    p.configure(lease)
+    assert lease.address in server.leased()
+    client.release(p.fd, lease)
+    wait_for(lambda: lease.address not in server.leased(), what="the lease freed in Kea's lease file")
+
+
+def test_kea4_same_mac_different_client_ids_get_distinct_leases(kea4, pod):
+    """ipvlan's case: children share the parent's MAC; the client identifier tells them apart."""
+    server = kea4()
+    a, b = pod(), pod()
+    la = client.acquire(a.fd, a.ifname, 4, a.identity(cid=b"first"), Options(), HANG)
+    lb = client.acquire(b.fd, b.ifname, 4, b.identity(cid=b"second", mac=a.mac), Options(), HANG)
+    assert la.address != lb.address and la.client_id != lb.client_id
+    held = server.leased()
+    assert held[la.address].client_id == la.client_id and held[lb.address].client_id == lb.client_id
+
+
+def test_kea4_nak_is_declined(kea4, pod):
+    import dataclasses
+    kea4(authoritative=True)
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(), Options(), HANG)
+    foreign = dataclasses.replace(lease, address="10.77.0.5")
+    with pytest.raises(Declined, match="DHCPNAK"):
+        drive(Exchange(p.fd, foreign, "reboot", Options(), time.monotonic()))
+
+
+def test_no_server_is_no_answer_within_the_timeout(lan, pod):
+    p = pod()
+    with pytest.raises(NoAnswer, match=p.ifname):
+        client.acquire(p.fd, p.ifname, 4, p.identity(), Options(), 2)
+
+
+def test_acquire_on_a_missing_interface_is_a_dhcp_error(lan, pod):
+    p = pod()
+    with pytest.raises(client.DhcpError, match="nosuch"):
+        client.acquire(p.fd, "nosuch", 4, p.identity(), Options(), 2)
+
+
+def test_kea4_acquire_with_rp_filter_and_without_the_broadcast_flag(kea4, pod):
+    """Why acquire receives on a packet socket: neither rp_filter nor a unicast reply stops it."""
+    kea4()
+    p = pod()
+    for key in ("all", "default", p.ifname):
+        nsutil.sh("sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=1", ns=p.ns)
+    for broadcast in (True, False):
+        lease = client.acquire(p.fd, p.ifname, 4, p.identity(cid=b"b%d" % broadcast), Options(broadcast=broadcast),
+                               HANG)
+        assert in_pool4(lease.address)
+
+
+# --- DHCPv4 against dnsmasq ---
+
+def test_dnsmasq_acquire_renew_release(dnsmasq, pod):
+    server = dnsmasq(routes121=ROUTES)
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(hostname="pod-dns"), Options(), HANG)
+    assert in_pool4(lease.address) and lease.prefixlen == 24 and lease.lease_time == 120   # dnsmasq's minimum
+    assert lease.routers == [ROUTER4] and lease.routes == ROUTES and lease.dns["nameservers"] == [DNS4]
+    held = wait_for(lambda: server.leased().get(lease.address), what="dnsmasq's lease file")
+    assert held.client_id == lease.client_id and held.hostname == "pod-dns"
+    p.configure(lease)
+    renewed = drive(Exchange(p.fd, lease, "renew", Options(), time.monotonic()))
+    assert renewed is not None and renewed.address == lease.address
+    client.release(p.fd, renewed)
+    wait_for(lambda: lease.address not in server.leased(), what="the lease freed in dnsmasq's lease file")
+
+
+# --- DHCPv6 against Kea ---
+
+def in_pool6(address):
+    import ipaddress
+    first, last = (ipaddress.IPv6Address(a) for a in lanmod.POOL6)
+    return first <= ipaddress.IPv6Address(address) <= last
+
+
+def test_kea6_acquire_renew_rebind_release(kea6, pod):
+    import dataclasses
+    server = kea6(valid_lifetime=30)
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 6, p.identity(hostname="pod-six", iaid=3), Options(), HANG)
+    assert in_pool6(lease.address) and lease.prefixlen == 64 and lease.iaid == 3
+    assert lease.dns == {"nameservers": [DNS6], "search": [DOMAIN]}
+    assert lease.server_id == lanmod.Kea6.SERVER_DUID and lease.server_address.startswith("fe80::")
+    assert lease.lease_time == 30 and lease.client_id == client.duid(b"attachment-1").hex()
+    held = server.leased()[lease.address]
+    assert held.client_id == lease.client_id and held.iaid == 3 and held.hostname.split(".")[0] == "pod-six"
+    p.configure(lease)
+
+    before = held.expires
+    wait_for(lambda: time.time() >= before - 29, what="a second of the lease to pass")
+    renewed = drive(Exchange(p.fd, lease, "renew", Options(), time.monotonic()))
+    assert renewed is not None and renewed.address == lease.address
+    assert server.leased()[lease.address].expires > before
+
+    # a renew to a server that is not there (another server DUID) goes unanswered; rebind is answered
+    stranger = dataclasses.replace(renewed, server_id="0002000000010102", t1=0,
+                                   t2=int(time.time() - renewed.bound_at) + 2)   # renew gives up in ~2 s
+    assert drive(Exchange(p.fd, stranger, "renew", Options(), time.monotonic())) is None
+    rebound = drive(Exchange(p.fd, stranger, "rebind", Options(), time.monotonic()))
+    assert rebound is not None and rebound.server_id == lanmod.Kea6.SERVER_DUID
+
+    client.release(p.fd, rebound)
+    wait_for(lambda: lease.address not in server.leased(), what="the lease freed in Kea6's lease file")
+
+
+def test_kea6_reboot_after_a_server_restart(kea6, pod):
+    server = kea6()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 6, p.identity(), Options(), HANG)
+    p.configure(lease)
+    server.kill()
+    server.start()
+    again = drive(Exchange(p.fd, lease, "reboot", Options(), time.monotonic()))
+    assert again is not None and again.address == lease.address
+
+
+def test_kea6_same_mac_different_client_ids_get_distinct_leases(kea6, pod):
+    server = kea6()
+    a, b = pod(), pod()
+    la = client.acquire(a.fd, a.ifname, 6, a.identity(cid=b"first"), Options(), HANG)
+    lb = client.acquire(b.fd, b.ifname, 6, b.identity(cid=b"second", mac=a.mac), Options(), HANG)
+    assert la.address != lb.address
+    held = server.leased()
+    assert held[la.address].client_id == la.client_id and held[lb.address].client_id == lb.client_id
+
+
+def test_kea6_no_address_left_is_declined(kea6, pod):
+    kea6(pool=("2001:db8:88::100", "2001:db8:88::100"))
+    a, b = pod(), pod()
+    client.acquire(a.fd, a.ifname, 6, a.identity(cid=b"first"), Options(), HANG)
+    with pytest.raises(Declined, match="NoAddrsAvail"):
+        client.acquire(b.fd, b.ifname, 6, b.identity(cid=b"second"), Options(), 3)
+
+
+def test_no_dhcpv6_server_is_no_answer(lan, pod):
+    p = pod()
+    with pytest.raises(NoAnswer):
+        client.acquire(p.fd, p.ifname, 6, p.identity(), Options(), 2)
