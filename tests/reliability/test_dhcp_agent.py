@@ -105,9 +105,9 @@ def address_of(result, family=4):
 
 
 def discovers(server):
-    """DHCPDISCOVERs the Kea4 server has received (its debug log)."""
+    """DHCPDISCOVERs the Kea4 server has answered: its log's offers (DHCP4_LEASE_ADVERT)."""
     with open(server.log, errors="replace") as f:
-        return len(re.findall(r"DHCPDISCOVER \(type 1\) received", f.read()))
+        return len(re.findall(r"DHCP4_LEASE_ADVERT", f.read()))
 
 
 def expiry_of(server, address):
