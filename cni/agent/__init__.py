@@ -68,10 +68,10 @@ class Agent:
         http = metrics.metrics_listener(options.metrics) if options.metrics else None
         children, reports, counters = service.Children(), service.Reports(), metrics.Metrics()
         counters.listen(reports)
-        renewer = dhcp.Renewer(options, children, reports, counters)   # opens --dhcp-dir before any fork
-        renewer.serve_workers(reports.report)
         self.server = server.Server(options, children, reports, counters)
         self.server.bind()
+        renewer = dhcp.Renewer(options, children, reports, counters)   # opens --dhcp-dir before any fork
+        renewer.serve_workers(reports.report)
         children.catch_signals()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.stop)

@@ -73,7 +73,10 @@ class Renewer:
 
     def __init__(self, options, children, reports, metrics):
         self.options, self.metrics = options, metrics
-        self.dir_fd = records.open_dir(options.dhcp_dir)
+        try:
+            self.dir_fd = records.open_dir(options.dhcp_dir)
+        except OSError as e:
+            raise SystemExit(f"underlayd: --dhcp-dir {options.dhcp_dir}: {e.strerror or e}") from None
         self.held = {}             # record name -> Held
         raise_fd_limit()           # a netns fd per lease
         self.next_scan = 0.0

@@ -238,6 +238,25 @@ def test_server_gone_the_address_expires_and_comes_back_with_the_server(lan, kea
     delete(lan, config, pod)
 
 
+def test_server_down_at_t1_back_after_t2_the_lease_is_rebound(lan, kea4, dhcp_agent, pod_ns):
+    """Renewals (unicast) go unanswered; after T2 the agent rebinds (broadcast): the server back by
+    then grants it, and the address never leaves the interface."""
+    server = kea4(valid_lifetime=60, renew_timer=2, rebind_timer=5)
+    pod = pod_ns()
+    config = conf(lan.master)
+    address = address_of(add(lan, config, pod))
+    server.stop()
+    (record,) = dhcp_agent.records().values()
+    wait_for(lambda: time.time() > record["bound_at"] + record["t2"], timeout=30, what="T2")
+    server.start()
+    wait_for(lambda: (dhcp_agent.metric("underlay_dhcp_rebinds_total") or 0) >= 1, timeout=60,
+             what="a rebind granted")
+    assert (expiry_of(server, address) or 0) > record["bound_at"] + record["lease_time"]
+    assert dhcp_agent.metric("underlay_dhcp_expiries_total") == 0
+    assert nsutil.addrs(pod, "net1") == [f"{address}/24"]
+    delete(lan, config, pod)
+
+
 # --------------------------------------------------------------------------
 # Healing, GC
 
