@@ -2,7 +2,7 @@
 
 from cni import handoff
 from ipam import cluster as cluster_ipam, host_local
-from ipam.dhcp import records as dhcp_records
+from ipam.dhcp import plugin as dhcp
 
 DEFAULT_WORKERS = 8
 DEFAULT_SPARES = 2
@@ -11,7 +11,7 @@ DEFAULT_HEAL_EVERY = 300  # seconds between healing runs (and one at start)
 DEFAULT_DATA_DIR = host_local.DEFAULT_DATA_DIR   # host-local's default dataDir
 DEFAULT_CONFIG_DIR = "/etc/cni/net.d"        # the runtime's conflists: the pools' ranges, cluster-ipam's networks
 DEFAULT_CLUSTER_DATA_DIR = cluster_ipam.DEFAULT_DATA_DIR   # cluster-ipam's default dataDir: its networks' records
-DEFAULT_DHCP_DIR = dhcp_records.DEFAULT_DIR   # the dhcp IPAM's lease records (the renewer's)
+DEFAULT_DHCP_DIR = dhcp.DEFAULT_DIR   # the dhcp IPAM's lease records (the renewer's)
 
 
 class Options:

@@ -7,7 +7,7 @@ import sys
 import time
 
 from cni.operator import output
-from ipam.dhcp import records
+from ipam.dhcp import plugin
 
 COLUMNS = [("NETWORK", "network"), ("ADDRESS", "address"), ("CONTAINER", "container"), ("IFNAME", "ifname"),
            ("SERVER", "server"), ("STATE", "state"), ("RENEW", "renew_at"), ("EXPIRES", "expires_at"),
@@ -20,7 +20,7 @@ def add_parser(sub, common):
                                    "address with the server's prefix, container, ifname, the server that granted "
                                    "it, its state (bound; renewing after T1; rebinding after T2; expired), when "
                                    "it is renewed and when it expires.")
-    p.add_argument("--dhcp-dir", metavar="DIR", default=records.DEFAULT_DIR,
+    p.add_argument("--dhcp-dir", metavar="DIR", default=plugin.DEFAULT_DIR,
                    help="underlayd's --dhcp-dir (default %(default)s)")
     p.add_argument("--network", action="append", metavar="NAME", help="only this network (repeatable)")
     p.add_argument("--no-trunc", action="store_true", help="full container IDs in tables")
@@ -45,6 +45,7 @@ def lease_json(lease, now):
 
 
 def cmd_dhcp(args):
+    from ipam.dhcp import records   # only here: the other commands do not pay for the DHCP client's imports
     directory = os.path.abspath(args.dhcp_dir)
     problems, leases = [], []
     try:

@@ -28,12 +28,16 @@ from cni.errors import (ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_INVALID_ENV, E
                         ERR_NOT_AVAILABLE, ERR_TRY_AGAIN, CniError)
 from cni.net import iface, netlink, netns
 from ipam import verbs
-from ipam.dhcp import client, records, wire4
+
+# ipam.dhcp's client, records and wire4 are imported in the functions that use them: they bring
+# dataclasses and uuid (~15 ms), which an exec for VERSION or the about line must not pay
+# (tests/build/test_bundle.py DENY_ALWAYS). underlayd has them imported before it forks.
+DEFAULT_DIR = "/var/lib/cni/dhcp"     # underlayd's default --dhcp-dir: the lease records
 
 DEFAULT_TIMEOUT = 10.0     # seconds, as the reference daemon's -timeout
 MAX_TIMEOUT = 300.0
 FAMILIES = {"ipv4": 4, "ipv6": 6}
-OPTION_CLIENT_ID, OPTION_HOSTNAME = wire4.CLIENT_ID, wire4.HOST_NAME
+OPTION_CLIENT_ID, OPTION_HOSTNAME = 61, 12      # DHCPv4 options (RFC 2132)
 
 # Set in underlayd before it forks its workers (serve_from_agent): (dhcp dir fd, report function).
 AGENT = None
@@ -83,6 +87,7 @@ class DhcpConfig:
     def options(self, family):
         """What the client sends: the config's options are DHCPv4 option codes (the reference's); DHCPv6
         gets the hostname (FQDN option) and the prefix length only."""
+        from ipam.dhcp import client
         if family == 4:
             return client.Options(request=self.request_codes, send=self.send, broadcast=self.broadcast,
                                   prefixlen6=self.prefixlen6)
@@ -113,6 +118,7 @@ def parse_timeout(value, field):
 
 def option_code(option, field):
     """A DHCPv4 option by the reference's names (and RFC 2132's), or its number 1-254."""
+    from ipam.dhcp import wire4
     try:
         return wire4.option_code(option)
     except ValueError as e:
@@ -159,7 +165,7 @@ def records_dir():
     if AGENT is not None:
         return AGENT[0], AGENT[1], False
     try:
-        fd = os.open(records.DEFAULT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(DEFAULT_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
     return fd, (lambda line: None), True
@@ -168,6 +174,7 @@ def records_dir():
 def identity(request, conf, family, mac):
     """Who asks, stable for the attachment: the same IAID and DUID on every ADD of it (a retried ADD gets
     the same lease), whatever the MAC (ipvlan children share their parent's)."""
+    from ipam.dhcp import client, records
     digest = records.attachment_digest(request.network, request.container_id, request.ifname)
     return client.Identity(mac=mac, client_id=conf.client_id or digest[4:20], iaid=int.from_bytes(digest[:4], "big"),
                            hostname=conf.hostname)
@@ -200,6 +207,7 @@ def family_name(family):
 # Verbs
 
 def cmd_add(request):
+    from ipam.dhcp import records
     conf = request.ipam_config or load_config(request)
     dir_fd, report = served()
     pod_fd = open_pod(request.netns)
@@ -237,6 +245,7 @@ def cmd_add(request):
 def acquire(pod_fd, request, conf, family, mac):
     """One lease of `family`, as the attachment's: code 11 when no server answers in time, 101 when the
     server refuses."""
+    from ipam.dhcp import client
     try:
         lease = client.acquire(pod_fd, request.ifname, family, identity(request, conf, family, mac),
                                conf.options(family), conf.timeout)
@@ -257,6 +266,7 @@ def acquire(pod_fd, request, conf, family, mac):
 
 def undo_add(dir_fd, pod_fd, nl, link, leases, written, brought_up):
     """A failed ADD leaves nothing behind: records removed, leases released, the link as it was."""
+    from ipam.dhcp import records
     try:
         with records.locked(dir_fd):
             for name in written:
@@ -274,6 +284,7 @@ def undo_add(dir_fd, pod_fd, nl, link, leases, written, brought_up):
 
 def release_quietly(pod_fd, lease):
     """DHCPRELEASE, best effort: a server that never hears it lets the lease expire."""
+    from ipam.dhcp import client
     try:
         client.release(pod_fd, lease)
     except (client.DhcpError, OSError):
@@ -307,6 +318,7 @@ def add_result(leases):
 def attachment_records(dir_fd, request):
     """[(name, Lease)] held for this attachment, either family; a record that cannot be read is
     removed (nothing renews it)."""
+    from ipam.dhcp import records
     found = []
     for family in (4, 6):
         name = records.record_name(request.network, request.container_id, request.ifname, family)
@@ -323,6 +335,7 @@ def attachment_records(dir_fd, request):
 
 def forget(dir_fd, report, name, lease):
     """Remove the record (under the lock: a renewal in flight cannot write it back), then release."""
+    from ipam.dhcp import records
     with records.locked(dir_fd):
         records.remove(dir_fd, name)
     report(f"F {os.getpid()} {name}")
@@ -378,6 +391,7 @@ def cmd_check(request):
 
 
 def cmd_gc(request):
+    from ipam.dhcp import records
     # a malformed list must not read as "nothing is valid": that would release every lease
     netconf.validate("dhcp", request.config, request)
     valid = verbs.ValidAttachments(request.valid_attachments())

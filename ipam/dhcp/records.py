@@ -1,5 +1,5 @@
 """The dhcp IPAM's lease records: one JSON file per lease (a Lease's to_json) in the dhcp dir
-(underlayd's --dhcp-dir, default /var/lib/cni/dhcp).
+(underlayd's --dhcp-dir, default ipam/dhcp/plugin.py DEFAULT_DIR).
 
 Everything goes through a directory fd, never a path: underlayd opens the dir once at start and
 its workers inherit that fd, so a worker that has entered a caller's mount namespace (where the
@@ -21,7 +21,6 @@ from cni import files, locks
 from ipam.dhcp.client import Options
 from ipam.dhcp.lease import Lease
 
-DEFAULT_DIR = "/var/lib/cni/dhcp"
 SUFFIX = ".json"
 LOCK_TIMEOUT = 10.0
 
