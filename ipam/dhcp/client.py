@@ -23,7 +23,7 @@ The same DUID goes in v4's option 61 (type 255, IAID, DUID: RFC 4361).
 
 Retransmissions: 1 s, then doubling up to 60 s, each ±10 % (RFC 2131 starts at 4 s and RFC 8415's
 Renew at 10 s: far too slow for a pod start or a lease of a few seconds). A renew gives up at T2,
-a rebind at expiry, a reboot after REBOOT_WINDOW or at expiry.
+a rebind at expiry, a reboot after REBOOT_WINDOW (even for an expired lease: it asks the address back).
 """
 
 import dataclasses
@@ -84,6 +84,14 @@ def duid(client_id) -> bytes:
     return b"\x00\x04" + uuid.uuid5(_DUID_NAMESPACE, bytes(client_id).hex()).bytes
 
 
+def attachment_identity(mac, container_id, network, ifname, hostname=None) -> Identity:
+    """The Identity of one attachment (container, network, interface): its client id and IAID are
+    a hash of those, stable across agent restarts and distinct between attachments sharing a MAC."""
+    import hashlib
+    digest = hashlib.sha256("\0".join((container_id, network, ifname)).encode()).digest()
+    return Identity(mac, digest[:16], int.from_bytes(digest[16:20], "big"), hostname)
+
+
 def acquire(netns_fd, ifname, family, identity, options, timeout) -> Lease:
     """A new lease on `ifname` in the netns `netns_fd` (the link is up): DISCOVER/OFFER/REQUEST/ACK,
     v6 Solicit/Advertise/Request/Reply, retransmitted with backoff. NoAnswer after `timeout` seconds
@@ -102,18 +110,50 @@ def acquire(netns_fd, ifname, family, identity, options, timeout) -> Lease:
         conversation.close()
 
 
-def release(netns_fd, lease) -> None:
+def release(netns_fd, lease, ifname=None) -> None:
     """DHCPRELEASE (v6 Release) from the leased address to the server that granted it; sent once,
     best effort: no answer is awaited (v4: up to RELEASE_FLUSH for the datagram to leave, the
-    server's address being resolved first). DhcpError when it could not be sent (the interface or
-    the address gone...): the caller logs it and goes on."""
+    server's address being resolved first). DhcpError when it could not be sent: the caller logs it
+    and goes on.
+
+    `ifname`: send on that interface of the netns instead of the lease's (healing, the pod netns
+    gone: the master in the node's netns). v4 then sends, as it does when the address is no longer
+    on the pod's interface, a whole frame on a packet socket: from the lease's MAC and address, to
+    the server's address in a broadcast frame (no ARP: nothing of the pod is left to answer it)."""
     try:
-        if lease.family == 4:
-            _release4(netns_fd, lease)
+        if lease.family == 6:
+            _release6(netns_fd, lease, ifname or lease.ifname)
+        elif ifname is None and _release4(netns_fd, lease):
+            pass
         else:
-            _release6(netns_fd, lease)
+            _release4_frame(netns_fd, ifname or lease.ifname, lease)
     except (OSError, NetnsError) as e:
-        raise DhcpError(f"DHCP release of {lease.address} on {lease.ifname} not sent: "
+        raise DhcpError(f"DHCP release of {lease.address} on {ifname or lease.ifname} not sent: "
+                        f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def decline(netns_fd, lease) -> None:
+    """DHCPDECLINE (v6 Decline): the granted address is in use by another host (a conflict probe
+    answered); the server sets it aside. Sent once from the pod's interface (v4 from 0.0.0.0, the
+    address never configured), best effort; DhcpError when it could not be sent."""
+    try:
+        with entered(netns_fd):
+            if lease.family == 4:
+                sock = _udp4(lease.ifname)
+                data = wire4.decline(_xid(32), lease.mac, bytes.fromhex(lease.client_id), lease.address,
+                                     lease.server_id)
+                to = ("255.255.255.255", wire4.SERVER_PORT)
+            else:
+                sock = _udp6(lease.ifname, time.monotonic())
+                data = wire6.decline(_xid(24), bytes.fromhex(lease.client_id), lease.iaid,
+                                     bytes.fromhex(lease.server_id), lease.address)
+                to = (wire6.ALL_SERVERS, wire6.SERVER_PORT, 0, socket.if_nametoindex(lease.ifname))
+        try:
+            sock.sendto(data, to)
+        finally:
+            sock.close()
+    except (OSError, NetnsError) as e:
+        raise DhcpError(f"DHCP decline of {lease.address} on {lease.ifname} not sent: "
                         f"{getattr(e, 'strerror', None) or e}") from None
 
 
@@ -223,6 +263,14 @@ def _mono(wall):
     return time.monotonic() + (wall - time.time())
 
 
+def _give_up(lease, kind, now):
+    """When a renewal attempt ends: a renew at T2, a rebind at expiry, a reboot REBOOT_WINDOW from
+    now (expired or not: it asks for the address back, it does not use it)."""
+    if kind == "reboot":
+        return now + REBOOT_WINDOW
+    return _mono(lease.rebind_at() if kind == "renew" else lease.expires_at())
+
+
 def _xid(bits):
     return random.getrandbits(bits)
 
@@ -272,16 +320,12 @@ def _attach_filter(sock, program):
 
 
 def _packet4(ifname):
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-                         socket.htons(ETH_P_IP))
+    # Protocol 0 until bind: the socket sees nothing before its filter is on, and binding a socket
+    # that was not yet hooked skips the kernel's synchronize_net() (milliseconds on a busy node).
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
     try:
         _attach_filter(sock, _BPF_DHCP4_CLIENT)
         sock.bind((ifname, ETH_P_IP))
-        while True:   # what arrived before the filter was attached
-            try:
-                sock.recv(4096)
-            except BlockingIOError:
-                break
     except OSError:
         sock.close()
         raise
@@ -317,7 +361,8 @@ class _Acquire4(_Conversation):
     def __init__(self, netns_fd, ifname, identity, options, deadline):
         super().__init__(deadline)
         self.ifname, self.identity, self.options = ifname, identity, options
-        self.cid = wire4.client_id(identity.iaid, duid(identity.client_id))
+        # a client identifier the config provides (option 61) goes as it is; else RFC 4361's
+        self.cid = dict(options.send).get(wire4.CLIENT_ID) or wire4.client_id(identity.iaid, duid(identity.client_id))
         self.chaddr, self.xid, self.offer = _mac_bytes(identity.mac), _xid(32), None
         self.socks = _open(netns_fd, lambda: self._sockets(ifname), f"on {ifname}")
 
@@ -377,9 +422,7 @@ def _lease4(reply, mac, cid, iaid, ifname, hostname):
 
 class _Refresh4(_Conversation):
     def __init__(self, netns_fd, lease, kind, options, now):
-        give_up = _mono(lease.rebind_at() if kind == "renew" else lease.expires_at())
-        if kind == "reboot":
-            give_up = min(give_up, now + REBOOT_WINDOW)
+        give_up = _give_up(lease, kind, now)
         super().__init__(give_up)
         self.lease, self.kind, self.options = lease, kind, options
         self.cid, self.chaddr, self.xid = bytes.fromhex(lease.client_id), _mac_bytes(lease.mac), _xid(32)
@@ -419,6 +462,7 @@ _GRANTED = ("prefixlen", "server_id", "server_address", "routers", "routes", "dn
 
 
 def _release4(netns_fd, lease):
+    """Sent over UDP from the leased address: True; False when that address is not on the interface."""
     cid = bytes.fromhex(lease.client_id)
     data = wire4.release(_xid(32), lease.mac, cid, lease.address, lease.server_id)
     with entered(netns_fd):
@@ -426,9 +470,47 @@ def _release4(netns_fd, lease):
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, lease.ifname.encode())
-        sock.bind((lease.address, wire4.CLIENT_PORT))   # from the leased address: servers ignore 0.0.0.0
+        try:
+            sock.bind((lease.address, wire4.CLIENT_PORT))   # from the leased address: servers ignore 0.0.0.0
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                return False
+            raise
         sock.sendto(data, (lease.server_address, wire4.SERVER_PORT))
         _wait_sent(sock, time.monotonic() + RELEASE_FLUSH)
+        return True
+    finally:
+        sock.close()
+
+
+def _checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def release_frame(lease, xid):
+    """The DHCPRELEASE as an Ethernet frame: lease MAC and address -> broadcast MAC, server address."""
+    payload = wire4.release(xid, lease.mac, bytes.fromhex(lease.client_id), lease.address, lease.server_id)
+    src, dst = (ipaddress.IPv4Address(a).packed for a in (lease.address, lease.server_address))
+    udp_len = 8 + len(payload)
+    pseudo = src + dst + struct.pack("!BBH", 0, 17, udp_len)
+    udp = struct.pack("!HHHH", wire4.CLIENT_PORT, wire4.SERVER_PORT, udp_len, 0) + payload
+    udp = udp[:6] + struct.pack("!H", _checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, xid & 0xFFFF, 0, 64, 17, 0, src, dst)
+    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    return b"\xff" * 6 + _mac_bytes(lease.mac) + struct.pack("!H", ETH_P_IP) + header + udp
+
+
+def _release4_frame(netns_fd, ifname, lease):
+    with entered(netns_fd):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    try:
+        sock.bind((ifname, 0))
+        sock.send(release_frame(lease, _xid(32)))
     finally:
         sock.close()
 
@@ -568,9 +650,7 @@ class _Refresh6(_V6):
     confirms the address with lifetimes, which Confirm would not."""
 
     def __init__(self, netns_fd, lease, kind, options, now):
-        give_up = _mono(lease.rebind_at() if kind == "renew" else lease.expires_at())
-        if kind == "reboot":
-            give_up = min(give_up, now + REBOOT_WINDOW)
+        give_up = _give_up(lease, kind, now)
         super().__init__(give_up)
         self.lease, self.kind, self.options = lease, kind, options
         self.duid, self.xid, self.ifname = bytes.fromhex(lease.client_id), _xid(24), lease.ifname
@@ -600,14 +680,11 @@ class _Refresh6(_V6):
         return dataclasses.replace(self.lease, **{f: fields[f] for f in _GRANTED if f != "prefixlen"})
 
 
-def _release6(netns_fd, lease):
+def _release6(netns_fd, lease, ifname):
     data = wire6.release(_xid(24), bytes.fromhex(lease.client_id), lease.iaid, bytes.fromhex(lease.server_id),
                          lease.address)
-
-    def opener():
-        return socket.if_nametoindex(lease.ifname), _udp6(lease.ifname, time.monotonic())
     with entered(netns_fd):
-        ifindex, sock = opener()
+        ifindex, sock = socket.if_nametoindex(ifname), _udp6(ifname, time.monotonic())
     try:
         sock.sendto(data, (wire6.ALL_SERVERS, wire6.SERVER_PORT, 0, ifindex))
     finally:

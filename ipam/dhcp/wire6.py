@@ -99,9 +99,14 @@ def rebind(xid, duid, iaid, address, hostname=None, request=(), send=(), elapsed
     return message(REBIND, xid, _asking(duid, iaid, [address], hostname, request, send, elapsed))
 
 
-def release(xid, duid, iaid, server_duid, address):
-    return message(RELEASE, xid, [option(CLIENTID, duid), option(SERVERID, server_duid),
-                                  option(ELAPSED_TIME, b"\x00\x00"), ia_na(iaid, [address])])
+def release(xid, duid, iaid, server_duid, address, msg_type=RELEASE):
+    return message(msg_type, xid, [option(CLIENTID, duid), option(SERVERID, server_duid),
+                                   option(ELAPSED_TIME, b"\x00\x00"), ia_na(iaid, [address])])
+
+
+def decline(xid, duid, iaid, server_duid, address):
+    """The address is in use by someone else (RFC 8415 18.2.8): Release's shape."""
+    return release(xid, duid, iaid, server_duid, address, msg_type=DECLINE)
 
 
 # --- parsing ---

@@ -43,15 +43,21 @@ def pod(lan, pod_ns):
                   ns=lan.host_ns)
         nsutil.sh("ip", "link", "set", ifname, "up", ns=ns)
         mac = nsutil.link_json(ns, ifname)["address"]
-        fd = open_netns(nsutil.netns_path(ns))
-        made.append(fd)
-        return Pod(ns, ifname, mac, fd)
+        pod = Pod(ns, ifname, mac, open_netns(nsutil.netns_path(ns)))
+        made.append(pod)
+        return pod
 
     try:
         yield make
     finally:
-        for fd in made:
-            os.close(fd)
+        for p in made:
+            os.close(p.fd)
+
+
+def a_second_passed(expires, lifetime):
+    """True once a renewal would be stamped a later second than the grant (servers keep whole
+    seconds from time(), a coarse clock that may lag time.time() by a few ms)."""
+    return time.time() >= expires - lifetime + 1.1
 
 
 def drive(exchange):
@@ -96,17 +102,26 @@ def test_kea4_acquire_gives_the_servers_address_mask_router_dns_routes_and_recor
     assert lease.client_id.startswith("ff00000001" + "0004")   # RFC 4361: type 255, IAID 1, a DUID-UUID
 
 
+def test_kea4_a_provided_client_identifier_is_sent_as_it_is(kea4, pod):
+    server = kea4()
+    p = pod()
+    provided = b"\x01" + bytes.fromhex(p.mac.replace(":", ""))   # type 1 + MAC, as many clients send
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(), Options(send=((61, provided),)), HANG)
+    assert lease.client_id == provided.hex() == server.leased()[lease.address].client_id
+
+
 def test_kea4_renew_extends_the_lease_in_the_servers_file(kea4, pod):
     server = kea4(valid_lifetime=40)
     p = pod()
     lease = client.acquire(p.fd, p.ifname, 4, p.identity(hostname="renewer"), Options(), HANG)
     p.configure(lease)
     before = server.leased()[lease.address].expires
-    wait_for(lambda: time.time() >= before - 39, what="a second of the lease to pass")   # a later expiry to see
+    wait_for(lambda: a_second_passed(before, 40), what="a second of the lease to pass")   # a later expiry to see
     renewed = drive(Exchange(p.fd, lease, "renew", Options(), time.monotonic()))
     assert renewed is not None and renewed.address == lease.address and renewed.bound_at > lease.bound_at
     assert (renewed.hostname, renewed.client_id, renewed.ifname) == ("renewer", lease.client_id, lease.ifname)
-    assert server.leased()[lease.address].expires > before
+    held = server.leased()[lease.address]
+    assert held.expires > before and held.hostname.split(".")[0] == "renewer"   # the hostname sent again
 
 
 def test_kea4_rebind_answers_when_the_unicast_renew_is_not(kea4, pod):
@@ -136,6 +151,18 @@ def test_kea4_reboot_after_a_server_restart(kea4, pod):
     assert lease.address in server.leased()
 
 
+def test_kea4_reboot_asks_an_expired_lease_back(kea4, pod):
+    import dataclasses
+    server = kea4()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(), Options(), HANG)
+    p.configure(lease)
+    expired = dataclasses.replace(lease, bound_at=lease.bound_at - 2 * lease.lease_time)
+    again = drive(Exchange(p.fd, expired, "reboot", Options(), time.monotonic()))
+    assert again is not None and again.address == lease.address and again.expires_at() > time.time()
+    assert lease.address in server.leased()
+
+
 def test_kea4_release_frees_the_lease(kea4, pod):
     server = kea4()
     p = pod()
@@ -144,6 +171,49 @@ def test_kea4_release_frees_the_lease(kea4, pod):
     assert lease.address in server.leased()
     client.release(p.fd, lease)
     wait_for(lambda: lease.address not in server.leased(), what="the lease freed in Kea's lease file")
+
+
+def test_kea4_release_without_the_address_on_the_interface_goes_as_a_frame(kea4, pod):
+    server = kea4()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, 4, p.identity(), Options(), HANG)
+    assert lease.address in server.leased()
+    client.release(p.fd, lease)   # the address never configured: UDP cannot send from it
+    wait_for(lambda: lease.address not in server.leased(), what="the lease freed in Kea's lease file")
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_release_through_the_master_once_the_pod_netns_is_gone(kea4, kea6, pod, lan, family):
+    """Healing's case: nothing of the pod is left; the node's master sends the release."""
+    server = kea4() if family == 4 else kea6()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, family, p.identity(), Options(), HANG)
+    assert lease.address in server.leased()
+    os.close(p.fd)
+    p.fd = open_netns(nsutil.netns_path(lan.host_ns))   # closed by the fixture
+    nsutil.del_netns(p.ns)
+    if family == 6:
+        wait_for(lambda: lanmod.usable_link_local(lan.host_ns, lan.master), what="the master's link-local")
+    client.release(p.fd, lease, ifname=lan.master)
+    wait_for(lambda: lease.address not in server.leased(), what="the lease freed in the server's lease file")
+
+
+def test_release_on_a_missing_interface_is_a_dhcp_error(lan, pod):
+    import dataclasses
+    from tests.unit.test_dhcp_lease import a_lease
+    p = pod()
+    with pytest.raises(client.DhcpError, match="not sent"):
+        client.release(p.fd, dataclasses.replace(a_lease(), ifname="nosuch"))
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_decline_sets_the_address_aside(kea4, kea6, pod, family):
+    server = kea4() if family == 4 else kea6()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, family, p.identity(), Options(), HANG)
+    client.decline(p.fd, lease)
+    wait_for(lambda: server.leased().get(lease.address, lanmod.ServerLease("", "", "", 0, "")).state == "1",
+             what="the address declined in the server's lease file")
 
 
 def test_kea4_same_mac_different_client_ids_get_distinct_leases(kea4, pod):
@@ -230,7 +300,7 @@ def test_kea6_acquire_renew_rebind_release(kea6, pod):
     p.configure(lease)
 
     before = held.expires
-    wait_for(lambda: time.time() >= before - 29, what="a second of the lease to pass")
+    wait_for(lambda: a_second_passed(before, 30), what="a second of the lease to pass")
     renewed = drive(Exchange(p.fd, lease, "renew", Options(), time.monotonic()))
     assert renewed is not None and renewed.address == lease.address
     assert server.leased()[lease.address].expires > before

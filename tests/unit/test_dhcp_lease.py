@@ -70,3 +70,14 @@ def test_default_timers():
     assert default_t1(600) == 300
     assert default_t2(600) == 525
     assert default_t2(600, family=6) == 480
+
+
+def test_attachment_identity_is_stable_and_tells_attachments_apart():
+    from ipam.dhcp.client import attachment_identity, duid
+    one = attachment_identity("02:00:00:00:00:01", "c1", "lan", "eth0", "pod-1")
+    assert one == attachment_identity("02:00:00:00:00:01", "c1", "lan", "eth0", "pod-1")
+    others = [attachment_identity("02:00:00:00:00:01", *a) for a in [("c2", "lan", "eth0"), ("c1", "wan", "eth0"),
+                                                                     ("c1", "lan", "net1")]]
+    assert len({one.client_id, *(o.client_id for o in others)}) == 4
+    assert len({one.iaid, *(o.iaid for o in others)}) == 4 and 0 <= one.iaid < 2 ** 32
+    assert duid(one.client_id)[:2] == b"\x00\x04" and len(duid(one.client_id)) == 18

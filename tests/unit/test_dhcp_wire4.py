@@ -184,3 +184,40 @@ def test_random_garbage_never_raises():
                 wire4.lease_fields(r)
             except ValueError:
                 pass
+
+
+def test_the_release_frame_of_healing():
+    """client.release_frame: Ethernet to broadcast, IPv4 and UDP checksums right, the RELEASE inside."""
+    from ipam.dhcp.client import _checksum, release_frame, udp_payload
+    from tests.unit.test_dhcp_lease import a_lease
+    lease = a_lease(client_id=CID.hex())
+    frame = release_frame(lease, 0x1234)
+    assert frame[:6] == b"\xff" * 6 and frame[6:12] == bytes.fromhex("020000000001") and frame[12:14] == b"\x08\x00"
+    ip = frame[14:]
+    assert _checksum(ip[:20]) == 0
+    assert ip[12:16] == bytes((10, 88, 0, 23)) and ip[16:20] == bytes((10, 88, 0, 1))
+    pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, len(ip) - 20)
+    assert _checksum(pseudo + ip[20:]) == 0
+    assert struct.unpack_from("!HH", ip, 20) == (68, 67)
+    payload = ip[28:]
+    opts = sent_options(payload)
+    assert opts[53] == b"\x07" and opts[61] == CID and payload[12:16] == bytes((10, 88, 0, 23))
+    assert udp_payload(ip[:22] + b"\x00\x44" + ip[24:]) == payload   # the same datagram, as if to port 68
+
+
+def test_garbage_frames_on_the_packet_socket_are_ignored():
+    """What acquire's packet socket may read: anything; udp_payload + parse never raise."""
+    from ipam.dhcp.client import udp_payload
+    rng = random.Random(2131)
+    payload = ack()
+    good = (struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + len(payload), 0, 0, 64, 17, 0, bytes(4), bytes(4))
+            + struct.pack("!HHHH", 67, 68, 8 + len(payload), 0) + payload)
+    assert wire4.parse(udp_payload(good)).msg_type == wire4.ACK
+    for _ in range(3000):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(min(len(data), 60))] = rng.randrange(256)
+        data = bytes(data[:rng.randint(0, len(data))]) if rng.random() < 0.3 else bytes(data)
+        inner = udp_payload(data)
+        if inner is not None:
+            wire4.parse(inner)

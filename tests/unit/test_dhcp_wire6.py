@@ -133,3 +133,8 @@ def test_option_names():
     assert wire6.option_code("dns-servers") == 23 and wire6.option_code("24") == 24
     with pytest.raises(ValueError):
         wire6.option_code("nope")
+
+
+def test_decline_is_release_shaped():
+    msg_type, _, opts = sent(wire6.decline(1, DUID, 7, SERVER, "2001:db8::17"))
+    assert msg_type == wire6.DECLINE and opts[wire6.SERVERID] == SERVER and opts[wire6.CLIENTID] == DUID
