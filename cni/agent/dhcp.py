@@ -16,7 +16,6 @@ interface and address included, so its lease is released from the leased address
 (DHCPRELEASE), then forgotten and the fd let go, the netns with it.
 """
 
-import dataclasses
 import math
 import os
 import resource
@@ -197,9 +196,6 @@ class Renewer:
                     log(f"dhcp: {lease.address} of {who(lease)}: {e}; trying again later")
                     self.retry_later(held, kind, now)
                 return
-        if kind == "reboot" and lease.expires_at() <= time.time():
-            # the client gives a reboot up at the lease's expiry, past by now: its window starts now
-            lease = dataclasses.replace(lease, bound_at=time.time())
         try:
             held.exchange = client.Exchange(held.netns_fd, lease, kind, held.options, now)
             held.kind = kind

@@ -37,7 +37,7 @@ DEFAULT_DIR = "/var/lib/cni/dhcp"     # underlayd's default --dhcp-dir: the leas
 DEFAULT_TIMEOUT = 10.0     # seconds, as the reference daemon's -timeout
 MAX_TIMEOUT = 300.0
 FAMILIES = {"ipv4": 4, "ipv6": 6}
-OPTION_CLIENT_ID, OPTION_HOSTNAME = 61, 12      # DHCPv4 options (RFC 2132)
+OPTION_HOSTNAME = 12      # DHCPv4 option (RFC 2132): the client's hostname
 
 # Set in underlayd before it forks its workers (serve_from_agent): (dhcp dir fd, report function).
 AGENT = None
@@ -68,7 +68,6 @@ class DhcpConfig:
             request.warnings.append("ipam.request: skipDefault is ignored: the options the result is made of "
                                     "(mask, routers, routes, DNS, lease times) are always asked for")
         self.hostname = None
-        self.client_id = None
         send = []
         for i, p in enumerate(ipam.get("provide") or []):
             field = f"ipam.provide[{i}]"
@@ -78,9 +77,7 @@ class DhcpConfig:
                 continue
             if code == OPTION_HOSTNAME:
                 self.hostname = check_hostname(value, field)
-            elif code == OPTION_CLIENT_ID:
-                self.client_id = value.encode()
-            else:
+            else:   # a dhcp-client-identifier (61) too: sent as it is, instead of the derived one
                 send.append((code, value.encode()))
         self.send = tuple(send)
 
@@ -176,7 +173,7 @@ def identity(request, conf, family, mac):
     the same lease), whatever the MAC (ipvlan children share their parent's)."""
     from ipam.dhcp import client, records
     digest = records.attachment_digest(request.network, request.container_id, request.ifname)
-    return client.Identity(mac=mac, client_id=conf.client_id or digest[4:20], iaid=int.from_bytes(digest[:4], "big"),
+    return client.Identity(mac=mac, client_id=digest[4:20], iaid=int.from_bytes(digest[:4], "big"),
                            hostname=conf.hostname)
 
 

@@ -153,6 +153,19 @@ def test_add_check_del_through_underlayd_against_kea(lan, kea4, dhcp_agent, pod_
     delete(lan, config, pod, args=args)   # idempotent
 
 
+def test_a_provided_client_identifier_is_sent_as_it_is_and_renewals_keep_it(lan, kea4, dhcp_agent, pod_ns):
+    server = kea4(valid_lifetime=20, renew_timer=2, rebind_timer=15)
+    pod = pod_ns()
+    config = conf(lan.master, provide=[{"option": "dhcp-client-identifier", "value": "pod-id-1"}])
+    address = address_of(add(lan, config, pod))
+    first = server.leased()[address]
+    assert first.client_id == b"pod-id-1".hex()
+    wait_for(lambda: (expiry_of(server, address) or 0) > first.expires, timeout=30, what="a renewal at T1")
+    assert server.leased()[address].client_id == b"pod-id-1".hex()
+    delete(lan, config, pod)
+    wait_for(lambda: address not in server.leased(), what="the release")
+
+
 def test_check_fails_when_the_address_is_gone_from_the_interface(lan, kea4, dhcp_agent, pod_ns):
     kea4(valid_lifetime=600)
     pod = pod_ns()
