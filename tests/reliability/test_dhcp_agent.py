@@ -289,6 +289,8 @@ def test_gc_releases_the_leases_of_attachments_not_listed(lan, kea4, dhcp_agent,
     config = conf(lan.master, version="1.1.0")
     pods = [pod_ns(), pod_ns()]
     kept, gone = (address_of(add(lan, config, pod, cid=f"c{i}")) for i, pod in enumerate(pods))
+    status = run_on_node("macvlan", "STATUS", config, lan.host_ns)
+    assert status.ok, status   # served by underlayd
     gc = dict(config, **{"cni.dev/valid-attachments": [{"containerID": "c0", "ifname": "net1"}]})
     out = run_on_node("macvlan", "GC", gc, lan.host_ns)
     assert out.ok, out
