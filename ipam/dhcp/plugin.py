@@ -168,7 +168,7 @@ def records_dir():
     return fd, (lambda line: None), True
 
 
-def identity(request, conf, family, mac):
+def identity(request, conf, mac):
     """Who asks, stable for the attachment: the same IAID and DUID on every ADD of it (a retried ADD gets
     the same lease), whatever the MAC (ipvlan children share their parent's)."""
     from ipam.dhcp import client, records
@@ -221,12 +221,16 @@ def cmd_add(request):
                 for family in conf.families:
                     lease = acquire(pod_fd, request, conf, family, link.mac)
                     leases.append(lease)
-                with records.locked(dir_fd):
-                    for lease in leases:
-                        name = records.record_name(request.network, request.container_id, request.ifname,
-                                                   lease.family)
-                        records.write(dir_fd, name, lease, conf.options(lease.family))
-                        written.append(name)
+                try:
+                    with records.locked(dir_fd):
+                        for lease in leases:
+                            name = records.record_name(request.network, request.container_id, request.ifname,
+                                                       lease.family)
+                            records.write(dir_fd, name, lease, conf.options(lease.family))
+                            written.append(name)
+                except OSError as e:
+                    raise CniError(ERR_IO, f"cannot write the lease record in underlayd's --dhcp-dir: "
+                                           f"{e.strerror or e}") from None
             except BaseException:
                 undo_add(dir_fd, pod_fd, nl, link, leases, written, brought_up)
                 raise
@@ -244,11 +248,10 @@ def acquire(pod_fd, request, conf, family, mac):
     server refuses."""
     from ipam.dhcp import client
     try:
-        lease = client.acquire(pod_fd, request.ifname, family, identity(request, conf, family, mac),
+        lease = client.acquire(pod_fd, request.ifname, family, identity(request, conf, mac),
                                conf.options(family), conf.timeout)
     except client.NoAnswer as e:
-        raise CniError(ERR_TRY_AGAIN, f"no DHCP server answered on {request.ifname} ({family_name(family)}) within "
-                                      f"{conf.timeout:g}s (ipam.timeout): {e.msg}") from None
+        raise CniError(ERR_TRY_AGAIN, f"{e.msg} (ipam.timeout)") from None
     except client.Declined as e:
         raise CniError(ERR_NO_ADDRESS, f"the DHCP server refused a lease on {request.ifname} "
                                        f"({family_name(family)}): {e.msg}") from None

@@ -334,6 +334,14 @@ def test_debians_go_macvlan_execs_our_dhcp_through_the_agent(lan, kea4, dhcp_age
     wait_for(lambda: address not in server.leased(), what="the release")
 
 
+def test_no_server_answering_is_code_11_and_leaves_nothing(lan, dhcp_agent, pod_ns):
+    pod = pod_ns()
+    out = run_on_node("macvlan", "ADD", conf(lan.master, timeout=2), lan.host_ns, pod=pod, cid="c1", ifname="net1")
+    assert out.cni_code == 11 and "ipam.timeout" in out.json["msg"], out
+    assert "net1" not in nsutil.links(pod)
+    assert dhcp_agent.records() == {}
+
+
 def test_without_the_agent_add_fails_with_code_11_and_leaves_nothing(lan, kea4, pod_ns, monkeypatch, request):
     server = kea4(valid_lifetime=600)
     monkeypatch.setattr(plugins, "BIN_DIR", built_bin_dir(request))
