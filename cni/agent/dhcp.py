@@ -96,7 +96,8 @@ class Renewer:
     # -- the records -------------------------------------------------------------
 
     def scan(self, now):
-        """Load every record (a new one, or one changed behind our back), drop what is gone."""
+        """Load every record not held yet (a report lost), drop those gone (a DEL's report lost), heal
+        those whose pod netns is gone."""
         try:
             names = set(records.names(self.dir_fd))
         except OSError as e:
