@@ -90,13 +90,13 @@ def conf(master, version="1.0.0", **ipam):
 
 
 def add(lan, config, pod, cid="c1", ifname="net1", **kw):
-    out = run_on_node("macvlan", "ADD", config, lan.host_ns, pod=pod, cid=cid, ifname=ifname, **kw)
+    out = run_on_node(config["type"], "ADD", config, lan.host_ns, pod=pod, cid=cid, ifname=ifname, **kw)
     assert out.ok, out
     return out.json
 
 
 def delete(lan, config, pod, cid="c1", ifname="net1", **kw):
-    out = run_on_node("macvlan", "DEL", config, lan.host_ns, pod=pod, cid=cid, ifname=ifname, **kw)
+    out = run_on_node(config["type"], "DEL", config, lan.host_ns, pod=pod, cid=cid, ifname=ifname, **kw)
     assert out.ok, out
 
 
@@ -340,6 +340,25 @@ def test_no_server_answering_is_code_11_and_leaves_nothing(lan, dhcp_agent, pod_
     assert out.cni_code == 11 and "ipam.timeout" in out.json["msg"], out
     assert "net1" not in nsutil.links(pod)
     assert dhcp_agent.records() == {}
+
+
+@pytest.mark.kernel("ipvlan")
+def test_ipvlan_children_sharing_the_parents_mac_get_leases_of_their_own(lan, dnsmasq, dhcp_agent, pod_ns):
+    """ipvlan children share their parent's MAC: the server tells them apart by the client identifier,
+    derived from each attachment. dnsmasq answers a broadcast-flagged request with an Ethernet broadcast,
+    which ipvlan hands to every child (Kea's raw socket sends it to the client's MAC: ipvlan then looks up
+    the IP destination, 255.255.255.255, finds no child and gives it to the parent)."""
+    server = dnsmasq()
+    config = dict(conf(lan.master), type="ipvlan", mode="l2")
+    pods = [pod_ns(), pod_ns()]
+    results = [add(lan, config, pod, cid=f"iv{i}") for i, pod in enumerate(pods)]
+    addresses = [address_of(r) for r in results]
+    assert len(set(addresses)) == 2 and set(addresses) <= set(server.leased())
+    held = [server.leased()[a] for a in addresses]
+    assert held[0].hwaddr == held[1].hwaddr and held[0].client_id != held[1].client_id
+    for i, pod in enumerate(pods):
+        delete(lan, config, pod, cid=f"iv{i}")
+    wait_for(lambda: not set(addresses) & set(server.leased()), what="both released")
 
 
 def test_without_the_agent_add_fails_with_code_11_and_leaves_nothing(lan, kea4, pod_ns, monkeypatch, request):
