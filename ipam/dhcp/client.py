@@ -19,7 +19,13 @@ setns back; a socket keeps its netns) and bound to the interface (SO_BINDTODEVIC
 
 Identity: the client DUID is a DUID-UUID (RFC 6355) derived from Identity.client_id, not a DUID-LL
 from the MAC: ipvlan children share their parent's MAC, and two attachments must be two clients.
-The same DUID goes in v4's option 61 (type 255, IAID, DUID: RFC 4361).
+The same DUID goes in v4's option 61 (type 255, IAID, DUID: RFC 4361), unless the config provides
+option 61 itself (Options.send), which is then sent as it is.
+
+release: v4 over UDP from the leased address when it is on the interface (waiting up to
+RELEASE_FLUSH for the datagram to leave), else as a whole frame on a packet socket (from the
+lease's MAC and address, broadcast at L2); v6 from the link-local address to ff02::1:2.
+A renew counts only the granting server's answer; a rebind or reboot anyone's.
 
 Retransmissions: 1 s, then doubling up to 60 s, each ±10 % (RFC 2131 starts at 4 s and RFC 8415's
 Renew at 10 s: far too slow for a pod start or a lease of a few seconds). A renew gives up at T2,
@@ -119,7 +125,9 @@ def release(netns_fd, lease, ifname=None) -> None:
     `ifname`: send on that interface of the netns instead of the lease's (healing, the pod netns
     gone: the master in the node's netns). v4 then sends, as it does when the address is no longer
     on the pod's interface, a whole frame on a packet socket: from the lease's MAC and address, to
-    the server's address in a broadcast frame (no ARP: nothing of the pod is left to answer it)."""
+    the server's address in a broadcast frame (no ARP: nothing of the pod is left to answer it).
+    That path never waits: underlayd's loop may pass ifname=lease.ifname to release without the
+    up to RELEASE_FLUSH seconds the UDP path spends when the server's address does not resolve."""
     try:
         if lease.family == 6:
             _release6(netns_fd, lease, ifname or lease.ifname)
@@ -443,6 +451,8 @@ class _Refresh4(_Conversation):
         reply = wire4.parse(data)
         if not _ours4(reply, self.xid, self.chaddr, self.cid):
             return None
+        if self.kind == "renew" and reply.server_id not in (None, self.lease.server_id):
+            return None   # a renew is unicast to the server that granted the lease; anyone answers a rebind
         if reply.msg_type == wire4.NAK:
             raise Declined(f"DHCPNAK from {reply.server_id or source[0]} for {self.lease.address} ({self.kind})"
                            + (f": {reply.message}" if reply.message else ""))
@@ -672,6 +682,8 @@ class _Refresh6(_V6):
         reply = self.ours(data)
         if reply is None or reply.msg_type != wire6.REPLY:
             return None
+        if self.kind == "renew" and reply.server_duid.hex() != self.lease.server_id:
+            return None   # a Renew is for the server that granted the lease; anyone answers a Rebind
         fields = self.granted(reply, source, self.lease.to_json())
         if fields is None:
             return None

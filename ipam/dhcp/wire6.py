@@ -200,14 +200,14 @@ def find_ia(reply, iaid) -> Optional[IA]:
 
 
 def refusal(reply, iaid) -> Optional[tuple]:
-    """(status code, message) when the server says no for our IA (top level or in the IA, or an
+    """(status code, message) when the server says no for our IA (top level or in the IA, or our
     IA_NA without an address), else None. ValueError when malformed."""
     top = status(reply.first(STATUS_CODE))
     if top[0] != SUCCESS:
         return top
     ia = find_ia(reply, iaid)
-    if ia is None:
-        return NO_ADDRS_AVAIL, "no IA_NA for us in the reply"
+    if ia is None:   # not an answer about our IA (RFC 8415 18.2.10.1: asked again later), not a no
+        return None
     if ia.status[0] != SUCCESS:
         return ia.status
     if not ia.addresses:

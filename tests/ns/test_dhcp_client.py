@@ -237,7 +237,8 @@ def test_kea4_nak_is_declined(kea4, pod):
         drive(Exchange(p.fd, foreign, "reboot", Options(), time.monotonic()))
 
 
-def test_no_server_is_no_answer_within_the_timeout(lan, pod):
+def test_server_down_is_no_answer_within_the_timeout(kea4, pod):
+    kea4().stop()
     p = pod()
     with pytest.raises(NoAnswer, match=p.ifname):
         client.acquire(p.fd, p.ifname, 4, p.identity(), Options(), 2)
@@ -345,7 +346,127 @@ def test_kea6_no_address_left_is_declined(kea6, pod):
         client.acquire(b.fd, b.ifname, 6, b.identity(cid=b"second"), Options(), 3)
 
 
-def test_no_dhcpv6_server_is_no_answer(lan, pod):
+def test_dhcpv6_server_down_is_no_answer(kea6, pod):
+    kea6().stop()
     p = pod()
     with pytest.raises(NoAnswer):
         client.acquire(p.fd, p.ifname, 6, p.identity(), Options(), 2)
+
+
+# --- a rogue on the LAN: malformed answers to every request, beside the real server ---
+
+class Rogue:
+    """Answers every client message it sees on the LAN with malformed replies carrying the right
+    transaction id (what parses far enough to be tried, but must be ignored) and refusals from a
+    server that is not the client's, from a thread."""
+
+    def __init__(self, lan, family):
+        import socket
+        import threading
+        from cni.net.netns import entered
+        self.family, self.sent, self.stop = family, 0, threading.Event()
+        proto = 0x0800 if family == 4 else 0x86DD
+        fd = open_netns(nsutil.netns_path(lan.ns))
+        try:
+            with entered(fd):
+                self.sniff = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(proto))
+                self.sniff.bind((lan.ifname, proto))
+                self.out = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
+                self.out.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, lan.ifname.encode())
+                self.out.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                self.ifindex = socket.if_nametoindex(lan.ifname)
+        finally:
+            os.close(fd)
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        import select
+        while not self.stop.is_set():
+            if not select.select([self.sniff], [], [], 0.1)[0]:
+                continue
+            packet = self.sniff.recv(4096)
+            try:
+                self.answer(packet)
+            except OSError:
+                pass
+
+    def answer(self, packet):
+        import ipaddress
+        import struct
+        from ipam.dhcp import wire6
+        from tests.unit.test_dhcp_wire4 import reply
+        if self.family == 4:
+            ihl = (packet[0] & 0x0F) * 4
+            if packet[9] != 17 or struct.unpack_from("!H", packet, ihl + 2)[0] != 67:
+                return
+            request = packet[ihl + 8:]
+            xid, mac = struct.unpack_from("!I", request, 4)[0], request[28:34].hex(":")
+            ok = [(51, struct.pack("!I", 60))]
+            garbage = [request[:100], reply(2, xid=xid, chaddr=mac)[:239],
+                       reply(2, xid=xid, chaddr=mac, options=ok),                          # an OFFER with no server id
+                       reply(2, xid=xid, chaddr=mac, yiaddr="0.0.0.0", options=ok + [(54, bytes(4))]),
+                       reply(5, xid=xid, chaddr=mac, options=[(54, bytes((10, 88, 0, 66)))]),   # an ACK from nobody asked
+                       reply(2, xid=xid, chaddr=mac)[:240] + b"\x35\x01\x02\x36\x09\x0a",       # runs past the end
+                       reply(6, xid=xid, chaddr=mac, options=[(61, b"someone else")]),
+                       reply(6, xid=xid, chaddr=mac, options=[(54, bytes((10, 88, 0, 66)))])]   # a stranger's NAK
+            to = ("255.255.255.255", 68)
+        else:
+            if packet[6] != 17 or struct.unpack_from("!H", packet, 42)[0] != 547:
+                return
+            request, source = packet[48:], str(ipaddress.IPv6Address(packet[8:24]))
+            xid = struct.unpack("!I", request[:4])[0] & 0xFFFFFF
+            cid = dict(wire6.decode_options(request[4:])).get(wire6.CLIENTID, b"")
+            sid = wire6.option(wire6.SERVERID, b"\x00\x02rogue")
+            ident = [wire6.option(wire6.CLIENTID, cid), sid]
+            garbage = [request[:3], wire6.message(wire6.ADVERTISE, xid, [wire6.option(wire6.CLIENTID, cid)]),
+                       wire6.message(wire6.ADVERTISE, xid, ident + [wire6.option(wire6.IA_NA, b"\x00\x01")]),
+                       wire6.message(wire6.ADVERTISE, xid, ident + [wire6.option(wire6.STATUS_CODE, b"\x00\x02")]),
+                       wire6.message(wire6.REPLY, xid, ident + [wire6.ia_na(0, ["2001:db8:88::66"])]),
+                       wire6.message(wire6.ADVERTISE, xid, ident)[:-2],
+                       wire6.message(wire6.REPLY, xid, ident + [wire6.option(wire6.STATUS_CODE, b"\x00\x03")])]
+            to = (source, 546, 0, self.ifindex)
+        for data in garbage:
+            self.out.sendto(data, to)
+            self.sent += 1
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        self.sniff.close()
+        self.out.close()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_malformed_answers_beside_the_real_server_are_ignored(kea4, kea6, lan, pod, family):
+    server = kea4() if family == 4 else kea6()
+    p = pod()
+    rogue = Rogue(lan, family)
+    try:
+        lease = client.acquire(p.fd, p.ifname, family, p.identity(), Options(), HANG)
+        p.configure(lease)
+        renewed = drive(Exchange(p.fd, lease, "renew", Options(), time.monotonic()))
+    finally:
+        rogue.close()
+    assert rogue.sent > 0
+    assert lease.address in server.leased() and lease.server_id != "10.88.0.66"
+    assert renewed is not None and renewed.address == lease.address
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_a_strangers_refusal_of_a_renew_is_ignored(kea4, kea6, lan, pod, family):
+    """A renew is for the server that granted the lease: with that server gone, another's NAK (v6: a
+    NoBinding Reply) is not the end of the lease; the renew just goes unanswered until T2."""
+    import dataclasses
+    server = kea4() if family == 4 else kea6()
+    p = pod()
+    lease = client.acquire(p.fd, p.ifname, family, p.identity(), Options(), HANG)
+    p.configure(lease)
+    server.kill()
+    soon = dataclasses.replace(lease, t1=0, t2=int(time.time() - lease.bound_at) + 2)   # renew gives up in ~2 s
+    rogue = Rogue(lan, family)
+    try:
+        assert drive(Exchange(p.fd, soon, "renew", Options(), time.monotonic())) is None
+    finally:
+        rogue.close()
+    assert rogue.sent > 0
