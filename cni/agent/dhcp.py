@@ -133,9 +133,16 @@ class Renewer:
     def reported_held(self, pid, name):
         self.load(name, time.monotonic())
 
-    def reported_forgotten(self, pid, name):
+    def reported_forgotten(self, pid, name, sent="1"):
+        """DEL or GC forgot it; a release their worker could not send (the netns path gone) we send from
+        the netns we hold."""
+        held = self.held.get(name)
+        if sent == "0" and held is not None:
+            log(f"dhcp: released {held.lease.address} of {who(held.lease)}: its DEL found the netns gone")
+            self.release(held, held.lease)
+        else:
+            self.metrics.dhcp["releases"] += 1
         self.drop(name)
-        self.metrics.dhcp["releases"] += 1
 
     # -- the service -------------------------------------------------------------
 

@@ -283,12 +283,13 @@ def undo_add(dir_fd, pod_fd, nl, link, leases, written, brought_up):
 
 
 def release_quietly(pod_fd, lease):
-    """DHCPRELEASE, best effort: a server that never hears it lets the lease expire."""
+    """DHCPRELEASE, best effort (a server that never hears it lets the lease expire); whether it was sent."""
     from ipam.dhcp import client
     try:
         client.release(pod_fd, lease)
+        return True
     except (client.DhcpError, OSError):
-        pass
+        return False
 
 
 def add_result(leases):
@@ -334,21 +335,23 @@ def attachment_records(dir_fd, request):
 
 
 def forget(dir_fd, report, name, lease):
-    """Remove the record (under the lock: a renewal in flight cannot write it back), then release."""
+    """Remove the record (under the lock: a renewal in flight cannot write it back), release, and tell
+    the agent whether the release was sent: when the pod netns path is gone already (the runtime removed
+    it before DEL), the agent, which holds the netns while it keeps the lease, sends it from there."""
     from ipam.dhcp import records
     with records.locked(dir_fd):
         records.remove(dir_fd, name)
-    report(f"F {os.getpid()} {name}")
-    pod_fd = None
+    sent = False
     try:
         pod_fd = netns.open_netns(lease.netns)
     except netns.NetnsError:
-        pass   # the pod is gone, and its interface with it: the server lets the lease expire
+        pod_fd = None
     if pod_fd is not None:
         try:
-            release_quietly(pod_fd, lease)
+            sent = release_quietly(pod_fd, lease)
         finally:
             os.close(pod_fd)
+    report(f"F {os.getpid()} {name} {int(sent)}")
 
 
 def cmd_del(request):

@@ -39,13 +39,14 @@ def free_port():
 
 
 class DhcpAgent:
-    """underlayd for one test: its own socket and dhcp dir, healing every second, /metrics on a port."""
+    """underlayd for one test: its own socket and dhcp dir, healing every second (or `heal_every`), /metrics
+    on a port."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, heal_every=1):
         self.dhcp_dir = str(tmp_path / "dhcp")
         self.port = free_port()
-        self.agent = Agent("--dhcp-dir", self.dhcp_dir, "--heal-every", "1", "--metrics", f"127.0.0.1:{self.port}",
-                           directory=str(tmp_path / "run"))
+        self.agent = Agent("--dhcp-dir", self.dhcp_dir, "--heal-every", str(heal_every),
+                           "--metrics", f"127.0.0.1:{self.port}", directory=str(tmp_path / "run"))
 
     def records(self):
         try:
@@ -73,13 +74,28 @@ class DhcpAgent:
         return self.agent.log()
 
 
+def serving(agent, monkeypatch, request):
+    """The test's plugins hand off to `agent`, through the built thin client."""
+    monkeypatch.setattr(plugins, "AGENT_SOCKET", agent.agent.socket)
+    monkeypatch.setattr(plugins, "BIN_DIR", built_bin_dir(request))
+    return agent
+
+
 @pytest.fixture
 def dhcp_agent(tmp_path, monkeypatch, request):
     agent = DhcpAgent(tmp_path)
-    monkeypatch.setattr(plugins, "AGENT_SOCKET", agent.agent.socket)
-    monkeypatch.setattr(plugins, "BIN_DIR", built_bin_dir(request))
     try:
-        yield agent
+        yield serving(agent, monkeypatch, request)
+    finally:
+        agent.agent.close()
+
+
+@pytest.fixture
+def unhealing_agent(tmp_path, monkeypatch, request):
+    """One that heals only at start: what the agent does on a report is seen alone."""
+    agent = DhcpAgent(tmp_path, heal_every=0)
+    try:
+        yield serving(agent, monkeypatch, request)
     finally:
         agent.agent.close()
 
@@ -282,6 +298,21 @@ def test_a_pod_netns_deleted_without_del_has_its_lease_released_by_healing(lan, 
     wait_for(lambda: address not in server.leased(), timeout=30, what="healing's DHCPRELEASE seen by the server")
     wait_for(lambda: dhcp_agent.records() == {}, what="the record forgotten")
     assert "healing: released" in dhcp_agent.log()
+
+
+def test_del_after_the_runtime_removed_the_netns_still_releases(lan, kea4, unhealing_agent, pod_ns):
+    """The netns path is gone when DEL comes: its worker cannot send the release, the agent (which holds
+    the netns while it keeps the lease, and heals only at start here) sends it from there."""
+    server = kea4(valid_lifetime=600)
+    pod = pod_ns()
+    config = conf(lan.master)
+    address = address_of(add(lan, config, pod))
+    wait_for(lambda: unhealing_agent.metric("underlay_dhcp_leases") == 1, what="the agent holding the lease")
+    nsutil.del_netns(pod)
+    delete(lan, config, pod)
+    wait_for(lambda: address not in server.leased(), what="the release seen by the server")
+    assert unhealing_agent.records() == {}
+    assert "its DEL found the netns gone" in unhealing_agent.log()
 
 
 def test_gc_releases_the_leases_of_attachments_not_listed(lan, kea4, dhcp_agent, pod_ns):
