@@ -157,7 +157,7 @@ def served():
 
 
 def records_dir():
-    """(dir fd, report, owned) for DEL, CHECK and GC: the agent's, else the default dir when it
+    """(dir fd, report, owned) for DEL and GC: the agent's, else the default dir when it
     exists (without the agent, DEL still releases and forgets what it can); None: no records."""
     if AGENT is not None:
         return AGENT[0], AGENT[1], False
