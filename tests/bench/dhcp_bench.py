@@ -122,7 +122,8 @@ def side_by_side(bench, ns, lan, n, workdir, figures):
                     if e.code != 0 and rows[verb].failures[impl] <= 2:
                         print(f"    {impl} {verb} failed: {(e.stdout or e.stderr).decode(errors='replace')[:300]}")
                 ns.drop(pod)
-        print(f"{'operation':<40} {'ours (agent)':>12} {'p90':>7} {'Go+daemon':>10} {'p90':>7} {'ours/Go':>8}  failures")
+        print(f"{'operation':<40} {'ours (agent)':>12} {'p90':>7} {'Go+daemon':>10} {'p90':>7} {'ours/Go':>8}"
+              "  failures")
         for row in rows.values():
             fails = ", ".join(f"{k} {v}" for k, v in row.failures.items() if v)
             print(f"{row.label:<40} {row.median('agent'):>12.2f} {row.p90('agent'):>7.2f} {row.median('go'):>10.2f}"
