@@ -248,6 +248,19 @@ def test_renewed_at_t1_and_after_kill_9_of_the_agent_without_a_new_discover(lan,
     wait_for(lambda: address not in server.leased(), what="the release")
 
 
+def test_a_dhcpv6_lease_is_renewed_at_t1(lan, kea6, dhcp_agent, pod_ns):
+    server = kea6(valid_lifetime=20, renew_timer=3, rebind_timer=15)
+    pod = pod_ns()
+    config = conf(lan.master, families=["ipv6"])
+    address = address_of(add(lan, config, pod), 6)
+    first = expiry_of(server, address)
+    wait_for(lambda: (expiry_of(server, address) or 0) > first, timeout=30, what="a DHCPv6 renewal at T1")
+    assert dhcp_agent.metric("underlay_dhcp_renewals_total") >= 1
+    assert f"{address}/64" in nsutil.addrs(pod, "net1")
+    delete(lan, config, pod)
+    wait_for(lambda: address not in server.leased(), what="the release")
+
+
 def test_server_gone_the_address_expires_and_comes_back_with_the_server(lan, kea4, dhcp_agent, pod_ns):
     server = kea4(valid_lifetime=8, renew_timer=2, rebind_timer=5)
     pod = pod_ns()
