@@ -389,9 +389,9 @@ def test_no_server_answering_is_code_11_and_leaves_nothing(lan, dhcp_agent, pod_
 @pytest.mark.kernel("ipvlan")
 def test_ipvlan_children_sharing_the_parents_mac_get_leases_of_their_own(lan, dnsmasq, dhcp_agent, pod_ns):
     """ipvlan children share their parent's MAC: the server tells them apart by the client identifier,
-    derived from each attachment. dnsmasq answers a broadcast-flagged request with an Ethernet broadcast,
-    which ipvlan hands to every child (Kea's raw socket sends it to the client's MAC: ipvlan then looks up
-    the IP destination, 255.255.255.255, finds no child and gives it to the parent)."""
+    derived from each attachment. The replies must be Ethernet broadcasts, which ipvlan hands to every
+    child (README "DHCP": Kea on raw sockets sends them to the client's MAC; ipvlan then looks up the IP
+    destination, 255.255.255.255, finds no child and gives the frame to the parent)."""
     server = dnsmasq()
     config = dict(conf(lan.master), type="ipvlan", mode="l2")
     pods = [pod_ns(), pod_ns()]
