@@ -58,6 +58,7 @@ EXECUTABLES = {e.name: e for e in (
     Executable("cluster-access", "cni.plugins.cluster_access", "main", "cluster-access", "CNI cluster-access plugin"),
     Executable("host-local", "ipam.host_local", "ipam", "host-local", "CNI host-local IPAM plugin"),
     Executable("cluster-ipam", "ipam.cluster", "ipam", "cluster-ipam", "CNI cluster-ipam IPAM plugin"),
+    Executable("dhcp", "ipam.dhcp.plugin", "ipam", "dhcp", "CNI dhcp IPAM plugin"),
     Executable("underlayd", "cni.agent", "agent", None, "underlay's node agent"),
     Executable("underlay", "cni.operator", "tool", None, "underlay's operator command"),
 )}

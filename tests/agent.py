@@ -52,6 +52,8 @@ class Agent:
             self.args += ["--config-dir", self.directory.rstrip("/") + ".no-configs"]
         if "--data-dir" not in self.args:   # nor the host's host-local stores (healed, and read by /metrics)
             self.args += ["--data-dir", self.directory.rstrip("/") + ".no-host-local"]
+        if "--dhcp-dir" not in self.args:   # nor the host's dhcp lease records
+            self.args += ["--dhcp-dir", self.directory.rstrip("/") + ".dhcp"]
         if "--cluster-data-dir" not in self.args:   # nor the networks the host's cluster-ipam recorded
             self.args += ["--cluster-data-dir", self.directory.rstrip("/") + ".no-cluster-ipam"]
         self.command = command or agent_argv()
@@ -135,6 +137,7 @@ class Agent:
         self.stop()
         if self.own_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
+            shutil.rmtree(self.directory.rstrip("/") + ".dhcp", ignore_errors=True)
             try:
                 os.unlink(self.log_path)
             except FileNotFoundError:

@@ -2,6 +2,7 @@
 
     underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PATH] [--workers N] [--spares N] [--queue N]
               [--data-dir DIR]... [--heal-every SECONDS] [--config-dir DIR] [--cluster-data-dir DIR]...
+              [--dhcp-dir DIR]
 
 Every exec of a plugin pays for a fresh interpreter and its imports (~30 ms
 before any work). underlayd imports every plugin once and keeps forked spare
@@ -37,8 +38,8 @@ and waits for the invocations in flight.
 
 The agent's own process is a list of services walked by one loop
 (cni/agent/service.py): the server's workers and the heartbeat
-(cni/agent/server.py), healing (healing.py), scrapes and the textfile
-(metrics.py), each saying which fds it waits on and when it is next due.
+(cni/agent/server.py), healing (healing.py), the DHCP renewer (dhcp.py),
+scrapes and the textfile (metrics.py), each saying which fds it waits on and when it is next due.
 options.py reads the command line, preload.py warms up, worker.py is one
 invocation served; pools.py and networks.py read what the metrics report.
 """
@@ -48,7 +49,7 @@ import os
 import signal
 import sys
 
-from cni.agent import healing, metrics, options as command_line, preload, server, service
+from cni.agent import dhcp, healing, metrics, options as command_line, preload, server, service
 from cni.agent.service import log
 
 
@@ -69,6 +70,8 @@ class Agent:
         counters.listen(reports)
         self.server = server.Server(options, children, reports, counters)
         self.server.bind()
+        renewer = dhcp.Renewer(options, children, reports, counters)   # opens --dhcp-dir before any fork
+        renewer.serve_workers(reports.report)
         children.catch_signals()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.stop)
@@ -77,7 +80,7 @@ class Agent:
             return counters.render(len(self.server.busy), len(self.server.idle), options)
 
         self.services = [children, reports, self.server, server.Heartbeat(options.socket),
-                         healing.Healing(options, children, reports.report, counters)]
+                         healing.Healing(options, children, reports.report, counters), renewer]
         if http is not None:
             self.services.append(metrics.Scrapes(http, page, options))
         if options.textfile:

@@ -25,6 +25,8 @@ class Metrics:
         self.abandoned = 0     # callers that gave up before sending (nothing done)
         self.healed = {}       # network -> addresses released by healing
         self.heal_runs = 0
+        self.dhcp = {"renewals": 0, "rebinds": 0, "reacquired": 0, "expiries": 0, "releases": 0}
+        self.dhcp_held = lambda: 0   # the renewer's count of the leases it keeps
 
     def listen(self, reports):
         """Count what the children report: an invocation served (logged too), a refused peer, a caller
@@ -91,6 +93,16 @@ class Metrics:
             out.append(f'underlay_heal_releases_total{{network="{pools.label(network)}"}} {count}\n')
         family("underlay_heal_runs_total", "counter", "healing runs started")
         out.append(f"underlay_heal_runs_total {self.heal_runs}\n")
+        family("underlay_dhcp_leases", "gauge", "DHCP leases the agent keeps renewed (the dhcp IPAM's)")
+        out.append(f"underlay_dhcp_leases {self.dhcp_held()}\n")
+        for key, text in (("renewals", "DHCP leases renewed at T1 (unicast to their server)"),
+                          ("rebinds", "DHCP leases rebound after T2 (broadcast to any server)"),
+                          ("expiries", "DHCP leases that expired unrenewed (or were refused): their address was "
+                                       "removed from the pod"),
+                          ("reacquired", "expired DHCP leases granted again: their address put back"),
+                          ("releases", "DHCP leases released and forgotten (DEL, GC, healing)")):
+            family(f"underlay_dhcp_{key}_total", "counter", text)
+            out.append(f"underlay_dhcp_{key}_total {self.dhcp[key]}\n")
         family("underlay_agent_workers", "gauge", "worker processes: busy serving, or idle spares")
         out.append(f'underlay_agent_workers{{state="busy"}} {busy}\nunderlay_agent_workers{{state="idle"}} {idle}\n')
         family("underlay_agent_workers_limit", "gauge", "invocations served at once (--workers)")

@@ -2,6 +2,7 @@
 
 from cni import handoff
 from ipam import cluster as cluster_ipam, host_local
+from ipam.dhcp import plugin as dhcp
 
 DEFAULT_WORKERS = 8
 DEFAULT_SPARES = 2
@@ -10,6 +11,7 @@ DEFAULT_HEAL_EVERY = 300  # seconds between healing runs (and one at start)
 DEFAULT_DATA_DIR = host_local.DEFAULT_DATA_DIR   # host-local's default dataDir
 DEFAULT_CONFIG_DIR = "/etc/cni/net.d"        # the runtime's conflists: the pools' ranges, cluster-ipam's networks
 DEFAULT_CLUSTER_DATA_DIR = cluster_ipam.DEFAULT_DATA_DIR   # cluster-ipam's default dataDir: its networks' records
+DEFAULT_DHCP_DIR = dhcp.DEFAULT_DIR   # the dhcp IPAM's lease records (the renewer's)
 
 
 class Options:
@@ -24,6 +26,7 @@ class Options:
         self.heal_every = DEFAULT_HEAL_EVERY
         self.config_dir = DEFAULT_CONFIG_DIR
         self.cluster_data_dirs = []
+        self.dhcp_dir = DEFAULT_DHCP_DIR
         self.named_dirs = []   # (flag, path) of each directory named on the command line
         args = list(argv)
         while args:
@@ -32,7 +35,7 @@ class Options:
             if name in ("-h", "--help"):
                 raise Usage(None)
             if name not in ("--socket", "--metrics", "--textfile", "--workers", "--spares", "--queue",
-                            "--data-dir", "--heal-every", "--config-dir", "--cluster-data-dir"):
+                            "--data-dir", "--heal-every", "--config-dir", "--cluster-data-dir", "--dhcp-dir"):
                 raise Usage(f"unknown option {flag!r}")
             if not eq:
                 if not args:
@@ -52,6 +55,10 @@ class Options:
                     raise Usage(f"{name}: must be an absolute path")
                 (self.data_dirs if name == "--data-dir" else self.cluster_data_dirs).append(value)
                 self.named_dirs.append((name, value))
+            elif name == "--dhcp-dir":
+                if not value.startswith("/"):
+                    raise Usage("--dhcp-dir: must be an absolute path")
+                self.dhcp_dir = value
             elif name == "--config-dir":
                 if not value.startswith("/"):
                     raise Usage("--config-dir: must be an absolute path")
@@ -88,7 +95,7 @@ NAMED_DIRS = {
 
 USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PATH] [--workers N] [--spares N]"
          " [--queue N] [--data-dir DIR]... [--heal-every SECONDS] [--config-dir DIR]"
-         " [--cluster-data-dir DIR]...\n"
+         " [--cluster-data-dir DIR]... [--dhcp-dir DIR]\n"
          f"  --socket   the agent's socket (default {handoff.DEFAULT_SOCKET}; plugins read $UNDERLAY_SOCKET)\n"
          f"  --workers  invocations served at once (default {DEFAULT_WORKERS}); more wait in the queue\n"
          f"  --spares   workers forked ahead of requests (default {DEFAULT_SPARES})\n"
@@ -101,4 +108,6 @@ USAGE = ("usage: underlayd [--socket PATH] [--metrics HOST:PORT] [--textfile PAT
          f"             networks are healed (default {DEFAULT_CONFIG_DIR})\n"
          "  --cluster-data-dir  cluster-ipam dataDir whose recorded networks (a NetworkAttachmentDefinition's,\n"
          "             which no config file names) are healed and reported too (repeatable; default\n"
-         f"             {DEFAULT_CLUSTER_DATA_DIR}; the dataDirs of --config-dir's cluster-ipam configs always)\n")
+         f"             {DEFAULT_CLUSTER_DATA_DIR}; the dataDirs of --config-dir's cluster-ipam configs always)\n"
+         f"  --dhcp-dir the dhcp IPAM's lease records, renewed by the agent (default {DEFAULT_DHCP_DIR};\n"
+         "             created 0700 when missing)\n")

@@ -67,6 +67,8 @@ class Children:
         self.wake_r, self.wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.exits = {}        # pid -> on_exit(pid, status)
         self.withheld = []     # what a background child must not hold: the agent's listening socket
+        self.agent_only = []   # functions giving fds no child may hold (the renewer's pod netns: a child's
+                               # copy would keep a deleted netns alive)
 
     def catch_signals(self):
         """Every signal writes to the wakeup pipe: SIGCHLD wakes the loop to reap, SIGTERM to stop."""
@@ -85,6 +87,9 @@ class Children:
                 signal.signal(signal.SIGINT, sigint)
                 for fd in self.withheld if close is None else close:
                     os.close(fd)
+                for fds in self.agent_only:
+                    for fd in fds():
+                        os.close(fd)
                 work()
                 os._exit(0)
             finally:

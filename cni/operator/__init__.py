@@ -18,7 +18,7 @@ from cni.contract import OLD_VALID_ATTACHMENTS, VALID_ATTACHMENTS
 from cni.errors import CniError
 from cni import config_files as configs
 from cni.config_files import CONFIG_SUFFIXES, DEFAULT_CONFIG_DIR  # noqa: F401 (re-exported)
-from cni.operator import cluster, output
+from cni.operator import cluster, dhcp, output
 from ipam import host_local_reader as hostlocal
 from ipam.host_local_reader import StoreProblem
 from cni.operator.output import UsageError
@@ -43,6 +43,7 @@ commands:
   validate   check network configs, conflists and NetworkAttachmentDefinition YAML
   gc         what host-local's GC would release for a valid list, and why (--dry-run)
   cluster    cluster-ipam's store in etcd: leases, who-has, pools, release-conflict, release-node
+  dhcp       the dhcp IPAM's leases underlayd keeps renewed (its --dhcp-dir)
 
 In the built bundle, `underlay PLUGIN` (macvlan, ipvlan, host-local) runs that
 plugin, as a runtime would, for debugging by hand.
@@ -147,6 +148,8 @@ def parser():
                         "(or cni.dev/attachments), or a list of {containerID, ifname}")
     p.add_argument("--all", action="store_true", help="also list the leases GC keeps")
     p.set_defaults(run=cmd_gc)
+
+    dhcp.add_parser(sub, common)
 
     p = cluster.add_parsers(sub, common)
     p.set_defaults(run=lambda args: usage_error(p, "name a cluster subcommand"))

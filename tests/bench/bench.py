@@ -34,6 +34,10 @@ Sections:
   cluster   cluster-ipam (tests/bench/cluster_bench.py): whole-exec ADD vs
             host-local, 1 000 pods over 10 simulated nodes on 3 etcd members;
             not in the default set (it starts etcd): --sections cluster
+  dhcp      macvlan + our dhcp through underlayd vs Go macvlan + the reference
+            dhcp and its daemon, one Kea4 server for both (tests/bench/dhcp_bench.py);
+            then --dhcp-leases pods on one agent: renewals on schedule, its memory;
+            not in the default set (it starts Kea): --sections dhcp
 Peak RSS per exec comes from GNU time (`/usr/bin/time -f %M`) on extra,
 untimed runs: wait4() on a child forked from this Python process would report
 this process's own RSS (the child holds it until exec).
@@ -467,10 +471,11 @@ def print_agent_series(series):
 class AgentProcess:
     """dist/bin/underlayd on a socket of its own; its memory with its workers."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, *args):
         self.socket = os.path.join(workdir, "run", "underlay.sock")
         self.log = open(os.path.join(workdir, "underlayd.log"), "wb")
-        self.proc = subprocess.Popen([plugin("ours", "underlayd"), "--socket", self.socket],
+        args = args or ("--dhcp-dir", os.path.join(workdir, "dhcp"))   # never the node's records
+        self.proc = subprocess.Popen([plugin("ours", "underlayd"), "--socket", self.socket, *args],
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket):
@@ -776,6 +781,7 @@ def main():
     parser.add_argument("--leases", default=",".join(map(str, LEASE_COUNTS)))
     parser.add_argument("--parallel", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the parallel host-local section")
+    parser.add_argument("--dhcp-leases", type=int, default=200, help="leases one agent renews (dhcp; 0: none)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     sections = args.sections.split(",")
@@ -799,7 +805,7 @@ def main():
             if not os.access(plugin(impl, name), os.X_OK):
                 sys.exit(f"bench: {plugin(impl, name)} is missing "
                          f"({'make build' if impl == 'ours' else 'apt-get install containernetworking-plugins'})")
-    served = {"agent", "cluster-access", "detection"}
+    served = {"agent", "cluster-access", "detection", "dhcp"}
     if served & set(sections) and not os.access(plugin("ours", "underlayd"), os.X_OK):
         sys.exit(f"bench: {plugin('ours', 'underlayd')} is missing (make build)")
     if ({"macvlan"} | served) & set(sections) and os.geteuid() != 0:
@@ -826,6 +832,10 @@ def main():
             bench_cluster_access(args.iterations, workdir, figures)
         if "detection" in sections:
             bench_detection(args.iterations, workdir, figures)
+        if "dhcp" in sections:
+            import dhcp_bench                  # beside this script
+            print("\nmacvlan + dhcp: ours through underlayd, Go + the reference dhcp daemon, one Kea4, in one loop")
+            dhcp_bench.run(sys.modules[__name__], args.iterations, args.dhcp_leases, workdir, figures)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.json:

@@ -298,7 +298,7 @@ def test_prefixed_and_direct_names_run_the_same_plugin(bundle, tmp_path):
 
     os.symlink(bundle.exe, tmp_path / "bridge")
     proc = bundle.run(None, {"CNI_COMMAND": "VERSION"}, argv=[str(tmp_path / "bridge")])
-    assert proc.returncode == 2 and b"call me as one of macvlan, ipvlan, cluster-access, host-local, cluster-ipam" in proc.stderr
+    assert proc.returncode == 2 and b"call me as one of macvlan, ipvlan, cluster-access, host-local, cluster-ipam, dhcp" in proc.stderr
 
 
 # -- no Python on the node --------------------------------------------------------------

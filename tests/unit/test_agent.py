@@ -48,6 +48,7 @@ def test_reports_are_counted_and_split_across_reads():
     (["--metrics", "9377"], "HOST:PORT"), (["--textfile", "/x.txt"], ".prom"), (["--heal-every", "-1"], "seconds"),
     (["--data-dir", "rel"], "absolute"), (["--queue"], "needs a value"), (["--nope"], "unknown option"),
     (["--cluster-data-dir", "rel"], "--cluster-data-dir: must be an absolute"),
+    (["--dhcp-dir", "rel"], "--dhcp-dir: must be an absolute"), (["--dhcp-dir"], "needs a value"),
 ])
 def test_bad_options_are_refused_naming_them(args, fragment):
     with pytest.raises(options.Usage, match=fragment):
@@ -62,6 +63,7 @@ def test_options_defaults_and_forms():
     assert o.cluster_data_dirs == [cluster.DEFAULT_DATA_DIR]   # cluster-ipam's own default, where ADD records
     o = options.Options(["--cluster-data-dir", "/a", "--cluster-data-dir=/b", "--data-dir", "/c"])
     assert o.cluster_data_dirs == ["/a", "/b"] and o.data_dirs == ["/c"]
+    assert o.dhcp_dir == "/var/lib/cni/dhcp" and options.Options(["--dhcp-dir=/d"]).dhcp_dir == "/d"
 
 
 @pytest.mark.parametrize("traceparent, expected", [

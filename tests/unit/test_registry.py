@@ -22,7 +22,7 @@ def test_a_record_is_a_read_only_tuple_with_names():
 def test_every_name_is_its_records_name_and_every_role_known():
     for name, e in registry.EXECUTABLES.items():
         assert e.name == name and e.role in ("main", "ipam", "agent", "tool")
-    assert registry.cni_plugins() == ["macvlan", "ipvlan", "cluster-access", "host-local", "cluster-ipam"]
+    assert registry.cni_plugins() == ["macvlan", "ipvlan", "cluster-access", "host-local", "cluster-ipam", "dhcp"]
 
 
 @pytest.mark.parametrize("plugin", CNI_PLUGINS, ids=lambda e: e.name)
@@ -64,7 +64,8 @@ def test_the_agent_and_the_tool_run_through_main(executable):
 def test_in_process_ipam_is_our_ipam_record_prefixed_or_not():
     assert registry.in_process_ipam("host-local") is registry.EXECUTABLES["host-local"]
     assert registry.in_process_ipam("underlay-cluster-ipam") is registry.EXECUTABLES["cluster-ipam"]
-    assert registry.in_process_ipam("macvlan") is None and registry.in_process_ipam("dhcp") is None
+    assert registry.in_process_ipam("dhcp") is registry.EXECUTABLES["dhcp"]
+    assert registry.in_process_ipam("macvlan") is None and registry.in_process_ipam("static") is None
     assert registry.in_process_ipam(None) is None
 
 

@@ -155,6 +155,7 @@ def test_agreement_on_mutations(path):
 SCHEMAS = sorted((ROOT / "conf" / "schema").glob("*.json"))
 MINIMAL = {"host-local": {"name": "n", "ipam": {"type": "host-local"}}, "macvlan": {"name": "n"},
            "ipvlan": {"name": "n"}, "cluster-access": {"name": "n"},
+           "dhcp": {"name": "n", "ipam": {"type": "dhcp"}},
            "cluster-ipam": {"name": "n", "ipam": {"type": "cluster-ipam", "etcd": {"endpoints": ["http://e:2379"]}}}}
 # values to try against a rule: the first one it refuses is used
 CANDIDATES = ["relative/path", "a/b", "a b", "x\x01y", "", ".", ".."]
