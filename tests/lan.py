@@ -12,6 +12,7 @@ dnsmasq's lease time cannot be under 2 minutes (it raises anything shorter to 2 
 use Kea, whose lifetimes may be a few seconds.
 """
 
+import contextlib
 import csv
 import json
 import os
@@ -47,11 +48,20 @@ def peer_of(ns, link):
 
 @pytest.fixture
 def lan(host_ns, master):
+    with lan_on(host_ns, master) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def lan_on(host_ns, master):
+    """The LAN behind `master`, a veth in `host_ns` (None: the root netns, for clients whose pods
+    live there: podman, containerd)."""
     name = nsutil.unique("dwl")
     nsutil.add_netns(name)
     try:
         peer = peer_of(host_ns, master)
         nsutil.sh("ip", "link", "set", peer, "netns", name, ns=host_ns)
+        nsutil.sh("ip", "link", "set", peer, "addrgenmode", "eui64", ns=name)   # a root_master's has none
         for key in ("accept_dad", "dad_transmits"):
             nsutil.sh("sysctl", "-qw", f"net.ipv6.conf.{peer}.{key}=0", ns=name)
         nsutil.sh("ip", "addr", "add", f"{SERVER4}/24", "dev", peer, ns=name)

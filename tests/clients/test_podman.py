@@ -29,6 +29,7 @@ import pytest
 from tests import netns as nsutil
 from tests.clients import cleanup, libcni
 from tests.clients.conftest import require
+from tests.lan import kea4, lan_on, wait_for  # noqa: F401 (kea4: a fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.clients]
 
@@ -235,3 +236,42 @@ def test_a_container_that_exits_is_detached_by_podmans_cleanup(podman, podman_ne
         time.sleep(0.05)
     assert libcni.leases(data_dir, net) == {} and podman_results(net) == [], "podman's cleanup must DEL"
     assert plugin_calls() == [("macvlan", "ADD"), ("macvlan", "DEL")]
+
+
+@pytest.fixture
+def lan(root_master):
+    """tests/lan.py's LAN, behind the root netns master podman's containers need."""
+    with lan_on(None, root_master) as made:
+        yield made
+
+
+@pytest.mark.parametrize("plugin_path", ["agent"], indirect=True)   # the dhcp IPAM is served by underlayd alone
+def test_a_container_gets_its_address_from_the_lans_dhcp_server(podman, root_master, lan, kea4, plugin_calls):
+    """podman's network with our macvlan + dhcp: the container's address is Kea's lease, its name sent
+    as the hostname (podman passes K8S_POD_NAME), and `podman rm` releases the lease at the server."""
+    server = kea4(valid_lifetime=600)
+    name = nsutil.unique("ulnet")
+    ipam = {"type": "dhcp", "provide": [{"option": "host-name", "fromArg": "K8S_POD_NAME"}]}
+    conflist = {"cniVersion": "1.0.0", "name": name,
+                "plugins": [{"type": "macvlan", "master": root_master, "mode": "bridge", "ipam": ipam}]}
+    path = os.path.join(podman.net_dir, f"{name}.conflist")
+    with open(path, "w") as f:
+        json.dump(conflist, f)
+    try:
+        started = podman.start("c1-" + name, name)
+        assert started.returncode == 0, started.stderr
+        address = podman.address("c1-" + name)
+        assert address.endswith("/24"), f"{address}: the server's mask"
+        leased = server.leased()
+        assert address.split("/")[0] in leased, (address, leased)
+        assert leased[address.split("/")[0]].hostname == "c1-" + name, leased
+        removed = podman.run("rm", "--force", "--time", "0", "c1-" + name, check=False)
+        assert removed.returncode == 0, removed.stderr
+        wait_for(lambda: address.split("/")[0] not in server.leased(), what="the release seen by Kea")
+        assert podman_results(name) == []
+        assert {("macvlan", "ADD"), ("macvlan", "DEL")} <= set(plugin_calls())
+    finally:
+        podman.remove_all()
+        os.unlink(path)
+        for entry in podman_results(name):
+            os.unlink(os.path.join(PODMAN_RESULTS, entry))
