@@ -19,6 +19,7 @@ import sys
 import time
 
 from cni import handoff, registry
+from cni.agent import phases
 from cni.agent.service import log
 from cni.net import netns
 
@@ -188,10 +189,12 @@ def serve(conn, report):
         conn.sendall(handoff.READY)
     except OSError:
         os._exit(0)
+    phases.mark("ready sent")
     request = receive(conn)
     if request is None:
         report(f"A {os.getpid()}")
         os._exit(0)   # the caller gave up before sending: nothing was done
+    phases.mark("request received")
     started = time.monotonic()
     conn.settimeout(None)
     try:
@@ -205,7 +208,13 @@ def serve(conn, report):
             pass
         os._exit(0)
     exit_with_caller(conn)
+    phases.mark("context taken on")
+    trace = phases.traced()
+    if trace:
+        phases.install()
+        phases.mark("plugin start")
     code = run_plugin(request.plugin)
+    phases.mark("plugin done")
     cni_code = sys.stdout.cni_code(code) if isinstance(sys.stdout, Recorder) else -1
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -221,10 +230,13 @@ def serve(conn, report):
         conn.sendall(handoff.EXIT + b"%d" % code)
     except OSError:
         pass
+    phases.mark("answer sent")
     verb = "".join(c for c in os.environ.get("CNI_COMMAND", "")[:16] if c.isalnum()) or "-"
     plugin = request.plugin if request.plugin in PLUGINS else "unknown"
     report(f"D {os.getpid()} {plugin} {verb} {code} {cni_code} {time.monotonic() - started:.6f} "
            f"{trace_id(os.environ.get('TRACEPARENT', ''))}")
+    if trace:
+        phases.write(trace, plugin)
     os._exit(0)
 
 
