@@ -26,7 +26,12 @@ Sections:
             agent and its workers); the thin exec against a bare interpreter
   cluster   cluster-ipam (tests/bench/cluster_bench.py): whole-exec ADD vs
             host-local, 1 000 pods over 10 simulated nodes on 3 etcd members;
-            not in the default set (it starts etcd): --sections cluster
+            not in the default set (it starts etcd): --sections cluster; and the
+            etcd round trips and writes of one ADD and DEL per case
+  cluster-agents  the same pods through one underlayd per simulated node
+            (--cluster-pods 1000 --cluster-nodes 10; 10000 over 100 is the larger
+            figure): wall time, duplicates, failures, DELs, etcd's CPU; not in the
+            default set either (it starts etcd): --sections cluster-agents
 Peak RSS per exec comes from GNU time (`/usr/bin/time -f %M`) on extra,
 untimed runs: wait4() on a child forked from this Python process would report
 this process's own RSS (the child holds it until exec).
@@ -671,14 +676,18 @@ def main():
     parser.add_argument("--leases", default=",".join(map(str, LEASE_COUNTS)))
     parser.add_argument("--parallel", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the parallel host-local section")
+    parser.add_argument("--cluster-pods", type=int, default=1000, help="of the cluster sections (default 1000)")
+    parser.add_argument("--cluster-nodes", type=int, default=10, help="of the cluster sections (default 10)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     sections = args.sections.split(",")
-    if "cluster" in sections:
+    if "cluster" in sections or "cluster-agents" in sections:
         import cluster_bench                # beside this script; from dist/bin when built, else from source
         cluster = {}
-        cluster_bench.run(args.iterations, 1000, 10, cluster)
-        sections.remove("cluster")
+        parts = (["exec", "scale", "in-process", "round-trips"] if "cluster" in sections else []) + \
+            (["agents"] if "cluster-agents" in sections else [])
+        cluster_bench.run(args.iterations, args.cluster_pods, args.cluster_nodes, cluster, parts)
+        sections = [s for s in sections if s not in ("cluster", "cluster-agents")]
         if not sections:
             if args.json:
                 with open(args.json, "w") as f:

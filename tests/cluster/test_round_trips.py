@@ -1,0 +1,32 @@
+"""The etcd round trips and writes of one cluster-ipam ADD and DEL per case, counted on the wire
+(tests/cluster/round_trips.py): deterministic counts, not timings. A change that adds a round trip
+or a write to one of them fails here; one that removes some updates EXPECTED (and README's table)."""
+
+from tests.cluster import round_trips
+from tests.cluster.proxy import FaultProxy
+
+# case: (round trips, of which writes)
+EXPECTED = {
+    "ADD, the pool's first address (its config written)": (6, 3),
+    "ADD, an address in a block the node owns": (5, 2),
+    "ADD, a node's first address (a free block claimed)": (5, 2),
+    "ADD, an address borrowed from another node's block": (5, 2),
+    "ADD, a sticky address taken back": (7, 2),
+    "DEL, an address in a block the node owns": (5, 1),
+    "DEL, a borrowed address": (5, 1),
+    "DEL, sticky (the address held for the pod)": (5, 1),
+}
+
+
+def test_round_trips_and_writes_per_operation(cl):
+    with FaultProxy(cl.etcd.endpoints[0]) as proxy:
+        def conf(subnet, node, name, **ipam):
+            return cl.conf(subnet, node=node, name=name, etcd=cl.etcd_conf(endpoints=[proxy.url]), **ipam)
+
+        def run(command, config, cid, pod):
+            return cl.run(command, config, cid, pod=pod).ok
+
+        counts = round_trips.count(proxy, run, conf)
+    print(round_trips.table(counts))
+    assert {case: (row["round_trips"], row["writes"]) for case, row in counts.items()} == EXPECTED, \
+        round_trips.table(counts)
