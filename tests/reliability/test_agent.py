@@ -1109,3 +1109,37 @@ def test_a_worker_dropping_the_request_unread_means_in_process(via, tmp_path):
     assert out.ok, out
     assert oplog(log)[0]["agent"].endswith("dropped the request unread"), oplog(log)
     assert len(leases(tmp_path)) == 1
+
+
+# -- tracing the phases (tests/bench/breakdown.py) -----------------------------------------
+
+
+def test_a_traced_request_gets_its_phases_and_the_next_worker_is_not_traced(agent, via, tmp_path, client):
+    """UNDERLAY_TRACE_PHASES: the worker (and the compiled client) append their marks; the wrappers
+    the traced worker put on die with it, so the next request's worker writes nothing."""
+    via(agent)
+    trace = tmp_path / "phases.jsonl"
+    conf = host_local_conf(tmp_path)
+    assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x", container_id="t1",
+                              extra={"UNDERLAY_TRACE_PHASES": str(trace)}).ok
+    agent.wait_served(1)
+    expected = 2 if client == "compiled" else 1     # cni/handoff.py writes no line of its own
+    wait_for(lambda: trace.exists() and trace.read_text().count("\n") == expected, what="the trace's lines")
+    lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    worker, = [x for x in lines if x["who"] == "worker"]
+    assert [name for name, _ in worker["marks"]] == ["accepted", "ready sent", "request received",
+                                                      "context taken on", "plugin start", "plugin done",
+                                                      "answer sent", "closed"]
+    times = [t for _, t in worker["marks"]]
+    assert times == sorted(times)
+    spans = {span[0] for span in worker["spans"]}
+    assert {"read request (stdin JSON, env)", "config: schema", "fsync", "result"} <= spans, spans
+    if client == "compiled":
+        client_line, = [x for x in lines if x["who"] == "client"]
+        assert [name for name, _ in client_line["marks"]] == ["main", "connected", "stdin read", "ready received",
+                                                              "request sent", "answer received",
+                                                              "connection closed"]
+    before = trace.read_text()
+    assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x", container_id="t2").ok
+    agent.wait_served(2)
+    assert trace.read_text() == before
