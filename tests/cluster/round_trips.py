@@ -47,6 +47,7 @@ def count(proxy, run, conf):
     measured(CASES[2], "ADD", a2, "c3")
     run("ADD", b1, "c4", None)                         # n1 and n3 own the pool's two blocks
     run("ADD", b3, "c8", None)
+    run("DEL", b2, "c-none", None)                     # n2 has served rtb before (its lock file is there)
     measured(CASES[3], "ADD", b2, "c5")
     run("ADD", sticky, "c6", POD)
     run("DEL", sticky, "c6", POD)                      # the address is now held for the pod
