@@ -244,6 +244,8 @@ def main():
                         elif verb == "ADD":
                             prev = json.loads(out)
                         trace = read_trace(trace_path) if impl == "traced" else None
+                        if trace and i == 1 and trace.get("worker", {}).get("imported"):
+                            print(f"  the {verb} worker imported: {' '.join(trace['worker']['imported'])}")
                         if i and code == 0:
                             totals[impl][verb].append((reaped - spawn) * 1000)
                             if trace:
