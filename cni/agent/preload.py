@@ -13,7 +13,7 @@ def preload():
     compile things on first use, so a worker starts with all of it in memory."""
     for name in list(worker.PLUGINS.values()) + \
             ["cni.net.kernel", "subprocess", "traceback", "ipaddress", "json", "ipam.host_local_reader",
-             "ipam.allocator"] + ["cni.schemas." + p.replace("-", "_") for p in worker.PLUGINS]:
+             "ipam.allocator", "cni.results"] + ["cni.schemas." + p.replace("-", "_") for p in worker.PLUGINS]:
         importlib.import_module(name)
     from cni.net import netlink, netns
     with netlink.Netlink() as nl:     # a first round trip: the socket, a request packed, its reply parsed

@@ -90,6 +90,14 @@ def receive(conn):
             os.close(fd)
 
 
+def prepare():
+    """Done by a spare while it waits, off the caller's time, and nothing a request could see: the
+    agent's environment dropped (become() puts the caller's in its place) and one text stream made
+    and thrown away (the first one made in a fresh fork copies the pages it allocates in: ~50 us)."""
+    os.environb.clear()
+    io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+
+
 def become(request):
     """Take on the caller's context, as an exec'd plugin would have it: its mount and network
     namespaces (so dataDir, logFile and pod netns paths name what they name for the caller,

@@ -3,7 +3,7 @@
 exec of the compiled client to its reap; Go's exec broken down the same way where strace can.
 A script, not a test: it prints, asserts nothing.
 
-  make build && sudo .venv/bin/python tests/bench/breakdown.py [--iterations 40] [--strace 8]
+  make build && sudo .venv/bin/python tests/bench/breakdown.py [--iterations 40] [--strace 8] [--base DIR]
 
 It starts dist/bin/underlayd on a socket of its own, makes a "host" netns with a veth parent
 (names pf...), and per iteration a fresh pod netns and the three verbs, for each of:
@@ -13,6 +13,8 @@ It starts dist/bin/underlayd on a socket of its own, makes a "host" netns with a
            round trip, the result) are the worker's
   ours     the same untraced: what tracing costs is the difference
   go       Debian's Go macvlan (+ host-local), exec'd
+and, with --base DIR (another build's dist/bin, e.g. of the commit before a change), "base traced"
+and "base" the same through that build's own underlayd: before and after in one run,
 alternately (who goes first rotates), medians. The phases of ours, in order, add up to the
 exec as the runtime sees it:
   client start           posix_spawn() until the client's main()
@@ -198,10 +200,32 @@ def median(values):
     return statistics.median(values) if values else float("nan")
 
 
+class BaseAgent:
+    """Another build's underlayd (--base DIR) on a socket of its own."""
+
+    def __init__(self, bin_dir, workdir):
+        run = os.path.join(workdir, "base-run")
+        self.socket = os.path.join(run, "underlay.sock")
+        self.log = open(os.path.join(workdir, "base-underlayd.log"), "wb")
+        self.proc = subprocess.Popen([os.path.join(bin_dir, "underlayd"), "--socket", self.socket],
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the base underlayd did not start (see {self.log.name})")
+            time.sleep(0.01)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--strace", type=int, default=8, help="iterations of Go under strace (0: none)")
+    parser.add_argument("--base", help="another build's dist/bin, run alongside (before and after in one run)")
     parser.add_argument("--json", help="also write the medians to this file")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -213,25 +237,32 @@ def main():
     workdir = tempfile.mkdtemp(prefix=f"{bench.PREFIX}-")
     agent = bench.AgentProcess(workdir)
     bench.AGENT_SOCKET = agent.socket
+    base = BaseAgent(os.path.abspath(args.base), workdir) if args.base else None
+    impls = IMPLS + (("base traced", "base") if base else ())
     trace_path = os.path.join(workdir, "phases.jsonl")
-    phases = {impl: {verb: [] for verb in VERBS} for impl in IMPLS}
-    totals = {impl: {verb: [] for verb in VERBS} for impl in IMPLS}
+    phases = {impl: {verb: [] for verb in VERBS} for impl in impls}
+    totals = {impl: {verb: [] for verb in VERBS} for impl in impls}
     go_phases = {verb: [] for verb in VERBS}
-    failures = {impl: 0 for impl in IMPLS}
-    subnets = {"traced": "10.215.0.0/16", "ours": "10.216.0.0/16", "go": "10.217.0.0/16"}
+    failures = {impl: 0 for impl in impls}
+    subnets = {"traced": "10.215.0.0/16", "ours": "10.216.0.0/16", "go": "10.217.0.0/16",
+               "base traced": "10.218.0.0/16", "base": "10.219.0.0/16"}
     try:
         time.sleep(0.5)
         with bench.Namespaces() as ns:
-            confs = {impl: bench.macvlan_conf(impl, ns.master, os.path.join(workdir, f"mv-{impl}"),
-                                              ipaddress.ip_network(subnets[impl])) for impl in IMPLS}
+            confs = {impl: bench.macvlan_conf(impl.replace(" ", "-"), ns.master,
+                                              os.path.join(workdir, f"mv-{impl.replace(' ', '-')}"),
+                                              ipaddress.ip_network(subnets[impl])) for impl in impls}
             for i in range(args.iterations + 1):      # iteration 0 warms caches, not counted
-                for impl in bench.rotate(list(IMPLS), i):
+                for impl in bench.rotate(list(impls), i):
                     pod = ns.pod()
                     env = bench.cni_env("go" if impl == "go" else "agent", "ADD", f"pf-{i}",
                                         netns=f"/run/netns/{pod}")
-                    if impl == "traced":
-                        env["UNDERLAY_TRACE_PHASES"] = trace_path
                     argv = [bench.plugin("go" if impl == "go" else "ours", "macvlan")]
+                    if impl.startswith("base"):
+                        env.update(UNDERLAY_SOCKET=base.socket, CNI_PATH=os.path.abspath(args.base))
+                        argv = [os.path.join(os.path.abspath(args.base), "macvlan")]
+                    if impl.endswith("traced"):
+                        env["UNDERLAY_TRACE_PHASES"] = trace_path
                     conf = confs[impl]
                     prev = None
                     for verb in VERBS:
@@ -243,7 +274,7 @@ def main():
                                 print(f"  {impl} {verb} failed: {out[:300]!r}", flush=True)
                         elif verb == "ADD":
                             prev = json.loads(out)
-                        trace = read_trace(trace_path) if impl == "traced" else None
+                        trace = read_trace(trace_path) if impl.endswith("traced") else None
                         if trace and i == 1 and trace.get("worker", {}).get("imported"):
                             print(f"  the {verb} worker imported: {' '.join(trace['worker']['imported'])}")
                         if i and code == 0:
@@ -266,6 +297,8 @@ def main():
     finally:
         bench.AGENT_SOCKET = None
         agent.stop()
+        if base:
+            base.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     load_after = os.getloadavg()
 
@@ -273,29 +306,34 @@ def main():
     print(f"\none served macvlan + host-local verb, medians of {args.iterations} (ms); load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, {os.cpu_count()} CPUs")
     print(f"{'':<40}" + "".join(f"{verb:>9}" for verb in VERBS))
-    for impl, label in (("ours", "ours, exec to reap (untraced)"), ("go", "Go, exec to reap"),
-                        ("traced", "ours traced, exec to reap")):
+    rows = [("ours", "ours, exec to reap (untraced)"), ("go", "Go, exec to reap"), ("traced", "ours traced, exec to reap")]
+    if base:
+        rows += [("base", "base, exec to reap (untraced)"), ("base traced", "base traced, exec to reap")]
+    for impl, label in rows:
         print(f"{label:<40}" + "".join(f"{median(totals[impl][verb]):>9.2f}" for verb in VERBS))
-    print(f"{'ours/Go (untraced)':<40}" + "".join(
-        f"{median(totals['ours'][verb]) / median(totals['go'][verb]):>8.2f}x" for verb in VERBS))
-    names = []
-    for verb in VERBS:
-        for row in phases["traced"][verb]:
-            names += [name for name in row if name not in names]
-    ordered = [p for p, _, _ in CHAIN if p in names]
-    spans = sorted(n for n in names if n.startswith("  ") and not n.endswith(" #"))
-    print("\nours traced, phase by phase (medians; the phases add up to about the exec's median)")
-    for name in ordered[:ordered.index("plugin") + 1] + spans + ordered[ordered.index("plugin") + 1:]:
-        cells = []
+    for impl in ("ours", "base") if base else ("ours",):
+        print(f"{impl + '/Go (untraced)':<40}" + "".join(
+            f"{median(totals[impl][verb]) / median(totals['go'][verb]):>8.2f}x" for verb in VERBS))
+    for traced in ("traced", "base traced") if base else ("traced",):
+        names = []
         for verb in VERBS:
-            values = [row[name] for row in phases["traced"][verb] if name in row]
-            count = [row.get(name + " #") for row in phases["traced"][verb] if name + " #" in row]
-            cell = f"{median(values):.2f}" if values else "-"
-            cells.append(cell + (f" ({median(count):.0f}x)" if count else ""))
-        print(f"{name:<40}" + "".join(f"{cell:>14}" for cell in cells))
-        report.setdefault("phases", {})[name.strip()] = {
-            verb: median([row[name] for row in phases["traced"][verb] if name in row]) for verb in VERBS}
-    report["totals"] = {impl: {verb: median(totals[impl][verb]) for verb in VERBS} for impl in IMPLS}
+            for row in phases[traced][verb]:
+                names += [name for name in row if name not in names]
+        ordered = [p for p, _, _ in CHAIN if p in names]
+        spans = sorted(n for n in names if n.startswith("  ") and not n.endswith(" #"))
+        print(f"\n{'ours' if traced == 'traced' else 'base'} traced, phase by phase (medians; the phases add up to "
+              "about the exec's median)")
+        for name in ordered[:ordered.index("plugin") + 1] + spans + ordered[ordered.index("plugin") + 1:]:
+            cells = []
+            for verb in VERBS:
+                values = [row[name] for row in phases[traced][verb] if name in row]
+                count = [row.get(name + " #") for row in phases[traced][verb] if name + " #" in row]
+                cell = f"{median(values):.2f}" if values else "-"
+                cells.append(cell + (f" ({median(count):.0f}x)" if count else ""))
+            print(f"{name:<40}" + "".join(f"{cell:>14}" for cell in cells))
+            report.setdefault(f"phases {traced}", {})[name.strip()] = {
+                verb: median([row[name] for row in phases[traced][verb] if name in row]) for verb in VERBS}
+    report["totals"] = {impl: {verb: median(totals[impl][verb]) for verb in VERBS} for impl in impls}
     if args.strace:
         print(f"\nGo under strace -f (slowed; {args.strace} iterations, medians, ms)")
         keys = []
