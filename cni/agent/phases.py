@@ -25,6 +25,7 @@ VARIABLE = "UNDERLAY_TRACE_PHASES"
 marks = []     # (name, monotonic seconds) of this worker
 spans = []     # (name, start, end) inside the plugin, when traced
 preloaded = set()   # sys.modules when the traced plugin started: what it imported itself is the rest
+cpu_start = []      # time.process_time() when the traced plugin started
 
 
 def mark(name):
@@ -80,6 +81,7 @@ class TimedSocket:
 def install():
     """The spans' wrappers, in this (traced) worker only."""
     preloaded.update(sys.modules)
+    cpu_start.append(time.process_time())
     timed(contract, "read_request", "read request (stdin JSON, env)")
     timed(config, "validate", "config: schema")
     timed(dispatch, "load_ipam_config", "config: IPAM's")
@@ -90,6 +92,9 @@ def install():
     timed(netns, "open_netns", "open pod netns")
     timed(netns, "setns", "setns")
     timed(os, "fsync", "fsync")
+    etcd = sys.modules.get("ipam.etcd")
+    if etcd is not None:
+        timed(etcd.Client, "_call", "etcd request")
     init = netlink.Netlink.__init__
 
     def traced_init(nl, *args, **kwargs):
@@ -105,6 +110,7 @@ def write(path, plugin):
     line = json.dumps({"who": "worker", "pid": os.getpid(), "plugin": plugin,
                        "verb": os.environ.get("CNI_COMMAND", ""), "marks": marks,
                        "imported": sorted(set(sys.modules) - preloaded),
+                       "cpu since the plugin started": time.process_time() - cpu_start[0] if cpu_start else None,
                        "spans": [list(span) for span in spans]})
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
