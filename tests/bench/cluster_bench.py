@@ -362,10 +362,14 @@ def main():
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--pods", type=int, default=1000)
     parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--bin", help="another build's dist/bin to run (e.g. the commit before a change)")
     parser.add_argument("--parts", default="exec,scale,in-process,round-trips",
                         help="of exec, scale, in-process, agents (one underlayd per node), round-trips")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if args.bin:
+        global BUNDLE
+        BUNDLE = os.path.abspath(args.bin)
     figures = {"load_average": os.getloadavg()[0], "cpus": os.cpu_count()}
     print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     run(args.iterations, args.pods, args.nodes, figures, args.parts.split(","))
