@@ -2,13 +2,13 @@
 
 A caller whose environment has UNDERLAY_TRACE_PHASES=PATH (an absolute file, in the caller's
 mount namespace) gets one JSON line appended there by its worker once it has answered: the
-worker's own marks (accepted, ready sent, request received, context taken on, plugin done,
-answer sent, connection closed) and spans inside the plugin (config, IPAM, fsync, each netlink
+worker's own marks (accepted, ready sent, request received, context taken on, plugin start and done,
+answer sent, closed) and spans inside the plugin (config, IPAM, fsync, each netlink
 round trip, the result), all CLOCK_MONOTONIC seconds, comparable with the compiled client's
 line (cni/handoff.c writes one to the same file) and the bench's own clock.
 
-Without the variable nothing here runs but `mark` (a time.monotonic() into a list, the worker's
-six); the spans' wrappers are put on in the one worker that serves a traced request, after it
+Without the variable nothing here runs but `mark` (a time.monotonic() into a list, seven a
+request); the spans' wrappers are put on in the one worker that serves a traced request, after it
 took on the caller's context, and die with it: the next request's worker never has them.
 """
 
