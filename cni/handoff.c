@@ -288,6 +288,43 @@ static ssize_t wait_for_worker(int sock, const char *path, double timeout, char 
     }
 }
 
+/* UNDERLAY_TRACE_PHASES=/absolute/file (tests/bench/breakdown.py): one JSON line of this client's
+ * CLOCK_MONOTONIC marks appended there at the end (cni/agent/phases.py, the worker's); unset, a mark
+ * is one test of a NULL pointer. */
+static const char *trace_path;
+static const char *trace_names[8];
+static double trace_times[8];
+static int trace_count;
+
+static void trace_mark(const char *name)
+{
+    if (trace_path && trace_count < 8) {
+        trace_names[trace_count] = name;
+        trace_times[trace_count++] = now(CLOCK_MONOTONIC);
+    }
+}
+
+static void trace_write(void)
+{
+    if (!trace_path) {
+        return;
+    }
+    int fd = open(trace_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        return;
+    }
+    char line[1024];
+    int at = snprintf(line, sizeof line, "{\"who\": \"client\", \"pid\": %d, \"marks\": [", (int)getpid());
+    for (int i = 0; i < trace_count; i++) {
+        at += snprintf(line + at, sizeof line - at, "%s[\"%s\", %.9f]", i ? ", " : "", trace_names[i], trace_times[i]);
+    }
+    at += snprintf(line + at, sizeof line - at, "]}\n");
+    if (write(fd, line, at) < 0) {
+        /* a trace is best effort */
+    }
+    close(fd);
+}
+
 /* Append a NUL-terminated field to the payload. */
 static void put(char **buf, size_t *len, size_t *room, const void *data, size_t size)
 {
@@ -397,6 +434,11 @@ static const char *printable(const char *data, size_t size)
 
 int main(int argc, char **argv)
 {
+    trace_path = getenv("UNDERLAY_TRACE_PHASES");
+    if (trace_path && trace_path[0] != '/') {
+        trace_path = NULL;
+    }
+    trace_mark("main");
     args = argv;
     arg_count = argc;
     called = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
@@ -439,6 +481,7 @@ int main(int argc, char **argv)
         }
         run_in_process("UNDERLAY_HANDOFF_STATUS", "no agent at %s: %s", path, strerror(errno));
     }
+    trace_mark("connected");
     /* only root's agent gets the request (it carries our fds and environment, and we print its answer);
      * anyone else listening there gets nothing, and the plugin runs here */
     struct ucred peer;
@@ -452,8 +495,10 @@ int main(int argc, char **argv)
     }
     /* read while queued: a worker is taken only by a caller ready to send (a runtime writes stdin at once) */
     read_stdin();
+    trace_mark("stdin read");
     char answer[512];
     ssize_t got = wait_for_worker(sock, path, timeout, answer, sizeof answer);
+    trace_mark("ready received");
     if (got < 0 && errno == ETIMEDOUT) {
         busy(path, "silent for over %g s, or %g s in its queue", timeout);
     }
@@ -477,6 +522,7 @@ int main(int argc, char **argv)
         run_in_process("UNDERLAY_HANDOFF_STATUS", "agent at %s: sending the request failed: %s",
                        path, strerror(errno));
     }
+    trace_mark("request sent");
     struct timeval forever = {0, 0};
     setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &forever, sizeof forever);
     /* from here the worker owns the invocation; this process only waits for it */
@@ -493,11 +539,16 @@ int main(int argc, char **argv)
         if (n <= 0) {
             break;
         }
+        if (have == 0) {
+            trace_mark("answer received");
+        }
         have += n;
         if (have == sizeof answer - 1) {
             break;
         }
     }
+    trace_mark("connection closed");
+    trace_write();
     answer[have] = '\0';
     if (have > 1 && answer[0] == 'X' && strspn(answer + 1, "0123456789") == have - 1) {
         return atoi(answer + 1) & 0xff;

@@ -42,6 +42,15 @@ def lock(fd, timeout, what):
         signal.signal(signal.SIGALRM, previous)
 
 
+def try_lock(fd):
+    """flock(fd, LOCK_EX) if nobody holds it: True; False at once if someone does."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
 def holder_pid(fd):
     """The PID holding a flock on fd's file, from /proc/locks; None if unknown."""
     st = os.fstat(fd)

@@ -15,7 +15,7 @@ import stat
 import time
 
 from cni import handoff
-from cni.agent import worker
+from cni.agent import phases, worker
 from cni.agent.service import log
 
 DRAIN_WAIT = 60.0        # SIGTERM: how long invocations in flight may still take
@@ -100,6 +100,7 @@ def bind(path, queue):
 def spare(listener, lifeline, report):
     """A worker forked ahead of requests: waits for a connection, serves it, exits.
     It exits too when the agent is gone (its lifeline pipe closes)."""
+    worker.prepare()
     poller = select.poll()
     poller.register(listener, select.POLLIN)
     poller.register(lifeline, select.POLLIN)
@@ -111,6 +112,7 @@ def spare(listener, lifeline, report):
             conn, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             continue   # another spare took it
+        phases.mark("accepted")
         pid, uid = handoff.peer_of(conn)
         if uid != 0:
             log(f"refused a connection from pid {pid} (uid {uid}): only root is served")

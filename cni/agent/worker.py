@@ -19,6 +19,7 @@ import sys
 import time
 
 from cni import handoff, registry
+from cni.agent import phases
 from cni.agent.service import log
 from cni.net import netns
 
@@ -87,6 +88,14 @@ def receive(conn):
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def prepare():
+    """Done by a spare while it waits, off the caller's time, and nothing a request could see: the
+    agent's environment dropped (become() puts the caller's in its place) and one text stream made
+    and thrown away (the first one made in a fresh fork copies the pages it allocates in: ~50 us)."""
+    os.environb.clear()
+    io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
 
 
 def become(request):
@@ -188,10 +197,12 @@ def serve(conn, report):
         conn.sendall(handoff.READY)
     except OSError:
         os._exit(0)
+    phases.mark("ready sent")
     request = receive(conn)
     if request is None:
         report(f"A {os.getpid()}")
         os._exit(0)   # the caller gave up before sending: nothing was done
+    phases.mark("request received")
     started = time.monotonic()
     conn.settimeout(None)
     try:
@@ -205,7 +216,13 @@ def serve(conn, report):
             pass
         os._exit(0)
     exit_with_caller(conn)
+    phases.mark("context taken on")
+    trace = phases.traced()
+    if trace:
+        phases.install()
+        phases.mark("plugin start")
     code = run_plugin(request.plugin)
+    phases.mark("plugin done")
     cni_code = sys.stdout.cni_code(code) if isinstance(sys.stdout, Recorder) else -1
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -221,8 +238,15 @@ def serve(conn, report):
         conn.sendall(handoff.EXIT + b"%d" % code)
     except OSError:
         pass
+    phases.mark("answer sent")
+    # The caller exits at EOF: closed now, not when this process's exit has unmapped a copy of the
+    # agent (~0.7 ms); everything the request did is done and answered.
+    conn.close()
+    phases.mark("closed")
     verb = "".join(c for c in os.environ.get("CNI_COMMAND", "")[:16] if c.isalnum()) or "-"
     plugin = request.plugin if request.plugin in PLUGINS else "unknown"
+    if trace:
+        phases.write(trace, plugin)   # before the report: once the agent logs it served, the line is there
     report(f"D {os.getpid()} {plugin} {verb} {code} {cni_code} {time.monotonic() - started:.6f} "
            f"{trace_id(os.environ.get('TRACEPARENT', ''))}")
     os._exit(0)

@@ -73,6 +73,7 @@ class EtcdStore(BlockLeases):
         self.sticky_seconds = sticky_seconds
         self.netns = recordable_netns(netns)   # the pod's, recorded in its attachment records (healing)
         self.pools = {}                 # subnet -> {first: Block} as last read
+        self.prefetched = {}            # subnet -> (blocks, config) read with pending_and_done, not yet used
         self.foreign = set()            # (version, value) taken outside any block we read (an overlapping pool)
         self.inflight = None            # the address of a claim etcd may have applied when its answer was lost
         self.reuse_cooldown = reuse_cooldown
@@ -99,16 +100,20 @@ class EtcdStore(BlockLeases):
     def __enter__(self):
         if self.files is not None:
             try:
-                # etcd before the node's lock: with etcd down, every operation of the node says so
-                # within requestTimeout, instead of queueing behind holders that each wait out theirs
-                # and answering "lock held" at lockTimeout.
-                self.reachable()
-                try:
-                    self.files.lock()
-                except CniError as locked:
-                    if locked.code == ERR_TRY_AGAIN:
-                        self.reachable(f"; meanwhile {locked.msg}")   # etcd gone since: the likely cause
-                    raise
+                # etcd before waiting for the node's lock: with etcd down, every operation of the node
+                # says so within requestTimeout, instead of queueing behind holders that each wait out
+                # theirs and answering "lock held" at lockTimeout. A free lock (its file there: a first
+                # operation creates nothing before etcd answered) is taken at once: nobody waits then,
+                # and the operation's own first read says as soon whether etcd answers (one round trip
+                # fewer; whoever comes meanwhile finds it held and asks etcd first).
+                if not self.files.lock(wait=False):
+                    self.reachable()
+                    try:
+                        self.files.lock()
+                    except CniError as locked:
+                        if locked.code == ERR_TRY_AGAIN:
+                            self.reachable(f"; meanwhile {locked.msg}")   # etcd gone since: the likely cause
+                        raise
             except BaseException:
                 self.close()
                 raise
@@ -162,10 +167,16 @@ class EtcdStore(BlockLeases):
         return [kv.key.decode()[len(prefix):] for kv in self.client.range(prefix, keys_only=True)]
 
     def pending_and_done(self, container_id, ifname):
-        """([ip], [ip]) of the attachment: leases of an ADD of this node that never completed, and the rest."""
+        """([ip], [ip]) of the attachment: leases of an ADD of this node that never completed, and the rest.
+        Only an ADD asks, and it reads its pools next: they come in the same read (a read-only
+        transaction: one round trip, one revision), kept for blocks()."""
         prefix = self.k_attachment(container_id, ifname)
+        unread = list({str(g.range.subnet): g for g in self.grids if str(g.range.subnet) not in self.pools}.values())
+        result = self.client.txn([], [etcd.get_prefix(prefix)] + [etcd.get_prefix(self.pool_prefix(g)) for g in unread])
+        for grid, kvs in zip(unread, result.responses[1:]):
+            self.prefetched[str(grid.range.subnet)] = self.parse_pool(grid, kvs)
         pending, done = [], []
-        for kv in self.client.range(prefix):
+        for kv in result.responses[0]:
             try:
                 doc = json.loads(kv.value)
             except ValueError:
@@ -233,16 +244,20 @@ class EtcdStore(BlockLeases):
         """{first: Block} of the grid's pool, read once per operation and kept current by our txns."""
         subnet = str(grid.range.subnet)
         if subnet not in self.pools:
-            found, config = self.read_pool(grid)
+            found, config = self.prefetched.pop(subnet, None) or self.read_pool(grid)
             self.check_pool(grid, config)
             self.pools[subnet] = found
         return self.pools[subnet]
 
     def read_pool(self, grid):
         """({first: Block}, the pool's config value or None) as etcd has them; writes nothing."""
+        return self.parse_pool(grid, self.client.range(self.pool_prefix(grid)))
+
+    def parse_pool(self, grid, kvs):
+        """({first: Block}, config value or None) of the pool's keys as read."""
         prefix = self.pool_prefix(grid)
         found, config = {}, None
-        for kv in self.client.range(prefix):
+        for kv in kvs:
             name = kv.key.decode()[len(prefix):]
             if name == "config":
                 config = kv.value
@@ -471,6 +486,7 @@ class EtcdStore(BlockLeases):
                 succeeded, current = kv is None or kv.value != lease.raw, [kv] if kv is not None else []
             if succeeded:
                 self.pools.pop(str(doc.get("pool")), None)   # re-read when needed again
+                self.prefetched.pop(str(doc.get("pool")), None)
                 return True
             if not current or current[0].value != lease.raw:
                 return False        # released, or re-leased, by someone else meanwhile

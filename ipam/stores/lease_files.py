@@ -138,12 +138,23 @@ class LeaseFiles:
 
     # -- locking ------------------------------------------------------------
 
-    def lock(self):
-        try:
-            self.lock_fd = os.open(LOCK, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600, dir_fd=self.dir_fd)
-        except OSError as e:
-            raise io_error(f"lock file {self.path}/{LOCK}", e) from None
+    def lock(self, wait=True):
+        """Take the store's lock, waiting at most lockTimeout. wait=False: only if the lock file exists
+        and nobody holds it (False otherwise; nothing created)."""
+        if self.lock_fd is None:
+            try:
+                self.lock_fd = os.open(LOCK, os.O_RDWR | (os.O_CREAT if wait else 0) | NOFOLLOW, 0o600,
+                                       dir_fd=self.dir_fd)
+            except FileNotFoundError as e:
+                if not wait:
+                    return False
+                raise io_error(f"lock file {self.path}/{LOCK}", e) from None
+            except OSError as e:
+                raise io_error(f"lock file {self.path}/{LOCK}", e) from None
+        if not wait:
+            return locks.try_lock(self.lock_fd)
         locks.lock(self.lock_fd, self.lock_timeout, f"{self.path}/{LOCK}")
+        return True
 
     def lock_holder(self):
         return locks.holder_pid(self.lock_fd)

@@ -33,7 +33,12 @@ Sections:
             without, alternately in one loop: what each detection costs an ADD
   cluster   cluster-ipam (tests/bench/cluster_bench.py): whole-exec ADD vs
             host-local, 1 000 pods over 10 simulated nodes on 3 etcd members;
-            not in the default set (it starts etcd): --sections cluster
+            not in the default set (it starts etcd): --sections cluster; and the
+            etcd round trips and writes of one ADD and DEL per case
+  cluster-agents  the same pods through one underlayd per simulated node
+            (--cluster-pods 1000 --cluster-nodes 10; 10000 over 100 is the larger
+            figure): wall time, duplicates, failures, DELs, etcd's CPU; not in the
+            default set either (it starts etcd): --sections cluster-agents
   dhcp      macvlan + our dhcp through underlayd vs Go macvlan + the reference
             dhcp and its daemon, one Kea4 server for both (tests/bench/dhcp_bench.py);
             then --dhcp-leases pods on one agent: renewals on schedule, its memory;
@@ -782,14 +787,18 @@ def main():
     parser.add_argument("--parallel", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the parallel host-local section")
     parser.add_argument("--dhcp-leases", type=int, default=200, help="leases one agent renews (dhcp; 0: none)")
+    parser.add_argument("--cluster-pods", type=int, default=1000, help="of the cluster sections (default 1000)")
+    parser.add_argument("--cluster-nodes", type=int, default=10, help="of the cluster sections (default 10)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     sections = args.sections.split(",")
-    if "cluster" in sections:
+    if "cluster" in sections or "cluster-agents" in sections:
         import cluster_bench                # beside this script; from dist/bin when built, else from source
         cluster = {}
-        cluster_bench.run(args.iterations, 1000, 10, cluster)
-        sections.remove("cluster")
+        parts = (["exec", "scale", "in-process", "round-trips"] if "cluster" in sections else []) + \
+            (["agents"] if "cluster-agents" in sections else [])
+        cluster_bench.run(args.iterations, args.cluster_pods, args.cluster_nodes, cluster, parts)
+        sections = [s for s in sections if s not in ("cluster", "cluster-agents")]
         if not sections:
             if args.json:
                 with open(args.json, "w") as f:

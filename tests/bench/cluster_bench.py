@@ -17,6 +17,11 @@
    bounded by it: CPU seconds / cores); then every DEL, in parallel the same
    way, and whether the range is whole again (nothing left in etcd but the
    pool's config).
+4. (--sections cluster-agents, or --agents here) the same pods through one underlayd per simulated
+   node (dist/bin/underlayd on a socket of its own; the node's execs of dist/bin/cluster-ipam hand
+   off to it): wall time, duplicates, failures, every DEL, etcd's CPU.
+5. The etcd round trips and writes of one ADD and one DEL per case (tests/cluster/round_trips.py,
+   counted on the wire by tests/cluster/proxy.py; tests/cluster/test_round_trips.py pins them).
 3. The same 1 000 pods with each node a process running its ADDs in-process
    (tests/cluster/sim_node.py: dispatch.run per ADD, config, client and node
    lock built afresh each time; only the interpreter start-up is saved): what
@@ -52,16 +57,18 @@ def argv_of(name):
     return [sys.executable, "-m", MODULES[name]], "source"
 
 
-def env_of(command, cid, node="bench"):
+def env_of(command, cid, socket=None):
+    """socket: the node's underlayd (None: no agent, the exec does the work)."""
     return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": ROOT, "CNI_COMMAND": command,
             "CNI_CONTAINERID": cid, "CNI_NETNS": "/run/netns/uci-bench-none", "CNI_IFNAME": "eth0",
-            "CNI_PATH": "/nonexistent", "CNI_ARGS": f"K8S_POD_NAMESPACE=bench;K8S_POD_NAME={cid}"}
+            "CNI_PATH": "/nonexistent", "CNI_ARGS": f"K8S_POD_NAMESPACE=bench;K8S_POD_NAME={cid}",
+            "UNDERLAY_SOCKET": socket or "/nonexistent/uci-bench-no-agent.sock"}
 
 
-def exec_once(argv, command, cid, stdin):
+def exec_once(argv, command, cid, stdin, socket=None):
     """(seconds, exit code, stdout) of one exec, as a runtime sees it."""
     start = time.perf_counter()
-    proc = subprocess.run(argv, input=stdin, env=env_of(command, cid), capture_output=True)
+    proc = subprocess.run(argv, input=stdin, env=env_of(command, cid, socket), capture_output=True)
     return time.perf_counter() - start, proc.returncode, proc.stdout
 
 
@@ -115,14 +122,15 @@ def bench_exec(etcd, n, workdir, figures):
     figures["cluster-ipam vs host-local, whole exec"] = dict(row, where=where, n=n, failures=failures)
 
 
-def run_nodes(argv, confs, command, per_node):
-    """Every node a thread exec'ing `command` per pod in turn; (wall seconds, {node: [(cid, s, code, out)]})."""
+def run_nodes(argv, confs, command, per_node, sockets=None):
+    """Every node a thread exec'ing `command` per pod in turn (through its agent, with `sockets`
+    {node: socket}); (wall seconds, {node: [(cid, s, code, out)]})."""
     results = {node: [] for node in confs}
 
     def node_loop(node):
         for k in range(per_node):
             cid = f"{node}-p{k}"
-            seconds, code, out = exec_once(argv, command, cid, confs[node])
+            seconds, code, out = exec_once(argv, command, cid, confs[node], (sockets or {}).get(node))
             results[node].append((cid, seconds, code, out))
 
     threads = [threading.Thread(target=node_loop, args=(node,)) for node in confs]
@@ -151,16 +159,18 @@ def children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def bench_scale(etcd, pods, nodes, workdir, figures):
+def bench_scale(etcd, pods, nodes, workdir, figures, sockets=None):
     argv, where = argv_of("cluster-ipam")
-    subnet, prefix = "10.92.0.0/20", "/uci-bench-scale"
+    subnet, prefix = ("10.94.0.0/16", "/uci-bench-agents") if sockets else ("10.92.0.0/20", "/uci-bench-scale")
+    if sockets:
+        where += ", through one underlayd per node"
     per_node = pods // nodes
     eps = etcd.endpoints
     confs = {f"n{i}": cluster_conf(dict(etcd.config(), endpoints=eps[i % len(eps):] + eps[:i % len(eps)]),
                                    os.path.join(workdir, "scale"), f"n{i}", subnet, prefix)
              for i in range(nodes)}
     etcd_before = etcd_cpu(etcd)
-    wall, results, cpu = run_nodes(argv, confs, "ADD", per_node)
+    wall, results, cpu = run_nodes(argv, confs, "ADD", per_node, sockets)
     etcd_used = etcd_cpu(etcd) - etcd_before
     ips, seconds, failed = [], [], []
     for node, rows in results.items():
@@ -177,7 +187,7 @@ def bench_scale(etcd, pods, nodes, workdir, figures):
                   if "/blocks/" in kv.key.decode()]
     print(f"\n{nodes * per_node} pods (ADD) over {nodes} simulated nodes in parallel, whole exec from {where}, "
           f"etcd: 3 members")
-    print(f"  wall {wall:.1f} s (goal under 60 s), {nodes * per_node / wall:.1f} ADDs/s; per ADD p50 "
+    print(f"  wall {wall:.1f} s, {nodes * per_node / wall:.1f} ADDs/s; per ADD p50 "
           f"{percentile(seconds, 50):.1f} ms, p99 {percentile(seconds, 99):.1f} ms; duplicates {duplicates}; "
           f"failures {len(failed)}; {leased} leases in etcd, {len(blocks)} blocks; the execs used {cpu:.1f} CPU s "
           f"({cpu / (nodes * per_node) * 1000:.0f} ms per ADD), etcd {etcd_used:.1f} CPU s: "
@@ -185,14 +195,17 @@ def bench_scale(etcd, pods, nodes, workdir, figures):
           f"(load average now {os.getloadavg()[0]:.1f})", flush=True)
     for why in sorted(set(failed))[:3]:
         print(f"    failure: {why}")
-    del_wall, del_results, _ = run_nodes(argv, confs, "DEL", per_node)
+    etcd_before = etcd_cpu(etcd)
+    del_wall, del_results, _ = run_nodes(argv, confs, "DEL", per_node, sockets)
+    del_etcd = etcd_cpu(etcd) - etcd_before
     del_failed = sum(1 for rows in del_results.values() for row in rows if row[2] != 0)
     with etcd.client() as client:
         left = [kv.key.decode()[len(prefix):] for kv in client.range(prefix + "/", keys_only=True)]
     whole = left == [f"/pools/{ipaddress.ip_network(subnet)}/config"]
-    print(f"  then every DEL in parallel: wall {del_wall:.1f} s, failures {del_failed}; range whole again: "
-          f"{'yes' if whole else f'no, left: {left[:5]}'}", flush=True)
-    figures["cluster-ipam 1000 pods over 10 nodes"] = {
+    print(f"  then every DEL in parallel: wall {del_wall:.1f} s, failures {del_failed}, etcd {del_etcd:.1f} CPU s; "
+          f"range whole again: {'yes' if whole else f'no, left: {left[:5]}'}", flush=True)
+    label = f"cluster-ipam {nodes * per_node} pods over {nodes} nodes" + (", through the agents" if sockets else "")
+    figures[label] = {"del_etcd_cpu_s": del_etcd,
         "where": where, "pods": nodes * per_node, "nodes": nodes, "wall_s": wall, "p50_ms": percentile(seconds, 50),
         "p99_ms": percentile(seconds, 99), "cpu_s": cpu, "etcd_cpu_s": etcd_used, "duplicates": duplicates, "failures": len(failed), "leases": leased,
         "blocks": len(blocks), "del_wall_s": del_wall, "del_failures": del_failed, "whole_after_del": whole}
@@ -239,14 +252,107 @@ def bench_in_process(etcd, pods, nodes, workdir, figures):
         "p99_ms": percentile(seconds, 99), "cpu_s": cpu, "etcd_cpu_s": etcd_used, "duplicates": duplicates, "failures": failed}
 
 
-def run(iterations, pods, nodes, figures):
+class Agents:
+    """One dist/bin/underlayd per simulated node, each on a socket of its own (healing off, no configs
+    read: only the handing off is measured)."""
+
+    def __init__(self, nodes, workdir):
+        self.procs, self.sockets = [], {}
+        empty = os.path.join(workdir, "agents-empty")
+        os.makedirs(empty, exist_ok=True)
+        for i in range(nodes):
+            node = f"n{i}"
+            socket = os.path.join(workdir, "agents", node, "underlay.sock")
+            log = open(os.path.join(workdir, f"underlayd-{node}.log"), "wb")
+            self.procs.append((subprocess.Popen(
+                [os.path.join(BUNDLE, "underlayd"), "--socket", socket, "--heal-every", "0", "--config-dir", empty,
+                 "--data-dir", empty, "--cluster-data-dir", empty],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log), log))
+            self.sockets[node] = socket
+        deadline = time.monotonic() + 60
+        for (proc, log), socket in zip(self.procs, self.sockets.values()):
+            while not os.path.exists(socket):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"underlayd did not start (see {log.name})")
+                time.sleep(0.02)
+
+    def cpu(self):
+        """CPU seconds of the agents and their reaped workers so far."""
+        total = 0.0
+        for proc, _ in self.procs:
+            with open(f"/proc/{proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")   # utime stime cutime cstime
+        return total
+
+    def stop(self):
+        for proc, _ in self.procs:
+            proc.terminate()
+        for proc, log in self.procs:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def bench_agents(etcd, pods, nodes, workdir, figures):
+    if not os.access(os.path.join(BUNDLE, "underlayd"), os.X_OK):
+        print("\ncluster-ipam through the agents: dist/bin/underlayd is missing (make build)")
+        return
+    agents = Agents(nodes, workdir)
+    try:
+        before = agents.cpu()
+        bench_scale(etcd, pods, nodes, workdir, figures, agents.sockets)
+        used = agents.cpu() - before
+        print(f"  the agents and their workers used {used:.1f} CPU s for the ADDs and DELs "
+              f"({used / (2 * pods) * 1000:.0f} ms per operation)", flush=True)
+        figures[f"cluster-ipam {pods} pods over {nodes} nodes, through the agents"]["agents_cpu_s"] = used
+    finally:
+        agents.stop()
+
+
+def bench_round_trips(etcd, workdir, figures):
+    from tests.cluster import round_trips
+    from tests.cluster.proxy import FaultProxy
+    argv, where = argv_of("cluster-ipam")
+    with FaultProxy(etcd.endpoints[0]) as proxy:
+        def conf(subnet, node, name, **ipam):
+            doc = json.loads(cluster_conf(dict(etcd.config(), endpoints=[proxy.url]), os.path.join(workdir, "rt"),
+                                          node, subnet, "/uci-bench-round-trips"))
+            doc["name"] = name
+            doc["ipam"].update(ipam)
+            return json.dumps(doc).encode()
+
+        def run(command, config, cid, pod):
+            env = env_of(command, cid)
+            if pod:
+                env["CNI_ARGS"] = f"K8S_POD_NAMESPACE={pod[0]};K8S_POD_NAME={pod[1]}"
+            return subprocess.run(argv, input=config, env=env, capture_output=True).returncode == 0
+
+        counts = round_trips.count(proxy, run, conf)
+    print(f"\netcd round trips and writes of one cluster-ipam operation (counted on the wire, from {where})")
+    print(round_trips.table(counts), flush=True)
+    figures["cluster-ipam etcd round trips"] = counts
+
+
+def run(iterations, pods, nodes, figures, sections=("exec", "scale", "in-process", "round-trips")):
     from tests.etcd import EtcdCluster
     workdir = tempfile.mkdtemp(prefix="uci-bench-")
     try:
         with EtcdCluster(members=3) as etcd:
-            bench_exec(etcd, iterations, workdir, figures)
-            bench_scale(etcd, pods, nodes, workdir, figures)
-            bench_in_process(etcd, pods, nodes, workdir, figures)
+            if "round-trips" in sections:
+                bench_round_trips(etcd, workdir, figures)
+            if "exec" in sections:
+                bench_exec(etcd, iterations, workdir, figures)
+            if "scale" in sections:
+                bench_scale(etcd, pods, nodes, workdir, figures)
+            if "in-process" in sections:
+                bench_in_process(etcd, pods, nodes, workdir, figures)
+            if "agents" in sections:
+                bench_agents(etcd, pods, nodes, workdir, figures)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -256,11 +362,17 @@ def main():
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--pods", type=int, default=1000)
     parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--bin", help="another build's dist/bin to run (e.g. the commit before a change)")
+    parser.add_argument("--parts", default="exec,scale,in-process,round-trips",
+                        help="of exec, scale, in-process, agents (one underlayd per node), round-trips")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if args.bin:
+        global BUNDLE
+        BUNDLE = os.path.abspath(args.bin)
     figures = {"load_average": os.getloadavg()[0], "cpus": os.cpu_count()}
     print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
-    run(args.iterations, args.pods, args.nodes, figures)
+    run(args.iterations, args.pods, args.nodes, figures, args.parts.split(","))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

@@ -4,6 +4,7 @@
         proxy.lose_answer(is_claim)             # the next request matching it reaches etcd,
                                                 # its answer never reaches the client
         proxy.refuse = True                     # every new and current connection is cut
+        proxy.requests                          # (path, body) of every request forwarded, in order
 
 It reads the client's HTTP/1.1 requests (ipam/etcd.py sends one at a time on a
 keep-alive connection, with Content-Length) so it can tell which request an
@@ -51,6 +52,16 @@ def is_release(path, body):
                for op in doc.get("success", []) if "request_delete_range" in op)
 
 
+def is_write(path, body):
+    """A request etcd passes through its log (raft): a put, a delete, a txn with a write in it."""
+    if path in ("/v3/kv/put", "/v3/kv/deleterange"):
+        return True
+    if path != "/v3/kv/txn":
+        return False
+    doc = json.loads(body)
+    return any("request_range" not in op for op in doc.get("success", []) + doc.get("failure", []))
+
+
 class FaultProxy:
     def __init__(self, upstream_url):
         host, port = upstream_url.split("://", 1)[1].rsplit(":", 1)
@@ -61,6 +72,7 @@ class FaultProxy:
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.refuse = False
         self.lost = []                  # (path, body) of the requests whose answer was lost
+        self.requests = []              # (path, body) of every request forwarded: round trips counted
         self._rule = None
         self._lock = threading.Lock()
         self._open = set()
@@ -144,6 +156,8 @@ class FaultProxy:
                 body = reader.read(length) if length else b""
                 path = head.split(b" ", 2)[1].decode()
                 lose = self._take(path, body)
+                with self._lock:
+                    self.requests.append((path, body))
                 upstream.sendall(head + body)
                 if lose:
                     select.select([upstream], [], [], 10)   # etcd has decided once its answer begins

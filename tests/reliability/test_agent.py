@@ -1109,3 +1109,74 @@ def test_a_worker_dropping_the_request_unread_means_in_process(via, tmp_path):
     assert out.ok, out
     assert oplog(log)[0]["agent"].endswith("dropped the request unread"), oplog(log)
     assert len(leases(tmp_path)) == 1
+
+
+# -- tracing the phases (tests/bench/breakdown.py) -----------------------------------------
+
+
+def test_a_traced_request_gets_its_phases_and_the_next_worker_is_not_traced(agent, via, tmp_path, client):
+    """UNDERLAY_TRACE_PHASES: the worker (and the compiled client) append their marks; the wrappers
+    the traced worker put on die with it, so the next request's worker writes nothing."""
+    via(agent)
+    trace = tmp_path / "phases.jsonl"
+    conf = host_local_conf(tmp_path)
+    assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x", container_id="t1",
+                              extra={"UNDERLAY_TRACE_PHASES": str(trace)}).ok
+    agent.wait_served(1)
+    expected = 2 if client == "compiled" else 1     # cni/handoff.py writes no line of its own
+    wait_for(lambda: trace.exists() and trace.read_text().count("\n") == expected, what="the trace's lines")
+    lines = [json.loads(x) for x in trace.read_text().splitlines()]
+    worker, = [x for x in lines if x["who"] == "worker"]
+    assert [name for name, _ in worker["marks"]] == ["accepted", "ready sent", "request received",
+                                                      "context taken on", "plugin start", "plugin done",
+                                                      "answer sent", "closed"]
+    times = [t for _, t in worker["marks"]]
+    assert times == sorted(times)
+    spans = {span[0] for span in worker["spans"]}
+    assert {"read request (stdin JSON, env)", "config: schema", "fsync", "result"} <= spans, spans
+    if client == "compiled":
+        client_line, = [x for x in lines if x["who"] == "client"]
+        assert [name for name, _ in client_line["marks"]] == ["main", "connected", "stdin read", "ready received",
+                                                              "request sent", "answer received",
+                                                              "connection closed"]
+    before = trace.read_text()
+    assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x", container_id="t2").ok
+    agent.wait_served(2)
+    assert trace.read_text() == before
+
+
+ENV_IPAM = """#!/bin/sh
+env > "$(dirname "$0")/env.$CNI_CONTAINERID"
+cat > /dev/null
+echo '{"cniVersion": "1.0.0", "ips": [{"address": "10.126.0.5/24", "gateway": "10.126.0.1"}]}'
+"""
+
+
+def test_a_request_sees_its_own_environment_and_nothing_of_the_agents_or_the_last_one(
+        tmp_path, via, host_ns, master, pod_ns, monkeypatch):
+    """A spare drops the agent's environment while it waits; the request's replaces it: what the
+    plugin execs (an IPAM from CNI_PATH) sees the caller's variables and no others."""
+    monkeypatch.setenv("UNDERLAY_TEST_AGENTS_OWN", "agent")
+    (tmp_path / "run").mkdir()
+    agent = Agent(directory=str(tmp_path / "run" / "underlay"))
+    monkeypatch.delenv("UNDERLAY_TEST_AGENTS_OWN")
+    try:
+        via(agent)
+        ipam_dir = tmp_path / "ipam"
+        ipam_dir.mkdir()
+        (ipam_dir / "envipam").write_text(ENV_IPAM)
+        (ipam_dir / "envipam").chmod(0o755)
+        conf = {"cniVersion": "1.0.0", "name": "envnet", "type": "macvlan", "master": master,
+                "ipam": {"type": "envipam"}}
+        for k in range(2):
+            out = plugins.run_on_node("macvlan", "ADD", conf, host_ns, pod=pod_ns(), cid=f"env{k}", path=str(ipam_dir),
+                                      extra={f"UNDERLAY_TEST_REQUEST_{k}": "mine"})
+            assert out.ok, out
+        assert [s[:2] for s in agent.wait_served(2)] == [("macvlan", "ADD")] * 2
+        for k in range(2):
+            seen = dict(line.split("=", 1) for line in (ipam_dir / f"env.env{k}").read_text().splitlines()
+                        if "=" in line)
+            assert seen.get(f"UNDERLAY_TEST_REQUEST_{k}") == "mine" and seen["CNI_CONTAINERID"] == f"env{k}"
+            assert f"UNDERLAY_TEST_REQUEST_{1 - k}" not in seen and "UNDERLAY_TEST_AGENTS_OWN" not in seen, seen
+    finally:
+        agent.close()

@@ -1,0 +1,34 @@
+"""The etcd round trips and writes of one cluster-ipam ADD and DEL per case, counted on the wire
+(tests/cluster/round_trips.py): deterministic counts, not timings. A change that adds a round trip
+or a write to one of them fails here; one that removes some updates EXPECTED (and README's table)."""
+
+from tests.cluster import round_trips
+from tests.cluster.proxy import FaultProxy
+
+# case: (round trips, of which writes). Before issue 21 item 3 they were: ADD 6/3, 5/2, 5/2, 5/2, 7/2;
+# DEL 5/1 each (a reachability read before every lock, the pools read apart from the attachment).
+# Now a node's first operation on a network (no lock file yet) still asks etcd before creating it.
+EXPECTED = {
+    "ADD, the pool's first address (its config written)": (5, 3),
+    "ADD, an address in a block the node owns": (3, 2),
+    "ADD, a node's first address (a free block claimed)": (4, 2),
+    "ADD, an address borrowed from another node's block": (3, 2),
+    "ADD, a sticky address taken back": (5, 2),
+    "DEL, an address in a block the node owns": (4, 1),
+    "DEL, a borrowed address": (4, 1),
+    "DEL, sticky (the address held for the pod)": (4, 1),
+}
+
+
+def test_round_trips_and_writes_per_operation(cl):
+    with FaultProxy(cl.etcd.endpoints[0]) as proxy:
+        def conf(subnet, node, name, **ipam):
+            return cl.conf(subnet, node=node, name=name, etcd=cl.etcd_conf(endpoints=[proxy.url]), **ipam)
+
+        def run(command, config, cid, pod):
+            return cl.run(command, config, cid, pod=pod).ok
+
+        counts = round_trips.count(proxy, run, conf)
+    print(round_trips.table(counts))
+    assert {case: (row["round_trips"], row["writes"]) for case, row in counts.items()} == EXPECTED, \
+        round_trips.table(counts)
