@@ -74,6 +74,7 @@ class EtcdStore(BlockLeases):
         self.netns = recordable_netns(netns)   # the pod's, recorded in its attachment records (healing)
         self.pools = {}                 # subnet -> {first: Block} as last read
         self.prefetched = {}            # subnet -> (blocks, config) read with pending_and_done, not yet used
+        self.prefetched_conflicts = None  # the conflict records read with pending_and_done, not yet used
         self.foreign = set()            # (version, value) taken outside any block we read (an overlapping pool)
         self.inflight = None            # the address of a claim etcd may have applied when its answer was lost
         self.reuse_cooldown = reuse_cooldown
@@ -168,12 +169,14 @@ class EtcdStore(BlockLeases):
 
     def pending_and_done(self, container_id, ifname):
         """([ip], [ip]) of the attachment: leases of an ADD of this node that never completed, and the rest.
-        Only an ADD asks, and it reads its pools next: they come in the same read (a read-only
-        transaction: one round trip, one revision), kept for blocks()."""
+        Only an ADD asks, and it reads its conflict records and pools next: they come in the same read
+        (a read-only transaction: one round trip, one revision), kept for conflicts() and blocks()."""
         prefix = self.k_attachment(container_id, ifname)
         unread = list({str(g.range.subnet): g for g in self.grids if str(g.range.subnet) not in self.pools}.values())
-        result = self.client.txn([], [etcd.get_prefix(prefix)] + [etcd.get_prefix(self.pool_prefix(g)) for g in unread])
-        for grid, kvs in zip(unread, result.responses[1:]):
+        result = self.client.txn([], [etcd.get_prefix(prefix), etcd.get_prefix(self.k_conflict(self.network))] +
+                                 [etcd.get_prefix(self.pool_prefix(g)) for g in unread])
+        self.prefetched_conflicts = self.parse_conflicts(result.responses[1])
+        for grid, kvs in zip(unread, result.responses[2:]):
             self.prefetched[str(grid.range.subnet)] = self.parse_pool(grid, kvs)
         pending, done = [], []
         for kv in result.responses[0]:
@@ -339,9 +342,13 @@ class EtcdStore(BlockLeases):
         return [lease for lease in leases if lease is not None]
 
     def conflicts(self):
+        found, self.prefetched_conflicts = self.prefetched_conflicts, None
+        return found if found is not None else self.parse_conflicts(self.client.range(self.k_conflict(self.network)))
+
+    def parse_conflicts(self, kvs):
         prefix = self.k_conflict(self.network)
         found = {}
-        for kv in self.client.range(prefix):
+        for kv in kvs:
             conflict = Lease(kv.key.decode()[len(prefix):], kv.value)
             record = holds.conflict_from_doc(conflict.doc)
             if record is not None:
