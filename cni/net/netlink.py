@@ -29,6 +29,8 @@ RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
+RTM_NEWNSID, RTM_GETNSID = 88, 90
+NETNSA_NSID, NETNSA_FD = 1, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x800, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 0x1
@@ -331,6 +333,17 @@ class Netlink:
             return self.link(name)
         except LinkNotFound:
             return None
+
+    def netnsid(self, netns_fd):
+        """The id this netns gives the netns `netns_fd` (what IFLA_LINK_NETNSID of a link whose
+        parent lives there says), or None when it gives none."""
+        seq = self._send(RTM_GETNSID, 0, b"\0\0\0\0" + nla_u32(NETNSA_FD, netns_fd))
+        for reply in self._replies(seq, "the id of a netns"):
+            nsid = parse_attrs(reply, HEADER.size + 4).get(NETNSA_NSID)
+            if nsid is not None and S32.unpack_from(nsid)[0] >= 0:
+                return S32.unpack_from(nsid)[0]
+            return None
+        return None
 
     def links(self):
         body = IFINFO.pack(0, 0, 0, 0, 0) + nla_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)

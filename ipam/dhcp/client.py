@@ -12,6 +12,19 @@ setns back; a socket keeps its netns) and bound to the interface (SO_BINDTODEVIC
   interface without an address, but not once the pod netns has rp_filter=1 or 2 (no route back to
   the server yet), nor a reply unicast to the offered address (`broadcast: false`). The Exchange
   (the address is on the interface by then) receives on its UDP socket.
+- ipvlan children share their parent's MAC, and ipvlan hands a frame that is not an L2 broadcast
+  to the child owning its IP destination, else to the parent. Seen on the wire (tests/ns/
+  test_dhcp_ipvlan.py): Kea4 2.2 on raw sockets sends the OFFER/ACK of a request with the broadcast
+  flag to the request's source MAC (the parent's, whatever chaddr says: our MAC, zero or
+  ff:ff:ff:ff:ff:ff) and IP 255.255.255.255, without the flag to the parent's MAC and the offered
+  address: the parent gets it either way, never the child. dnsmasq broadcasts it at L2 (every child
+  and the parent get it) and does not answer a zero or all-ones chaddr at all. Both answer a renew
+  or rebind (ciaddr set) to ciaddr, the child's own address, which ipvlan delivers to the child.
+  So acquire and a reboot on an ipvlan child read on a packet socket on the parent instead of the
+  child (ipvlan_parent: when the parent is in the caller's netns, as it is for underlayd's worker,
+  which enters the caller's netns, and for an agent in the node's netns); a renew or rebind keeps
+  its UDP socket. A macvlan child (its own MAC) is unchanged. An agent in another netns than the
+  parent falls back to the child's socket: its reboots are then answered by dnsmasq, not by Kea.
 - v6 uses one UDP socket bound to the interface's link-local address, port 546, sending to
   ff02::1:2 port 547 (Renew included: RFC 8415 sends it multicast unless the server asked for
   unicast). acquire first waits, bounded by its timeout, for the link-local address to leave
@@ -19,6 +32,8 @@ setns back; a socket keeps its netns) and bound to the interface (SO_BINDTODEVIC
 
 Identity: the client DUID is a DUID-UUID (RFC 6355) derived from Identity.client_id, not a DUID-LL
 from the MAC: ipvlan children share their parent's MAC, and two attachments must be two clients.
+Their link-local addresses do not collide (the kernel gives each ipvlan child its own dev_id, which
+goes into the EUI-64 interface identifier), and Kea6 answers each on its own: v6 needs nothing more.
 The same DUID goes in v4's option 61 (type 255, IAID, DUID: RFC 4361), unless the config provides
 option 61 itself (Options.send), which is then sent as it is.
 
@@ -35,6 +50,7 @@ a rebind at expiry, a reboot after REBOOT_WINDOW (even for an expired lease: it 
 import dataclasses
 import errno
 import ipaddress
+import os
 import random
 import select
 import socket
@@ -340,6 +356,30 @@ def _packet4(ifname):
     return sock
 
 
+def ipvlan_parent(netns_fd, ifname):
+    """The name, in the caller's netns, of the parent of `ifname` (in the netns `netns_fd`) when
+    `ifname` is an ipvlan child whose parent lives in the caller's netns; else None (a macvlan or
+    any other link, or a parent elsewhere: an agent not in the node's netns). The kernel names the
+    parent's netns by an id local to the pod's netns (IFLA_LINK_NETNSID); ours is asked for there."""
+    from cni.net import netlink
+    try:
+        here = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with entered(netns_fd):
+                nl = netlink.Netlink()
+            with nl:
+                link = nl.find_link(ifname)
+                if link is None or link.kind != "ipvlan" or not link.parent_index or link.parent_netnsid is None:
+                    return None
+                if nl.netnsid(here) != link.parent_netnsid:
+                    return None
+        finally:
+            os.close(here)
+        return socket.if_indextoname(link.parent_index)
+    except (OSError, NetnsError, netlink.NetlinkError):
+        return None
+
+
 def udp_payload(packet):
     """The payload of an IPv4/UDP datagram to port 68 (an AF_PACKET read), or None."""
     if len(packet) < 28 or packet[0] >> 4 != 4 or packet[9] != 17:
@@ -372,13 +412,19 @@ class _Acquire4(_Conversation):
         # a client identifier the config provides (option 61) goes as it is; else RFC 4361's
         self.cid = dict(options.send).get(wire4.CLIENT_ID) or wire4.client_id(identity.iaid, duid(identity.client_id))
         self.chaddr, self.xid, self.offer = _mac_bytes(identity.mac), _xid(32), None
-        self.socks = _open(netns_fd, lambda: self._sockets(ifname), f"on {ifname}")
+        parent = _parent_socket(netns_fd, ifname)   # the receiving socket of an ipvlan child
+        try:
+            self.socks = _open(netns_fd, lambda: self._sockets(ifname, parent), f"on {ifname}")
+        except DhcpError:
+            if parent is not None:
+                parent.close()
+            raise
 
     @staticmethod
-    def _sockets(ifname):
+    def _sockets(ifname, parent):
         send = _udp4(ifname)
         try:
-            return [send, _packet4(ifname)]
+            return [send, parent or _packet4(ifname)]
         except OSError:
             send.close()
             raise
@@ -413,6 +459,18 @@ class _Acquire4(_Conversation):
         return _lease4(reply, self.identity.mac, self.cid, self.identity.iaid, self.ifname, self.identity.hostname)
 
 
+def _parent_socket(netns_fd, ifname):
+    """A packet socket on the parent of an ipvlan child, when the parent is in our netns: where its
+    broadcast replies are read (the module docstring says why). None for anything else."""
+    parent = ipvlan_parent(netns_fd, ifname)
+    if parent is None:
+        return None
+    try:
+        return _packet4(parent)
+    except OSError as e:
+        raise DhcpError(f"cannot open the DHCP socket on {parent}, the parent of {ifname}: {e.strerror}") from None
+
+
 def _ours4(reply, xid, chaddr, cid):
     """A reply to our transaction: xid, hardware address, and our client id when it is echoed (RFC 6842)."""
     return (reply is not None and reply.xid == xid and reply.chaddr[:len(chaddr)] == chaddr
@@ -434,7 +492,17 @@ class _Refresh4(_Conversation):
         super().__init__(give_up)
         self.lease, self.kind, self.options = lease, kind, options
         self.cid, self.chaddr, self.xid = bytes.fromhex(lease.client_id), _mac_bytes(lease.mac), _xid(32)
-        self.socks = [_open(netns_fd, lambda: _udp4(lease.ifname), f"on {lease.ifname}")]
+        # a reboot's replies are broadcast (those of a renew or rebind go to ciaddr, the child's own)
+        parent = _parent_socket(netns_fd, lease.ifname) if kind == "reboot" else None
+        try:
+            self.socks = [_open(netns_fd, lambda: _udp4(lease.ifname), f"on {lease.ifname}")]
+        except DhcpError:
+            if parent is not None:
+                parent.close()
+            raise
+        self.framed = parent is not None
+        if parent is not None:
+            self.socks.append(parent)   # the receiving socket
 
     def send(self, data):
         to = self.lease.server_address if self.kind == "renew" else "255.255.255.255"
@@ -448,7 +516,9 @@ class _Refresh4(_Conversation):
         return wire4.request_renewing(self.xid, lease.mac, self.cid, lease.address, lease.hostname, o.request, o.send)
 
     def receive(self, data, source):
-        reply = wire4.parse(data)
+        if self.framed:
+            data = udp_payload(data)
+        reply = wire4.parse(data) if data is not None else None
         if not _ours4(reply, self.xid, self.chaddr, self.cid):
             return None
         if self.kind == "renew" and reply.server_id not in (None, self.lease.server_id):

@@ -244,6 +244,18 @@ def test_server_down_is_no_answer_within_the_timeout(kea4, pod):
         client.acquire(p.fd, p.ifname, 4, p.identity(), Options(), 2)
 
 
+def test_a_macvlan_childs_replies_are_read_on_the_child_not_on_its_parent(lan, pod):
+    """Only an ipvlan child (its parent's MAC) is read on its parent (tests/ns/test_dhcp_ipvlan.py)."""
+    from cni.net.netns import entered
+    p = pod()
+    fd = open_netns(nsutil.netns_path(lan.host_ns))
+    try:
+        with entered(fd):
+            assert client.ipvlan_parent(p.fd, p.ifname) is None
+    finally:
+        os.close(fd)
+
+
 def test_acquire_on_a_missing_interface_is_a_dhcp_error(lan, pod):
     p = pod()
     with pytest.raises(client.DhcpError, match="nosuch"):

@@ -242,3 +242,20 @@ def test_veth_into_another_netns_rules_neighbours_aliases_and_onlink_routes(node
 
 def nsutil_links(name):
     return sorted(ns.links(name))
+
+
+def test_netnsid_names_the_netns_a_links_peer_lives_in(node, pod_ns):
+    """The id a pod netns gives the node's netns is what IFLA_LINK_NETNSID of the pod's end of a veth
+    says (the DHCP client finds an ipvlan child's parent so); a netns it gives no id to is None."""
+    pod, stranger = pod_ns(), pod_ns()
+    fds = [netns.open_netns(ns.netns_path(name)) for name in (node, stranger)]
+    try:
+        ns.sh("ip", "link", "add", "ulnid", "type", "veth", "peer", "name", "eth0", "netns", pod, ns=node)
+        with socket_in(pod) as nl:
+            end = nl.link("eth0")
+            assert end.parent_netnsid is not None
+            assert nl.netnsid(fds[0]) == end.parent_netnsid
+            assert nl.netnsid(fds[1]) is None
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -19,7 +19,7 @@ import pytest
 
 from tests import netns as nsutil
 from tests import plugins
-from tests.agent import Agent
+from tests.agent import Agent, agent_argv
 from tests.bundle import built_bin_dir
 from tests.lan import DNS4, POOL4, POOL6, ROUTER4, dnsmasq, kea4, kea6, lan, wait_for  # noqa: F401 (fixtures)
 from tests.plugins import REFERENCE_DIR, ROOT, run_on_node
@@ -42,11 +42,14 @@ class DhcpAgent:
     """underlayd for one test: its own socket and dhcp dir, healing every second (or `heal_every`), /metrics
     on a port."""
 
-    def __init__(self, tmp_path, heal_every=1):
+    def __init__(self, tmp_path, heal_every=1, netns=None):
+        """`netns`: run it in that netns (the node's, where the master is), without /metrics."""
         self.dhcp_dir = str(tmp_path / "dhcp")
         self.port = free_port()
-        self.agent = Agent("--dhcp-dir", self.dhcp_dir, "--heal-every", str(heal_every),
-                           "--metrics", f"127.0.0.1:{self.port}", directory=str(tmp_path / "run"))
+        metrics = [] if netns else ["--metrics", f"127.0.0.1:{self.port}"]
+        command = ["ip", "netns", "exec", netns] + agent_argv() if netns else None
+        self.agent = Agent("--dhcp-dir", self.dhcp_dir, "--heal-every", str(heal_every), *metrics,
+                           directory=str(tmp_path / "run"), command=command)
 
     def records(self):
         try:
@@ -387,12 +390,14 @@ def test_no_server_answering_is_code_11_and_leaves_nothing(lan, dhcp_agent, pod_
 
 
 @pytest.mark.kernel("ipvlan")
-def test_ipvlan_children_sharing_the_parents_mac_get_leases_of_their_own(lan, dnsmasq, dhcp_agent, pod_ns):
+@pytest.mark.parametrize("server_name", ["kea4", "dnsmasq"])
+def test_ipvlan_children_sharing_the_parents_mac_get_leases_of_their_own(request, server_name, lan, dhcp_agent,
+                                                                        pod_ns):
     """ipvlan children share their parent's MAC: the server tells them apart by the client identifier,
-    derived from each attachment. The replies must be Ethernet broadcasts, which ipvlan hands to every
-    child (README "DHCP": Kea on raw sockets sends them to the client's MAC; ipvlan then looks up the IP
-    destination, 255.255.255.255, finds no child and gives the frame to the parent)."""
-    server = dnsmasq()
+    derived from each attachment. dnsmasq broadcasts its replies at L2 (ipvlan hands them to every
+    child); Kea sends them to the parent's MAC and IP 255.255.255.255, which ipvlan gives the parent
+    alone: the worker, in the caller's netns, reads them there (README "DHCP")."""
+    server = request.getfixturevalue(server_name)()
     config = dict(conf(lan.master), type="ipvlan", mode="l2")
     pods = [pod_ns(), pod_ns()]
     results = [add(lan, config, pod, cid=f"iv{i}") for i, pod in enumerate(pods)]
@@ -403,6 +408,34 @@ def test_ipvlan_children_sharing_the_parents_mac_get_leases_of_their_own(lan, dn
     for i, pod in enumerate(pods):
         delete(lan, config, pod, cid=f"iv{i}")
     wait_for(lambda: not set(addresses) & set(server.leased()), what="both released")
+
+
+@pytest.mark.kernel("ipvlan")
+def test_ipvlan_with_kea_renewed_and_after_an_expiry_asked_back_by_an_agent_in_the_nodes_netns(lan, kea4, pod_ns,
+                                                                                            tmp_path, monkeypatch,
+                                                                                            request):
+    """The agent in the netns of the ipvlan parent (a hostNetwork DaemonSet): renewals are answered to
+    the child's address; once expired, the reboot's broadcast answer is read on the parent."""
+    server = kea4(valid_lifetime=8, renew_timer=2, rebind_timer=5)
+    agent = DhcpAgent(tmp_path, netns=lan.host_ns)
+    try:
+        serving(agent, monkeypatch, request)
+        pod = pod_ns()
+        config = dict(conf(lan.master), type="ipvlan", mode="l2")
+        address = address_of(add(lan, config, pod))
+        first = expiry_of(server, address)
+        wait_for(lambda: (expiry_of(server, address) or 0) > first, timeout=30, what="a renewal at T1")
+        server.stop()
+        wait_for(lambda: nsutil.addrs(pod, "net1") == [], timeout=30, what="the expired address removed")
+        assert "expired unrenewed" in agent.log()
+        server.start()
+        wait_for(lambda: nsutil.addrs(pod, "net1") == [f"{address}/24"], timeout=90,
+                 what="the address granted again and put back")
+        assert address in server.leased()
+        delete(lan, config, pod)
+        wait_for(lambda: address not in server.leased(), what="the release")
+    finally:
+        agent.agent.close()
 
 
 def test_without_the_agent_add_fails_with_code_11_and_leaves_nothing(lan, kea4, pod_ns, monkeypatch, request):
