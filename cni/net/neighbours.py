@@ -20,6 +20,8 @@ import socket
 import struct
 import time
 
+from cni.net.frames import checksum, mac_bytes
+
 ETH_P_ARP, ETH_P_IP, ETH_P_IPV6 = 0x0806, 0x0800, 0x86DD
 BROADCAST = b"\xff" * 6
 ALL_NODES = ipaddress.IPv6Address("ff02::1")
@@ -102,9 +104,6 @@ def close_ports(ports):
         port.close()
 
 
-def mac_bytes(mac):
-    return bytes(int(part, 16) for part in mac.split(":"))
-
 
 def mac_text(raw):
     return ":".join(f"{b:02x}" for b in raw)
@@ -140,14 +139,6 @@ def solicited_node(address):
 def multicast_mac(address):
     return b"\x33\x33" + address.packed[12:]
 
-
-def checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def icmp6_frame(mac, src, dst, dst_mac, icmp):

@@ -59,6 +59,7 @@ import time
 import uuid
 from typing import NamedTuple, Optional
 
+from cni.net.frames import checksum, mac_bytes
 from cni.net.netns import NetnsError, entered
 from ipam.dhcp import wire4, wire6
 from ipam.dhcp.lease import Lease
@@ -299,9 +300,6 @@ def _xid(bits):
     return random.getrandbits(bits)
 
 
-def _mac_bytes(mac):
-    return bytes.fromhex(mac.replace(":", "").replace("-", ""))
-
 
 # --- sockets ---
 
@@ -411,7 +409,7 @@ class _Acquire4(_Conversation):
         self.ifname, self.identity, self.options = ifname, identity, options
         # a client identifier the config provides (option 61) goes as it is; else RFC 4361's
         self.cid = dict(options.send).get(wire4.CLIENT_ID) or wire4.client_id(identity.iaid, duid(identity.client_id))
-        self.chaddr, self.xid, self.offer = _mac_bytes(identity.mac), _xid(32), None
+        self.chaddr, self.xid, self.offer = mac_bytes(identity.mac), _xid(32), None
         parent = _parent_socket(netns_fd, ifname)   # the receiving socket of an ipvlan child
         try:
             self.socks = _open(netns_fd, lambda: self._sockets(ifname, parent), f"on {ifname}")
@@ -491,7 +489,7 @@ class _Refresh4(_Conversation):
         give_up = _give_up(lease, kind, now)
         super().__init__(give_up)
         self.lease, self.kind, self.options = lease, kind, options
-        self.cid, self.chaddr, self.xid = bytes.fromhex(lease.client_id), _mac_bytes(lease.mac), _xid(32)
+        self.cid, self.chaddr, self.xid = bytes.fromhex(lease.client_id), mac_bytes(lease.mac), _xid(32)
         # a reboot's replies are broadcast (those of a renew or rebind go to ciaddr, the child's own)
         parent = _parent_socket(netns_fd, lease.ifname) if kind == "reboot" else None
         try:
@@ -563,14 +561,6 @@ def _release4(netns_fd, lease):
         sock.close()
 
 
-def _checksum(data):
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
 
 def release_frame(lease, xid):
     """The DHCPRELEASE as an Ethernet frame: lease MAC and address -> broadcast MAC, server address."""
@@ -579,10 +569,10 @@ def release_frame(lease, xid):
     udp_len = 8 + len(payload)
     pseudo = src + dst + struct.pack("!BBH", 0, 17, udp_len)
     udp = struct.pack("!HHHH", wire4.CLIENT_PORT, wire4.SERVER_PORT, udp_len, 0) + payload
-    udp = udp[:6] + struct.pack("!H", _checksum(pseudo + udp) or 0xFFFF) + udp[8:]
+    udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xFFFF) + udp[8:]
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, xid & 0xFFFF, 0, 64, 17, 0, src, dst)
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
-    return b"\xff" * 6 + _mac_bytes(lease.mac) + struct.pack("!H", ETH_P_IP) + header + udp
+    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
+    return b"\xff" * 6 + mac_bytes(lease.mac) + struct.pack("!H", ETH_P_IP) + header + udp
 
 
 def _release4_frame(netns_fd, ifname, lease):

@@ -458,9 +458,10 @@ def test_malformed_answers_beside_the_real_server_are_ignored(kea4, kea6, lan, p
         lease = client.acquire(p.fd, p.ifname, family, p.identity(), Options(), HANG)
         p.configure(lease)
         renewed = drive(Exchange(p.fd, lease, "renew", Options(), time.monotonic()))
+        # its thread may answer after the real server did (a busy machine): its answers must come all the same
+        wait_for(lambda: rogue.sent > 0, what="the rogue's answers")
     finally:
         rogue.close()
-    assert rogue.sent > 0
     assert lease.address in server.leased() and lease.server_id != "10.88.0.66"
     assert renewed is not None and renewed.address == lease.address
 
@@ -479,6 +480,6 @@ def test_a_strangers_refusal_of_a_renew_is_ignored(kea4, kea6, lan, pod, family)
     rogue = Rogue(lan, family)
     try:
         assert drive(Exchange(p.fd, soon, "renew", Options(), time.monotonic())) is None
+        wait_for(lambda: rogue.sent > 0, what="the rogue's answers")
     finally:
         rogue.close()
-    assert rogue.sent > 0

@@ -188,16 +188,17 @@ def test_random_garbage_never_raises():
 
 def test_the_release_frame_of_healing():
     """client.release_frame: Ethernet to broadcast, IPv4 and UDP checksums right, the RELEASE inside."""
-    from ipam.dhcp.client import _checksum, release_frame, udp_payload
+    from cni.net.frames import checksum
+    from ipam.dhcp.client import release_frame, udp_payload
     from tests.unit.test_dhcp_lease import a_lease
     lease = a_lease(client_id=CID.hex())
     frame = release_frame(lease, 0x1234)
     assert frame[:6] == b"\xff" * 6 and frame[6:12] == bytes.fromhex("020000000001") and frame[12:14] == b"\x08\x00"
     ip = frame[14:]
-    assert _checksum(ip[:20]) == 0
+    assert checksum(ip[:20]) == 0
     assert ip[12:16] == bytes((10, 88, 0, 23)) and ip[16:20] == bytes((10, 88, 0, 1))
     pseudo = ip[12:20] + struct.pack("!BBH", 0, 17, len(ip) - 20)
-    assert _checksum(pseudo + ip[20:]) == 0
+    assert checksum(pseudo + ip[20:]) == 0
     assert struct.unpack_from("!HH", ip, 20) == (68, 67)
     payload = ip[28:]
     opts = sent_options(payload)
