@@ -236,7 +236,7 @@ def create_child(kind, conf, where, pod, pod_fd, master, request, undo):
 def addresses(kind, conf, request, undo):
     """The IPAM result (its DEL registered in `undo`), prevResult's in a chain, or none (ipam {})."""
     if conf.ipam_type:
-        result = dispatch.delegate_ipam(request, "ADD")
+        result = dispatch.delegate_ipam(request, "ADD", defer_sync=True)   # waited for before add() answers
         undo.callback(quietly(lambda: dispatch.delegate_ipam(request, "DEL")))
         if not result.get("ips"):
             raise CniError(ERR_INVALID_CONFIG, f"ipam: {conf.ipam_type} returned no IP addresses")
@@ -294,6 +294,7 @@ def add(kind, request):
                 ip["interface"] = 0
             if conf.dns:
                 result["dns"] = conf.dns
+            dispatch.wait_ipam_synced()   # the lease's fsync went on beside the kernel work above
             undo.pop_all()  # success: keep everything
             return result
     except netlink.NetlinkError as e:

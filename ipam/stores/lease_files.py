@@ -128,12 +128,17 @@ class LeaseFiles:
         finally:
             os.close(data_fd)
         self.lock_fd = None
-        self.lease_tmp = None  # (owner, name): one fsync'ed lease body, linked to each address tried
+        self.lease_tmp = None  # (owner, name, fd): one lease body, linked to each address tried
+        self.unsynced = []     # fds of lease bodies linked in this block: start_sync() makes them durable
 
     def close(self):
-        for fd in (self.dir_fd, self.lock_fd):
+        if self.lease_tmp is not None:
+            os.close(self.lease_tmp[2])
+            self.lease_tmp = None
+        for fd in self.unsynced + [self.dir_fd, self.lock_fd]:
             if fd is not None:
                 os.close(fd)
+        self.unsynced = []
         self.dir_fd = self.lock_fd = None
 
     # -- locking ------------------------------------------------------------
@@ -183,24 +188,39 @@ class LeaseFiles:
 
     def reserve(self, ip, container_id, ifname):
         """Create the lease file for ip; False if it exists. Never leaves a partial file."""
-        # The body is written and fsync'ed once under a temporary name, then hard-linked
-        # to each address tried: a lease file is never empty or partial, and a nearly
-        # full range costs one fsync, not one per address probed.
+        # The body is written once under a temporary name, then hard-linked to each address
+        # tried: a lease file is never empty or partial (a kill leaves the page cache as it
+        # is). Its fsync, and the directory's for the link, come once the block is committed
+        # and the lock dropped (start_sync): durable before ADD answers, never under the lock.
         owner = (container_id, ifname)
         if self.lease_tmp is None or self.lease_tmp[0] != owner:
             self.drop_lease_tmp()
             body = lease_content(container_id, ifname).encode()
-            self.lease_tmp = (owner, files.write_temp(body, self.dir_fd, sync=True))
+            self.lease_tmp = (owner, *files.write_temp(body, self.dir_fd, keep_open=True))
         try:
             os.link(self.lease_tmp[1], ip, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd, follow_symlinks=False)
-            return True
         except FileExistsError:
             return False
+        if not self.unsynced or self.unsynced[-1] != self.lease_tmp[2]:
+            self.unsynced.append(self.lease_tmp[2])
+        return True
 
     def drop_lease_tmp(self):
+        """Remove the temporary name of the lease body (an fd on a linked one stays for start_sync)."""
         if self.lease_tmp is not None:
             files.remove(self.lease_tmp[1], self.dir_fd)
+            if self.lease_tmp[2] not in self.unsynced:
+                os.close(self.lease_tmp[2])
             self.lease_tmp = None
+
+    def start_sync(self):
+        """fsync the lease bodies linked in this block, then the directory (their links), in the
+        background (cni/files.py sync_in_background): the caller waits with files.wait_synced()
+        before it answers. A kill before then loses nothing (the page cache stays); a power loss
+        may: ADD had not answered, and an empty lease is nobody's (lease_index.py rebuild_index)."""
+        if self.unsynced:
+            fds, self.unsynced = self.unsynced + [os.dup(self.dir_fd)], []
+            files.sync_in_background(fds)
 
     def owner(self, ip):
         """(containerID, ifname or None) of a lease; None if there is none we can read (or ip holds
