@@ -230,6 +230,7 @@ def create_child(kind, conf, where, pod, pod_fd, master, request, undo):
     except netlink.NetlinkError as e:
         raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME: cannot rename {temp} to {request.ifname}: "
                                         f"{os.strerror(e.errno)}") from None
+    link.name = request.ifname   # its MAC and MTU stay as read: the result needs no second read
     return link
 
 
@@ -289,7 +290,7 @@ def add(kind, request):
             if conf.shim:
                 undo.callback(quietly(shim.ensure(host, kind, conf, master, request, result)))
 
-            result["interfaces"] = [iface.interface_result(pod.link(index=link.index), request.netns)]
+            result["interfaces"] = [iface.interface_result(link, request.netns)]
             for ip in result["ips"]:
                 ip["interface"] = 0
             if conf.dns:
