@@ -51,7 +51,6 @@ class DiskStore:
         try:
             if exc is None and self.files.dir_fd is not None and self.touched:
                 self.flush()
-                self.files.start_sync()
             elif self.files.dir_fd is not None:
                 # a failure half way is never stamped: the next operation rebuilds the index
                 self.files.drop_lease_tmp()

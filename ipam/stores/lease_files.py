@@ -129,16 +129,14 @@ class LeaseFiles:
             os.close(data_fd)
         self.lock_fd = None
         self.lease_tmp = None  # (owner, name, fd): one lease body, linked to each address tried
-        self.unsynced = []     # fds of lease bodies linked in this block: start_sync() makes them durable
 
     def close(self):
         if self.lease_tmp is not None:
             os.close(self.lease_tmp[2])
             self.lease_tmp = None
-        for fd in self.unsynced + [self.dir_fd, self.lock_fd]:
+        for fd in (self.dir_fd, self.lock_fd):
             if fd is not None:
                 os.close(fd)
-        self.unsynced = []
         self.dir_fd = self.lock_fd = None
 
     # -- locking ------------------------------------------------------------
@@ -190,8 +188,10 @@ class LeaseFiles:
         """Create the lease file for ip; False if it exists. Never leaves a partial file."""
         # The body is written once under a temporary name, then hard-linked to each address
         # tried: a lease file is never empty or partial (a kill leaves the page cache as it
-        # is). Its fsync, and the directory's for the link, come once the block is committed
-        # and the lock dropped (start_sync): durable before ADD answers, never under the lock.
+        # is). Once linked, the lease and then the directory (the link) are fsync'ed in the
+        # background, beside the rest of the ADD, which waits for it before it answers
+        # (files.wait_synced). A power loss before then may leave an empty lease: ADD had not
+        # answered, and an empty lease is nobody's (lease_index.py rebuild_index).
         owner = (container_id, ifname)
         if self.lease_tmp is None or self.lease_tmp[0] != owner:
             self.drop_lease_tmp()
@@ -201,26 +201,14 @@ class LeaseFiles:
             os.link(self.lease_tmp[1], ip, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd, follow_symlinks=False)
         except FileExistsError:
             return False
-        if not self.unsynced or self.unsynced[-1] != self.lease_tmp[2]:
-            self.unsynced.append(self.lease_tmp[2])
+        files.sync_in_background([os.dup(self.lease_tmp[2]), os.dup(self.dir_fd)])
         return True
 
     def drop_lease_tmp(self):
-        """Remove the temporary name of the lease body (an fd on a linked one stays for start_sync)."""
         if self.lease_tmp is not None:
             files.remove(self.lease_tmp[1], self.dir_fd)
-            if self.lease_tmp[2] not in self.unsynced:
-                os.close(self.lease_tmp[2])
+            os.close(self.lease_tmp[2])
             self.lease_tmp = None
-
-    def start_sync(self):
-        """fsync the lease bodies linked in this block, then the directory (their links), in the
-        background (cni/files.py sync_in_background): the caller waits with files.wait_synced()
-        before it answers. A kill before then loses nothing (the page cache stays); a power loss
-        may: ADD had not answered, and an empty lease is nobody's (lease_index.py rebuild_index)."""
-        if self.unsynced:
-            fds, self.unsynced = self.unsynced + [os.dup(self.dir_fd)], []
-            files.sync_in_background(fds)
 
     def owner(self, ip):
         """(containerID, ifname or None) of a lease; None if there is none we can read (or ip holds
