@@ -7,6 +7,7 @@ and cluster-ipam's network records (ipam/cluster.py).
 
 import _thread   # not threading: the cold path would pay its import
 import os
+import stat
 import time
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -93,6 +94,29 @@ def replace(path, data, dir_fd=None, sync=False):
     except BaseException:
         remove(tmp, dir_fd)
         raise
+
+
+def overwrite(path, data, dir_fd=None):
+    """Write a small file in place, where a torn one is harmless (read under the store's lock, never
+    fsync'ed, a hint or checked: last_reserved_ip.N, the index's stamp). Cheaper than replace() once
+    the file exists: ext4 starts writing back the new file of a rename over an old one (0.05 ms idle,
+    ~0.2 ms on a busy disk). One pwrite is whole or not at all against a kill; a kill before the
+    truncate leaves the old tail after a shorter new text. Anything but a regular file with one link
+    (a planted symlink, hard link, FIFO or directory) is replaced as replace() does, never written."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | NOFOLLOW, 0o600, dir_fd=dir_fd)
+    except OSError:
+        return replace(path, data, dir_fd)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            os.pwrite(fd, data, 0)
+            if st.st_size > len(data):
+                os.ftruncate(fd, len(data))
+            return
+    finally:
+        os.close(fd)
+    replace(path, data, dir_fd)
 
 
 def replace_if_changed(path, data, dir_fd=None):

@@ -274,8 +274,8 @@ class LeaseFiles:
         return data.decode(errors="replace").strip() if data else None
 
     def set_last_reserved(self, set_index, ip):
-        # not fsync'ed: a torn last_reserved_ip after a power loss only moves round-robin
-        files.replace(f"{LAST_RESERVED}{set_index}", ip.encode(), self.dir_fd)
+        # in place, not fsync'ed (as the reference writes it): a torn one only moves round-robin
+        files.overwrite(f"{LAST_RESERVED}{set_index}", ip.encode(), self.dir_fd)
 
     def lease_names(self):
         """The names of all lease files (listing only, no reads)."""
