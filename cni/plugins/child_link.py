@@ -1,10 +1,10 @@
 """The story macvlan and ipvlan share: a pod interface that is a child of a node interface.
 
-ADD gets addresses from IPAM (its lease's fsync goes on meanwhile, waited for
-before the answer), creates the child directly inside the pod's netns under a
-temporary name (IFLA_NET_NS_FD: moving it afterwards costs ~16 ms of kernel
-time), renames it to CNI_IFNAME there (with conflictDetection: keeps only
-addresses nobody on the LAN answers for), applies them, checks the gateways
+ADD creates the child directly inside the pod's netns under a temporary name
+(IFLA_NET_NS_FD: moving it afterwards costs ~16 ms of kernel time), renames it
+to CNI_IFNAME there, gets addresses from IPAM (with conflictDetection: ones
+nobody on the LAN answers for; the lease's fsync goes on meanwhile, waited for
+before the answer), applies them, checks the gateways
 (gatewayDetection) and announces the addresses (cni/plugins/lan.py). Every step
 registers its undo right after it succeeds, so a failure leaves no link, no
 lease and no parent behind. DEL releases IPAM first and accepts whatever is
@@ -255,7 +255,7 @@ def addresses(kind, conf, request, undo):
 
 
 def add(kind, request):
-    """Load, open the netns, find the master, get addresses, create the child, apply them,
+    """Load, open the netns, find the master, create the child, get addresses, apply them,
     add the shim, answer. `resources` close whatever happens; `undo` runs only on failure."""
     conf = kind.load(request)
     dispatch.load_ipam_config(request)   # a bad ipam section is refused before the link exists
@@ -273,9 +273,9 @@ def add(kind, request):
             if conf.mtu and conf.mtu > master.mtu:
                 raise CniError(ERR_INVALID_CONFIG, f"mtu: {conf.mtu} is larger than master {master.name}'s "
                                                    f"MTU {master.mtu}")
-            # IPAM before the link: the lease's fsync goes on while the link is made and configured
-            result = addresses(kind, conf, request, undo)
+            # IPAM after the link: a caller that cannot make it leaves no store behind
             link = create_child(kind, conf, where, pod, pod_fd, master, request, undo)
+            result = addresses(kind, conf, request, undo)   # its lease's fsync goes on beside the rest
             neighbours = resources.enter_context(lan.Neighbours(kind, conf, request, pod, pod_fd, link, master))
             if conf.lan.conflicts:
                 result = neighbours.unused_addresses(result, lambda: addresses_again(kind, conf, request, undo))
