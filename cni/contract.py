@@ -76,6 +76,8 @@ class Request:
         self.args = parse_cni_args(env.get("CNI_ARGS", ""))
         self.warnings = []   # what a config check found and let pass: stderr and the log (MAX_WARNINGS of them)
         self.ipam_config = None   # an in-process IPAM's config, loaded early (load_ipam_config)
+        self.defer_sync = False   # an in-process IPAM's ADD leaves its lease's fsync running: the main
+        #                           plugin waits for it (dispatch.wait_ipam_synced) before it answers
 
     @property
     def network(self):

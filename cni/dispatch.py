@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from cni import contract, handoff, registry
+from cni import contract, files, handoff, registry
 from cni.contract import CURRENT_VERSION, MAX_WARNINGS, REQUIRED_ENV, SUPPORTED_VERSIONS, Request
 from cni.errors import ERR_DECODE, ERR_INTERNAL, ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_IO, ERR_TRY_AGAIN, CniError
 
@@ -194,8 +194,10 @@ def load_ipam_config(request):
         request.ipam_config = plugin_module(ipam).load_config(request)
 
 
-def delegate_ipam(request, command):
-    """Run the IPAM plugin's `command`; return its result (newest form) for ADD."""
+def delegate_ipam(request, command, defer_sync=False):
+    """Run the IPAM plugin's `command`; return its result (newest form) for ADD. `defer_sync`: an
+    in-process IPAM's ADD returns before its lease's fsync is done, which goes on beside the
+    caller's kernel work; the caller calls wait_ipam_synced() before it answers."""
     kind = contract.ipam_type(request.config)
     ipam = registry.in_process_ipam(kind)   # our own IPAM: in-process, no second exec
     if ipam is not None:
@@ -204,8 +206,18 @@ def delegate_ipam(request, command):
         sub.version = request.version
         sub.warnings = request.warnings
         sub.ipam_config = request.ipam_config if command == request.command else None
+        sub.defer_sync = defer_sync
         return verbs[command](sub)
     return exec_plugin(kind, request, command)
+
+
+def wait_ipam_synced():
+    """Wait for the fsyncs an in-process IPAM's ADD left running (cni/files.py sync_in_background):
+    its leases are durable before the ADD answers. An I/O error if one failed (the caller rolls back)."""
+    try:
+        files.wait_synced()
+    except OSError as e:
+        raise CniError(ERR_IO, f"IPAM: the lease could not be made durable: {os.strerror(e.errno)}") from None
 
 
 def hold_ipam_conflict(request, address: str, mac: str) -> bool:

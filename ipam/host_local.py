@@ -77,6 +77,12 @@ def cmd_add(request):
             failure = e   # rolled back: leave the store cleanly (committed), then report
     if failure is not None:
         raise failure
+    if not request.defer_sync:
+        try:
+            dispatch.wait_ipam_synced()
+        except CniError:
+            cmd_del(request)   # not durable: nothing is answered, nothing kept
+            raise
     return verbs.add_result(conf, allocated)
 
 

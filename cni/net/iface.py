@@ -38,19 +38,30 @@ def up(nl, link, ifname, result):
 
 
 def configure(nl, link, ifname, result, device_default=False):
-    """Addresses, link up (coming up with them, it has arp_notify announce the IPv4 ones), routes.
+    """Addresses, link up (coming up with them, it has arp_notify announce the IPv4 ones), routes:
+    one netlink round trip (nl.batched()); with IPv6, the routes come after the check that no
+    address failed DAD, a second one.
     `device_default` adds `default dev <ifname>` per family instead of gateway routes (ipvlan l3/l3s)."""
     ips = [ip for ip in result.get("ips") or []]
     has_ipv6 = any(":" in ip["address"] for ip in ips)
     prepare(ifname, has_ipv6)
-    for ip in ips:
-        iface = ipaddress.ip_interface(ip["address"])
-        flags = netlink.IFA_F_OPTIMISTIC if iface.version == 6 else 0
-        nl.add_address(link.index, str(iface.ip), iface.network.prefixlen, flags)
-    nl.set_link(link.index, up=True)
-    for address, plen, flags in nl.addresses(link.index):
-        if flags & netlink.IFA_F_DADFAILED:
-            raise CniError(ERR_LINK, f"IPv6 duplicate address detection failed for {address}/{plen}")
+    with nl.batched():
+        for ip in ips:
+            iface = ipaddress.ip_interface(ip["address"])
+            flags = netlink.IFA_F_OPTIMISTIC if iface.version == 6 else 0
+            nl.add_address(link.index, str(iface.ip), iface.network.prefixlen, flags)
+        nl.set_link(link.index, up=True)
+        if not has_ipv6:   # IPv4 has no duplicate address detection to look at first
+            add_routes(nl, link, ips, result, device_default)
+    if has_ipv6:
+        for address, plen, flags in nl.addresses(link.index):
+            if flags & netlink.IFA_F_DADFAILED:
+                raise CniError(ERR_LINK, f"IPv6 duplicate address detection failed for {address}/{plen}")
+        with nl.batched():
+            add_routes(nl, link, ips, result, device_default)
+
+
+def add_routes(nl, link, ips, result, device_default):
     gateways = {}
     for ip in ips:
         if ip.get("gateway"):

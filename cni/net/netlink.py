@@ -258,6 +258,7 @@ class Netlink:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         self.sock.bind((0, 0))
         self.seq = 0
+        self.queued = None   # inside batched(): the changes to send when the block ends
 
     def close(self):
         self.sock.close()
@@ -299,10 +300,44 @@ class Netlink:
                 yield memoryview(data)[start:start + length]
 
     def request(self, msg_type, flags, body, what):
-        """Send a change; wait for its ACK."""
+        """Send a change; wait for its ACK (inside batched(): queued, sent as the block ends)."""
+        if self.queued is not None:
+            self.queued.append((msg_type, flags | NLM_F_ACK, body, what))
+            return
         seq = self._send(msg_type, flags | NLM_F_ACK, body)
         for _ in self._replies(seq, what):
             pass
+
+    def batched(self):
+        """`with nl.batched():` the changes requested in the block go to the kernel in one send as
+        it ends, and their ACKs come back in one read loop: one round trip for them all. The kernel
+        applies them in order and goes on past a failed one; the first failure in that order is
+        raised, so a caller undoes the whole step as it would have after the one that failed."""
+        return _Batch(self)
+
+    def _send_batch(self, queued):
+        data, whats = b"", {}
+        for msg_type, flags, body, what in queued:
+            self.seq += 1
+            data += HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, self.seq, 0) + body
+            whats[self.seq] = what
+        self.sock.send(data)
+        failures = {}
+        while whats:   # one ACK or error per message
+            data = self.sock.recv(1 << 20)
+            offset = 0
+            while offset + HEADER.size <= len(data):
+                length, kind, _flags, rseq, _pid = HEADER.unpack_from(data, offset)
+                if length < HEADER.size:
+                    break
+                if kind == NLMSG_ERROR and rseq in whats:
+                    what = whats.pop(rseq)
+                    code = -S32.unpack_from(data, offset + HEADER.size)[0]
+                    if code:
+                        failures[rseq] = NetlinkError(code, what)
+                offset += (length + 3) & ~3
+        if failures:
+            raise failures[min(failures)]
 
     def dump(self, msg_type, body, what):
         seq = self._send(msg_type, NLM_F_DUMP, body)
@@ -547,6 +582,21 @@ class Netlink:
                 if r["dst"].endswith("/0") and r["table"] == RT_TABLE_MAIN and r["oif"]:
                     return r["oif"]
         return None
+
+
+class _Batch:
+    def __init__(self, nl):
+        self.nl = nl
+
+    def __enter__(self):
+        self.nl.queued = []
+        return self.nl
+
+    def __exit__(self, exc_type, exc, tb):
+        queued, self.nl.queued = self.nl.queued, None
+        if exc_type is None and queued:
+            self.nl._send_batch(queued)
+        return False
 
 
 def broadcast(address, prefixlen):

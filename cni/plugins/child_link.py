@@ -3,7 +3,8 @@
 ADD creates the child directly inside the pod's netns under a temporary name
 (IFLA_NET_NS_FD: moving it afterwards costs ~16 ms of kernel time), renames it
 to CNI_IFNAME there, gets addresses from IPAM (with conflictDetection: ones
-nobody on the LAN answers for), applies them, checks the gateways
+nobody on the LAN answers for; the lease's fsync goes on meanwhile, waited for
+before the answer), applies them, checks the gateways
 (gatewayDetection) and announces the addresses (cni/plugins/lan.py). Every step
 registers its undo right after it succeeds, so a failure leaves no link, no
 lease and no parent behind. DEL releases IPAM first and accepts whatever is
@@ -230,13 +231,14 @@ def create_child(kind, conf, where, pod, pod_fd, master, request, undo):
     except netlink.NetlinkError as e:
         raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME: cannot rename {temp} to {request.ifname}: "
                                         f"{os.strerror(e.errno)}") from None
+    link.name = request.ifname   # its MAC and MTU stay as read: the result needs no second read
     return link
 
 
 def addresses(kind, conf, request, undo):
     """The IPAM result (its DEL registered in `undo`), prevResult's in a chain, or none (ipam {})."""
     if conf.ipam_type:
-        result = dispatch.delegate_ipam(request, "ADD")
+        result = dispatch.delegate_ipam(request, "ADD", defer_sync=True)   # waited for before add() answers
         undo.callback(quietly(lambda: dispatch.delegate_ipam(request, "DEL")))
         if not result.get("ips"):
             raise CniError(ERR_INVALID_CONFIG, f"ipam: {conf.ipam_type} returned no IP addresses")
@@ -271,8 +273,9 @@ def add(kind, request):
             if conf.mtu and conf.mtu > master.mtu:
                 raise CniError(ERR_INVALID_CONFIG, f"mtu: {conf.mtu} is larger than master {master.name}'s "
                                                    f"MTU {master.mtu}")
+            # IPAM after the link: a caller that cannot make it leaves no store behind
             link = create_child(kind, conf, where, pod, pod_fd, master, request, undo)
-            result = addresses(kind, conf, request, undo)
+            result = addresses(kind, conf, request, undo)   # its lease's fsync goes on beside the rest
             neighbours = resources.enter_context(lan.Neighbours(kind, conf, request, pod, pod_fd, link, master))
             if conf.lan.conflicts:
                 result = neighbours.unused_addresses(result, lambda: addresses_again(kind, conf, request, undo))
@@ -289,11 +292,12 @@ def add(kind, request):
             if conf.shim:
                 undo.callback(quietly(shim.ensure(host, kind, conf, master, request, result)))
 
-            result["interfaces"] = [iface.interface_result(pod.link(index=link.index), request.netns)]
+            result["interfaces"] = [iface.interface_result(link, request.netns)]
             for ip in result["ips"]:
                 ip["interface"] = 0
             if conf.dns:
                 result["dns"] = conf.dns
+            dispatch.wait_ipam_synced()   # the lease's fsync went on beside the kernel work above
             undo.pop_all()  # success: keep everything
             return result
     except netlink.NetlinkError as e:

@@ -128,9 +128,12 @@ class LeaseFiles:
         finally:
             os.close(data_fd)
         self.lock_fd = None
-        self.lease_tmp = None  # (owner, name): one fsync'ed lease body, linked to each address tried
+        self.lease_tmp = None  # (owner, name, fd): one lease body, linked to each address tried
 
     def close(self):
+        if self.lease_tmp is not None:
+            os.close(self.lease_tmp[2])
+            self.lease_tmp = None
         for fd in (self.dir_fd, self.lock_fd):
             if fd is not None:
                 os.close(fd)
@@ -183,23 +186,28 @@ class LeaseFiles:
 
     def reserve(self, ip, container_id, ifname):
         """Create the lease file for ip; False if it exists. Never leaves a partial file."""
-        # The body is written and fsync'ed once under a temporary name, then hard-linked
-        # to each address tried: a lease file is never empty or partial, and a nearly
-        # full range costs one fsync, not one per address probed.
+        # The body is written once under a temporary name, then hard-linked to each address
+        # tried: a lease file is never empty or partial (a kill leaves the page cache as it
+        # is). Once linked, the lease and then the directory (the link) are fsync'ed in the
+        # background, beside the rest of the ADD, which waits for it before it answers
+        # (files.wait_synced). A power loss before then may leave an empty lease: ADD had not
+        # answered, and an empty lease is nobody's (lease_index.py rebuild_index).
         owner = (container_id, ifname)
         if self.lease_tmp is None or self.lease_tmp[0] != owner:
             self.drop_lease_tmp()
             body = lease_content(container_id, ifname).encode()
-            self.lease_tmp = (owner, files.write_temp(body, self.dir_fd, sync=True))
+            self.lease_tmp = (owner, *files.write_temp(body, self.dir_fd, keep_open=True))
         try:
             os.link(self.lease_tmp[1], ip, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd, follow_symlinks=False)
-            return True
         except FileExistsError:
             return False
+        files.sync_in_background([os.dup(self.lease_tmp[2]), os.dup(self.dir_fd)])
+        return True
 
     def drop_lease_tmp(self):
         if self.lease_tmp is not None:
             files.remove(self.lease_tmp[1], self.dir_fd)
+            os.close(self.lease_tmp[2])
             self.lease_tmp = None
 
     def owner(self, ip):
@@ -266,8 +274,8 @@ class LeaseFiles:
         return data.decode(errors="replace").strip() if data else None
 
     def set_last_reserved(self, set_index, ip):
-        # not fsync'ed: a torn last_reserved_ip after a power loss only moves round-robin
-        files.replace(f"{LAST_RESERVED}{set_index}", ip.encode(), self.dir_fd)
+        # in place, not fsync'ed (as the reference writes it): a torn one only moves round-robin
+        files.overwrite(f"{LAST_RESERVED}{set_index}", ip.encode(), self.dir_fd)
 
     def lease_names(self):
         """The names of all lease files (listing only, no reads)."""

@@ -28,7 +28,7 @@ import re
 
 from cni.contract import check_container_id, check_ifname
 from cni.errors import CniError
-from cni.files import boot_id, remove, replace
+from cni.files import boot_id, overwrite, remove, replace
 from ipam.stores.lease_files import NOFOLLOW, is_ip, io_error, open_dir
 
 INDEX_DIR = ".underlay-index"
@@ -187,7 +187,8 @@ class AttachmentIndex:
         os.utime(dir_fd, ns=(st.st_atime_ns, st.st_mtime_ns - 1))
         # stamp what the filesystem stored: one with coarser times rounds down further
         stamp = f"{INDEX_FORMAT} {os.fstat(dir_fd).st_mtime_ns} {self.boot_id or '-'}"
-        replace(STAMP, stamp.encode(), self.index_fd)
+        # in place: a torn stamp (the new one with the old one's tail) does not parse: rebuilt next time
+        overwrite(STAMP, stamp.encode(), self.index_fd)
 
     def ensure_index(self):
         now = boot_id()

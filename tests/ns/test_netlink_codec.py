@@ -196,6 +196,38 @@ def test_encoded_requests_make_what_they_say(node):
             nl.delete_link(back.index)
 
 
+def test_batched_changes_take_one_send_and_report_the_first_failure_in_order(node):
+    """nl.batched(): the block's changes in one send, one ACK each; the kernel goes on past a
+    failed one and the first failure, in the order requested, is raised."""
+    with socket_in(node) as nl:
+        nl.create_link("ulnb0", "veth", data={"VETH_INFO_PEER": {"attrs": [("IFLA_IFNAME", "ulnb1")]}})
+        link = nl.link("ulnb0")
+        sends = []
+        sock = nl.sock
+        nl.sock = type("Counted", (), {"send": lambda self, data: (sends.append(data), sock.send(data))[1],
+                                        "recv": lambda self, *a: sock.recv(*a)})()
+        with nl.batched():
+            nl.add_address(link.index, "10.81.0.9", 24)
+            nl.set_link(link.index, up=True)
+            nl.add_route("10.82.0.0/16", link.index, gw="10.81.0.1")
+        assert len(sends) == 1
+        with pytest.raises(netlink.NetlinkError) as e:
+            with nl.batched():
+                nl.add_address(link.index, "10.81.0.9", 24)        # EEXIST: the first failure
+                nl.add_address(link.index, "10.83.0.9", 24)        # applied all the same
+                nl.add_route("10.82.0.0/16", link.index, gw="10.81.0.1", exclusive=True)   # EEXIST too
+        assert e.value.errno == 17 and "adding address 10.81.0.9/24" in str(e.value), e.value
+        assert len(sends) == 2
+        with nl.batched():
+            pass   # nothing requested: nothing sent
+        assert len(sends) == 2
+        nl.sock = sock
+        assert {a for a, _, _ in nl.addresses(link.index)} == {"10.81.0.9", "10.83.0.9"}
+        assert nl.link(index=link.index).up
+        assert nl.link(index=link.index).name == "ulnb0"   # the socket still answers in step
+        nl.delete_link(link.index)
+
+
 def test_veth_into_another_netns_rules_neighbours_aliases_and_onlink_routes(node, pod_ns):
     """What cluster-access asks of the kernel, as `ip -j` then shows it, and read back by our parsers."""
     pod = pod_ns()

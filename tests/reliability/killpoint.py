@@ -30,7 +30,7 @@ def _renaming(args, kwargs):
 
 
 def _lease_body(args, kwargs):
-    return kwargs.get("sync", False)
+    return kwargs.get("keep_open", False)
 
 
 def _caller(name):
@@ -52,6 +52,8 @@ POINTS = {
     "add:after-lease": ("ipam.stores.lease_files", "LeaseFiles.reserve", "after", None),
     "add:after-index": ("ipam.stores.lease_index", "AttachmentIndex.record", "after", None),
     "add:after-ipam": ("ipam.stores.lease_index", "AttachmentIndex.commit", "after", _caller("flush")),
+    # the lease linked and indexed, its fsync under way beside the kernel work, not waited for
+    "add:lease-unsynced": ("cni.dispatch", "wait_ipam_synced", "before", None),
     "add:before-configure": ("cni.net.iface", "configure", "before", None),
     "add:after-configure": ("cni.net.iface", "configure", "after", None),
     "add:before-result": ("cni.net.iface", "interface_result", "after", None),
@@ -72,6 +74,7 @@ POINTS = {
 
 FAILURES = {
     "configure": ("cni.net.iface", "configure"),
+    "fsync": ("os", "fsync"),    # an I/O error (EIO) making the lease durable
 }
 
 
@@ -114,6 +117,8 @@ def fail_at(name, dormant=False):
     def failing(*args, **kwargs):
         if dormant and os.environ.get("UNDERLAY_FAIL_AT") != name:
             return original(*args, **kwargs)
+        if name == "fsync":
+            raise OSError(errno.EIO, f"injected failure in {name}")
         raise netlink.NetlinkError(errno.EIO, f"injected failure in {name}")
 
     setattr(owner, attr, failing)

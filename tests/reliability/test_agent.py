@@ -1133,7 +1133,7 @@ def test_a_traced_request_gets_its_phases_and_the_next_worker_is_not_traced(agen
     times = [t for _, t in worker["marks"]]
     assert times == sorted(times)
     spans = {span[0] for span in worker["spans"]}
-    assert {"read request (stdin JSON, env)", "config: schema", "fsync", "result"} <= spans, spans
+    assert {"read request (stdin JSON, env)", "config: schema", "lease's fsync (waited for)", "result"} <= spans, spans
     if client == "compiled":
         client_line, = [x for x in lines if x["who"] == "client"]
         assert [name for name, _ in client_line["marks"]] == ["main", "connected", "stdin read", "ready received",

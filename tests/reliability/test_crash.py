@@ -3,6 +3,7 @@ recovery (DEL after a failed ADD, DEL until it succeeds): nothing may be left.""
 
 import pytest
 
+from cni.errors import ERR_IO
 from tests.reliability.killpoint import POINTS
 from tests.reliability.node import Audit, assert_killed
 from tests.reliability.scenarios import CrashRun
@@ -27,6 +28,19 @@ def test_add_killed_then_deleted_leaves_nothing(node, point):
     out = node.run("ADD", conf, "c2", pod)   # the pod's netns is usable again
     assert out.ok, out
     Audit(node, ["rel"], {("rel", "c2", "eth0"): pod}).assert_clean(point)
+
+
+@pytest.mark.both_paths
+def test_add_whose_lease_cannot_be_made_durable_fails_and_leaves_nothing(node):
+    """The lease's fsync runs beside the kernel work: its failure still rolls the whole ADD back."""
+    conf = node.conf()
+    pod, = node.add_pods(1)
+    out = node.run("ADD", conf, "c1", pod, fail_at="fsync")
+    assert out.cni_code == ERR_IO and "could not be made durable" in out.json["msg"], out
+    assert node.pod_links(pod) == {}
+    Audit(node, ["rel"], {}).assert_clean()
+    assert node.run("ADD", conf, "c2", pod).ok
+    Audit(node, ["rel"], {("rel", "c2", "eth0"): pod}).assert_clean()
 
 
 @pytest.mark.parametrize("point", [p for p in POINTS if p.startswith("del:")])

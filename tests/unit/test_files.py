@@ -67,3 +67,41 @@ def test_replace_if_changed_replaces_a_symlink_never_its_target(tmp_path):
     os.symlink(target, tmp_path / "record.json")
     assert files.replace_if_changed(str(tmp_path / "record.json"), b"same") is True   # not read through it
     assert not os.path.islink(tmp_path / "record.json") and target.read_bytes() == b"same"
+
+
+def test_overwrite_writes_in_place_shorter_or_longer_and_creates_0600(tmp_path):
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        files.overwrite("hint", b"10.1.0.250", dir_fd)
+        inode = os.stat(tmp_path / "hint").st_ino
+        assert (tmp_path / "hint").read_bytes() == b"10.1.0.250"
+        assert os.stat(tmp_path / "hint").st_mode & 0o777 == 0o600
+        files.overwrite("hint", b"10.1.0.3", dir_fd)
+        assert (tmp_path / "hint").read_bytes() == b"10.1.0.3"
+        files.overwrite("hint", b"10.1.0.200", dir_fd)
+        assert (tmp_path / "hint").read_bytes() == b"10.1.0.200"
+        assert os.stat(tmp_path / "hint").st_ino == inode   # in place: no rename
+    finally:
+        os.close(dir_fd)
+
+
+@pytest.mark.parametrize("planted", ["symlink", "hardlink", "fifo", "directory"])
+def test_overwrite_never_writes_through_what_was_planted(tmp_path, planted):
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"precious")
+    path = tmp_path / "hint"
+    if planted == "symlink":
+        path.symlink_to(target)
+    elif planted == "hardlink":
+        os.link(target, path)
+    elif planted == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    if planted == "directory":
+        with pytest.raises(OSError):
+            files.overwrite(str(path), b"10.1.0.3")   # as replace(): a rename cannot replace it
+    else:
+        files.overwrite(str(path), b"10.1.0.3")    # never blocks on a FIFO
+        assert path.read_bytes() == b"10.1.0.3" and not path.is_symlink()
+    assert target.read_bytes() == b"precious"

@@ -1,12 +1,16 @@
 """DiskStore in-process: what exec tests cannot set up (a coarse clock, fsync counts, a full disk)."""
 
 import errno
+import io
+import json
 import os
+import time
 
 import pytest
 
+from cni import dispatch, files, registry
 from cni.errors import ERR_IO, CniError
-from ipam import allocator, ranges
+from ipam import allocator, host_local, ranges
 from ipam.stores.lease_files import LeaseFiles
 from ipam.stores.lease_index import AttachmentIndex
 from ipam.stores.disk import DiskStore
@@ -14,7 +18,8 @@ from ipam.stores.disk import DiskStore
 
 @pytest.fixture
 def data_dir(tmp_path):
-    return str(tmp_path / "networks")
+    yield str(tmp_path / "networks")
+    files.wait_synced()   # a store's background fsyncs end with its test
 
 
 def net_dir(data_dir):
@@ -57,20 +62,78 @@ def test_index_trusted_on_a_filesystem_with_whole_second_times(data_dir, monkeyp
         assert store.ips_of("c1", "eth0") == ["10.1.0.2"]
 
 
-def test_one_fsync_per_allocation_in_a_nearly_full_range(data_dir, monkeypatch):
+def synced_inodes(monkeypatch, slow=0.0):
+    """Record the (device, inode) of every fsync, in order; `slow` seconds each (an ADD that did
+    not wait for its sync would answer first)."""
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        time.sleep(slow)
+        real_fsync(fd)
+        st = os.fstat(fd)
+        synced.append((st.st_dev, st.st_ino))
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def inode(path):
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def test_the_lease_then_its_directory_synced_once_per_allocation_in_a_nearly_full_range(data_dir, monkeypatch):
     [s] = ranges.range_sets({"ranges": [[{"subnet": "10.1.0.0/26"}]]})
     os.makedirs(net_dir(data_dir))
     for i in range(2, 62):
         write(os.path.join(net_dir(data_dir), f"10.1.0.{i}"), b"other\r\neth0")
-    syncs = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
+    synced = synced_inodes(monkeypatch)
     with DiskStore(data_dir, "net1") as store:
-        syncs.clear()  # the rebuild does not fsync, but do not count it either way
+        synced.clear()  # the rebuild does not fsync, but do not count it either way
         r, value = allocator.allocate(s, store, "c1", "eth0")
         assert r.text(value) == "10.1.0.62"
-    assert len(syncs) == 1
+    files.wait_synced()
+    assert synced == [inode(os.path.join(net_dir(data_dir), "10.1.0.62")), inode(net_dir(data_dir))]
     assert sorted(n for n in os.listdir(net_dir(data_dir)) if n.startswith(".tmp-")) == []
+
+
+HOST_LOCAL = {"cniVersion": "1.1.0", "name": "net1", "type": "macvlan",
+              "ipam": {"type": "host-local", "subnet": "10.1.0.0/24"}}
+
+
+def run_host_local(data_dir, stdout):
+    config = dict(HOST_LOCAL, ipam=dict(HOST_LOCAL["ipam"], dataDir=data_dir))
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/run/netns/p1", "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/opt/cni/bin"}
+    return dispatch.run(registry.EXECUTABLES["host-local"], host_local.VERBS, env=env,
+                        stdin=json.dumps(config).encode(), stdout=stdout, stderr=io.StringIO())
+
+
+def test_host_local_add_answers_once_the_lease_and_its_link_are_synced(data_dir, monkeypatch):
+    synced = synced_inodes(monkeypatch, slow=0.2)
+    seen_at_answer = []
+
+    class Stdout(io.StringIO):
+        def write(self, text):
+            seen_at_answer.append(list(synced))
+            return super().write(text)
+    stdout = Stdout()
+    assert run_host_local(data_dir, stdout) == 0, stdout.getvalue()
+    assert json.loads(stdout.getvalue())["ips"][0]["address"] == "10.1.0.2/24"
+    assert seen_at_answer == [[inode(os.path.join(net_dir(data_dir), "10.1.0.2")), inode(net_dir(data_dir))]]
+
+
+def test_host_local_add_whose_lease_cannot_be_synced_fails_and_keeps_nothing(data_dir, monkeypatch):
+    def broken(fd):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    monkeypatch.setattr(os, "fsync", broken)
+    stdout = io.StringIO()
+    assert run_host_local(data_dir, stdout) == 1
+    error = json.loads(stdout.getvalue())
+    assert error["code"] == ERR_IO and "could not be made durable" in error["msg"], error
+    with DiskStore(data_dir, "net1") as store:
+        assert store.attachments() == {}
+    assert [n for n in os.listdir(net_dir(data_dir)) if n[0].isdigit() or n.startswith(".tmp-")] == []
 
 
 def test_failed_write_is_an_io_error(data_dir, monkeypatch):
