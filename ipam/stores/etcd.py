@@ -35,9 +35,11 @@ is one transaction conditioned on the lease being exactly the one read (so its
 owner) and the block unchanged. No cluster-wide lock.
 """
 
+import contextlib
 import ipaddress
 import json
 
+from cni import locks
 from cni.errors import ERR_IO, ERR_TRY_AGAIN, CniError
 from cni.files import replace_if_changed
 from ipam import etcd
@@ -62,7 +64,7 @@ class EtcdStore(BlockLeases):
     operations below)."""
 
     def __init__(self, client, prefix, network, node, grids=(), files=None, pod=None, sticky_seconds=None,
-                 netns=None, reuse_cooldown=0):
+                 netns=None, reuse_cooldown=0, claims_only=False):
         self.client = client
         self.prefix = prefix.rstrip("/")
         self.network = network
@@ -78,6 +80,7 @@ class EtcdStore(BlockLeases):
         self.foreign = set()            # (version, value) taken outside any block we read (an overlapping pool)
         self.inflight = None            # the address of a claim etcd may have applied when its answer was lost
         self.reuse_cooldown = reuse_cooldown
+        self.claims_only = claims_only  # the node's lock only around claims (an ADD's `claiming`), not all along
 
     # -- keys -----------------------------------------------------------------
 
@@ -99,26 +102,54 @@ class EtcdStore(BlockLeases):
     # -- the operation: etcd first, then the node's lock ---------------------------
 
     def __enter__(self):
-        if self.files is not None:
+        if self.files is not None and not self.claims_only:
             try:
-                # etcd before waiting for the node's lock: with etcd down, every operation of the node
-                # says so within requestTimeout, instead of queueing behind holders that each wait out
-                # theirs and answering "lock held" at lockTimeout. A free lock (its file there: a first
-                # operation creates nothing before etcd answered) is taken at once: nobody waits then,
-                # and the operation's own first read says as soon whether etcd answers (one round trip
-                # fewer; whoever comes meanwhile finds it held and asks etcd first).
-                if not self.files.lock(wait=False):
-                    self.reachable()
-                    try:
-                        self.files.lock()
-                    except CniError as locked:
-                        if locked.code == ERR_TRY_AGAIN:
-                            self.reachable(f"; meanwhile {locked.msg}")   # etcd gone since: the likely cause
-                        raise
+                self.lock()
             except BaseException:
                 self.close()
                 raise
         return self
+
+    def lock(self, asked=False):
+        """Take the node's lock, etcd first: with etcd down, every operation of the node says so within
+        requestTimeout, instead of queueing behind holders that each wait out theirs and answering "lock
+        held" at lockTimeout. A free lock (its file there: a first operation creates nothing before etcd
+        answered) is taken at once: nobody waits then, and the operation's own first read says as soon
+        whether etcd answers (whoever comes meanwhile finds it held and asks etcd first). `asked`: the
+        operation has just had an answer from etcd (its first read), which is that question. True if
+        someone else held it."""
+        if self.files.lock(wait=False):
+            return False
+        held = self.files.lock_fd is not None   # its file there: someone holds it (else a first operation)
+        if not asked:
+            self.reachable()
+        try:
+            self.files.lock()
+        except CniError as locked:
+            if locked.code == ERR_TRY_AGAIN:
+                self.reachable(f"; meanwhile {locked.msg}")   # etcd gone since: the likely cause
+            raise
+        return held
+
+    @contextlib.contextmanager
+    def claiming(self):
+        """The node's lock around an ADD's claims only (claims_only): its reads come before, after etcd
+        answered them, and its completion after, so one node's concurrent ADDs queue for each other's
+        claims, not for each other's whole ADD. Correctness never rests on the lock (every claim is
+        guarded by its block's revision and its address key): it keeps the node's ADDs from racing
+        each other on one block, and its last-reserved cache whole."""
+        if self.files is None:
+            yield
+            return
+        if self.lock(asked=True):
+            # whoever held it claimed meanwhile, most likely in the very blocks read before: read them
+            # again (a read) rather than learn it from a claim refused (a write, through etcd's log)
+            self.pools.clear()
+            self.prefetched.clear()
+        try:
+            yield
+        finally:
+            locks.unlock(self.files.lock_fd)
 
     def reachable(self, meanwhile=""):
         """One linearizable read (of a key that never exists): etcd answers, or its code-11 error is raised."""
