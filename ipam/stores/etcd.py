@@ -13,7 +13,10 @@ Keys under the prefix (default /underlay/ipam):
                                             claim until its ADD completes, then {"node": ..., "netns":
                                             ...}: DEL, CHECK and GC read one prefix; "netns" (the ADD's
                                             CNI_NETNS, when absolute) lets the node's agent heal a missed
-                                            DEL; records written before it have none and are never healed
+                                            DEL; records written before it have none and are never healed;
+                                            "block" (pools/<subnet>/blocks/<block>, the lease's) lets DEL
+                                            read the lease and its block at once; without it (older
+                                            records) DEL reads them one after the other
     sticky/<network>/<namespace>/<pod>/<ip>     the hold again, found by the pod's name
     conflicts/<network>/<ip>                a conflict record (ips/<ip> holds it too, and its block
                                             counts it used): {conflict, network, node, mac, since,
@@ -80,6 +83,9 @@ class EtcdStore(BlockLeases):
         self.foreign = set()            # (version, value) taken outside any block we read (an overlapping pool)
         self.inflight = None            # the address of a claim etcd may have applied when its answer was lost
         self.reuse_cooldown = reuse_cooldown
+        self.block_hints = {}           # ip -> its block's key, as its attachment record names it (ips_of)
+        self.blocks_read = {}           # block key -> KV or None, read with a lease to release (read)
+        self.claimed_blocks = {}        # ip -> the key of the block this ADD claimed it in (complete)
         self.claims_only = claims_only  # the node's lock only around claims (an ADD's `claiming`), not all along
 
     # -- keys -----------------------------------------------------------------
@@ -195,8 +201,20 @@ class EtcdStore(BlockLeases):
     # -- attachment records ---------------------------------------------------
 
     def ips_of(self, container_id, ifname):
+        """The attachment's addresses; the block each record names is kept (block_hints), so that a
+        release reads the lease and its block in one transaction."""
         prefix = self.k_attachment(container_id, ifname)
-        return [kv.key.decode()[len(prefix):] for kv in self.client.range(prefix, keys_only=True)]
+        found = []
+        for kv in self.client.range(prefix):
+            ip = kv.key.decode()[len(prefix):]
+            try:
+                block = json.loads(kv.value).get("block")
+            except (ValueError, AttributeError):
+                block = None
+            if isinstance(block, str) and block.startswith("pools/"):
+                self.block_hints[ip] = self.k(block)
+            found.append(ip)
+        return found
 
     def pending_and_done(self, container_id, ifname):
         """([ip], [ip]) of the attachment: leases of an ADD of this node that never completed, and the rest.
@@ -219,10 +237,14 @@ class EtcdStore(BlockLeases):
             (pending if mine else done).append(kv.key.decode()[len(prefix):])
         return pending, done
 
-    def attachment_value(self, pending):
+    def attachment_value(self, pending, block_key=None):
+        """An attachment record: node, pending (until its ADD completes), netns, and the key of its
+        lease's block below the prefix (a DEL reads the lease and the block together by it)."""
         doc = {"node": self.node, "pending": True} if pending else {"node": self.node}
         if self.netns:
             doc["netns"] = self.netns
+        if block_key:
+            doc["block"] = block_key[len(self.prefix) + 1:]
         return json.dumps(doc)
 
     def complete(self, container_id, ifname, texts):
@@ -231,11 +253,12 @@ class EtcdStore(BlockLeases):
         if not texts:
             return
         keys = [self.k_attachment(container_id, ifname, text) for text in texts]
-        pending, done = self.attachment_value(True), self.attachment_value(False)
+        pending = [self.attachment_value(True, self.claimed_blocks.get(text)) for text in texts]
+        done = [self.attachment_value(False, self.claimed_blocks.get(text)) for text in texts]
         for _ in range(LOST_WRITES):
             try:
-                if self.client.txn([etcd.value_is(key, pending) for key in keys],
-                                   [etcd.put(key, done) for key in keys]).succeeded:
+                if self.client.txn([etcd.value_is(key, value) for key, value in zip(keys, pending)],
+                                   [etcd.put(key, value) for key, value in zip(keys, done)]).succeeded:
                     return
                 break
             except CniError as e:
@@ -243,9 +266,9 @@ class EtcdStore(BlockLeases):
                     raise
                 current = [kvs[0].value if kvs else None
                            for kvs in self.client.txn([], [etcd.get(key) for key in keys]).responses]
-                if all(value == done.encode() for value in current):
+                if all(value == d.encode() for value, d in zip(current, done)):
                     return
-                if not all(value == pending.encode() for value in current):
+                if not all(value == p.encode() for value, p in zip(current, pending)):
                     break
                 # still pending: etcd did not apply it (lost with a dead leader, say); the txn again
         else:
@@ -268,7 +291,13 @@ class EtcdStore(BlockLeases):
     # -- reads ----------------------------------------------------------------
 
     def read(self, ip):
-        kv = self.client.get(self.k_ip(ip))
+        block_key = self.block_hints.pop(ip, None)
+        if block_key is None:
+            kv = self.client.get(self.k_ip(ip))
+        else:   # a DEL's: the block its attachment record names, in the same read, for release_lease
+            ip_kvs, block_kvs = self.client.txn([], [etcd.get(self.k_ip(ip)), etcd.get(block_key)]).responses
+            kv = ip_kvs[0] if ip_kvs else None
+            self.blocks_read[block_key] = block_kvs[0] if block_kvs else None
         return Lease(ip, kv.value) if kv is not None else None
 
     def pool_prefix(self, grid):
@@ -421,7 +450,7 @@ class EtcdStore(BlockLeases):
         new.prune_cooling(holds.now(), self.reuse_cooldown)
         lease = self.lease_value(grid, block, container_id, ifname)
         success = [etcd.put(ip_key, lease),
-                   etcd.put(self.k_attachment(container_id, ifname, text), self.attachment_value(True)),
+                   etcd.put(self.k_attachment(container_id, ifname, text), self.attachment_value(True, block.key)),
                    etcd.put(block.key, new.encode())]
         if hold is not None and hold.hold:
             success.append(etcd.delete(self.k_sticky(hold.doc.get("network", ""), hold.doc.get("namespace", ""),
@@ -444,6 +473,7 @@ class EtcdStore(BlockLeases):
             revision = None
         self.inflight = None
         if succeeded:
+            self.claimed_blocks[text] = block.key
             if revision is None:
                 self.refresh(block, block_kvs)   # as it is now, our address in it
             else:
@@ -489,7 +519,12 @@ class EtcdStore(BlockLeases):
         namespace, pod = doc.get("namespace"), doc.get("pod")
         hold = None if lease.conflict else hold_doc(doc, sticky_seconds, self.node)
         for _ in range(MAX_RACES):
-            block_kv = self.client.get(block_key) if first is not None else None
+            if first is None:
+                block_kv = None
+            elif block_key in self.blocks_read:   # read with the lease (read): as the lease was read
+                block_kv = self.blocks_read.pop(block_key)
+            else:
+                block_kv = self.client.get(block_key)
             ops = []
             compares = [etcd.value_is(ip_key, lease.raw)]
             if block_kv is not None:

@@ -26,9 +26,13 @@ def test_add_records_the_lease_and_del_returns_everything(cl):
         {"network": "net1", "containerID": "c1", "ifname": "eth0", "node": "n1", "namespace": "ns1", "pod": "web-0",
          "pool": "10.30.0.0/24"}
     assert abs(time.mktime(time.strptime(record["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(time.gmtime())) < 60
-    # the ADD completed: no pending mark; the pod's netns recorded for the agent's healing
-    assert cl.keys("attachments/") == {f"attachments/net1/c1@eth0/{ip}": {"node": "n1", "netns": "/run/netns/ucl-none"}
-                                       for ip in (v4, v6)}
+    # the ADD completed: no pending mark; the pod's netns recorded for the agent's healing, the lease's
+    # block for DEL (which reads the lease and its block at once)
+    leases = cl.leases()
+    assert cl.keys("attachments/") == {
+        f"attachments/net1/c1@eth0/{ip}": {"node": "n1", "netns": "/run/netns/ucl-none",
+                                           "block": f"pools/{leases[ip]['pool']}/blocks/{leases[ip]['block']}"}
+        for ip in (v4, v6)}
     blocks = {k: v for k, v in cl.keys("pools/").items() if "/blocks/" in k}
     assert all(b["node"] == "n1" for b in blocks.values()) and len(blocks) == 2
     # CHECK with the result as prevResult passes; one address missing from it fails
@@ -325,3 +329,15 @@ def test_the_nodes_lock_is_not_held_while_an_add_completes(cl):
         assert second != addresses(first[0])
         assert {lease["containerID"] for lease in cl.leases().values()} == {"c0", "c1", "c2"}
         assert not [k for k, v in cl.keys("attachments/").items() if v.get("pending")]
+
+
+def test_del_of_an_attachment_recorded_without_its_block(cl):
+    """An attachment record written before records named the lease's block (an older version's ADD):
+    DEL reads the lease, then its block, and releases it whole as before."""
+    conf = cl.conf("10.31.8.0/24", name="uoldrec")
+    ip, = addresses(cl.add(conf, "c1"))
+    key = f"attachments/uoldrec/c1@eth0/{ip}"
+    cl.client.put(f"{cl.prefix}/{key}", json.dumps({"node": "n1", "netns": "/run/netns/ucl-none"}))
+    assert cl.delete(conf, "c1").ok
+    assert cl.leases() == {} and cl.keys("attachments/") == {}
+    assert not [k for k in cl.keys("pools/") if "/blocks/" in k]    # the block given back whole
