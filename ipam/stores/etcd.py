@@ -80,6 +80,7 @@ class EtcdStore(BlockLeases):
         self.pools = {}                 # subnet -> {first: Block} as last read
         self.prefetched = {}            # subnet -> (blocks, config) read with pending_and_done, not yet used
         self.prefetched_conflicts = None  # the conflict records read with pending_and_done, not yet used
+        self.prefetched_holds = None    # the pod's sticky holds read with pending_and_done, not yet used
         self.foreign = set()            # (version, value) taken outside any block we read (an overlapping pool)
         self.inflight = None            # the address of a claim etcd may have applied when its answer was lost
         self.reuse_cooldown = reuse_cooldown
@@ -218,14 +219,18 @@ class EtcdStore(BlockLeases):
 
     def pending_and_done(self, container_id, ifname):
         """([ip], [ip]) of the attachment: leases of an ADD of this node that never completed, and the rest.
-        Only an ADD asks, and it reads its conflict records and pools next: they come in the same read
-        (a read-only transaction: one round trip, one revision), kept for conflicts() and blocks()."""
+        Only an ADD asks, and it reads its conflict records, pools and (with sticky) the pod's holds
+        next: they come in the same read (a read-only transaction: one round trip, one revision), kept
+        for conflicts(), blocks() and holds_of()."""
         prefix = self.k_attachment(container_id, ifname)
         unread = list({str(g.range.subnet): g for g in self.grids if str(g.range.subnet) not in self.pools}.values())
+        sticky = [etcd.get_prefix(self.k_sticky(self.network, *self.pod))] if self.sticky_seconds and self.pod else []
         result = self.client.txn([], [etcd.get_prefix(prefix), etcd.get_prefix(self.k_conflict(self.network))] +
-                                 [etcd.get_prefix(self.pool_prefix(g)) for g in unread])
+                                 sticky + [etcd.get_prefix(self.pool_prefix(g)) for g in unread])
         self.prefetched_conflicts = self.parse_conflicts(result.responses[1])
-        for grid, kvs in zip(unread, result.responses[2:]):
+        if sticky:
+            self.prefetched_holds = self.parse_holds(*self.pod, result.responses[2])
+        for grid, kvs in zip(unread, result.responses[2 + len(sticky):]):
             self.prefetched[str(grid.range.subnet)] = self.parse_pool(grid, kvs)
         pending, done = [], []
         for kv in result.responses[0]:
@@ -386,13 +391,22 @@ class EtcdStore(BlockLeases):
                 for owner, (node, ips) in found.items()}
 
     def holds_of(self, namespace, pod):
-        """[Lease] of the sticky holds kept for this pod on this network."""
+        """[Lease] of the sticky holds kept for this pod on this network, as the pod's index has them
+        (a hold's bytes are the same there and in its address key, written together; a claim of one
+        is guarded by its address key holding exactly those bytes, so a stale index entry costs a
+        refused claim, never an address taken twice)."""
+        found, self.prefetched_holds = self.prefetched_holds, None
+        if found is not None and (namespace, pod) == tuple(self.pod):
+            return found
+        return self.parse_holds(namespace, pod, self.client.range(self.k_sticky(self.network, namespace, pod)))
+
+    def parse_holds(self, namespace, pod, kvs):
         prefix = self.k_sticky(self.network, namespace, pod)
         holds = []
-        for kv in self.client.range(prefix):
-            lease = self.read(kv.key.decode()[len(prefix):])
-            if lease is not None and lease.hold and lease.doc.get("namespace") == namespace \
-                    and lease.doc.get("pod") == pod and lease.doc.get("network") == self.network:
+        for kv in kvs:
+            lease = Lease(kv.key.decode()[len(prefix):], kv.value)
+            if lease.hold and lease.doc.get("namespace") == namespace and lease.doc.get("pod") == pod \
+                    and lease.doc.get("network") == self.network:
                 holds.append(lease)
         return holds
 
@@ -560,6 +574,7 @@ class EtcdStore(BlockLeases):
             if succeeded:
                 self.pools.pop(str(doc.get("pool")), None)   # re-read when needed again
                 self.prefetched.pop(str(doc.get("pool")), None)
+                self.prefetched_holds = None                  # a sticky pod's lease is its hold now
                 return True
             if not current or current[0].value != lease.raw:
                 return False        # released, or re-leased, by someone else meanwhile

@@ -341,3 +341,19 @@ def test_del_of_an_attachment_recorded_without_its_block(cl):
     assert cl.delete(conf, "c1").ok
     assert cl.leases() == {} and cl.keys("attachments/") == {}
     assert not [k for k in cl.keys("pools/") if "/blocks/" in k]    # the block given back whole
+
+
+def test_a_stale_sticky_index_entry_is_never_taken(cl):
+    """A sticky ADD takes the pod's holds as their index (sticky/...) has them; an entry whose address
+    key holds something else (here another pod's lease) is not the pod's: its claim is refused, the
+    other lease stays, and the pod gets another address."""
+    conf = cl.conf("10.31.9.0/24", name="ustale", sticky=True)
+    ip, = addresses(cl.add(conf, "c1", pod=POD))
+    assert cl.delete(conf, "c1", pod=POD).ok
+    assert cl.leases()[ip]["sticky"] is True                  # held for the pod
+    other = dict(cl.leases()[ip], sticky=None, containerID="other", ifname="eth0", pod="other-0")
+    other = {k: v for k, v in other.items() if v is not None and k not in ("until", "released")}
+    cl.client.put(f"{cl.prefix}/ips/{ip}", json.dumps(other))   # the index entry left behind
+    again, = addresses(cl.add(conf, "c2", pod=POD))
+    assert again != ip
+    assert cl.leases()[ip] == other
