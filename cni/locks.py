@@ -51,6 +51,11 @@ def try_lock(fd):
         return False
 
 
+def unlock(fd):
+    """Let go of a flock taken on fd, keeping fd open (to take it again)."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 def holder_pid(fd):
     """The PID holding a flock on fd's file, from /proc/locks; None if unknown."""
     st = os.fstat(fd)

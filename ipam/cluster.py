@@ -12,8 +12,9 @@ Allocation, per range set: a requested address (anywhere in the subnets, as
 host-local); else the pod's sticky hold; else round-robin over this node's
 blocks; else a free block claimed for this node; else an address borrowed from
 another node's block; else code 101. A node-local file lock under dataDir
-serialises this node's own operations on a network (ADDs then rarely race each
-other on a block); correctness never depends on it. Beside that lock, ADD keeps
+serialises this node's own operations on a network (an ADD's only while it
+chooses and claims: its reads before, its completion after), so its ADDs rarely
+race each other on a block; correctness never depends on it. Beside that lock, ADD keeps
 a record of the network (RECORD: its name and ipam section), by which underlayd
 heals the networks no config file names, a Multus NetworkAttachmentDefinition's.
 
@@ -41,6 +42,7 @@ DEFAULT_STICKY_SECONDS = 300
 MAX_STICKY_SECONDS = 366 * 86400
 MAX_ATTEMPTS = 1000
 ROLLBACK_BUDGET = 1.0     # seconds a failed ADD may still spend undoing what it took
+CLAIMS = "claims"         # ClusterConfig.store(lock=CLAIMS): the node's lock around an ADD's claims only
 
 
 def field_error(field, problem):
@@ -343,6 +345,8 @@ class ClusterConfig(verbs.IpamConfig):
         return self.prefix, frozenset(u.strip().rstrip("/").lower() for u in urls if isinstance(u, str))
 
     def store(self, network, grids=(), pod=None, lock=True, netns=None):
+        """lock: True, the node's lock for the whole operation; False, none; CLAIMS, only around the
+        claims (EtcdStore.claiming: an ADD's)."""
         from ipam.stores.etcd import EtcdStore
         from ipam.stores.lease_files import LeaseFiles
         client = self.client()
@@ -351,7 +355,7 @@ class ClusterConfig(verbs.IpamConfig):
             if lock:
                 files = LeaseFiles(self.data_dir, network, self.lock_timeout)
             return EtcdStore(client, self.prefix, network, self.node, grids, files, pod, self.sticky_seconds, netns,
-                             self.reuse_cooldown)
+                             self.reuse_cooldown, claims_only=lock == CLAIMS)
         except BaseException:
             client.close()
             raise
@@ -359,8 +363,8 @@ class ClusterConfig(verbs.IpamConfig):
     def grids_of(self, range_set):
         return [self.grids[id(r)] for r in range_set.ranges]
 
-    def open_store(self, request):
-        return self.store(request.network, list(self.grids.values()), pod_of(request), netns=request.netns)
+    def open_store(self, request, lock=True):
+        return self.store(request.network, list(self.grids.values()), pod_of(request), lock, request.netns)
 
 
 # --------------------------------------------------------------------------
@@ -451,7 +455,7 @@ def cmd_add(request):
     requested = verbs.assign_requested(conf)
     cid, ifname = request.container_id, request.ifname
     allocated = []
-    with conf.open_store(request) as store:
+    with conf.open_store(request, lock=CLAIMS) as store:
         # An attachment whose ADD succeeded gets no second address (host-local's rule). Leases still
         # pending are an earlier ADD of this very attachment on this node that never answered success
         # (its claim's answer lost, then etcd gone before read-back and rollback): the runtime retries
@@ -466,8 +470,10 @@ def cmd_add(request):
         try:
             pod = pod_of(request)
             holds = store.holds_of(*pod) if conf.sticky_seconds and pod else []
-            for s in conf.range_sets:
-                allocated.append(allocate(s, conf.grids_of(s), store, cid, ifname, requested.get(s.index), holds))
+            with store.claiming():   # the node's lock: only while choosing and claiming
+                for s in conf.range_sets:
+                    allocated.append(allocate(s, conf.grids_of(s), store, cid, ifname, requested.get(s.index),
+                                              holds))
             store.complete(cid, ifname, [r.text(v) for r, v in allocated])
         except BaseException:
             rollback(store, allocated, cid, ifname)

@@ -13,7 +13,10 @@ Keys under the prefix (default /underlay/ipam):
                                             claim until its ADD completes, then {"node": ..., "netns":
                                             ...}: DEL, CHECK and GC read one prefix; "netns" (the ADD's
                                             CNI_NETNS, when absolute) lets the node's agent heal a missed
-                                            DEL; records written before it have none and are never healed
+                                            DEL; records written before it have none and are never healed;
+                                            "block" (pools/<subnet>/blocks/<block>, the lease's) lets DEL
+                                            read the lease and its block at once; without it (older
+                                            records) DEL reads them one after the other
     sticky/<network>/<namespace>/<pod>/<ip>     the hold again, found by the pod's name
     conflicts/<network>/<ip>                a conflict record (ips/<ip> holds it too, and its block
                                             counts it used): {conflict, network, node, mac, since,
@@ -35,9 +38,11 @@ is one transaction conditioned on the lease being exactly the one read (so its
 owner) and the block unchanged. No cluster-wide lock.
 """
 
+import contextlib
 import ipaddress
 import json
 
+from cni import locks
 from cni.errors import ERR_IO, ERR_TRY_AGAIN, CniError
 from cni.files import replace_if_changed
 from ipam import etcd
@@ -62,7 +67,7 @@ class EtcdStore(BlockLeases):
     operations below)."""
 
     def __init__(self, client, prefix, network, node, grids=(), files=None, pod=None, sticky_seconds=None,
-                 netns=None, reuse_cooldown=0):
+                 netns=None, reuse_cooldown=0, claims_only=False):
         self.client = client
         self.prefix = prefix.rstrip("/")
         self.network = network
@@ -75,9 +80,14 @@ class EtcdStore(BlockLeases):
         self.pools = {}                 # subnet -> {first: Block} as last read
         self.prefetched = {}            # subnet -> (blocks, config) read with pending_and_done, not yet used
         self.prefetched_conflicts = None  # the conflict records read with pending_and_done, not yet used
+        self.prefetched_holds = None    # the pod's sticky holds read with pending_and_done, not yet used
         self.foreign = set()            # (version, value) taken outside any block we read (an overlapping pool)
         self.inflight = None            # the address of a claim etcd may have applied when its answer was lost
         self.reuse_cooldown = reuse_cooldown
+        self.block_hints = {}           # ip -> its block's key, as its attachment record names it (ips_of)
+        self.blocks_read = {}           # block key -> KV or None, read with a lease to release (read)
+        self.claimed_blocks = {}        # ip -> the key of the block this ADD claimed it in (complete)
+        self.claims_only = claims_only  # the node's lock only around claims (an ADD's `claiming`), not all along
 
     # -- keys -----------------------------------------------------------------
 
@@ -99,26 +109,54 @@ class EtcdStore(BlockLeases):
     # -- the operation: etcd first, then the node's lock ---------------------------
 
     def __enter__(self):
-        if self.files is not None:
+        if self.files is not None and not self.claims_only:
             try:
-                # etcd before waiting for the node's lock: with etcd down, every operation of the node
-                # says so within requestTimeout, instead of queueing behind holders that each wait out
-                # theirs and answering "lock held" at lockTimeout. A free lock (its file there: a first
-                # operation creates nothing before etcd answered) is taken at once: nobody waits then,
-                # and the operation's own first read says as soon whether etcd answers (one round trip
-                # fewer; whoever comes meanwhile finds it held and asks etcd first).
-                if not self.files.lock(wait=False):
-                    self.reachable()
-                    try:
-                        self.files.lock()
-                    except CniError as locked:
-                        if locked.code == ERR_TRY_AGAIN:
-                            self.reachable(f"; meanwhile {locked.msg}")   # etcd gone since: the likely cause
-                        raise
+                self.lock()
             except BaseException:
                 self.close()
                 raise
         return self
+
+    def lock(self, asked=False):
+        """Take the node's lock, etcd first: with etcd down, every operation of the node says so within
+        requestTimeout, instead of queueing behind holders that each wait out theirs and answering "lock
+        held" at lockTimeout. A free lock (its file there: a first operation creates nothing before etcd
+        answered) is taken at once: nobody waits then, and the operation's own first read says as soon
+        whether etcd answers (whoever comes meanwhile finds it held and asks etcd first). `asked`: the
+        operation has just had an answer from etcd (its first read), which is that question. True if
+        someone else held it."""
+        if self.files.lock(wait=False):
+            return False
+        held = self.files.lock_fd is not None   # its file there: someone holds it (else a first operation)
+        if not asked:
+            self.reachable()
+        try:
+            self.files.lock()
+        except CniError as locked:
+            if locked.code == ERR_TRY_AGAIN:
+                self.reachable(f"; meanwhile {locked.msg}")   # etcd gone since: the likely cause
+            raise
+        return held
+
+    @contextlib.contextmanager
+    def claiming(self):
+        """The node's lock around an ADD's claims only (claims_only): its reads come before, after etcd
+        answered them, and its completion after, so one node's concurrent ADDs queue for each other's
+        claims, not for each other's whole ADD. Correctness never rests on the lock (every claim is
+        guarded by its block's revision and its address key): it keeps the node's ADDs from racing
+        each other on one block, and its last-reserved cache whole."""
+        if self.files is None:
+            yield
+            return
+        if self.lock(asked=True):
+            # whoever held it claimed meanwhile, most likely in the very blocks read before: read them
+            # again (a read) rather than learn it from a claim refused (a write, through etcd's log)
+            self.pools.clear()
+            self.prefetched.clear()
+        try:
+            yield
+        finally:
+            locks.unlock(self.files.lock_fd)
 
     def reachable(self, meanwhile=""):
         """One linearizable read (of a key that never exists): etcd answers, or its code-11 error is raised."""
@@ -164,19 +202,35 @@ class EtcdStore(BlockLeases):
     # -- attachment records ---------------------------------------------------
 
     def ips_of(self, container_id, ifname):
+        """The attachment's addresses; the block each record names is kept (block_hints), so that a
+        release reads the lease and its block in one transaction."""
         prefix = self.k_attachment(container_id, ifname)
-        return [kv.key.decode()[len(prefix):] for kv in self.client.range(prefix, keys_only=True)]
+        found = []
+        for kv in self.client.range(prefix):
+            ip = kv.key.decode()[len(prefix):]
+            try:
+                block = json.loads(kv.value).get("block")
+            except (ValueError, AttributeError):
+                block = None
+            if isinstance(block, str) and block.startswith("pools/"):
+                self.block_hints[ip] = self.k(block)
+            found.append(ip)
+        return found
 
     def pending_and_done(self, container_id, ifname):
         """([ip], [ip]) of the attachment: leases of an ADD of this node that never completed, and the rest.
-        Only an ADD asks, and it reads its conflict records and pools next: they come in the same read
-        (a read-only transaction: one round trip, one revision), kept for conflicts() and blocks()."""
+        Only an ADD asks, and it reads its conflict records, pools and (with sticky) the pod's holds
+        next: they come in the same read (a read-only transaction: one round trip, one revision), kept
+        for conflicts(), blocks() and holds_of()."""
         prefix = self.k_attachment(container_id, ifname)
         unread = list({str(g.range.subnet): g for g in self.grids if str(g.range.subnet) not in self.pools}.values())
+        sticky = [etcd.get_prefix(self.k_sticky(self.network, *self.pod))] if self.sticky_seconds and self.pod else []
         result = self.client.txn([], [etcd.get_prefix(prefix), etcd.get_prefix(self.k_conflict(self.network))] +
-                                 [etcd.get_prefix(self.pool_prefix(g)) for g in unread])
+                                 sticky + [etcd.get_prefix(self.pool_prefix(g)) for g in unread])
         self.prefetched_conflicts = self.parse_conflicts(result.responses[1])
-        for grid, kvs in zip(unread, result.responses[2:]):
+        if sticky:
+            self.prefetched_holds = self.parse_holds(*self.pod, result.responses[2])
+        for grid, kvs in zip(unread, result.responses[2 + len(sticky):]):
             self.prefetched[str(grid.range.subnet)] = self.parse_pool(grid, kvs)
         pending, done = [], []
         for kv in result.responses[0]:
@@ -188,10 +242,14 @@ class EtcdStore(BlockLeases):
             (pending if mine else done).append(kv.key.decode()[len(prefix):])
         return pending, done
 
-    def attachment_value(self, pending):
+    def attachment_value(self, pending, block_key=None):
+        """An attachment record: node, pending (until its ADD completes), netns, and the key of its
+        lease's block below the prefix (a DEL reads the lease and the block together by it)."""
         doc = {"node": self.node, "pending": True} if pending else {"node": self.node}
         if self.netns:
             doc["netns"] = self.netns
+        if block_key:
+            doc["block"] = block_key[len(self.prefix) + 1:]
         return json.dumps(doc)
 
     def complete(self, container_id, ifname, texts):
@@ -200,11 +258,12 @@ class EtcdStore(BlockLeases):
         if not texts:
             return
         keys = [self.k_attachment(container_id, ifname, text) for text in texts]
-        pending, done = self.attachment_value(True), self.attachment_value(False)
+        pending = [self.attachment_value(True, self.claimed_blocks.get(text)) for text in texts]
+        done = [self.attachment_value(False, self.claimed_blocks.get(text)) for text in texts]
         for _ in range(LOST_WRITES):
             try:
-                if self.client.txn([etcd.value_is(key, pending) for key in keys],
-                                   [etcd.put(key, done) for key in keys]).succeeded:
+                if self.client.txn([etcd.value_is(key, value) for key, value in zip(keys, pending)],
+                                   [etcd.put(key, value) for key, value in zip(keys, done)]).succeeded:
                     return
                 break
             except CniError as e:
@@ -212,9 +271,9 @@ class EtcdStore(BlockLeases):
                     raise
                 current = [kvs[0].value if kvs else None
                            for kvs in self.client.txn([], [etcd.get(key) for key in keys]).responses]
-                if all(value == done.encode() for value in current):
+                if all(value == d.encode() for value, d in zip(current, done)):
                     return
-                if not all(value == pending.encode() for value in current):
+                if not all(value == p.encode() for value, p in zip(current, pending)):
                     break
                 # still pending: etcd did not apply it (lost with a dead leader, say); the txn again
         else:
@@ -237,7 +296,13 @@ class EtcdStore(BlockLeases):
     # -- reads ----------------------------------------------------------------
 
     def read(self, ip):
-        kv = self.client.get(self.k_ip(ip))
+        block_key = self.block_hints.pop(ip, None)
+        if block_key is None:
+            kv = self.client.get(self.k_ip(ip))
+        else:   # a DEL's: the block its attachment record names, in the same read, for release_lease
+            ip_kvs, block_kvs = self.client.txn([], [etcd.get(self.k_ip(ip)), etcd.get(block_key)]).responses
+            kv = ip_kvs[0] if ip_kvs else None
+            self.blocks_read[block_key] = block_kvs[0] if block_kvs else None
         return Lease(ip, kv.value) if kv is not None else None
 
     def pool_prefix(self, grid):
@@ -326,13 +391,22 @@ class EtcdStore(BlockLeases):
                 for owner, (node, ips) in found.items()}
 
     def holds_of(self, namespace, pod):
-        """[Lease] of the sticky holds kept for this pod on this network."""
+        """[Lease] of the sticky holds kept for this pod on this network, as the pod's index has them
+        (a hold's bytes are the same there and in its address key, written together; a claim of one
+        is guarded by its address key holding exactly those bytes, so a stale index entry costs a
+        refused claim, never an address taken twice)."""
+        found, self.prefetched_holds = self.prefetched_holds, None
+        if found is not None and (namespace, pod) == tuple(self.pod):
+            return found
+        return self.parse_holds(namespace, pod, self.client.range(self.k_sticky(self.network, namespace, pod)))
+
+    def parse_holds(self, namespace, pod, kvs):
         prefix = self.k_sticky(self.network, namespace, pod)
         holds = []
-        for kv in self.client.range(prefix):
-            lease = self.read(kv.key.decode()[len(prefix):])
-            if lease is not None and lease.hold and lease.doc.get("namespace") == namespace \
-                    and lease.doc.get("pod") == pod and lease.doc.get("network") == self.network:
+        for kv in kvs:
+            lease = Lease(kv.key.decode()[len(prefix):], kv.value)
+            if lease.hold and lease.doc.get("namespace") == namespace and lease.doc.get("pod") == pod \
+                    and lease.doc.get("network") == self.network:
                 holds.append(lease)
         return holds
 
@@ -390,7 +464,7 @@ class EtcdStore(BlockLeases):
         new.prune_cooling(holds.now(), self.reuse_cooldown)
         lease = self.lease_value(grid, block, container_id, ifname)
         success = [etcd.put(ip_key, lease),
-                   etcd.put(self.k_attachment(container_id, ifname, text), self.attachment_value(True)),
+                   etcd.put(self.k_attachment(container_id, ifname, text), self.attachment_value(True, block.key)),
                    etcd.put(block.key, new.encode())]
         if hold is not None and hold.hold:
             success.append(etcd.delete(self.k_sticky(hold.doc.get("network", ""), hold.doc.get("namespace", ""),
@@ -413,6 +487,7 @@ class EtcdStore(BlockLeases):
             revision = None
         self.inflight = None
         if succeeded:
+            self.claimed_blocks[text] = block.key
             if revision is None:
                 self.refresh(block, block_kvs)   # as it is now, our address in it
             else:
@@ -458,7 +533,12 @@ class EtcdStore(BlockLeases):
         namespace, pod = doc.get("namespace"), doc.get("pod")
         hold = None if lease.conflict else hold_doc(doc, sticky_seconds, self.node)
         for _ in range(MAX_RACES):
-            block_kv = self.client.get(block_key) if first is not None else None
+            if first is None:
+                block_kv = None
+            elif block_key in self.blocks_read:   # read with the lease (read): as the lease was read
+                block_kv = self.blocks_read.pop(block_key)
+            else:
+                block_kv = self.client.get(block_key)
             ops = []
             compares = [etcd.value_is(ip_key, lease.raw)]
             if block_kv is not None:
@@ -494,6 +574,7 @@ class EtcdStore(BlockLeases):
             if succeeded:
                 self.pools.pop(str(doc.get("pool")), None)   # re-read when needed again
                 self.prefetched.pop(str(doc.get("pool")), None)
+                self.prefetched_holds = None                  # a sticky pod's lease is its hold now
                 return True
             if not current or current[0].value != lease.raw:
                 return False        # released, or re-leased, by someone else meanwhile

@@ -7,6 +7,7 @@ one `Leases` backing, as several processes share a data directory; several
 MemoryBlockStores one `Pools`, as several nodes share an etcd prefix.
 """
 
+import contextlib
 import json
 import threading
 
@@ -174,6 +175,9 @@ class MemoryBlockStore(Held, BlockLeases):
 
     def in_doubt(self):
         return None   # no answer is ever lost
+
+    def claiming(self):
+        return contextlib.nullcontext()   # the node's lock is held for the whole operation here
 
     # -- the node's own files ---------------------------------------------------
 

@@ -110,6 +110,10 @@ class BlockStore(LeaseStore, Protocol):
     def set_last_reserved(self, set_index, ip):
         """Round-robin of the range set resumes after ip (this node's own hint)."""
 
+    def claiming(self):
+        """A context manager: the node's lock while an ADD chooses and claims (a store opened to take
+        it only then), else nothing more than the lock the operation holds already."""
+
     def in_doubt(self):
         """The address of a claim whose answer was lost (it may have been applied), or None."""
 

@@ -4,6 +4,8 @@
         proxy.lose_answer(is_claim)             # the next request matching it reaches etcd,
                                                 # its answer never reaches the client
         proxy.refuse = True                     # every new and current connection is cut
+        proxy.hold(rule)                        # the next request matching it waits in the proxy
+        proxy.held.wait(); proxy.release()      # until it has come, then goes on to etcd
         proxy.requests                          # (path, body) of every request forwarded, in order
 
 It reads the client's HTTP/1.1 requests (ipam/etcd.py sends one at a time on a
@@ -52,6 +54,14 @@ def is_release(path, body):
                for op in doc.get("success", []) if "request_delete_range" in op)
 
 
+def is_completion(path, body):
+    """An ADD's completion: a txn whose first compare is the value of an attachment record."""
+    if path != "/v3/kv/txn":
+        return False
+    first = (json.loads(body).get("compare") or [{}])[0]
+    return first.get("target") == "VALUE" and "/attachments/" in decoded_key(first.get("key", ""))
+
+
 def is_write(path, body):
     """A request etcd passes through its log (raft): a put, a delete, a txn with a write in it."""
     if path in ("/v3/kv/put", "/v3/kv/deleterange"):
@@ -74,6 +84,9 @@ class FaultProxy:
         self.lost = []                  # (path, body) of the requests whose answer was lost
         self.requests = []              # (path, body) of every request forwarded: round trips counted
         self._rule = None
+        self._hold = None               # the rule of the request to hold back until release()
+        self.held = threading.Event()   # set when that request has come
+        self._released = threading.Event()
         self._lock = threading.Lock()
         self._open = set()
         self._closed = False
@@ -92,6 +105,28 @@ class FaultProxy:
         with self._lock:
             self._rule = (rule, times, then_refuse)
 
+    def hold(self, rule):
+        """The next request for which rule(path, body) is true waits in the proxy, unsent, until
+        release(); `held` is set once it has come."""
+        with self._lock:
+            self._hold = rule
+            self.held.clear()
+            self._released.clear()
+
+    def release(self):
+        self._released.set()
+
+    def _held(self, path, body):
+        with self._lock:
+            try:
+                hit = self._hold is not None and self._hold(path, body)
+            except (ValueError, KeyError, TypeError):
+                hit = False
+            if hit:
+                self._hold = None
+                self.held.set()
+        return hit
+
     def cut_all(self):
         with self._lock:
             for sock in list(self._open):
@@ -99,6 +134,7 @@ class FaultProxy:
 
     def close(self):
         self._closed = True
+        self._released.set()
         self.cut_all()
         _reset(self.listener)
         self._thread.join(5)
@@ -155,6 +191,8 @@ class FaultProxy:
                         length = int(value)
                 body = reader.read(length) if length else b""
                 path = head.split(b" ", 2)[1].decode()
+                if self._held(path, body):
+                    self._released.wait()
                 lose = self._take(path, body)
                 with self._lock:
                     self.requests.append((path, body))

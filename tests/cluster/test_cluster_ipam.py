@@ -26,9 +26,13 @@ def test_add_records_the_lease_and_del_returns_everything(cl):
         {"network": "net1", "containerID": "c1", "ifname": "eth0", "node": "n1", "namespace": "ns1", "pod": "web-0",
          "pool": "10.30.0.0/24"}
     assert abs(time.mktime(time.strptime(record["time"], "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(time.gmtime())) < 60
-    # the ADD completed: no pending mark; the pod's netns recorded for the agent's healing
-    assert cl.keys("attachments/") == {f"attachments/net1/c1@eth0/{ip}": {"node": "n1", "netns": "/run/netns/ucl-none"}
-                                       for ip in (v4, v6)}
+    # the ADD completed: no pending mark; the pod's netns recorded for the agent's healing, the lease's
+    # block for DEL (which reads the lease and its block at once)
+    leases = cl.leases()
+    assert cl.keys("attachments/") == {
+        f"attachments/net1/c1@eth0/{ip}": {"node": "n1", "netns": "/run/netns/ucl-none",
+                                           "block": f"pools/{leases[ip]['pool']}/blocks/{leases[ip]['block']}"}
+        for ip in (v4, v6)}
     blocks = {k: v for k, v in cl.keys("pools/").items() if "/blocks/" in k}
     assert all(b["node"] == "n1" for b in blocks.values()) and len(blocks) == 2
     # CHECK with the result as prevResult passes; one address missing from it fails
@@ -299,3 +303,57 @@ def test_a_block_size_that_leaves_one_block_is_warned_of_on_add(cl, tmp_path):
     assert cl.add(cl.conf("10.48.0.0/28", node="n1", name="net2"), "c3").ok
     # nor a blockSize that cuts the range into blocks
     assert cl.add(cl.conf("10.49.0.0/26", node="n1", name="net3", blockSize=28), "c4").ok
+
+
+def test_the_nodes_lock_is_not_held_while_an_add_completes(cl):
+    """One node's concurrent ADDs queue for each other's claims only: an ADD whose completion (the
+    write after its claim) etcd has not answered yet leaves the node's lock free, so the node's next
+    ADD takes an address meanwhile. Held for the whole ADD, the lock made the second wait its
+    lockTimeout out (code 11, "held")."""
+    import threading
+    from tests.cluster.proxy import FaultProxy, is_completion
+    with FaultProxy(cl.etcd.endpoints[0]) as proxy:
+        conf = cl.conf("10.31.7.0/24", name="ulock", lockTimeout=5,
+                       etcd=cl.etcd_conf(endpoints=[proxy.url], requestTimeout=120))
+        cl.add(conf, "c0")                                # the pool's config and the node's block
+        proxy.hold(is_completion)
+        first = []
+        slow = threading.Thread(target=lambda: first.append(cl.add(conf, "c1")))
+        slow.start()
+        try:
+            assert proxy.held.wait(60), "the first ADD never came to its completion"
+            second = addresses(cl.add(conf, "c2"))        # while the first is still in its completion
+        finally:
+            proxy.release()
+            slow.join(120)
+        assert second != addresses(first[0])
+        assert {lease["containerID"] for lease in cl.leases().values()} == {"c0", "c1", "c2"}
+        assert not [k for k, v in cl.keys("attachments/").items() if v.get("pending")]
+
+
+def test_del_of_an_attachment_recorded_without_its_block(cl):
+    """An attachment record written before records named the lease's block (an older version's ADD):
+    DEL reads the lease, then its block, and releases it whole as before."""
+    conf = cl.conf("10.31.8.0/24", name="uoldrec")
+    ip, = addresses(cl.add(conf, "c1"))
+    key = f"attachments/uoldrec/c1@eth0/{ip}"
+    cl.client.put(f"{cl.prefix}/{key}", json.dumps({"node": "n1", "netns": "/run/netns/ucl-none"}))
+    assert cl.delete(conf, "c1").ok
+    assert cl.leases() == {} and cl.keys("attachments/") == {}
+    assert not [k for k in cl.keys("pools/") if "/blocks/" in k]    # the block given back whole
+
+
+def test_a_stale_sticky_index_entry_is_never_taken(cl):
+    """A sticky ADD takes the pod's holds as their index (sticky/...) has them; an entry whose address
+    key holds something else (here another pod's lease) is not the pod's: its claim is refused, the
+    other lease stays, and the pod gets another address."""
+    conf = cl.conf("10.31.9.0/24", name="ustale", sticky=True)
+    ip, = addresses(cl.add(conf, "c1", pod=POD))
+    assert cl.delete(conf, "c1", pod=POD).ok
+    assert cl.leases()[ip]["sticky"] is True                  # held for the pod
+    other = dict(cl.leases()[ip], sticky=None, containerID="other", ifname="eth0", pod="other-0")
+    other = {k: v for k, v in other.items() if v is not None and k not in ("until", "released")}
+    cl.client.put(f"{cl.prefix}/ips/{ip}", json.dumps(other))   # the index entry left behind
+    again, = addresses(cl.add(conf, "c2", pod=POD))
+    assert again != ip
+    assert cl.leases()[ip] == other

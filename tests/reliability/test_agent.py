@@ -914,8 +914,10 @@ def test_healing_releases_this_nodes_cluster_ipam_attachments_of_gone_netns_only
         ips[cid], = addresses(cl.add(conf, cid, netns=nsutil.netns_path(pods[cid]),
                                      pod=("uh-ns", f"{cid}-0") if conf is sticky else None))
     records = cl.keys("attachments/")
-    assert records[f"attachments/uhnet/dead@eth0/{ips['dead']}"] == {"node": "uh-n1",
-                                                                    "netns": nsutil.netns_path(pods["dead"])}
+    dead = cl.leases()[ips["dead"]]
+    assert records[f"attachments/uhnet/dead@eth0/{ips['dead']}"] == {
+        "node": "uh-n1", "netns": nsutil.netns_path(pods["dead"]),
+        "block": f"pools/{dead['pool']}/blocks/{dead['block']}"}
     # an attachment an older version recorded (no netns): readable, never healed
     cl.client.put(f"{cl.prefix}/attachments/uhnet/old@eth0/{ips['old']}", json.dumps({"node": "uh-n1"}))
     for cid in ("dead", "elsewhere", "old", "held"):
