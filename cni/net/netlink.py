@@ -516,11 +516,7 @@ class Netlink:
 
     def routes(self, family=None):
         """[{dst, gw, oif, priority, table, scope}] of every table, dst as 'addr/len'."""
-        out = []
-        for fam in ([family] if family else [socket.AF_INET, socket.AF_INET6]):
-            body = RTMSG.pack(fam, 0, 0, 0, 0, 0, 0, 0, 0)
-            out.extend(parse_route(m) for m in self.dump(RTM_GETROUTE, body, "listing routes"))
-        return out
+        return self.dump_families(RTM_GETROUTE, RTMSG, parse_route, family, "listing routes")
 
     # -- FIB rules -------------------------------------------------------------
 
@@ -550,10 +546,13 @@ class Netlink:
 
     def rules(self, family=None):
         """[{family, src, dst, table, priority, action}] of both families (or one)."""
+        return self.dump_families(RTM_GETRULE, RULEMSG, parse_rule, family, "listing rules")
+
+    def dump_families(self, kind, header, parse, family, what):
+        """A dump of routes or rules (their headers: the family, then 8 fields), of one family or both."""
         out = []
         for fam in ([family] if family else [socket.AF_INET, socket.AF_INET6]):
-            body = RULEMSG.pack(fam, 0, 0, 0, 0, 0, 0, 0, 0)
-            out.extend(parse_rule(m) for m in self.dump(RTM_GETRULE, body, "listing rules"))
+            out.extend(parse(m) for m in self.dump(kind, header.pack(fam, 0, 0, 0, 0, 0, 0, 0, 0), what))
         return out
 
     # -- neighbours ------------------------------------------------------------
