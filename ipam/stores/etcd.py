@@ -22,6 +22,9 @@ Keys under the prefix (default /underlay/ipam):
                                             counts it used): {conflict, network, node, mac, since,
                                             until, pool, block}; found by the network's ADD
 
+An ADD reads the blocks its node owns (named by the node's hint, OWN_BLOCKS) and the rest of the
+pool only once they are full.
+
 A claim marks its attachment record pending; the ADD clears the mark (one more
 transaction, `complete`) once every range set has its address. A lease still
 pending belongs to an ADD that never answered success (its claim's answer lost,
