@@ -86,6 +86,7 @@ class EtcdStore(BlockLeases):
         self.pools = {}                 # subnet -> {first: Block} as last read
         self.partial = set()            # subnets of self.pools read only in part (the node's blocks: own_blocks)
         self.hint = None                # own_hint(), once read
+        self.asked = {}                 # subnet -> the block names of the hint read (pool_read), found or not
         self.prefetched = {}            # subnet -> (blocks, config, whole) read with pending_and_done, not yet used
         self.prefetched_conflicts = None  # the conflict records read with pending_and_done, not yet used
         self.prefetched_holds = None    # the pod's sticky holds read with pending_and_done, not yet used
@@ -161,6 +162,7 @@ class EtcdStore(BlockLeases):
             # again (a read) rather than learn it from a claim refused (a write, through etcd's log)
             self.pools.clear()
             self.prefetched.clear()
+            self.hint = None   # and the hint, which the holder may have rewritten
         try:
             yield
             self.keep_own_hint()
@@ -355,6 +357,7 @@ class EtcdStore(BlockLeases):
         names = [] if whole else self.own_hint().get(str(grid.range.subnet), [])
         if not names:
             return [etcd.get_prefix(prefix)], lambda responses: (*self.parse_pool(grid, responses[0]), True)
+        self.asked[str(grid.range.subnet)] = set(names)
         keys = [prefix + "config"] + [prefix + "blocks/" + name for name in names]
         return [etcd.get(key) for key in keys], lambda responses: (
             *self.parse_pool(grid, [kv for kvs in responses for kv in kvs]), False)
@@ -385,7 +388,12 @@ class EtcdStore(BlockLeases):
         for grid in self.grids:
             subnet = str(grid.range.subnet)
             if subnet in self.pools:
-                hint[subnet] = sorted(grid.key(b.first) for b in self.pools[subnet].values() if b.node == self.node)
+                read = self.pools[subnet]
+                own = {grid.key(b.first) for b in read.values() if b.node == self.node}
+                if subnet in self.partial:   # what it did not read (a concurrent ADD's new block) stays
+                    seen = self.asked.get(subnet, set()) | {grid.key(first) for first in read}
+                    own.update(name for name in hint.get(subnet, []) if name not in seen)
+                hint[subnet] = sorted(own)
         if hint != self.hint:
             try:
                 replace(OWN_BLOCKS, json.dumps(hint, sort_keys=True).encode(), self.files.dir_fd)
