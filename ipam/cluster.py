@@ -411,13 +411,14 @@ def take_hold(grids, store, hold, container_id, ifname):
 def candidate(grids, store, last, now):
     """(grid, block, value) to try next: this node's blocks round-robin after `last`, then a
     free (or orphaned) block, then a borrowed address; None when nothing is left. An address
-    released less than reuseCooldown ago is never one."""
+    released less than reuseCooldown ago is never one. The whole pool is read only once the
+    node's own blocks are full."""
     node, cooldown = store.node, store.reuse_cooldown
 
     def free(grid, block, value):
         return not store.taken(grid, block, value, now) and not block.cools(value, now, cooldown)
 
-    own = sorted(((g, b) for g in grids for b in store.blocks(g).values() if b.node == node),
+    own = sorted(((g, b) for g in grids for b in store.own_blocks(g)),
                  key=lambda gb: gb[1].first)
     for after in ((last, None) if last is not None else (None,)):   # after `last` first, then wrapped
         for grid, block in own:

@@ -22,6 +22,9 @@ Keys under the prefix (default /underlay/ipam):
                                             counts it used): {conflict, network, node, mac, since,
                                             until, pool, block}; found by the network's ADD
 
+An ADD reads the blocks its node owns (named by the node's hint, OWN_BLOCKS) and the rest of the
+pool only once they are full.
+
 A claim marks its attachment record pending; the ADD clears the mark (one more
 transaction, `complete`) once every range set has its address. A lease still
 pending belongs to an ADD that never answered success (its claim's answer lost,
@@ -41,16 +44,19 @@ owner) and the block unchanged. No cluster-wide lock.
 import contextlib
 import ipaddress
 import json
+import os
 
 from cni import locks
 from cni.errors import ERR_IO, ERR_TRY_AGAIN, CniError
-from cni.files import replace_if_changed
+from cni.files import replace, replace_if_changed
 from ipam import etcd
 from ipam.blocks import Block
 from ipam.stores import holds
 from ipam.stores.block_leases import MAX_RACES, BlockLeases, Lease, block_size_refused, changed_before_completion, \
     contention, hold_doc, lease_doc, parse, released_cooling
 from ipam.stores.lease_index import recordable_netns
+
+OWN_BLOCKS = "own-blocks.json"   # <dataDir>/<network>/: {subnet: [block]} the node owned when it last looked
 
 # A write repeated after etcd lost it (its answer lost, the outcome read back: not applied).
 LOST_WRITES = 3
@@ -78,7 +84,10 @@ class EtcdStore(BlockLeases):
         self.sticky_seconds = sticky_seconds
         self.netns = recordable_netns(netns)   # the pod's, recorded in its attachment records (healing)
         self.pools = {}                 # subnet -> {first: Block} as last read
-        self.prefetched = {}            # subnet -> (blocks, config) read with pending_and_done, not yet used
+        self.partial = set()            # subnets of self.pools read only in part (the node's blocks: own_blocks)
+        self.hint = None                # own_hint(), once read
+        self.asked = {}                 # subnet -> the block names of the hint read (pool_read), found or not
+        self.prefetched = {}            # subnet -> (blocks, config, whole) read with pending_and_done, not yet used
         self.prefetched_conflicts = None  # the conflict records read with pending_and_done, not yet used
         self.prefetched_holds = None    # the pod's sticky holds read with pending_and_done, not yet used
         self.foreign = set()            # (version, value) taken outside any block we read (an overlapping pool)
@@ -153,8 +162,10 @@ class EtcdStore(BlockLeases):
             # again (a read) rather than learn it from a claim refused (a write, through etcd's log)
             self.pools.clear()
             self.prefetched.clear()
+            self.hint = None   # and the hint, which the holder may have rewritten
         try:
             yield
+            self.keep_own_hint()
         finally:
             locks.unlock(self.files.lock_fd)
 
@@ -225,13 +236,16 @@ class EtcdStore(BlockLeases):
         prefix = self.k_attachment(container_id, ifname)
         unread = list({str(g.range.subnet): g for g in self.grids if str(g.range.subnet) not in self.pools}.values())
         sticky = [etcd.get_prefix(self.k_sticky(self.network, *self.pod))] if self.sticky_seconds and self.pod else []
+        pool_reads = [self.pool_read(g) for g in unread]
         result = self.client.txn([], [etcd.get_prefix(prefix), etcd.get_prefix(self.k_conflict(self.network))] +
-                                 sticky + [etcd.get_prefix(self.pool_prefix(g)) for g in unread])
+                                 sticky + [op for ops, _ in pool_reads for op in ops])
         self.prefetched_conflicts = self.parse_conflicts(result.responses[1])
         if sticky:
             self.prefetched_holds = self.parse_holds(*self.pod, result.responses[2])
-        for grid, kvs in zip(unread, result.responses[2 + len(sticky):]):
-            self.prefetched[str(grid.range.subnet)] = self.parse_pool(grid, kvs)
+        at = 2 + len(sticky)
+        for grid, (ops, parse_read) in zip(unread, pool_reads):
+            self.prefetched[str(grid.range.subnet)] = parse_read(result.responses[at:at + len(ops)])
+            at += len(ops)
         pending, done = [], []
         for kv in result.responses[0]:
             try:
@@ -310,12 +324,82 @@ class EtcdStore(BlockLeases):
 
     def blocks(self, grid):
         """{first: Block} of the grid's pool, read once per operation and kept current by our txns."""
+        return self.loaded(grid, whole=True)
+
+    def own_blocks(self, grid):
+        """[Block] of the grid's pool this node owns: read without the rest of the pool when the node
+        keeps a hint of its blocks (OWN_BLOCKS), so an ADD's first read does not grow with the nodes."""
+        return [block for block in self.loaded(grid, whole=False).values() if block.node == self.node]
+
+    def loaded(self, grid, whole):
+        """self.pools' {first: Block} of the grid's pool: all of it (`whole`), or at least the blocks
+        the node's hint names (self.partial: the pools read only so far)."""
         subnet = str(grid.range.subnet)
-        if subnet not in self.pools:
-            found, config = self.prefetched.pop(subnet, None) or self.read_pool(grid)
-            self.check_pool(grid, config)
-            self.pools[subnet] = found
-        return self.pools[subnet]
+        if subnet in self.pools and not (whole and subnet in self.partial):
+            return self.pools[subnet]
+        read = self.prefetched.pop(subnet, None)
+        if read is None or whole and not read[2]:
+            ops, parse_read = self.pool_read(grid, whole)
+            read = parse_read(self.client.txn([], ops).responses)
+        found, config, complete = read
+        self.check_pool(grid, config)
+        self.pools[subnet] = found
+        if complete:
+            self.partial.discard(subnet)
+        else:
+            self.partial.add(subnet)
+        return found
+
+    def pool_read(self, grid, whole=False):
+        """([read op], parse(responses) -> ({first: Block}, config value or None, whole)) of the grid's
+        pool: the blocks the node's hint names and the pool's config, or (`whole`, or no hint) all of it."""
+        prefix = self.pool_prefix(grid)
+        names = [] if whole else self.own_hint().get(str(grid.range.subnet), [])
+        if not names:
+            return [etcd.get_prefix(prefix)], lambda responses: (*self.parse_pool(grid, responses[0]), True)
+        self.asked[str(grid.range.subnet)] = set(names)
+        keys = [prefix + "config"] + [prefix + "blocks/" + name for name in names]
+        return [etcd.get(key) for key in keys], lambda responses: (
+            *self.parse_pool(grid, [kv for kvs in responses for kv in kvs]), False)
+
+    def own_hint(self):
+        """{subnet: [block name]} of the blocks this node owned when it last looked (OWN_BLOCKS); a
+        hint only: each block is read, and used as the node's only if it still is."""
+        if self.hint is None:
+            self.hint = {}
+            if self.files is not None:
+                try:
+                    fd = os.open(OWN_BLOCKS, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.files.dir_fd)
+                    try:
+                        doc = json.loads(os.read(fd, 1 << 20))
+                    finally:
+                        os.close(fd)
+                except (OSError, ValueError):
+                    doc = None
+                if isinstance(doc, dict):
+                    self.hint = {subnet: [name for name in names if isinstance(name, str) and "/" in name]
+                                 for subnet, names in doc.items() if isinstance(names, list)}
+        return self.hint
+
+    def keep_own_hint(self):
+        """Write OWN_BLOCKS anew if the blocks read show the node owning others than it says (under the
+        node's lock: concurrent ADDs never write it at once)."""
+        hint = dict(self.own_hint())
+        for grid in self.grids:
+            subnet = str(grid.range.subnet)
+            if subnet in self.pools:
+                read = self.pools[subnet]
+                own = {grid.key(b.first) for b in read.values() if b.node == self.node}
+                if subnet in self.partial:   # what it did not read (a concurrent ADD's new block) stays
+                    seen = self.asked.get(subnet, set()) | {grid.key(first) for first in read}
+                    own.update(name for name in hint.get(subnet, []) if name not in seen)
+                hint[subnet] = sorted(own)
+        if hint != self.hint:
+            try:
+                replace(OWN_BLOCKS, json.dumps(hint, sort_keys=True).encode(), self.files.dir_fd)
+                self.hint = hint
+            except OSError:
+                pass   # a hint: without it the next ADD reads the whole pool
 
     def read_pool(self, grid):
         """({first: Block}, the pool's config value or None) as etcd has them; writes nothing."""
@@ -365,9 +449,12 @@ class EtcdStore(BlockLeases):
             raise block_size_refused(grid, size)
 
     def block(self, grid, first):
-        blocks = self.blocks(grid)
+        blocks = self.loaded(grid, whole=False)
         if first not in blocks:
-            blocks[first] = Block(first, first + grid.size - 1, self.pool_prefix(grid) + "blocks/" + grid.key(first))
+            key = self.pool_prefix(grid) + "blocks/" + grid.key(first)
+            kv = self.client.get(key) if str(grid.range.subnet) in self.partial else None   # not read yet
+            blocks[first] = Block.decode(first, first + grid.size - 1, key, kv.value, kv.mod_revision) \
+                if kv is not None else Block(first, first + grid.size - 1, key)
         return blocks[first]
 
     def attachment_records(self):

@@ -254,6 +254,9 @@ class MemoryBlockStore(Held, BlockLeases):
             self.pools[subnet] = self.pool_blocks(grid)
         return self.pools[subnet]
 
+    def own_blocks(self, grid):
+        return [b for b in self.blocks(grid).values() if b.node == self.node]
+
     def block(self, grid, first):
         blocks = self.blocks(grid)
         if first not in blocks:

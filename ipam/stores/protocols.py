@@ -92,6 +92,10 @@ class BlockStore(LeaseStore, Protocol):
         """{first: Block} of the grid's pool, read once per operation and kept current by our claims;
         the pool's block size is fixed by its first user (another is refused, code 7)."""
 
+    def own_blocks(self, grid) -> list:
+        """[Block] of the grid's pool this node owns, as blocks() has them once read (a store may read
+        just these, and the rest of the pool only when blocks() is asked)."""
+
     def block(self, grid, first):
         """The Block at `first` (a new, unowned one if nobody has it)."""
 

@@ -174,7 +174,8 @@ def test_add_keeps_a_record_of_the_network_rewritten_only_when_its_config_change
     assert addresses(cl.add(conf, "c4"))                            # and back
     assert json.loads(path.read_text()) == {"network": "ujrec", "ipam": conf["ipam"]}
     assert files_under(tmp_path / "nodes") == ["uj-n1/ujrec/last_reserved_ip.0", "uj-n1/ujrec/lock",
-                                               "uj-n1/ujrec/network.json"]   # no temporary file left
+                                               "uj-n1/ujrec/network.json",
+                                               "uj-n1/ujrec/own-blocks.json"]   # no temporary file left
     for cid in ("c2", "c3", "c4"):
         assert cl.delete(conf, cid).ok
 

@@ -10,7 +10,8 @@ from tests.cluster.proxy import FaultProxy
 # An ADD takes the node's lock only around its claims, after its first read, which is the question
 # whether etcd answers: its first operation on a network (no lock file yet) asks nothing more.
 # DEL reads the lease and its block in one transaction (the attachment record names the block);
-# a sticky ADD reads the pod's holds (their index) in its first read.
+# a sticky ADD reads the pod's holds (their index) in its first read. Its first read gets the node's own
+# blocks only, not the whole pool (tests/cluster/test_own_blocks.py): as many round trips, smaller.
 EXPECTED = {
     "ADD, the pool's first address (its config written)": (4, 3),
     "ADD, an address in a block the node owns": (3, 2),
