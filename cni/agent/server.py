@@ -123,10 +123,7 @@ def spare(listener, lifeline, report):
                 pass
             conn.close()
             continue
-        report(f"B {os.getpid()}")
-        listener.close()
-        os.close(lifeline)
-        worker.serve(conn, report)
+        worker.serve(conn, report, listener, lifeline)
 
 
 class Server:

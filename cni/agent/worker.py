@@ -189,8 +189,10 @@ def exit_with_caller(conn):
         os._exit(0)   # gone already (or speaking out of turn): nothing started
 
 
-def serve(conn, report):
-    """In a worker: the caller's invocation, its exit code sent back; then exit."""
+def serve(conn, report, listener, lifeline):
+    """In a worker: the caller's invocation, its exit code sent back; then exit. The spare's
+    listener and lifeline are closed once the caller has its b"R", which goes first: the caller
+    makes its request ready meanwhile."""
     conn.setblocking(True)
     conn.settimeout(REQUEST_WAIT)
     try:
@@ -198,6 +200,9 @@ def serve(conn, report):
     except OSError:
         os._exit(0)
     phases.mark("ready sent")
+    report(f"B {os.getpid()}")
+    listener.close()
+    os.close(lifeline)
     request = receive(conn)
     if request is None:
         report(f"A {os.getpid()}")
