@@ -23,6 +23,7 @@ from cni.agent import phases
 from cni.agent.service import log
 from cni.net import netns
 
+RECEIVE_SIZE = 1 << 16   # the first read of a request: a runtime's is a few KiB
 REQUEST_WAIT = 30.0      # for the request after b"R": a caller sends it at once (unless starved of CPU)
 # name -> module of every plugin served (cni/agent/preload.py imports them)
 PLUGINS = {name: registry.module_of(name) for name in registry.cni_plugins()}
@@ -30,23 +31,21 @@ PLUGINS = {name: registry.module_of(name) for name in registry.cni_plugins()}
 
 class Request:
     def __init__(self, payload, fds):
-        at = 0
-
-        def field():
-            nonlocal at
-            end = payload.index(b"\0", at)
-            value, at = payload[at:end], end + 1
-            return value
-
-        if field() != handoff.PROTOCOL:
+        # protocol, name called, umask, argc, then argc args, envc, envc entries, stdin (may hold NULs)
+        protocol, called, umask, argc, rest = payload.split(b"\0", 4)
+        if protocol != handoff.PROTOCOL:
             raise ValueError("protocol version")
-        called = field().decode()
+        argc = int(argc)
+        *args, envc, rest = rest.split(b"\0", argc + 1)
+        envc = int(envc)
+        *self.env, self.stdin = rest.split(b"\0", envc)
+        if len(args) != argc or len(self.env) != envc:
+            raise ValueError("truncated")
+        called = called.decode()
         # the compiled client sends the name it was called by (`underlay-macvlan`), Python the plugin's
         self.plugin = registry.plugin_for(called) or called
-        self.umask = int(field(), 8)
-        self.argv = [field().decode("utf-8", "surrogateescape") for _ in range(int(field()))]
-        self.env = [field() for _ in range(int(field()))]
-        self.stdin = payload[at:]
+        self.umask = int(umask, 8)
+        self.argv = [arg.decode("utf-8", "surrogateescape") for arg in args]
         if len(fds) != 6:
             raise ValueError(f"{len(fds)} file descriptors")
         self.stdout, self.stderr, self.netns, self.mntns, self.root, self.cwd = fds
@@ -56,7 +55,8 @@ def receive(conn):
     """The request after b"R", or None when the caller gave up (nothing was started)."""
     fd_size = 6 * struct.calcsize("i")
     try:
-        data, ancdata, flags, _ = conn.recvmsg(8, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC)
+        # the header and, as a client sends them in one sendmsg, most often the whole payload
+        data, ancdata, flags, _ = conn.recvmsg(RECEIVE_SIZE, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC)
     except OSError:
         return None
     fds = []
@@ -71,16 +71,20 @@ def receive(conn):
             if not more:
                 return None
             data += more
-        size = int.from_bytes(data, "big")
-        if size > handoff.MAX_REQUEST:
+        size = int.from_bytes(data[:8], "big")
+        if size > handoff.MAX_REQUEST or len(data) > 8 + size:
             return None
-        payload = bytearray()
-        while len(payload) < size:
-            more = conn.recv(min(size - len(payload), 1 << 20))
-            if not more:
-                return None
-            payload += more
-        request = Request(bytes(payload), fds)
+        if len(data) < 8 + size:
+            payload = bytearray(data[8:])
+            while len(payload) < size:
+                more = conn.recv(min(size - len(payload), 1 << 20))
+                if not more:
+                    return None
+                payload += more
+            data = bytes(payload)
+        else:
+            data = data[8:]
+        request = Request(data, fds)
         fds = []
         return request
     except (OSError, ValueError, UnicodeDecodeError):
