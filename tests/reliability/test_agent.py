@@ -1145,7 +1145,8 @@ def test_a_traced_request_gets_its_phases_and_the_next_worker_is_not_traced(agen
     assert {"read request (stdin JSON, env)", "config: schema", "lease's fsync (waited for)", "result"} <= spans, spans
     if client == "compiled":
         client_line, = [x for x in lines if x["who"] == "client"]
-        assert [name for name, _ in client_line["marks"]] == ["main", "connected", "stdin read", "ready received",
+        assert [name for name, _ in client_line["marks"]] == ["main", "connected", "stdin read", "request made",
+                                                              "ready received",
                                                               "request sent", "answer received",
                                                               "connection closed"]
     before = trace.read_text()
