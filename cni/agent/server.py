@@ -100,7 +100,7 @@ def bind(path, queue):
 def spare(listener, lifeline, report):
     """A worker forked ahead of requests: waits for a connection, serves it, exits.
     It exits too when the agent is gone (its lifeline pipe closes)."""
-    worker.prepare()
+    worker.prepare(listener)
     poller = select.poll()
     poller.register(listener, select.POLLIN)
     poller.register(lifeline, select.POLLIN)

@@ -187,3 +187,15 @@ def test_a_request_shorter_than_its_length_or_longer_is_none():
     assert sent_and_received(None, [(len(body) - 1).to_bytes(8, "big") + body]) is None
     assert sent_and_received(None, [len(body).to_bytes(8, "big")[:3], len(body).to_bytes(8, "big")[3:] + body]) \
         .stdin == b"{}"
+
+
+def test_the_sample_a_spare_warms_up_with_reads_cleanly():
+    """prepare() swallows its warm-up's errors (a spare is never lost to it): a sample a config rule
+    no longer takes would silently warm nothing up. It reads like a request: the schemas, host-local's."""
+    import importlib
+    from cni import contract, dispatch
+    importlib.import_module(worker.PLUGINS[worker.SAMPLE_PLUGIN])   # as the agent's preload does
+    worker.read_sample()
+    request = contract.read_request(worker.SAMPLE_ENV, worker.SAMPLE_CONFIG)
+    dispatch.load_ipam_config(request)
+    assert request.ipam_config is not None and request.warnings == []
