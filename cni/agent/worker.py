@@ -97,6 +97,7 @@ def receive(conn):
 
 # read_sample's: a request as one most often comes (ipvlan's shares all but its schema's pages)
 SAMPLE_PLUGIN = "macvlan"
+WARM_UP_AFTER = 0.01     # s: a served ADD's own CPU work is ~5 ms
 SAMPLE_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "sample", "CNI_NETNS": "/run/netns/sample",
               "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
 SAMPLE_CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "sample", "type": SAMPLE_PLUGIN, "master": "eth0",
@@ -108,35 +109,19 @@ def prepare(listener):
     """Done by a spare while it waits, off the caller's time, and nothing a request could see: the
     agent's environment dropped (become() puts the caller's in its place), one text stream made
     and thrown away (the first one made in a fresh fork copies the pages it allocates in: ~50 us),
-    and, unless a caller already waits on `listener` (a burst), a sample request's configs read
-    (read_sample)."""
+    and a sample request's configs read (read_sample) unless a caller comes first."""
     os.environb.clear()
     io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
-    if not CAN_LEAVE_SCHED_IDLE or select.select([listener], [], [], 0)[0]:
+    # A spare is forked as a request starts: it lets that request's work pass before warming up
+    # (it took a core from it). A caller coming meanwhile is served at once, cold, as before.
+    # Not SCHED_IDLE instead: on a loaded node such a spare would wait for ever for a core, and
+    # callers for it.
+    if select.select([listener], [], [], WARM_UP_AFTER)[0]:
         return
-    # a spare is forked as a request starts: at SCHED_IDLE, its warm-up never takes a core from it
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     try:
         read_sample()
     except Exception:   # a warm-up only (tests/unit/test_agent.py reads the sample): never a spare lost
         pass
-    finally:
-        try:
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        except OSError as e:
-            log(f"a spare could not leave SCHED_IDLE: {e}; it serves at idle priority")
-
-
-def can_leave_sched_idle():
-    """CAP_SYS_NICE (bit 23 of CapEff): only with it may a process go back from SCHED_IDLE."""
-    try:
-        with open("/proc/self/status") as f:
-            return any(line.startswith("CapEff:") and int(line.split()[1], 16) >> 23 & 1 for line in f)
-    except (OSError, ValueError, IndexError):
-        return False
-
-
-CAN_LEAVE_SCHED_IDLE = can_leave_sched_idle()   # the agent's, which its spares inherit
 
 
 def read_sample():
