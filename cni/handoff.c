@@ -380,34 +380,18 @@ static char *request_payload(const char *plugin, size_t *size)
     return buf;
 }
 
-/* The request with fds stdout, stderr, netns, mount ns, root, cwd; 0, or -1 with errno. */
-static int send_request(int sock, const char *buf, size_t size)
+/* The fds the request carries: stdout, stderr, netns, mount ns, root, cwd; 0, or -1 with errno
+ * (those opened are closed). */
+static int request_fds(int fds[6])
 {
-    int fds[6] = {1, 2, -1, -1, -1, -1};
+    fds[0] = 1;
+    fds[1] = 2;
     fds[2] = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
     fds[3] = open("/proc/self/ns/mnt", O_RDONLY | O_CLOEXEC);
     fds[4] = open("/", O_RDONLY | O_CLOEXEC | O_DIRECTORY);
     fds[5] = open(".", O_RDONLY | O_CLOEXEC | O_DIRECTORY);
-    int result = -1;
     if (fds[2] >= 0 && fds[3] >= 0 && fds[4] >= 0 && fds[5] >= 0) {
-        union {
-            char space[CMSG_SPACE(sizeof fds)];
-            struct cmsghdr align;
-        } control;
-        struct iovec iov = {.iov_base = (void *)buf, .iov_len = size};
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
-                             .msg_control = control.space, .msg_controllen = sizeof control.space};
-        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-        cmsg->cmsg_level = SOL_SOCKET;
-        cmsg->cmsg_type = SCM_RIGHTS;
-        cmsg->cmsg_len = CMSG_LEN(sizeof fds);
-        memcpy(CMSG_DATA(cmsg), fds, sizeof fds);
-        ssize_t sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
-        while (sent >= 0 && (size_t)sent < size) {
-            ssize_t more = send(sock, buf + sent, size - sent, MSG_NOSIGNAL);
-            sent = more < 0 ? more : sent + more;
-        }
-        result = sent < 0 ? -1 : 0;
+        return 0;
     }
     int saved = errno;
     for (int i = 2; i < 6; i++) {
@@ -416,7 +400,30 @@ static int send_request(int sock, const char *buf, size_t size)
         }
     }
     errno = saved;
-    return result;
+    return -1;
+}
+
+/* The request with its fds (request_fds); 0, or -1 with errno. */
+static int send_request(int sock, const char *buf, size_t size, const int fds[6])
+{
+    union {
+        char space[CMSG_SPACE(6 * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = size};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = control.space, .msg_controllen = sizeof control.space};
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(6 * sizeof(int));
+    memcpy(CMSG_DATA(cmsg), fds, 6 * sizeof(int));
+    ssize_t sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    while (sent >= 0 && (size_t)sent < size) {
+        ssize_t more = send(sock, buf + sent, size - sent, MSG_NOSIGNAL);
+        sent = more < 0 ? more : sent + more;
+    }
+    return sent < 0 ? -1 : 0;
 }
 
 /* Bytes as Python's repr would show them, near enough for a debug line. */
@@ -496,6 +503,16 @@ int main(int argc, char **argv)
     /* read while queued: a worker is taken only by a caller ready to send (a runtime writes stdin at once) */
     read_stdin();
     trace_mark("stdin read");
+    /* the request made ready while the spare wakes up to answer; sent only after its b"R" (a caller
+     * that gives up waiting must know nothing was started: it then runs the plugin itself) */
+    size_t size;
+    char *payload = request_payload(called, &size);
+    int fds[6];
+    if (request_fds(fds) < 0) {
+        run_in_process("UNDERLAY_HANDOFF_STATUS", "agent at %s: opening the request's fds failed: %s",
+                       path, strerror(errno));
+    }
+    trace_mark("request made");
     char answer[512];
     ssize_t got = wait_for_worker(sock, path, timeout, answer, sizeof answer);
     trace_mark("ready received");
@@ -515,16 +532,15 @@ int main(int argc, char **argv)
         run_in_process("UNDERLAY_HANDOFF_STATUS", "agent at %s answered b'%s'", path,
                        printable(answer, got < 40 ? got : 40));
     }
-    size_t size;
-    char *payload = request_payload(called, &size);
-    if (send_request(sock, payload, size) < 0) {
+    if (send_request(sock, payload, size, fds) < 0) {
         /* the worker has not got the request, so nothing has started: do it here */
         run_in_process("UNDERLAY_HANDOFF_STATUS", "agent at %s: sending the request failed: %s",
                        path, strerror(errno));
     }
     trace_mark("request sent");
-    struct timeval forever = {0, 0};
-    setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &forever, sizeof forever);
+    for (int i = 2; i < 6; i++) {
+        close(fds[i]);
+    }
     /* from here the worker owns the invocation; this process only waits for it */
     size_t have = 0;
     for (;;) {

@@ -33,7 +33,10 @@ The protocol, one SOCK_STREAM connection per invocation:
 Until the request is sent the worker has started nothing, so the client may
 still give up (code 11) or run the plugin itself; once sent, the worker owns
 the invocation (unless it answers "F" first), and dies if this process dies
-(as an exec'd plugin would).
+(as an exec'd plugin would). This is why the request waits for "R": sent
+earlier, it would sit in the connection, where a worker accepting just after
+the client gave up waiting could still read and start it. The client makes it
+ready while the worker wakes up, and sends it the moment "R" comes.
 
 Bounds: UNDERLAY_AGENT_TIMEOUT (seconds, default 5) for connecting to a full
 queue and for the agent's silence while waiting for "R" (its heartbeat is the
@@ -131,6 +134,7 @@ def ask(plugin, argv, environ, stdin):
         if uid != 0:
             status = f"{path} is not root's: its listener runs as uid {uid} (pid {pid}); not handing off"
             return None
+        payload = request_payload(plugin, argv, environ, stdin)   # while the spare wakes up
         answer = wait_for_worker(sock, path, timeout)
         if answer is None:
             return busy(path, f"silent for over {timeout:g} s, or {QUEUE_LIMIT:g} s in its queue")
@@ -144,7 +148,6 @@ def ask(plugin, argv, environ, stdin):
             status = f"agent at {path} answered {answer[:40]!r}" if answer else \
                 f"agent at {path} closed the connection before serving"
             return None
-        payload = request_payload(plugin, argv, environ, stdin)
         try:
             send_request(sock, payload)
         except OSError as e:

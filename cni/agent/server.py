@@ -100,7 +100,7 @@ def bind(path, queue):
 def spare(listener, lifeline, report):
     """A worker forked ahead of requests: waits for a connection, serves it, exits.
     It exits too when the agent is gone (its lifeline pipe closes)."""
-    worker.prepare()
+    worker.prepare(listener)
     poller = select.poll()
     poller.register(listener, select.POLLIN)
     poller.register(lifeline, select.POLLIN)
@@ -123,10 +123,7 @@ def spare(listener, lifeline, report):
                 pass
             conn.close()
             continue
-        report(f"B {os.getpid()}")
-        listener.close()
-        os.close(lifeline)
-        worker.serve(conn, report)
+        worker.serve(conn, report, listener, lifeline)
 
 
 class Server:

@@ -10,6 +10,7 @@ own files may not be there.
 
 import fcntl
 import io
+import json
 import os
 import re
 import select
@@ -18,11 +19,12 @@ import struct
 import sys
 import time
 
-from cni import handoff, registry
+from cni import contract, dispatch, handoff, registry
 from cni.agent import phases
 from cni.agent.service import log
 from cni.net import netns
 
+RECEIVE_SIZE = 1 << 16   # the first read of a request: a runtime's is a few KiB
 REQUEST_WAIT = 30.0      # for the request after b"R": a caller sends it at once (unless starved of CPU)
 # name -> module of every plugin served (cni/agent/preload.py imports them)
 PLUGINS = {name: registry.module_of(name) for name in registry.cni_plugins()}
@@ -30,23 +32,21 @@ PLUGINS = {name: registry.module_of(name) for name in registry.cni_plugins()}
 
 class Request:
     def __init__(self, payload, fds):
-        at = 0
-
-        def field():
-            nonlocal at
-            end = payload.index(b"\0", at)
-            value, at = payload[at:end], end + 1
-            return value
-
-        if field() != handoff.PROTOCOL:
+        # protocol, name called, umask, argc, then argc args, envc, envc entries, stdin (may hold NULs)
+        protocol, called, umask, argc, rest = payload.split(b"\0", 4)
+        if protocol != handoff.PROTOCOL:
             raise ValueError("protocol version")
-        called = field().decode()
+        argc = int(argc)
+        *args, envc, rest = rest.split(b"\0", argc + 1)
+        envc = int(envc)
+        *self.env, self.stdin = rest.split(b"\0", envc)
+        if len(args) != argc or len(self.env) != envc:
+            raise ValueError("truncated")
+        called = called.decode()
         # the compiled client sends the name it was called by (`underlay-macvlan`), Python the plugin's
         self.plugin = registry.plugin_for(called) or called
-        self.umask = int(field(), 8)
-        self.argv = [field().decode("utf-8", "surrogateescape") for _ in range(int(field()))]
-        self.env = [field() for _ in range(int(field()))]
-        self.stdin = payload[at:]
+        self.umask = int(umask, 8)
+        self.argv = [arg.decode("utf-8", "surrogateescape") for arg in args]
         if len(fds) != 6:
             raise ValueError(f"{len(fds)} file descriptors")
         self.stdout, self.stderr, self.netns, self.mntns, self.root, self.cwd = fds
@@ -56,7 +56,8 @@ def receive(conn):
     """The request after b"R", or None when the caller gave up (nothing was started)."""
     fd_size = 6 * struct.calcsize("i")
     try:
-        data, ancdata, flags, _ = conn.recvmsg(8, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC)
+        # the header and, as a client sends them in one sendmsg, most often the whole payload
+        data, ancdata, flags, _ = conn.recvmsg(RECEIVE_SIZE, socket.CMSG_SPACE(fd_size), socket.MSG_CMSG_CLOEXEC)
     except OSError:
         return None
     fds = []
@@ -71,16 +72,20 @@ def receive(conn):
             if not more:
                 return None
             data += more
-        size = int.from_bytes(data, "big")
-        if size > handoff.MAX_REQUEST:
+        size = int.from_bytes(data[:8], "big")
+        if size > handoff.MAX_REQUEST or len(data) > 8 + size:
             return None
-        payload = bytearray()
-        while len(payload) < size:
-            more = conn.recv(min(size - len(payload), 1 << 20))
-            if not more:
-                return None
-            payload += more
-        request = Request(bytes(payload), fds)
+        if len(data) < 8 + size:
+            payload = bytearray(data[8:])
+            while len(payload) < size:
+                more = conn.recv(min(size - len(payload), 1 << 20))
+                if not more:
+                    return None
+                payload += more
+            data = bytes(payload)
+        else:
+            data = data[8:]
+        request = Request(data, fds)
         fds = []
         return request
     except (OSError, ValueError, UnicodeDecodeError):
@@ -90,12 +95,44 @@ def receive(conn):
             os.close(fd)
 
 
-def prepare():
+# read_sample's: a request as one most often comes (ipvlan's shares all but its schema's pages)
+SAMPLE_PLUGIN = "macvlan"
+WARM_UP_AFTER = 0.01     # s: a served ADD's own CPU work is ~5 ms
+SAMPLE_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "sample", "CNI_NETNS": "/run/netns/sample",
+              "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
+SAMPLE_CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "sample", "type": SAMPLE_PLUGIN, "master": "eth0",
+                            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]],
+                                     "routes": [{"dst": "0.0.0.0/0"}]}}).encode()
+
+
+def prepare(listener):
     """Done by a spare while it waits, off the caller's time, and nothing a request could see: the
-    agent's environment dropped (become() puts the caller's in its place) and one text stream made
-    and thrown away (the first one made in a fresh fork copies the pages it allocates in: ~50 us)."""
+    agent's environment dropped (become() puts the caller's in its place), one text stream made
+    and thrown away (the first one made in a fresh fork copies the pages it allocates in: ~50 us),
+    and a sample request's configs read (read_sample) unless a caller comes first."""
     os.environb.clear()
     io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    # A spare is forked as a request starts: it lets that request's work pass before warming up
+    # (it took a core from it). A caller coming meanwhile is served at once, cold, as before.
+    # Not SCHED_IDLE instead: on a loaded node such a spare would wait for ever for a core, and
+    # callers for it.
+    if select.select([listener], [], [], WARM_UP_AFTER)[0]:
+        return
+    try:
+        read_sample()
+    except Exception:   # a warm-up only (tests/unit/test_agent.py reads the sample): never a spare lost
+        pass
+
+
+def read_sample():
+    """Read a constant sample config as the plugins read a request's (stdin, their schema, host-local's
+    ranges) and drop it: the first read in a fresh fork writes to hundreds of the agent's pages (reference
+    counts of the decoder's, validators' and parsers' objects), each a copy-on-write fault: ~0.6 ms a
+    request paid. Done here, they are copied before a caller waits. No request has been seen yet, and
+    the spare serves one, then exits: nothing of a request can be kept for the next."""
+    request = contract.read_request(SAMPLE_ENV, SAMPLE_CONFIG)
+    sys.modules[PLUGINS[SAMPLE_PLUGIN]].KIND.load(request)
+    dispatch.load_ipam_config(request)
 
 
 def become(request):
@@ -189,8 +226,10 @@ def exit_with_caller(conn):
         os._exit(0)   # gone already (or speaking out of turn): nothing started
 
 
-def serve(conn, report):
-    """In a worker: the caller's invocation, its exit code sent back; then exit."""
+def serve(conn, report, listener, lifeline):
+    """In a worker: the caller's invocation, its exit code sent back; then exit. The spare's
+    listener and lifeline are closed once the caller has its b"R", which goes first: the caller
+    makes its request ready meanwhile."""
     conn.setblocking(True)
     conn.settimeout(REQUEST_WAIT)
     try:
@@ -198,6 +237,9 @@ def serve(conn, report):
     except OSError:
         os._exit(0)
     phases.mark("ready sent")
+    report(f"B {os.getpid()}")
+    listener.close()
+    os.close(lifeline)
     request = receive(conn)
     if request is None:
         report(f"A {os.getpid()}")

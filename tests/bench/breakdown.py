@@ -20,8 +20,9 @@ exec as the runtime sees it:
   client start           posix_spawn() until the client's main()
   connect                its socket() + connect() (+ the listener's SO_PEERCRED)
   read stdin             the config (already in the pipe)
+  make request           building argv, env, stdin and opening 4 of its 6 fds, while the spare wakes
   worker ready           until the spare's b"R" arrives (a spare waits in accept())
-  hand-off               building and sending argv, env, stdin and 6 fds
+  hand-off               sending the request (before 1cb69b3: building it too)
   worker receives        until the worker has parsed it
   caller's context       setns mnt + net, chroot, cwd, umask, fds, environment
   plugin                 main() of the plugin, split into the spans below; "python" is the rest
@@ -56,7 +57,8 @@ CHAIN = [   # (phase, from mark, to mark): ("spawn", "reaped" are this script's;
     ("client start", "spawn", "c:main"),
     ("connect", "c:main", "c:connected"),
     ("read stdin", "c:connected", "c:stdin read"),
-    ("worker ready", "c:stdin read", "c:ready received"),
+    ("make request", "c:stdin read", "c:request made"),
+    ("worker ready", ("c:request made", "c:stdin read"), "c:ready received"),   # a build before the mark: the latter
     ("hand-off", "c:ready received", "c:request sent"),
     ("worker receives", "c:request sent", "w:request received"),
     ("caller's context", "w:request received", "w:context taken on"),
@@ -129,6 +131,7 @@ def phases_of(spawn, reaped, trace):
             marks[f"{who[0]}:{name}"] = t
     out = {}
     for phase, start, end in CHAIN:
+        start = next((mark for mark in start if mark in marks), None) if isinstance(start, tuple) else start
         if start in marks and end in marks:
             out[phase] = (marks[end] - marks[start]) * 1000
     spans = exclusive(trace.get("worker", {}).get("spans", []))

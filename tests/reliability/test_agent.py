@@ -277,8 +277,15 @@ def test_an_agent_that_accepts_and_hangs_is_code_11_with_nothing_done(via, tmp_p
         out = plugins.run_plugin("host-local", "ADD", host_local_conf(tmp_path, tmp_path / "op.log"),
                                  netns="/run/netns/x", extra={"UNDERLAY_AGENT_TIMEOUT": "1"}, timeout=30)
         elapsed = time.monotonic() - started
+        # nothing of the request was sent before a worker's b"R": a worker accepting this connection
+        # now, after the caller gave up, finds nothing it could start
+        conn, _ = hung.accept()
+        conn.settimeout(5)
+        left = conn.recv(1 << 16)
+        conn.close()
     finally:
         hung.close()
+    assert left == b"", left[:80]
     assert out.cni_code == 11, out
     assert "did not start the request (silent for over 1 s" in out.json["msg"], out
     assert "nothing was done" in out.json["msg"]
@@ -1138,7 +1145,8 @@ def test_a_traced_request_gets_its_phases_and_the_next_worker_is_not_traced(agen
     assert {"read request (stdin JSON, env)", "config: schema", "lease's fsync (waited for)", "result"} <= spans, spans
     if client == "compiled":
         client_line, = [x for x in lines if x["who"] == "client"]
-        assert [name for name, _ in client_line["marks"]] == ["main", "connected", "stdin read", "ready received",
+        assert [name for name, _ in client_line["marks"]] == ["main", "connected", "stdin read", "request made",
+                                                              "ready received",
                                                               "request sent", "answer received",
                                                               "connection closed"]
     before = trace.read_text()

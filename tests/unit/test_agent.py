@@ -124,3 +124,78 @@ def test_conflict_records_are_a_pool_state_of_their_own(tmp_path):
     text = pools.render_pools(rows, readable, problems)
     assert 'underlay_pool_addresses{network="lan",ipam="host-local",set="0",ranges="10.9.0.0/29 ' \
            '10.9.0.1-10.9.0.6",state="conflict"} 1\n' in text
+
+
+def sent_and_received(payload, chunks=None):
+    """What worker.receive makes of `payload` sent as cni/handoff.py sends it (or as raw `chunks`
+    after the first, fd-carrying one), over a real socketpair with real fds."""
+    import socket
+    from cni import handoff
+    client, agent = socket.socketpair()
+    try:
+        if chunks is None:
+            handoff.send_request(client, payload)
+        else:
+            first, *rest = chunks
+            client.sendmsg([first], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                      b"".join(fd.to_bytes(4, "little") for fd in (1, 2, 0, 0, 0, 0)))])
+            for chunk in rest:
+                client.sendall(chunk)
+        client.shutdown(socket.SHUT_WR)
+        request = worker.receive(agent)
+        if request is not None:
+            for fd in (request.stdout, request.stderr, request.netns, request.mntns, request.root, request.cwd):
+                os.close(fd)
+        return request
+    finally:
+        client.close()
+        agent.close()
+
+
+@pytest.mark.parametrize("stdin_size", [0, 100, 3 * worker.RECEIVE_SIZE])   # larger: several reads
+def test_a_request_is_read_whole_with_its_fds_and_a_stdin_holding_nuls(stdin_size):
+    from cni import handoff
+    stdin = (b'{"a": 1}\0\0x' * stdin_size)[:stdin_size]
+    env = {"CNI_COMMAND": "ADD", "EMPTY": "", "WITH=EQUALS": "x=y", "BYTES": "\udcff"}
+    mask = os.umask(0o027)
+    try:
+        request = sent_and_received(handoff.request_payload("underlay-macvlan", ["/opt/cni/bin/macvlan", "-x", ""],
+                                                            env, stdin))
+    finally:
+        os.umask(mask)
+    assert request.plugin == "macvlan"
+    assert request.argv == ["/opt/cni/bin/macvlan", "-x", ""]
+    assert request.env == [b"CNI_COMMAND=ADD", b"EMPTY=", b"WITH=EQUALS=x=y", b"BYTES=\xff"]
+    assert request.stdin == stdin
+    assert request.umask == 0o027
+
+
+@pytest.mark.parametrize("body", [
+    b"underlay/2\0macvlan\0" b"22\0" b"0\0" b"0\0",            # another protocol
+    b"underlay/1\0macvlan\0" b"22\0" b"2\0" b"a\0",            # fewer args than said
+    b"underlay/1\0macvlan\0" b"22\0" b"0\0" b"3\0" b"A=1\0",   # fewer env entries than said
+    b"underlay/1\0macvlan\0" b"22\0" b"x\0" b"0\0",            # not a count
+    b"underlay/1\0macvlan",                                      # cut short
+])
+def test_a_malformed_request_is_none(body):
+    assert sent_and_received(None, [len(body).to_bytes(8, "big") + body]) is None
+
+
+def test_a_request_shorter_than_its_length_or_longer_is_none():
+    body = b"underlay/1\0macvlan\0" b"22\0" b"0\0" b"0\0{}"
+    assert sent_and_received(None, [(len(body) + 5).to_bytes(8, "big") + body]) is None
+    assert sent_and_received(None, [(len(body) - 1).to_bytes(8, "big") + body]) is None
+    assert sent_and_received(None, [len(body).to_bytes(8, "big")[:3], len(body).to_bytes(8, "big")[3:] + body]) \
+        .stdin == b"{}"
+
+
+def test_the_sample_a_spare_warms_up_with_reads_cleanly():
+    """prepare() swallows its warm-up's errors (a spare is never lost to it): a sample a config rule
+    no longer takes would silently warm nothing up. It reads like a request: the schemas, host-local's."""
+    import importlib
+    from cni import contract, dispatch
+    importlib.import_module(worker.PLUGINS[worker.SAMPLE_PLUGIN])   # as the agent's preload does
+    worker.read_sample()
+    request = contract.read_request(worker.SAMPLE_ENV, worker.SAMPLE_CONFIG)
+    dispatch.load_ipam_config(request)
+    assert request.ipam_config is not None and request.warnings == []
