@@ -98,7 +98,6 @@ def receive(conn):
 # read_sample's: a request as one most often comes (ipvlan's shares all but its schema's pages)
 SAMPLE_PLUGIN = "macvlan"
 WARM_UP_AFTER = 0.01     # s: a served ADD's own CPU work is ~5 ms
-HANDOVER_GRACE = 0.0005  # s: what a young spare leaves a warm one to take a caller (its wake-up and accept)
 SAMPLE_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "sample", "CNI_NETNS": "/run/netns/sample",
               "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
 SAMPLE_CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "sample", "type": SAMPLE_PLUGIN, "master": "eth0",
@@ -110,21 +109,15 @@ def prepare(listener):
     """Done by a spare while it waits, off the caller's time, and nothing a request could see: the
     agent's environment dropped (become() puts the caller's in its place), one text stream made
     and thrown away (the first one made in a fresh fork copies the pages it allocates in: ~50 us),
-    a sample request's configs read (read_sample) and its receiving and context rehearsed
-    (rehearse) unless a caller comes first."""
+    and a sample request's configs read (read_sample) unless a caller comes first."""
     os.environb.clear()
     io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
     # A spare is forked as a request starts: it lets that request's work pass before warming up
-    # (it took a core from it). Not SCHED_IDLE instead: on a loaded node such a spare would wait
-    # for ever for a core, and callers for it. A caller coming meanwhile wakes every spare: this
-    # one, cold, leaves it a moment to a warm one (~1 ms faster; cold, 12 of 40 CHECKs right after
-    # an ADD were served so), then serves it itself if none took it (a burst: every spare young).
-    deadline = time.monotonic() + WARM_UP_AFTER
-    while (left := deadline - time.monotonic()) > 0:
-        if select.select([listener], [], [], left)[0]:
-            time.sleep(HANDOVER_GRACE)
-            if select.select([listener], [], [], 0)[0]:
-                return
+    # (it took a core from it). A caller coming meanwhile is served at once, cold, as before.
+    # Not SCHED_IDLE instead: on a loaded node such a spare would wait for ever for a core, and
+    # callers for it.
+    if select.select([listener], [], [], WARM_UP_AFTER)[0]:
+        return
     try:
         read_sample()
     except Exception:   # a warm-up only (tests/unit/test_agent.py reads the sample): never a spare lost

@@ -245,33 +245,3 @@ def test_a_spares_rehearsal_takes_on_its_own_context_and_leaves_what_a_request_s
     os.waitpid(pid, 0)
     assert "error" not in outcome, outcome
     assert outcome["after"] == outcome["before"]
-
-
-@pytest.mark.parametrize("taken", [True, False])
-def test_a_young_spare_leaves_a_caller_to_a_warm_one_and_else_serves_it_cold(tmp_path, monkeypatch, taken):
-    """A caller in a young spare's first WARM_UP_AFTER wakes it: it waits HANDOVER_GRACE (here: the
-    moment another spare takes the caller, or does not), then warms up if the caller was taken, or
-    returns at once, cold, to serve it."""
-    import socket
-    warmed = []
-    monkeypatch.setattr(worker.os, "environb", {})   # prepare() drops the agent's environment
-    monkeypatch.setattr(worker, "read_sample", lambda: warmed.append("read_sample"))
-    monkeypatch.setattr(worker, "rehearse", lambda: warmed.append("rehearse"))
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(tmp_path / "s"))
-    listener.listen(4)
-    caller = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    caller.connect(str(tmp_path / "s"))
-    taken_by_another = []
-
-    def grace(seconds):
-        assert seconds == worker.HANDOVER_GRACE
-        if taken and not taken_by_another:
-            taken_by_another.append(listener.accept()[0])   # a warm spare's accept
-    monkeypatch.setattr(worker.time, "sleep", grace)
-    try:
-        worker.prepare(listener)
-        assert warmed == (["read_sample", "rehearse"] if taken else [])
-    finally:
-        for s in [listener, caller] + taken_by_another:
-            s.close()
