@@ -109,7 +109,8 @@ def prepare(listener):
     """Done by a spare while it waits, off the caller's time, and nothing a request could see: the
     agent's environment dropped (become() puts the caller's in its place), one text stream made
     and thrown away (the first one made in a fresh fork copies the pages it allocates in: ~50 us),
-    and a sample request's configs read (read_sample) unless a caller comes first."""
+    a sample request's configs read (read_sample) and its receiving and context rehearsed
+    (rehearse) unless a caller comes first."""
     os.environb.clear()
     io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
     # A spare is forked as a request starts: it lets that request's work pass before warming up
