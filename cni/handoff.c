@@ -20,11 +20,11 @@
  *     error 11 in the config's cniVersion (only Python knows how to read it).
  * Once stdin has been read it is handed to the bundle in a memfd.
  *
- * Before anything else, VERSION included, it checks that the bundle is beside
- * the file it runs from (its real path: the plugin names are links to it). A
- * copy without the bundle (a `cp` of dist/bin's files skips the hidden
- * .underlay/) answers every verb with a CNI error saying how to install, so a
- * runtime's VERSION check fails as its ADD would.
+ * Before it answers, hands off or runs anything, VERSION included, it checks
+ * that the bundle is beside the file it runs from (its real path: the plugin
+ * names are links to it). A copy without the bundle (a `cp` of dist/bin's
+ * files skips the hidden .underlay/) answers every verb with a CNI error saying
+ * how to install, so a runtime's VERSION check fails as its ADD would.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -39,6 +39,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -163,6 +164,9 @@ static void broken_install(const char *fmt, ...)
  * by (.underlay/handoff in dist/bin, .underlay-<id>/handoff once installed). Exits when it is not there. */
 static void find_bundle(void)
 {
+    if (bundle[0]) {
+        return;   /* found already */
+    }
     ssize_t n = readlink("/proc/self/exe", bundle, PATH_MAX);
     if (n > 0) {
         bundle[n] = '\0';
@@ -187,6 +191,7 @@ static void find_bundle(void)
 /* Run the plugin in-process: exec the bundle's executable beside this one. */
 static void run_in_process(const char *variable, const char *fmt, ...)
 {
+    find_bundle();
     if (variable) {
         char text[1024];
         va_list ap;
@@ -449,10 +454,10 @@ int main(int argc, char **argv)
     args = argv;
     arg_count = argc;
     called = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
-    find_bundle();   /* a stat or two: VERSION stays a few syscalls */
     const char *command = getenv("CNI_COMMAND");
     const char *agent = getenv("UNDERLAY_AGENT");
     if (command && !strcmp(command, "VERSION")) {
+        find_bundle();   /* a stat or two: VERSION stays a few syscalls */
         /* static (runtimes ask before every ADD and DEL): the bundle's answer, built in */
         return fputs(VERSION_OUTPUT, stdout) == EOF || fflush(stdout) == EOF;
     }
@@ -512,6 +517,7 @@ int main(int argc, char **argv)
         run_in_process("UNDERLAY_HANDOFF_STATUS", "agent at %s: opening the request's fds failed: %s",
                        path, strerror(errno));
     }
+    find_bundle();   /* here, not first: while the spare wakes; before anything is handed off */
     trace_mark("request made");
     char answer[512];
     ssize_t got = wait_for_worker(sock, path, timeout, answer, sizeof answer);

@@ -20,7 +20,8 @@ exec as the runtime sees it:
   client start           posix_spawn() until the client's main()
   connect                its socket() + connect() (+ the listener's SO_PEERCRED)
   read stdin             the config (already in the pipe)
-  make request           building argv, env, stdin and opening 4 of its 6 fds, while the spare wakes
+  make request           building argv, env, stdin, opening 4 of its 6 fds and checking the bundle
+                         is beside it (before 4105bbd: first thing in main), while the spare wakes
   worker ready           until the spare's b"R" arrives (a spare waits in accept())
   hand-off               sending the request (before 1cb69b3: building it too)
   worker receives        until the worker has parsed it

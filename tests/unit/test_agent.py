@@ -199,3 +199,49 @@ def test_the_sample_a_spare_warms_up_with_reads_cleanly():
     request = contract.read_request(worker.SAMPLE_ENV, worker.SAMPLE_CONFIG)
     dispatch.load_ipam_config(request)
     assert request.ipam_config is not None and request.warnings == []
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("fd0", ["as it is", "a socket of the agent's"])   # started with fd 0 closed
+def test_a_spares_rehearsal_takes_on_its_own_context_and_leaves_what_a_request_sees_as_it_was(fd0):
+    """rehearse() receives the constant sample from the spare itself and takes on the spare's own
+    context (prepare() swallows its errors: a rehearsal that fails would silently warm nothing up).
+    After it, all a request could see is as before: the streams, argv, an empty environment, the
+    root, cwd, umask, the open fds and what fds 0-2 are. In a fork: it takes on a context."""
+    import importlib
+    import json
+    import stat
+    import sys
+    importlib.import_module(worker.PLUGINS[worker.SAMPLE_PLUGIN])   # as the agent's preload does
+
+    def state():
+        mask = os.umask(0)
+        os.umask(mask)
+        std = [os.fstat(fd)[stat.ST_INO:stat.ST_DEV + 1] + (os.get_inheritable(fd),) for fd in (0, 1, 2)]
+        return {"objects": [id(sys.stdin), id(sys.stdout), id(sys.stderr), id(sys.argv)], "argv": sys.argv,
+                "environ": dict(os.environ), "root": os.stat("/")[stat.ST_INO:stat.ST_DEV + 1],
+                "cwd": os.getcwd(), "umask": mask, "fds 0-2": std, "fds": sorted(os.listdir("/proc/self/fd"))}
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # pragma: no cover (the child)
+        try:
+            os.close(r)
+            os.environ.clear()   # as prepare() leaves it
+            if fd0 != "as it is":
+                import socket
+                listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                os.dup2(listener.fileno(), 0, inheritable=False)
+            before = state()
+            worker.rehearse()
+            outcome = {"before": before, "after": state()}
+        except BaseException as e:
+            outcome = {"error": repr(e)}
+        os.write(w, json.dumps(outcome).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        outcome = json.loads(f.read())
+    os.waitpid(pid, 0)
+    assert "error" not in outcome, outcome
+    assert outcome["after"] == outcome["before"]
