@@ -1,8 +1,8 @@
 """A small etcd v3 client over etcd's JSON gateway (/v3/kv/*), standard library only.
 
 The interface is the one in ETCD_API.md: Client.get/range/put/delete/txn/status,
-compare builders (absent, value_is, mod_revision_is) and op builders (put, delete,
-get, get_prefix; delete_prefix added). Keys and values are str or bytes; results
+compare builders (absent, value_is, mod_revision_is; none_under added) and op builders (put,
+delete, get, get_prefix; delete_prefix added). Keys and values are str or bytes; results
 carry bytes.
 
 Why not http.client or gRPC: every pod attach execs a fresh process, so the
@@ -126,6 +126,11 @@ def absent(key):
     return {"target": "CREATE", "result": "EQUAL", "key": _b64(key), "create_revision": "0"}
 
 
+def none_under(prefix):
+    """No key starts with `prefix` (a compare over the range: etcd 3.3 and later)."""
+    return {"target": "CREATE", "result": "EQUAL", **_key_range(prefix), "create_revision": "0"}
+
+
 def value_is(key, value):
     return {"target": "VALUE", "result": "EQUAL", "key": _b64(key), "value": _b64(value)}
 
@@ -150,8 +155,8 @@ def get(key):
     return {"request_range": {"key": _b64(key)}}
 
 
-def get_prefix(prefix):
-    return {"request_range": _key_range(prefix)}
+def get_prefix(prefix, keys_only=False):
+    return {"request_range": dict(_key_range(prefix), keys_only=True) if keys_only else _key_range(prefix)}
 
 
 # --------------------------------------------------------------------------
