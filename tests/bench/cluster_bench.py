@@ -53,7 +53,7 @@ CNI_VERSION = "1.0.0"
 def argv_of(name):
     """(argv, where) for a plugin: the bundle's executable when built, else this checkout's module."""
     if os.access(os.path.join(BUNDLE, "cluster-ipam"), os.X_OK):
-        return [os.path.join(BUNDLE, name)], "dist/bin"
+        return [os.path.join(BUNDLE, name)], os.path.relpath(BUNDLE, ROOT) if BUNDLE.startswith(ROOT + "/") else BUNDLE
     return [sys.executable, "-m", MODULES[name]], "source"
 
 
