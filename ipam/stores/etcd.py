@@ -27,8 +27,8 @@ pool only once they are full. An ADD asking for no particular address, of a node
 knows every block it owns (value and revision, as the node last wrote or read it: its ADDs and DELs
 keep it under the node's lock), reads nothing first (start_cached): its first claim is guarded, as
 every claim, by the block's revision and the address key, and by etcd holding no record of the
-attachment nor conflict record of the network (compares over their prefixes); refused on those, the
-ADD starts again with the first read (CacheMissed), on the block, as any refused claim.
+attachment nor conflict record of the network (compares over their prefixes). Refused on those, the
+ADD starts again with the first read (CacheMissed); refused on the block, it claims again, as any.
 
 A claim marks its attachment record pending; the ADD clears the mark (one more
 transaction, `complete`) once every range set has its address. A lease still
@@ -384,8 +384,8 @@ class EtcdStore(BlockLeases):
     def own_cache(self):
         """{subnet: {"blockSize": prefix, "blocks": {name: [revision, value] or None}}} of OWN_BLOCKS: the
         blocks this node owned when it last looked, with each one's value and revision as this node last
-        wrote or read it (None: not known). A hint only: each block is read, or claimed in guarded by its
-        revision, and used as the node's only if it still is. An older version's file ({subnet: [name]})
+        wrote or read it (None: not known). A hint only: each block is read, or claimed in by a claim
+        guarded by its revision, and used as the node's only if it still is. An older version's file ({subnet: [name]})
         names the blocks alone."""
         if self.hint is None:
             self.hint = {}
