@@ -268,6 +268,7 @@ def main():
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--bin", help="another build's dist/bin for part 2")
     parser.add_argument("--base", help="with --parts cpu: another build's dist/bin, run alternately with dist/bin")
+    parser.add_argument("--rounds", type=int, default=2, help="with --parts cpu: rounds of each build")
     parser.add_argument("--parts", default="in-process,concurrent,agent", help="of in-process, concurrent, agent, "
                         "cpu (served operations one at a time: CPU, page faults and etcd's CPU per operation)")
     args = parser.parse_args()
@@ -286,7 +287,7 @@ def main():
                 through_agent(etcd, workdir, 40, args.concurrent)
             if "cpu" in args.parts.split(","):
                 builds = [cluster_bench.BUNDLE] + ([os.path.abspath(args.base)] if args.base else [])
-                cpu_per_operation(etcd, workdir, min(args.ops, 100), builds)
+                cpu_per_operation(etcd, workdir, min(args.ops, 100), builds, args.rounds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
