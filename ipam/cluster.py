@@ -32,7 +32,7 @@ from cni.errors import ERR_CHECK_FAILED, ERR_INVALID_CONFIG, ERR_NOT_AVAILABLE, 
 from ipam import allocator, ranges, verbs
 from ipam.blocks import DEFAULT_BLOCK_SIZE, Grid
 from ipam.stores import holds as clock
-from ipam.stores.block_leases import contention, parse
+from ipam.stores.block_leases import CacheMissed, contention, parse
 
 DEFAULT_PREFIX = "/underlay/ipam"
 DEFAULT_DATA_DIR = "/var/lib/cni/cluster-ipam"
@@ -454,28 +454,44 @@ def load_config(request):
 def cmd_add(request):
     conf = request.ipam_config or load_config(request)
     requested = verbs.assign_requested(conf)
+    try:
+        return add(conf, request, requested, cached=True)
+    except CacheMissed:   # records of the attachment or of conflicts: nothing claimed; read first this time
+        return add(conf, request, requested, cached=False)
+
+
+def add(conf, request, requested, cached):
     cid, ifname = request.container_id, request.ifname
+    pod = pod_of(request)
     allocated = []
     with conf.open_store(request, lock=CLAIMS) as store:
-        # An attachment whose ADD succeeded gets no second address (host-local's rule). Leases still
-        # pending are an earlier ADD of this very attachment on this node that never answered success
-        # (its claim's answer lost, then etcd gone before read-back and rollback): the runtime retries
-        # such an ADD, so they are released here and this ADD allocates afresh. With sticky they
-        # become the pod's holds, which it takes back just below: the same addresses.
-        pending, done = store.pending_and_done(cid, ifname)
-        store.keep_record(RECORD, record(conf, request.network))   # etcd answered: before any lease is taken
-        verbs.refuse_duplicate(conf, done, cid, ifname)
-        for ip in pending:
-            store.release(ip, cid, ifname)
-        verbs.give_back_conflicts(store)
+        data = record(conf, request.network)
+        # The common ADD (no address asked for, no sticky hold to look up) starts from the node's cache
+        # of its blocks, without the first read: its first claim is refused unless etcd holds no record
+        # of the attachment and no conflict record of the network, which is all that read would have
+        # found to act on below (CacheMissed: the ADD starts again here, reading first).
+        if not (cached and not requested and not (conf.sticky_seconds and pod)
+                and store.start_cached(cid, ifname, RECORD, data)):
+            # An attachment whose ADD succeeded gets no second address (host-local's rule). Leases still
+            # pending are an earlier ADD of this very attachment on this node that never answered success
+            # (its claim's answer lost, then etcd gone before read-back and rollback): the runtime retries
+            # such an ADD, so they are released here and this ADD allocates afresh. With sticky they
+            # become the pod's holds, which it takes back just below: the same addresses.
+            pending, done = store.pending_and_done(cid, ifname)
+            store.keep_record(RECORD, data)   # etcd answered: before any lease is taken
+            verbs.refuse_duplicate(conf, done, cid, ifname)
+            for ip in pending:
+                store.release(ip, cid, ifname)
+            verbs.give_back_conflicts(store)
         try:
-            pod = pod_of(request)
             holds = store.holds_of(*pod) if conf.sticky_seconds and pod else []
             with store.claiming():   # the node's lock: only while choosing and claiming
                 for s in conf.range_sets:
                     allocated.append(allocate(s, conf.grids_of(s), store, cid, ifname, requested.get(s.index),
                                               holds))
             store.complete(cid, ifname, [r.text(v) for r, v in allocated])
+        except CacheMissed:
+            raise   # refused before anything was claimed
         except BaseException:
             rollback(store, allocated, cid, ifname)
             raise

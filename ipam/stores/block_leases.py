@@ -38,6 +38,12 @@ def changed_before_completion(container_id, ifname, texts):
                                    "changed before the ADD completed")
 
 
+class CacheMissed(Exception):
+    """An ADD started from the node's cache of its blocks (a store's start_cached) found, at its first
+    claim, that etcd holds records of its attachment or conflict records of its network: nothing was
+    claimed, and the ADD starts again with the first read."""
+
+
 def parse(text):
     ip = ipaddress.ip_address(text)
     return ip.version, int(ip)

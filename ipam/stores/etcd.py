@@ -23,7 +23,12 @@ Keys under the prefix (default /underlay/ipam):
                                             until, pool, block}; found by the network's ADD
 
 An ADD reads the blocks its node owns (named by the node's hint, OWN_BLOCKS) and the rest of the
-pool only once they are full.
+pool only once they are full. An ADD asking for no particular address, of a node whose OWN_BLOCKS
+knows every block it owns (value and revision, as the node last wrote or read it: its ADDs and DELs
+keep it under the node's lock), reads nothing first (start_cached): its first claim is guarded, as
+every claim, by the block's revision and the address key, and by etcd holding no record of the
+attachment nor conflict record of the network (compares over their prefixes). Refused on those, the
+ADD starts again with the first read (CacheMissed); refused on the block, it claims again, as any.
 
 A claim marks its attachment record pending; the ADD clears the mark (one more
 transaction, `complete`) once every range set has its address. A lease still
@@ -52,11 +57,14 @@ from cni.files import replace, replace_if_changed
 from ipam import etcd
 from ipam.blocks import Block
 from ipam.stores import holds
-from ipam.stores.block_leases import MAX_RACES, BlockLeases, Lease, block_size_refused, changed_before_completion, \
-    contention, hold_doc, lease_doc, parse, released_cooling
+from ipam.stores.block_leases import MAX_RACES, BlockLeases, CacheMissed, Lease, block_size_refused, \
+    changed_before_completion, contention, hold_doc, lease_doc, parse, released_cooling
 from ipam.stores.lease_index import recordable_netns
 
-OWN_BLOCKS = "own-blocks.json"   # <dataDir>/<network>/: {subnet: [block]} the node owned when it last looked
+# <dataDir>/<network>/: {subnet: {"blockSize": prefix, "blocks": {block: [revision, value]}}} of the blocks
+# the node owned when it last looked, as it last wrote or read them (own_cache)
+OWN_BLOCKS = "own-blocks.json"
+CONFLICTS_SEEN = "!conflicts"   # in OWN_BLOCKS: the network had conflict records when last read
 
 # A write repeated after etcd lost it (its answer lost, the outcome read back: not applied).
 LOST_WRITES = 3
@@ -85,7 +93,9 @@ class EtcdStore(BlockLeases):
         self.netns = recordable_netns(netns)   # the pod's, recorded in its attachment records (healing)
         self.pools = {}                 # subnet -> {first: Block} as last read
         self.partial = set()            # subnets of self.pools read only in part (the node's blocks: own_blocks)
-        self.hint = None                # own_hint(), once read
+        self.hint = None                # own_cache(), once read
+        self.hint_conflicts = False     # OWN_BLOCKS says the network had conflict records when last read
+        self.conflicts_read = None      # whether the first read found conflict records of the network
         self.asked = {}                 # subnet -> the block names of the hint read (pool_read), found or not
         self.prefetched = {}            # subnet -> (blocks, config, whole) read with pending_and_done, not yet used
         self.prefetched_conflicts = None  # the conflict records read with pending_and_done, not yet used
@@ -97,6 +107,9 @@ class EtcdStore(BlockLeases):
         self.blocks_read = {}           # block key -> KV or None, read with a lease to release (read)
         self.claimed_blocks = {}        # ip -> the key of the block this ADD claimed it in (complete)
         self.claims_only = claims_only  # the node's lock only around claims (an ADD's `claiming`), not all along
+        self.cached = False             # an ADD started from the node's cache of its blocks (start_cached)
+        self.guard = None               # (containerID, ifname) whose records the next claim checks (start_cached)
+        self.released_blocks = {}       # block key -> (revision, value or None: deleted) a release wrote
 
     # -- keys -----------------------------------------------------------------
 
@@ -157,12 +170,15 @@ class EtcdStore(BlockLeases):
         if self.files is None:
             yield
             return
-        if self.lock(asked=True):
+        if self.lock(asked=not self.cached):
             # whoever held it claimed meanwhile, most likely in the very blocks read before: read them
-            # again (a read) rather than learn it from a claim refused (a write, through etcd's log)
+            # again (a read; or the cache, which the holder kept) rather than learn it from a claim
+            # refused (a write, through etcd's log)
             self.pools.clear()
             self.prefetched.clear()
             self.hint = None   # and the hint, which the holder may have rewritten
+            if self.cached and not self.seed_from_cache():
+                self.pools.clear()
         try:
             yield
             self.keep_own_hint()
@@ -182,6 +198,8 @@ class EtcdStore(BlockLeases):
 
     def close(self):
         if self.files is not None:
+            if self.released_blocks and not self.claims_only:
+                self.keep_released()   # under the lock this operation holds throughout (DEL, GC, healing)
             self.files.close()
             self.files = None
         self.client.close()
@@ -240,6 +258,7 @@ class EtcdStore(BlockLeases):
         result = self.client.txn([], [etcd.get_prefix(prefix), etcd.get_prefix(self.k_conflict(self.network))] +
                                  sticky + [op for ops, _ in pool_reads for op in ops])
         self.prefetched_conflicts = self.parse_conflicts(result.responses[1])
+        self.conflicts_read = bool(result.responses[1])
         if sticky:
             self.prefetched_holds = self.parse_holds(*self.pod, result.responses[2])
         at = 2 + len(sticky)
@@ -362,9 +381,12 @@ class EtcdStore(BlockLeases):
         return [etcd.get(key) for key in keys], lambda responses: (
             *self.parse_pool(grid, [kv for kvs in responses for kv in kvs]), False)
 
-    def own_hint(self):
-        """{subnet: [block name]} of the blocks this node owned when it last looked (OWN_BLOCKS); a
-        hint only: each block is read, and used as the node's only if it still is."""
+    def own_cache(self):
+        """{subnet: {"blockSize": prefix, "blocks": {name: [revision, value] or None}}} of OWN_BLOCKS: the
+        blocks this node owned when it last looked, with each one's value and revision as this node last
+        wrote or read it (None: not known). A hint only: each block is read, or claimed in by a claim
+        guarded by its revision, and used as the node's only if it still is. An older version's file ({subnet: [name]})
+        names the blocks alone."""
         if self.hint is None:
             self.hint = {}
             if self.files is not None:
@@ -376,30 +398,123 @@ class EtcdStore(BlockLeases):
                         os.close(fd)
                 except (OSError, ValueError):
                     doc = None
-                if isinstance(doc, dict):
-                    self.hint = {subnet: [name for name in names if isinstance(name, str) and "/" in name]
-                                 for subnet, names in doc.items() if isinstance(names, list)}
+                for subnet, entry in (doc.items() if isinstance(doc, dict) else ()):
+                    if subnet == CONFLICTS_SEEN:
+                        continue
+                    if isinstance(entry, list):   # an older version's: names only
+                        entry = {"blocks": dict.fromkeys(entry)}
+                    blocks = entry.get("blocks") if isinstance(entry, dict) else None
+                    if not isinstance(blocks, dict):
+                        continue
+                    known = {name: cached if isinstance(cached, list) and len(cached) == 2
+                             and isinstance(cached[0], int) and cached[0] > 0 and isinstance(cached[1], str) else None
+                             for name, cached in blocks.items() if isinstance(name, str) and "/" in name}
+                    size = entry.get("blockSize")
+                    self.hint[subnet] = {"blockSize": size if isinstance(size, int) else None, "blocks": known}
+                self.hint_conflicts = isinstance(doc, dict) and doc.get(CONFLICTS_SEEN) is True
         return self.hint
 
+    def own_hint(self):
+        """{subnet: [block name]} of the blocks this node owned when it last looked (own_cache)."""
+        return {subnet: sorted(entry["blocks"]) for subnet, entry in self.own_cache().items()}
+
     def keep_own_hint(self):
-        """Write OWN_BLOCKS anew if the blocks read show the node owning others than it says (under the
-        node's lock: concurrent ADDs never write it at once)."""
-        hint = dict(self.own_hint())
+        """Write OWN_BLOCKS anew if the blocks read or claimed show the node owning others than it says, or
+        its blocks at other revisions (under the node's lock: concurrent ADDs never write it at once)."""
+        old = self.own_cache()
+        cache = {subnet: {"blockSize": entry["blockSize"], "blocks": dict(entry["blocks"])}
+                 for subnet, entry in old.items()}
         for grid in self.grids:
             subnet = str(grid.range.subnet)
             if subnet in self.pools:
                 read = self.pools[subnet]
-                own = {grid.key(b.first) for b in read.values() if b.node == self.node}
+                own = {grid.key(b.first): [b.revision, b.encode()] if b.revision else None
+                       for b in read.values() if b.node == self.node}
                 if subnet in self.partial:   # what it did not read (a concurrent ADD's new block) stays
                     seen = self.asked.get(subnet, set()) | {grid.key(first) for first in read}
-                    own.update(name for name in hint.get(subnet, []) if name not in seen)
-                hint[subnet] = sorted(own)
-        if hint != self.hint:
+                    own.update((name, cached) for name, cached in old.get(subnet, {}).get("blocks", {}).items()
+                               if name not in seen)
+                # the pool's blockSize was checked against this grid's when its blocks were read
+                cache[subnet] = {"blockSize": grid.prefix, "blocks": own}
+        self.write_cache(cache, self.hint_conflicts if self.conflicts_read is None else self.conflicts_read)
+
+    def keep_released(self):
+        """The blocks this operation's releases rewrote (or deleted), as they are now, in OWN_BLOCKS where
+        it names them (the node's own)."""
+        cache = {subnet: {"blockSize": entry["blockSize"], "blocks": dict(entry["blocks"])}
+                 for subnet, entry in self.own_cache().items()}
+        for key, (revision, value) in self.released_blocks.items():
+            subnet, _, name = key[len(self.k("pools")) + 1:].partition("/blocks/")
+            blocks = cache.get(subnet, {}).get("blocks", {})
+            if name in blocks:
+                if value is None and revision:
+                    del blocks[name]            # deleted: nobody's
+                else:
+                    blocks[name] = [revision, value] if revision and value is not None else None
+        self.write_cache(cache, self.hint_conflicts)
+
+    def write_cache(self, cache, conflicts):
+        """OWN_BLOCKS anew if it changed; `conflicts`: the network had conflict records when last read (its
+        ADDs then read first, as a cached one would be refused, until a read finds none)."""
+        if (cache, conflicts) != (self.hint, self.hint_conflicts):
+            doc = dict(cache, **{CONFLICTS_SEEN: True}) if conflicts else cache
             try:
-                replace(OWN_BLOCKS, json.dumps(hint, sort_keys=True).encode(), self.files.dir_fd)
-                self.hint = hint
+                replace(OWN_BLOCKS, json.dumps(doc, sort_keys=True, separators=(",", ":")).encode(), self.files.dir_fd)
+                self.hint, self.hint_conflicts = cache, conflicts
             except OSError:
-                pass   # a hint: without it the next ADD reads the whole pool
+                pass   # a hint: without it the next ADD reads the node's blocks, or the whole pool
+
+    def start_cached(self, container_id, ifname, name, data):
+        """BlockStore.start_cached: the node's blocks as OWN_BLOCKS has them, when it knows every one of
+        them in every pool of the ADD (their pools' blockSize checked), and the record `name` holds `data`.
+        Only for an ADD that takes the node's lock for its claims (claims_only)."""
+        if self.files is None or not self.claims_only or not self.seed_from_cache() or self.hint_conflicts:
+            self.pools.clear()
+            self.partial.clear()
+            return False
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.files.dir_fd)
+            try:
+                same = os.read(fd, len(data) + 1) == data
+            finally:
+                os.close(fd)
+        except OSError:
+            same = False
+        if not same:
+            self.pools.clear()
+            self.partial.clear()
+            return False
+        self.cached, self.guard = True, (container_id, ifname)
+        return True
+
+    def seed_from_cache(self):
+        """self.pools from OWN_BLOCKS (read only in part: the node's blocks); False if it does not know
+        them all."""
+        cache = self.own_cache()
+        seeded = {}
+        for grid in self.grids:
+            subnet = str(grid.range.subnet)
+            entry = cache.get(subnet)
+            if subnet in seeded:
+                continue
+            if entry is None or entry["blockSize"] != grid.prefix or not entry["blocks"] \
+                    or None in entry["blocks"].values():
+                return False
+            found = {}
+            for name, (revision, value) in entry["blocks"].items():
+                try:
+                    net = ipaddress.ip_network(name)
+                except ValueError:
+                    return False
+                first = int(net.network_address)
+                found[first] = Block.decode(first, int(net.broadcast_address), self.pool_prefix(grid) + "blocks/" + name,
+                                            value, revision)
+            seeded[subnet] = found
+        for subnet, found in seeded.items():
+            self.pools[subnet] = found
+            self.partial.add(subnet)
+            self.asked[subnet] = {name for name in cache[subnet]["blocks"]}
+        return True
 
     def read_pool(self, grid):
         """({first: Block}, the pool's config value or None) as etcd has them; writes nothing."""
@@ -558,12 +673,20 @@ class EtcdStore(BlockLeases):
                                                      hold.doc.get("pod", ""), text)))
         compares = [etcd.absent(ip_key) if hold is None else etcd.value_is(ip_key, hold.raw),
                     etcd.absent(block.key) if block.revision == 0 else etcd.mod_revision_is(block.key, block.revision)]
+        failure = [etcd.get(ip_key), etcd.get(block.key)]
+        if self.guard is not None:   # what the first read would have found: none, else the ADD reads it
+            attachment, conflicts = self.k_attachment(*self.guard), self.k_conflict(self.network)
+            compares += [etcd.none_under(attachment), etcd.none_under(conflicts)]
+            failure += [etcd.get_prefix(attachment, keys_only=True), etcd.get_prefix(conflicts, keys_only=True)]
         self.inflight = text
         try:
-            result = self.client.txn(compares, success, [etcd.get(ip_key), etcd.get(block.key)])
+            result = self.client.txn(compares, success, failure)
             succeeded, revision = result.succeeded, result.revision
             if not succeeded:
-                ip_kvs, block_kvs = result.responses
+                ip_kvs, block_kvs, *records = result.responses
+                if any(records):
+                    self.inflight = None
+                    raise CacheMissed()
         except CniError as e:
             if not maybe_applied(e):
                 raise
@@ -574,11 +697,13 @@ class EtcdStore(BlockLeases):
             revision = None
         self.inflight = None
         if succeeded:
+            self.guard = None
             self.claimed_blocks[text] = block.key
             if revision is None:
                 self.refresh(block, block_kvs)   # as it is now, our address in it
             else:
                 block.node, block.used, block.held, block.revision = new.node, new.used, new.held, revision
+                block.cooling = new.cooling   # as written: the node's cache keeps it
             return True
         self.refresh(block, block_kvs)
         return self.refused(grid, block, value, container_id, ifname, hold, ip_kvs[0].value if ip_kvs else None)
@@ -653,12 +778,16 @@ class EtcdStore(BlockLeases):
             try:
                 result = self.client.txn(compares, ops, [etcd.get(ip_key)])
                 succeeded, current = result.succeeded, (result.responses or [None])[0]
+                revision = result.revision
             except CniError as e:
                 if not maybe_applied(e):
                     raise
                 kv = self.client.get(ip_key)       # applied if the lease we read is gone
                 succeeded, current = kv is None or kv.value != lease.raw, [kv] if kv is not None else []
+                revision = 0                       # the block's revision unknown
             if succeeded:
+                if block_kv is not None:
+                    self.released_blocks[block_key] = (revision, None if block.empty else block.encode())
                 self.pools.pop(str(doc.get("pool")), None)   # re-read when needed again
                 self.prefetched.pop(str(doc.get("pool")), None)
                 self.prefetched_holds = None                  # a sticky pod's lease is its hold now

@@ -200,6 +200,9 @@ class MemoryBlockStore(Held, BlockLeases):
     def ips_of(self, container_id, ifname):
         return [ip for ip, _ in self.records_of(container_id, ifname)]
 
+    def start_cached(self, container_id, ifname, name, data):
+        return False   # no cache: every ADD reads first
+
     def pending_and_done(self, container_id, ifname):
         pending, done = [], []
         for ip, doc in self.records_of(container_id, ifname):

@@ -129,6 +129,13 @@ class BlockStore(LeaseStore, Protocol):
 
     # -- attachments ----------------------------------------------------------
 
+    def start_cached(self, container_id, ifname, name, data) -> bool:
+        """Start an ADD of the attachment from what the node knows of its blocks, without the first read
+        (pending_and_done, keep_record, the conflict records): True if it did, when the node's record
+        `name` holds `data` already. Its first claim is then refused unless etcd holds no record of the
+        attachment and no conflict record of the network (block_leases.CacheMissed: the ADD starts
+        again, reading first)."""
+
     def pending_and_done(self, container_id, ifname) -> tuple:
         """([ip], [ip]) of the attachment: claims of this node not yet completed, and the rest."""
 

@@ -53,7 +53,7 @@ CNI_VERSION = "1.0.0"
 def argv_of(name):
     """(argv, where) for a plugin: the bundle's executable when built, else this checkout's module."""
     if os.access(os.path.join(BUNDLE, "cluster-ipam"), os.X_OK):
-        return [os.path.join(BUNDLE, name)], "dist/bin"
+        return [os.path.join(BUNDLE, name)], os.path.relpath(BUNDLE, ROOT) if BUNDLE.startswith(ROOT + "/") else BUNDLE
     return [sys.executable, "-m", MODULES[name]], "source"
 
 
@@ -66,10 +66,34 @@ def env_of(command, cid, socket=None):
 
 
 def exec_once(argv, command, cid, stdin, socket=None):
-    """(seconds, exit code, stdout) of one exec, as a runtime sees it."""
+    """(seconds, exit code, stdout) of one exec, as a runtime sees it: stdin and stdout pipes, stderr
+    dropped. posix_spawn (vfork) and plain reads, not subprocess.run: its communicate() loop cost the
+    bench ~1.5 ms of CPU an exec, under the GIL of every node's thread, as much as the client exec'd."""
+    env = env_of(command, cid, socket)
     start = time.perf_counter()
-    proc = subprocess.run(argv, input=stdin, env=env_of(command, cid, socket), capture_output=True)
-    return time.perf_counter() - start, proc.returncode, proc.stdout
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+        pid = os.posix_spawn(argv[0], argv, env, file_actions=[
+            (os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0)])
+    finally:
+        os.close(in_r)
+        os.close(out_w)
+    try:
+        os.write(in_w, stdin)          # a config is far below a pipe's 64 KiB: never blocks
+    except BrokenPipeError:
+        pass
+    os.close(in_w)
+    parts = []
+    while True:
+        part = os.read(out_r, 1 << 16)
+        if not part:
+            break
+        parts.append(part)
+    os.close(out_r)
+    _, status = os.waitpid(pid, 0)
+    return time.perf_counter() - start, os.waitstatus_to_exitcode(status), b"".join(parts)
 
 
 def percentile(values, p):
@@ -124,7 +148,8 @@ def bench_exec(etcd, n, workdir, figures):
 
 def run_nodes(argv, confs, command, per_node, sockets=None):
     """Every node a thread exec'ing `command` per pod in turn (through its agent, with `sockets`
-    {node: socket}); (wall seconds, {node: [(cid, s, code, out)]})."""
+    {node: socket}); (wall seconds, {node: [(cid, s, code, out)]}, the execs' CPU seconds, this
+    process's: the runtime's part, which shares the cores)."""
     results = {node: [] for node in confs}
 
     def node_loop(node):
@@ -134,13 +159,13 @@ def run_nodes(argv, confs, command, per_node, sockets=None):
             results[node].append((cid, seconds, code, out))
 
     threads = [threading.Thread(target=node_loop, args=(node,)) for node in confs]
-    cpu = children_cpu()
+    cpu, own = children_cpu(), time.process_time()
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return time.perf_counter() - start, results, children_cpu() - cpu
+    return time.perf_counter() - start, results, children_cpu() - cpu, time.process_time() - own
 
 
 def etcd_cpu(etcd):
@@ -159,7 +184,8 @@ def children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def bench_scale(etcd, pods, nodes, workdir, figures, sockets=None):
+def bench_scale(etcd, pods, nodes, workdir, figures, sockets=None, agents_cpu=None):
+    """`agents_cpu`: the agents' CPU seconds so far (with `sockets`), reported per ADD and per DEL."""
     argv, where = argv_of("cluster-ipam")
     subnet, prefix = ("10.94.0.0/16", "/uci-bench-agents") if sockets else ("10.92.0.0/20", "/uci-bench-scale")
     if sockets:
@@ -169,9 +195,10 @@ def bench_scale(etcd, pods, nodes, workdir, figures, sockets=None):
     confs = {f"n{i}": cluster_conf(dict(etcd.config(), endpoints=eps[i % len(eps):] + eps[:i % len(eps)]),
                                    os.path.join(workdir, "scale"), f"n{i}", subnet, prefix)
              for i in range(nodes)}
-    etcd_before = etcd_cpu(etcd)
-    wall, results, cpu = run_nodes(argv, confs, "ADD", per_node, sockets)
+    etcd_before, agents_before = etcd_cpu(etcd), agents_cpu and agents_cpu()
+    wall, results, cpu, bench_cpu = run_nodes(argv, confs, "ADD", per_node, sockets)
     etcd_used = etcd_cpu(etcd) - etcd_before
+    agents_used = agents_cpu and agents_cpu() - agents_before
     ips, seconds, failed = [], [], []
     for node, rows in results.items():
         for cid, s, code, out in rows:
@@ -190,22 +217,34 @@ def bench_scale(etcd, pods, nodes, workdir, figures, sockets=None):
     print(f"  wall {wall:.1f} s, {nodes * per_node / wall:.1f} ADDs/s; per ADD p50 "
           f"{percentile(seconds, 50):.1f} ms, p99 {percentile(seconds, 99):.1f} ms; duplicates {duplicates}; "
           f"failures {len(failed)}; {leased} leases in etcd, {len(blocks)} blocks; the execs used {cpu:.1f} CPU s "
-          f"({cpu / (nodes * per_node) * 1000:.0f} ms per ADD), etcd {etcd_used:.1f} CPU s: "
-          f"{(cpu + etcd_used) / os.cpu_count():.1f} s of wall on {os.cpu_count()} idle cores at the least "
+          f"({cpu / (nodes * per_node) * 1000:.1f} ms per ADD), this bench {bench_cpu:.1f} CPU s, etcd "
+          f"{etcd_used:.1f} CPU s ({etcd_used / (nodes * per_node) * 1000:.1f} ms per ADD): "
+          f"{(cpu + bench_cpu + etcd_used) / os.cpu_count():.1f} s of wall on {os.cpu_count()} idle cores at the least "
+          "with the agents' CPU not counted "
           f"(load average now {os.getloadavg()[0]:.1f})", flush=True)
     for why in sorted(set(failed))[:3]:
         print(f"    failure: {why}")
-    etcd_before = etcd_cpu(etcd)
-    del_wall, del_results, _ = run_nodes(argv, confs, "DEL", per_node, sockets)
+    if agents_cpu:
+        print(f"  the agents and their workers used {agents_used:.1f} CPU s for the ADDs "
+              f"({agents_used / (nodes * per_node) * 1000:.1f} ms per ADD)", flush=True)
+    etcd_before, agents_before = etcd_cpu(etcd), agents_cpu and agents_cpu()
+    del_wall, del_results, del_cpu, del_bench_cpu = run_nodes(argv, confs, "DEL", per_node, sockets)
     del_etcd = etcd_cpu(etcd) - etcd_before
+    del_agents = agents_cpu and agents_cpu() - agents_before
     del_failed = sum(1 for rows in del_results.values() for row in rows if row[2] != 0)
     with etcd.client() as client:
         left = [kv.key.decode()[len(prefix):] for kv in client.range(prefix + "/", keys_only=True)]
     whole = left == [f"/pools/{ipaddress.ip_network(subnet)}/config"]
-    print(f"  then every DEL in parallel: wall {del_wall:.1f} s, failures {del_failed}, etcd {del_etcd:.1f} CPU s; "
+    print(f"  then every DEL in parallel: wall {del_wall:.1f} s, failures {del_failed}, the execs {del_cpu:.1f} CPU s, "
+          f"this bench {del_bench_cpu:.1f} CPU s, etcd {del_etcd:.1f} CPU s ({del_etcd / (nodes * per_node) * 1000:.1f} "
+          "ms per DEL); "
           f"range whole again: {'yes' if whole else f'no, left: {left[:5]}'}", flush=True)
+    if agents_cpu:
+        print(f"  the agents and their workers used {del_agents:.1f} CPU s for the DELs "
+              f"({del_agents / (nodes * per_node) * 1000:.1f} ms per DEL)", flush=True)
     label = f"cluster-ipam {nodes * per_node} pods over {nodes} nodes" + (", through the agents" if sockets else "")
-    figures[label] = {"del_etcd_cpu_s": del_etcd,
+    figures[label] = {"del_etcd_cpu_s": del_etcd, "bench_cpu_s": bench_cpu, "del_bench_cpu_s": del_bench_cpu,
+        "agents_add_cpu_s": agents_used, "agents_del_cpu_s": del_agents,
         "where": where, "pods": nodes * per_node, "nodes": nodes, "wall_s": wall, "p50_ms": percentile(seconds, 50),
         "p99_ms": percentile(seconds, 99), "cpu_s": cpu, "etcd_cpu_s": etcd_used, "duplicates": duplicates, "failures": len(failed), "leases": leased,
         "blocks": len(blocks), "del_wall_s": del_wall, "del_failures": del_failed, "whole_after_del": whole}
@@ -305,7 +344,7 @@ def bench_agents(etcd, pods, nodes, workdir, figures):
     agents = Agents(nodes, workdir)
     try:
         before = agents.cpu()
-        bench_scale(etcd, pods, nodes, workdir, figures, agents.sockets)
+        bench_scale(etcd, pods, nodes, workdir, figures, agents.sockets, agents.cpu)
         used = agents.cpu() - before
         print(f"  the agents and their workers used {used:.1f} CPU s for the ADDs and DELs "
               f"({used / (2 * pods) * 1000:.0f} ms per operation)", flush=True)

@@ -3,6 +3,7 @@
 A script, not a test: it prints, asserts nothing.
 
   make build && .venv/bin/python tests/bench/cluster_breakdown.py [--ops 200] [--concurrent 8] [--bin DIR]
+      [--parts in-process,concurrent,agent,cpu] [--base OTHER/dist/bin]
 
 Against 3 etcd members on 127.0.0.1 (tests/etcd.py), one simulated node, a /16 with /26 blocks:
 1. In-process (this checkout's source, dispatch.run per operation: config, client and node lock
@@ -14,6 +15,9 @@ Against 3 etcd members on 127.0.0.1 (tests/etcd.py), one simulated node, a /16 w
    ones), then rounds of `--concurrent` ADDs handed off at once on that one node: each round's wall
    against N x the ADD alone (fully serialised) and against the CPU floor (N x the CPU of one ADD,
    agent and worker, over the cores). A node lock held for a whole ADD puts a round near N x one.
+3. (--parts cpu) Served operations one at a time, dist/bin (or --bin) and --base alternating round by
+   round: the agent's and its workers' CPU, their page faults (the same on a loaded machine) and
+   etcd's CPU per ADD, DEL and thin request (a worker with nothing to do: the served path's floor).
 """
 
 import argparse
@@ -210,12 +214,63 @@ def through_agent(etcd, workdir, ops, concurrent, rounds=10):
         agents.stop()
 
 
+def agent_faults(agents):
+    """Minor page faults of the agents and their reaped workers so far (copy-on-write of the agent's
+    pages, mostly): unlike CPU time, the same on a loaded machine as on an idle one."""
+    total = 0
+    for proc, _ in agents.procs:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[7]) + int(fields[8])      # minflt, cminflt
+    return total
+
+
+def cpu_per_operation(etcd, workdir, ops, builds, rounds=2):
+    """Served operations one at a time through one underlayd per build, the builds alternating round by
+    round: the CPU of the agent and its workers, their page faults and etcd's CPU, per ADD, per DEL and per
+    thin request (a worker that fails to decode its stdin: the served path's floor)."""
+    rows = {b: {k: [] for k in ("ADD", "DEL", "thin", "ADD faults", "DEL faults", "thin faults", "etcd ADD",
+                                "etcd DEL")} for b in builds}
+    for r in range(rounds):
+        for i, build in enumerate(builds):
+            cluster_bench.BUNDLE = os.path.abspath(build)
+            agents = cluster_bench.Agents(1, os.path.join(workdir, f"cpu-{r}-{i}"))
+            argv = [os.path.join(cluster_bench.BUNDLE, "cluster-ipam")]
+            socket = agents.sockets["n0"]
+            stdin = conf_of(etcd, os.path.join(workdir, f"cpu-{r}-{i}"), f"/uci-breakdown-cpu-{r}-{i}")
+            try:
+                for n in range(3):      # the pool's config, the node's first block
+                    cluster_bench.exec_once(argv, "ADD", f"warm-{n}", stdin, socket)
+                for kind, command, data in (("ADD", "ADD", stdin), ("DEL", "DEL", stdin), ("thin", "ADD", b"{")):
+                    cpu, faults, etcd_used = agents.cpu(), agent_faults(agents), cluster_bench.etcd_cpu(etcd)
+                    for n in range(ops):
+                        _, code, out = cluster_bench.exec_once(argv, command, f"op-{n}", data, socket)
+                        if (code != 0) != (kind == "thin"):
+                            raise SystemExit(f"{kind} op-{n} with {build}: exit {code}: {out[:200]}")
+                    rows[build][kind].append((agents.cpu() - cpu) / ops * 1e3)
+                    rows[build][f"{kind} faults"].append((agent_faults(agents) - faults) / ops)
+                    if kind != "thin":
+                        rows[build][f"etcd {kind}"].append((cluster_bench.etcd_cpu(etcd) - etcd_used) / ops * 1e3)
+            finally:
+                agents.stop()
+    print(f"\n3. served one at a time through one underlayd, {ops} of each, {rounds} rounds, builds alternating "
+          f"(load {os.getloadavg()[0]:.1f}); per operation, the median of the rounds (each round's in brackets)")
+    print("  CPU ms (agent + worker): ADD, DEL, thin; page faults: ADD, DEL, thin; etcd's CPU ms: ADD, DEL")
+    for build in builds:
+        cells = [f"{statistics.median(v):.2f} [{' '.join(f'{x:.2f}' for x in v)}]" if "faults" not in k else
+                 f"{statistics.median(v):.0f}" for k, v in rows[build].items()]
+        print(f"  {build}: " + ", ".join(f"{k} {c}" for k, c in zip(rows[build], cells)), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ops", type=int, default=200)
     parser.add_argument("--concurrent", type=int, default=8)
     parser.add_argument("--bin", help="another build's dist/bin for part 2")
-    parser.add_argument("--parts", default="in-process,concurrent,agent")
+    parser.add_argument("--base", help="with --parts cpu: another build's dist/bin, run alternately with dist/bin")
+    parser.add_argument("--rounds", type=int, default=2, help="with --parts cpu: rounds of each build")
+    parser.add_argument("--parts", default="in-process,concurrent,agent", help="of in-process, concurrent, agent, "
+                        "cpu (served operations one at a time: CPU, page faults and etcd's CPU per operation)")
     args = parser.parse_args()
     if args.bin:
         cluster_bench.BUNDLE = os.path.abspath(args.bin)
@@ -224,12 +279,15 @@ def main():
     workdir = tempfile.mkdtemp(prefix="uci-breakdown-")
     try:
         with EtcdCluster(members=3) as etcd:
-            if "in-process" in args.parts:
+            if "in-process" in args.parts.split(","):
                 in_process(etcd, workdir, args.ops)
-            if "concurrent" in args.parts:
+            if "concurrent" in args.parts.split(","):
                 concurrent_in_process(etcd, workdir, args.concurrent)
-            if "agent" in args.parts:
+            if "agent" in args.parts.split(","):
                 through_agent(etcd, workdir, 40, args.concurrent)
+            if "cpu" in args.parts.split(","):
+                builds = [cluster_bench.BUNDLE] + ([os.path.abspath(args.base)] if args.base else [])
+                cpu_per_operation(etcd, workdir, min(args.ops, 100), builds, args.rounds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

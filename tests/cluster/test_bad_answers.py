@@ -1,5 +1,6 @@
 """ipam.etcd facing endpoints that are not etcd: fake servers on 127.0.0.1, beside a real member."""
 
+import base64
 import socket
 import threading
 import time
@@ -167,3 +168,36 @@ def test_nothing_listening_within_the_dial_timeout():
         etcd.Client(["http://192.0.2.1:2379"], dial_timeout=0.3, request_timeout=1).get("uet/k")
     assert e.value.code == ERR_TRY_AGAIN and e.value.details.startswith("http://192.0.2.1:2379: ")
     assert time.monotonic() - start <= 1 + HANG
+
+
+def range_answer(value):
+    """An HTTP answer as etcd's gateway gives it to a range of one key holding `value`."""
+    body = (b'{"header":{"revision":"7"},"kvs":[{"key":"dWV0L2s=","value":"%s","create_revision":"2",'
+            b'"mod_revision":"7","version":"1"}],"count":"1"}') % base64.b64encode(value)
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def test_bytes_after_an_answer_are_never_read_as_the_next_one(fake):
+    # whatever a member sends beyond its answer is not the answer to the next request: the connection
+    # is dropped and the next request goes on a fresh one
+    server = fake(range_answer(b"fresh") + range_answer(b"stale"))
+    client = etcd.Client([server.url])
+    assert client.get("uet/k").value == b"fresh"
+    assert client.get("uet/k").value == b"fresh"
+    assert len(server.conns) == 2
+
+
+def test_an_address_endpoint_is_dialled_without_a_name_lookup(etcd_cluster, monkeypatch):
+    cluster = etcd_cluster()
+    looked_up = []
+    lookup = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        looked_up.append(host)
+        return lookup(host, *args, **kwargs)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    port = cluster.endpoints[0].rsplit(":", 1)[1]
+    assert etcd.Client([f"http://127.0.0.1:{port}"]).put("uet/k", "v") > 0
+    assert looked_up == []
+    assert etcd.Client([f"http://localhost:{port}"]).get("uet/k").value == b"v"   # a name is still looked up
+    assert looked_up == ["localhost"]

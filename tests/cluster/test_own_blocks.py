@@ -4,6 +4,7 @@ with the number of nodes. Read on the wire (tests/cluster/proxy.py): the keys ea
 
 import ipaddress
 import json
+import os
 
 from tests.cluster.proxy import FaultProxy, decoded_key
 
@@ -22,6 +23,16 @@ def reads(requests):
     return found
 
 
+def names_only(cl, node, network="net1"):
+    """The node's OWN_BLOCKS as an older version wrote it ({subnet: [block]}, no values): its next
+    ADD reads the blocks named (tests/cluster/test_cached_add.py: an ADD that knows them reads nothing)."""
+    path = os.path.join(cl.data_dir(node), network, "own-blocks.json")
+    with open(path) as f:
+        doc = json.load(f)
+    with open(path, "w") as f:
+        json.dump({subnet: sorted(entry["blocks"]) for subnet, entry in doc.items()}, f)
+
+
 def block_of(out):
     return ipaddress.ip_network(f"{out.json['ips'][0]['address'].split('/')[0]}/28", strict=False)
 
@@ -37,6 +48,7 @@ def test_an_add_reads_its_own_blocks_and_the_pool_only_when_they_are_full(cl):
         pool = f"{cl.prefix}/pools/{SUBNET}/"
 
         del proxy.requests[:]
+        names_only(cl, "n1")
         out = cl.add(conf("n1"), "c1")
         assert block_of(out) == first
         read = reads(proxy.requests)
@@ -53,6 +65,7 @@ def test_an_add_reads_its_own_blocks_and_the_pool_only_when_they_are_full(cl):
         second = block_of(out)
 
         del proxy.requests[:]                                # its hint names both blocks now
+        names_only(cl, "n1")
         assert block_of(cl.add(conf("n1"), f"c{cid}")) == second
         read = reads(proxy.requests)
         assert (pool, True) not in read, read
