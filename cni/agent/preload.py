@@ -37,6 +37,8 @@ def preload():
 
 
 WARM_UP_ROUNDS = 10   # CPython 3.11 quickens a function at its 8th call and specializes it at the next
+WARM_UP_DIRS = ("/dev/shm", None)   # where its data dir may go: a tmpfs (a read-only root file system
+                                     # still has one), else tempfile's choice ($TMPDIR, /tmp...)
 WARM_UP_CONFIG = {"cniVersion": "1.0.0", "name": "underlayd-warm-up", "type": "macvlan", "master": "warm0",
                   "ipam": {"type": "host-local", "ranges": [[{"subnet": "192.0.2.0/24"}]]}}
 
@@ -62,7 +64,8 @@ def warm_up():
     libc = ctypes.CDLL(None, use_errno=True)
     data_dir = pod = None
     try:
-        data_dir = tempfile.mkdtemp(prefix="underlayd-warm-up-")
+        data_dir = tempfile.mkdtemp(prefix="underlayd-warm-up-",
+                                    dir=next(d for d in WARM_UP_DIRS if d is None or os.access(d, os.W_OK)))
         if libc.unshare(netns.CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), "unshare")
         pod = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)   # the pod's namespace

@@ -204,8 +204,8 @@ def test_the_sample_a_spare_warms_up_with_reads_cleanly():
 @pytest.fixture
 def private_tmp(tmp_path, monkeypatch):
     """The warm-up's temporary data dir made under tmp_path, to see it removed."""
-    import tempfile
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    from cni.agent import preload
+    monkeypatch.setattr(preload, "WARM_UP_DIRS", (str(tmp_path),))
     return tmp_path
 
 
