@@ -687,8 +687,9 @@ def bench_agent(n, parallel_count, workdir, figures):
             for verb, row in rows.items():
                 base = (f"  base {row.cpu_mean('base'):6.1f} (own {statistics.mean(own[verb]['base']):4.2f})"
                         f" base/Go {row.cpu_mean('base') / row.cpu_mean('go'):5.2f}x") if BASE else ""
-                print(f"  {row.label:<38} agent {row.cpu_mean('agent'):6.1f} (own {statistics.mean(own[verb]['agent']):4.2f})"
-                      f"  no agent {row.cpu_mean('ours'):6.1f}  Go {row.cpu_mean('go'):6.1f}"
+                print(f"  {row.label:<38} agent {row.cpu_mean('agent'):6.1f}"
+                      f" (own {statistics.mean(own[verb]['agent']):4.2f})  no agent {row.cpu_mean('ours'):6.1f}"
+                      f"  Go {row.cpu_mean('go'):6.1f}"
                       f"  agent/Go {row.cpu_mean('agent') / row.cpu_mean('go'):5.2f}x"
                       f"  no agent/Go {row.cpu_mean('ours') / row.cpu_mean('go'):5.2f}x{base}", flush=True)
                 figures["agent: " + row.label]["cpu_mean_ms"] = {impl: row.cpu_mean(impl) for impl in impls}
@@ -854,8 +855,8 @@ def main():
     parser.add_argument("--cluster-pods", type=int, default=1000, help="of the cluster sections (default 1000)")
     parser.add_argument("--cluster-nodes", type=int, default=10, help="of the cluster sections (default 10)")
     parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("--base", help="agent section: another build's dist/bin (e.g. of the commit before a change)"
-                                       " through its own underlayd, alternately with this one: before and after in one run")
+    parser.add_argument("--base", help="agent section: another build's dist/bin (e.g. of the commit before a"
+                                       " change) through its own underlayd, alternately with this one in one run")
     args = parser.parse_args()
     global BASE
     BASE = os.path.abspath(args.base) if args.base else None
