@@ -171,7 +171,6 @@ class Series:
         self.ms = {impl: [] for impl in impls}
         self.rss = {impl: [] for impl in impls}
         self.failures = {impl: 0 for impl in impls}
-        self.cpu = {impl: [] for impl in impls}
 
     def add(self, impl, *execs):
         """Timed execs add to the times, GNU-time'd ones to the peak RSS."""
@@ -181,12 +180,6 @@ class Series:
             self.rss[impl].append(max(e.maxrss_kb for e in execs))
         if any(e.code != 0 for e in execs):
             self.failures[impl] += 1
-
-    def add_cpu(self, impl, ms):
-        self.cpu[impl].append(ms)
-
-    def cpu_mean(self, impl):
-        return statistics.mean(self.cpu[impl]) if self.cpu[impl] else float("nan")
 
     def median(self, impl):
         return statistics.median(self.ms[impl]) if self.ms[impl] else float("nan")
@@ -646,55 +639,26 @@ def bench_agent(n, parallel_count, workdir, figures):
             confs = {impl: macvlan_conf(impl, ns.master, os.path.join(workdir, f"agent-mv-{impl}"),
                                         ipaddress.ip_network(subnets[impl])) for impl in impls}
             rows = {verb: Series(f"macvlan+host-local {verb}", impls) for verb in ("ADD", "CHECK", "DEL")}
-            own = {verb: {impl: [] for impl in agents} for verb in rows}   # the agent's own share of the CPU
             for i in range(n + 1):     # iteration 0 warms caches, not counted
                 for impl in rotate(impls, i):
                     pod = ns.pod()
                     env = cni_env(impl, "ADD", f"agmv-{i}", netns=f"/run/netns/{pod}")
                     conf = confs[impl]
-
-                    def timed(*args):
-                        # the agent's side: its reaped worker's CPU (read once it has reaped it) and its own
-                        served = agents.get(impl)
-                        before = served.cpu_ms() if served else 0.0
-                        own_before = served.own_cpu_ms() if served else 0.0
-                        e = run(*args)
-                        if served:
-                            time.sleep(0.02)
-                        e.agent_cpu_ms = served.cpu_ms() - before if served else 0.0
-                        e.own_cpu_ms = served.own_cpu_ms() - own_before if served else 0.0
-                        return e
-                    add = timed([plugin(impl, "macvlan")], env, json.dumps(conf).encode())
+                    add = run([plugin(impl, "macvlan")], env, json.dumps(conf).encode())
                     check_conf = dict(conf, prevResult=add.json) if add.code == 0 else conf
-                    check = timed([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="CHECK"),
-                                  json.dumps(check_conf).encode())
-                    dele = timed([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL"),
-                                 json.dumps(check_conf).encode())
+                    check = run([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="CHECK"),
+                                json.dumps(check_conf).encode())
+                    dele = run([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL"), json.dumps(check_conf).encode())
                     for verb, e in (("ADD", add), ("CHECK", check), ("DEL", dele)):
                         if i:
                             rows[verb].add(impl, e)
-                            rows[verb].add_cpu(impl, e.cpu_ms + e.agent_cpu_ms)
-                            if impl in agents:
-                                own[verb][impl].append(e.own_cpu_ms)
                         if e.code != 0 and rows[verb].failures[impl] <= 2:
                             print(f"    {impl} {verb} failed: {(e.stdout or e.stderr).decode(errors='replace')[:300]}")
                     ns.drop(pod)
             for row in rows.values():
                 print_agent_series(row)
                 figures["agent: " + row.label] = row.as_dict()
-            print("CPU per operation (user+system of the exec, its children and, with the agent, the worker"
-                  " and the agent's own: its loop, the fork; mean ms; load-independent):")
-            for verb, row in rows.items():
-                base = (f"  base {row.cpu_mean('base'):6.1f} (own {statistics.mean(own[verb]['base']):4.2f})"
-                        f" base/Go {row.cpu_mean('base') / row.cpu_mean('go'):5.2f}x") if BASE else ""
-                print(f"  {row.label:<38} agent {row.cpu_mean('agent'):6.1f}"
-                      f" (own {statistics.mean(own[verb]['agent']):4.2f})  no agent {row.cpu_mean('ours'):6.1f}"
-                      f"  Go {row.cpu_mean('go'):6.1f}"
-                      f"  agent/Go {row.cpu_mean('agent') / row.cpu_mean('go'):5.2f}x"
-                      f"  no agent/Go {row.cpu_mean('ours') / row.cpu_mean('go'):5.2f}x{base}", flush=True)
-                figures["agent: " + row.label]["cpu_mean_ms"] = {impl: row.cpu_mean(impl) for impl in impls}
-                figures["agent: " + row.label]["agent_own_cpu_mean_ms"] = {
-                    impl: statistics.mean(own[verb][impl]) for impl in agents}
+            cpu_per_operation(n, ns, confs, agents, impls, rows, figures)
 
             # two rounds, the second in reverse order: one burst is at the mercy of the machine's noise
             for r, impl in enumerate(impls + impls[::-1]):
@@ -720,6 +684,48 @@ def bench_agent(n, parallel_count, workdir, figures):
         AGENT_SOCKET = BASE_SOCKET = None
         for each in agents.values():
             each.stop()
+
+
+def cpu_per_operation(n, ns, confs, agents, impls, rows, figures):
+    """CPU per macvlan + host-local ADD, CHECK and DEL: the exec and the children it waited for and,
+    through an agent, the worker and the agent's own (its loop, the fork). n operations of a verb in a
+    row per implementation (n pods: n ADDs, then n CHECKs, then n DELs), the agent's side read around
+    each block: its workers' CPU is in clock ticks (10 ms), read once a block it is good to 10 ms / n
+    (read around each operation, a verb's mean swung by 1-2 ms at 20)."""
+    cpu = {verb: {} for verb in rows}
+    own = {verb: {} for verb in rows}
+    for impl in impls:
+        served = agents.get(impl)
+        pods = [ns.pod() for _ in range(n)]
+        results = {}
+        for verb in rows:
+            before = served.cpu_ms() if served else 0.0
+            own_before = served.own_cpu_ms() if served else 0.0
+            execs = []
+            for k, pod in enumerate(pods):
+                conf = dict(confs[impl], prevResult=results[k]) if k in results else confs[impl]
+                e = run([plugin(impl, "macvlan")], cni_env(impl, verb, f"agcpu-{k}", netns=f"/run/netns/{pod}"),
+                        json.dumps(conf).encode())
+                if verb == "ADD" and e.code == 0:
+                    results[k] = e.json
+                execs.append(e)
+            if served:
+                time.sleep(0.1)   # the last worker reaped
+            cpu[verb][impl] = (sum(e.cpu_ms for e in execs) + (served.cpu_ms() - before if served else 0.0)) / n
+            own[verb][impl] = (served.own_cpu_ms() - own_before) / n if served else None
+        for pod in pods:
+            ns.drop(pod)
+    print(f"CPU per operation ({n} of a verb in a row; user+system of the exec, its children and, with the agent,"
+          " the worker and the agent's own: its loop, the fork; mean ms; load-independent):")
+    for verb, row in rows.items():
+        mine, go = cpu[verb], cpu[verb]["go"]
+        base = f"  base {mine['base']:6.1f} (own {own[verb]['base']:4.2f}) base/Go {mine['base'] / go:5.2f}x" \
+            if "base" in mine else ""
+        print(f"  {row.label:<38} agent {mine['agent']:6.1f} (own {own[verb]['agent']:4.2f})"
+              f"  no agent {mine['ours']:6.1f}  Go {go:6.1f}  agent/Go {mine['agent'] / go:5.2f}x"
+              f"  no agent/Go {mine['ours'] / go:5.2f}x{base}", flush=True)
+        figures["agent: " + row.label]["cpu_mean_ms"] = mine
+        figures["agent: " + row.label]["agent_own_cpu_mean_ms"] = {impl: own[verb][impl] for impl in agents}
 
 
 def parallel_cpu(jobs, stdin, agent=None):
