@@ -686,46 +686,54 @@ def bench_agent(n, parallel_count, workdir, figures):
             each.stop()
 
 
+CPU_BLOCK = 5   # operations of a verb in a row, per implementation and round, for the CPU rows
+
+
 def cpu_per_operation(n, ns, confs, agents, impls, rows, figures):
     """CPU per macvlan + host-local ADD, CHECK and DEL: the exec and the children it waited for and,
-    through an agent, the worker and the agent's own (its loop, the fork). n operations of a verb in a
-    row per implementation (n pods: n ADDs, then n CHECKs, then n DELs), the agent's side read around
-    each block: its workers' CPU is in clock ticks (10 ms), read once a block it is good to 10 ms / n
+    through an agent, the worker and the agent's own (its loop, the fork). In rounds, the
+    implementations in turn (the load changes: a CPU figure is not load-free), each does CPU_BLOCK
+    ADDs, then as many CHECKs and DELs, the agent's side read around each block: its workers' CPU is
+    in clock ticks (10 ms), so n operations in blocks of CPU_BLOCK hold to ~4 ms / sqrt(n CPU_BLOCK)
     (read around each operation, a verb's mean swung by 1-2 ms at 20)."""
-    cpu = {verb: {} for verb in rows}
-    own = {verb: {} for verb in rows}
-    for impl in impls:
-        served = agents.get(impl)
-        pods = [ns.pod() for _ in range(n)]
-        results = {}
-        for verb in rows:
-            before = served.cpu_ms() if served else 0.0
-            own_before = served.own_cpu_ms() if served else 0.0
-            execs = []
-            for k, pod in enumerate(pods):
-                conf = dict(confs[impl], prevResult=results[k]) if k in results else confs[impl]
-                e = run([plugin(impl, "macvlan")], cni_env(impl, verb, f"agcpu-{k}", netns=f"/run/netns/{pod}"),
-                        json.dumps(conf).encode())
-                if verb == "ADD" and e.code == 0:
-                    results[k] = e.json
-                execs.append(e)
-            if served:
-                time.sleep(0.1)   # the last worker reaped
-            cpu[verb][impl] = (sum(e.cpu_ms for e in execs) + (served.cpu_ms() - before if served else 0.0)) / n
-            own[verb][impl] = (served.own_cpu_ms() - own_before) / n if served else None
-        for pod in pods:
-            ns.drop(pod)
-    print(f"CPU per operation ({n} of a verb in a row; user+system of the exec, its children and, with the agent,"
-          " the worker and the agent's own: its loop, the fork; mean ms; load-independent):")
+    total = {verb: {impl: 0.0 for impl in impls} for verb in rows}
+    own = {verb: {impl: 0.0 for impl in agents} for verb in rows}
+    rounds = max(1, n // CPU_BLOCK)
+    for r in range(rounds):
+        for impl in rotate(impls, r):
+            served = agents.get(impl)
+            pods = [ns.pod() for _ in range(CPU_BLOCK)]
+            results = {}
+            for verb in rows:
+                before = served.cpu_ms() if served else 0.0
+                own_before = served.own_cpu_ms() if served else 0.0
+                for k, pod in enumerate(pods):
+                    conf = dict(confs[impl], prevResult=results[k]) if k in results else confs[impl]
+                    e = run([plugin(impl, "macvlan")], cni_env(impl, verb, f"agcpu-{r}-{k}", netns=f"/run/netns/{pod}"),
+                            json.dumps(conf).encode())
+                    if verb == "ADD" and e.code == 0:
+                        results[k] = e.json
+                    total[verb][impl] += e.cpu_ms
+                if served:
+                    time.sleep(0.1)   # the last worker reaped
+                    total[verb][impl] += served.cpu_ms() - before
+                    own[verb][impl] += served.own_cpu_ms() - own_before
+            for pod in pods:
+                ns.drop(pod)
+    count = rounds * CPU_BLOCK
+    print(f"CPU per operation ({count} of each, in blocks of {CPU_BLOCK}; user+system of the exec, its children and,"
+          " with the agent, the worker and the agent's own: its loop, the fork; mean ms):")
     for verb, row in rows.items():
-        mine, go = cpu[verb], cpu[verb]["go"]
-        base = f"  base {mine['base']:6.1f} (own {own[verb]['base']:4.2f}) base/Go {mine['base'] / go:5.2f}x" \
+        mine = {impl: total[verb][impl] / count for impl in impls}
+        mine_own = {impl: own[verb][impl] / count for impl in agents}
+        go = mine["go"]
+        base = f"  base {mine['base']:6.1f} (own {mine_own['base']:4.2f}) base/Go {mine['base'] / go:5.2f}x" \
             if "base" in mine else ""
-        print(f"  {row.label:<38} agent {mine['agent']:6.1f} (own {own[verb]['agent']:4.2f})"
+        print(f"  {row.label:<38} agent {mine['agent']:6.1f} (own {mine_own['agent']:4.2f})"
               f"  no agent {mine['ours']:6.1f}  Go {go:6.1f}  agent/Go {mine['agent'] / go:5.2f}x"
               f"  no agent/Go {mine['ours'] / go:5.2f}x{base}", flush=True)
         figures["agent: " + row.label]["cpu_mean_ms"] = mine
-        figures["agent: " + row.label]["agent_own_cpu_mean_ms"] = {impl: own[verb][impl] for impl in agents}
+        figures["agent: " + row.label]["agent_own_cpu_mean_ms"] = mine_own
 
 
 def parallel_cpu(jobs, stdin, agent=None):
