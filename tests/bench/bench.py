@@ -23,7 +23,11 @@ Sections:
             own), ours without it, and Go, alternately in one loop: host-local
             ADD+DEL, macvlan ADD/CHECK/DEL, 64 parallel macvlan ADDs and DELs;
             the agent's memory idle and under the burst (PSS and RSS of the
-            agent and its workers); the thin exec against a bare interpreter
+            agent and its workers); the thin exec against a bare interpreter.
+            CPU through the agent counts the exec, the worker and the agent's
+            own (its loop, the fork), per operation and per burst.
+            --base OTHER/dist/bin adds another build through its own underlayd
+            ("base") to the same loop: before and after a change in one run
   cluster-access
             macvlan + host-local ADD and DEL without and with cluster-access
             after it (primary mode: a veth pair, routes on both sides), through
@@ -131,20 +135,28 @@ def run(argv, env, stdin=b"", rss=False):
     return result
 
 
+BASE = None           # --base: another build's dist/bin, served by its own underlayd as impl "base"
+
+
+def bin_dir(impl):
+    return GO if impl == "go" else BASE if impl == "base" else OURS
+
+
 def plugin(impl, name):
-    return os.path.join(GO if impl == "go" else OURS, name)
+    return os.path.join(bin_dir(impl), name)
 
 
 NO_AGENT = "/nonexistent/underlay-bench-no-agent.sock"
 AGENT_SOCKET = None   # set by the agent section while it runs
+BASE_SOCKET = None    # the base build's underlayd's, with --base
 
 
 def cni_env(impl, command, cid="bench", netns="/var/run/netns/bench-none", ifname="eth0"):
     """impl "agent" is ours handing off to the bench's underlayd; "ours" finds no agent."""
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
-           "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": GO if impl == "go" else OURS}
+           "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": bin_dir(impl)}
     if impl != "go":
-        env["UNDERLAY_SOCKET"] = AGENT_SOCKET if impl == "agent" else NO_AGENT
+        env["UNDERLAY_SOCKET"] = {"agent": AGENT_SOCKET, "base": BASE_SOCKET}.get(impl) or NO_AGENT
     return env
 
 
@@ -159,7 +171,6 @@ class Series:
         self.ms = {impl: [] for impl in impls}
         self.rss = {impl: [] for impl in impls}
         self.failures = {impl: 0 for impl in impls}
-        self.cpu = {impl: [] for impl in impls}
 
     def add(self, impl, *execs):
         """Timed execs add to the times, GNU-time'd ones to the peak RSS."""
@@ -169,12 +180,6 @@ class Series:
             self.rss[impl].append(max(e.maxrss_kb for e in execs))
         if any(e.code != 0 for e in execs):
             self.failures[impl] += 1
-
-    def add_cpu(self, impl, ms):
-        self.cpu[impl].append(ms)
-
-    def cpu_mean(self, impl):
-        return statistics.mean(self.cpu[impl]) if self.cpu[impl] else float("nan")
 
     def median(self, impl):
         return statistics.median(self.ms[impl]) if self.ms[impl] else float("nan")
@@ -310,17 +315,21 @@ def parallel(argvs_envs, stdin):
     return time.perf_counter() - started, execs
 
 
-def parallel_report(label, impl, wall, execs, figures, ifname_key=None):
+def parallel_report(label, impl, wall, execs, figures, cpu_ms=None):
+    """cpu_ms: what the whole burst took (parallel_cpu), shown per exec with the load average."""
     ips = [e.json["ips"][0]["address"] for e in execs if e.code == 0 and e.json and e.json.get("ips")]
     failures = sum(1 for e in execs if e.code != 0)
     duplicates = len(ips) - len(set(ips))
-    print(f"{label:<40} {impl:>4}: wall {wall * 1000:8.1f} ms, failures {failures}, duplicates {duplicates},"
-          f" distinct {len(set(ips))}", flush=True)
+    cpu = f", CPU {cpu_ms / len(execs):5.2f} ms per exec (load {os.getloadavg()[0]:.1f})" if cpu_ms is not None else ""
+    print(f"{label:<40} {impl:>5}: wall {wall * 1000:8.1f} ms, failures {failures}, duplicates {duplicates},"
+          f" distinct {len(set(ips))}{cpu}", flush=True)
     errors = sorted({(e.stdout or e.stderr).decode(errors="replace")[:200] for e in execs if e.code != 0})
     for error in errors[:3]:
         print(f"    {impl} error: {error}")
     figures.setdefault(label, {})[impl] = {"wall_ms": wall * 1000, "failures": failures, "duplicates": duplicates,
                                           "distinct": len(set(ips))}
+    if cpu_ms is not None:
+        figures[label][impl].update(cpu_ms_per_exec=cpu_ms / len(execs), load=os.getloadavg()[0])
 
 
 def bench_parallel(rounds, count, workdir, figures):
@@ -330,9 +339,9 @@ def bench_parallel(rounds, count, workdir, figures):
             data = os.path.join(workdir, f"parallel-{r}-{impl}")
             conf = host_local_conf(data, subnet)
             jobs = [([plugin(impl, "host-local")], cni_env(impl, "ADD", f"par-{k}")) for k in range(count)]
-            wall, execs = parallel(jobs, conf)
+            wall, execs, cpu = parallel_cpu(jobs, conf)
             leases = [n for n in os.listdir(os.path.join(data, "benchnet")) if n[0].isdigit()]
-            parallel_report(f"{count} parallel host-local ADDs, round {r + 1}", impl, wall, execs, figures)
+            parallel_report(f"{count} parallel host-local ADDs, round {r + 1}", impl, wall, execs, figures, cpu)
             if len(leases) != sum(1 for e in execs if e.code == 0):
                 print(f"    {impl}: {len(leases)} lease files for {sum(1 for e in execs if e.code == 0)} successes")
             shutil.rmtree(data, ignore_errors=True)
@@ -456,8 +465,16 @@ def bench_macvlan(n, parallel_count, workdir, figures):
 # -- through underlayd ------------------------------------------------------------------------
 
 AGENT_IMPLS = ("agent", "ours", "go")
-AGENT_HEADER = (f"{'operation':<40} {'agent':>8} {'p90':>7} {'no agent':>9} {'Go':>8} {'agent/Go':>9}"
-                f" {'no agent/Go':>12}  failures")
+
+
+def agent_impls():
+    """The agent section's: with --base, the base build through its own underlayd too."""
+    return AGENT_IMPLS + (("base",) if BASE else ())
+
+
+def agent_header():
+    return (f"{'operation':<40} {'agent':>8} {'p90':>7} {'no agent':>9} {'Go':>8} {'agent/Go':>9}"
+            f" {'no agent/Go':>12}" + (f" {'base':>8} {'base/Go':>8}" if BASE else "") + "  failures")
 
 
 def rotate(impls, i):
@@ -468,19 +485,22 @@ def rotate(impls, i):
 def print_agent_series(series):
     fails = "" if not any(series.failures.values()) else \
         ", ".join(f"{impl} {count}" for impl, count in series.failures.items())
+    base = f" {series.median('base'):>8.2f} {series.ratio('base'):>7.2f}x" if "base" in series.impls else ""
     print(f"{series.label:<40} {series.median('agent'):>8.2f} {series.p90('agent'):>7.2f}"
           f" {series.median('ours'):>9.2f} {series.median('go'):>8.2f} {series.ratio('agent'):>8.2f}x"
-          f" {series.ratio('ours'):>11.2f}x  {fails}", flush=True)
+          f" {series.ratio('ours'):>11.2f}x{base}  {fails}", flush=True)
 
 
 class AgentProcess:
-    """dist/bin/underlayd on a socket of its own; its memory with its workers."""
+    """dist/bin/underlayd (impl "base": --base's) on a socket of its own; its memory with its workers."""
 
-    def __init__(self, workdir, *args):
+    def __init__(self, workdir, *args, impl="agent"):
+        workdir = os.path.join(workdir, "base-agent") if impl == "base" else workdir
         self.socket = os.path.join(workdir, "run", "underlay.sock")
+        os.makedirs(workdir, exist_ok=True)
         self.log = open(os.path.join(workdir, "underlayd.log"), "wb")
         args = args or ("--dhcp-dir", os.path.join(workdir, "dhcp"))   # never the node's records
-        self.proc = subprocess.Popen([plugin("ours", "underlayd"), "--socket", self.socket, *args],
+        self.proc = subprocess.Popen([plugin(impl, "underlayd"), "--socket", self.socket, *args],
                                      stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 30
         while not os.path.exists(self.socket):
@@ -493,6 +513,15 @@ class AgentProcess:
         with open(f"/proc/{self.proc.pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
         return (int(fields[13]) + int(fields[14])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+    def own_cpu_ms(self):
+        """CPU of the agent's own process so far (its loop and its forks: /proc/PID/schedstat, ns)."""
+        with open(f"/proc/{self.proc.pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e6
+
+    def cpu_ms(self):
+        """What a request costs the agent's side: its reaped workers' CPU and the agent's own."""
+        return self.children_cpu_ms() + self.own_cpu_ms()
 
     def pids(self):
         try:
@@ -580,91 +609,141 @@ def bench_thin(n, figures):
 
 
 def bench_agent(n, parallel_count, workdir, figures):
-    global AGENT_SOCKET
-    agent = AgentProcess(workdir)
-    AGENT_SOCKET = agent.socket
+    global AGENT_SOCKET, BASE_SOCKET
+    impls = agent_impls()
+    agents = {"agent": AgentProcess(workdir)}
+    AGENT_SOCKET = agents["agent"].socket
+    if BASE:
+        agents["base"] = AgentProcess(workdir, impl="base")
+        BASE_SOCKET = agents["base"].socket
+    agent = agents["agent"]
     try:
         time.sleep(0.5)
         print_memory("underlayd idle (agent + spares)", agent.memory(), figures)
         bench_thin(n, figures)
         print()
-        print(AGENT_HEADER)
+        print(agent_header())
         subnet = ipaddress.ip_network("10.202.0.0/16")
-        confs = {impl: host_local_conf(os.path.join(workdir, f"agent-hl-{impl}"), subnet) for impl in AGENT_IMPLS}
-        rows = {verb: Series(f"host-local {verb}", AGENT_IMPLS) for verb in ("ADD", "DEL")}
+        confs = {impl: host_local_conf(os.path.join(workdir, f"agent-hl-{impl}"), subnet) for impl in impls}
+        rows = {verb: Series(f"host-local {verb}", impls) for verb in ("ADD", "DEL")}
         for i in range(n):
-            for impl in rotate(AGENT_IMPLS, i):
+            for impl in rotate(impls, i):
                 for verb in ("ADD", "DEL"):
                     rows[verb].add(impl, run([plugin(impl, "host-local")], cni_env(impl, verb, f"ag-{i}"), confs[impl]))
         for row in rows.values():
             print_agent_series(row)
             figures["agent: " + row.label] = row.as_dict()
 
-        subnets = {"agent": "10.212.0.0/16", "ours": "10.213.0.0/16", "go": "10.214.0.0/16"}
+        subnets = {"agent": "10.212.0.0/16", "ours": "10.213.0.0/16", "go": "10.214.0.0/16", "base": "10.215.0.0/16"}
         with Namespaces() as ns:
             confs = {impl: macvlan_conf(impl, ns.master, os.path.join(workdir, f"agent-mv-{impl}"),
-                                        ipaddress.ip_network(subnets[impl])) for impl in AGENT_IMPLS}
-            rows = {verb: Series(f"macvlan+host-local {verb}", AGENT_IMPLS) for verb in ("ADD", "CHECK", "DEL")}
+                                        ipaddress.ip_network(subnets[impl])) for impl in impls}
+            rows = {verb: Series(f"macvlan+host-local {verb}", impls) for verb in ("ADD", "CHECK", "DEL")}
             for i in range(n + 1):     # iteration 0 warms caches, not counted
-                for impl in rotate(AGENT_IMPLS, i):
+                for impl in rotate(impls, i):
                     pod = ns.pod()
                     env = cni_env(impl, "ADD", f"agmv-{i}", netns=f"/run/netns/{pod}")
                     conf = confs[impl]
-
-                    def timed(*args):
-                        # the worker's CPU: the agent's reaped children, read once it has reaped them
-                        before = agent.children_cpu_ms()
-                        e = run(*args)
-                        if impl == "agent":
-                            time.sleep(0.02)
-                        e.agent_cpu_ms = agent.children_cpu_ms() - before
-                        return e
-                    add = timed([plugin(impl, "macvlan")], env, json.dumps(conf).encode())
+                    add = run([plugin(impl, "macvlan")], env, json.dumps(conf).encode())
                     check_conf = dict(conf, prevResult=add.json) if add.code == 0 else conf
-                    check = timed([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="CHECK"),
-                                  json.dumps(check_conf).encode())
-                    dele = timed([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL"),
-                                 json.dumps(check_conf).encode())
+                    check = run([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="CHECK"),
+                                json.dumps(check_conf).encode())
+                    dele = run([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL"), json.dumps(check_conf).encode())
                     for verb, e in (("ADD", add), ("CHECK", check), ("DEL", dele)):
                         if i:
                             rows[verb].add(impl, e)
-                            rows[verb].add_cpu(impl, e.cpu_ms + e.agent_cpu_ms)
                         if e.code != 0 and rows[verb].failures[impl] <= 2:
                             print(f"    {impl} {verb} failed: {(e.stdout or e.stderr).decode(errors='replace')[:300]}")
                     ns.drop(pod)
             for row in rows.values():
                 print_agent_series(row)
                 figures["agent: " + row.label] = row.as_dict()
-            print("CPU per operation (user+system of the exec, its children and, with the agent, the worker;"
-                  " mean ms; load-independent):")
-            for row in rows.values():
-                print(f"  {row.label:<38} agent {row.cpu_mean('agent'):7.1f}  no agent {row.cpu_mean('ours'):7.1f}"
-                      f"  Go {row.cpu_mean('go'):6.1f}  agent/Go {row.cpu_mean('agent') / row.cpu_mean('go'):5.2f}x"
-                      f"  no agent/Go {row.cpu_mean('ours') / row.cpu_mean('go'):5.2f}x", flush=True)
-                figures["agent: " + row.label]["cpu_mean_ms"] = {impl: row.cpu_mean(impl) for impl in AGENT_IMPLS}
+            cpu_per_operation(n, ns, confs, agents, impls, rows, figures)
 
             # two rounds, the second in reverse order: one burst is at the mercy of the machine's noise
-            for r, impl in enumerate(AGENT_IMPLS + AGENT_IMPLS[::-1]):
-                round_ = f"round {r // len(AGENT_IMPLS) + 1}"
+            for r, impl in enumerate(impls + impls[::-1]):
+                round_ = f"round {r // len(impls) + 1}"
                 pods = [ns.pod() for _ in range(parallel_count)]
                 conf = json.dumps(dict(confs[impl], name=f"agentpar-{impl}")).encode()
                 jobs = [([plugin(impl, "macvlan")], cni_env(impl, "ADD", f"agpar-{k}", netns=f"/run/netns/{pod}"))
                         for k, pod in enumerate(pods)]
-                with Sampler(agent) as sampler:
-                    wall, execs = parallel(jobs, conf)
-                parallel_report(f"{parallel_count} parallel macvlan ADDs, {round_}", impl, wall, execs, figures)
-                if impl == "agent":
-                    print_memory(f"underlayd peak during {parallel_count} ADDs, {round_}", sampler.peak, figures)
+                with Sampler(agents.get(impl, agent)) as sampler:
+                    wall, execs, cpu = parallel_cpu(jobs, conf, agents.get(impl))
+                parallel_report(f"{parallel_count} parallel macvlan ADDs, {round_}", impl, wall, execs, figures, cpu)
+                if impl in agents:
+                    print_memory(f"underlayd{' (base)' if impl == 'base' else ''} peak during {parallel_count} ADDs,"
+                                 f" {round_}", sampler.peak, figures)
                 jobs = [([plugin(impl, "macvlan")], dict(env, CNI_COMMAND="DEL")) for _, env in jobs]
-                wall, execs = parallel(jobs, conf)
-                parallel_report(f"  then {parallel_count} parallel DELs, {round_}", impl, wall, execs, figures)
+                wall, execs, cpu = parallel_cpu(jobs, conf, agents.get(impl))
+                parallel_report(f"  then {parallel_count} parallel DELs, {round_}", impl, wall, execs, figures, cpu)
                 for pod in pods:
                     ns.drop(pod)
         time.sleep(0.5)
         print_memory("underlayd idle after the bursts", agent.memory(), figures)
     finally:
-        AGENT_SOCKET = None
-        agent.stop()
+        AGENT_SOCKET = BASE_SOCKET = None
+        for each in agents.values():
+            each.stop()
+
+
+CPU_BLOCK = 5   # operations of a verb in a row, per implementation and round, for the CPU rows
+
+
+def cpu_per_operation(n, ns, confs, agents, impls, rows, figures):
+    """CPU per macvlan + host-local ADD, CHECK and DEL: the exec and the children it waited for and,
+    through an agent, the worker and the agent's own (its loop, the fork). In rounds, the
+    implementations in turn (the load changes: a CPU figure is not load-free), each does CPU_BLOCK
+    ADDs, then as many CHECKs and DELs, the agent's side read around each block: its workers' CPU is
+    in clock ticks (10 ms), so n operations in blocks of CPU_BLOCK hold to ~4 ms / sqrt(n CPU_BLOCK)
+    (read around each operation, a verb's mean swung by 1-2 ms at 20)."""
+    total = {verb: {impl: 0.0 for impl in impls} for verb in rows}
+    own = {verb: {impl: 0.0 for impl in agents} for verb in rows}
+    rounds = max(1, n // CPU_BLOCK)
+    for r in range(rounds):
+        for impl in rotate(impls, r):
+            served = agents.get(impl)
+            pods = [ns.pod() for _ in range(CPU_BLOCK)]
+            results = {}
+            for verb in rows:
+                before = served.cpu_ms() if served else 0.0
+                own_before = served.own_cpu_ms() if served else 0.0
+                for k, pod in enumerate(pods):
+                    conf = dict(confs[impl], prevResult=results[k]) if k in results else confs[impl]
+                    e = run([plugin(impl, "macvlan")], cni_env(impl, verb, f"agcpu-{r}-{k}", netns=f"/run/netns/{pod}"),
+                            json.dumps(conf).encode())
+                    if verb == "ADD" and e.code == 0:
+                        results[k] = e.json
+                    total[verb][impl] += e.cpu_ms
+                if served:
+                    time.sleep(0.1)   # the last worker reaped
+                    total[verb][impl] += served.cpu_ms() - before
+                    own[verb][impl] += served.own_cpu_ms() - own_before
+            for pod in pods:
+                ns.drop(pod)
+    count = rounds * CPU_BLOCK
+    print(f"CPU per operation ({count} of each, in blocks of {CPU_BLOCK}; user+system of the exec, its children and,"
+          " with the agent, the worker and the agent's own: its loop, the fork; mean ms):")
+    for verb, row in rows.items():
+        mine = {impl: total[verb][impl] / count for impl in impls}
+        mine_own = {impl: own[verb][impl] / count for impl in agents}
+        go = mine["go"]
+        base = f"  base {mine['base']:6.1f} (own {mine_own['base']:4.2f}) base/Go {mine['base'] / go:5.2f}x" \
+            if "base" in mine else ""
+        print(f"  {row.label:<38} agent {mine['agent']:6.1f} (own {mine_own['agent']:4.2f})"
+              f"  no agent {mine['ours']:6.1f}  Go {go:6.1f}  agent/Go {mine['agent'] / go:5.2f}x"
+              f"  no agent/Go {mine['ours'] / go:5.2f}x{base}", flush=True)
+        figures["agent: " + row.label]["cpu_mean_ms"] = mine
+        figures["agent: " + row.label]["agent_own_cpu_mean_ms"] = mine_own
+
+
+def parallel_cpu(jobs, stdin, agent=None):
+    """parallel() and the CPU it took: every exec's and, through an agent, its workers' and its own
+    (read once it has reaped them); (wall seconds, [Exec], CPU ms)."""
+    before = agent.cpu_ms() if agent else 0.0
+    wall, execs = parallel(jobs, stdin)
+    if agent:
+        time.sleep(0.2)
+    return wall, execs, sum(e.cpu_ms for e in execs) + (agent.cpu_ms() - before if agent else 0.0)
 
 
 # -- cluster-access ---------------------------------------------------------------------------
@@ -790,7 +869,11 @@ def main():
     parser.add_argument("--cluster-pods", type=int, default=1000, help="of the cluster sections (default 1000)")
     parser.add_argument("--cluster-nodes", type=int, default=10, help="of the cluster sections (default 10)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--base", help="agent section: another build's dist/bin (e.g. of the commit before a"
+                                       " change) through its own underlayd, alternately with this one in one run")
     args = parser.parse_args()
+    global BASE
+    BASE = os.path.abspath(args.base) if args.base else None
     sections = args.sections.split(",")
     if "cluster" in sections or "cluster-agents" in sections:
         import cluster_bench                # beside this script; from dist/bin when built, else from source

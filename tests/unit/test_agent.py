@@ -245,3 +245,45 @@ def test_a_spares_rehearsal_takes_on_its_own_context_and_leaves_what_a_request_s
     os.waitpid(pid, 0)
     assert "error" not in outcome, outcome
     assert outcome["after"] == outcome["before"]
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """The warm-up's temporary data dir made under tmp_path, to see it removed."""
+    from cni.agent import preload
+    monkeypatch.setattr(preload, "WARM_UP_DIRS", (str(tmp_path),))
+    return tmp_path
+
+
+@pytest.mark.root
+def test_the_agent_warms_up_on_a_sample_and_leaves_nothing_behind(private_tmp, capfd):
+    """preload.warm_up() runs the sample ADD, CHECK and DEL in namespaces of its own and swallows its
+    errors (the workers then only run cold): a sample that stopped working would go unnoticed but
+    for this. Afterwards the process is back in its own netns, its environment and cwd untouched,
+    the data dir gone, no fd left open."""
+    from cni.agent import preload
+    from cni.net import netns
+    before = (os.readlink(netns.SELF), dict(os.environ), os.getcwd(), sorted(os.listdir("/proc/self/fd")))
+    preload.warm_up()
+    log = capfd.readouterr().err
+    assert f"warmed up: {preload.WARM_UP_ROUNDS} sample ADD, CHECK and DEL" in log, log
+    assert (os.readlink(netns.SELF), dict(os.environ), os.getcwd(), sorted(os.listdir("/proc/self/fd"))) == before
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.root
+def test_a_warm_up_that_fails_midway_is_skipped_and_undone(private_tmp, capfd, monkeypatch):
+    """An ADD done, then the CHECK fails: the link and lease die with the private namespaces and
+    the data dir; the agent is back home and starts (cold) all the same."""
+    from cni import dispatch
+    from cni.agent import preload
+    from cni.net import netns
+    real = dispatch.run
+
+    def failing_check(plugin, verbs, env=None, **kwargs):
+        return 1 if env["CNI_COMMAND"] == "CHECK" else real(plugin, verbs, env=env, **kwargs)
+    monkeypatch.setattr(dispatch, "run", failing_check)
+    home = os.readlink(netns.SELF)
+    preload.warm_up()
+    assert "warm-up skipped: RuntimeError: CHECK" in capfd.readouterr().err
+    assert os.readlink(netns.SELF) == home and list(private_tmp.iterdir()) == []
