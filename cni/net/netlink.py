@@ -227,6 +227,12 @@ def parse_rule(message):
     }
 
 
+def as_reply(msg_type, body):
+    """`body` (a fixed header and its attributes) in a message as the kernel sends one: a spare's
+    warm-up parses the messages it packed (cni/plugins/child_link.py rehearse)."""
+    return memoryview(HEADER.pack(HEADER.size + len(body), msg_type, 0, 0, 0) + body)
+
+
 def family_of(address):
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
@@ -259,6 +265,14 @@ class Netlink:
         self.sock.bind((0, 0))
         self.seq = 0
         self.queued = None   # inside batched(): the changes to send when the block ends
+
+    @classmethod
+    def unsent(cls):
+        """One with no socket: its changes are packed and queued as inside batched(), never sent (a
+        spare's warm-up, cni/plugins/child_link.py rehearse)."""
+        nl = cls.__new__(cls)
+        nl.sock, nl.seq, nl.queued = None, 0, []
+        return nl
 
     def close(self):
         self.sock.close()
@@ -315,12 +329,17 @@ class Netlink:
         raised, so a caller undoes the whole step as it would have after the one that failed."""
         return _Batch(self)
 
-    def _send_batch(self, queued):
+    def _pack(self, queued):
+        """(the bytes of the queued changes, {seq: what})."""
         data, whats = b"", {}
         for msg_type, flags, body, what in queued:
             self.seq += 1
             data += HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, self.seq, 0) + body
             whats[self.seq] = what
+        return data, whats
+
+    def _send_batch(self, queued):
+        data, whats = self._pack(queued)
         self.sock.send(data)
         failures = {}
         while whats:   # one ACK or error per message

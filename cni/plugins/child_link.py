@@ -16,6 +16,7 @@ attributes that make it a macvlan or an ipvlan.
 
 import contextlib
 import errno
+import json
 import os
 import re
 import zlib
@@ -292,16 +293,56 @@ def add(kind, request):
             if conf.shim:
                 undo.callback(quietly(shim.ensure(host, kind, conf, master, request, result)))
 
-            result["interfaces"] = [iface.interface_result(link, request.netns)]
-            for ip in result["ips"]:
-                ip["interface"] = 0
-            if conf.dns:
-                result["dns"] = conf.dns
+            finish_result(conf, request, link, result)
             dispatch.wait_ipam_synced()   # the lease's fsync went on beside the kernel work above
             undo.pop_all()  # success: keep everything
             return result
     except netlink.NetlinkError as e:
         raise CniError(ERR_LINK, str(e)) from None
+
+
+def finish_result(conf, request, link, result):
+    """ADD's result: IPAM's, with the pod's interface and the config's DNS."""
+    result["interfaces"] = [iface.interface_result(link, request.netns)]
+    for ip in result["ips"]:
+        ip["interface"] = 0
+    if conf.dns:
+        result["dns"] = conf.dns
+
+
+def rehearse(kind, request):
+    """A spare's warm-up (cni/agent/worker.py read_sample): what an ADD computes for `request`, a
+    constant sample, then the CHECK of its answer, without a system call: the link's messages packed
+    in a Netlink with no socket (never sent), parsed back as the kernel's replies, IPAM's result
+    without its store (dispatch.rehearse_ipam), the answer's JSON. The first run of this code in a
+    fresh fork writes to hundreds of the agent's pages (reference counts, the interpreter's caches,
+    the allocator's pools), each a copy-on-write fault a caller would wait for. Nothing is kept."""
+    conf = kind.load(request)
+    dispatch.load_ipam_config(request)
+    nl = netlink.Netlink.unsent()
+    nl.create_link(request.ifname, kind.name, parent_index=1, mtu=conf.mtu or None, mac=kind.mac(conf),
+                   data=kind.link_data(conf), netns_fd=0)
+    body = nl.queued[-1][2] + netlink.nla_u32(netlink.IFLA_MTU, 1500) + \
+        netlink.nla_mac(netlink.IFLA_ADDRESS, "02:00:00:00:00:01")
+    link = netlink.Link(netlink.as_reply(netlink.RTM_NEWLINK, body))
+    kind.check_link(link, conf)
+    result = dispatch.rehearse_ipam(request) or {"ips": [], "routes": [], "dns": {}}
+    ips = result["ips"]
+    has_ipv6 = any(":" in ip["address"] for ip in ips)
+    iface.add_addresses_and_up(nl, link, ips, result, kind.device_routes(conf), has_ipv6)
+    for msg_type, _flags, body, _what in nl.queued:
+        if msg_type == netlink.RTM_NEWADDR:
+            netlink.parse_address(netlink.as_reply(msg_type, body))
+        elif msg_type == netlink.RTM_NEWROUTE:
+            netlink.parse_route(netlink.as_reply(msg_type, body))
+    nl._pack(nl.queued)
+    finish_result(conf, request, link, result)
+    answer = dispatch.result_text(result, request.version)
+    config = dict(request.config, prevResult=json.loads(answer))
+    check = contract.read_request(dict(request.env, CNI_COMMAND="CHECK"), json.dumps(config).encode())
+    kind.load(check)
+    dispatch.load_ipam_config(check)
+    dispatch.rehearse_ipam(check)
 
 
 def addresses_again(kind, conf, request, undo):
