@@ -55,6 +55,7 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE
 FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_TABLE = 1, 2, 6, 15
 NDA_DST, NDA_LLADDR = 1, 2
 NLA_TYPE_MASK = 0x3FFF   # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+RECV_SIZE = 1 << 16
 
 HEADER = struct.Struct("=IHHII")        # nlmsghdr: length, type, flags, seq, pid
 IFINFO = struct.Struct("=BxHiII")       # ifinfomsg: family, type, index, flags, change
@@ -291,10 +292,19 @@ class Netlink:
         self.sock.send(HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, self.seq, 0) + body)
         return self.seq
 
+    def _recv(self):
+        """One datagram. 64 KiB: a 1 MiB buffer was a fresh mmap, mremap and munmap per read (larger
+        than malloc's mmap threshold). The kernel's datagrams are at most ~32 KiB (a dump's skb; one
+        link, address or route is far less); a larger one is an error, never parsed cut short."""
+        data = self.sock.recv(RECV_SIZE, socket.MSG_TRUNC)   # MSG_TRUNC: the datagram's whole length
+        if len(data) > RECV_SIZE:
+            raise NetlinkError(errno.EMSGSIZE, f"a netlink reply of {len(data)} bytes")
+        return data
+
     def _replies(self, seq, what):
         """Yield the raw reply messages to `seq` until ACK or DONE; raise on a kernel error."""
         while True:
-            data = self.sock.recv(1 << 20)
+            data = self._recv()
             offset = 0
             while offset + HEADER.size <= len(data):
                 length, kind, _flags, rseq, _pid = HEADER.unpack_from(data, offset)
@@ -343,7 +353,7 @@ class Netlink:
         self.sock.send(data)
         failures = {}
         while whats:   # one ACK or error per message
-            data = self.sock.recv(1 << 20)
+            data = self._recv()
             offset = 0
             while offset + HEADER.size <= len(data):
                 length, kind, _flags, rseq, _pid = HEADER.unpack_from(data, offset)
