@@ -239,9 +239,9 @@ def hold_ipam_conflict(request, address: str, mac: str) -> bool:
 
 
 def rehearse_ipam(request):
-    """A spare's warm-up (cni/plugins/child_link.py rehearse): what our in-process IPAM computes for
-    `request`, a constant sample, without its store (its module's `rehearse`): ADD's result; None for
-    another verb, or an IPAM without a rehearsal."""
+    """A spare's warm-up (cni/plugins/child_link.py rehearse): what our in-process IPAM's ADD computes
+    for `request`, a constant sample, without its store (its module's `rehearse`): the result; None
+    for an IPAM without a rehearsal."""
     ipam = registry.in_process_ipam(contract.ipam_type(request.config))
     rehearse = getattr(plugin_module(ipam), "rehearse", None) if ipam is not None else None
     return rehearse(request) if rehearse is not None else None

@@ -125,14 +125,9 @@ def hold_conflict(request, address, mac):
 
 
 def rehearse(request):
-    """A spare's warm-up (cni/dispatch.py rehearse_ipam): what ADD or CHECK computes for a constant
-    sample, the store neither read nor written: the address after a last reserved one in each range
-    set and ADD's result; prevResult's addresses matched for CHECK."""
+    """A spare's warm-up (cni/dispatch.py rehearse_ipam): what ADD computes for a constant sample, the
+    store neither read nor written: the address after a last reserved one in each range set, the result."""
     conf = request.ipam_config or load_config(request)
-    if request.command == "CHECK":
-        ours = verbs.prev_addresses(request, conf)
-        verbs.check_leased(ours, set(ours), request.container_id, request.ifname)
-        return None
     allocated = []
     for s in conf.range_sets:
         r = s.ranges[0]

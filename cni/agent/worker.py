@@ -135,7 +135,7 @@ def prepare(listener):
 
 def read_sample():
     """Read a constant sample config as the plugins read a request's (stdin, their schema, host-local's
-    ranges), rehearse what its ADD and CHECK compute (child_link.rehearse: no system call) and touch
+    ranges), rehearse what its ADD computes (child_link.rehearse: no system call) and touch
     the functions of SAMPLE_CODE, and drop it all: the first run in a fresh fork writes to hundreds of
     the agent's pages (reference counts of the decoder's, validators', parsers' and functions' objects,
     the interpreter's caches), each a copy-on-write fault: ~1.5 ms a request paid. Done here, they are

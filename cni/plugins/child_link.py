@@ -16,7 +16,6 @@ attributes that make it a macvlan or an ipvlan.
 
 import contextlib
 import errno
-import json
 import os
 import re
 import zlib
@@ -305,11 +304,12 @@ def finish_result(conf, request, link, result):
 
 def rehearse(kind, request):
     """A spare's warm-up (cni/agent/worker.py read_sample): what an ADD computes for `request`, a
-    constant sample, then the CHECK of its answer, without a system call: the link's messages packed
-    in a Netlink with no socket (never sent), parsed back as the kernel's replies, IPAM's result
-    without its store (dispatch.rehearse_ipam), the answer's JSON. The first run of this code in a
-    fresh fork writes to hundreds of the agent's pages (reference counts, the interpreter's caches,
-    the allocator's pools), each a copy-on-write fault a caller would wait for. Nothing is kept."""
+    constant sample, without a system call: the link's messages packed in a Netlink with no socket
+    (never sent), parsed back as the kernel's replies, IPAM's result without its store
+    (dispatch.rehearse_ipam), the answer's JSON. The first run of this code in a fresh fork writes
+    to hundreds of the agent's pages (reference counts, the interpreter's caches, the allocator's
+    pools), each a copy-on-write fault a caller would wait for. Nothing is kept. (A CHECK's own
+    rehearsal was measured: it spared a CHECK ~6 of its ~90 faults for ~0.3 ms of the spare's CPU.)"""
     conf = kind.load(request)
     dispatch.load_ipam_config(request)
     nl = netlink.Netlink.unsent()
@@ -330,12 +330,7 @@ def rehearse(kind, request):
             netlink.parse_route(netlink.as_reply(msg_type, body))
     nl._pack(nl.queued)
     finish_result(conf, request, link, result)
-    answer = dispatch.result_text(result, request.version)
-    config = dict(request.config, prevResult=json.loads(answer))
-    check = contract.read_request(dict(request.env, CNI_COMMAND="CHECK"), json.dumps(config).encode())
-    kind.load(check)
-    dispatch.load_ipam_config(check)
-    dispatch.rehearse_ipam(check)
+    dispatch.result_text(result, request.version)
 
 
 def addresses_again(kind, conf, request, undo):

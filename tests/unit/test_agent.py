@@ -202,7 +202,7 @@ def test_the_sample_a_spare_warms_up_with_reads_cleanly():
 
 
 def test_a_spare_s_rehearsal_touches_nothing_a_request_could_see():
-    """read_sample rehearses what the sample's ADD and CHECK compute, in every spare before a caller
+    """read_sample rehearses what the sample's ADD computes, in every spare before a caller
     comes: no file, socket, lock or namespace may be touched (Python's audit events of them), no
     background fsync left for a request to wait for."""
     import importlib
