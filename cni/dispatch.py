@@ -96,8 +96,7 @@ def run(plugin, verbs, env=None, stdin=None, stdout=None, stderr=None, argv=(), 
             raise CniError(ERR_INVALID_ENV, f"CNI_COMMAND: {command} is not supported by this plugin")
         result = verb(request)
         if command == "ADD":
-            from cni.results import convert_result   # only ADD prints a result
-            stdout.write(json.dumps(convert_result(result, version)) + "\n")
+            stdout.write(result_text(result, version))
         return 0
     except CniError as e:
         error = e
@@ -122,6 +121,12 @@ def run(plugin, verbs, env=None, stdin=None, stdout=None, stderr=None, argv=(), 
             if config is not None and config.get("logFile"):
                 oplog.log_operation(config, plugin.name, env, request, result, error, stdout, stderr)
     return 1
+
+
+def result_text(result, version):
+    """ADD's answer: the newest-form result printed in the form of the caller's cniVersion."""
+    from cni.results import convert_result   # only ADD prints a result
+    return json.dumps(convert_result(result, version)) + "\n"
 
 
 def has_log_file(stdin):
@@ -231,6 +236,15 @@ def hold_ipam_conflict(request, address: str, mac: str) -> bool:
         return False
     hold(request, address, mac)
     return True
+
+
+def rehearse_ipam(request):
+    """A spare's warm-up (cni/plugins/child_link.py rehearse): what our in-process IPAM's ADD computes
+    for `request`, a constant sample, without its store (its module's `rehearse`): the result; None
+    for an IPAM without a rehearsal."""
+    ipam = registry.in_process_ipam(contract.ipam_type(request.config))
+    rehearse = getattr(plugin_module(ipam), "rehearse", None) if ipam is not None else None
+    return rehearse(request) if rehearse is not None else None
 
 
 def find_in_path(name, path):

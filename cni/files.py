@@ -18,10 +18,15 @@ NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 def boot_id():
     """This boot's ID; "" where /proc does not say (reboots then go unnoticed)."""
     try:
-        with open(BOOT_ID) as f:
-            return f.read().strip()
+        fd = os.open(BOOT_ID, os.O_RDONLY | os.O_CLOEXEC)   # 3 syscalls, open()'s 8: read by every host-local call
     except OSError:
         return ""
+    try:
+        return os.read(fd, 256).decode(errors="replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def write_temp(data, dir_fd=None, directory="", sync=False, keep_open=False):

@@ -46,19 +46,24 @@ def configure(nl, link, ifname, result, device_default=False):
     has_ipv6 = any(":" in ip["address"] for ip in ips)
     prepare(ifname, has_ipv6)
     with nl.batched():
-        for ip in ips:
-            iface = ipaddress.ip_interface(ip["address"])
-            flags = netlink.IFA_F_OPTIMISTIC if iface.version == 6 else 0
-            nl.add_address(link.index, str(iface.ip), iface.network.prefixlen, flags)
-        nl.set_link(link.index, up=True)
-        if not has_ipv6:   # IPv4 has no duplicate address detection to look at first
-            add_routes(nl, link, ips, result, device_default)
+        add_addresses_and_up(nl, link, ips, result, device_default, has_ipv6)
     if has_ipv6:
         for address, plen, flags in nl.addresses(link.index):
             if flags & netlink.IFA_F_DADFAILED:
                 raise CniError(ERR_LINK, f"IPv6 duplicate address detection failed for {address}/{plen}")
         with nl.batched():
             add_routes(nl, link, ips, result, device_default)
+
+
+def add_addresses_and_up(nl, link, ips, result, device_default, has_ipv6):
+    """configure's first batch: the addresses, the link up, and without IPv6 the routes."""
+    for ip in ips:
+        iface = ipaddress.ip_interface(ip["address"])
+        flags = netlink.IFA_F_OPTIMISTIC if iface.version == 6 else 0
+        nl.add_address(link.index, str(iface.ip), iface.network.prefixlen, flags)
+    nl.set_link(link.index, up=True)
+    if not has_ipv6:   # IPv4 has no duplicate address detection to look at first
+        add_routes(nl, link, ips, result, device_default)
 
 
 def add_routes(nl, link, ips, result, device_default):

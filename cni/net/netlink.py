@@ -55,6 +55,7 @@ RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_METRICS, RTA_TABLE
 FRA_DST, FRA_SRC, FRA_PRIORITY, FRA_TABLE = 1, 2, 6, 15
 NDA_DST, NDA_LLADDR = 1, 2
 NLA_TYPE_MASK = 0x3FFF   # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+RECV_SIZE = 1 << 16
 
 HEADER = struct.Struct("=IHHII")        # nlmsghdr: length, type, flags, seq, pid
 IFINFO = struct.Struct("=BxHiII")       # ifinfomsg: family, type, index, flags, change
@@ -227,6 +228,12 @@ def parse_rule(message):
     }
 
 
+def as_reply(msg_type, body):
+    """`body` (a fixed header and its attributes) in a message as the kernel sends one: a spare's
+    warm-up parses the messages it packed (cni/plugins/child_link.py rehearse)."""
+    return memoryview(HEADER.pack(HEADER.size + len(body), msg_type, 0, 0, 0) + body)
+
+
 def family_of(address):
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
@@ -260,6 +267,14 @@ class Netlink:
         self.seq = 0
         self.queued = None   # inside batched(): the changes to send when the block ends
 
+    @classmethod
+    def unsent(cls):
+        """One with no socket: its changes are packed and queued as inside batched(), never sent (a
+        spare's warm-up, cni/plugins/child_link.py rehearse)."""
+        nl = cls.__new__(cls)
+        nl.sock, nl.seq, nl.queued = None, 0, []
+        return nl
+
     def close(self):
         self.sock.close()
 
@@ -277,10 +292,19 @@ class Netlink:
         self.sock.send(HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, self.seq, 0) + body)
         return self.seq
 
+    def _recv(self):
+        """One datagram. 64 KiB: a 1 MiB buffer was a fresh mmap, mremap and munmap per read (larger
+        than malloc's mmap threshold). The kernel's datagrams are at most ~32 KiB (a dump's skb; one
+        link, address or route is far less); a larger one is an error, never parsed cut short."""
+        data = self.sock.recv(RECV_SIZE, socket.MSG_TRUNC)   # MSG_TRUNC: the datagram's whole length
+        if len(data) > RECV_SIZE:
+            raise NetlinkError(errno.EMSGSIZE, f"a netlink reply of {len(data)} bytes")
+        return data
+
     def _replies(self, seq, what):
         """Yield the raw reply messages to `seq` until ACK or DONE; raise on a kernel error."""
         while True:
-            data = self.sock.recv(1 << 20)
+            data = self._recv()
             offset = 0
             while offset + HEADER.size <= len(data):
                 length, kind, _flags, rseq, _pid = HEADER.unpack_from(data, offset)
@@ -315,16 +339,21 @@ class Netlink:
         raised, so a caller undoes the whole step as it would have after the one that failed."""
         return _Batch(self)
 
-    def _send_batch(self, queued):
+    def _pack(self, queued):
+        """(the bytes of the queued changes, {seq: what})."""
         data, whats = b"", {}
         for msg_type, flags, body, what in queued:
             self.seq += 1
             data += HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, self.seq, 0) + body
             whats[self.seq] = what
+        return data, whats
+
+    def _send_batch(self, queued):
+        data, whats = self._pack(queued)
         self.sock.send(data)
         failures = {}
         while whats:   # one ACK or error per message
-            data = self.sock.recv(1 << 20)
+            data = self._recv()
             offset = 0
             while offset + HEADER.size <= len(data):
                 length, kind, _flags, rseq, _pid = HEADER.unpack_from(data, offset)

@@ -28,6 +28,7 @@ class DiskStore:
         self.touched = False   # anything written: the index must be committed
         self.reuse_cooldown = reuse_cooldown
         self.held = None       # the addresses holding conflict records, once read (a set)
+        self.held_as_read = None   # ... as read: the index's list is written only when they differ
         self.released = None  # {ip: release time} once read, with reuse_cooldown
 
     def close(self):
@@ -64,7 +65,7 @@ class DiskStore:
         return False
 
     def flush(self):
-        if self.held is not None:
+        if self.held is not None and self.held != self.held_as_read:
             self.index.record_conflicts(self.held)
         if self.released is not None:
             now = holds.now()
@@ -169,6 +170,7 @@ class DiskStore:
     def _held(self):
         if self.held is None:
             self.held = set(self.index.conflict_ips())
+            self.held_as_read = frozenset(self.held)
         return self.held
 
     def _released(self):

@@ -117,8 +117,11 @@ class LeaseFiles:
         self.lock_timeout = lock_timeout
         data_dir = data_dir.rstrip("/") or "/"   # "link/" would resolve the symlink despite O_NOFOLLOW
         try:
-            os.makedirs(os.path.dirname(data_dir) or "/", 0o755, exist_ok=True)
-            data_fd = open_dir(data_dir)
+            try:
+                data_fd = open_dir(data_dir)
+            except FileNotFoundError:   # its parents are missing (the common case pays no makedirs)
+                os.makedirs(os.path.dirname(data_dir) or "/", 0o755, exist_ok=True)
+                data_fd = open_dir(data_dir)
         except OSError as e:
             raise io_error(f"ipam.dataDir {data_dir}", e) from None
         try:

@@ -5,6 +5,7 @@ field by field, against pyroute2's full decode of the very bytes the kernel
 sent (with and without the statistics IFLA_EXT_MASK leaves out). The encoders
 are checked by what the kernel (and `ip -d -j`) then shows."""
 
+import errno
 import json
 import os
 import socket
@@ -291,3 +292,29 @@ def test_netnsid_names_the_netns_a_links_peer_lives_in(node, pod_ns):
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_a_dump_of_many_datagrams_is_read_whole(node, tmp_path):
+    """Replies are read 64 KiB at a time: a dump the kernel splits in many datagrams (each at most
+    ~32 KiB) comes back whole."""
+    batch = tmp_path / "routes"
+    batch.write_text("".join(f"route add 10.79.{i // 256}.{i % 256}/32 dev ulnmv table 301\n" for i in range(2000)))
+    ns.sh("ip", "-batch", str(batch), ns=node)
+    with socket_in(node) as nl:
+        routes = [r for r in nl.routes(socket.AF_INET) if r["table"] == 301]
+    assert len(routes) == 2000
+
+
+def test_a_datagram_larger_than_the_buffer_is_an_error_never_parsed_cut_short():
+    nl = netlink.Netlink.unsent()
+    nl.sock, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        peer.send(b"\0" * (netlink.RECV_SIZE + 1))
+        with pytest.raises(netlink.NetlinkError) as error:
+            nl._recv()
+        assert error.value.errno == errno.EMSGSIZE
+        peer.send(b"\1" * 100)
+        assert nl._recv() == b"\1" * 100
+    finally:
+        nl.sock.close()
+        peer.close()

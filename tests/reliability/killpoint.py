@@ -1,6 +1,6 @@
 """Run a plugin that SIGKILLs itself at a named step: the crash tests' precise kills.
 
-    UNDERLAY_KILL_AT=add:before-rename python3 -m tests.reliability.killpoint cni.plugins.macvlan
+    UNDERLAY_KILL_AT=add:after-create python3 -m tests.reliability.killpoint cni.plugins.macvlan
 
 A random delay lands mostly in Python's start-up; these points put the kill
 exactly between two steps (the link created but not renamed, the lease linked
@@ -25,10 +25,6 @@ import signal
 import sys
 
 
-def _renaming(args, kwargs):
-    return kwargs.get("name") is not None
-
-
 def _lease_body(args, kwargs):
     return kwargs.get("keep_open", False)
 
@@ -46,8 +42,7 @@ def _caller(name):
 # point -> (module, attribute path, before/after, filter or None)
 POINTS = {
     "add:before-create": ("cni.net.netlink", "Netlink.create_link", "before", None),
-    "add:before-rename": ("cni.net.netlink", "Netlink.create_link", "after", None),
-    "add:after-rename": ("cni.net.netlink", "Netlink.set_link", "after", _renaming),
+    "add:after-create": ("cni.net.netlink", "Netlink.create_link", "after", None),
     "add:lease-body": ("cni.files", "write_temp", "after", _lease_body),
     "add:after-lease": ("ipam.stores.lease_files", "LeaseFiles.reserve", "after", None),
     "add:after-index": ("ipam.stores.lease_index", "AttachmentIndex.record", "after", None),

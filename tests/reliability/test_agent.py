@@ -331,7 +331,7 @@ def test_agent_killed_mid_request_then_restarted(tmp_path, via, node):
         via(agent)
         conf = node.conf()
         a, b, c = node.add_pods(3)
-        call = node.start("ADD", conf, "c1", a, stop_at="add:before-rename")
+        call = node.start("ADD", conf, "c1", a, stop_at="add:after-create")
         worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="a worker stopped at the point")
         spares = [p for p in agent.workers() if p != worker]
         agent.kill()
@@ -372,7 +372,7 @@ def test_a_caller_killed_mid_request_takes_its_worker_with_it(agent, via, node):
     via(agent)
     conf = node.conf()
     pod, = node.add_pods(1)
-    call = node.start("ADD", conf, "c1", pod, stop_at="add:before-rename")
+    call = node.start("ADD", conf, "c1", pod, stop_at="add:after-create")
     worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="a worker stopped at the point")
     call.kill()
     # dead (not waited for: the worker holds its stdout), so its end of the connection is closed and the

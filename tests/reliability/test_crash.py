@@ -3,7 +3,9 @@ recovery (DEL after a failed ADD, DEL until it succeeds): nothing may be left.""
 
 import pytest
 
-from cni.errors import ERR_IO
+from cni.errors import ERR_INVALID_ENV, ERR_IO
+from cni.plugins.child_link import temporary_prefix
+from tests import netns as nsutil
 from tests.reliability.killpoint import POINTS
 from tests.reliability.node import Audit, assert_killed
 from tests.reliability.scenarios import CrashRun
@@ -92,12 +94,30 @@ def test_random_kills(node):
 
 
 def test_del_removes_only_the_leftover_of_its_own_ifname(node):
+    """ADDs before issue 21 made the link under a temporary name, then renamed it: one killed in
+    between left a `ul<eth0's tag><6 hex>` macvlan, which only the DEL of eth0 removes."""
     conf = node.conf()
     pod, = node.add_pods(1)
-    killed(node, "ADD", conf, "c1", pod, "add:before-rename")   # eth0, killed before its rename
-    leftover, = node.pod_links(pod)
+    leftover = temporary_prefix("eth0") + "0a1b2c"
+    nsutil.sh("ip", "link", "add", leftover, "link", node.master, "netns", pod, "type", "macvlan", ns=node.host)
+    assert list(node.pod_links(pod)) == [leftover]
     assert node.run("ADD", conf, "c1", pod, "net1").ok
     assert node.run("DEL", conf, "c1", pod, "net1").ok
     assert list(node.pod_links(pod)) == [leftover]   # not net1's to remove
     assert node.run("DEL", conf, "c1", pod, "eth0").ok
     assert node.pod_links(pod) == {}
+
+
+def test_add_killed_after_creating_the_link_then_deleted_leaves_nothing(node):
+    """The link is made under CNI_IFNAME itself: a kill right after leaves an unconfigured eth0, which
+    the runtime's DEL removes, and a new ADD of the same ifname succeeds."""
+    conf = node.conf()
+    pod, = node.add_pods(1)
+    killed(node, "ADD", conf, "c1", pod, "add:after-create")
+    assert node.pod_links(pod) == {"eth0": []}
+    out = node.run("ADD", conf, "c1", pod)
+    assert out.cni_code == ERR_INVALID_ENV and out.json["msg"] == \
+        f"CNI_IFNAME: eth0 already exists in {nsutil.netns_path(pod)}", out
+    assert node.run("DEL", conf, "c1", pod).ok
+    assert node.pod_links(pod) == {}
+    assert node.run("ADD", conf, "c2", pod).ok

@@ -287,3 +287,26 @@ def test_a_warm_up_that_fails_midway_is_skipped_and_undone(private_tmp, capfd, m
     preload.warm_up()
     assert "warm-up skipped: RuntimeError: CHECK" in capfd.readouterr().err
     assert os.readlink(netns.SELF) == home and list(private_tmp.iterdir()) == []
+
+
+def test_a_spare_s_rehearsal_touches_nothing_a_request_could_see():
+    """read_sample rehearses what the sample's ADD computes, in every spare before a caller
+    comes: no file, socket, lock or namespace may be touched (Python's audit events of them), no
+    background fsync left for a request to wait for."""
+    import importlib
+    import sys
+    from cni import files
+    for name in [worker.PLUGINS[worker.SAMPLE_PLUGIN], "cni.results"] + ["cni.schemas." + p.replace("-", "_")
+                                                                        for p in worker.PLUGINS]:
+        importlib.import_module(name)   # as the agent's preload does
+    syncing = list(files._syncing)
+    events, recording = [], []
+    sys.addaudithook(lambda event, args: recording and events.append(event))   # stays: records only here
+    recording.append(True)
+    try:
+        worker.read_sample()
+    finally:
+        recording.clear()
+    assert [e for e in events if e.startswith(("open", "os.", "socket.", "fcntl.", "ctypes.", "subprocess.",
+                                                 "shutil.", "tempfile."))] == []
+    assert files._syncing == syncing
