@@ -20,7 +20,7 @@ import sys
 import time
 import types
 
-from cni import contract, dispatch, handoff, registry
+from cni import contract, handoff, registry
 from cni.agent import phases
 from cni.agent.service import log
 from cni.net import netns
