@@ -29,6 +29,9 @@ keep it under the node's lock), reads nothing first (start_cached): its first cl
 every claim, by the block's revision and the address key, and by etcd holding no record of the
 attachment nor conflict record of the network (compares over their prefixes). Refused on those, the
 ADD starts again with the first read (CacheMissed); refused on the block, it claims again, as any.
+A DEL of an address in a block OWN_BLOCKS knows releases without reading the lease (release_cached):
+guarded by the address key's revision being its attachment record's creation revision (the claim's)
+and the block's revision the cached one; refused, it reads and releases as any release.
 
 A claim marks its attachment record pending; the ADD clears the mark (one more
 transaction, `complete`) once every range set has its address. A lease still
