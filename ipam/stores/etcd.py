@@ -29,6 +29,9 @@ keep it under the node's lock), reads nothing first (start_cached): its first cl
 every claim, by the block's revision and the address key, and by etcd holding no record of the
 attachment nor conflict record of the network (compares over their prefixes). Refused on those, the
 ADD starts again with the first read (CacheMissed); refused on the block, it claims again, as any.
+A DEL of an address in a block OWN_BLOCKS knows releases without reading the lease (release_cached):
+guarded by the address key's revision being its attachment record's creation revision (the claim's)
+and the block's revision the cached one; refused, it reads and releases as any release.
 
 A claim marks its attachment record pending; the ADD clears the mark (one more
 transaction, `complete`) once every range set has its address. A lease still
@@ -104,6 +107,7 @@ class EtcdStore(BlockLeases):
         self.inflight = None            # the address of a claim etcd may have applied when its answer was lost
         self.reuse_cooldown = reuse_cooldown
         self.block_hints = {}           # ip -> its block's key, as its attachment record names it (ips_of)
+        self.claimed_at = {}            # ip -> (its attachment record's key, its create revision: its claim's) (ips_of)
         self.blocks_read = {}           # block key -> KV or None, read with a lease to release (read)
         self.claimed_blocks = {}        # ip -> the key of the block this ADD claimed it in (complete)
         self.claims_only = claims_only  # the node's lock only around claims (an ADD's `claiming`), not all along
@@ -243,8 +247,59 @@ class EtcdStore(BlockLeases):
                 block = None
             if isinstance(block, str) and block.startswith("pools/"):
                 self.block_hints[ip] = self.k(block)
+            self.claimed_at[ip] = (kv.key, kv.create_revision)
             found.append(ip)
         return found
+
+    def release(self, ip, container_id, ifname, hold=True):
+        """A DEL's release (ips_of read the attachment) from the node's cache of its blocks when it can
+        (release_cached), else as every release: the lease and its block read, then released."""
+        if not self.release_cached(ip, hold):
+            super().release(ip, container_id, ifname, hold)
+
+    def release_cached(self, ip, hold):
+        """Release `ip` without reading its lease: one transaction guarded by the address key's revision
+        being its attachment record's creation revision (a claim writes both in one transaction, and
+        any later write of the address key, a release, a re-claim by anyone, a conflict record, moves
+        its revision: so the lease is still the one this attachment's claim wrote) and by its block's
+        revision being OWN_BLOCKS' (the block is then exactly the value cached). Only for the node's
+        own blocks, and not with sticky (the hold is made of the lease's bytes, which only a read
+        gives). True if released; False (nothing written, or a lost answer) and the caller releases
+        as before."""
+        (record, revision), block_key = self.claimed_at.pop(ip, (None, 0)), self.block_hints.get(ip)
+        if not revision or block_key is None or self.files is None or (hold and self.sticky_seconds):
+            return False
+        subnet, _, name = block_key[len(self.k("pools")) + 1:].partition("/blocks/")
+        cached = self.own_cache().get(subnet, {}).get("blocks", {}).get(name)
+        try:
+            net = ipaddress.ip_network(name)
+            version, value = parse(ip)
+        except ValueError:
+            return False
+        if cached is None or version != net.version or not net.network_address <= ipaddress.ip_address(ip) \
+                <= net.broadcast_address:
+            return False
+        first = int(net.network_address)
+        block = Block.decode(first, int(net.broadcast_address), block_key, cached[1], cached[0])
+        offset = value - first
+        block.used.discard(offset)
+        block.held.pop(offset, None)
+        released_cooling(block, offset, Lease(ip, "{}"), self.reuse_cooldown, holds.now())   # a lease as claimed
+        ip_key = self.k_ip(ip)
+        ops = [etcd.delete(ip_key), etcd.delete(block_key) if block.empty else etcd.put(block_key, block.encode()),
+               etcd.delete(record)]
+        try:
+            result = self.client.txn([etcd.mod_revision_is(ip_key, revision),
+                                      etcd.mod_revision_is(block_key, block.revision)], ops)
+        except CniError as e:
+            if not maybe_applied(e):
+                raise
+            return False   # applied or not, the read that follows tells: the lease gone, or still ours
+        if not result.succeeded:
+            return False
+        self.released_blocks[block_key] = (result.revision, None if block.empty else block.encode())
+        self.block_hints.pop(ip, None)
+        return True
 
     def pending_and_done(self, container_id, ifname):
         """([ip], [ip]) of the attachment: leases of an ADD of this node that never completed, and the rest.
