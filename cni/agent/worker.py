@@ -138,6 +138,7 @@ def prepare(listener):
         rehearse()
     except Exception:   # a warm-up too
         pass
+    phases.mark("warmed up")   # a traced request's line says whether its worker was warm
 
 
 def rehearse():

@@ -248,6 +248,7 @@ def main():
     totals = {impl: {verb: [] for verb in VERBS} for impl in impls}
     go_phases = {verb: [] for verb in VERBS}
     failures = {impl: 0 for impl in impls}
+    cold = {impl: {verb: 0 for verb in VERBS} for impl in impls}   # served by a spare not warmed up
     subnets = {"traced": "10.215.0.0/16", "ours": "10.216.0.0/16", "go": "10.217.0.0/16",
                "base traced": "10.218.0.0/16", "base": "10.219.0.0/16"}
     try:
@@ -285,6 +286,8 @@ def main():
                             totals[impl][verb].append((reaped - spawn) * 1000)
                             if trace:
                                 phases[impl][verb].append(phases_of(spawn, reaped, trace))
+                                marks = [name for name, _ in trace.get("worker", {}).get("marks", [])]
+                                cold[impl][verb] += "warmed up" not in marks
                     ns.drop(pod)
             for i in range(args.strace):
                 pod = ns.pod()
@@ -306,7 +309,8 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
     load_after = os.getloadavg()
 
-    report = {"load": [load_before[0], load_after[0]], "iterations": args.iterations, "failures": failures}
+    report = {"load": [load_before[0], load_after[0]], "iterations": args.iterations, "failures": failures,
+              "served cold": cold}
     print(f"\none served macvlan + host-local verb, medians of {args.iterations} (ms); load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after, {os.cpu_count()} CPUs")
     print(f"{'':<40}" + "".join(f"{verb:>9}" for verb in VERBS))
@@ -315,6 +319,9 @@ def main():
         rows += [("base", "base, exec to reap (untraced)"), ("base traced", "base traced, exec to reap")]
     for impl, label in rows:
         print(f"{label:<40}" + "".join(f"{median(totals[impl][verb]):>9.2f}" for verb in VERBS))
+    for impl in ("traced", "base traced") if base else ("traced",):
+        label = f"{impl}: served cold (of {args.iterations})"
+        print(f"{label:<40}" + "".join(f"{cold[impl][verb]:>9}" for verb in VERBS))
     for impl in ("ours", "base") if base else ("ours",):
         print(f"{impl + '/Go (untraced)':<40}" + "".join(
             f"{median(totals[impl][verb]) / median(totals['go'][verb]):>8.2f}x" for verb in VERBS))

@@ -1136,9 +1136,11 @@ def test_a_traced_request_gets_its_phases_and_the_next_worker_is_not_traced(agen
     wait_for(lambda: trace.exists() and trace.read_text().count("\n") == expected, what="the trace's lines")
     lines = [json.loads(x) for x in trace.read_text().splitlines()]
     worker, = [x for x in lines if x["who"] == "worker"]
-    assert [name for name, _ in worker["marks"]] == ["accepted", "ready sent", "request received",
-                                                      "context taken on", "plugin start", "plugin done",
-                                                      "answer sent", "closed"]
+    names = [name for name, _ in worker["marks"]]
+    if names[0] == "warmed up":   # by a spare that had warmed up before it accepted
+        names.pop(0)
+    assert names == ["accepted", "ready sent", "request received", "context taken on", "plugin start",
+                     "plugin done", "answer sent", "closed"]
     times = [t for _, t in worker["marks"]]
     assert times == sorted(times)
     spans = {span[0] for span in worker["spans"]}
