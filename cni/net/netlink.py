@@ -80,6 +80,17 @@ LINK_DATA_BY_NUMBER = {kind: {number: (name, struct.Struct("=" + fmt)) for name,
                        for kind, table in LINK_DATA.items()}
 
 
+def messages(data):
+    """(offset, length, type, seq) of each message in a datagram, up to a malformed header."""
+    offset = 0
+    while offset + HEADER.size <= len(data):
+        length, kind, _flags, seq, _pid = HEADER.unpack_from(data, offset)
+        if length < HEADER.size:
+            return
+        yield offset, length, kind, seq
+        offset += (length + 3) & ~3
+
+
 class NetlinkError(Exception):
     def __init__(self, code, what):
         super().__init__(f"{what}: {os.strerror(code)}")
@@ -305,13 +316,7 @@ class Netlink:
         """Yield the raw reply messages to `seq` until ACK or DONE; raise on a kernel error."""
         while True:
             data = self._recv()
-            offset = 0
-            while offset + HEADER.size <= len(data):
-                length, kind, _flags, rseq, _pid = HEADER.unpack_from(data, offset)
-                if length < HEADER.size:
-                    break
-                start = offset
-                offset += (length + 3) & ~3
+            for start, length, kind, rseq in messages(data):
                 if rseq != seq:
                     continue
                 if kind == NLMSG_ERROR:
@@ -354,17 +359,12 @@ class Netlink:
         failures = {}
         while whats:   # one ACK or error per message
             data = self._recv()
-            offset = 0
-            while offset + HEADER.size <= len(data):
-                length, kind, _flags, rseq, _pid = HEADER.unpack_from(data, offset)
-                if length < HEADER.size:
-                    break
+            for start, _length, kind, rseq in messages(data):
                 if kind == NLMSG_ERROR and rseq in whats:
                     what = whats.pop(rseq)
-                    code = -S32.unpack_from(data, offset + HEADER.size)[0]
+                    code = -S32.unpack_from(data, start + HEADER.size)[0]
                     if code:
                         failures[rseq] = NetlinkError(code, what)
-                offset += (length + 3) & ~3
         if failures:
             raise failures[min(failures)]
 
