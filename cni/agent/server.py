@@ -118,17 +118,12 @@ def fill_free_blocks():
 
 def free_blocks():
     """{block size: free blocks in the pools in use} of pymalloc, from sys._debugmallocstats()
-    (written to the C stderr: read from a memfd put at fd 2 meanwhile); {} if it says nothing, or
-    fd 2 is closed (started so: nothing to put back), or no memfd can be made."""
+    (written to the C stderr: read from a memfd put at fd 2 meanwhile); {} if it says nothing."""
     try:
-        saved = os.dup(2)   # first: with fd 2 closed, the memfd would take its place
-    except OSError:
+        saved = os.dup(2)
+    except OSError:   # started without fd 2: nothing to put back
         return {}
-    try:
-        out = os.memfd_create("mallocstats", os.MFD_CLOEXEC)
-    except OSError:
-        os.close(saved)
-        return {}
+    out = os.memfd_create("mallocstats", os.MFD_CLOEXEC)
     try:
         os.dup2(out, 2, inheritable=False)
         try:
