@@ -85,7 +85,6 @@ class Agent:
             self.services.append(metrics.Scrapes(http, page, options))
         if options.textfile:
             self.services.append(metrics.Textfile(options, children, page))
-        server.fill_free_blocks()   # last before the first fork
         log(f"serving on {options.socket} (pid {os.getpid()}, workers {options.workers}, "
             f"spares {options.spares}, queue {options.queue})")
         for flag, path in options.named_dirs:   # a typo here would otherwise read as "nothing there"

@@ -6,15 +6,12 @@ and wait on the socket themselves, so a caller is accepted by a process ready to
 More callers wait in the socket's listen queue (--queue).
 """
 
-import gc
 import math
 import os
-import re
 import select
 import signal
 import socket
 import stat
-import sys
 import time
 
 from cni import handoff
@@ -22,7 +19,6 @@ from cni.agent import phases, worker
 from cni.agent.service import log
 
 DRAIN_WAIT = 60.0        # SIGTERM: how long invocations in flight may still take
-FILLED = ()              # fill_free_blocks' objects, kept for the agent's life
 
 
 def unsafe_directory(directory):
@@ -99,57 +95,6 @@ def bind(path, queue):
     listener.listen(queue)
     listener.setblocking(False)
     return listener
-
-
-def fill_free_blocks():
-    """Before the first fork: fill the free blocks of pymalloc's partly used pools with inert objects
-    kept for the agent's life (bytes, floats, bare objects: nobody touches them), so that what a
-    worker allocates goes to fresh pools, packed, instead of the free blocks the start-up (imports,
-    warm-up) left scattered over hundreds of the agent's pages, each first write to one of them a
-    copy-on-write fault (docs/performance.md, "where the faults land"). The free blocks per size
-    class come from sys._debugmallocstats() (CPython's; nothing read, nothing filled: as before).
-    Nothing a request can see: no object of the agent's changes. (blocks, bytes) filled."""
-    global FILLED
-    free = free_blocks()
-    FILLED = tuple(inert_object(size, i) for size, count in free.items() for i in range(count))
-    gc.collect(0)   # the tuple of untracked objects: untracked from here on
-    return sum(free.values()), sum(size * count for size, count in free.items())
-
-
-def free_blocks():
-    """{block size: free blocks in the pools in use} of pymalloc, from sys._debugmallocstats()
-    (written to the C stderr: read from a memfd put at fd 2 meanwhile); {} if it says nothing."""
-    try:
-        saved = os.dup(2)
-    except OSError:   # started without fd 2: nothing to put back
-        return {}
-    out = os.memfd_create("mallocstats", os.MFD_CLOEXEC)
-    try:
-        os.dup2(out, 2, inheritable=False)
-        try:
-            sys._debugmallocstats()
-        finally:
-            os.dup2(saved, 2)
-        text = os.pread(out, 1 << 20, 0).decode(errors="replace")
-    finally:
-        os.close(saved)
-        os.close(out)
-    free = {}
-    for line in text.split("# arenas")[0].splitlines():
-        # class, size, pools, blocks in use, free blocks in those pools
-        fields = re.fullmatch(r"\s*\d+\s+(\d+)\s+\d+\s+\d+\s+(\d+)\s*", line)
-        if fields:
-            free[int(fields.group(1))] = int(fields.group(2))
-    return free
-
-
-def inert_object(size, i):
-    """An object pymalloc gives a block of `size` (16, 32, then 48 to 512 by 16) on CPython 3.11."""
-    if size <= 16:
-        return object()
-    if size <= 32:
-        return i + 0.5           # a float: 24 bytes
-    return bytes(size - 40)      # 33 + n bytes
 
 
 def spare(listener, lifeline, report):
