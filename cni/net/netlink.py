@@ -656,6 +656,9 @@ class Netlink:
         return None
 
 
+_sending = []   # a lock per Sending whose send may not have returned: wait_sent()
+
+
 class Sending:
     """`message` sent on `sock` (closed after it) by a thread of its own, so that the caller can go
     on while the kernel works in the send. `ended` (a pipe's end, the caller's to close) turns
@@ -664,6 +667,9 @@ class Sending:
     def __init__(self, sock, message):
         self.error = None
         self.ended, done = os.pipe2(os.O_CLOEXEC)
+        self.sent = _thread.allocate_lock()
+        self.sent.acquire()
+        _sending.append(self.sent)
         try:
             _thread.start_new_thread(self._send, (sock, message, done))
         except BaseException:
@@ -681,6 +687,16 @@ class Sending:
             except OSError:
                 pass   # EPIPE: the caller had its answer and stopped waiting
             os.close(done)
+            self.sent.release()
+
+
+def wait_sent():
+    """Wait until the send of every Sending has returned (the kernel done with each link deleted):
+    a process that goes on and forks (underlayd after its warm-up, cni/agent/preload.py) leaves no
+    thread and no descriptor of theirs to its children. A process that exits needs not: its exit
+    waits for them."""
+    while _sending:
+        _sending.pop().acquire()
 
 
 class _Batch:
