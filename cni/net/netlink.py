@@ -453,13 +453,13 @@ class Netlink:
         """Remove a link; return once the kernel has unlisted it, not once its DELLINK returns.
 
         Under RTNL the kernel unlists the link, runs the unregister notifiers (its addresses,
-        routes and neighbours go, its name is free) and echoes RTM_DELLINK to us (NLM_F_ECHO,
-        Linux 6.1 and later). Then, RTNL released, the deleting task itself waits for the last
-        references to the device (netdev_run_todo: RCU barriers, ~15-30 ms) before the ACK: work
-        nothing can see and nothing can interrupt, SIGKILL included. So the request is sent from a
-        thread and this returns at the echo. A process's exit waits for that thread's send to
-        return. An error comes as the ACK, as before; without the echo (older kernels) the
-        ACK is waited for."""
+        routes and neighbours go, its name is free) and echoes RTM_DELLINK to us (NLM_F_ECHO:
+        Debian 12's 6.1 does, and 6.18). Then, RTNL released, the deleting task itself waits for
+        the last references to the device (netdev_run_todo: RCU barriers, ~15-30 ms) before the
+        ACK: work nothing can see and nothing can interrupt, SIGKILL included. So the request is
+        sent from a thread and this returns at the echo. A process's exit waits for that thread's
+        send to return. An error comes as the ACK, as before; a kernel that does not echo gives
+        only the ACK, waited for as before."""
         name = what or str(index)
         body = IFINFO.pack(0, 0, index, 0, 0)
         try:
