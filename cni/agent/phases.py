@@ -62,15 +62,20 @@ MESSAGES = {16: "NEWLINK", 17: "DELLINK", 18: "GETLINK", 19: "SETLINK", 20: "NEW
 class TimedSocket:
     """A netlink socket whose round trips are spans: from a send to the last receive before the next."""
 
-    def __init__(self, sock):
+    def __init__(self, sock, owner=None):
         self._sock = sock
+        self.owner = owner or self   # a dup()'s sends are trips of the socket whose replies it reads
         self.trip = None
 
     def send(self, data, *args):
         kind = int.from_bytes(data[4:6], "little")
-        self.trip = [f"netlink {MESSAGES.get(kind, kind)}", time.monotonic(), None]
-        spans.append(self.trip)
+        self.owner.trip = [f"netlink {MESSAGES.get(kind, kind)}", time.monotonic(), None]
+        spans.append(self.owner.trip)
         return self._sock.send(data, *args)
+
+    def dup(self):
+        """The descriptor a request is sent on from a thread (netlink.Sending)."""
+        return TimedSocket(self._sock.dup(), self)
 
     def recv(self, *args):
         data = self._sock.recv(*args)

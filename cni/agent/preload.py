@@ -92,6 +92,7 @@ def warm_up():
     except Exception as e:   # a warm-up only: the workers run cold
         log(f"warm-up skipped: {type(e).__name__}: {e}")
     finally:
+        netlink.wait_sent()   # the DELs' DELLINKs returned: no thread of theirs when workers are forked
         try:
             netns.setns(home)
         except netns.NetnsError as e:   # never serve from a namespace of our own

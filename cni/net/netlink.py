@@ -15,8 +15,10 @@ Kernel errors become NetlinkError with the errno; a missing link is
 LinkNotFound, so "already gone" is easy to accept where the spec wants it.
 """
 
+import _thread   # not threading: the cold path would pay its import
 import errno
 import os
+import select
 import socket
 import struct
 
@@ -31,7 +33,8 @@ RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 RTM_NEWNSID, RTM_GETNSID = 88, 90
 NETNSA_NSID, NETNSA_FD = 1, 3
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND, NLM_F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x800, 0x300
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_ECHO = 0x1, 0x4, 0x8
+NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND, NLM_F_DUMP = 0x200, 0x400, 0x800, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFF_UP = 0x1
 IFA_F_NODAD, IFA_F_OPTIMISTIC, IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x2, 0x4, 0x8, 0x40
@@ -447,12 +450,53 @@ class Netlink:
         self.request(RTM_NEWLINK, 0, IFINFO.pack(0, 0, index, flags, change) + attrs, f"changing link {name or index}")
 
     def delete_link(self, index, what=None):
+        """Remove a link; return once the kernel has unlisted it, not once its DELLINK returns.
+
+        Under RTNL the kernel unlists the link, runs the unregister notifiers (its addresses,
+        routes and neighbours go, its name is free) and echoes RTM_DELLINK to us (NLM_F_ECHO:
+        Debian 12's 6.1 does, and 6.18). Then, RTNL released, the deleting task itself waits for
+        the last references to the device (netdev_run_todo: RCU barriers, ~15-30 ms) before the
+        ACK: work nothing can see and nothing can interrupt, SIGKILL included. So the request is
+        sent from a thread and this returns at the echo. A process's exit waits for that thread's
+        send to return. An error comes as the ACK, as before; a kernel that does not echo gives
+        only the ACK, waited for as before."""
+        name = what or str(index)
+        body = IFINFO.pack(0, 0, index, 0, 0)
         try:
-            self.request(RTM_DELLINK, 0, IFINFO.pack(0, 0, index, 0, 0), f"deleting link {what or index}")
+            if self.queued is not None:
+                self.request(RTM_DELLINK, 0, body, f"deleting link {name}")
+            else:
+                self._until_unlisted(index, body, f"deleting link {name}")
         except NetlinkError as e:
             if e.errno in (errno.ENODEV, errno.ENOENT):
-                raise LinkNotFound(what or str(index)) from None
+                raise LinkNotFound(name) from None
             raise
+
+    def _until_unlisted(self, index, body, what):
+        """DELLINK of `index` sent from a thread (on a descriptor of its own); wait for its echo or its
+        ACK, whichever comes first, or for the thread's send to fail."""
+        self.seq += 1
+        seq = self.seq
+        sending = Sending(self.sock.dup(), HEADER.pack(HEADER.size + len(body), RTM_DELLINK,
+                                                       NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO, seq, 0) + body)
+        try:
+            while True:
+                select.select([self.sock, sending.ended], [], [])
+                if sending.error is not None:
+                    raise NetlinkError(sending.error.errno or errno.EIO, what)
+                data = self._recv()   # once the send has returned, its ACK is there (queued before)
+                for start, _length, kind, rseq in messages(data):
+                    if rseq != seq:
+                        continue
+                    if kind == RTM_DELLINK and IFINFO.unpack_from(data, start + HEADER.size)[2] == index:
+                        return   # the echo: unlisted
+                    if kind == NLMSG_ERROR:
+                        code = -S32.unpack_from(data, start + HEADER.size)[0]
+                        if code:
+                            raise NetlinkError(code, what)
+                        return
+        finally:
+            os.close(sending.ended)
 
     # -- addresses -------------------------------------------------------------
 
@@ -610,6 +654,49 @@ class Netlink:
                 if r["dst"].endswith("/0") and r["table"] == RT_TABLE_MAIN and r["oif"]:
                     return r["oif"]
         return None
+
+
+_sending = []   # a lock per Sending whose send may not have returned: wait_sent()
+
+
+class Sending:
+    """`message` sent on `sock` (closed after it) by a thread of its own, so that the caller can go
+    on while the kernel works in the send. `ended` (a pipe's end, the caller's to close) turns
+    readable once the send has returned; `error` is its OSError, if any."""
+
+    def __init__(self, sock, message):
+        self.error = None
+        self.ended, done = os.pipe2(os.O_CLOEXEC)
+        self.sent = _thread.allocate_lock()
+        self.sent.acquire()
+        _sending.append(self.sent)
+        try:
+            _thread.start_new_thread(self._send, (sock, message, done))
+        except BaseException:
+            self._send(sock, message, done)   # no thread to be had: sent here, waited for
+
+    def _send(self, sock, message, done):
+        try:
+            sock.send(message)
+        except OSError as e:
+            self.error = e
+        finally:
+            sock.close()
+            try:
+                os.write(done, b"!")   # a byte, not EOF: a child forked meanwhile may hold `done` too
+            except OSError:
+                pass   # EPIPE: the caller had its answer and stopped waiting
+            os.close(done)
+            self.sent.release()
+
+
+def wait_sent():
+    """Wait until the send of every Sending has returned (the kernel done with each link deleted):
+    a process that goes on and forks (underlayd after its warm-up, cni/agent/preload.py) leaves no
+    thread and no descriptor of theirs to its children. A process that exits needs not: its exit
+    waits for them."""
+    while _sending:
+        _sending.pop().acquire()
 
 
 class _Batch:

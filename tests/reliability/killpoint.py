@@ -39,6 +39,12 @@ def _caller(name):
     return test
 
 
+def _marked(name):
+    def test(args, kwargs):
+        return args[:1] == (name,)
+    return test
+
+
 # point -> (module, attribute path, before/after, filter or None)
 POINTS = {
     "add:before-create": ("cni.net.netlink", "Netlink.create_link", "before", None),
@@ -60,6 +66,9 @@ POINTS = {
     "del:after-forget": ("ipam.stores.lease_index", "AttachmentIndex.forget", "after", None),
     "del:before-link": ("cni.net.netlink", "Netlink.delete_link", "before", None),
     "del:after-link": ("cni.net.netlink", "Netlink.delete_link", "after", None),
+    # through underlayd: the worker has answered and closed the connection, its DELLINK may still
+    # be in the kernel (cni/net/netlink.py delete_link); not reached by an exec'd plugin
+    "served:closed": ("cni.agent.phases", "mark", "after", _marked("closed")),
     "gc:after-release": ("ipam.stores.disk", "DiskStore.release", "after", _caller("cmd_gc")),
     # any verb after an earlier kill: the index cleared, the new one not written yet
     "rebuild": ("ipam.stores.lease_files", "LeaseFiles.records", "after", _caller("rebuild_index")),

@@ -386,6 +386,29 @@ def test_a_caller_killed_mid_request_takes_its_worker_with_it(agent, via, node):
     Audit(node, ["rel"], {}).assert_clean()
 
 
+def test_a_del_worker_killed_right_after_its_answer_leaves_nothing(agent, via, node):
+    """A DEL answers once the link is unlisted; the kernel's DELLINK may still be working in the
+    worker (cni/net/netlink.py delete_link). Stopped right after its answer, then SIGKILLed: the
+    link was already gone when the caller had its answer, nothing is left half done, and the same
+    ifname can be added again in the same netns at once."""
+    via(agent)
+    conf = node.conf()
+    pod, = node.add_pods(1)
+    assert node.run("ADD", conf, "c1", pod).ok
+    call = node.start("DEL", conf, "c1", pod, stop_at="served:closed")
+    out = call.wait()
+    assert out.ok and out.stdout == "", out
+    assert node.pod_links(pod) == {}                       # gone when the caller had its answer
+    worker, = wait_for(lambda: stopped_children(agent.proc.pid), what="the worker stopped after its answer")
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: worker not in agent.workers(), what="the worker to be reaped")
+    Audit(node, ["rel"], {}).assert_clean()
+    assert node.run("ADD", conf, "c2", pod).ok             # the same ifname, the same netns
+    Audit(node, ["rel"], {("rel", "c2", "eth0"): pod}).assert_clean()
+    assert node.run("DEL", conf, "c2", pod).ok
+    Audit(node, ["rel"], {}).assert_clean()
+
+
 # -- the concurrency limit ------------------------------------------------------------
 
 
