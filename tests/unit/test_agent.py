@@ -331,12 +331,24 @@ def test_the_agent_warms_up_on_a_sample_and_leaves_nothing_behind(private_tmp, c
     the data dir gone, no fd left open."""
     from cni.agent import preload
     from cni.net import netns
-    before = (os.readlink(netns.SELF), dict(os.environ), os.getcwd(), sorted(os.listdir("/proc/self/fd")))
-    preload.warm_up()
+    import sys
+    import threading
+    before = (os.readlink(netns.SELF), dict(os.environ), os.getcwd(), sorted(os.listdir("/proc/self/fd")),
+              threading.enumerate())
+    connected, recording = [], [True]
+    sys.addaudithook(lambda event, args: recording and event == "socket.connect" and connected.append(args[1]))
+    try:
+        preload.warm_up()
+    finally:
+        recording.clear()
     log = capfd.readouterr().err
     assert f"warmed up: {preload.WARM_UP_ROUNDS} sample ADD, CHECK and DEL" in log, log
-    assert (os.readlink(netns.SELF), dict(os.environ), os.getcwd(), sorted(os.listdir("/proc/self/fd"))) == before
+    assert f"warmed up: {preload.WARM_UP_ROUNDS} cluster-ipam ADD and DEL" in log, log
+    assert (os.readlink(netns.SELF), dict(os.environ), os.getcwd(), sorted(os.listdir("/proc/self/fd")),
+            threading.enumerate()) == before
     assert list(private_tmp.iterdir()) == []
+    # cluster-ipam's etcd was the canned one, on the loopback of the warm-up's own namespace: no etcd contacted
+    assert connected and {address[0] for address in connected} == {"127.0.0.1"}
 
 
 @pytest.mark.root
@@ -355,6 +367,25 @@ def test_a_warm_up_that_fails_midway_is_skipped_and_undone(private_tmp, capfd, m
     preload.warm_up()
     assert "warm-up skipped: RuntimeError: CHECK" in capfd.readouterr().err
     assert os.readlink(netns.SELF) == home and list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.root
+def test_a_cluster_ipam_warm_up_that_fails_is_skipped_and_undone(private_tmp, capfd, monkeypatch):
+    """Its canned etcd unable to answer: that part is skipped (the workers run cluster-ipam cold), the
+    macvlan part done all the same; the agent is back home, its thread and data dir gone."""
+    import threading
+    from cni.agent import preload
+    from cni.net import netns
+
+    def broken(self, request):
+        raise ValueError("no answer")
+    monkeypatch.setattr(preload.CannedEtcd, "answer", broken)
+    home, threads = os.readlink(netns.SELF), threading.enumerate()
+    preload.warm_up()
+    log = capfd.readouterr().err
+    assert f"warmed up: {preload.WARM_UP_ROUNDS} sample ADD, CHECK and DEL" in log
+    assert "cluster-ipam's warm-up skipped: RuntimeError: ADD" in log, log
+    assert os.readlink(netns.SELF) == home and list(private_tmp.iterdir()) == [] and threading.enumerate() == threads
 
 
 @pytest.mark.parametrize("kind", KINDS)
