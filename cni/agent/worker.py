@@ -148,15 +148,15 @@ def kinds_to_warm():
 
 def kind_of(request):
     """(plugin, IPAM) of a request served, by the names of this build's plugins: the IPAM its config names
-    when it is one of SAMPLE_IPAM (an IPAM plugin called is its own), else None."""
+    when it is one of SAMPLE_IPAM (an IPAM plugin called is its own), else "-"."""
     plugin = request.plugin
     if registry.EXECUTABLES[plugin].role == "ipam":
-        return plugin, plugin if plugin in SAMPLE_IPAM else None
+        return plugin, plugin if plugin in SAMPLE_IPAM else "-"
     try:
         ipam = registry.in_process_ipam(contract.ipam_type(json.loads(request.stdin)))
     except (ValueError, AttributeError, RecursionError, CniError):
         ipam = None
-    return plugin, ipam.name if ipam is not None and ipam.name in SAMPLE_IPAM else None
+    return plugin, ipam.name if ipam is not None and ipam.name in SAMPLE_IPAM else "-"
 
 
 def sample_config(kind):
@@ -417,10 +417,9 @@ def serve(conn, report, listener, lifeline):
     plugin = request.plugin if request.plugin in PLUGINS else "unknown"
     if trace:
         phases.write(trace, plugin)   # before the report: once the agent logs it served, the line is there
-    if plugin != "unknown":
-        served, ipam = kind_of(request)
-        report(f"K {os.getpid()} {served} {ipam or '-'}")   # what the next spares warm up for
-    report(f"D {os.getpid()} {plugin} {verb} {code} {cni_code} {time.monotonic() - started:.6f} "
+    # "K": the kind served, what the next spares warm up for; in the same write as "D" (one wake-up)
+    kind = "K %d %s %s\n" % (os.getpid(), *kind_of(request)) if plugin != "unknown" else ""
+    report(f"{kind}D {os.getpid()} {plugin} {verb} {code} {cni_code} {time.monotonic() - started:.6f} "
            f"{trace_id(os.environ.get('TRACEPARENT', ''))}")
     os._exit(0)
 

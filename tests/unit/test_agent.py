@@ -245,8 +245,9 @@ def test_spares_warm_up_for_the_kinds_the_agent_served_last(monkeypatch):
     monkeypatch.setattr(worker, "recent", [])
     a = Bookkeeping()
     assert worker.kinds_to_warm() == [("macvlan", "host-local")]
-    a.report(b"K 7 cluster-ipam cluster-ipam\n")
+    a.report(b"K 7 cluster-ipam cluster-ipam\nD 7 cluster-ipam ADD 0 0 0.006000 -\n")   # as a worker writes them
     assert worker.kinds_to_warm() == [("cluster-ipam", "cluster-ipam")]
+    assert a.metrics.requests == {("cluster-ipam", "ADD", 0): 1}
     a.report(b"K 8 cluster-ipam cluster-ipam\nK 9 macvlan host-local\nK 10 cluster-ipam cluster-ipam\n")
     assert worker.kinds_to_warm() == [("cluster-ipam", "cluster-ipam"), ("macvlan", "host-local")]
     a.report(b"K 11 nonsuch host-local\nK 12 ipvlan /etc/passwd\nK 13 ipvlan -\n")
@@ -258,12 +259,12 @@ def test_spares_warm_up_for_the_kinds_the_agent_served_last(monkeypatch):
 @pytest.mark.parametrize("plugin, stdin, kind", [
     ("macvlan", b'{"ipam": {"type": "cluster-ipam"}}', ("macvlan", "cluster-ipam")),
     ("ipvlan", b'{"ipam": {"type": "underlay-host-local"}}', ("ipvlan", "host-local")),
-    ("macvlan", b'{"ipam": {"type": "dhcp"}}', ("macvlan", None)),
-    ("macvlan", b'{"ipam": {"type": "static"}}', ("macvlan", None)),
-    ("macvlan", b'{"ipam": {"type": "../x"}}', ("macvlan", None)),
-    ("macvlan", b"{", ("macvlan", None)), ("macvlan", b"[]", ("macvlan", None)),
+    ("macvlan", b'{"ipam": {"type": "dhcp"}}', ("macvlan", "-")),
+    ("macvlan", b'{"ipam": {"type": "static"}}', ("macvlan", "-")),
+    ("macvlan", b'{"ipam": {"type": "../x"}}', ("macvlan", "-")),
+    ("macvlan", b"{", ("macvlan", "-")), ("macvlan", b"[]", ("macvlan", "-")),
     ("cluster-ipam", b"{", ("cluster-ipam", "cluster-ipam")), ("host-local", b"", ("host-local", "host-local")),
-    ("dhcp", b"{}", ("dhcp", None))])
+    ("dhcp", b"{}", ("dhcp", "-"))])
 def test_the_kind_a_worker_reports_is_its_plugin_and_ipam(plugin, stdin, kind):
     import types
     assert worker.kind_of(types.SimpleNamespace(plugin=plugin, stdin=stdin)) == kind
