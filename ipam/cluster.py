@@ -498,30 +498,27 @@ def add(conf, request, requested, cached):
     return verbs.add_result(conf, allocated)
 
 
-# Client.unsent's answer to the calls of rehearse: a txn's (a claim's: its 3 puts) and a range's
+# Client.unsent's answer to every call of rehearse: a range (none), a txn that succeeded (a pool read's first)
 REHEARSED_ANSWER = (b'{"header":{"revision":"2"},"succeeded":true,"kvs":[],'
-                    b'"responses":[{"response_put":{}},{"response_put":{}},{"response_put":{}}]}')
+                    b'"responses":[{"response_range":{}},{"response_put":{}},{"response_put":{}}]}')
 
 
 def rehearse(request):
     """A spare's warm-up (cni/dispatch.py rehearse_ipam): what ADD computes for a constant sample with
     neither etcd nor the node's files: the config, the client (never connected), the network's record,
-    each range set's first address claimed in a new block and the claims completed, their transactions
-    packed and answered by Client.unsent (nothing sent), the result."""
-    from ipam.blocks import Block
+    each range set's first address claimed in its first block (read: none yet) and the claims
+    completed, their transactions packed and answered by Client.unsent (nothing sent), the result."""
     from ipam.etcd import Client
     from ipam.stores.etcd import EtcdStore
     conf = request.ipam_config or load_config(request)
     conf.client().close()
     record(conf, request.network)
-    store = EtcdStore(Client.unsent(REHEARSED_ANSWER), conf.prefix, request.network, conf.node, pod=pod_of(request),
-                      netns=request.netns, claims_only=True)
+    store = EtcdStore(Client.unsent(REHEARSED_ANSWER), conf.prefix, request.network, conf.node,
+                      list(conf.grids.values()), pod=pod_of(request), netns=request.netns, claims_only=True)
     allocated = []
     for s in conf.range_sets:
         grid, r = conf.grids_of(s)[0], s.ranges[0]
-        first = grid.first_of(r.start)
-        block = Block(first, first + grid.size - 1, store.pool_prefix(grid) + "blocks/" + grid.key(first))
-        store.claim(grid, block, r.start, request.container_id, request.ifname)
+        store.claim(grid, store.block(grid, grid.first_of(r.start)), r.start, request.container_id, request.ifname)
         allocated.append((r, r.start))
     store.complete(request.container_id, request.ifname, [r.text(v) for r, v in allocated])
     return verbs.add_result(conf, allocated)
