@@ -21,9 +21,9 @@ import time
 import types
 
 from cni import contract, handoff, registry
-from cni.errors import CniError
 from cni.agent import phases
 from cni.agent.service import log
+from cni.errors import CniError
 from cni.net import netns
 
 RECEIVE_SIZE = 1 << 16   # the first read of a request: a runtime's is a few KiB
@@ -256,7 +256,7 @@ def read_sample(kind=FIRST_KIND):
     elif ipam is not None:
         dispatch.result_text(dispatch.rehearse_ipam(request), request.version)   # the answer an IPAM prints
     parts = (["link"] if plugin in LINK_PLUGINS else []) + ([ipam] if ipam in SAMPLE_CODE else [])
-    for part in ["common"] + parts if parts else []:
+    for part in (["common"] + parts) if parts else []:
         for name in SAMPLE_CODE[part]:
             module, _, cls = name.partition(":")
             owner = getattr(sys.modules[module], cls) if cls else sys.modules[module]
