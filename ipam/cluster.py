@@ -498,6 +498,32 @@ def add(conf, request, requested, cached):
     return verbs.add_result(conf, allocated)
 
 
+# Client.unsent's answer to every call of rehearse: a range (none), a txn that succeeded (a pool read's first)
+REHEARSED_ANSWER = (b'{"header":{"revision":"2"},"succeeded":true,"kvs":[],'
+                    b'"responses":[{"response_range":{}},{"response_put":{}},{"response_put":{}}]}')
+
+
+def rehearse(request):
+    """A spare's warm-up (cni/dispatch.py rehearse_ipam): what ADD computes for a constant sample with
+    neither etcd nor the node's files: the config, the client (never connected), the network's record,
+    each range set's first address claimed in its first block (read: none yet) and the claims
+    completed, their transactions packed and answered by Client.unsent (nothing sent), the result."""
+    from ipam.etcd import Client
+    from ipam.stores.etcd import EtcdStore
+    conf = request.ipam_config or load_config(request)
+    conf.client().close()
+    record(conf, request.network)
+    store = EtcdStore(Client.unsent(REHEARSED_ANSWER), conf.prefix, request.network, conf.node,
+                      list(conf.grids.values()), pod=pod_of(request), netns=request.netns, claims_only=True)
+    allocated = []
+    for s in conf.range_sets:
+        grid, r = conf.grids_of(s)[0], s.ranges[0]
+        store.claim(grid, store.block(grid, grid.first_of(r.start)), r.start, request.container_id, request.ifname)
+        allocated.append((r, r.start))
+    store.complete(request.container_id, request.ifname, [r.text(v) for r, v in allocated])
+    return verbs.add_result(conf, allocated)
+
+
 def record(conf, network):
     """The bytes of the network's RECORD: its name and the ipam section as ADD parsed it, node and
     dataDir as resolved, and only the keys the schema knows (nothing else a config carries lands on

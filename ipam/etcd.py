@@ -485,6 +485,21 @@ class _Endpoint:
         raise _NotEtcd("too many HTTP headers")
 
 
+class _Canned:
+    """Client.unsent's endpoint: `answer` to every request, which goes nowhere."""
+
+    url = "canned"
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def exchange(self, path, body, deadline, dial_timeout, tls, first_byte_by=None):
+        return 200, self.answer
+
+    def close(self):
+        pass
+
+
 def _why(e):
     if isinstance(e, ConnectionRefusedError):
         return "connection refused"
@@ -552,6 +567,14 @@ class Client:
         self.request_timeout = float(request_timeout)
         self._last = 0                              # index of the endpoint that answered last
         self._field, self._cert_file, self._ca_file = field, cert_file, ca_file   # for certificate errors
+
+    @classmethod
+    def unsent(cls, answer):
+        """One whose every call is packed as ever and answered with `answer` (the bytes of an etcd answer),
+        nothing sent, no socket: a spare's warm-up (ipam/cluster.py rehearse), as Netlink.unsent."""
+        client = cls(["http://127.0.0.1"])
+        client.endpoints = [_Canned(answer)]
+        return client
 
     def close(self):
         for ep in self.endpoints:

@@ -49,7 +49,7 @@ import os
 import signal
 import sys
 
-from cni.agent import dhcp, healing, metrics, options as command_line, preload, server, service
+from cni.agent import dhcp, healing, metrics, options as command_line, preload, server, service, worker
 from cni.agent.service import log
 
 
@@ -68,6 +68,7 @@ class Agent:
         http = metrics.metrics_listener(options.metrics) if options.metrics else None
         children, reports, counters = service.Children(), service.Reports(), metrics.Metrics()
         counters.listen(reports)
+        reports.on("K", worker.note_served)   # the kind each request was: what spares warm up for
         self.server = server.Server(options, children, reports, counters)
         self.server.bind()
         renewer = dhcp.Renewer(options, children, reports, counters)   # opens --dhcp-dir before any fork

@@ -23,6 +23,7 @@ import types
 from cni import contract, handoff, registry
 from cni.agent import phases
 from cni.agent.service import log
+from cni.errors import CniError
 from cni.net import netns
 
 RECEIVE_SIZE = 1 << 16   # the first read of a request: a runtime's is a few KiB
@@ -96,30 +97,84 @@ def receive(conn):
             os.close(fd)
 
 
-# read_sample's: a request as one most often comes (ipvlan's shares all but its schema's pages)
-SAMPLE_PLUGIN = "macvlan"
+# read_sample's samples: a request of each kind (plugin, IPAM) a spare can warm up for, on constants
+LINK_PLUGINS = ("macvlan", "ipvlan")   # their link's rehearsal (child_link.rehearse)
+SAMPLE_PLUGIN = "macvlan"   # the main plugin of an IPAM plugin's sample (an IPAM gets its main plugin's config)
+SAMPLE_IPAM = {"host-local": {"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]],
+                              "routes": [{"dst": "0.0.0.0/0"}]},
+               "cluster-ipam": {"type": "cluster-ipam", "node": "sample", "dataDir": "/run/sample",
+                                "etcd": {"endpoints": ["http://127.0.0.1:2379"]},
+                                "ranges": [[{"subnet": "10.0.0.0/16"}]]}}
+FIRST_KIND = ("macvlan", "host-local")   # before the agent has served anything: the most common request
+RECENT = 4               # the kinds of the last RECENT requests served are what the next spares warm up for
 WARM_UP_AFTER = 0.01     # s: a served ADD's own CPU work is ~5 ms
 SAMPLE_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "sample", "CNI_NETNS": "/run/netns/sample",
-              "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin"}
-SAMPLE_CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "sample", "type": SAMPLE_PLUGIN, "master": "eth0",
-                            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]],
-                                     "routes": [{"dst": "0.0.0.0/0"}]}}).encode()
+              "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
+              "CNI_ARGS": "K8S_POD_NAMESPACE=sample;K8S_POD_NAME=sample;K8S_POD_INFRA_CONTAINER_ID=sample"}
 # ... and the code a request runs that no rehearsal can (it makes system calls): the functions of these
-# modules and classes ("module:Class"), whose first call in a fresh fork writes to their pages
-SAMPLE_CODE = ("cni.dispatch", "cni.files", "cni.locks", "cni.plugins.child_link", "cni.plugins.lan:Neighbours",
-               "cni.net.netlink:Netlink", "cni.net.netns", "cni.net.iface", "cni.net.parents", "ipam.host_local",
-               "ipam.allocator", "ipam.stores.disk:DiskStore", "ipam.stores.lease_files",
-               "ipam.stores.lease_files:LeaseFiles", "ipam.stores.lease_index",
-               "ipam.stores.lease_index:AttachmentIndex", "contextlib:_BaseExitStack", "contextlib:ExitStack",
-               "socket:socket", "posixpath", "os")
+# modules and classes ("module:Class"), whose first call in a fresh fork writes to their pages, by the
+# part of a request that runs them. "common" goes with a link's or host-local's part, not cluster-ipam's
+# alone: there it cost a spare ~100 faults to spare its request ~20.
+SAMPLE_CODE = {
+    "common": ("cni.dispatch", "cni.files", "cni.locks", "contextlib:_BaseExitStack", "contextlib:ExitStack",
+               "socket:socket", "posixpath", "os"),
+    "link": ("cni.plugins.child_link", "cni.plugins.lan:Neighbours", "cni.net.netlink:Netlink", "cni.net.netns",
+             "cni.net.iface", "cni.net.parents"),
+    "host-local": ("ipam.host_local", "ipam.allocator", "ipam.stores.disk:DiskStore", "ipam.stores.lease_files",
+                   "ipam.stores.lease_files:LeaseFiles", "ipam.stores.lease_index",
+                   "ipam.stores.lease_index:AttachmentIndex"),
+}
+# In the agent: the kinds of the last requests served (note_served), oldest first; a spare reads them as
+# it was forked (kinds_to_warm). Only names of this build's plugins and of SAMPLE_IPAM: no request data.
+recent = []
+
+
+def note_served(pid, plugin, ipam):
+    """In the agent, a worker's "K" report: the kind of request it served, kept for the next spares."""
+    if plugin not in PLUGINS:
+        return
+    recent.append((plugin, ipam if ipam in SAMPLE_IPAM else None))
+    del recent[:-RECENT]
+
+
+def kinds_to_warm():
+    """The kinds a spare warms up for: those of the last requests served, each once, the latest first."""
+    kinds = []
+    for kind in reversed(recent or [FIRST_KIND]):
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds
+
+
+def kind_of(request):
+    """(plugin, IPAM) of a request served, by the names of this build's plugins: the IPAM its config names
+    when it is one of SAMPLE_IPAM (an IPAM plugin called is its own), else "-"."""
+    plugin = request.plugin
+    if registry.EXECUTABLES[plugin].role == "ipam":
+        return plugin, plugin if plugin in SAMPLE_IPAM else "-"
+    try:
+        ipam = registry.in_process_ipam(contract.ipam_type(json.loads(request.stdin)))
+    except (ValueError, AttributeError, RecursionError, CniError):
+        ipam = None
+    return plugin, ipam.name if ipam is not None and ipam.name in SAMPLE_IPAM else "-"
+
+
+def sample_config(kind):
+    """The constant config a spare reads for a kind of request."""
+    plugin, ipam = kind
+    config = {"cniVersion": "1.0.0", "name": "sample", "type": plugin if plugin in LINK_PLUGINS else SAMPLE_PLUGIN,
+              "master": "eth0"}
+    if ipam is not None:
+        config["ipam"] = SAMPLE_IPAM[ipam]
+    return json.dumps(config).encode()
 
 
 def prepare(listener):
     """Done by a spare while it waits, off the caller's time, and nothing a request could see: the
     agent's environment dropped (become() puts the caller's in its place), one text stream made
     and thrown away (the first one made in a fresh fork copies the pages it allocates in: ~50 us),
-    a sample request's configs read (read_sample) and its receiving and context rehearsed
-    (rehearse) unless a caller comes first."""
+    a sample request's configs read (read_sample) for each kind of request the agent served last
+    (kinds_to_warm), and its receiving and context rehearsed (rehearse), unless a caller comes first."""
     os.environb.clear()
     io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
     # A spare is forked as a request starts: it lets that request's work pass before warming up
@@ -128,10 +183,11 @@ def prepare(listener):
     # callers for it.
     if select.select([listener], [], [], WARM_UP_AFTER)[0]:
         return
-    try:
-        read_sample()
-    except Exception:   # a warm-up only (tests/unit/test_agent.py reads the sample): never a spare lost
-        pass
+    for kind in kinds_to_warm():
+        try:
+            read_sample(kind)
+        except Exception:   # a warm-up only (tests/unit/test_agent.py reads the samples): never a spare lost
+            pass
     if select.select([listener], [], [], 0)[0]:
         return
     try:
@@ -161,7 +217,7 @@ def rehearse():
             conn.sendall(handoff.READY)
             caller.recv(len(handoff.READY))
             handoff.send_request(caller, handoff.request_payload(SAMPLE_PLUGIN, [SAMPLE_PLUGIN], SAMPLE_ENV,
-                                                                 SAMPLE_CONFIG))
+                                                                 sample_config(FIRST_KIND)))
             request = receive(conn)
             conn.settimeout(None)
             try:
@@ -181,21 +237,30 @@ def rehearse():
         os.environb.clear()
 
 
-def read_sample():
-    """Read a constant sample config as the plugins read a request's (stdin, their schema, host-local's
-    ranges), rehearse what its ADD computes (child_link.rehearse: no system call) and touch
-    the functions of SAMPLE_CODE, and drop it all: the first run in a fresh fork writes to hundreds of
-    the agent's pages (reference counts of the decoder's, validators', parsers' and functions' objects,
-    the interpreter's caches), each a copy-on-write fault: ~1.5 ms a request paid. Done here, they are
-    copied before a caller waits. No request has been seen yet, and the spare serves one, then exits:
-    nothing of a request can be kept for the next."""
+def read_sample(kind=FIRST_KIND):
+    """Read a constant sample config of `kind` (plugin, IPAM) as the plugins read a request's (stdin,
+    their schema, the IPAM's config), rehearse what its ADD computes with no system call (a link
+    plugin's: child_link.rehearse, with its IPAM's; an IPAM plugin's: dispatch.rehearse_ipam) and
+    touch the functions of SAMPLE_CODE for its parts, and drop it all: the first run in a fresh fork
+    writes to hundreds of the agent's pages (reference counts of the decoder's, validators', parsers'
+    and functions' objects, the interpreter's caches), each a copy-on-write fault: ~1.5 ms a request
+    paid. Done here, they are copied before a caller waits; only the parts the kind runs (a part no
+    request then runs is CPU for nothing). No request has been seen yet, and the spare serves one, then
+    exits: nothing of a request can be kept for the next (the kind is two names of this build's)."""
+    from cni import dispatch
     from cni.plugins import child_link   # preloaded: no file is read
-    request = contract.read_request(SAMPLE_ENV, SAMPLE_CONFIG)
-    child_link.rehearse(sys.modules[PLUGINS[SAMPLE_PLUGIN]].KIND, request)
-    for name in SAMPLE_CODE:
-        module, _, cls = name.partition(":")
-        owner = getattr(sys.modules[module], cls) if cls else sys.modules[module]
-        [value.__code__ for value in vars(owner).values() if isinstance(value, types.FunctionType)]
+    plugin, ipam = kind
+    request = contract.read_request(SAMPLE_ENV, sample_config(kind))
+    if plugin in LINK_PLUGINS:
+        child_link.rehearse(sys.modules[PLUGINS[plugin]].KIND, request)
+    elif ipam is not None:
+        dispatch.result_text(dispatch.rehearse_ipam(request), request.version)   # the answer an IPAM prints
+    parts = (["link"] if plugin in LINK_PLUGINS else []) + ([ipam] if ipam in SAMPLE_CODE else [])
+    for part in (["common"] + parts) if parts else []:
+        for name in SAMPLE_CODE[part]:
+            module, _, cls = name.partition(":")
+            owner = getattr(sys.modules[module], cls) if cls else sys.modules[module]
+            [value.__code__ for value in vars(owner).values() if isinstance(value, types.FunctionType)]
 
 
 def become(request):
@@ -352,7 +417,9 @@ def serve(conn, report, listener, lifeline):
     plugin = request.plugin if request.plugin in PLUGINS else "unknown"
     if trace:
         phases.write(trace, plugin)   # before the report: once the agent logs it served, the line is there
-    report(f"D {os.getpid()} {plugin} {verb} {code} {cni_code} {time.monotonic() - started:.6f} "
+    # "K": the kind served, what the next spares warm up for; in the same write as "D" (one wake-up)
+    kind = "K %d %s %s\n" % (os.getpid(), *kind_of(request)) if plugin != "unknown" else ""
+    report(f"{kind}D {os.getpid()} {plugin} {verb} {code} {cni_code} {time.monotonic() - started:.6f} "
            f"{trace_id(os.environ.get('TRACEPARENT', ''))}")
     os._exit(0)
 
