@@ -57,7 +57,6 @@ def warm_up():
     the node is touched; the sample is a constant and no request has been seen yet. A failure (a
     kernel without veth or macvlan links) only skips it: the workers run cold, as before. Then
     cluster-ipam's ADD and DEL in the same namespace (warm_up_cluster), against a canned etcd."""
-    import ctypes
     import shutil
     import tempfile
     import time
@@ -66,16 +65,13 @@ def warm_up():
     from cni.net import netlink, netns
     started = time.monotonic()
     home = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)
-    libc = ctypes.CDLL(None, use_errno=True)
     data_dir = pod = None
     try:
         data_dir = tempfile.mkdtemp(prefix="underlayd-warm-up-",
                                     dir=next(d for d in WARM_UP_DIRS if d is None or os.access(d, os.W_OK)))
-        if libc.unshare(netns.CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "unshare")
+        netns.unshare_net()
         pod = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)   # the pod's namespace
-        if libc.unshare(netns.CLONE_NEWNET) != 0:               # the node's stand-in
-            raise OSError(ctypes.get_errno(), "unshare")
+        netns.unshare_net()                                      # the node's stand-in
         with netlink.Netlink() as nl:   # the master: a veth (kernel.probe's kinds; dummy is not everywhere)
             nl.create_link("warm0", "veth", data={"VETH_INFO_PEER": {"attrs": [("IFLA_IFNAME", "warm1")]}})
             nl.set_link(nl.link("warm0").index, up=True)

@@ -6,7 +6,6 @@ answer is cached under the state dir with the boot ID: modules rarely appear
 without a reboot, and STATUS may be called often.
 """
 
-import ctypes
 import errno
 import json
 import os
@@ -20,10 +19,11 @@ CACHE = "kernel-support.json"
 def probe(kind):
     """None if `kind` links can be created here, else the reason."""
     home = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(netns.CLONE_NEWNET) != 0:
+    try:
+        netns.unshare_net()
+    except OSError as e:
         os.close(home)
-        return f"cannot make a private namespace to probe: {os.strerror(ctypes.get_errno())}"
+        return f"cannot make a private namespace to probe: {os.strerror(e.errno)}"
     try:
         with netlink.Netlink() as nl:
             if kind == "dummy":

@@ -85,6 +85,14 @@ def setns(fd):
         raise (NotPermitted if err == errno.EPERM else NetnsError)(f"setns: {os.strerror(err)}")
 
 
+def unshare_net():
+    """Move this process into a new, private network namespace (unshare(2) through libc; Python 3.11
+    has no os.unshare). OSError when refused."""
+    import ctypes
+    if ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET) != 0:
+        raise OSError(ctypes_errno(), "unshare")
+
+
 def enter_for_good(fd, nstype, own):
     """setns() into the namespace `fd` (of kind nstype: CLONE_NEWNS, CLONE_NEWNET) unless it is ours
     already (`own`: our /proc/self/ns file of that kind); no way back. OSError when refused."""
