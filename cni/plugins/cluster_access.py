@@ -76,6 +76,17 @@ class Conf:
             raise config_error("serviceCIDRs", "required in primary mode: the cluster's service ranges "
                                                "(e.g. [\"10.96.0.0/12\"])")
         self.prev = dispatch.prev_result(request)
+        if self.prev is not None:
+            check_interface_indexes(self.prev)
+
+
+def check_interface_indexes(prev):
+    """prevResult is answered as it is: an address must not point past its interfaces list."""
+    count = len(prev.get("interfaces") or [])
+    for i, ip in enumerate(prev.get("ips") or []):
+        if "interface" in ip and ip["interface"] >= count:   # a non-negative int (check_result_values)
+            raise config_error(f"prevResult.ips[{i}].interface", f"{ip['interface']} is not an index of "
+                                                                 f"prevResult.interfaces ({count} given)")
 
 
 def cidrs(config, key):
