@@ -16,6 +16,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -36,6 +37,7 @@ SPEC_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 102, 103})
 WATCHED = ("/var/lib/cni/networks", "/var/lib/cni/underlay", "/var/lib/cni/underlay/links",
            "/var/lib/cni/cluster-ipam", "/var/lib/cni/dhcp")
 HANG_SECONDS = 20
+PYTHON_ERROR = re.compile(r"\b(TypeError|ValueError|KeyError|AttributeError|IndexError|RecursionError)\b")
 
 
 class Hang(BaseException):
@@ -126,6 +128,8 @@ def check_error(outcome):
     assert error["cniVersion"] in contract.SUPPORTED_VERSIONS, outcome
     assert error["code"] != errors.ERR_INTERNAL, f"internal error (a bug): {outcome}"
     assert error["code"] in SPEC_CODES, outcome
+    # a Python exception's text is a traceback's tail: the message names the field instead
+    assert not PYTHON_ERROR.search(error["msg"]), f"Python's words, not a field: {outcome}"
 
 
 def check_result(outcome):
