@@ -219,7 +219,8 @@ def etcd_section(draw, sandbox):
     endpoints = [sandbox.etcd] if sandbox.etcd else [UNREACHABLE_ETCD]
     conf = {"endpoints": draw(mostly(st.just(endpoints), st.one_of(
         st.sampled_from([[], [UNREACHABLE_ETCD], ["127.0.0.1:1"], ["https://127.0.0.1:1"], ["ftp://x"],
-                         ["http://"], ["http://[::1"], ["http://127.0.0.1:99999"], endpoints * 2]),
+                         ["http://"], ["http://[::1"], ["http://127.0.0.1:99999"], endpoints * 2,
+                         ["http://" + "a" * 64], ["http://a..b:2379"], ["http://" + "a." * 127 + "a"]]),
         st.lists(texts, max_size=2)), p=0.2))}
     for key, values in (("prefix", ["/underlay/ipam", "/fz", "/", "fz", "", "/a/../b"]),
                         ("dialTimeout", [0.5, 2, 0, -1, 10**9]),
@@ -266,7 +267,8 @@ def cluster_ipam(draw, sandbox):
                                     if chance(draw, 1 / 3) else {})} for _ in range(draw(st.integers(0, 2)))]
     if chance(draw, 1 / 10):   # whereabouts' etcd keys
         ipam.pop("etcd")
-        ipam["etcd_host"] = draw(mostly(st.sampled_from([UNREACHABLE_ETCD, "127.0.0.1:1", "::1", "a,b", ""]),
+        ipam["etcd_host"] = draw(mostly(st.sampled_from([UNREACHABLE_ETCD, "127.0.0.1:1", "::1", "a,b", "", "a..b",
+                                                         "x" * 64 + ":1"]),
                                         scalars, p=0.3))
         for key in ("etcd_cert_file", "etcd_username", "etcd_password", "kubernetes", "leader_lease_duration"):
             if chance(draw, 1 / 6):
