@@ -73,28 +73,45 @@ def upconvert_result(result, version, field="result"):
                 entry = result.get(family)
                 if entry is None:
                     continue
+                if not isinstance(entry, dict) or not isinstance(entry.get("ip"), str):
+                    raise CniError(ERR_DECODE, f"{field}.{family} must be an object with an ip string")
                 ip = {"address": entry["ip"]}
                 if entry.get("gateway"):
                     ip["gateway"] = entry["gateway"]
                 ips.append(ip)
-                routes.extend(dict(r) for r in entry.get("routes") or [])
-            return check_result_values({"ips": ips, "routes": routes, "dns": dict(result.get("dns") or {})}, field)
+                routes.extend(dict(r) for r in objects(entry, "routes", f"{field}.{family}"))
+            return check_result_values({"ips": ips, "routes": routes, "dns": dns_of(result, field)}, field)
         ips = []
-        for ip in result.get("ips") or []:
+        for ip in objects(result, "ips", field):
             ip = {k: v for k, v in ip.items() if k != "version"}
             if not isinstance(ip.get("address"), str):
                 raise CniError(ERR_DECODE, f"{field}.ips[].address must be a string")
             ips.append(ip)
         return check_result_values({
-            "interfaces": [dict(i) for i in result.get("interfaces") or []],
+            "interfaces": [dict(i) for i in objects(result, "interfaces", field)],
             "ips": ips,
-            "routes": [dict(r) for r in result.get("routes") or []],
-            "dns": dict(result.get("dns") or {}),
+            "routes": [dict(r) for r in objects(result, "routes", field)],
+            "dns": dns_of(result, field),
         }, field)
     except CniError:
         raise
     except (TypeError, KeyError, ValueError, AttributeError) as e:
         raise CniError(ERR_DECODE, f"{field} is malformed: {type(e).__name__}: {e}") from None
+
+
+def objects(result, key, field):
+    """result[key], a list of objects (absent or empty: none); code 6 naming it otherwise."""
+    value = result.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(x, dict) for x in value):
+        raise CniError(ERR_DECODE, f"{field}.{key} must be a list of objects")
+    return value
+
+
+def dns_of(result, field):
+    dns = result.get("dns") or {}
+    if not isinstance(dns, dict):
+        raise CniError(ERR_DECODE, f"{field}.dns must be an object")
+    return dict(dns)
 
 
 ROUTE_INTS = ("mtu", "advmss", "priority", "table", "scope")

@@ -263,6 +263,9 @@ def _parse_url(url, field):
         host, _, port = rest.partition(":")
         if not host or not all(c.isascii() and (c.isalnum() or c in ".-_") for c in host):
             raise bad
+        # a DNS name: labels of 1-63 characters (the resolver's idna encoding refuses others)
+        if len(host) > 253 or not all(0 < len(label) <= 63 for label in host.removesuffix(".").split(".")):
+            raise bad
     if port == "" and ":" in rest.rpartition("]")[2]:
         raise bad                                   # "host:" with no port
     if port:

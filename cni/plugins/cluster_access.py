@@ -76,6 +76,17 @@ class Conf:
             raise config_error("serviceCIDRs", "required in primary mode: the cluster's service ranges "
                                                "(e.g. [\"10.96.0.0/12\"])")
         self.prev = dispatch.prev_result(request)
+        if self.prev is not None:
+            check_interface_indexes(self.prev)
+
+
+def check_interface_indexes(prev):
+    """prevResult is answered as it is: an address must not point past its interfaces list."""
+    count = len(prev.get("interfaces") or [])
+    for i, ip in enumerate(prev.get("ips") or []):
+        if "interface" in ip and ip["interface"] >= count:   # a non-negative int (check_result_values)
+            raise config_error(f"prevResult.ips[{i}].interface", f"{ip['interface']} is not an index of "
+                                                                 f"prevResult.interfaces ({count} given)")
 
 
 def cidrs(config, key):
@@ -293,8 +304,10 @@ def delete(request):
     try:
         with pod_socket(pod_fd) as pod:
             link = pod.find_link(request.ifname)
-            remove_policy(pod, table_of(request.ifname), link.index if link else None)
-            if link is not None:
+            secondary = remove_policy(pod, table_of(request.ifname), link.index if link else None)
+            # `routes` are secondary mode's, added after its rules: without the rules they are not ours
+            # (primary mode adds none; the pod's own route to its subnet may be one of them)
+            if link is not None and secondary:
                 for dst in lenient_routes(request.config):
                     pod.delete_route(dst, link.index)
     finally:
@@ -313,13 +326,17 @@ def lenient_routes(config):
 
 
 def remove_policy(pod, table, index):
+    """Remove secondary mode's rules and table; True if there were rules (secondary mode's ADD)."""
+    found = False
     for rule in pod.rules():
         if rule["table"] == table:
             pod.delete_rule(rule)
+            found = True
     if index is not None:
         for route in pod.routes():
             if route["table"] == table:
                 pod.delete_route(route["dst"], index, table=table)
+    return found
 
 
 # -- CHECK ----------------------------------------------------------------------

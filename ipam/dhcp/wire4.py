@@ -52,7 +52,7 @@ def option_code(name):
     """The option code a config names ("host-name", "121"); ValueError naming it when unknown."""
     if isinstance(name, int) and not isinstance(name, bool):
         code = name
-    elif isinstance(name, str) and name.strip().isdigit():
+    elif isinstance(name, str) and name.strip().isascii() and name.strip().isdigit():   # int() takes "１２" too
         code = int(name)
     elif isinstance(name, str) and name.strip().lower() in OPTION_CODES:
         return OPTION_CODES[name.strip().lower()]

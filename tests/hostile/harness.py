@@ -16,6 +16,7 @@ import io
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -24,15 +25,19 @@ import threading
 
 from cni import contract, dispatch, errors, registry
 from cni.net import netlink, netns
+from ipam.dhcp import plugin as dhcp
 from ipam.stores.lease_files import is_ip
 from tests import netns as nsutil
 
-PLUGINS = {name: registry.EXECUTABLES[name] for name in ("host-local", "macvlan", "ipvlan")}
+PLUGINS = {name: registry.EXECUTABLES[name]
+           for name in ("host-local", "macvlan", "ipvlan", "cluster-access", "dhcp", "cluster-ipam")}
 # Codes a plugin may answer with; 999 is underlay's "internal error", i.e. a bug.
 SPEC_CODES = frozenset({1, 2, 3, 4, 5, 6, 7, 11, 50, 51, 100, 101, 102, 103})
 # Places outside the sandbox the plugins would write to with a default dataDir or stateDir.
-WATCHED = ("/var/lib/cni/networks", "/var/lib/cni/underlay", "/var/lib/cni/underlay/links")
+WATCHED = ("/var/lib/cni/networks", "/var/lib/cni/underlay", "/var/lib/cni/underlay/links",
+           "/var/lib/cni/cluster-ipam", "/var/lib/cni/dhcp")
 HANG_SECONDS = 20
+PYTHON_ERROR = re.compile(r"\b(TypeError|ValueError|KeyError|AttributeError|IndexError|RecursionError)\b")
 
 
 class Hang(BaseException):
@@ -123,6 +128,8 @@ def check_error(outcome):
     assert error["cniVersion"] in contract.SUPPORTED_VERSIONS, outcome
     assert error["code"] != errors.ERR_INTERNAL, f"internal error (a bug): {outcome}"
     assert error["code"] in SPEC_CODES, outcome
+    # a Python exception's text is a traceback's tail: the message names the field instead
+    assert not PYTHON_ERROR.search(error["msg"]), f"Python's words, not a field: {outcome}"
 
 
 def check_result(outcome):
@@ -171,7 +178,7 @@ def result_addresses(outcome):
 class Sandbox:
     """A tmpfs directory and a network namespace the calling thread works in."""
 
-    def __init__(self, netns_too=True, pod=False):
+    def __init__(self, netns_too=True, pod=False, pod_eth0=False):
         base = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.root = tempfile.mkdtemp(prefix="ulhostile", dir=base)
         os.chmod(self.root, 0o700)
@@ -183,13 +190,19 @@ class Sandbox:
         self.pod = self.not_netns     # what CNI_NETNS usually is; a real pod netns in with_pod()
         self.masters = ["m1"]         # the usual master; a real veth in with_pod()
         self.fifo = os.path.join(self.root, "fifo")
+        self.etcd = None              # cluster-ipam's etcd (a client URL), when start_etcd() made one
+        self.etcd_cluster = None
         for d in (self.bin, self.cwd):
             os.mkdir(d, 0o700)
         with open(self.not_netns, "w"):
             pass
         os.mkfifo(self.fifo, 0o600)
+        self.dhcp = os.path.join(self.root, "dhcp")   # the dhcp IPAM's records without underlayd
+        os.mkdir(self.dhcp, 0o700)
         self.netns_name = nsutil.unique("ulz") if netns_too or pod else None
         self.pod_name = nsutil.unique("ulq") if pod else None
+        self.pod_eth0 = pod_eth0      # the pod has eth0 (a veth from the "host"), as a main plugin left it
+        self.pod_baseline = ["lo"]
         self.home_fd = self.ns_fd = None
         self.old_cwd = None
 
@@ -198,6 +211,7 @@ class Sandbox:
         self.old_cwd = os.getcwd()
         os.chdir(self.cwd)   # a relative path in a config must not land in the checkout
         self.outside = self.outside_state()
+        self.old_dhcp_dir, dhcp.DEFAULT_DIR = dhcp.DEFAULT_DIR, self.dhcp
         if self.netns_name:
             nsutil.add_netns(self.netns_name)
             self.ns_fd = os.open(nsutil.netns_path(self.netns_name), os.O_RDONLY | os.O_CLOEXEC)
@@ -206,17 +220,48 @@ class Sandbox:
                 nsutil.add_parent(self.netns_name, "m1", "p1")
                 nsutil.add_netns(self.pod_name)
                 self.pod = nsutil.netns_path(self.pod_name)
+                if self.pod_eth0:
+                    self.add_pod_eth0()
             self.home_fd = os.open(netns.SELF, os.O_RDONLY | os.O_CLOEXEC)
             netns.setns(self.ns_fd)
         return self
 
+    def start_etcd(self, make):
+        """An etcd member inside the sandbox's netns (started from it), where the plugins reach it;
+        `make` is tests/etcd.py's etcd_cluster factory. Stopped with the sandbox."""
+        self.etcd_cluster = make()
+        self.etcd = self.etcd_cluster.endpoints[0]
+        return self
+
+    def add_pod_eth0(self):
+        """eth0 in the pod, 10.1.0.5/24 and fd00::5/64, default route through it (what macvlan would
+        leave for a chained plugin), its peer in the "host" netns; the "host" forwards (a netns of
+        its own: cluster-access's primary mode requires it)."""
+        peer = nsutil.unique("fzc")
+        nsutil.sh("ip", "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", self.pod_name,
+                  ns=self.netns_name)
+        # no link-local addresses: their routes would come a moment after the link is up
+        nsutil.sh("ip", "link", "set", peer, "addrgenmode", "none", "up", ns=self.netns_name)
+        for argv in (("ip", "link", "set", "eth0", "addrgenmode", "none"),
+                     ("ip", "addr", "add", "10.1.0.5/24", "dev", "eth0"),
+                     ("ip", "addr", "add", "fd00::5/64", "dev", "eth0", "nodad"),
+                     ("ip", "link", "set", "eth0", "up"),
+                     ("ip", "route", "add", "default", "via", "10.1.0.1", "dev", "eth0")):
+            nsutil.sh(*argv, ns=self.pod_name)
+        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+            nsutil.sh("sysctl", "-qw", key, ns=self.netns_name)
+        self.pod_baseline = ["eth0", "lo"]
+
     def __exit__(self, *exc):
+        if self.etcd_cluster is not None:
+            self.etcd_cluster.close()
         try:
             if self.home_fd is not None:
                 netns.setns(self.home_fd)
                 os.close(self.home_fd)
                 os.close(self.ns_fd)
         finally:
+            dhcp.DEFAULT_DIR = self.old_dhcp_dir
             os.chdir(self.old_cwd)
             for name in (self.pod_name, self.netns_name):
                 if name:
@@ -236,11 +281,53 @@ class Sandbox:
                     if stat.S_ISREG(st.st_mode):
                         with open(path, "rb") as f:
                             found[(os.path.relpath(dirpath, self.root), name)] = f.read()
+        found.update(self.etcd_leases())
+        return found
+
+    def etcd_leases(self):
+        """{("etcd", key): owner} of every lease and attachment record in etcd, under any prefix (the
+        owner as the first line, as a lease file's). Sticky holds and conflict records are not leases."""
+        if self.etcd is None:
+            return {}
+        from ipam import etcd
+        found = {}
+        with etcd.Client([self.etcd]) as client:
+            for kv in client.range(""):
+                key = kv.key.decode(errors="replace")
+                if "/attachments/" in key:
+                    owner = key.split("/")[-2].rpartition("@")[0]   # .../<cid>@<ifname>/<ip>
+                elif "/ips/" in key:
+                    lease = json.loads(kv.value)
+                    if "containerID" not in lease:
+                        continue
+                    owner = lease["containerID"]
+                else:
+                    continue
+                found[("etcd", key)] = f"{owner}\r\n".encode() + kv.value
         return found
 
     def links(self):
         with netlink.Netlink() as nl:
             return sorted(link.name for link in nl.links())
+
+    def routing(self):
+        """Routes and rules of the "host" netns and of the pod (with pod_eth0): a chained plugin's
+        work, which a failed verb, or an ADD and its DEL, must leave as they were."""
+        if not self.pod_eth0:
+            return None
+
+        def table(nl):   # link-local routes come when the kernel gets round to them: not ours
+            return sorted(repr(r) for r in nl.routes() if not r["dst"].startswith("fe80:")) + \
+                sorted(map(repr, nl.rules()))
+        pod_fd = os.open(self.pod, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with netns.entered(pod_fd):
+                with netlink.Netlink() as nl:
+                    pod = table(nl)
+        finally:
+            os.close(pod_fd)
+        with netlink.Netlink() as nl:
+            return pod, table(nl)
 
     def pod_links(self):
         return sorted(nsutil.links(self.pod_name)) if self.pod_name else []
@@ -285,6 +372,7 @@ def exercise(sandbox, plugin, env, stdin, links_may_change=False):
     command = env.get("CNI_COMMAND")
     before = sandbox.leases()
     links_before = None if links_may_change else sandbox.links()
+    routing_before = sandbox.routing()
     outcome = invoke(plugin, env, stdin)
     what = f"{plugin} {command} env={env!r} stdin={stdin[:1000]!r} ({len(stdin)} bytes)"
     check_answer(outcome, command)
@@ -314,6 +402,10 @@ def exercise(sandbox, plugin, env, stdin, links_may_change=False):
     if links_before is not None:
         assert sandbox.links() == links_before, f"{what}: links changed"
     if sandbox.pod_name:
-        assert sandbox.pod_links() == ["lo"], f"{what}: left {sandbox.pod_links()} in the pod netns"
+        assert sandbox.pod_links() == sandbox.pod_baseline, f"{what}: left {sandbox.pod_links()} in the pod netns"
+    routing_after = sandbox.routing()
+    assert routing_after == routing_before, f"{what}: routes or rules changed: " \
+        f"{[r for r in routing_after[0] + routing_after[1] if r not in routing_before[0] + routing_before[1]]} " \
+        f"{[r for r in routing_before[0] + routing_before[1] if r not in routing_after[0] + routing_after[1]]}"
     sandbox.check_outside(what, stdin)
     return outcome

@@ -179,6 +179,189 @@ def prev_result(draw):
     return result
 
 
+DHCP_OPTIONS = ["host-name", "routers", "classless-static-routes", "subnet-mask", "dhcp-client-identifier",
+                "domain-name-servers", 12, 61, 1, 254, 0, 255, -1, 2**64, "12", "HOST-NAME", "nonexistent", ""]
+
+
+@st.composite
+def dhcp_ipam(draw):
+    """The reference dhcp IPAM's section and ours (families, prefixLength6)."""
+    ipam = {"type": "dhcp"}
+    for key, values in (("timeout", [0.5, 10, "10s", "1m30s", "500ms", "0s", "1h", "10", "-1s", "s", 301, 0]),
+                        ("broadcast", [True, False]),
+                        ("families", [["ipv4"], ["ipv6"], ["ipv4", "ipv6"], [], ["ipv5"], ["ipv4", "ipv4"]]),
+                        ("prefixLength6", [64, 128, 0, 129, -1, 56]),
+                        ("daemonSocketPath", ["/run/cni/dhcp.sock", "", "../x"])):
+        if chance(draw, 1 / 4):
+            ipam[key] = draw(mostly(st.sampled_from(values), scalars, p=0.3))
+    if chance(draw, 1 / 4):
+        ipam["request"] = [{"option": draw(st.sampled_from(DHCP_OPTIONS)),
+                            **({"skipDefault": draw(scalars)} if chance(draw, 1 / 4) else {})}
+                           for _ in range(draw(st.integers(0, 3)))]
+    if chance(draw, 1 / 4):
+        provide = []
+        for _ in range(draw(st.integers(0, 3))):
+            entry = {"option": draw(st.sampled_from(DHCP_OPTIONS))}
+            for key, values in (("value", ["pod-1", "a" * 254, "-x", "", "é", "a.b-c"]),
+                                ("fromArg", ["K8S_POD_NAME", "K8S_POD_NAMESPACE", "Unknown", ""])):
+                if draw(st.booleans()):
+                    entry[key] = draw(mostly(st.sampled_from(values), scalars, p=0.3))
+            provide.append(entry)
+        ipam["provide"] = provide
+    return ipam
+
+
+UNREACHABLE_ETCD = "http://127.0.0.1:1"   # nothing listens on port 1: refused at once
+
+
+@st.composite
+def etcd_section(draw, sandbox):
+    endpoints = [sandbox.etcd] if sandbox.etcd else [UNREACHABLE_ETCD]
+    conf = {"endpoints": draw(mostly(st.just(endpoints), st.one_of(
+        st.sampled_from([[], [UNREACHABLE_ETCD], ["127.0.0.1:1"], ["https://127.0.0.1:1"], ["ftp://x"],
+                         ["http://"], ["http://[::1"], ["http://127.0.0.1:99999"], endpoints * 2,
+                         ["http://" + "a" * 64], ["http://a..b:2379"], ["http://" + "a." * 127 + "a"]]),
+        st.lists(texts, max_size=2)), p=0.2))}
+    for key, values in (("prefix", ["/underlay/ipam", "/fz", "/", "fz", "", "/a/../b"]),
+                        ("dialTimeout", [0.5, 2, 0, -1, 10**9]),
+                        ("requestTimeout", [1, 5, 0, 1e308]),
+                        ("certFile", ["/nonexistent", "", sandbox.root]),
+                        ("keyFile", ["/nonexistent", ""]),
+                        ("trustedCAFile", ["/nonexistent", "/dev/null"])):
+        if chance(draw, 1 / 8):
+            conf[key] = draw(mostly(st.sampled_from(values), scalars, p=0.3))
+    return conf
+
+
+@st.composite
+def cluster_ipam(draw, sandbox):
+    """host-local's section, plus etcd, node, blockSize, sticky...; sometimes whereabouts' keys instead."""
+    ipam = draw(host_local_ipam(sandbox))
+    ipam["type"] = "cluster-ipam"
+    ipam["etcd"] = draw(etcd_section(sandbox))
+    for key, values in (("node", ["fz-node", "n" * 253, "n" * 254, "a/b", "a b", ""]),
+                        ("blockSize", [24, 26, 28, 30, 8, 31, 7, {"ipv4": 28, "ipv6": 120}, {"ipv6": 200}, {}]),
+                        ("sticky", [True, False]),
+                        ("stickySeconds", [1, 300, 0, -1, 366 * 86400 + 1, 0.5]),
+                        ("reuseCooldown", [0, 1, "30s", -1, 1e308]),
+                        ("conflictCooldown", [0, 60, "1m", -5]),
+                        ("network_name", ["blue", "", "a/b", "x" * 254, "\n"]),
+                        ("dns", [{"nameservers": ["10.1.0.53"]}, {"nameservers": "10.1.0.53"}, {"x": 1}])):
+        if chance(draw, 1 / 8):
+            ipam[key] = draw(mostly(st.sampled_from(values), scalars, p=0.3))
+    if chance(draw, 1 / 5):   # a whereabouts config, taken as it is
+        for key in ("ranges", "subnet", "rangeStart", "rangeEnd", "gateway", "exclude"):
+            ipam.pop(key, None)
+        subnet = draw(st.sampled_from(SUBNETS_V4 + SUBNETS_V6))
+        ipam["range"] = draw(st.one_of(st.just(subnet), st.builds(
+            lambda a, b, p: f"{a}-{b}/{p}", ip_near(subnet), ip_near(subnet), st.integers(0, 130)),
+            st.sampled_from(["10.1.0.1/16", "10.1.0.0", "/24", "-/24", "10.1.0.1-/24"])))
+        for key in ("range_start", "range_end", "gateway"):
+            if chance(draw, 1 / 4):
+                ipam[key] = draw(ip_near(subnet))
+        if chance(draw, 1 / 4):
+            ipam["exclude"] = draw(st.lists(exclusion(subnet), max_size=3))
+        if chance(draw, 1 / 4):
+            ipam["ipRanges"] = [{"range": draw(st.sampled_from(SUBNETS_V4 + SUBNETS_V6 + ["junk"])),
+                                 **({"exclude": draw(st.lists(exclusion(SUBNETS_V6[0]), max_size=2))}
+                                    if chance(draw, 1 / 3) else {})} for _ in range(draw(st.integers(0, 2)))]
+    if chance(draw, 1 / 10):   # whereabouts' etcd keys
+        ipam.pop("etcd")
+        ipam["etcd_host"] = draw(mostly(st.sampled_from([UNREACHABLE_ETCD, "127.0.0.1:1", "::1", "a,b", "", "a..b",
+                                                         "x" * 64 + ":1"]),
+                                        scalars, p=0.3))
+        for key in ("etcd_cert_file", "etcd_username", "etcd_password", "kubernetes", "leader_lease_duration"):
+            if chance(draw, 1 / 6):
+                ipam[key] = draw(scalars)
+    return ipam
+
+
+def any_ipam(draw, sandbox):
+    """The ipam section of a main plugin: host-local (most often), our other IPAMs, empty, none, junk."""
+    kind = draw(st.sampled_from(["host-local"] * 3 + ["cluster-ipam", "dhcp", "empty", "none", "other"]))
+    if kind == "host-local":
+        return draw(host_local_ipam(sandbox))
+    if kind == "cluster-ipam":
+        return draw(cluster_ipam(sandbox))
+    if kind == "dhcp":
+        return draw(dhcp_ipam())
+    if kind == "empty":
+        return {}
+    if kind == "other":
+        return {"type": draw(st.one_of(st.sampled_from(["static", "../host-local", "."]), texts))}
+    return None
+
+
+@st.composite
+def hostile_prev_result(draw):
+    """A prevResult of a wrong shape: junk, wrong types inside, references out of range."""
+    base = draw(prev_result())
+    kind = draw(st.sampled_from(["junk", "interfaces", "ips", "index", "address", "version", "routes"]))
+    if kind == "junk":
+        return draw(junk)
+    if kind == "interfaces":
+        base["interfaces"] = draw(st.one_of(junk, st.lists(junk, max_size=2)))
+    elif kind == "ips":
+        base["ips"] = draw(st.one_of(junk, st.lists(junk, min_size=1, max_size=2)))
+    elif kind == "index":
+        for ip in base.get("ips", []):
+            ip["interface"] = draw(st.one_of(st.sampled_from([-1, 1, 5, True, 2**64, "0", None, 0.0]), scalars))
+    elif kind == "address":
+        base["ips"] = [{"address": draw(st.one_of(any_ip(), st.sampled_from(["10.1.0.5", "10.1.0.5/33", "/24"]))),
+                        "interface": 0, "gateway": draw(any_ip())}]
+    elif kind == "version":
+        base["cniVersion"] = draw(st.one_of(st.sampled_from(["0.1.0", "1.1.0", "9.9.9", ""]), scalars))
+    else:
+        base["routes"] = draw(st.one_of(junk, st.lists(st.fixed_dictionaries({"dst": any_ip()}), max_size=2)))
+    return base
+
+
+@st.composite
+def chained_prev_result(draw, sandbox, version):
+    """What macvlan answered for the pod's eth0 (Sandbox pod_eth0: 10.1.0.5/24, fd00::5/64), in the
+    config's version as a runtime passes it (mostly)."""
+    if version not in SUPPORTED_VERSIONS or chance(draw, 1 / 8):
+        version = draw(st.sampled_from(SUPPORTED_VERSIONS))
+    ips = draw(st.lists(st.sampled_from([("10.1.0.5/24", "10.1.0.1"), ("fd00::5/64", "fd00::1"),
+                                         ("10.1.0.5/24", None)]), min_size=1, max_size=2, unique=True))
+    if version < "0.3.0":
+        result = {"cniVersion": version}
+        for address, gw in ips:
+            result["ip6" if ":" in address else "ip4"] = {"ip": address, **({"gateway": gw} if gw else {})}
+        return result
+    result = {"cniVersion": version,
+              "interfaces": [{"name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": sandbox.pod}],
+              "ips": [{"address": a, "interface": 0, **({"gateway": gw} if gw else {})} for a, gw in ips]}
+    if version < "1.0.0":
+        for ip in result["ips"]:
+            ip["version"] = "6" if ":" in ip["address"] else "4"
+    return result
+
+
+@st.composite
+def cluster_access_config(draw, config, sandbox):
+    """cluster-access's own keys: it follows macvlan or ipvlan in a conflist, prevResult in hand."""
+    def cidrs(valid):
+        return mostly(st.lists(st.sampled_from(valid), min_size=1, max_size=2),
+                      st.lists(st.one_of(st.sampled_from(["10.96.0.1/12", "10.96.0.0/33", "junk", "", "::/129"]),
+                                         texts), min_size=1, max_size=2), p=0.1)
+    for key, values, p in (("mode", st.sampled_from(["auto", "primary", "secondary"]), 1 / 2),
+                           ("serviceCIDRs", cidrs(["10.96.0.0/12", "fd96::/108"]), 3 / 4),
+                           ("clusterCIDRs", cidrs(["10.244.0.0/16", "0.0.0.0/0", "fd44::/64"]), 1 / 4),
+                           ("routes", cidrs(["192.168.7.0/24", "fd07::/64", "10.1.0.0/24"]), 1 / 4),
+                           ("nodeAddresses", st.lists(mostly(st.sampled_from(["10.1.0.9", "fd00::9", "192.0.2.1"]),
+                                                             any_ip(), p=0.1), max_size=2), 1 / 4),
+                           ("vethName", mostly(st.sampled_from(["veth0", "v" * 15, "eth1"]), st.sampled_from(
+                               ["v" * 16, "lo", "eth0", "a/b", "..", "a:b", ""]), p=0.3), 1 / 4),
+                           ("defaultRoute", st.booleans(), 1 / 4),
+                           ("capabilities", st.sampled_from([{"mac": True}, {"ips": True}, {}]), 1 / 8)):
+        if chance(draw, p):
+            config[key] = draw(mostly(values, scalars, p=0.05))
+    if not chance(draw, 1 / 7):
+        config["prevResult"] = draw(mostly(chained_prev_result(sandbox, config.get("cniVersion")), st.one_of(
+            prev_result(), hostile_prev_result()), p=0.3))
+
+
 @st.composite
 def plugin_config(draw, plugin, sandbox):
     config = {"cniVersion": draw(VERSIONS), "name": draw(NAMES), "type": plugin}
@@ -187,16 +370,17 @@ def plugin_config(draw, plugin, sandbox):
         config["cniVersions"] = draw(st.lists(VERSIONS, max_size=3))
     if plugin == "host-local":
         config["ipam"] = draw(host_local_ipam(sandbox))
+    elif plugin == "cluster-ipam":
+        config["ipam"] = draw(cluster_ipam(sandbox))
+    elif plugin == "dhcp":
+        config["ipam"] = draw(dhcp_ipam())
+    elif plugin == "cluster-access":
+        draw(cluster_access_config(config, sandbox))
     else:
         config["stateDir"] = sandbox.state
-        ipam_kind = draw(st.sampled_from(["host-local", "host-local", "host-local", "empty", "none", "other"]))
-        if ipam_kind == "host-local":
-            config["ipam"] = draw(host_local_ipam(sandbox))
-        elif ipam_kind == "empty":
-            config["ipam"] = {}
-        elif ipam_kind == "other":
-            config["ipam"] = {"type": draw(st.one_of(st.sampled_from(["static", "dhcp", "../host-local", "."]),
-                                                     texts))}
+        ipam = any_ipam(draw, sandbox)
+        if ipam is not None:
+            config["ipam"] = ipam
         config["master"] = draw(mostly(st.sampled_from(sandbox.masters), st.one_of(st.sampled_from(
             ["eth0", "m1.50", "eth0.5000", "x" * 15, "../../../victim", "a/b", "..", "x" * 16]), texts), p=0.3))
         for key, values in (("mode", ["bridge", "private", "vepa", "passthru", "l2", "l3", "l3s", "BRIDGE"]),
@@ -215,8 +399,8 @@ def plugin_config(draw, plugin, sandbox):
                                       ["10.1.0.0/24", "fd00::/64", "junk"]), max_size=2))}
         if chance(draw, 1 / 6):
             config["dns"] = {"nameservers": ["10.1.0.53"], "search": ["example"]}
-    if chance(draw, 1 / 5):
-        config["prevResult"] = draw(prev_result())
+    if plugin != "cluster-access" and chance(draw, 1 / 5):
+        config["prevResult"] = draw(mostly(prev_result(), hostile_prev_result(), p=0.2))
     if chance(draw, 1 / 6):
         config["runtimeConfig"] = {"ips": draw(st.lists(any_ip(), max_size=2))}
         if draw(st.booleans()):

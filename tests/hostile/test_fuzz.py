@@ -1,11 +1,11 @@
-"""Property-based fuzzing of the three plugins' inputs: stdin, CNI_* variables, CNI_ARGS, prevResult.
+"""Property-based fuzzing of the six plugins' inputs: stdin, CNI_* variables, CNI_ARGS, prevResult.
 
 Each case runs in this process through dispatch.run (as an exec would, minus
 the interpreter start), on a tmpfs sandbox and in a network namespace of the
 test's own; tests/hostile/harness.py says what every answer must be. A
-sample also runs as real processes. The default run takes ~3 500 cases
-(~1 minute on 2 cores); the `fuzz` target
-(`python3 -m pytest tests/hostile -m fuzz -n 2`) runs 14 300 and prints the counts.
+sample also runs as real processes. cluster-ipam's etcd is a member started inside
+the sandbox's netns. The default run takes ~4 500 cases (~75 s on 2 cores); the `fuzz`
+target (`python3 -m pytest tests/hostile -m fuzz -n 2`) runs 21 300 and prints the counts.
 
 A failing case is written to tests/hostile/regressions/ (replayed by
 test_regressions.py) before the failure is reported.
@@ -30,9 +30,14 @@ REGRESSIONS = pathlib.Path(__file__).parent / "regressions"
 DATABASE = DirectoryBasedExampleDatabase(str(ROOT / ".hypothesis" / "examples"))
 
 # (default run, fuzz target) cases per test
-IN_PROCESS = {"host-local": (1500, 6000), "macvlan": (800, 3000), "ipvlan": (800, 3000)}
-REAL_NAMESPACES = {"macvlan": (300, 1500), "ipvlan": (100, 500)}
+IN_PROCESS = {"host-local": (1500, 6000), "macvlan": (800, 3000), "ipvlan": (800, 3000),
+              "cluster-ipam": (400, 3000), "dhcp": (300, 2000)}
+REAL_NAMESPACES = {"macvlan": (300, 1500), "ipvlan": (100, 500), "cluster-access": (300, 2000)}
 EXECUTED = (40, 300)
+EXECUTED_PLUGINS = ["host-local", "macvlan", "ipvlan", "cluster-access", "dhcp", "cluster-ipam"]
+# cluster-ipam's leases are in etcd: a member in the sandbox's netns (also for the main plugins'
+# cluster-ipam ipam with a real pod netns, so their ADDs succeed and roll back against it)
+WITH_ETCD = {("cluster-ipam", False), ("macvlan", True), ("ipvlan", True)}
 
 
 def fuzz_settings(examples):
@@ -48,6 +53,8 @@ def save_regression(plugin, env, stdin, sandbox, error):
              "env": {k: unroot(v) for k, v in env.items()}}
     if sandbox.pod_name:
         entry["pod"] = True
+    if sandbox.pod_eth0:
+        entry["pod_eth0"] = True
     raw = stdin.replace(sandbox.pod.encode(), b"@POD@").replace(sandbox.root.encode(), b"@ROOT@")
     try:
         entry["stdin"] = raw.decode("utf-8")
@@ -70,10 +77,13 @@ def seed_bystander(sandbox):
     assert invoke("host-local", env, json.dumps(conf).encode()).ok
 
 
-def fuzz_in_process(plugin, examples, count_cases, pod=False):
+def fuzz_in_process(plugin, examples, count_cases, etcd_cluster, pod=False):
     runs = 0
     last_failure = []
-    with Sandbox(pod=pod) as sandbox:
+    # cluster-access follows a main plugin: the pod has its eth0, addressed, holding the default route
+    with Sandbox(pod=pod, pod_eth0=plugin == "cluster-access") as sandbox:
+        if (plugin, pod) in WITH_ETCD:
+            sandbox.start_etcd(etcd_cluster)
         seed_bystander(sandbox)
 
         @fuzz_settings(examples)
@@ -100,27 +110,29 @@ def fuzz_in_process(plugin, examples, count_cases, pod=False):
 
 
 @pytest.mark.parametrize("plugin", sorted(IN_PROCESS))
-def test_fuzz_sample(plugin, count_cases):
-    fuzz_in_process(plugin, IN_PROCESS[plugin][0], count_cases)
+def test_fuzz_sample(plugin, count_cases, etcd_cluster):
+    fuzz_in_process(plugin, IN_PROCESS[plugin][0], count_cases, etcd_cluster)
 
 
 @pytest.mark.fuzz
 @pytest.mark.parametrize("plugin", sorted(IN_PROCESS))
-def test_fuzz(plugin, count_cases):
-    fuzz_in_process(plugin, IN_PROCESS[plugin][1], count_cases)
+def test_fuzz(plugin, count_cases, etcd_cluster):
+    fuzz_in_process(plugin, IN_PROCESS[plugin][1], count_cases, etcd_cluster)
 
 
 @pytest.mark.parametrize("plugin", sorted(REAL_NAMESPACES))
-def test_fuzz_real_namespaces_sample(plugin, count_cases):
+def test_fuzz_real_namespaces_sample(plugin, count_cases, etcd_cluster):
     """CNI_NETNS is a real pod namespace and the master a real veth: ADDs succeed (macvlan; this
-    kernel has no ipvlan, so ipvlan's undo runs), and each must leave only lo in the pod after DEL."""
-    fuzz_in_process(plugin, REAL_NAMESPACES[plugin][0], count_cases, pod=True)
+    kernel has no ipvlan, so ipvlan's undo runs), and each must leave only lo in the pod after DEL.
+    cluster-access's pod has an eth0 as macvlan leaves it: its ADDs succeed, and the pod's and the
+    node's links, routes and rules must be as before after DEL."""
+    fuzz_in_process(plugin, REAL_NAMESPACES[plugin][0], count_cases, etcd_cluster, pod=True)
 
 
 @pytest.mark.fuzz
 @pytest.mark.parametrize("plugin", sorted(REAL_NAMESPACES))
-def test_fuzz_real_namespaces(plugin, count_cases):
-    fuzz_in_process(plugin, REAL_NAMESPACES[plugin][1], count_cases, pod=True)
+def test_fuzz_real_namespaces(plugin, count_cases, etcd_cluster):
+    fuzz_in_process(plugin, REAL_NAMESPACES[plugin][1], count_cases, etcd_cluster, pod=True)
 
 
 def fuzz_executed(examples, count_cases):
@@ -131,7 +143,7 @@ def fuzz_executed(examples, count_cases):
         @given(st.data())
         def one(data):
             nonlocal runs
-            plugin = data.draw(st.sampled_from(["host-local", "macvlan", "ipvlan"]), label="plugin")
+            plugin = data.draw(st.sampled_from(EXECUTED_PLUGINS), label="plugin")
             env, stdin = data.draw(strategies.case(plugin, sandbox, allow_nul=False), label="case")
             command = env.pop("CNI_COMMAND", "")
             kw = {"container_id": env.get("CNI_CONTAINERID", ""), "netns": env.get("CNI_NETNS", ""),

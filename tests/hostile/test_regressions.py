@@ -1,8 +1,9 @@
 """Every input that once crashed, hung or escaped a plugin, replayed with the fuzz checks.
 
 Each tests/hostile/regressions/*.json holds {"plugin", "why", "env", "stdin" or
-"stdin_b64", "files"?, "pod"?}; "@ROOT@" stands for the sandbox, "@POD@" for a
-real pod netns (with a veth master "m1" in the plugins' netns) when "pod" is true. `files` are created
+"stdin_b64", "files"?, "pod"?, "pod_eth0"?}; "@ROOT@" stands for the sandbox, "@POD@" for a
+real pod netns (with a veth master "m1" in the plugins' netns) when "pod" is true, which has an
+eth0 as a main plugin leaves it when "pod_eth0" is true (Sandbox). `files` are created
 before the run and must be there, unchanged, afterwards (victims of traversal).
 test_fuzz.py writes a new one whenever a fuzz case fails.
 """
@@ -26,7 +27,7 @@ def test_there_are_regressions():
 @pytest.mark.parametrize("path", REGRESSIONS, ids=[p.stem for p in REGRESSIONS])
 def test_regression(path, count_cases):
     entry = json.loads(path.read_text())
-    with Sandbox(pod=entry.get("pod", False)) as sandbox:
+    with Sandbox(pod=entry.get("pod", False), pod_eth0=entry.get("pod_eth0", False)) as sandbox:
         def rooted(text):
             return text.replace("@POD@", sandbox.pod).replace("@ROOT@", sandbox.root)
         env = {k: rooted(v) for k, v in entry["env"].items()}

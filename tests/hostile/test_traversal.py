@@ -55,9 +55,9 @@ def check_tree(sb, victims):
     for path, content in victims.items():
         with open(path) as f:
             assert f.read() == content, f"{path} was written"
-    allowed_top = {"data", "state", "bin", "cwd", "fifo", "not-a-netns", "victim", "victim.json"}
+    allowed_top = {"data", "state", "bin", "cwd", "dhcp", "fifo", "not-a-netns", "victim", "victim.json"}
     assert set(os.listdir(sb.root)) <= allowed_top, os.listdir(sb.root)
-    assert os.listdir(sb.cwd) == []
+    assert os.listdir(sb.cwd) == [] and os.listdir(sb.dhcp) == []
     for name in os.listdir(sb.data):   # network directories: only names the contract allows
         assert name in ("victim", "victim.json") or contract.VALID_ID.match(name) and len(name) <= 255, name
 

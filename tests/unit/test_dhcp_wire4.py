@@ -40,7 +40,7 @@ def test_option_names_and_numbers():
     assert wire4.option_code("Subnet-Mask") == 1
     assert wire4.option_code("121") == 121
     assert wire4.option_code(42) == 42
-    for bad in ("no-such-option", "0", "255", "", None, True):
+    for bad in ("no-such-option", "0", "255", "", None, True, "１２", "١٢"):   # not ASCII digits: no option
         with pytest.raises(ValueError):
             wire4.option_code(bad)
 
