@@ -14,7 +14,6 @@ test_regressions.py) before the failure is reported.
 import base64
 import hashlib
 import json
-import os
 import pathlib
 
 import pytest
