@@ -1,13 +1,39 @@
-"""Applying an IPAM result to a pod interface, and checking one against prevResult.
+"""The pod's side: its network namespace opened and a netlink socket in it, an IPAM result
+applied to a pod interface, and one checked against prevResult.
 
-Shared by macvlan and ipvlan. The caller has the pod's netlink socket and
+Shared by macvlan, ipvlan, cluster-access and dhcp. The caller has the pod's netlink socket and
 runs `configure` inside the pod netns (sysctls are per netns).
 """
 
 import ipaddress
+import os
 
 from cni.net import netlink, netns
-from cni.errors import ERR_CHECK_FAILED, ERR_LINK, CniError
+from cni.errors import ERR_CHECK_FAILED, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_PERMITTED, CniError
+
+
+def open_pod_netns(request):
+    try:
+        fd = netns.open_netns(request.netns)
+    except netns.NetnsError as e:
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {e}") from None
+    if netns.is_current(fd):
+        os.close(fd)
+        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {request.netns} is the plugin's own network namespace")
+    return fd
+
+
+def pod_socket(pod_fd):
+    try:
+        with netns.entered(pod_fd):
+            return netlink.Netlink()
+    except netns.NotPermitted as e:   # before anything is done: say what is missing, not "internal error"
+        raise not_permitted(f"entering the pod's network namespace (CNI_NETNS): {e}") from None
+
+
+def not_permitted(what):
+    return CniError(ERR_NOT_PERMITTED, f"{what}: the plugin needs CAP_SYS_ADMIN and CAP_NET_ADMIN "
+                                       "(runtimes run plugins as root)")
 
 
 def check_error(msg):

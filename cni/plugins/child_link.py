@@ -24,7 +24,7 @@ from cni import config as netconf
 from cni import contract, dispatch, registry
 from cni.net import iface, netlink, netns, parents, shim
 from cni.plugins import lan
-from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, ERR_NOT_PERMITTED, CniError
+from cni.errors import ERR_INVALID_CONFIG, ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, CniError
 
 MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -118,7 +118,7 @@ class Kind:
 
     def create_error(self, error, conf, master):
         if error.errno == errno.EPERM:
-            return not_permitted(str(error))
+            return iface.not_permitted(str(error))
         if error.errno == errno.EOPNOTSUPP:
             return CniError(ERR_LINK, f"this kernel cannot create {self.name} links ({self.name} module missing): {error}")
         if error.errno == errno.EBUSY:
@@ -138,30 +138,6 @@ class Kind:
         return None
 
     hears_on_master = False   # True: some answers to the child's probes reach the master instead (ipvlan)
-
-
-def open_pod_netns(request):
-    try:
-        fd = netns.open_netns(request.netns)
-    except netns.NetnsError as e:
-        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {e}") from None
-    if netns.is_current(fd):
-        os.close(fd)
-        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {request.netns} is the plugin's own network namespace")
-    return fd
-
-
-def pod_socket(pod_fd):
-    try:
-        with netns.entered(pod_fd):
-            return netlink.Netlink()
-    except netns.NotPermitted as e:   # before anything is done: say what is missing, not "internal error"
-        raise not_permitted(f"entering the pod's network namespace (CNI_NETNS): {e}") from None
-
-
-def not_permitted(what):
-    return CniError(ERR_NOT_PERMITTED, f"{what}: the plugin needs CAP_SYS_ADMIN and CAP_NET_ADMIN "
-                                       "(runtimes run plugins as root)")
 
 
 def temporary_prefix(ifname):
@@ -257,10 +233,10 @@ def add(kind, request):
     dispatch.load_ipam_config(request)   # a bad ipam section is refused before the link exists
     try:
         with contextlib.ExitStack() as resources, contextlib.ExitStack() as undo:
-            pod_fd = open_pod_netns(request)
+            pod_fd = iface.open_pod_netns(request)
             resources.callback(os.close, pod_fd)
             host = resources.enter_context(netlink.Netlink())
-            pod = resources.enter_context(pod_socket(pod_fd))
+            pod = resources.enter_context(iface.pod_socket(pod_fd))
             where = pod if conf.link_in_container else host
             master = find_master(kind, conf, where, request, undo)
             if conf.mtu and conf.mtu > master.mtu:
@@ -363,7 +339,7 @@ def delete(kind, request):
             pod_fd = None  # gone, or not a netns any more: nothing left to remove there
         if pod_fd is not None:
             try:
-                with pod_socket(pod_fd) as pod:
+                with iface.pod_socket(pod_fd) as pod:
                     for link in pod.links():
                         if link.kind == kind.name and (link.name == request.ifname or
                                                        is_leftover(link.name, request.ifname)):
@@ -394,9 +370,9 @@ def check(kind, request):
     if expected.get("sandbox") and expected["sandbox"] != request.netns:
         raise iface.check_error(f"interface {request.ifname}: sandbox {expected['sandbox']} "
                                 f"is not CNI_NETNS {request.netns}")
-    pod_fd = open_pod_netns(request)
+    pod_fd = iface.open_pod_netns(request)
     try:
-        with pod_socket(pod_fd) as pod, netlink.Netlink() as host:
+        with iface.pod_socket(pod_fd) as pod, netlink.Netlink() as host:
             link = pod.find_link(request.ifname)
             if link is None:
                 raise iface.check_error(f"interface {request.ifname} is missing from {request.netns}")

@@ -41,7 +41,7 @@ from cni import dispatch, registry
 from cni.config import parse_cidr
 from cni.errors import ERR_INVALID_ENV, ERR_LINK, ERR_NOT_AVAILABLE, CniError, config_error
 from cni.net import iface, netlink, netns
-from cni.plugins.child_link import delete_quietly, open_pod_netns, pod_socket, quietly
+from cni.plugins.child_link import delete_quietly, quietly
 
 SCHEMA = "cluster-access"
 MODES = ("auto", "primary", "secondary")
@@ -152,9 +152,9 @@ def add(request):
     addresses, gateways = underlay_addresses(conf.prev, request.ifname)
     try:
         with contextlib.ExitStack() as resources, contextlib.ExitStack() as undo:
-            pod_fd = open_pod_netns(request)
+            pod_fd = iface.open_pod_netns(request)
             resources.callback(os.close, pod_fd)
-            pod = resources.enter_context(pod_socket(pod_fd))
+            pod = resources.enter_context(iface.pod_socket(pod_fd))
             link = pod.find_link(request.ifname)
             if link is None:
                 raise CniError(ERR_INVALID_ENV, f"CNI_IFNAME: {request.ifname} is not in {request.netns}; "
@@ -302,7 +302,7 @@ def delete(request):
     except netns.NetnsError:
         return   # gone: its rules and routes went with it
     try:
-        with pod_socket(pod_fd) as pod:
+        with iface.pod_socket(pod_fd) as pod:
             link = pod.find_link(request.ifname)
             secondary = remove_policy(pod, table_of(request.ifname), link.index if link else None)
             # `routes` are secondary mode's, added after its rules: without the rules they are not ours
@@ -346,9 +346,9 @@ def check(request):
     if conf.prev is None:
         raise config_error("prevResult", "required for CHECK")
     addresses, gateways = underlay_addresses(conf.prev, request.ifname)
-    pod_fd = open_pod_netns(request)
+    pod_fd = iface.open_pod_netns(request)
     try:
-        with pod_socket(pod_fd) as pod, netlink.Netlink() as host:
+        with iface.pod_socket(pod_fd) as pod, netlink.Netlink() as host:
             link = pod.find_link(request.ifname)
             if link is None:
                 raise iface.check_error(f"interface {request.ifname} is missing from {request.netns}")

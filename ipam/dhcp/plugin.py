@@ -177,18 +177,6 @@ def identity(request, conf, mac):
                            hostname=conf.hostname)
 
 
-def open_pod(path):
-    try:
-        return netns.open_netns(path)
-    except netns.NetnsError as e:
-        raise CniError(ERR_INVALID_ENV, f"CNI_NETNS: {e}") from None
-
-
-def pod_netlink(pod_fd):
-    with netns.entered(pod_fd):
-        return netlink.Netlink()
-
-
 def pod_link(nl, request):
     link = nl.find_link(request.ifname)
     if link is None:
@@ -207,9 +195,9 @@ def cmd_add(request):
     from ipam.dhcp import records
     conf = request.ipam_config or load_config(request)
     dir_fd, report = served()
-    pod_fd = open_pod(request.netns)
+    pod_fd = iface.open_pod_netns(request)
     try:
-        with pod_netlink(pod_fd) as nl:
+        with iface.pod_socket(pod_fd) as nl:
             link = pod_link(nl, request)
             brought_up = not link.up
             leases, written = [], []
@@ -380,9 +368,9 @@ def cmd_check(request):
         if lease.expires_at() <= now:
             raise CniError(ERR_CHECK_FAILED, f"the {family_name(family)} DHCP lease of {who} ({lease.address}) "
                                              "has expired")
-    pod_fd = open_pod(request.netns)
+    pod_fd = iface.open_pod_netns(request)
     try:
-        with pod_netlink(pod_fd) as nl:
+        with iface.pod_socket(pod_fd) as nl:
             link = pod_link(nl, request)
             present = {ipaddress.ip_address(a) for a, _, _ in nl.addresses(link.index)}
     finally:
