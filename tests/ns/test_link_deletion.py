@@ -14,17 +14,9 @@ from tests import netns as ns
 from tests import plugins
 from tests.bundle import built_bin_dir
 from tests.ns.test_macvlan import leases
+from tests.ns.test_netlink_codec import socket_in
 from tests.plugins import run_on_node
-from cni.net import netlink, netns
-
-
-def socket_in(name):
-    fd = netns.open_netns(ns.netns_path(name))
-    try:
-        with netns.entered(fd):
-            return netlink.Netlink()
-    finally:
-        os.close(fd)
+from cni.net import netlink
 
 
 def add_child(host_ns, master, pod):
