@@ -188,8 +188,8 @@ def prepare(listener):
             read_sample(kind)
         except Exception:   # a warm-up only (tests/unit/test_agent.py reads the samples): never a spare lost
             pass
-    if select.select([listener], [], [], 0)[0]:
-        return
+        if select.select([listener], [], [], 0)[0]:
+            return   # a caller: served now, not after the rest of the warm-up
     try:
         rehearse()
     except Exception:   # a warm-up too

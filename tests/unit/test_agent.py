@@ -256,6 +256,22 @@ def test_spares_warm_up_for_the_kinds_the_agent_served_last(monkeypatch):
     assert worker.kinds_to_warm() == [("host-local", "host-local")]
 
 
+def test_a_caller_coming_during_the_warm_up_stops_it_at_the_next_kind(monkeypatch):
+    """A spare warming up for several kinds looks for a caller after each: one that comes during the
+    first kind's sample is served then, not after the others and the rehearsal."""
+    import socket
+    listener, caller = socket.socketpair()
+    with listener, caller:
+        monkeypatch.setattr(worker, "WARM_UP_AFTER", 0)
+        monkeypatch.setattr(worker, "recent", [("cluster-ipam", "cluster-ipam"), ("macvlan", "host-local")])
+        read, rehearsed = [], []
+        monkeypatch.setattr(worker, "read_sample", lambda kind: read.append(kind) or caller.send(b"R"))
+        monkeypatch.setattr(worker, "rehearse", lambda: rehearsed.append(True))
+        monkeypatch.setattr(worker.os, "environb", {})   # prepare() clears the agent's environment
+        worker.prepare(listener)
+    assert read == [("macvlan", "host-local")] and rehearsed == []
+
+
 @pytest.mark.parametrize("plugin, stdin, kind", [
     ("macvlan", b'{"ipam": {"type": "cluster-ipam"}}', ("macvlan", "cluster-ipam")),
     ("ipvlan", b'{"ipam": {"type": "underlay-host-local"}}', ("ipvlan", "host-local")),
