@@ -83,6 +83,11 @@ LINK_DATA_BY_NUMBER = {kind: {number: (name, struct.Struct("=" + fmt)) for name,
                        for kind, table in LINK_DATA.items()}
 
 
+def ack_errno(data, start):
+    """The errno of the NLMSG_ERROR message at `start` in `data`: 0 for an ACK."""
+    return -S32.unpack_from(data, start + HEADER.size)[0]
+
+
 def messages(data):
     """(offset, length, type, seq) of each message in a datagram, up to a malformed header."""
     offset = 0
@@ -300,11 +305,16 @@ class Netlink:
 
     # -- transport ------------------------------------------------------------
 
-    def _send(self, msg_type, flags, body):
-        """One request: nlmsghdr + body (the fixed header and its attributes)."""
+    def _message(self, msg_type, flags, body):
+        """(seq, bytes) of one request under the next sequence number: nlmsghdr + body (the fixed
+        header and its attributes)."""
         self.seq += 1
-        self.sock.send(HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, self.seq, 0) + body)
-        return self.seq
+        return self.seq, HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, self.seq, 0) + body
+
+    def _send(self, msg_type, flags, body):
+        seq, message = self._message(msg_type, flags, body)
+        self.sock.send(message)
+        return seq
 
     def _recv(self):
         """One datagram. 64 KiB: a 1 MiB buffer was a fresh mmap, mremap and munmap per read (larger
@@ -323,7 +333,7 @@ class Netlink:
                 if rseq != seq:
                     continue
                 if kind == NLMSG_ERROR:
-                    code = -S32.unpack_from(data, start + HEADER.size)[0]
+                    code = ack_errno(data, start)
                     if code:
                         raise NetlinkError(code, what)
                     return
@@ -351,9 +361,9 @@ class Netlink:
         """(the bytes of the queued changes, {seq: what})."""
         data, whats = b"", {}
         for msg_type, flags, body, what in queued:
-            self.seq += 1
-            data += HEADER.pack(HEADER.size + len(body), msg_type, NLM_F_REQUEST | flags, self.seq, 0) + body
-            whats[self.seq] = what
+            seq, message = self._message(msg_type, flags, body)
+            data += message
+            whats[seq] = what
         return data, whats
 
     def _send_batch(self, queued):
@@ -365,7 +375,7 @@ class Netlink:
             for start, _length, kind, rseq in messages(data):
                 if kind == NLMSG_ERROR and rseq in whats:
                     what = whats.pop(rseq)
-                    code = -S32.unpack_from(data, start + HEADER.size)[0]
+                    code = ack_errno(data, start)
                     if code:
                         failures[rseq] = NetlinkError(code, what)
         if failures:
@@ -475,10 +485,8 @@ class Netlink:
     def _until_unlisted(self, index, body, what):
         """DELLINK of `index` sent from a thread (on a descriptor of its own); wait for its echo or its
         ACK, whichever comes first, or for the thread's send to fail."""
-        self.seq += 1
-        seq = self.seq
-        sending = Sending(self.sock.dup(), HEADER.pack(HEADER.size + len(body), RTM_DELLINK,
-                                                       NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO, seq, 0) + body)
+        seq, message = self._message(RTM_DELLINK, NLM_F_ACK | NLM_F_ECHO, body)
+        sending = Sending(self.sock.dup(), message)
         try:
             while True:
                 select.select([self.sock, sending.ended], [], [])
@@ -491,7 +499,7 @@ class Netlink:
                     if kind == RTM_DELLINK and IFINFO.unpack_from(data, start + HEADER.size)[2] == index:
                         return   # the echo: unlisted
                     if kind == NLMSG_ERROR:
-                        code = -S32.unpack_from(data, start + HEADER.size)[0]
+                        code = ack_errno(data, start)
                         if code:
                             raise NetlinkError(code, what)
                         return
