@@ -60,7 +60,6 @@ def warm_up():
     import shutil
     import tempfile
     import time
-    from cni import dispatch, registry
     from cni.agent.service import log
     from cni.net import netlink, netns
     started = time.monotonic()
@@ -75,20 +74,16 @@ def warm_up():
         with netlink.Netlink() as nl:   # the master: a veth (kernel.probe's kinds; dummy is not everywhere)
             nl.create_link("warm0", "veth", data={"VETH_INFO_PEER": {"attrs": [("IFLA_IFNAME", "warm1")]}})
             nl.set_link(nl.link("warm0").index, up=True)
-        plugin = registry.EXECUTABLES["macvlan"]
-        verbs = importlib.import_module(worker.PLUGINS["macvlan"]).VERBS
         config = dict(WARM_UP_CONFIG, ipam=dict(WARM_UP_CONFIG["ipam"], dataDir=data_dir))
         env = {"CNI_CONTAINERID": "underlayd-warm-up", "CNI_NETNS": f"/proc/self/fd/{pod}", "CNI_IFNAME": "eth0",
                "CNI_PATH": "/nonexistent"}
         for _ in range(WARM_UP_ROUNDS):
             result = None
             for verb in ("ADD", "CHECK", "DEL"):
-                out, err = io.StringIO(), io.StringIO()
                 stdin = json.dumps(dict(config, prevResult=result) if result else config).encode()
-                if dispatch.run(plugin, verbs, env=dict(env, CNI_COMMAND=verb), stdin=stdin, stdout=out, stderr=err):
-                    raise RuntimeError(f"{verb}: {(out.getvalue() or err.getvalue()).strip()[:200]}")
+                out = run_sample("macvlan", dict(env, CNI_COMMAND=verb), stdin)
                 if verb == "ADD":
-                    result = json.loads(out.getvalue())
+                    result = json.loads(out)
         log(f"warmed up: {WARM_UP_ROUNDS} sample ADD, CHECK and DEL in {(time.monotonic() - started) * 1000:.0f} ms")
         started = time.monotonic()
         try:
@@ -116,14 +111,11 @@ def warm_up_cluster(data_dir, env):
     added, so its block does), against CannedEtcd in the warm-up's own network namespace, its node's
     files in the warm-up's data dir: its workers are forked with that code quickened (~120 faults and
     ~0.5 ms of CPU less an operation). No etcd is contacted."""
-    from cni import dispatch, registry
     from cni.net import netlink
     with netlink.Netlink() as nl:   # the namespace's own loopback, where CannedEtcd listens
         nl.set_link(nl.link("lo").index, up=True)
     etcd = CannedEtcd()
     try:
-        plugin = registry.EXECUTABLES["cluster-ipam"]
-        verbs = importlib.import_module(worker.PLUGINS["cluster-ipam"]).VERBS
         stdin = json.dumps(dict(WARM_UP_CONFIG, ipam={
             "type": "cluster-ipam", "node": "underlayd-warm-up", "dataDir": data_dir,
             "ranges": [[{"subnet": "192.0.2.0/24"}]],
@@ -131,13 +123,21 @@ def warm_up_cluster(data_dir, env):
         # pod 0 stays added throughout: its block stays, and the others' ADDs and DELs take the cached path
         rounds = [(n, verb) for n in range(1, WARM_UP_ROUNDS + 1) for verb in ("ADD", "DEL")]
         for n, verb in [(0, "ADD")] + rounds + [(0, "DEL")]:
-            out, err = io.StringIO(), io.StringIO()
-            pod = dict(env, CNI_COMMAND=verb, CNI_CONTAINERID=f"underlayd-warm-up-{n}",
-                       CNI_ARGS=f"K8S_POD_NAMESPACE=underlayd;K8S_POD_NAME=warm-up-{n}")
-            if dispatch.run(plugin, verbs, env=pod, stdin=stdin, stdout=out, stderr=err):
-                raise RuntimeError(f"{verb}: {(out.getvalue() or err.getvalue()).strip()[:200]}")
+            run_sample("cluster-ipam", dict(env, CNI_COMMAND=verb, CNI_CONTAINERID=f"underlayd-warm-up-{n}",
+                                            CNI_ARGS=f"K8S_POD_NAMESPACE=underlayd;K8S_POD_NAME=warm-up-{n}"), stdin)
     finally:
         etcd.close()
+
+
+def run_sample(name, env, stdin):
+    """One verb of the plugin `name` run in-process on a sample, as a worker runs a request: what it
+    printed, or a RuntimeError with its answer (the warm-up is then skipped)."""
+    from cni import dispatch, registry
+    out, err = io.StringIO(), io.StringIO()
+    verbs = importlib.import_module(worker.PLUGINS[name]).VERBS
+    if dispatch.run(registry.EXECUTABLES[name], verbs, env=env, stdin=stdin, stdout=out, stderr=err):
+        raise RuntimeError(f"{env['CNI_COMMAND']}: {(out.getvalue() or err.getvalue()).strip()[:200]}")
+    return out.getvalue()
 
 
 class CannedEtcd:
