@@ -132,6 +132,11 @@ class EtcdStore(BlockLeases):
     def k_conflict(self, network, text=""):
         return self.k("conflicts", network, text)
 
+    def subnet_and_block(self, block_key):
+        """(subnet, block) of a pools/<subnet>/blocks/<block> key, as OWN_BLOCKS names them."""
+        subnet, _, name = block_key[len(self.k("pools")) + 1:].partition("/blocks/")
+        return subnet, name
+
     # -- the operation: etcd first, then the node's lock ---------------------------
 
     def __enter__(self):
@@ -269,7 +274,7 @@ class EtcdStore(BlockLeases):
         (record, revision), block_key = self.claimed_at.pop(ip, (None, 0)), self.block_hints.get(ip)
         if not revision or block_key is None or self.files is None or (hold and self.sticky_seconds):
             return False
-        subnet, _, name = block_key[len(self.k("pools")) + 1:].partition("/blocks/")
+        subnet, name = self.subnet_and_block(block_key)
         cached = self.own_cache().get(subnet, {}).get("blocks", {}).get(name)
         try:
             net = ipaddress.ip_network(name)
@@ -499,7 +504,7 @@ class EtcdStore(BlockLeases):
         cache = {subnet: {"blockSize": entry["blockSize"], "blocks": dict(entry["blocks"])}
                  for subnet, entry in self.own_cache().items()}
         for key, (revision, value) in self.released_blocks.items():
-            subnet, _, name = key[len(self.k("pools")) + 1:].partition("/blocks/")
+            subnet, name = self.subnet_and_block(key)
             blocks = cache.get(subnet, {}).get("blocks", {})
             if name in blocks:
                 if value is None and revision:
