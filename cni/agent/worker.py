@@ -108,6 +108,7 @@ SAMPLE_IPAM = {"host-local": {"type": "host-local", "ranges": [[{"subnet": "10.0
 FIRST_KIND = ("macvlan", "host-local")   # before the agent has served anything: the most common request
 RECENT = 4               # the kinds of the last RECENT requests served are what the next spares warm up for
 WARM_UP_AFTER = 0.01     # s: a served ADD's own CPU work is ~5 ms
+BUSY_SHARE = 0.5         # of the time since a spare last looked that some task waited for a core: no warm-up
 SAMPLE_ENV = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "sample", "CNI_NETNS": "/run/netns/sample",
               "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
               "CNI_ARGS": "K8S_POD_NAMESPACE=sample;K8S_POD_NAME=sample;K8S_POD_INFRA_CONTAINER_ID=sample"}
@@ -174,27 +175,61 @@ def prepare(listener):
     agent's environment dropped (become() puts the caller's in its place), one text stream made
     and thrown away (the first one made in a fresh fork copies the pages it allocates in: ~50 us),
     a sample request's configs read (read_sample) for each kind of request the agent served last
-    (kinds_to_warm), and its receiving and context rehearsed (rehearse), unless a caller comes first."""
+    (kinds_to_warm), and its receiving and context rehearsed (rehearse), unless a caller comes first
+    or the cores are busy (Cores)."""
     os.environb.clear()
     io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
     # A spare is forked as a request starts: it lets that request's work pass before warming up
     # (it took a core from it). A caller coming meanwhile is served at once, cold, as before.
     # Not SCHED_IDLE instead: on a loaded node such a spare would wait for ever for a core, and
     # callers for it.
+    cores = Cores()
     if select.select([listener], [], [], WARM_UP_AFTER)[0]:
         return
     for kind in kinds_to_warm():
+        if cores.busy():
+            return
         try:
             read_sample(kind)
         except Exception:   # a warm-up only (tests/unit/test_agent.py reads the samples): never a spare lost
             pass
         if select.select([listener], [], [], 0)[0]:
             return   # a caller: served now, not after the rest of the warm-up
+    if cores.busy():
+        return
     try:
         rehearse()
     except Exception:   # a warm-up too
         pass
     phases.mark("warmed up")   # a traced request's line says whether its worker was warm
+
+
+class Cores:
+    """Whether the cores were busy since the last look: some task waited for a core (PSI's CPU
+    "some" stall, /proc/pressure/cpu) over more than BUSY_SHARE of the time passed. A warm-up moves
+    a request's first touches off its caller's time, not off the CPU, and costs more than it spares
+    (the sample's work is done again by the request): on busy cores it only takes time from the work
+    waiting there. 1 000 cluster-ipam ADDs over 10 agents, always warming up: ~2 ms more of the
+    agents' CPU an ADD (docs/performance.md, "eighth pass"). Without PSI: never busy (as before)."""
+
+    def __init__(self, pressure="/proc/pressure/cpu", clock=time.monotonic):
+        self.pressure, self.clock = pressure, clock
+        self.stall, self.at = self.stalled(), clock()
+
+    def stalled(self):
+        """Microseconds some task has waited for a core since boot (None: no PSI)."""
+        try:
+            with open(self.pressure, "rb") as f:
+                return int(f.readline().rsplit(b"total=", 1)[1])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def busy(self):
+        stall, at = self.stalled(), self.clock()
+        waited = None if stall is None or self.stall is None else stall - self.stall
+        busy = waited is not None and waited > BUSY_SHARE * (at - self.at) * 1e6
+        self.stall, self.at = stall, at
+        return busy
 
 
 def rehearse():

@@ -263,6 +263,7 @@ def test_a_caller_coming_during_the_warm_up_stops_it_at_the_next_kind(monkeypatc
     listener, caller = socket.socketpair()
     with listener, caller:
         monkeypatch.setattr(worker, "WARM_UP_AFTER", 0)
+        monkeypatch.setattr(worker.Cores, "busy", lambda self: False)   # whatever else runs beside the test
         monkeypatch.setattr(worker, "recent", [("cluster-ipam", "cluster-ipam"), ("macvlan", "host-local")])
         read, rehearsed = [], []
         monkeypatch.setattr(worker, "read_sample", lambda kind: read.append(kind) or caller.send(b"R"))
@@ -270,6 +271,88 @@ def test_a_caller_coming_during_the_warm_up_stops_it_at_the_next_kind(monkeypatc
         monkeypatch.setattr(worker.os, "environb", {})   # prepare() clears the agent's environment
         worker.prepare(listener)
     assert read == [("macvlan", "host-local")] and rehearsed == []
+
+
+@pytest.mark.parametrize("busy_after", [0, 1, 2])
+def test_a_spare_warms_up_only_while_the_cores_are_not_busy(busy_after, monkeypatch):
+    """The cores busy since the spare last looked (before each kind and before the rehearsal): the
+    spare stops warming up there, and waits for its caller cold (a warm-up spends more CPU than it spares)."""
+    import socket
+    listener, caller = socket.socketpair()
+    with listener, caller:
+        looks = []
+        monkeypatch.setattr(worker, "WARM_UP_AFTER", 0)
+        monkeypatch.setattr(worker.Cores, "busy", lambda self: looks.append(True) or len(looks) > busy_after)
+        monkeypatch.setattr(worker, "recent", [("cluster-ipam", "cluster-ipam"), ("macvlan", "host-local")])
+        read, rehearsed = [], []
+        monkeypatch.setattr(worker, "read_sample", lambda kind: read.append(kind))
+        monkeypatch.setattr(worker, "rehearse", lambda: rehearsed.append(True))
+        monkeypatch.setattr(worker.os, "environb", {})
+        worker.prepare(listener)
+    assert read == [("macvlan", "host-local"), ("cluster-ipam", "cluster-ipam")][:busy_after]
+    assert rehearsed == [] and len(looks) == busy_after + 1
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.parametrize("share, seconds, busy", [
+    (0, 0.010, False), (0.9, 0.010, True), (15, 0.010, True), (0.9, 0.002, True), (0.9, 1.5, True),
+    ("below", 0.010, False), ("above", 0.010, True), ("below", 0.002, False), ("above", 0.002, True)])
+def test_the_cores_are_busy_when_some_task_waited_for_one_over_busy_share_of_the_time(share, seconds, busy, tmp_path):
+    """PSI's "some" CPU stall (microseconds since boot) against the time passed since the last look."""
+    share = {"below": worker.BUSY_SHARE * 0.9, "above": worker.BUSY_SHARE * 1.1}.get(share, share)
+    pressure, clock = tmp_path / "cpu", Clock()
+    line = "some avg10=1.00 avg60=2.00 avg300=3.00 total={}\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+    pressure.write_text(line.format(25_341_364_830))
+    cores = worker.Cores(str(pressure), clock)
+    pressure.write_text(line.format(25_341_364_830 + round(share * seconds * 1e6)))
+    clock.now += seconds
+    assert cores.busy() is busy
+    clock.now += seconds   # and the next look is against this one: no stall since
+    assert cores.busy() is False
+
+
+@pytest.mark.parametrize("text", [None, "", "some avg10=0.00\n", "some total=x\n"])
+def test_without_psi_the_cores_are_never_busy(text, tmp_path):
+    """No /proc/pressure/cpu (a kernel without PSI, or booted with psi=0: reading it fails), or a
+    line not understood: warm up, as before."""
+    pressure, clock = tmp_path / "cpu", Clock()
+    if text is not None:
+        pressure.write_text(text)
+    cores = worker.Cores(str(pressure), clock)
+    clock.now += 1
+    assert cores.busy() is False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/pressure/cpu"), reason="this kernel has no PSI")
+def test_the_cores_are_busy_while_more_tasks_than_cores_spin():
+    """The real /proc/pressure/cpu, with twice as many busy loops as this process's cores."""
+    import subprocess
+    import sys
+    import time
+    cores = len(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.write('up'); sys.stdout.flush()\n"
+                                                        "while True: pass"], stdout=subprocess.PIPE)
+                for _ in range(2 * cores)]
+    try:
+        for spinner in spinners:
+            assert spinner.stdout.read(2) == b"up"
+        watch = worker.Cores()
+        seen = []
+        for _ in range(5):
+            time.sleep(0.02)
+            seen.append(watch.busy())
+        assert all(seen), seen
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 @pytest.mark.parametrize("plugin, stdin, kind", [
