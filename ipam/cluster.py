@@ -465,6 +465,7 @@ def add(conf, request, requested, cached):
     pod = pod_of(request)
     allocated = []
     with conf.open_store(request, lock=CLAIMS) as store:
+        store.begin_add(cid, ifname)   # before any claim: what tells a retry of this ADD from a second one
         data = record(conf, request.network)
         # The common ADD (no address asked for, no sticky hold to look up) starts from the node's cache
         # of its blocks, without the first read: its first claim is refused unless etcd holds no record
@@ -474,9 +475,9 @@ def add(conf, request, requested, cached):
                 and store.start_cached(cid, ifname, RECORD, data)):
             # An attachment whose ADD succeeded gets no second address (host-local's rule). Leases still
             # pending are an earlier ADD of this very attachment on this node that never answered success
-            # (its claim's answer lost, then etcd gone before read-back and rollback): the runtime retries
-            # such an ADD, so they are released here and this ADD allocates afresh. With sticky they
-            # become the pod's holds, which it takes back just below: the same addresses.
+            # (its claim's answer lost, then etcd gone before read-back and rollback; killed): the runtime
+            # retries such an ADD, so they are released here and this ADD allocates afresh. With sticky
+            # they become the pod's holds, which it takes back just below: the same addresses.
             pending, done = store.pending_and_done(cid, ifname)
             store.keep_record(RECORD, data)   # etcd answered: before any lease is taken
             verbs.refuse_duplicate(conf, done, cid, ifname)
@@ -605,6 +606,7 @@ def cmd_del(request):
     with conf.store(request.network) as store:
         for ip in store.ips_of(cid, ifname):
             store.release(ip, cid, ifname)
+        store.end_attachment(cid, ifname)
 
 
 def cmd_check(request):
@@ -632,6 +634,7 @@ def cmd_gc(request):
                 continue   # never another node's, nor a live attachment's
             for ip in ips:
                 store.release(ip, cid, ifname)
+            store.end_attachment(cid, ifname)
         drop_expired_holds(store)
         verbs.give_back_conflicts(store)
 

@@ -23,6 +23,11 @@ def now_text(now):
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
 
 
+# <dataDir>/<network>/ADDING/<containerID>@<ifname>: an ADD of the attachment on this node that has not
+# answered success (a block store's begin_add); empty, locked while that ADD runs
+ADDING = "adding"
+
+
 def contention(what):
     return CniError(ERR_TRY_AGAIN, f"try again later: the block of {what} kept changing under "
                                    f"{MAX_RACES} attempts")
@@ -31,11 +36,6 @@ def contention(what):
 def block_size_refused(grid, size):
     return CniError(ERR_INVALID_CONFIG, f"ipam.blockSize: pool {grid.range.subnet} is cut into /{size} "
                                         f"blocks by its first user; this network asks for /{grid.prefix}")
-
-
-def changed_before_completion(container_id, ifname, texts):
-    return CniError(ERR_TRY_AGAIN, f"try again later: the leases {', '.join(texts)} of {container_id}/{ifname} "
-                                   "changed before the ADD completed")
 
 
 class CacheMissed(Exception):

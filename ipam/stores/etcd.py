@@ -9,9 +9,9 @@ Keys under the prefix (default /underlay/ipam):
                                              pod, until, pool, block}
     pools/<subnet>/config                   {"blockSize": prefix}, fixed by the pool's first user
     pools/<subnet>/blocks/<block>           the block (ipam/blocks.py): owner, used and held offsets
-    attachments/<network>/<cid>@<ifname>/<ip>   {"node": ..., "pending": true, "netns": ...} from the
-                                            claim until its ADD completes, then {"node": ..., "netns":
-                                            ...}: DEL, CHECK and GC read one prefix; "netns" (the ADD's
+    attachments/<network>/<cid>@<ifname>/<ip>   {"node": ..., "netns": ..., "block": ...}, written by
+                                            the claim (older versions wrote "pending": true until the
+                                            ADD completed): DEL, CHECK and GC read one prefix; "netns" (the ADD's
                                             CNI_NETNS, when absolute) lets the node's agent heal a missed
                                             DEL; records written before it have none and are never healed;
                                             "block" (pools/<subnet>/blocks/<block>, the lease's) lets DEL
@@ -33,12 +33,16 @@ A DEL of an address in a block OWN_BLOCKS knows releases without reading the lea
 guarded by the address key's revision being its attachment record's creation revision (the claim's)
 and the block's revision the cached one; refused, it reads and releases as any release.
 
-A claim marks its attachment record pending; the ADD clears the mark (one more
-transaction, `complete`) once every range set has its address. A lease still
-pending belongs to an ADD that never answered success (its claim's answer lost,
-etcd gone before the read-back and the rollback): the runtime's retry of that
-ADD recognises it as its own and releases it, where a second ADD of an
-attachment that succeeded is refused as host-local refuses it.
+An ADD marks itself on the node before its first claim (begin_add: a file ADDING/<cid>@<ifname>
+under the network's dataDir, locked while the ADD runs) and removes the mark once every range set
+has its address (`complete`), before it answers: one write to etcd per address, none to complete.
+A mark found by an ADD of the same attachment (its lock free: that ADD's process is gone) is an
+earlier ADD that never answered success (its claim's answer lost, etcd gone before the read-back and
+the rollback; killed): the runtime's retry recognises the node's leases of the attachment as that
+ADD's own, pending, and releases them, where a second ADD of an attachment that succeeded (no mark)
+is refused as host-local refuses it. A mark held by a running ADD refuses the second (code 11). The
+mark is never fsync'ed: only a power loss loses it, and with it every pod of the node (the leases
+are then healed or collected; a retry of one of its ADDs would be refused, 101, until its DEL).
 
 Address keys are global, not per pool: two networks whose subnets overlap can
 never hand out one address twice. Every claim is ONE transaction: the address
@@ -56,21 +60,19 @@ import os
 
 from cni import locks
 from cni.errors import ERR_IO, ERR_TRY_AGAIN, CniError
-from cni.files import replace, replace_if_changed
+from cni.files import NOFOLLOW, replace, replace_if_changed
 from ipam import etcd
 from ipam.blocks import Block
 from ipam.stores import holds
-from ipam.stores.block_leases import MAX_RACES, BlockLeases, CacheMissed, Lease, block_size_refused, \
-    changed_before_completion, contention, hold_doc, lease_doc, parse, released_cooling
+from ipam.stores.block_leases import ADDING, MAX_RACES, BlockLeases, CacheMissed, Lease, block_size_refused, \
+    contention, hold_doc, lease_doc, parse, released_cooling
+from ipam.stores.lease_files import open_dir
 from ipam.stores.lease_index import recordable_netns
 
 # <dataDir>/<network>/: {subnet: {"blockSize": prefix, "blocks": {block: [revision, value]}}} of the blocks
 # the node owned when it last looked, as it last wrote or read them (own_cache)
 OWN_BLOCKS = "own-blocks.json"
 CONFLICTS_SEEN = "!conflicts"   # in OWN_BLOCKS: the network had conflict records when last read
-
-# A write repeated after etcd lost it (its answer lost, the outcome read back: not applied).
-LOST_WRITES = 3
 
 
 def maybe_applied(error):
@@ -109,7 +111,9 @@ class EtcdStore(BlockLeases):
         self.block_hints = {}           # ip -> its block's key, as its attachment record names it (ips_of)
         self.claimed_at = {}            # ip -> (its attachment record's key, its create revision: its claim's) (ips_of)
         self.blocks_read = {}           # block key -> KV or None, read with a lease to release (read)
-        self.claimed_blocks = {}        # ip -> the key of the block this ADD claimed it in (complete)
+        self.adding = None              # (ADDING's fd, name, the mark's fd, whether it was there) (begin_add)
+        self.unfinished = False         # begin_add found the mark of an earlier ADD that never answered
+        self.may_have_claimed = False   # a claim of this ADD applied, or maybe (its answer lost): the mark stays
         self.claims_only = claims_only  # the node's lock only around claims (an ADD's `claiming`), not all along
         self.cached = False             # an ADD started from the node's cache of its blocks (start_cached)
         self.guard = None               # (containerID, ifname) whose records the next claim checks (start_cached)
@@ -206,6 +210,13 @@ class EtcdStore(BlockLeases):
         return False
 
     def close(self):
+        if self.adding is not None:
+            adding_fd, name, fd, _ = self.adding
+            if not self.may_have_claimed and not self.unfinished:
+                self.drop_mark()   # this ADD made it and claimed nothing (refused early, CacheMissed)
+            for each in (fd, adding_fd):
+                os.close(each)
+            self.adding = None
         if self.files is not None:
             if self.released_blocks and not self.claims_only:
                 self.keep_released()   # under the lock this operation holds throughout (DEL, GC, healing)
@@ -331,48 +342,86 @@ class EtcdStore(BlockLeases):
                 doc = json.loads(kv.value)
             except ValueError:
                 doc = None
-            mine = isinstance(doc, dict) and doc.get("pending") is True and doc.get("node") == self.node
+            mine = isinstance(doc, dict) and doc.get("node") == self.node and \
+                (self.unfinished or doc.get("pending") is True)   # the mark, or an older version's record
             (pending if mine else done).append(kv.key.decode()[len(prefix):])
         return pending, done
 
-    def attachment_value(self, pending, block_key=None):
-        """An attachment record: node, pending (until its ADD completes), netns, and the key of its
-        lease's block below the prefix (a DEL reads the lease and the block together by it)."""
-        doc = {"node": self.node, "pending": True} if pending else {"node": self.node}
+    def attachment_value(self, block_key=None):
+        """An attachment record: node, netns, and the key of its lease's block below the prefix (a DEL
+        reads the lease and the block together by it)."""
+        doc = {"node": self.node}
         if self.netns:
             doc["netns"] = self.netns
         if block_key:
             doc["block"] = block_key[len(self.prefix) + 1:]
         return json.dumps(doc)
 
-    def complete(self, container_id, ifname, texts):
-        """The ADD succeeded: clear the pending mark of its leases, in one transaction; code 11 if etcd
-        could not say it did (the ADD then fails, and its retry finds the leases still pending)."""
-        if not texts:
+    def begin_add(self, container_id, ifname):
+        """BlockStore.begin_add: the ADD's mark on the node, made (or found: unfinished) and locked for
+        as long as this store is open; code 11 if an ADD of the same attachment holds it now."""
+        if self.files is None:
             return
-        keys = [self.k_attachment(container_id, ifname, text) for text in texts]
-        pending = [self.attachment_value(True, self.claimed_blocks.get(text)) for text in texts]
-        done = [self.attachment_value(False, self.claimed_blocks.get(text)) for text in texts]
-        for _ in range(LOST_WRITES):
+        name = f"{container_id}@{ifname or ''}"
+        where = f"ipam.dataDir {self.files.path}/{ADDING}/{name}"
+        try:
+            adding_fd = open_dir(ADDING, dir_fd=self.files.dir_fd)
+        except OSError as e:
+            raise CniError(ERR_IO, f"{where}: {e.strerror or e}") from None
+        try:
             try:
-                if self.client.txn([etcd.value_is(key, value) for key, value in zip(keys, pending)],
-                                   [etcd.put(key, value) for key, value in zip(keys, done)]).succeeded:
-                    return
-                break
-            except CniError as e:
-                if not maybe_applied(e):
-                    raise
-                current = [kvs[0].value if kvs else None
-                           for kvs in self.client.txn([], [etcd.get(key) for key in keys]).responses]
-                if all(value == d.encode() for value, d in zip(current, done)):
-                    return
-                if not all(value == p.encode() for value, p in zip(current, pending)):
-                    break
-                # still pending: etcd did not apply it (lost with a dead leader, say); the txn again
-        else:
-            raise CniError(ERR_TRY_AGAIN, f"try again later: etcd did not apply the completion of "
-                                          f"{container_id}/{ifname} after {LOST_WRITES} tries")
-        raise changed_before_completion(container_id, ifname, texts)
+                fd, existed = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                      dir_fd=adding_fd), False
+            except FileExistsError:
+                fd, existed = os.open(name, os.O_RDWR | NOFOLLOW | os.O_CLOEXEC, dir_fd=adding_fd), True
+        except FileNotFoundError:   # removed between the two opens: by an ADD of it that just answered
+            os.close(adding_fd)
+            raise CniError(ERR_TRY_AGAIN, f"try again: another ADD of {container_id}/{ifname} ran meanwhile")
+        except OSError as e:
+            os.close(adding_fd)
+            raise CniError(ERR_IO, f"{where}: {e.strerror or e}") from None
+        self.adding = (adding_fd, name, fd, existed)
+        if not locks.try_lock(fd):
+            self.adding, self.unfinished = (adding_fd, name, fd, existed), True   # never ours to remove
+            raise CniError(ERR_TRY_AGAIN, f"try again: another ADD of {container_id}/{ifname} is running "
+                                          f"on this node")
+        self.unfinished = existed
+
+    def complete(self, container_id, ifname, texts):
+        """The ADD succeeded: its mark removed before it answers (code 5 if it cannot be: a mark left
+        would have a second ADD of the attachment take the pod's addresses as pending)."""
+        if self.adding is not None:
+            self.drop_mark()
+            self.unfinished = True   # removed: close() has nothing left to do
+
+    def drop_mark(self):
+        adding_fd, name, _, _ = self.adding
+        try:
+            os.unlink(name, dir_fd=adding_fd)
+        except FileNotFoundError:
+            pass   # a DEL of the attachment meanwhile
+        except OSError as e:
+            raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{ADDING}/{name}: {e.strerror or e}") from None
+
+    def end_attachment(self, container_id, ifname):
+        """DEL and GC, once the attachment's leases are released: an ADD's mark left behind removed."""
+        if self.files is None:
+            return
+        try:
+            adding_fd = os.open(ADDING, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | os.O_CLOEXEC,
+                                dir_fd=self.files.dir_fd)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{ADDING}: {e.strerror or e}") from None
+        try:
+            os.unlink(f"{container_id}@{ifname or ''}", dir_fd=adding_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{ADDING}: {e.strerror or e}") from None
+        finally:
+            os.close(adding_fd)
 
     def forget(self, container_id, ifname, ip):
         self.client.delete(self.k_attachment(container_id, ifname, ip))
@@ -726,7 +775,7 @@ class EtcdStore(BlockLeases):
         new.prune_cooling(holds.now(), self.reuse_cooldown)
         lease = self.lease_value(grid, block, container_id, ifname)
         success = [etcd.put(ip_key, lease),
-                   etcd.put(self.k_attachment(container_id, ifname, text), self.attachment_value(True, block.key)),
+                   etcd.put(self.k_attachment(container_id, ifname, text), self.attachment_value(block.key)),
                    etcd.put(block.key, new.encode())]
         if hold is not None and hold.hold:
             success.append(etcd.delete(self.k_sticky(hold.doc.get("network", ""), hold.doc.get("namespace", ""),
@@ -739,16 +788,18 @@ class EtcdStore(BlockLeases):
             compares += [etcd.none_under(attachment), etcd.none_under(conflicts)]
             failure += [etcd.get_prefix(attachment, keys_only=True), etcd.get_prefix(conflicts, keys_only=True)]
         self.inflight = text
+        claimed_before, self.may_have_claimed = self.may_have_claimed, True
         try:
             result = self.client.txn(compares, success, failure)
             succeeded, revision = result.succeeded, result.revision
             if not succeeded:
                 ip_kvs, block_kvs, *records = result.responses
                 if any(records):
-                    self.inflight = None
+                    self.inflight, self.may_have_claimed = None, claimed_before
                     raise CacheMissed()
         except CniError as e:
             if not maybe_applied(e):
+                self.may_have_claimed = claimed_before   # never sent, or refused: nothing applied
                 raise
             # the member went away mid-answer: read the outcome from whichever member answers now
             current = self.client.txn([], [etcd.get(ip_key), etcd.get(block.key)])
@@ -758,13 +809,13 @@ class EtcdStore(BlockLeases):
         self.inflight = None
         if succeeded:
             self.guard = None
-            self.claimed_blocks[text] = block.key
             if revision is None:
                 self.refresh(block, block_kvs)   # as it is now, our address in it
             else:
                 block.node, block.used, block.held, block.revision = new.node, new.used, new.held, revision
                 block.cooling = new.cooling   # as written: the node's cache keeps it
             return True
+        self.may_have_claimed = claimed_before   # refused: none of it applied
         self.refresh(block, block_kvs)
         return self.refused(grid, block, value, container_id, ifname, hold, ip_kvs[0].value if ip_kvs else None)
 

@@ -13,8 +13,8 @@ import threading
 
 from ipam.blocks import Block
 from ipam.stores import holds
-from ipam.stores.block_leases import BlockLeases, Lease, block_size_refused, changed_before_completion, hold_doc, \
-    lease_doc, parse, released_cooling
+from ipam.stores.block_leases import ADDING, BlockLeases, Lease, block_size_refused, hold_doc, lease_doc, parse, \
+    released_cooling
 from ipam.stores.lease_index import recordable_netns
 
 
@@ -166,6 +166,15 @@ class MemoryBlockStore(Held, BlockLeases):
         self.lock = backing.locks.setdefault((network, node), threading.Lock()) if lock else None
         self.pools = {}          # subnet -> {first: Block} as last read
         self.foreign = set()
+        self.mark = None         # the ADD's own mark, (containerID, ifname) in the node's files' ADDING (begin_add)
+        self.unfinished = False
+        self.may_have_claimed = False
+
+    def close(self):
+        if self.mark is not None and not self.unfinished and not self.may_have_claimed:
+            self.files[ADDING].discard(self.mark)   # made by this ADD, which claimed nothing
+        self.mark = None
+        super().close()
 
     def status(self):
         pass    # memory always answers
@@ -203,27 +212,34 @@ class MemoryBlockStore(Held, BlockLeases):
     def start_cached(self, container_id, ifname, name, data):
         return False   # no cache: every ADD reads first
 
+    def begin_add(self, container_id, ifname):
+        """As the etcd store's: the node's mark of the ADD (a set in its files here; the whole operation
+        holds the node's lock, so none is ever held by another ADD)."""
+        marks = self.files.setdefault(ADDING, set())
+        self.mark = (container_id, ifname or "")
+        self.unfinished = self.mark in marks
+        marks.add(self.mark)
+
     def pending_and_done(self, container_id, ifname):
         pending, done = [], []
         for ip, doc in self.records_of(container_id, ifname):
-            (pending if doc.get("pending") is True and doc.get("node") == self.node else done).append(ip)
+            mine = doc.get("node") == self.node and (self.unfinished or doc.get("pending") is True)
+            (pending if mine else done).append(ip)
         return pending, done
 
-    def record(self, pending):
-        doc = {"node": self.node, "pending": True} if pending else {"node": self.node}
+    def record(self):
+        doc = {"node": self.node}
         if self.netns:
             doc["netns"] = self.netns
         return doc
 
     def complete(self, container_id, ifname, texts):
-        if not texts:
-            return
-        keys = [(self.network, container_id, ifname or "", text) for text in texts]
-        with self.backing.mutex:
-            if any(self.backing.records.get(key) != self.record(True) for key in keys):
-                raise changed_before_completion(container_id, ifname, texts)
-            for key in keys:
-                self.backing.records[key] = self.record(False)
+        if self.mark is not None:
+            self.files[ADDING].discard(self.mark)
+            self.mark = None
+
+    def end_attachment(self, container_id, ifname):
+        self.files.get(ADDING, set()).discard((container_id, ifname or ""))
 
     def attachment_records(self):
         found = {}
@@ -317,7 +333,8 @@ class MemoryBlockStore(Held, BlockLeases):
                 b.put_block(block)
                 b.leases[text] = json.dumps(lease_doc(self.network, self.node, self.pod, grid, block, container_id,
                                                       ifname), separators=(",", ":"))
-                b.records[(self.network, container_id, ifname or "", text)] = self.record(True)
+                b.records[(self.network, container_id, ifname or "", text)] = self.record()
+                self.may_have_claimed = True
                 if hold is not None and hold.hold:
                     b.sticky.pop((hold.doc.get("network", ""), hold.doc.get("namespace", ""),
                                   hold.doc.get("pod", ""), text), None)

@@ -107,7 +107,7 @@ class BlockStore(LeaseStore, Protocol):
         this store read (by an overlapping pool)."""
 
     def claim(self, grid, block, value, container_id, ifname, hold=None):
-        """Take `value` in `block` (as read) for the attachment, its record pending until `complete`;
+        """Take `value` in `block` (as read) for the attachment (pending while its ADD's mark is there);
         `hold`: the Lease of the pod's sticky hold being taken back. True: ours; False: taken;
         None: the block changed (it is refreshed: try again)."""
 
@@ -136,11 +136,21 @@ class BlockStore(LeaseStore, Protocol):
         attachment and no conflict record of the network (block_leases.CacheMissed: the ADD starts
         again, reading first)."""
 
+    def begin_add(self, container_id, ifname):
+        """Before an ADD's first claim: the ADD's mark on the node, kept while it runs (code 11 if an ADD
+        of the same attachment runs now). Found left by an earlier ADD of the attachment (its process
+        gone): that ADD never answered success, and this node's claims of the attachment are pending."""
+
     def pending_and_done(self, container_id, ifname) -> tuple:
-        """([ip], [ip]) of the attachment: claims of this node not yet completed, and the rest."""
+        """([ip], [ip]) of the attachment: claims of this node pending (begin_add found an earlier ADD's
+        mark), and the rest."""
 
     def complete(self, container_id, ifname, texts):
-        """The ADD succeeded: its claims of `texts` are no longer pending (code 11 if that cannot be said)."""
+        """The ADD succeeded: its claims of `texts` are no longer pending (its mark removed; an error if
+        that cannot be done, and the ADD fails)."""
+
+    def end_attachment(self, container_id, ifname):
+        """DEL or GC released the attachment: a mark an ADD of it left is removed."""
 
     def attachment_records(self) -> dict:
         """{(containerID, ifname or None): (node, netns or None, [ip, ...])} of this network."""

@@ -60,6 +60,14 @@ class Cluster:
     def delete(self, conf, cid="c1", **kw):
         return self.run("DEL", conf, cid, **kw)
 
+    def marks(self, node="n1", network="net1"):
+        """The ADDs of `node` not (yet) answered with success: the names in its dataDir's ADDING."""
+        from ipam.stores.block_leases import ADDING
+        try:
+            return sorted(os.listdir(os.path.join(self.data_dir(node), network, ADDING)))
+        except FileNotFoundError:
+            return []
+
     def keys(self, under=""):
         """{key below the prefix: decoded JSON value} of everything under prefix/under."""
         base = f"{self.prefix}/"

@@ -54,14 +54,6 @@ def is_release(path, body):
                for op in doc.get("success", []) if "request_delete_range" in op)
 
 
-def is_completion(path, body):
-    """An ADD's completion: a txn whose first compare is the value of an attachment record."""
-    if path != "/v3/kv/txn":
-        return False
-    first = (json.loads(body).get("compare") or [{}])[0]
-    return first.get("target") == "VALUE" and "/attachments/" in decoded_key(first.get("key", ""))
-
-
 def is_write(path, body):
     """A request etcd passes through its log (raft): a put, a delete, a txn with a write in it."""
     if path in ("/v3/kv/put", "/v3/kv/deleterange"):

@@ -40,10 +40,11 @@ def test_a_known_block_is_claimed_without_a_read_guarded_by_the_attachments_and_
     first = addresses(cl.add(conf, "c0"))[0]                # the node's first: reads, claims a block
     out, sent = requests_of(proxy, lambda: cl.add(conf, "c1"))
     second = addresses(out)[0]
-    assert [kind for kind, _ in sent] == ["w", "w"]          # the claim and the completion
+    assert [kind for kind, _ in sent] == ["w"]               # the claim alone (the ADD's mark is the node's)
     claim = sent[0][1]
     assert range_compares(claim) == {f"{cl.prefix}/attachments/net1/c1@eth0/", f"{cl.prefix}/conflicts/net1/"}
     assert second != first and set(cl.leases()) == {first, second}
+    assert cl.marks() == []
 
 
 def test_a_second_add_of_an_attachment_is_refused_as_before(wired):
@@ -60,13 +61,16 @@ def test_a_retried_add_whose_claim_was_left_pending_releases_it(wired):
     addresses(cl.add(conf, "c0"))                           # the node knows its block now
     proxy.lose_answer(is_claim, then_refuse=True)           # applied, answer lost, etcd gone: left pending
     error(cl.add(conf, "c1"), 11, "no endpoint answered")
+    assert cl.marks() == ["c1@eth0"]                         # the ADD's mark stays: it never answered success
     proxy.refuse = False
     [left] = [k for k, v in cl.leases().items() if v["containerID"] == "c1"]
     out = cl.add(conf, "c1")
     assert out.ok, out
     assert sorted(k for k, v in cl.leases().items() if v["containerID"] == "c1") == addresses(out)
-    assert cl.keys(f"attachments/net1/c1@eth0/") and all(
+    assert cl.keys("attachments/net1/c1@eth0/") and all(
         "pending" not in v for v in cl.keys("attachments/net1/c1@eth0/").values())
+    assert cl.marks() == []
+    error(cl.add(conf, "c1"), 101, "duplicate allocation is not allowed")   # answered: a second ADD now
     assert cl.delete(conf, "c1").ok and cl.delete(conf, "c0").ok
 
 
@@ -81,12 +85,12 @@ def test_a_conflict_record_of_the_network_sends_the_add_to_its_first_read(wired)
     assert not any(range_compares(txn) for _, txn in sent[1:])
     # the node remembers it: while the network has conflict records its ADDs read first, as before
     out, sent = requests_of(proxy, lambda: cl.add(conf, "c2"))
-    assert addresses(out) and [kind for kind, _ in sent] == ["r", "w", "w"]
+    assert addresses(out) and [kind for kind, _ in sent] == ["r", "w"]
     cl.client.delete(f"{cl.prefix}/conflicts/net1/10.44.0.200")
     out, sent = requests_of(proxy, lambda: cl.add(conf, "c3"))   # reads, finds none
-    assert addresses(out) and [kind for kind, _ in sent] == ["r", "w", "w"]
+    assert addresses(out) and [kind for kind, _ in sent] == ["r", "w"]
     out, sent = requests_of(proxy, lambda: cl.add(conf, "c4"))
-    assert addresses(out) and [kind for kind, _ in sent] == ["w", "w"]
+    assert addresses(out) and [kind for kind, _ in sent] == ["w"]
 
 
 def test_blocks_changed_behind_the_nodes_back_cost_a_refused_claim_never_an_address_twice(wired):
@@ -101,7 +105,7 @@ def test_blocks_changed_behind_the_nodes_back_cost_a_refused_claim_never_an_addr
     out, sent = requests_of(proxy, lambda: cl.add(conf, "c2"))
     [ip] = addresses(out)
     assert ip not in taken and len(cl.leases()) == 3
-    assert [kind for kind, _ in sent] == ["w", "w", "w"]     # refused (the block's revision), then claimed
+    assert [kind for kind, _ in sent] == ["w", "w"]          # refused (the block's revision), then claimed
 
 
 def test_del_keeps_the_nodes_cache_so_the_next_add_claims_at_once(wired):
@@ -110,7 +114,7 @@ def test_del_keeps_the_nodes_cache_so_the_next_add_claims_at_once(wired):
     addresses(cl.add(conf, "c1"))
     assert cl.delete(conf, "c1").ok                           # the block rewritten by the DEL
     out, sent = requests_of(proxy, lambda: cl.add(conf, "c2"))
-    assert addresses(out) and [kind for kind, _ in sent] == ["w", "w"]
+    assert addresses(out) and [kind for kind, _ in sent] == ["w"]
     assert cl.delete(conf, "c2").ok and cl.delete(conf, "c0").ok
     assert [k for k in cl.keys() if "/blocks/" in k] == []   # the empty block went back to the pool
     out, sent = requests_of(proxy, lambda: cl.add(conf, "c3"))   # its cache names a block gone:

@@ -306,32 +306,6 @@ def test_a_block_size_that_leaves_one_block_is_warned_of_on_add(cl, tmp_path):
     assert cl.add(cl.conf("10.49.0.0/26", node="n1", name="net3", blockSize=28), "c4").ok
 
 
-def test_the_nodes_lock_is_not_held_while_an_add_completes(cl):
-    """One node's concurrent ADDs queue for each other's claims only: an ADD whose completion (the
-    write after its claim) etcd has not answered yet leaves the node's lock free, so the node's next
-    ADD takes an address meanwhile. Held for the whole ADD, the lock made the second wait its
-    lockTimeout out (code 11, "held")."""
-    import threading
-    from tests.cluster.proxy import FaultProxy, is_completion
-    with FaultProxy(cl.etcd.endpoints[0]) as proxy:
-        conf = cl.conf("10.31.7.0/24", name="ulock", lockTimeout=5,
-                       etcd=cl.etcd_conf(endpoints=[proxy.url], requestTimeout=120))
-        cl.add(conf, "c0")                                # the pool's config and the node's block
-        proxy.hold(is_completion)
-        first = []
-        slow = threading.Thread(target=lambda: first.append(cl.add(conf, "c1")))
-        slow.start()
-        try:
-            assert proxy.held.wait(60), "the first ADD never came to its completion"
-            second = addresses(cl.add(conf, "c2"))        # while the first is still in its completion
-        finally:
-            proxy.release()
-            slow.join(120)
-        assert second != addresses(first[0])
-        assert {lease["containerID"] for lease in cl.leases().values()} == {"c0", "c1", "c2"}
-        assert not [k for k, v in cl.keys("attachments/").items() if v.get("pending")]
-
-
 def test_del_of_an_attachment_recorded_without_its_block(cl):
     """An attachment record written before records named the lease's block (an older version's ADD):
     DEL reads the lease, then its block, and releases it whole as before."""

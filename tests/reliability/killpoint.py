@@ -60,6 +60,7 @@ POINTS = {
     "add:before-result": ("cni.net.iface", "interface_result", "after", None),
     # with UNDERLAY_FAIL_AT=configure: ADD fails after IPAM and rolls back
     "add:rollback-ipam": ("ipam.stores.disk", "DiskStore.release", "after", None),
+    "cluster:before-complete": ("ipam.stores.etcd", "EtcdStore.complete", "before", None),   # claimed, marked
     "add:rollback-link": ("cni.net.netlink", "Netlink.delete_link", "before", None),
     "del:before-release": ("ipam.stores.disk", "DiskStore.release", "before", None),
     "del:after-release": ("ipam.stores.disk", "DiskStore.release", "after", None),
