@@ -13,7 +13,7 @@ host-local); else the pod's sticky hold; else round-robin over this node's
 blocks; else a free block claimed for this node; else an address borrowed from
 another node's block; else code 101. A node-local file lock under dataDir
 serialises this node's own operations on a network (an ADD's only while it
-chooses and claims: its reads before, its completion after), so its ADDs rarely
+chooses and claims: its reads come before), so its ADDs rarely
 race each other on a block; correctness never depends on it. Beside that lock, ADD keeps
 a record of the network (RECORD: its name and ipam section), by which underlayd
 heals the networks no config file names, a Multus NetworkAttachmentDefinition's.
@@ -661,6 +661,7 @@ def heal(config, gone):
                 continue
             for ip in ips:
                 store.release(ip, cid, ifname)
+            store.end_attachment(cid, ifname)
             yield cid, ifname, netns, ips
 
 

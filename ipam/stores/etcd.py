@@ -111,8 +111,9 @@ class EtcdStore(BlockLeases):
         self.block_hints = {}           # ip -> its block's key, as its attachment record names it (ips_of)
         self.claimed_at = {}            # ip -> (its attachment record's key, its create revision: its claim's) (ips_of)
         self.blocks_read = {}           # block key -> KV or None, read with a lease to release (read)
-        self.adding = None              # (ADDING's fd, name, the mark's fd, whether it was there) (begin_add)
+        self.adding = None              # (ADDING's fd, name, the mark's fd) of the ADD's mark (begin_add)
         self.unfinished = False         # begin_add found the mark of an earlier ADD that never answered
+        self.mark_owned = False         # begin_add made the mark: close() removes it if nothing was claimed
         self.may_have_claimed = False   # a claim of this ADD applied, or maybe (its answer lost): the mark stays
         self.claims_only = claims_only  # the node's lock only around claims (an ADD's `claiming`), not all along
         self.cached = False             # an ADD started from the node's cache of its blocks (start_cached)
@@ -211,8 +212,8 @@ class EtcdStore(BlockLeases):
 
     def close(self):
         if self.adding is not None:
-            adding_fd, name, fd, _ = self.adding
-            if not self.may_have_claimed and not self.unfinished:
+            adding_fd, name, fd = self.adding
+            if self.mark_owned and not self.may_have_claimed:
                 self.drop_mark()   # this ADD made it and claimed nothing (refused early, CacheMissed)
             for each in (fd, adding_fd):
                 os.close(each)
@@ -380,22 +381,21 @@ class EtcdStore(BlockLeases):
         except OSError as e:
             os.close(adding_fd)
             raise CniError(ERR_IO, f"{where}: {e.strerror or e}") from None
-        self.adding = (adding_fd, name, fd, existed)
+        self.adding = (adding_fd, name, fd)
         if not locks.try_lock(fd):
-            self.adding, self.unfinished = (adding_fd, name, fd, existed), True   # never ours to remove
             raise CniError(ERR_TRY_AGAIN, f"try again: another ADD of {container_id}/{ifname} is running "
                                           f"on this node")
-        self.unfinished = existed
+        self.unfinished, self.mark_owned = existed, not existed
 
     def complete(self, container_id, ifname, texts):
         """The ADD succeeded: its mark removed before it answers (code 5 if it cannot be: a mark left
         would have a second ADD of the attachment take the pod's addresses as pending)."""
         if self.adding is not None:
             self.drop_mark()
-            self.unfinished = True   # removed: close() has nothing left to do
+            self.mark_owned = False   # gone: nothing left for close()
 
     def drop_mark(self):
-        adding_fd, name, _, _ = self.adding
+        adding_fd, name, _ = self.adding
         try:
             os.unlink(name, dir_fd=adding_fd)
         except FileNotFoundError:
@@ -404,7 +404,7 @@ class EtcdStore(BlockLeases):
             raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{ADDING}/{name}: {e.strerror or e}") from None
 
     def end_attachment(self, container_id, ifname):
-        """DEL and GC, once the attachment's leases are released: an ADD's mark left behind removed."""
+        """DEL, GC and healing, once the attachment's leases are released: an ADD's mark left behind removed."""
         if self.files is None:
             return
         try:

@@ -150,7 +150,7 @@ class BlockStore(LeaseStore, Protocol):
         that cannot be done, and the ADD fails)."""
 
     def end_attachment(self, container_id, ifname):
-        """DEL or GC released the attachment: a mark an ADD of it left is removed."""
+        """DEL, GC or healing released the attachment: a mark an ADD of it left is removed."""
 
     def attachment_records(self) -> dict:
         """{(containerID, ifname or None): (node, netns or None, [ip, ...])} of this network."""

@@ -952,6 +952,10 @@ def test_healing_releases_this_nodes_cluster_ipam_attachments_of_gone_netns_only
     cl.client.put(f"{cl.prefix}/attachments/uhnet/old@eth0/{ips['old']}", json.dumps({"node": "uh-n1"}))
     for cid in ("dead", "elsewhere", "old", "held"):
         nsutil.del_netns(pods[cid])                      # their DELs never come
+    adding = pathlib.Path(cl.data_dir("uh-n1")) / "uhnet" / "adding"
+    adding.mkdir(exist_ok=True)
+    for cid in ("alive", "dead"):                        # as a failed ADD of each would have left them
+        (adding / f"{cid}@eth0").touch()
     listed = run_underlay("cluster", "leases", "--config", conflist, "-o", "json")
     assert listed.code == 0, listed
     assert sorted(r["address"] for r in listed.json) == sorted(ips.values())   # nothing healed yet
@@ -969,6 +973,7 @@ def test_healing_releases_this_nodes_cluster_ipam_attachments_of_gone_netns_only
         assert agent.log().count("healing: released") == 2, agent.log()   # once each, never again
     finally:
         agent.close()
+    assert sorted(p.name for p in adding.iterdir()) == ["alive@eth0"]   # the healed attachment's mark gone
     rows = {r["address"]: r for r in run_underlay("cluster", "leases", "--config", conflist, "-o", "json").json}
     assert sorted(rows) == sorted(ips[c] for c in ("alive", "elsewhere", "old", "held")), rows
     assert (rows[ips["held"]]["kind"], rows[ips["held"]]["pod"]) == ("hold", "held-0")   # DEL's sticky rule
