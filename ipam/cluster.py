@@ -635,6 +635,7 @@ def cmd_gc(request):
             for ip in ips:
                 store.release(ip, cid, ifname)
             store.end_attachment(cid, ifname)
+        store.drop_marks(valid.keeps)   # and those of ADDs that failed with nothing left in etcd
         drop_expired_holds(store)
         verbs.give_back_conflicts(store)
 

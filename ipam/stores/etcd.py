@@ -396,32 +396,56 @@ class EtcdStore(BlockLeases):
 
     def drop_mark(self):
         adding_fd, name, _ = self.adding
-        try:
-            os.unlink(name, dir_fd=adding_fd)
-        except FileNotFoundError:
-            pass   # a DEL of the attachment meanwhile
-        except OSError as e:
-            raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{ADDING}/{name}: {e.strerror or e}") from None
+        self.unlink_mark(adding_fd, name)   # gone already: a DEL of the attachment meanwhile
 
     def end_attachment(self, container_id, ifname):
         """DEL, GC and healing, once the attachment's leases are released: an ADD's mark left behind removed."""
-        if self.files is None:
-            return
+        with self.adding_dir() as adding_fd:
+            if adding_fd is not None:
+                self.unlink_mark(adding_fd, f"{container_id}@{ifname or ''}")
+
+    def drop_marks(self, keeps):
+        """GC: the marks ADDs of this node left (never answered) of attachments the runtime no longer has
+        (`keeps(containerID, ifname)` false: leases or none), removed; one an ADD holds now is left."""
+        with self.adding_dir() as adding_fd:
+            for name in os.listdir(adding_fd) if adding_fd is not None else ():
+                container_id, _, ifname = name.partition("@")
+                if keeps(container_id, ifname or None):
+                    continue
+                try:
+                    fd = os.open(name, os.O_RDWR | NOFOLLOW | os.O_CLOEXEC, dir_fd=adding_fd)
+                except OSError:
+                    continue   # gone meanwhile, or not a mark
+                try:
+                    if locks.try_lock(fd):
+                        self.unlink_mark(adding_fd, name)
+                finally:
+                    os.close(fd)
+
+    @contextlib.contextmanager
+    def adding_dir(self):
+        """The fd of ADDING in the network's dataDir, or None when there is none (no ADD left a mark)."""
+        fd = None
+        if self.files is not None:
+            try:
+                fd = os.open(ADDING, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | os.O_CLOEXEC, dir_fd=self.files.dir_fd)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{ADDING}: {e.strerror or e}") from None
         try:
-            adding_fd = os.open(ADDING, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW | os.O_CLOEXEC,
-                                dir_fd=self.files.dir_fd)
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{ADDING}: {e.strerror or e}") from None
+            yield fd
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def unlink_mark(self, adding_fd, name):
         try:
-            os.unlink(f"{container_id}@{ifname or ''}", dir_fd=adding_fd)
+            os.unlink(name, dir_fd=adding_fd)
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{ADDING}: {e.strerror or e}") from None
-        finally:
-            os.close(adding_fd)
+            raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{ADDING}/{name}: {e.strerror or e}") from None
 
     def forget(self, container_id, ifname, ip):
         self.client.delete(self.k_attachment(container_id, ifname, ip))

@@ -241,6 +241,10 @@ class MemoryBlockStore(Held, BlockLeases):
     def end_attachment(self, container_id, ifname):
         self.files.get(ADDING, set()).discard((container_id, ifname or ""))
 
+    def drop_marks(self, keeps):
+        marks = self.files.get(ADDING, set())
+        marks -= {(cid, ifname) for cid, ifname in marks if not keeps(cid, ifname or None)}
+
     def attachment_records(self):
         found = {}
         for (network, cid, ifname, ip), doc in sorted(self.backing.records.items()):

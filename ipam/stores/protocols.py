@@ -152,6 +152,10 @@ class BlockStore(LeaseStore, Protocol):
     def end_attachment(self, container_id, ifname):
         """DEL, GC or healing released the attachment: a mark an ADD of it left is removed."""
 
+    def drop_marks(self, keeps):
+        """GC: the marks ADDs left of attachments `keeps(containerID, ifname)` says the runtime no longer
+        has (their leases released or never taken) are removed, but for one an ADD holds now."""
+
     def attachment_records(self) -> dict:
         """{(containerID, ifname or None): (node, netns or None, [ip, ...])} of this network."""
 

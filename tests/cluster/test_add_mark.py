@@ -80,7 +80,8 @@ def test_an_add_killed_after_its_claim_is_retried_and_its_lease_released(cl):
 
 def test_del_and_gc_remove_a_mark_left_behind(cl):
     """A failed ADD's mark (the runtime sends DEL after it; or GC collects the attachment) goes with its
-    leases: nothing stays in the node's dataDir for an attachment that is gone."""
+    leases, and GC removes the marks of attachments it does not list, but for one an ADD holds now:
+    nothing stays in the node's dataDir for an attachment that is gone."""
     conf = cl.conf(SUBNET)
     for cid in ("c1", "c2"):
         killed = run_plugin("cluster-ipam", "ADD", conf, argv=KILLPOINT, container_id=cid, netns="/run/netns/x",
@@ -89,10 +90,19 @@ def test_del_and_gc_remove_a_mark_left_behind(cl):
     assert cl.marks() == ["c1@eth0", "c2@eth0"]
     assert cl.delete(conf, "c1").ok
     assert cl.marks() == ["c2@eth0"]
-    gc = dict(conf, cniVersion="1.1.0", **{"cni.dev/valid-attachments": []})
-    out = cl.run("GC", gc, cid="")
-    assert out.ok, out
-    assert cl.marks() == [] and cl.leases() == {}
+    # marks with nothing in etcd (a failed ADD rolled back whole): one of an attachment the runtime
+    # lists, one it does not, one an ADD holds now (here the test)
+    for cid in ("c3", "c4", "c5"):
+        open(mark_path(cl, cid), "w").close()
+    held = os.open(mark_path(cl, "c5"), os.O_RDWR)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        gc = dict(conf, cniVersion="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "c4", "ifname": "eth0"}]})
+        out = cl.run("GC", gc, cid="")
+        assert out.ok, out
+    finally:
+        os.close(held)
+    assert cl.marks() == ["c4@eth0", "c5@eth0"] and cl.leases() == {}
 
 
 def test_a_mark_that_cannot_be_removed_fails_the_add_and_gives_its_lease_back(cl, monkeypatch):
