@@ -66,13 +66,18 @@ from ipam.blocks import Block
 from ipam.stores import holds
 from ipam.stores.block_leases import ADDING, MAX_RACES, BlockLeases, CacheMissed, Lease, block_size_refused, \
     contention, hold_doc, lease_doc, parse, released_cooling
-from ipam.stores.lease_files import open_dir
+from ipam.stores.lease_files import io_error, open_dir
 from ipam.stores.lease_index import recordable_netns
 
 # <dataDir>/<network>/: {subnet: {"blockSize": prefix, "blocks": {block: [revision, value]}}} of the blocks
 # the node owned when it last looked, as it last wrote or read them (own_cache)
 OWN_BLOCKS = "own-blocks.json"
 CONFLICTS_SEEN = "!conflicts"   # in OWN_BLOCKS: the network had conflict records when last read
+
+
+def mark_name(container_id, ifname):
+    """The file name of an attachment's ADD mark under ADDING (containerIDs hold no "@")."""
+    return f"{container_id}@{ifname or ''}"
 
 
 def maybe_applied(error):
@@ -363,12 +368,11 @@ class EtcdStore(BlockLeases):
         as long as this store is open; code 11 if an ADD of the same attachment holds it now."""
         if self.files is None:
             return
-        name = f"{container_id}@{ifname or ''}"
-        where = f"ipam.dataDir {self.files.path}/{ADDING}/{name}"
+        name = mark_name(container_id, ifname)
         try:
             adding_fd = open_dir(ADDING, dir_fd=self.files.dir_fd)
         except OSError as e:
-            raise CniError(ERR_IO, f"{where}: {e.strerror or e}") from None
+            raise self.mark_error(e) from None
         try:
             try:
                 fd, existed = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW | os.O_CLOEXEC, 0o600,
@@ -380,7 +384,7 @@ class EtcdStore(BlockLeases):
             raise CniError(ERR_TRY_AGAIN, f"try again: another ADD of {container_id}/{ifname} ran meanwhile")
         except OSError as e:
             os.close(adding_fd)
-            raise CniError(ERR_IO, f"{where}: {e.strerror or e}") from None
+            raise self.mark_error(e, name) from None
         self.adding = (adding_fd, name, fd)
         if not locks.try_lock(fd):
             raise CniError(ERR_TRY_AGAIN, f"try again: another ADD of {container_id}/{ifname} is running "
@@ -402,7 +406,7 @@ class EtcdStore(BlockLeases):
         """DEL, GC and healing, once the attachment's leases are released: an ADD's mark left behind removed."""
         with self.adding_dir() as adding_fd:
             if adding_fd is not None:
-                self.unlink_mark(adding_fd, f"{container_id}@{ifname or ''}")
+                self.unlink_mark(adding_fd, mark_name(container_id, ifname))
 
     def drop_marks(self, keeps):
         """GC: the marks ADDs of this node left (never answered) of attachments the runtime no longer has
@@ -432,7 +436,7 @@ class EtcdStore(BlockLeases):
             except FileNotFoundError:
                 pass
             except OSError as e:
-                raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{ADDING}: {e.strerror or e}") from None
+                raise self.mark_error(e) from None
         try:
             yield fd
         finally:
@@ -445,7 +449,11 @@ class EtcdStore(BlockLeases):
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise CniError(ERR_IO, f"ipam.dataDir {self.files.path}/{ADDING}/{name}: {e.strerror or e}") from None
+            raise self.mark_error(e, name) from None
+
+    def mark_error(self, error, name=None):
+        """Code 5 naming ADDING (or the mark `name` in it) in the network's dataDir."""
+        return io_error(f"ipam.dataDir {self.files.path}/{ADDING}" + (f"/{name}" if name else ""), error)
 
     def forget(self, container_id, ifname, ip):
         self.client.delete(self.k_attachment(container_id, ifname, ip))
