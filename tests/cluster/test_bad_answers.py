@@ -36,7 +36,9 @@ class FakeServer:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.conns = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.closed = threading.Event()
+        self.threads = [threading.Thread(target=self._serve, daemon=True)]
+        self.threads[0].start()
 
     def _serve(self):
         while True:
@@ -45,7 +47,8 @@ class FakeServer:
             except OSError:
                 return
             self.conns.append(conn)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            self.threads.append(threading.Thread(target=self._handle, args=(conn,), daemon=True))
+            self.threads[-1].start()
 
     def _handle(self, conn):
         data = b""
@@ -59,11 +62,14 @@ class FakeServer:
                 head, _, data = data.partition(b"\r\n\r\n")
                 length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
                 while len(data) < length:
-                    data += conn.recv(65536)
+                    more = conn.recv(65536)
+                    if not more:
+                        return
+                    data += more
                 data = data[length:]
                 self.requests += 1
                 if self.answer == "hang":
-                    time.sleep(30)
+                    self.closed.wait()
                     return
                 if self.answer == "close":
                     conn.close()
@@ -73,9 +79,24 @@ class FakeServer:
             return
 
     def close(self):
-        self.sock.close()
+        """Stops every thread it started: a thread blocked in accept() or recv() wakes only on a
+        shutdown, not on close(), and would outlive the test into the next one in this process."""
+        self.closed.set()
+        self._shut(self.sock)
+        self.threads[0].join()      # accepts no more: conns and threads are complete
         for conn in self.conns:
-            conn.close()
+            self._shut(conn)
+        for thread in self.threads:
+            thread.join()
+        for sock in [self.sock, *self.conns]:
+            sock.close()
+
+    @staticmethod
+    def _shut(sock):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:     # the peer or a "close" answer already ended it
+            pass
 
 
 @pytest.fixture
