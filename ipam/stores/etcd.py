@@ -80,6 +80,17 @@ def mark_name(container_id, ifname):
     return f"{container_id}@{ifname or ''}"
 
 
+def names_fd(dir_fd, name, fd):
+    """Whether `name` in dir_fd still names the file open on fd (not removed, or removed and made again,
+    since it was opened): a lock taken on a mark counts only then."""
+    try:
+        named = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 def maybe_applied(error):
     """A write whose answer was lost (ipam/etcd.py never resends one): etcd may have applied it."""
     return error.code == ERR_TRY_AGAIN and "may have been applied" in error.msg
@@ -221,7 +232,8 @@ class EtcdStore(BlockLeases):
             if self.mark_owned and not self.may_have_claimed:
                 self.drop_mark()   # this ADD made it and claimed nothing (refused early, CacheMissed)
             for each in (fd, adding_fd):
-                os.close(each)
+                if each is not None:
+                    os.close(each)
             self.adding = None
         if self.files is not None:
             if self.released_blocks and not self.claims_only:
@@ -373,23 +385,28 @@ class EtcdStore(BlockLeases):
             adding_fd = open_dir(ADDING, dir_fd=self.files.dir_fd)
         except OSError as e:
             raise self.mark_error(e) from None
-        try:
+        self.adding = (adding_fd, name, None)
+        for _ in range(3):   # a mark removed (a GC, a DEL, an ADD answering) before we locked it: made again
             try:
-                fd, existed = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW | os.O_CLOEXEC, 0o600,
-                                      dir_fd=adding_fd), False
-            except FileExistsError:
-                fd, existed = os.open(name, os.O_RDWR | NOFOLLOW | os.O_CLOEXEC, dir_fd=adding_fd), True
-        except FileNotFoundError:   # removed between the two opens: by an ADD of it that just answered
-            os.close(adding_fd)
-            raise CniError(ERR_TRY_AGAIN, f"try again: another ADD of {container_id}/{ifname} ran meanwhile")
-        except OSError as e:
-            os.close(adding_fd)
-            raise self.mark_error(e, name) from None
-        self.adding = (adding_fd, name, fd)
-        if not locks.try_lock(fd):
-            raise CniError(ERR_TRY_AGAIN, f"try again: another ADD of {container_id}/{ifname} is running "
-                                          f"on this node")
-        self.unfinished, self.mark_owned = existed, not existed
+                try:
+                    fd, existed = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW | os.O_CLOEXEC,
+                                          0o600, dir_fd=adding_fd), False
+                except FileExistsError:
+                    fd, existed = os.open(name, os.O_RDWR | NOFOLLOW | os.O_CLOEXEC, dir_fd=adding_fd), True
+            except FileNotFoundError:   # removed between the two opens (an ADD of it that just answered)
+                continue
+            except OSError as e:
+                raise self.mark_error(e, name) from None
+            self.adding = (adding_fd, name, fd)
+            if not locks.try_lock(fd):
+                raise CniError(ERR_TRY_AGAIN, f"try again: another ADD of {container_id}/{ifname} is running "
+                                              f"on this node")
+            if names_fd(adding_fd, name, fd):
+                self.unfinished, self.mark_owned = existed, not existed
+                return
+            self.adding = (adding_fd, name, None)
+            os.close(fd)
+        raise CniError(ERR_TRY_AGAIN, f"try again: another ADD of {container_id}/{ifname} ran meanwhile")
 
     def complete(self, container_id, ifname, texts):
         """The ADD succeeded: its mark removed before it answers (code 5 if it cannot be: a mark left
@@ -421,7 +438,7 @@ class EtcdStore(BlockLeases):
                 except OSError:
                     continue   # gone meanwhile, or not a mark
                 try:
-                    if locks.try_lock(fd):
+                    if locks.try_lock(fd) and names_fd(adding_fd, name, fd):   # not one made again meanwhile
                         self.unlink_mark(adding_fd, name)
                 finally:
                     os.close(fd)

@@ -105,10 +105,102 @@ def test_del_and_gc_remove_a_mark_left_behind(cl):
     assert cl.marks() == ["c4@eth0", "c5@eth0"] and cl.leases() == {}
 
 
+def in_process(verb, conf, cid="c1"):
+    """cluster-ipam run in this process (so that a test's monkeypatch reaches it): (exit code, stdout)."""
+    import io
+    import json
+    out, err = io.StringIO(), io.StringIO()
+    env = plugin_env(verb, container_id=cid, netns="/run/netns/x")
+    code = dispatch.run(registry.EXECUTABLES["cluster-ipam"], cluster.VERBS, env=env,
+                        stdin=json.dumps(conf).encode(), stdout=out, stderr=err)
+    return code, out.getvalue()
+
+
+def locked_elsewhere(path):
+    """Whether some open of `path` (another process's, or another open in this one) holds its flock."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def test_a_mark_removed_before_its_add_locked_it_is_made_again(cl, monkeypatch):
+    """A GC (or DEL) may remove a mark between the ADD's open of it and its lock: the ADD makes it again,
+    so its mark is there and locked all the while it claims (killed then, its retry would find it, not
+    be refused as a second ADD). Removed at every try: code 11, nothing claimed, nothing left."""
+    conf = cl.conf(SUBNET)
+    addresses(cl.add(conf, "c0"))
+    real_lock, races = etcd_store.locks.try_lock, []
+
+    def try_lock(fd):
+        if len(races) < races_wanted:
+            races.append(fd)
+            os.unlink(os.readlink(f"/proc/self/fd/{fd}"))   # as a GC that took the lock first and removed it
+        return real_lock(fd)
+
+    real_complete, at_complete = etcd_store.EtcdStore.complete, []
+
+    def complete(self, container_id, *args):
+        path = mark_path(cl, container_id)
+        at_complete.append(os.path.exists(path) and locked_elsewhere(path))
+        return real_complete(self, container_id, *args)
+
+    monkeypatch.setattr(etcd_store.locks, "try_lock", try_lock)
+    monkeypatch.setattr(etcd_store.EtcdStore, "complete", complete)
+    races_wanted = 1
+    code, out = in_process("ADD", conf, "c1")
+    assert code == 0, out
+    assert len(races) == 1 and at_complete == [True]
+    assert cl.marks() == [] and sorted(v["containerID"] for v in cl.leases().values()) == ["c0", "c1"]
+
+    races.clear()
+    races_wanted = 3
+    code, out = in_process("ADD", conf, "c2")
+    assert code != 0 and '"code": 11' in out and "another ADD of c2/eth0 ran meanwhile" in out, out
+    assert len(races) == 3 and cl.marks() == []
+    assert sorted(v["containerID"] for v in cl.leases().values()) == ["c0", "c1"]
+    assert cl.delete(conf, "c1").ok and cl.delete(conf, "c0").ok and cl.leases() == {}
+
+
+def test_gc_leaves_a_mark_made_again_after_it_opened_the_old_one(cl, monkeypatch):
+    """GC opens a mark left behind, and before it locks it, the mark is removed and an ADD of the same
+    attachment makes it again and holds it: GC's lock is on the old file, and the name is not its to
+    remove."""
+    conf = cl.conf(SUBNET)
+    path = mark_path(cl, "c3")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "w").close()   # a failed ADD's, of an attachment the runtime does not list: GC's to remove
+    real_lock, held = etcd_store.locks.try_lock, []
+
+    def try_lock(fd):
+        if not held:
+            os.unlink(path)
+            held.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            fcntl.flock(held[0], fcntl.LOCK_EX)   # the new ADD's
+        return real_lock(fd)
+
+    monkeypatch.setattr(etcd_store.locks, "try_lock", try_lock)
+    gc = dict(conf, cniVersion="1.1.0", **{"cni.dev/valid-attachments": []})
+    try:
+        code, out = in_process("GC", gc, cid="")
+        assert code == 0, out
+        assert held and os.path.exists(path) and os.stat(path).st_ino == os.fstat(held[0]).st_ino
+    finally:
+        for fd in held:
+            os.close(fd)
+    monkeypatch.undo()
+    code, out = in_process("GC", gc, cid="")   # the ADD gone (its lock free): now GC's to remove
+    assert code == 0, out
+    assert cl.marks() == []
+
+
 def test_a_mark_that_cannot_be_removed_fails_the_add_and_gives_its_lease_back(cl, monkeypatch):
     """A mark left after an ADD answered success would have a second ADD of the attachment take the pod's
     address for a retry's and release it: the ADD fails (code 5 naming the file) and rolls back instead."""
-    import io
     conf = cl.conf(SUBNET)
     real_unlink = os.unlink
 
@@ -118,10 +210,7 @@ def test_a_mark_that_cannot_be_removed_fails_the_add_and_gives_its_lease_back(cl
         return real_unlink(path, *args, **kw)
 
     monkeypatch.setattr(etcd_store.os, "unlink", unlink)
-    out, err = io.StringIO(), io.StringIO()
-    env = plugin_env("ADD", container_id="c1", netns="/run/netns/x")
-    code = dispatch.run(registry.EXECUTABLES["cluster-ipam"], cluster.VERBS, env=env,
-                        stdin=__import__("json").dumps(conf).encode(), stdout=out, stderr=err)
-    assert code != 0, out.getvalue()
-    assert '"code": 5' in out.getvalue() and "adding/c1@eth0" in out.getvalue(), out.getvalue()
+    code, out = in_process("ADD", conf, "c1")
+    assert code != 0, out
+    assert '"code": 5' in out and "adding/c1@eth0" in out, out
     assert cl.leases() == {}
