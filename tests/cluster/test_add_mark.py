@@ -5,6 +5,8 @@ attachment that succeeded (refused, 101), where an etcd write after the claims u
 against a real etcd member, the plugin exec'd as a runtime execs it."""
 
 import fcntl
+import io
+import json
 import os
 import sys
 
@@ -107,8 +109,6 @@ def test_del_and_gc_remove_a_mark_left_behind(cl):
 
 def in_process(verb, conf, cid="c1"):
     """cluster-ipam run in this process (so that a test's monkeypatch reaches it): (exit code, stdout)."""
-    import io
-    import json
     out, err = io.StringIO(), io.StringIO()
     env = plugin_env(verb, container_id=cid, netns="/run/netns/x")
     code = dispatch.run(registry.EXECUTABLES["cluster-ipam"], cluster.VERBS, env=env,
@@ -134,10 +134,10 @@ def test_a_mark_removed_before_its_add_locked_it_is_made_again(cl, monkeypatch):
     be refused as a second ADD). Removed at every try: code 11, nothing claimed, nothing left."""
     conf = cl.conf(SUBNET)
     addresses(cl.add(conf, "c0"))
-    real_lock, races = etcd_store.locks.try_lock, []
+    real_lock, races, races_wanted = etcd_store.locks.try_lock, [], [1]
 
     def try_lock(fd):
-        if len(races) < races_wanted:
+        if len(races) < races_wanted[0]:
             races.append(fd)
             os.unlink(os.readlink(f"/proc/self/fd/{fd}"))   # as a GC that took the lock first and removed it
         return real_lock(fd)
@@ -151,14 +151,13 @@ def test_a_mark_removed_before_its_add_locked_it_is_made_again(cl, monkeypatch):
 
     monkeypatch.setattr(etcd_store.locks, "try_lock", try_lock)
     monkeypatch.setattr(etcd_store.EtcdStore, "complete", complete)
-    races_wanted = 1
     code, out = in_process("ADD", conf, "c1")
     assert code == 0, out
     assert len(races) == 1 and at_complete == [True]
     assert cl.marks() == [] and sorted(v["containerID"] for v in cl.leases().values()) == ["c0", "c1"]
 
     races.clear()
-    races_wanted = 3
+    races_wanted[0] = 3
     code, out = in_process("ADD", conf, "c2")
     assert code != 0 and '"code": 11' in out and "another ADD of c2/eth0 ran meanwhile" in out, out
     assert len(races) == 3 and cl.marks() == []
