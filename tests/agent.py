@@ -6,6 +6,7 @@ UNDERLAY_KILL_AT (the wrappers read the environment at call time); with
 UNDERLAY_BIN_DIR it is the bundle's `underlayd`.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -20,6 +21,26 @@ from tests.plugins import ROOT
 
 SERVED = re.compile(r"^underlayd: served (\S+) (\S+) exit (\d+) in [\d.]+ ms \(worker (\d+)(?:, trace (\w+))?\)$",
                     re.M)
+
+
+@contextlib.contextmanager
+def busy_cores():
+    """Twice as many busy loops as this process may run on, running once it is entered (each has
+    said so), killed when it is left: some task waits for a core all the while (PSI)."""
+    spinners = []
+    try:
+        for _ in range(2 * len(os.sched_getaffinity(0))):
+            spinners.append(subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.write('up'); "
+                                                                    "sys.stdout.flush()\nwhile True: pass"],
+                                             stdout=subprocess.PIPE))
+        for spinner in spinners:
+            assert spinner.stdout.read(2) == b"up"
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+            spinner.stdout.close()
 
 
 def new_traceparent():

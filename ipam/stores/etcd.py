@@ -87,8 +87,7 @@ def names_fd(dir_fd, name, fd):
         named = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return False
-    opened = os.fstat(fd)
-    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+    return os.path.samestat(named, os.fstat(fd))
 
 
 def maybe_applied(error):

@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 from tests import plugins
-from tests.agent import Agent, agent_argv
+from tests.agent import Agent, agent_argv, busy_cores
 from tests.bundle import built_bin_dir
 from tests.plugins import ROOT
 from tests.reliability.node import Audit
@@ -1190,31 +1190,22 @@ def test_a_spare_forked_while_every_core_is_busy_serves_cold(tmp_path, via, clie
     """A spare does not warm up while the cores are busy (worker.Cores, PSI): with twice as many busy
     loops as cores, the spare forked for the next request does not, and serves it as well."""
     agent = Agent("--spares", "1", directory=str(tmp_path / "run"))
-    cores = len(os.sched_getaffinity(0))
-    spinners = []
     try:
         via(agent)
         conf = host_local_conf(tmp_path)
-        spinners = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.write('up'); sys.stdout.flush()\n"
-                                                            "while True: pass"], stdout=subprocess.PIPE)
-                    for _ in range(2 * cores)]
-        for spinner in spinners:
-            assert spinner.stdout.read(2) == b"up"
-        # the spare forked before the loops may have warmed up: this request takes it
-        assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x", container_id="c1").ok
-        agent.wait_served(1)
-        time.sleep(1)   # time enough for the next spare to warm up, were it to (~5 ms of CPU)
-        trace = tmp_path / "phases.jsonl"
-        assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x", container_id="c2",
-                                  extra={"UNDERLAY_TRACE_PHASES": str(trace)}).ok
-        agent.wait_served(2)
+        with busy_cores():
+            # the spare forked before the loops may have warmed up: this request takes it
+            assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x", container_id="c1").ok
+            agent.wait_served(1)
+            time.sleep(1)   # time enough for the next spare to warm up, were it to (~5 ms of CPU)
+            trace = tmp_path / "phases.jsonl"
+            assert plugins.run_plugin("host-local", "ADD", conf, netns="/run/netns/x", container_id="c2",
+                                      extra={"UNDERLAY_TRACE_PHASES": str(trace)}).ok
+            agent.wait_served(2)
         wait_for(lambda: trace.exists() and '"worker"' in trace.read_text(), what="the worker's trace line")
         worker, = [x for x in map(json.loads, trace.read_text().splitlines()) if x["who"] == "worker"]
         assert [name for name, _ in worker["marks"]][:2] == ["accepted", "ready sent"], worker["marks"]
     finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
         agent.close()
     assert len(leases(tmp_path)) == 2
 

@@ -333,26 +333,15 @@ def test_without_psi_the_cores_are_never_busy(text, tmp_path):
 @pytest.mark.skipif(not os.path.exists("/proc/pressure/cpu"), reason="this kernel has no PSI")
 def test_the_cores_are_busy_while_more_tasks_than_cores_spin():
     """The real /proc/pressure/cpu, with twice as many busy loops as this process's cores."""
-    import subprocess
-    import sys
     import time
-    cores = len(os.sched_getaffinity(0))
-    spinners = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.write('up'); sys.stdout.flush()\n"
-                                                        "while True: pass"], stdout=subprocess.PIPE)
-                for _ in range(2 * cores)]
-    try:
-        for spinner in spinners:
-            assert spinner.stdout.read(2) == b"up"
+    from tests.agent import busy_cores
+    with busy_cores():
         watch = worker.Cores()
         seen = []
         for _ in range(5):
             time.sleep(0.02)
             seen.append(watch.busy())
-        assert all(seen), seen
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
+    assert all(seen), seen
 
 
 @pytest.mark.parametrize("plugin, stdin, kind", [
